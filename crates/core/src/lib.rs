@@ -1,1 +1,6 @@
-//! x
+//! The pure identity model of wimse.
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod jose;
+pub mod json;
