@@ -1,0 +1,93 @@
+//! Transaction Tokens (draft-ietf-oauth-transaction-tokens): the signed, immutable context
+//! of one call chain inside one trust domain, carried in the `Txn-Token` header.
+//!
+//! Issued by the trust domain's token service (the server) with its JWT key and verified
+//! by every workload on the chain with [`verify_txn_token`]: `typ` `txntoken+jwt`, `kid`
+//! required, the key from the `jwt-svid` authorities of the verifier's own trust domain,
+//! `aud` naming that trust domain (a Txn-Token is never accepted outside it), `exp`, and
+//! the required claims `iat`, `txn`, `sub`, `scope`, `req_wl`.
+
+use super::{Audience, TokenError, Validation, require_typ};
+use crate::bundle::{BundleSet, KeyUse};
+use crate::id::TrustDomain;
+use crate::jose::{Jws, SigningKey, jws};
+use serde::{Deserialize, Serialize};
+
+/// The `typ` of a Txn-Token.
+pub const TXN_TYP: &str = "txntoken+jwt";
+
+/// The HTTP header that carries a Txn-Token.
+pub const TXN_HEADER: &str = "Txn-Token";
+
+/// The claims of a Txn-Token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnTokenClaims {
+    /// The issuing token service (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Issued at.
+    #[serde(deserialize_with = "super::numeric_date")]
+    pub iat: i64,
+    /// The trust domain the token is valid in.
+    pub aud: Audience,
+    /// Expiry (minutes or less).
+    #[serde(deserialize_with = "super::numeric_date")]
+    pub exp: i64,
+    /// The transaction ID, unique in the trust domain.
+    pub txn: String,
+    /// The principal the transaction acts for.
+    pub sub: String,
+    /// The purpose of the transaction (space-separated scopes).
+    pub scope: String,
+    /// Immutable authorization context, as decided by the token service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tctx: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The request environment (`req_ip`, `authn`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rctx: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The workload that requested the token.
+    pub req_wl: String,
+}
+
+/// Signs a Txn-Token.
+pub fn issue_txn_token(key: &SigningKey, kid: &str, claims: &TxnTokenClaims) -> Result<String, TokenError> {
+    for (name, value) in [("txn", &claims.txn), ("sub", &claims.sub), ("scope", &claims.scope), ("req_wl", &claims.req_wl)] {
+        if value.is_empty() {
+            return Err(TokenError::Issue(format!("claim `{name}` is empty")));
+        }
+    }
+    Ok(jws::sign(key, Some(TXN_TYP), Some(kid), claims)?)
+}
+
+/// Verifies a Txn-Token for a workload in `trust_domain`.
+pub fn verify_txn_token(
+    token: &str,
+    bundles: &BundleSet,
+    trust_domain: &TrustDomain,
+    validation: &Validation,
+) -> Result<TxnTokenClaims, TokenError> {
+    let jws = Jws::parse(token)?;
+    let header = jws.header();
+    require_typ(header, TXN_TYP)?;
+    let kid = header.kid.as_deref().ok_or(TokenError::MissingKid)?;
+    let key = bundles.jwt_authority(trust_domain, KeyUse::JwtSvid, Some(kid))?;
+    jws.verify(key)?;
+    let claims: TxnTokenClaims = jws.claims()?;
+    if !claims.aud.contains(trust_domain.as_str()) {
+        return Err(TokenError::WrongAudience {
+            expected: trust_domain.to_string(),
+            found: claims.aud.values().join(" "),
+        });
+    }
+    validation.check_exp(claims.exp)?;
+    validation.check_iat(Some(claims.iat))?;
+    for (name, value) in [("txn", &claims.txn), ("sub", &claims.sub), ("scope", &claims.scope), ("req_wl", &claims.req_wl)] {
+        if value.is_empty() {
+            return Err(TokenError::BadClaim {
+                claim: name,
+                reason: "empty".into(),
+            });
+        }
+    }
+    Ok(claims)
+}
