@@ -1,0 +1,567 @@
+//! The root of the command tree, and dispatch to each command.
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand};
+
+use crate::agent::AgentCommand;
+use crate::audit::AuditCommand;
+use crate::dev::DevArgs;
+use crate::error::{CommandError, not_implemented};
+use crate::gateway::GatewayCommand;
+use crate::proxy::ProxyCommand;
+use crate::server::ServerCommand;
+use crate::socket::SPIFFE_ENDPOINT_SOCKET;
+
+/// Workload identity for IETF WIMSE and SPIFFE: server, agent, sidecar proxy, gateway and audit
+/// tools in one binary
+#[derive(Debug, Parser)]
+#[command(name = "wimse", version)]
+pub struct Cli {
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the trust domain's server, or administer a running one
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Run the per-host agent, or use its Workload API as a workload would
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Run the sidecar proxy that gives any service WIMSE credentials on the wire
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Run the identity gateway at the trust domain's boundary
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+    /// Verify and query audit logs
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run a whole local trust domain (server, agent, demo services) in one process tree
+    Dev(DevArgs),
+}
+
+/// What commands read from the process environment, read once in `main` so that commands stay
+/// testable without touching the real environment.
+#[derive(Debug, Default, Clone)]
+pub struct Environment {
+    /// `SPIFFE_ENDPOINT_SOCKET`, if set.
+    pub spiffe_endpoint_socket: Option<OsString>,
+}
+
+impl Environment {
+    /// The environment of this process.
+    pub fn from_process() -> Self {
+        Self {
+            spiffe_endpoint_socket: std::env::var_os(SPIFFE_ENDPOINT_SOCKET),
+        }
+    }
+}
+
+impl Cli {
+    /// Run the command the arguments chose.
+    pub fn run(self, env: &Environment) -> Result<(), CommandError> {
+        match self.command {
+            Command::Server(command) => command.run(),
+            Command::Agent(command) => command.run(env),
+            Command::Proxy(command) => command.run(env),
+            Command::Gateway(command) => command.run(),
+            Command::Audit(command) => command.run(),
+            Command::Dev(_args) => not_implemented("wimse dev"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+    use crate::agent::{AgentCommand, ApiCommand, FetchCommand};
+    use crate::server::{BundleCommand, BundleFormat, EntryCommand, ServerCommand};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wimse").chain(args.iter().copied()))
+    }
+
+    fn refusal(args: &[&str]) -> ErrorKind {
+        parse(args).map(|_| ()).unwrap_err().kind()
+    }
+
+    /// Every leaf command with arguments that satisfy its parser, and the name it reports.
+    const LEAVES: &[(&[&str], &str)] = &[
+        (&["server", "run"], "wimse server run"),
+        (
+            &["server", "token", "generate"],
+            "wimse server token generate",
+        ),
+        (
+            &[
+                "server",
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--parent-id",
+                "spiffe://example.org/agent",
+                "--selector",
+                "unix:uid:1000",
+            ],
+            "wimse server entry create",
+        ),
+        (&["server", "entry", "show"], "wimse server entry show"),
+        (
+            &["server", "entry", "update", "--entry-id", "e1"],
+            "wimse server entry update",
+        ),
+        (
+            &["server", "entry", "delete", "--entry-id", "e1"],
+            "wimse server entry delete",
+        ),
+        (&["server", "bundle", "show"], "wimse server bundle show"),
+        (&["server", "agent", "list"], "wimse server agent list"),
+        (
+            &[
+                "server",
+                "agent",
+                "ban",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+            ],
+            "wimse server agent ban",
+        ),
+        (
+            &[
+                "server",
+                "agent",
+                "evict",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+            ],
+            "wimse server agent evict",
+        ),
+        (&["server", "healthcheck"], "wimse server healthcheck"),
+        (
+            &["agent", "run", "--config", "agent.toml"],
+            "wimse agent run",
+        ),
+        (
+            &["agent", "api", "fetch", "x509"],
+            "wimse agent api fetch x509",
+        ),
+        (
+            &["agent", "api", "fetch", "jwt", "--audience", "a"],
+            "wimse agent api fetch jwt",
+        ),
+        (
+            &["agent", "api", "fetch", "wit"],
+            "wimse agent api fetch wit",
+        ),
+        (
+            &["agent", "api", "fetch", "bundle"],
+            "wimse agent api fetch bundle",
+        ),
+        (
+            &["agent", "api", "validate", "--audience", "a", "--svid", "t"],
+            "wimse agent api validate",
+        ),
+        (&["agent", "healthcheck"], "wimse agent healthcheck"),
+        (&["agent", "exec", "--", "true"], "wimse agent exec"),
+        (
+            &[
+                "proxy",
+                "inbound",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "http://127.0.0.1:1",
+            ],
+            "wimse proxy inbound",
+        ),
+        (
+            &["proxy", "outbound", "--listen", "127.0.0.1:0"],
+            "wimse proxy outbound",
+        ),
+        (
+            &["gateway", "run", "--config", "gateway.toml"],
+            "wimse gateway run",
+        ),
+        (&["audit", "verify", "audit.log"], "wimse audit verify"),
+        (&["audit", "show", "audit.log"], "wimse audit show"),
+        (&["dev"], "wimse dev"),
+    ];
+
+    fn leaf_paths(command: &clap::Command, prefix: &str, paths: &mut BTreeSet<String>) {
+        let path = if prefix.is_empty() {
+            command.get_name().to_owned()
+        } else {
+            format!("{prefix} {}", command.get_name())
+        };
+        if command.has_subcommands() {
+            for sub in command.get_subcommands() {
+                leaf_paths(sub, &path, paths);
+            }
+        } else {
+            paths.insert(path);
+        }
+    }
+
+    #[test]
+    fn command_tree_passes_clap_consistency_checks() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_leaf_command_reports_itself_as_not_implemented() {
+        for (args, name) in LEAVES {
+            let cli = parse(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
+            match cli.run(&Environment::default()) {
+                Err(CommandError::NotImplemented { command }) => assert_eq!(command, *name),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_table_covers_the_whole_command_tree() {
+        let mut tree = BTreeSet::new();
+        leaf_paths(&Cli::command(), "", &mut tree);
+        let table: BTreeSet<String> = LEAVES.iter().map(|(_, name)| (*name).to_owned()).collect();
+        assert_eq!(tree, table);
+    }
+
+    #[test]
+    fn server_run_defaults_follow_the_design() {
+        let Command::Server(ServerCommand::Run(args)) = parse(&["server", "run"]).unwrap().command
+        else {
+            panic!("not server run");
+        };
+        assert_eq!(args.bind, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
+        assert_eq!(args.data_dir, PathBuf::from("./.wimse"));
+        assert_eq!(args.admin_socket(), PathBuf::from("./.wimse/server.sock"));
+    }
+
+    #[test]
+    fn server_admin_socket_follows_the_data_dir() {
+        let Command::Server(ServerCommand::Run(args)) =
+            parse(&["server", "run", "--data-dir", "/var/lib/wimse"])
+                .unwrap()
+                .command
+        else {
+            panic!("not server run");
+        };
+        assert_eq!(
+            args.admin_socket(),
+            PathBuf::from("/var/lib/wimse/server.sock")
+        );
+    }
+
+    #[test]
+    fn admin_commands_default_to_the_default_servers_socket() {
+        let Command::Server(ServerCommand::Bundle(BundleCommand::Show(args))) =
+            parse(&["server", "bundle", "show"]).unwrap().command
+        else {
+            panic!("not bundle show");
+        };
+        assert_eq!(
+            args.admin.admin_socket,
+            PathBuf::from("./.wimse/server.sock")
+        );
+        assert_eq!(args.format, BundleFormat::Pem);
+    }
+
+    #[test]
+    fn bundle_format_is_pem_or_spiffe() {
+        assert!(parse(&["server", "bundle", "show", "--format", "spiffe"]).is_ok());
+        assert_eq!(
+            refusal(&["server", "bundle", "show", "--format", "jwks"]),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn entry_create_takes_repeated_selectors_and_dns_names() {
+        let Command::Server(ServerCommand::Entry(EntryCommand::Create(args))) = parse(&[
+            "server",
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/a",
+            "--parent-id",
+            "spiffe://example.org/agent",
+            "--selector",
+            "unix:uid:1000",
+            "--selector",
+            "unix:gid:0",
+            "--dns",
+            "a.example.org",
+            "--dns",
+            "b.example.org",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not entry create");
+        };
+        assert_eq!(args.selector.len(), 2);
+        assert_eq!(args.dns, ["a.example.org", "b.example.org"]);
+    }
+
+    #[test]
+    fn entry_create_without_selector_is_refused() {
+        assert_eq!(
+            refusal(&[
+                "server",
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--parent-id",
+                "spiffe://example.org/agent",
+            ]),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn malformed_selector_is_refused() {
+        assert_eq!(
+            refusal(&["server", "entry", "show", "--selector", "uid1000"]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn zero_ttl_is_refused() {
+        assert_eq!(
+            refusal(&["server", "token", "generate", "--ttl", "0"]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn agent_run_refuses_two_attestation_methods() {
+        assert_eq!(
+            refusal(&[
+                "agent",
+                "run",
+                "--server-address",
+                "s:8443",
+                "--trust-bundle",
+                "b.pem",
+                "--join-token",
+                "t",
+                "--x509pop-cert",
+                "c.pem",
+                "--x509pop-key",
+                "k.pem",
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn agent_run_refuses_join_token_with_x509pop_key() {
+        assert_eq!(
+            refusal(&[
+                "agent",
+                "run",
+                "--server-address",
+                "s:8443",
+                "--trust-bundle",
+                "b.pem",
+                "--join-token",
+                "t",
+                "--x509pop-key",
+                "k.pem",
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn agent_run_x509pop_needs_certificate_and_key() {
+        let base = [
+            "agent",
+            "run",
+            "--server-address",
+            "s:8443",
+            "--trust-bundle",
+            "b.pem",
+        ];
+        assert_eq!(
+            refusal(&[&base[..], &["--x509pop-cert", "c.pem"]].concat()),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            refusal(&[&base[..], &["--x509pop-key", "k.pem"]].concat()),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert!(
+            parse(
+                &[
+                    &base[..],
+                    &["--x509pop-cert", "c.pem", "--x509pop-key", "k.pem"]
+                ]
+                .concat()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn agent_run_leaves_a_missing_attestation_method_to_the_config_merge() {
+        assert!(
+            parse(&[
+                "agent",
+                "run",
+                "--server-address",
+                "s:8443",
+                "--trust-bundle",
+                "b.pem"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn agent_run_needs_server_and_bundle_unless_a_config_file_is_given() {
+        assert_eq!(
+            refusal(&["agent", "run", "--join-token", "t"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert!(
+            parse(&[
+                "agent",
+                "run",
+                "--config",
+                "agent.toml",
+                "--join-token",
+                "t"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn agent_run_socket_defaults_to_its_data_dir() {
+        let Command::Agent(AgentCommand::Run(args)) =
+            parse(&["agent", "run", "--config", "a.toml", "--data-dir", "/d"])
+                .unwrap()
+                .command
+        else {
+            panic!("not agent run");
+        };
+        assert_eq!(
+            args.socket(&Environment::default()),
+            Ok(PathBuf::from("/d/agent.sock"))
+        );
+    }
+
+    #[test]
+    fn fetch_jwt_requires_an_audience() {
+        assert_eq!(
+            refusal(&["agent", "api", "fetch", "jwt"]),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn fetch_jwt_takes_repeated_audiences() {
+        let Command::Agent(AgentCommand::Api(ApiCommand::Fetch(FetchCommand::Jwt(args)))) =
+            parse(&[
+                "agent",
+                "api",
+                "fetch",
+                "jwt",
+                "--audience",
+                "a",
+                "--audience",
+                "b",
+            ])
+            .unwrap()
+            .command
+        else {
+            panic!("not fetch jwt");
+        };
+        assert_eq!(args.audience, ["a", "b"]);
+    }
+
+    #[test]
+    fn fetch_x509_has_no_audience() {
+        assert_eq!(
+            refusal(&["agent", "api", "fetch", "x509", "--audience", "a"]),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn exec_passes_the_command_and_its_flags_through() {
+        for args in [
+            &["agent", "exec", "--socket", "/s", "--", "env", "-i", "--x"][..],
+            &["agent", "exec", "--socket", "/s", "env", "-i", "--x"][..],
+        ] {
+            let Command::Agent(AgentCommand::Exec(exec)) = parse(args).unwrap().command else {
+                panic!("not exec");
+            };
+            assert_eq!(exec.command, ["env", "-i", "--x"], "{args:?}");
+            assert_eq!(exec.socket.socket, Some(PathBuf::from("/s")));
+        }
+    }
+
+    #[test]
+    fn exec_without_a_command_is_refused() {
+        assert_eq!(
+            refusal(&["agent", "exec"]),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn agent_commands_refuse_a_broken_endpoint_variable() {
+        let env = Environment {
+            spiffe_endpoint_socket: Some("tcp://127.0.0.1:8081".into()),
+        };
+        let result = parse(&["agent", "healthcheck"]).unwrap().run(&env);
+        assert!(
+            matches!(result, Err(CommandError::AgentSocket(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn audit_show_filters_by_decision() {
+        assert!(parse(&["audit", "show", "a.log", "--decision", "deny"]).is_ok());
+        assert_eq!(
+            refusal(&["audit", "show", "a.log", "--decision", "maybe"]),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn audit_verify_needs_a_file() {
+        assert_eq!(
+            refusal(&["audit", "verify"]),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn dev_defaults_to_example_org() {
+        let Command::Dev(args) = parse(&["dev"]).unwrap().command else {
+            panic!("not dev");
+        };
+        assert_eq!(args.trust_domain, "example.org");
+        assert_eq!(args.data_dir, PathBuf::from("./.wimse"));
+        assert!(!args.demo);
+    }
+}

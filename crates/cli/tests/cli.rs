@@ -1,0 +1,165 @@
+//! The `wimse` binary as a user meets it: its output, its exit codes, its help.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::process::{Command, Output};
+
+/// Run `wimse` with `args`, without any `SPIFFE_ENDPOINT_SOCKET` inherited from the test runner.
+fn wimse(args: &[&str]) -> Output {
+    wimse_with_env(args, None)
+}
+
+fn wimse_with_env(args: &[&str], endpoint_socket: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wimse"));
+    command.args(args).env_remove("SPIFFE_ENDPOINT_SOCKET");
+    if let Some(value) = endpoint_socket {
+        command.env("SPIFFE_ENDPOINT_SOCKET", value);
+    }
+    command.output().expect("the wimse binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).expect("stderr is UTF-8")
+}
+
+#[test]
+fn version_prints_binary_name_and_crate_version() {
+    let output = wimse(&["--version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        stdout(&output),
+        format!("wimse {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_lists_every_top_level_command() {
+    let output = wimse(&["--help"]);
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for command in ["server", "agent", "proxy", "gateway", "audit", "dev"] {
+        assert!(
+            help.lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "`{command}` missing from:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn entry_create_help_lists_every_flag() {
+    let output = wimse(&["server", "entry", "create", "--help"]);
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for flag in [
+        "--spiffe-id",
+        "--parent-id",
+        "--selector",
+        "--x509-ttl",
+        "--jwt-ttl",
+        "--dns",
+        "--hint",
+        "--admin-socket",
+    ] {
+        assert!(help.contains(flag), "`{flag}` missing from:\n{help}");
+    }
+}
+
+#[test]
+fn unimplemented_command_fails_with_one_line_naming_it() {
+    let output = wimse(&["server", "run"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "error: `wimse server run` is not implemented yet in this build\n"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn unimplemented_nested_command_names_its_full_path() {
+    let output = wimse(&["agent", "api", "fetch", "jwt", "--audience", "a"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "error: `wimse agent api fetch jwt` is not implemented yet in this build\n"
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let output = wimse(&["server", "run", "--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--no-such-flag"));
+}
+
+#[test]
+fn fetch_jwt_without_audience_is_a_usage_error_naming_the_flag() {
+    let output = wimse(&["agent", "api", "fetch", "jwt"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--audience"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn broken_endpoint_variable_fails_with_one_line_naming_it() {
+    let output = wimse_with_env(&["agent", "healthcheck"], Some("unix://host/agent.sock"));
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.starts_with("error: "), "{message}");
+    assert!(message.contains("SPIFFE_ENDPOINT_SOCKET"), "{message}");
+}
+
+#[test]
+fn tcp_endpoint_variable_is_reported_as_unsupported() {
+    let output = wimse_with_env(
+        &["agent", "api", "fetch", "x509"],
+        Some("tcp://127.0.0.1:8081"),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("not supported"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn socket_flag_overrides_a_broken_endpoint_variable() {
+    let output = wimse_with_env(
+        &["agent", "healthcheck", "--socket", "/run/agent.sock"],
+        Some("tcp://127.0.0.1:8081"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not implemented"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn join_token_and_x509pop_together_are_a_usage_error() {
+    let output = wimse(&[
+        "agent",
+        "run",
+        "--server-address",
+        "127.0.0.1:8443",
+        "--trust-bundle",
+        "bundle.pem",
+        "--join-token",
+        "t",
+        "--x509pop-cert",
+        "c.pem",
+        "--x509pop-key",
+        "k.pem",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
