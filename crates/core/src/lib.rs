@@ -1,1 +1,5 @@
 //! x
+
+pub mod id;
+
+pub use id::{IdError, IdPolicy, TrustDomain, WorkloadId};
