@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         ..IdPolicy::default()
     };
     if let Ok(id) = WorkloadId::parse_with(s, &legacy) {
-        assert_eq!(WorkloadId::parse_with(&id.to_string(), &legacy).as_ref(), Ok(&id));
+        assert_eq!(
+            WorkloadId::parse_with(&id.to_string(), &legacy).as_ref(),
+            Ok(&id)
+        );
     }
 
     if let Ok(td) = TrustDomain::new(s) {
