@@ -207,12 +207,23 @@ impl TrustBundle {
                     reason: e.to_string(),
                 })
             };
+            if !matches!(key_use.as_str(), "x509-svid" | "jwt-svid" | "wit-svid") {
+                continue;
+            }
+            let jwk = parsed()?;
+            // An unknown `kty` means the element is ignored (SPIFFE bundle §4.2).
+            if matches!(jwk.params, crate::jose::KeyParams::Unknown { .. }) {
+                continue;
+            }
             match key_use.as_str() {
                 "x509-svid" => {
-                    let jwk = parsed()?;
                     // Consumers use only the first `x5c` element and skip keys without one.
                     let Some(first) = jwk.x5c.first() else { continue };
                     let der = STANDARD.decode(first).map_err(|_| BundleError::BadX5c)?;
+                    // The certificate must parse and carry a key we can describe as a JWK.
+                    if x509_jwk(&der).is_none() {
+                        return Err(BundleError::BadX5c);
+                    }
                     bundle.x509_authorities.push(der);
                 }
                 "jwt-svid" | "wit-svid" => {
@@ -221,10 +232,6 @@ impl TrustBundle {
                     } else {
                         (KeyUse::WitSvid, "wit-svid")
                     };
-                    let jwk = parsed()?;
-                    if matches!(jwk.params, crate::jose::KeyParams::Unknown { .. }) {
-                        continue;
-                    }
                     let kid = jwk.kid.clone().ok_or(BundleError::MissingKid(name))?;
                     let key = PublicKey::from_jwk(&jwk).map_err(|e| BundleError::BadKey {
                         kid: kid.clone(),
@@ -243,7 +250,7 @@ impl TrustBundle {
         let mut keys = Vec::new();
         for der in &self.x509_authorities {
             // x509-svid keys carry the certificate in `x5c` and MUST NOT set `kid`.
-            let mut jwk = x509_jwk(der);
+            let Some(mut jwk) = x509_jwk(der) else { continue };
             if let Some(obj) = jwk.as_object_mut() {
                 obj.insert("use".into(), "x509-svid".into());
                 obj.insert("x5c".into(), serde_json::json!([STANDARD.encode(der)]));
@@ -311,15 +318,15 @@ impl TrustBundle {
     }
 }
 
-/// The public key of a CA certificate as a JWK object, or an empty object if the key type
-/// has no JWK form here (the `x5c` member still carries the certificate).
-fn x509_jwk(der: &[u8]) -> serde_json::Value {
+/// The public key of a CA certificate as a JWK object; `None` if the DER is not a
+/// certificate or its key type has no JWK form here.
+fn x509_jwk(der: &[u8]) -> Option<serde_json::Value> {
     use x509_parser::prelude::FromDer;
-    let jwk = x509_parser::certificate::X509Certificate::from_der(der)
-        .ok()
-        .and_then(|(_, cert)| spki_jwk(cert.public_key()));
-    jwk.and_then(|j| serde_json::to_value(j).ok())
-        .unwrap_or_else(|| serde_json::json!({"kty": "EC"}))
+    let (rest, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    serde_json::to_value(spki_jwk(cert.public_key())?).ok()
 }
 
 fn spki_jwk(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<Jwk> {
@@ -533,6 +540,24 @@ mod tests {
         assert!(BundleSet::from_map_json(json).is_err());
         let ok = br#"{"trust_domains":{"a.org":{"keys":[]},"b.org":{"keys":[]}}}"#;
         assert_eq!(BundleSet::from_map_json(ok).unwrap().iter().count(), 2);
+    }
+
+    #[test]
+    fn x509_key_whose_x5c_is_not_a_certificate_fails_the_bundle() {
+        // Found by the bundle fuzz target: a truncated certificate was kept, and the
+        // bundle could then not be written back out.
+        let json = br#"{"keys":[{"kty":"EC","use":"x509-svid","x5c":["MIIBFjCBvaADAgECAgEBMAoGCCqGSM49BAMCMAAw"]}]}"#;
+        assert_eq!(
+            TrustBundle::from_spiffe_json(td("example.org"), json),
+            Err(BundleError::BadX5c)
+        );
+    }
+
+    #[test]
+    fn x509_key_with_unknown_kty_is_skipped() {
+        let json = br#"{"keys":[{"kty":"EAC","use":"x509-svid","x5c":["AAAA"]}]}"#;
+        let b = TrustBundle::from_spiffe_json(td("example.org"), json).unwrap();
+        assert!(b.x509_authorities.is_empty());
     }
 
     #[test]

@@ -1,0 +1,46 @@
+//! Fuzzes the strict compact-JWS reader and the token verifiers behind it: no input may
+//! panic, and no arbitrary input may verify as a WIT, WPT-bearing request, JWT-SVID or
+//! Txn-Token against trust anchors whose private keys the fuzzer never sees.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
+use wimse_core::jose::{Algorithm, Jws, SigningKey};
+use wimse_core::token::wit::{WitProfile, verify_wit};
+use wimse_core::token::{Validation, jwt_svid, txn};
+use wimse_core::TrustDomain;
+
+fn anchors() -> &'static BundleSet {
+    static ANCHORS: OnceLock<BundleSet> = OnceLock::new();
+    ANCHORS.get_or_init(|| {
+        let mut bundle = TrustBundle::new(TrustDomain::new("example.org").unwrap());
+        for (use_, kid, alg) in [
+            (KeyUse::WitSvid, "wit-1", Algorithm::Es256),
+            (KeyUse::WitSvid, "wit-2", Algorithm::EdDsa),
+            (KeyUse::JwtSvid, "jwt-1", Algorithm::Es256),
+        ] {
+            let key = SigningKey::generate(alg).unwrap();
+            bundle.add_authority(use_, kid, key.public_key().clone()).unwrap();
+        }
+        let mut set = BundleSet::new();
+        set.insert(bundle);
+        set
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(jws) = Jws::parse(token) {
+        let _ = jws.claims::<serde_json::Value>();
+    }
+    let v = Validation::at(1_800_000_000);
+    let td = TrustDomain::new("example.org").unwrap();
+    assert!(verify_wit(token, anchors(), WitProfile::Spiffe, &v).is_err());
+    assert!(verify_wit(token, anchors(), WitProfile::Wimse, &v).is_err());
+    assert!(jwt_svid::verify_jwt_svid(token, anchors(), "aud", &v).is_err());
+    assert!(txn::verify_txn_token(token, anchors(), &td, &v).is_err());
+});
