@@ -546,7 +546,7 @@ mod tests {
     fn x509_key_whose_x5c_is_not_a_certificate_fails_the_bundle() {
         // Found by the bundle fuzz target: a truncated certificate was kept, and the
         // bundle could then not be written back out.
-        let json = br#"{"keys":[{"kty":"EC","use":"x509-svid","x5c":["MIIBFjCBvaADAgECAgEBMAoGCCqGSM49BAMCMAAw"]}]}"#;
+        let json = br#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA","use":"x509-svid","x5c":["MIIBFjCBvaADAgECAgEBMAoGCCqGSM49BAMCMAAw"]}]}"#;
         assert_eq!(
             TrustBundle::from_spiffe_json(td("example.org"), json),
             Err(BundleError::BadX5c)
