@@ -621,6 +621,50 @@ mod tests {
     }
 
     #[test]
+    fn rsa_keys_verify_rs256_and_ps256() {
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair};
+        // Reads one DER TLV, returning (contents, rest).
+        fn tlv(der: &[u8]) -> (&[u8], &[u8]) {
+            let (len, start) = match der[1] {
+                l if l < 0x80 => (usize::from(l), 2),
+                0x81 => (usize::from(der[2]), 3),
+                0x82 => (usize::from(der[2]) << 8 | usize::from(der[3]), 4),
+                _ => panic!("unexpected length"),
+            };
+            (&der[start..start + len], &der[start + len..])
+        }
+        let pair = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        // PKCS#1 RSAPublicKey: SEQUENCE { n INTEGER, e INTEGER }.
+        let (seq, _) = tlv(pair.public_key().as_ref());
+        let (n, rest) = tlv(seq);
+        let (e, _) = tlv(rest);
+        let jwk = Jwk::new(KeyParams::Rsa {
+            n: n.to_vec(),
+            e: e.to_vec(),
+        });
+        // Without `alg`, an RSA key verifies the RSA family and nothing else.
+        let key = PublicKey::from_jwk(&jwk).unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        for (alg, padding) in [
+            (Algorithm::Rs256, &RSA_PKCS1_SHA256 as &dyn aws_lc_rs::signature::RsaEncoding),
+            (Algorithm::Ps256, &RSA_PSS_SHA256),
+        ] {
+            let mut sig = vec![0u8; pair.public_modulus_len()];
+            pair.sign(padding, &rng, b"msg", &mut sig).unwrap();
+            key.verify(alg, b"msg", &sig).unwrap();
+            assert_eq!(key.verify(alg, b"other", &sig), Err(KeyError::BadSignature));
+        }
+        assert!(!key.allows(Algorithm::Es256));
+        // With `alg`, exactly that algorithm.
+        let mut pinned = jwk.clone();
+        pinned.alg = Some("PS256".into());
+        let key = PublicKey::from_jwk(&pinned).unwrap();
+        assert!(key.allows(Algorithm::Ps256));
+        assert!(!key.allows(Algorithm::Rs256));
+    }
+
+    #[test]
     fn short_rsa_modulus_is_refused() {
         let jwk = Jwk::new(KeyParams::Rsa {
             n: vec![0xc5; 128],
