@@ -4,3 +4,4 @@
 pub mod digest;
 pub mod jose;
 pub mod json;
+pub mod x509;
