@@ -11,6 +11,8 @@
 //! - [`token`]: the token kinds — WIT ([`token::wit`]), WPT ([`token::wpt`]), JWT-SVID
 //!   ([`token::jwt_svid`]), Txn-Token ([`token::txn`]) — each issued and verified in one
 //!   function, plus the WPT replay cache and the verified-WIT cache.
+//! - [`x509`]: the X509-SVID profile: CA and workload certificates, CSRs, and chain
+//!   verification against a trust domain's roots.
 //! - [`bundle`]: SPIFFE trust bundles and the per-trust-domain key lookup that decides
 //!   whether an issuer is trusted for a subject's trust domain.
 //! - [`digest`], [`json`]: SHA-256 and the duplicate-refusing JSON reader used for
@@ -28,5 +30,6 @@ pub mod id;
 pub mod jose;
 pub mod json;
 pub mod token;
+pub mod x509;
 
 pub use id::{IdError, IdPolicy, TrustDomain, WorkloadId};
