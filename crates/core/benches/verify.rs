@@ -15,7 +15,9 @@ use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
 use wimse_core::id::{TrustDomain, WorkloadId};
 use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::token::replay::ReplayCache;
-use wimse_core::token::wit::{Confirmation, WitCache, WitClaims, WitProfile, issue_wit, verify_wit};
+use wimse_core::token::wit::{
+    Confirmation, WitCache, WitClaims, WitProfile, issue_wit, verify_wit,
+};
 use wimse_core::token::wpt::{RequestBinding, issue_wpt, verify_wpt};
 use wimse_core::token::{Validation, unix_now};
 
@@ -73,7 +75,8 @@ fn setup(holder_alg: Algorithm) -> Setup {
     };
     let claims = WitClaims {
         iss: None,
-        sub: WorkloadId::parse("spiffe://example.org/ns/shop/sa/frontend").unwrap_or_else(|e| fail(&e)),
+        sub: WorkloadId::parse("spiffe://example.org/ns/shop/sa/frontend")
+            .unwrap_or_else(|e| fail(&e)),
         exp: now + 3600,
         iat: Some(now),
         nbf: None,
@@ -125,8 +128,12 @@ fn run(holder_alg: Algorithm) -> Row {
     let s = setup(holder_alg);
     let public = s.raw_key.public_key().clone();
     let raw = measure(|_| {
-        black_box(public.verify(holder_alg, black_box(&s.raw_message), black_box(&s.raw_signature)))
-            .unwrap_or_else(|e| fail(&e));
+        black_box(public.verify(
+            holder_alg,
+            black_box(&s.raw_message),
+            black_box(&s.raw_signature),
+        ))
+        .unwrap_or_else(|e| fail(&e));
     });
 
     let binding = RequestBinding {
@@ -137,7 +144,9 @@ fn run(holder_alg: Algorithm) -> Row {
     let replay = ReplayCache::new(s.wpts.len() * 2 + 16);
     let cached = measure(|i| {
         let v = Validation::at(unix_now());
-        let wit = cache.verify(black_box(&s.wit), &s.bundles, s.profile, &v).unwrap_or_else(|e| fail(&e));
+        let wit = cache
+            .verify(black_box(&s.wit), &s.bundles, s.profile, &v)
+            .unwrap_or_else(|e| fail(&e));
         let wpt = s.wpts.get(i).map_or("", String::as_str);
         black_box(verify_wpt(wpt, &wit, &binding, &v, &replay)).unwrap_or_else(|e| fail(&e));
     });
@@ -145,11 +154,16 @@ fn run(holder_alg: Algorithm) -> Row {
     let replay = ReplayCache::new(s.wpts.len() * 2 + 16);
     let uncached = measure(|i| {
         let v = Validation::at(unix_now());
-        let wit = verify_wit(black_box(&s.wit), &s.bundles, s.profile, &v).unwrap_or_else(|e| fail(&e));
+        let wit =
+            verify_wit(black_box(&s.wit), &s.bundles, s.profile, &v).unwrap_or_else(|e| fail(&e));
         let wpt = s.wpts.get(i).map_or("", String::as_str);
         black_box(verify_wpt(wpt, &wit, &binding, &v, &replay)).unwrap_or_else(|e| fail(&e));
     });
-    Row { raw, cached, uncached }
+    Row {
+        raw,
+        cached,
+        uncached,
+    }
 }
 
 fn main() {
@@ -157,7 +171,12 @@ fn main() {
     println!("wimse-core request verification, {ROUNDS} rounds x {PER_ROUND} ops, median per op");
     println!(
         "{:<8} {:>16} {:>22} {:>24} {:>10} {:>12}",
-        "holder", "raw verify (us)", "cached WIT+WPT (us)", "uncached WIT+WPT (us)", "cached/raw", "uncached/raw"
+        "holder",
+        "raw verify (us)",
+        "cached WIT+WPT (us)",
+        "uncached WIT+WPT (us)",
+        "cached/raw",
+        "uncached/raw"
     );
     let mut es256 = None;
     for alg in [Algorithm::Es256, Algorithm::EdDsa] {
@@ -176,7 +195,13 @@ fn main() {
         }
     }
     if let Some(row) = es256 {
-        println!("ratio cached_wit_wpt/raw_verify = {:.2}", row.raw / row.cached);
-        println!("ratio uncached_wit_wpt/raw_verify = {:.2}", row.raw / row.uncached);
+        println!(
+            "ratio cached_wit_wpt/raw_verify = {:.2}",
+            row.raw / row.cached
+        );
+        println!(
+            "ratio uncached_wit_wpt/raw_verify = {:.2}",
+            row.raw / row.uncached
+        );
     }
 }

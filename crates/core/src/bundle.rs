@@ -143,7 +143,12 @@ impl TrustBundle {
     }
 
     /// Adds a JWT authority, refusing a `kid` already in the bundle (any use).
-    pub fn add_authority(&mut self, key_use: KeyUse, kid: &str, key: PublicKey) -> Result<(), BundleError> {
+    pub fn add_authority(
+        &mut self,
+        key_use: KeyUse,
+        kid: &str,
+        key: PublicKey,
+    ) -> Result<(), BundleError> {
         if self.has_kid(kid) {
             return Err(BundleError::DuplicateKid(kid.to_owned()));
         }
@@ -170,13 +175,15 @@ impl TrustBundle {
         let keys = self.authorities(key_use);
         match kid {
             // `kid` is an opaque, case-sensitive lookup key and nothing more.
-            Some(kid) => keys.iter().find(|a| a.kid == kid).map(|a| &a.key).ok_or_else(|| {
-                BundleError::UnknownKey {
+            Some(kid) => keys
+                .iter()
+                .find(|a| a.kid == kid)
+                .map(|a| &a.key)
+                .ok_or_else(|| BundleError::UnknownKey {
                     trust_domain: self.trust_domain.to_string(),
                     key_use: key_use.as_str(),
                     kid: kid.to_owned(),
-                }
-            }),
+                }),
             None => match keys {
                 [only] => Ok(&only.key),
                 [] => Err(BundleError::UnknownKey {
@@ -193,17 +200,25 @@ impl TrustBundle {
     /// `use`, and `x509-svid` keys without `x5c`, are skipped as the standard requires;
     /// a malformed key of a known use, a missing or repeated `kid`, fail the whole bundle.
     pub fn from_spiffe_json(trust_domain: TrustDomain, json: &[u8]) -> Result<Self, BundleError> {
-        let raw: RawBundle = crate::json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
+        let raw: RawBundle =
+            crate::json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
         let mut bundle = TrustBundle::new(trust_domain);
         bundle.sequence = raw.spiffe_sequence.unwrap_or(0);
         bundle.refresh_hint = raw.spiffe_refresh_hint;
         for value in raw.keys {
             // A key we cannot even read as a JWK is skipped only if its `use` is not ours.
-            let key_use = value.get("use").and_then(serde_json::Value::as_str).map(str::to_owned);
+            let key_use = value
+                .get("use")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
             let Some(key_use) = key_use else { continue };
             let parsed = || {
                 serde_json::from_value::<Jwk>(value.clone()).map_err(|e| BundleError::BadKey {
-                    kid: value.get("kid").and_then(|k| k.as_str()).unwrap_or("").to_owned(),
+                    kid: value
+                        .get("kid")
+                        .and_then(|k| k.as_str())
+                        .unwrap_or("")
+                        .to_owned(),
                     reason: e.to_string(),
                 })
             };
@@ -218,7 +233,9 @@ impl TrustBundle {
             match key_use.as_str() {
                 "x509-svid" => {
                     // Consumers use only the first `x5c` element and skip keys without one.
-                    let Some(first) = jwk.x5c.first() else { continue };
+                    let Some(first) = jwk.x5c.first() else {
+                        continue;
+                    };
                     let der = STANDARD.decode(first).map_err(|_| BundleError::BadX5c)?;
                     // The certificate must parse and carry a key we can describe as a JWK.
                     if x509_jwk(&der).is_none() {
@@ -250,7 +267,9 @@ impl TrustBundle {
         let mut keys = Vec::new();
         for der in &self.x509_authorities {
             // x509-svid keys carry the certificate in `x5c` and MUST NOT set `kid`.
-            let Some(mut jwk) = x509_jwk(der) else { continue };
+            let Some(mut jwk) = x509_jwk(der) else {
+                continue;
+            };
             if let Some(obj) = jwk.as_object_mut() {
                 obj.insert("use".into(), "x509-svid".into());
                 obj.insert("x5c".into(), serde_json::json!([STANDARD.encode(der)]));
@@ -273,18 +292,26 @@ impl TrustBundle {
     /// A plain JWK Set of the keys for one use, without `use` (the Workload API's JWT and
     /// WIT bundle form, SPIFFE Workload API §6.2.2).
     pub fn jwks_json(&self, key_use: KeyUse) -> String {
-        let keys: Vec<_> = self.authorities(key_use).iter().map(|a| authority_jwk(a, None)).collect();
+        let keys: Vec<_> = self
+            .authorities(key_use)
+            .iter()
+            .map(|a| authority_jwk(a, None))
+            .collect();
         serde_json::json!({ "keys": keys }).to_string()
     }
 
     /// Parses a plain JWK Set as the authorities for one use (keys without `kid` refused).
     pub fn add_jwks(&mut self, key_use: KeyUse, json: &[u8]) -> Result<(), BundleError> {
-        let set: JwkSet = crate::json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
+        let set: JwkSet =
+            crate::json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
         for jwk in set.keys {
             if matches!(jwk.params, crate::jose::KeyParams::Unknown { .. }) {
                 continue;
             }
-            let kid = jwk.kid.clone().ok_or(BundleError::MissingKid(key_use.as_str()))?;
+            let kid = jwk
+                .kid
+                .clone()
+                .ok_or(BundleError::MissingKid(key_use.as_str()))?;
             let key = PublicKey::from_jwk(&jwk).map_err(|e| BundleError::BadKey {
                 kid: kid.clone(),
                 reason: e.to_string(),
@@ -310,7 +337,10 @@ impl TrustBundle {
         }
         for block in blocks {
             if block.tag() != "CERTIFICATE" {
-                return Err(BundleError::Pem(format!("unexpected block `{}`", block.tag())));
+                return Err(BundleError::Pem(format!(
+                    "unexpected block `{}`",
+                    block.tag()
+                )));
             }
             self.x509_authorities.push(block.into_contents());
         }
@@ -351,10 +381,12 @@ fn spki_jwk(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<Jwk> {
             n: rsa.modulus.to_vec(),
             e: rsa.exponent.to_vec(),
         },
-        _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => KeyParams::Okp {
-            crv: "Ed25519".into(),
-            x: spki.subject_public_key.data.to_vec(),
-        },
+        _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => {
+            KeyParams::Okp {
+                crv: "Ed25519".into(),
+                x: spki.subject_public_key.data.to_vec(),
+            }
+        }
         _ => return None,
     };
     Some(Jwk::new(params))
@@ -442,8 +474,10 @@ mod tests {
         let mut b = TrustBundle::new(td("example.org"));
         b.sequence = 7;
         b.refresh_hint = Some(300);
-        b.add_authority(KeyUse::JwtSvid, "j1", jwt.public_key().clone()).unwrap();
-        b.add_authority(KeyUse::WitSvid, "w1", wit.public_key().clone()).unwrap();
+        b.add_authority(KeyUse::JwtSvid, "j1", jwt.public_key().clone())
+            .unwrap();
+        b.add_authority(KeyUse::WitSvid, "w1", wit.public_key().clone())
+            .unwrap();
         (b, jwt, wit)
     }
 
@@ -501,7 +535,10 @@ mod tests {
         let (b, _, _) = bundle_with_keys();
         let mut set = BundleSet::new();
         set.insert(b);
-        assert!(set.jwt_authority(&td("example.org"), KeyUse::JwtSvid, Some("j1")).is_ok());
+        assert!(
+            set.jwt_authority(&td("example.org"), KeyUse::JwtSvid, Some("j1"))
+                .is_ok()
+        );
         assert!(matches!(
             set.jwt_authority(&td("other.org"), KeyUse::JwtSvid, Some("j1")),
             Err(BundleError::UntrustedTrustDomain(_))
@@ -518,8 +555,12 @@ mod tests {
         let (mut b, _, _) = bundle_with_keys();
         assert!(b.authority(KeyUse::JwtSvid, None).is_ok());
         let extra = SigningKey::generate(Algorithm::Es256).unwrap();
-        b.add_authority(KeyUse::JwtSvid, "j2", extra.public_key().clone()).unwrap();
-        assert!(matches!(b.authority(KeyUse::JwtSvid, None), Err(BundleError::AmbiguousKey(_))));
+        b.add_authority(KeyUse::JwtSvid, "j2", extra.public_key().clone())
+            .unwrap();
+        assert!(matches!(
+            b.authority(KeyUse::JwtSvid, None),
+            Err(BundleError::AmbiguousKey(_))
+        ));
     }
 
     #[test]
@@ -530,7 +571,9 @@ mod tests {
         assert!(v["keys"][0].get("use").is_none());
         assert_eq!(v["keys"][0]["kid"], "w1");
         let mut again = TrustBundle::new(td("example.org"));
-        again.add_jwks(KeyUse::WitSvid, b.jwks_json(KeyUse::WitSvid).as_bytes()).unwrap();
+        again
+            .add_jwks(KeyUse::WitSvid, b.jwks_json(KeyUse::WitSvid).as_bytes())
+            .unwrap();
         assert_eq!(again.wit_authorities, b.wit_authorities);
     }
 
@@ -562,7 +605,14 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_without_panic() {
-        for input in [&b""[..], b"null", b"[]", b"{\"keys\":1}", b"{\"keys\":[1,2]}", b"\xff"] {
+        for input in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{\"keys\":1}",
+            b"{\"keys\":[1,2]}",
+            b"\xff",
+        ] {
             let _ = TrustBundle::from_spiffe_json(td("example.org"), input);
         }
         assert!(TrustBundle::from_spiffe_json(td("example.org"), b"{}").is_err());

@@ -1,6 +1,11 @@
 //! The hostile-token suite: every attack in SPECS.md §11 (RFC 8725, 8725bis, known CVE
 //! classes), each refused with its own specific error.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
 
 mod common;
 
@@ -61,14 +66,23 @@ fn json_serialized_jws_is_refused() {
 fn token_with_extra_dots_or_whitespace_is_refused() {
     let f = Fixture::new();
     let wit = f.wit();
-    assert_eq!(wit_err(&f, &format!("{wit}.")), TokenError::Jws(JwsError::PartCount(4)));
-    assert_eq!(wit_err(&f, &format!(" {wit}")), TokenError::Jws(JwsError::NotCompact));
+    assert_eq!(
+        wit_err(&f, &format!("{wit}.")),
+        TokenError::Jws(JwsError::PartCount(4))
+    );
+    assert_eq!(
+        wit_err(&f, &format!(" {wit}")),
+        TokenError::Jws(JwsError::NotCompact)
+    );
 }
 
 #[test]
 fn jwe_is_refused() {
     let f = Fixture::new();
-    assert_eq!(wit_err(&f, "eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d"), TokenError::Jws(JwsError::Encrypted));
+    assert_eq!(
+        wit_err(&f, "eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d"),
+        TokenError::Jws(JwsError::Encrypted)
+    );
 }
 
 #[test]
@@ -76,7 +90,10 @@ fn oversized_token_is_refused() {
     let f = Fixture::new();
     let claims = wit_claims_json(&f, |c| c["pad"] = "x".repeat(20_000).into());
     let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::TooLarge(_))));
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::TooLarge(_))
+    ));
 }
 
 #[test]
@@ -90,7 +107,10 @@ fn non_canonical_base64_is_refused() {
     assert_eq!(wit_err(&f, &padded), TokenError::Jws(JwsError::NotCompact));
     let std_alphabet = format!("{input}.{}", sig.replace('-', "+").replace('_', "/"));
     if std_alphabet != wit {
-        assert_eq!(wit_err(&f, &std_alphabet), TokenError::Jws(JwsError::NotCompact));
+        assert_eq!(
+            wit_err(&f, &std_alphabet),
+            TokenError::Jws(JwsError::NotCompact)
+        );
     }
 }
 
@@ -100,7 +120,9 @@ fn duplicate_claim_names_are_refused() {
     let claims = wit_claims_json(&f, |_| {});
     let duplicated = claims.replacen('{', r#"{"sub":"spiffe://example.org/admin","#, 1);
     let token = craft(WIT_HEADER, &duplicated, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(m)) if m.contains("duplicate")));
+    assert!(
+        matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(m)) if m.contains("duplicate"))
+    );
 }
 
 #[test]
@@ -108,7 +130,9 @@ fn duplicate_header_names_are_refused() {
     let f = Fixture::new();
     let header = r#"{"alg":"ES256","kid":"wit-1","typ":"wit+jwt","typ":"wpt+jwt"}"#;
     let token = craft(header, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Header(m)) if m.contains("duplicate")));
+    assert!(
+        matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Header(m)) if m.contains("duplicate"))
+    );
 }
 
 #[test]
@@ -116,17 +140,27 @@ fn non_object_claims_are_refused() {
     let f = Fixture::new();
     for claims in ["[]", "null", "\"sub\"", "1"] {
         let token = craft(WIT_HEADER, claims, &f.wit_issuer);
-        assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(_))), "{claims}");
+        assert!(
+            matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(_))),
+            "{claims}"
+        );
     }
 }
 
 #[test]
 fn invalid_utf8_claims_are_refused() {
     let f = Fixture::new();
-    let input = format!("{}.{}", b64::encode(WIT_HEADER), b64::encode([0xff, 0xfe, b'{']));
+    let input = format!(
+        "{}.{}",
+        b64::encode(WIT_HEADER),
+        b64::encode([0xff, 0xfe, b'{'])
+    );
     let sig = f.wit_issuer.sign(input.as_bytes()).unwrap();
     let token = format!("{input}.{}", b64::encode(sig));
-    assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(_))));
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::Claims(_))
+    ));
 }
 
 // ---- algorithms ----------------------------------------------------------------------
@@ -139,7 +173,10 @@ fn alg_none_is_refused() {
         b64::encode(r#"{"alg":"none","kid":"wit-1","typ":"wit+jwt"}"#),
         b64::encode(wit_claims_json(&f, |_| {}))
     );
-    assert_eq!(wit_err(&f, &format!("{input}.")), TokenError::Jws(JwsError::Base64("signature")));
+    assert_eq!(
+        wit_err(&f, &format!("{input}.")),
+        TokenError::Jws(JwsError::Base64("signature"))
+    );
     assert_eq!(
         wit_err(&f, &format!("{input}.AAAA")),
         TokenError::Jws(JwsError::Algorithm(AlgorithmError::None))
@@ -162,14 +199,20 @@ fn hmac_signed_with_the_public_key_is_refused() {
     // RS→HS key confusion (CVE-2015-9235): HMAC the token with the issuer's public key.
     let f = Fixture::new();
     let header = r#"{"alg":"HS256","kid":"wit-1","typ":"wit+jwt"}"#;
-    let input = format!("{}.{}", b64::encode(header), b64::encode(wit_claims_json(&f, |_| {})));
+    let input = format!(
+        "{}.{}",
+        b64::encode(header),
+        b64::encode(wit_claims_json(&f, |_| {}))
+    );
     let public = serde_json::to_vec(f.wit_issuer.public_jwk()).unwrap();
     let mac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &public);
     let tag = aws_lc_rs::hmac::sign(&mac_key, input.as_bytes());
     let token = format!("{input}.{}", b64::encode(tag.as_ref()));
     assert_eq!(
         wit_err(&f, &token),
-        TokenError::Jws(JwsError::Algorithm(AlgorithmError::Symmetric("HS256".into())))
+        TokenError::Jws(JwsError::Algorithm(AlgorithmError::Symmetric(
+            "HS256".into()
+        )))
     );
 }
 
@@ -190,13 +233,20 @@ fn eddsa_wit_is_refused_by_the_spiffe_profile() {
     let ed = SigningKey::generate(Algorithm::EdDsa).unwrap();
     let header = r#"{"alg":"EdDSA","kid":"wit-1","typ":"wit+jwt"}"#;
     let token = craft(header, &wit_claims_json(&f, |_| {}), &ed);
-    assert_eq!(wit_err(&f, &token), TokenError::AlgorithmNotAllowed("EdDSA".into()));
+    assert_eq!(
+        wit_err(&f, &token),
+        TokenError::AlgorithmNotAllowed("EdDSA".into())
+    );
 }
 
 #[test]
 fn cnf_with_symmetric_or_missing_alg_is_refused() {
     let f = Fixture::new();
-    for (alg, why) in [(json!("HS256"), "symmetric"), (json!("RSA-OAEP"), "unsupported"), (json!(null), "missing")] {
+    for (alg, why) in [
+        (json!("HS256"), "symmetric"),
+        (json!("RSA-OAEP"), "unsupported"),
+        (json!(null), "missing"),
+    ] {
         let claims = wit_claims_json(&f, |c| {
             if alg.is_null() {
                 c["cnf"]["jwk"].as_object_mut().unwrap().remove("alg");
@@ -205,7 +255,13 @@ fn cnf_with_symmetric_or_missing_alg_is_refused() {
             }
         });
         let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-        assert!(matches!(wit_err(&f, &token), TokenError::BadClaim { claim: "cnf", .. }), "{why}");
+        assert!(
+            matches!(
+                wit_err(&f, &token),
+                TokenError::BadClaim { claim: "cnf", .. }
+            ),
+            "{why}"
+        );
     }
 }
 
@@ -214,7 +270,10 @@ fn cnf_with_oct_key_is_refused() {
     let f = Fixture::new();
     let claims = wit_claims_json(&f, |c| c["cnf"]["jwk"] = json!({"kty":"oct","alg":"ES256"}));
     let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::BadClaim { claim: "cnf", .. }));
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::BadClaim { claim: "cnf", .. }
+    ));
 }
 
 #[test]
@@ -222,7 +281,10 @@ fn cnf_alg_that_does_not_fit_its_key_is_refused() {
     let f = Fixture::new();
     let claims = wit_claims_json(&f, |c| c["cnf"]["jwk"]["alg"] = "ES384".into());
     let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::BadClaim { claim: "cnf", .. }));
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::BadClaim { claim: "cnf", .. }
+    ));
 }
 
 #[test]
@@ -231,7 +293,10 @@ fn wpt_alg_other_than_cnf_alg_is_refused() {
     let f = Fixture::new();
     let other = SigningKey::generate(Algorithm::EdDsa).unwrap();
     let wpt = issue_wpt(&other, &f.wit(), &binding(), NOW, 60).unwrap();
-    assert_eq!(wpt_err(&f, &wpt, &binding()), TokenError::AlgorithmNotAllowed("EdDSA".into()));
+    assert_eq!(
+        wpt_err(&f, &wpt, &binding()),
+        TokenError::AlgorithmNotAllowed("EdDSA".into())
+    );
 }
 
 // ---- ECDSA / EdDSA -------------------------------------------------------------------
@@ -243,7 +308,10 @@ fn zero_ecdsa_signature_is_refused() {
     let wit = f.wit();
     let (input, _) = wit.rsplit_once('.').unwrap();
     let token = format!("{input}.{}", b64::encode([0u8; 64]));
-    assert_eq!(wit_err(&f, &token), TokenError::Jws(JwsError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::Signature(KeyError::BadSignature))
+    );
 }
 
 #[test]
@@ -253,11 +321,15 @@ fn ecdsa_signature_with_r_and_s_equal_to_the_order_is_refused() {
     let (input, _) = wit.rsplit_once('.').unwrap();
     // The P-256 group order n.
     let n: [u8; 32] = [
-        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc,
-        0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
     ];
     let token = format!("{input}.{}", b64::encode([n, n].concat()));
-    assert_eq!(wit_err(&f, &token), TokenError::Jws(JwsError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::Signature(KeyError::BadSignature))
+    );
 }
 
 #[test]
@@ -271,7 +343,10 @@ fn der_encoded_ecdsa_signature_is_refused() {
     der.extend_from_slice(&[0x02, 0x21, 0x00]);
     der.extend_from_slice(&raw[32..]);
     let token = format!("{input}.{}", b64::encode(der));
-    assert_eq!(wit_err(&f, &token), TokenError::Jws(JwsError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::Signature(KeyError::BadSignature))
+    );
 }
 
 #[test]
@@ -284,7 +359,9 @@ fn cnf_point_off_the_curve_is_refused() {
         c["cnf"]["jwk"]["y"] = b64::encode(bytes).into();
     });
     let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::BadClaim { claim: "cnf", reason } if reason.contains("malformed")));
+    assert!(
+        matches!(wit_err(&f, &token), TokenError::BadClaim { claim: "cnf", reason } if reason.contains("malformed"))
+    );
 }
 
 #[test]
@@ -292,7 +369,9 @@ fn cnf_with_private_key_is_refused() {
     let f = Fixture::new();
     let claims = wit_claims_json(&f, |c| c["cnf"]["jwk"]["d"] = "AAAA".into());
     let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(m)) if m.contains("private key member `d`")));
+    assert!(
+        matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(m)) if m.contains("private key member `d`"))
+    );
 }
 
 #[test]
@@ -304,8 +383,8 @@ fn non_canonical_ed25519_signature_is_refused() {
     let (input, sig) = wpt.rsplit_once('.').unwrap();
     let mut raw = b64::decode(sig).unwrap();
     let order: [u8; 32] = [
-        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
     ];
     let mut carry = 0u16;
     for i in 0..32 {
@@ -330,16 +409,23 @@ fn embedded_jwk_is_never_used() {
     let jwk = serde_json::to_string(attacker.public_jwk()).unwrap();
     let header = format!(r#"{{"alg":"ES256","kid":"wit-1","typ":"wit+jwt","jwk":{jwk}}}"#);
     let token = craft(&header, &wit_claims_json(&f, |_| {}), &attacker);
-    assert_eq!(wit_err(&f, &token), TokenError::Jws(JwsError::KeyInHeader("jwk")));
+    assert_eq!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::KeyInHeader("jwk"))
+    );
 }
 
 #[test]
 fn jku_and_x5u_are_never_followed() {
     let f = Fixture::new();
     for param in ["jku", "x5u"] {
-        let header = format!(r#"{{"alg":"ES256","kid":"wit-1","typ":"wit+jwt","{param}":"https://attacker.example/k"}}"#);
+        let header = format!(
+            r#"{{"alg":"ES256","kid":"wit-1","typ":"wit+jwt","{param}":"https://attacker.example/k"}}"#
+        );
         let token = craft(&header, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
-        assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::KeyInHeader(p)) if p == param));
+        assert!(
+            matches!(wit_err(&f, &token), TokenError::Jws(JwsError::KeyInHeader(p)) if p == param)
+        );
     }
 }
 
@@ -348,7 +434,10 @@ fn x5c_in_header_is_refused() {
     let f = Fixture::new();
     let header = r#"{"alg":"ES256","kid":"wit-1","typ":"wit+jwt","x5c":["MIIBszCCAVmgAwIBAgIUE"]}"#;
     let token = craft(header, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
-    assert_eq!(wit_err(&f, &token), TokenError::Jws(JwsError::KeyInHeader("x5c")));
+    assert_eq!(
+        wit_err(&f, &token),
+        TokenError::Jws(JwsError::KeyInHeader("x5c"))
+    );
 }
 
 #[test]
@@ -357,14 +446,24 @@ fn unknown_kid_is_refused() {
     for kid in ["nope", "../../etc/passwd", "' OR 1=1 --", "WIT-1"] {
         let header = format!(r#"{{"alg":"ES256","kid":{},"typ":"wit+jwt"}}"#, json!(kid));
         let token = craft(&header, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
-        assert!(matches!(wit_err(&f, &token), TokenError::Key(BundleError::UnknownKey { .. })), "{kid}");
+        assert!(
+            matches!(
+                wit_err(&f, &token),
+                TokenError::Key(BundleError::UnknownKey { .. })
+            ),
+            "{kid}"
+        );
     }
 }
 
 #[test]
 fn missing_kid_is_refused_by_the_spiffe_profile() {
     let f = Fixture::new();
-    let token = craft(r#"{"alg":"ES256","typ":"wit+jwt"}"#, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
+    let token = craft(
+        r#"{"alg":"ES256","typ":"wit+jwt"}"#,
+        &wit_claims_json(&f, |_| {}),
+        &f.wit_issuer,
+    );
     assert_eq!(wit_err(&f, &token), TokenError::MissingKid);
 }
 
@@ -382,7 +481,9 @@ fn zip_and_pbes2_parameters_are_refused() {
     for param in ["zip", "p2c", "b64"] {
         let header = format!(r#"{{"alg":"ES256","kid":"wit-1","typ":"wit+jwt","{param}":"DEF"}}"#);
         let token = craft(&header, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
-        assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::UnsupportedHeader(p)) if p == param));
+        assert!(
+            matches!(wit_err(&f, &token), TokenError::Jws(JwsError::UnsupportedHeader(p)) if p == param)
+        );
     }
 }
 
@@ -392,14 +493,26 @@ fn zip_and_pbes2_parameters_are_refused() {
 fn wpt_presented_as_wit_is_refused() {
     let f = Fixture::new();
     let wpt = issue_wpt(&f.holder, &f.wit(), &binding(), NOW, 60).unwrap();
-    assert!(matches!(wit_err(&f, &wpt), TokenError::WrongType { expected: "wit+jwt", .. }));
+    assert!(matches!(
+        wit_err(&f, &wpt),
+        TokenError::WrongType {
+            expected: "wit+jwt",
+            ..
+        }
+    ));
 }
 
 #[test]
 fn wit_presented_as_wpt_is_refused() {
     let f = Fixture::new();
     let wit = f.wit();
-    assert!(matches!(wpt_err(&f, &wit, &binding()), TokenError::WrongType { expected: "wpt+jwt", .. }));
+    assert!(matches!(
+        wpt_err(&f, &wit, &binding()),
+        TokenError::WrongType {
+            expected: "wpt+jwt",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -424,14 +537,23 @@ fn jwt_svid_presented_as_wit_is_refused() {
 fn wit_presented_as_jwt_svid_is_refused() {
     let f = Fixture::new();
     let err = verify_jwt_svid(&f.wit(), &f.bundles, "x", &v()).unwrap_err();
-    assert_eq!(err, TokenError::WrongType { expected: "JWT", found: "wit+jwt".into() });
+    assert_eq!(
+        err,
+        TokenError::WrongType {
+            expected: "JWT",
+            found: "wit+jwt".into()
+        }
+    );
 }
 
 #[test]
 fn txn_token_presented_as_jwt_svid_is_refused() {
     let f = Fixture::new();
     let txn = issue_txn_token(&f.jwt_issuer, "jwt-1", &txn_claims()).unwrap();
-    assert!(matches!(verify_jwt_svid(&txn, &f.bundles, "x", &v()), Err(TokenError::WrongType { .. })));
+    assert!(matches!(
+        verify_jwt_svid(&txn, &f.bundles, "x", &v()),
+        Err(TokenError::WrongType { .. })
+    ));
 }
 
 #[test]
@@ -444,14 +566,21 @@ fn jwt_svid_presented_as_txn_token_is_refused() {
     );
     assert!(matches!(
         verify_txn_token(&svid, &f.bundles, &td(TD), &v()),
-        Err(TokenError::WrongType { expected: "txntoken+jwt", .. })
+        Err(TokenError::WrongType {
+            expected: "txntoken+jwt",
+            ..
+        })
     ));
 }
 
 #[test]
 fn wit_without_typ_is_refused() {
     let f = Fixture::new();
-    let token = craft(r#"{"alg":"ES256","kid":"wit-1"}"#, &wit_claims_json(&f, |_| {}), &f.wit_issuer);
+    let token = craft(
+        r#"{"alg":"ES256","kid":"wit-1"}"#,
+        &wit_claims_json(&f, |_| {}),
+        &f.wit_issuer,
+    );
     assert!(matches!(wit_err(&f, &token), TokenError::WrongType { .. }));
 }
 
@@ -459,7 +588,11 @@ fn wit_without_typ_is_refused() {
 fn jwt_svid_with_extra_header_is_refused() {
     let f = Fixture::new();
     let claims = json!({"sub": WORKLOAD, "aud": "x", "exp": NOW + 60}).to_string();
-    let token = craft(r#"{"alg":"ES256","kid":"jwt-1","typ":"JWT","cty":"x"}"#, &claims, &f.jwt_issuer);
+    let token = craft(
+        r#"{"alg":"ES256","kid":"jwt-1","typ":"JWT","cty":"x"}"#,
+        &claims,
+        &f.jwt_issuer,
+    );
     assert_eq!(
         verify_jwt_svid(&token, &f.bundles, "x", &v()).unwrap_err(),
         TokenError::HeaderNotAllowed("cty".into())
@@ -471,7 +604,11 @@ fn jwt_svid_with_extra_header_is_refused() {
 #[test]
 fn expired_wit_is_refused() {
     let f = Fixture::new();
-    let token = craft(WIT_HEADER, &wit_claims_json(&f, |c| c["exp"] = (NOW - 61).into()), &f.wit_issuer);
+    let token = craft(
+        WIT_HEADER,
+        &wit_claims_json(&f, |c| c["exp"] = (NOW - 61).into()),
+        &f.wit_issuer,
+    );
     assert!(matches!(wit_err(&f, &token), TokenError::Expired { .. }));
 }
 
@@ -482,36 +619,68 @@ fn wit_without_exp_is_refused() {
         c.as_object_mut().unwrap().remove("exp");
     });
     let token = craft(WIT_HEADER, &claims, &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(m)) if m.contains("exp")));
+    assert!(
+        matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(m)) if m.contains("exp"))
+    );
 }
 
 #[test]
 fn wit_not_yet_valid_is_refused() {
     let f = Fixture::new();
-    let token = craft(WIT_HEADER, &wit_claims_json(&f, |c| c["nbf"] = (NOW + 600).into()), &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::NotYetValid { .. }));
+    let token = craft(
+        WIT_HEADER,
+        &wit_claims_json(&f, |c| c["nbf"] = (NOW + 600).into()),
+        &f.wit_issuer,
+    );
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::NotYetValid { .. }
+    ));
 }
 
 #[test]
 fn wit_issued_in_the_future_is_refused() {
     let f = Fixture::new();
-    let token = craft(WIT_HEADER, &wit_claims_json(&f, |c| c["iat"] = (NOW + 600).into()), &f.wit_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::IssuedInFuture { .. }));
+    let token = craft(
+        WIT_HEADER,
+        &wit_claims_json(&f, |c| c["iat"] = (NOW + 600).into()),
+        &f.wit_issuer,
+    );
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::IssuedInFuture { .. }
+    ));
 }
 
 #[test]
 fn wit_svid_with_aud_is_refused() {
     let f = Fixture::new();
-    let token = craft(WIT_HEADER, &wit_claims_json(&f, |c| c["aud"] = "svc".into()), &f.wit_issuer);
+    let token = craft(
+        WIT_HEADER,
+        &wit_claims_json(&f, |c| c["aud"] = "svc".into()),
+        &f.wit_issuer,
+    );
     assert_eq!(wit_err(&f, &token), TokenError::ForbiddenClaim("aud"));
 }
 
 #[test]
 fn wit_with_invalid_subject_is_refused() {
     let f = Fixture::new();
-    for sub in ["spiffe://example.org/a/../b", "spiffe://EXAMPLE.org/a", "https://user@example.org/a", ""] {
-        let token = craft(WIT_HEADER, &wit_claims_json(&f, |c| c["sub"] = sub.into()), &f.wit_issuer);
-        assert!(matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(_))), "{sub}");
+    for sub in [
+        "spiffe://example.org/a/../b",
+        "spiffe://EXAMPLE.org/a",
+        "https://user@example.org/a",
+        "",
+    ] {
+        let token = craft(
+            WIT_HEADER,
+            &wit_claims_json(&f, |c| c["sub"] = sub.into()),
+            &f.wit_issuer,
+        );
+        assert!(
+            matches!(wit_err(&f, &token), TokenError::Jws(JwsError::Claims(_))),
+            "{sub}"
+        );
     }
 }
 
@@ -533,11 +702,16 @@ fn wit_signed_by_a_federated_domains_key_for_our_domain_is_refused() {
     let mut f = Fixture::new();
     let foreign = SigningKey::generate(Algorithm::Es256).unwrap();
     let mut other = TrustBundle::new(td("other.org"));
-    other.add_authority(KeyUse::WitSvid, "foreign-1", foreign.public_key().clone()).unwrap();
+    other
+        .add_authority(KeyUse::WitSvid, "foreign-1", foreign.public_key().clone())
+        .unwrap();
     f.bundles.insert(other);
     let header = r#"{"alg":"ES256","kid":"foreign-1","typ":"wit+jwt"}"#;
     let token = craft(header, &wit_claims_json(&f, |_| {}), &foreign);
-    assert!(matches!(wit_err(&f, &token), TokenError::Key(BundleError::UnknownKey { .. })));
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::Key(BundleError::UnknownKey { .. })
+    ));
 }
 
 #[test]
@@ -545,14 +719,20 @@ fn wit_signed_with_a_jwt_svid_key_is_refused() {
     let f = Fixture::new();
     let header = r#"{"alg":"ES256","kid":"jwt-1","typ":"wit+jwt"}"#;
     let token = craft(header, &wit_claims_json(&f, |_| {}), &f.jwt_issuer);
-    assert!(matches!(wit_err(&f, &token), TokenError::Key(BundleError::UnknownKey { .. })));
+    assert!(matches!(
+        wit_err(&f, &token),
+        TokenError::Key(BundleError::UnknownKey { .. })
+    ));
 }
 
 #[test]
 fn empty_bundle_trusts_nothing() {
     let f = Fixture::new();
     let err = verify_wit(&f.wit(), &BundleSet::new(), WitProfile::Spiffe, &v()).unwrap_err();
-    assert!(matches!(err, TokenError::Key(BundleError::UntrustedTrustDomain(_))));
+    assert!(matches!(
+        err,
+        TokenError::Key(BundleError::UntrustedTrustDomain(_))
+    ));
 }
 
 // ---- WPT binding, audience, lifetime, replay ------------------------------------------
@@ -565,7 +745,10 @@ fn wpt_for_another_audience_is_refused() {
         ..Default::default()
     };
     let wpt = issue_wpt(&f.holder, &f.wit(), &other, NOW, 60).unwrap();
-    assert!(matches!(wpt_err(&f, &wpt, &binding()), TokenError::WrongAudience { .. }));
+    assert!(matches!(
+        wpt_err(&f, &wpt, &binding()),
+        TokenError::WrongAudience { .. }
+    ));
 }
 
 #[test]
@@ -585,10 +768,18 @@ fn wpt_for_another_wit_is_refused() {
     let f = Fixture::new();
     let mut other_claims = f.wit_claims();
     other_claims.jti = Some("another".into());
-    let other_wit =
-        wimse_core::token::wit::issue_wit(&f.wit_issuer, Some("wit-1"), &other_claims, WitProfile::Wimse).unwrap();
+    let other_wit = wimse_core::token::wit::issue_wit(
+        &f.wit_issuer,
+        Some("wit-1"),
+        &other_claims,
+        WitProfile::Wimse,
+    )
+    .unwrap();
     let wpt = issue_wpt(&f.holder, &other_wit, &binding(), NOW, 60).unwrap();
-    assert_eq!(wpt_err(&f, &wpt, &binding()), TokenError::BindingMismatch("wth".into()));
+    assert_eq!(
+        wpt_err(&f, &wpt, &binding()),
+        TokenError::BindingMismatch("wth".into())
+    );
 }
 
 #[test]
@@ -598,21 +789,30 @@ fn replayed_wpt_is_refused() {
     let wpt = issue_wpt(&f.holder, &f.wit(), &binding(), NOW, 60).unwrap();
     let replay = ReplayCache::new(10);
     verify_wpt(&wpt, &wit, &binding(), &v(), &replay).unwrap();
-    assert_eq!(verify_wpt(&wpt, &wit, &binding(), &v(), &replay).unwrap_err(), TokenError::Replay);
+    assert_eq!(
+        verify_wpt(&wpt, &wit, &binding(), &v(), &replay).unwrap_err(),
+        TokenError::Replay
+    );
 }
 
 #[test]
 fn expired_wpt_is_refused() {
     let f = Fixture::new();
     let wpt = issue_wpt(&f.holder, &f.wit(), &binding(), NOW - 200, 60).unwrap();
-    assert!(matches!(wpt_err(&f, &wpt, &binding()), TokenError::Expired { .. }));
+    assert!(matches!(
+        wpt_err(&f, &wpt, &binding()),
+        TokenError::Expired { .. }
+    ));
 }
 
 #[test]
 fn wpt_living_too_long_is_refused() {
     let f = Fixture::new();
     let wpt = issue_wpt(&f.holder, &f.wit(), &binding(), NOW, 3600).unwrap();
-    assert!(matches!(wpt_err(&f, &wpt, &binding()), TokenError::LifetimeTooLong { .. }));
+    assert!(matches!(
+        wpt_err(&f, &wpt, &binding()),
+        TokenError::LifetimeTooLong { .. }
+    ));
 }
 
 #[test]
@@ -624,7 +824,10 @@ fn wpt_not_bound_to_the_txn_token_in_the_request_is_refused() {
         txn_token: Some("a.b.c"),
         ..Default::default()
     };
-    assert_eq!(wpt_err(&f, &wpt, &with_txn), TokenError::MissingClaim("tth"));
+    assert_eq!(
+        wpt_err(&f, &wpt, &with_txn),
+        TokenError::MissingClaim("tth")
+    );
 }
 
 #[test]
@@ -641,7 +844,10 @@ fn wpt_bound_to_a_different_access_token_is_refused() {
         access_token: Some("token-two"),
         ..Default::default()
     };
-    assert_eq!(wpt_err(&f, &wpt, &presented), TokenError::BindingMismatch("ath".into()));
+    assert_eq!(
+        wpt_err(&f, &wpt, &presented),
+        TokenError::BindingMismatch("ath".into())
+    );
 }
 
 #[test]
@@ -669,7 +875,10 @@ fn wpt_other_token_hashes_must_cover_exactly_the_request() {
         other_tokens: &different,
         ..Default::default()
     };
-    assert_eq!(wpt_err(&f, &wpt, &bad), TokenError::BindingMismatch("oth".into()));
+    assert_eq!(
+        wpt_err(&f, &wpt, &bad),
+        TokenError::BindingMismatch("oth".into())
+    );
 }
 
 // ---- JWT-SVID and Txn-Token claims ----------------------------------------------------
@@ -702,7 +911,10 @@ fn jwt_svid_round_trips_and_checks_audience() {
     let token = issue_jwt_svid(&f.jwt_issuer, "jwt-1", &claims).unwrap();
     let verified = verify_jwt_svid(&token, &f.bundles, "b", &v()).unwrap();
     assert_eq!(verified.claims, claims);
-    assert!(matches!(verify_jwt_svid(&token, &f.bundles, "c", &v()), Err(TokenError::WrongAudience { .. })));
+    assert!(matches!(
+        verify_jwt_svid(&token, &f.bundles, "c", &v()),
+        Err(TokenError::WrongAudience { .. })
+    ));
 }
 
 #[test]
@@ -710,7 +922,10 @@ fn jwt_svid_without_kid_is_refused() {
     let f = Fixture::new();
     let claims = json!({"sub": WORKLOAD, "aud": "x", "exp": NOW + 60}).to_string();
     let token = craft(r#"{"alg":"ES256","typ":"JWT"}"#, &claims, &f.jwt_issuer);
-    assert_eq!(verify_jwt_svid(&token, &f.bundles, "x", &v()).unwrap_err(), TokenError::MissingKid);
+    assert_eq!(
+        verify_jwt_svid(&token, &f.bundles, "x", &v()).unwrap_err(),
+        TokenError::MissingKid
+    );
 }
 
 #[test]
@@ -729,7 +944,10 @@ fn jwt_svid_signed_with_eddsa_is_refused() {
 fn txn_token_round_trips() {
     let f = Fixture::new();
     let token = issue_txn_token(&f.jwt_issuer, "jwt-1", &txn_claims()).unwrap();
-    assert_eq!(verify_txn_token(&token, &f.bundles, &td(TD), &v()).unwrap(), txn_claims());
+    assert_eq!(
+        verify_txn_token(&token, &f.bundles, &td(TD), &v()).unwrap(),
+        txn_claims()
+    );
 }
 
 #[test]
@@ -737,7 +955,9 @@ fn txn_token_outside_its_trust_domain_is_refused() {
     let mut f = Fixture::new();
     // other.org trusts example.org's keys (federation) but the token is for example.org only.
     let mut other = TrustBundle::new(td("other.org"));
-    other.add_authority(KeyUse::JwtSvid, "jwt-1", f.jwt_issuer.public_key().clone()).unwrap();
+    other
+        .add_authority(KeyUse::JwtSvid, "jwt-1", f.jwt_issuer.public_key().clone())
+        .unwrap();
     f.bundles.insert(other);
     let token = issue_txn_token(&f.jwt_issuer, "jwt-1", &txn_claims()).unwrap();
     assert!(matches!(
@@ -752,7 +972,11 @@ fn txn_token_missing_req_wl_is_refused() {
     let claims = edit_json(&txn_claims(), |c| {
         c.as_object_mut().unwrap().remove("req_wl");
     });
-    let token = craft(r#"{"alg":"ES256","kid":"jwt-1","typ":"txntoken+jwt"}"#, &claims, &f.jwt_issuer);
+    let token = craft(
+        r#"{"alg":"ES256","kid":"jwt-1","typ":"txntoken+jwt"}"#,
+        &claims,
+        &f.jwt_issuer,
+    );
     assert!(matches!(
         verify_txn_token(&token, &f.bundles, &td(TD), &v()),
         Err(TokenError::Jws(JwsError::Claims(m))) if m.contains("req_wl")

@@ -1,6 +1,11 @@
 //! Property tests: round trips hold for generated inputs, and no parser of untrusted
 //! input panics on arbitrary bytes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
 
 mod common;
 

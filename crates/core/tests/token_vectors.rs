@@ -1,6 +1,11 @@
 //! The WIMSE drafts' example WIT and WPT (data/vectors.json), verified with the clock
 //! pinned, and new WITs minted with the published example issuer key.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
 
 use serde_json::Value;
 use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
@@ -27,7 +32,11 @@ fn example_bundles(issuer_private: &Value) -> BundleSet {
     let jwk: Jwk = serde_json::from_value(public).unwrap();
     let mut bundle = TrustBundle::new(TrustDomain::new("example.com").unwrap());
     bundle
-        .add_authority(KeyUse::WitSvid, "June 5", PublicKey::from_jwk(&jwk).unwrap())
+        .add_authority(
+            KeyUse::WitSvid,
+            "June 5",
+            PublicKey::from_jwk(&jwk).unwrap(),
+        )
         .unwrap();
     let mut set = BundleSet::new();
     set.insert(bundle);
@@ -42,8 +51,17 @@ fn pinned(ex: &Value) -> Validation {
 fn example_wit_verifies_under_the_wimse_profile() {
     let ex = example();
     let bundles = example_bundles(&ex["issuer_jwk_private"]);
-    let wit = verify_wit(ex["wit"].as_str().unwrap(), &bundles, WitProfile::Wimse, &pinned(&ex)).unwrap();
-    assert_eq!(wit.workload_id().as_str(), "wimse://example.com/specific-workload");
+    let wit = verify_wit(
+        ex["wit"].as_str().unwrap(),
+        &bundles,
+        WitProfile::Wimse,
+        &pinned(&ex),
+    )
+    .unwrap();
+    assert_eq!(
+        wit.workload_id().as_str(),
+        "wimse://example.com/specific-workload"
+    );
     assert_eq!(wit.holder_alg, Algorithm::EdDsa);
     assert_eq!(wit.wth, ex["expected"]["wth"].as_str().unwrap());
     assert_eq!(wit.claims.exp, ex["expected"]["wit_exp"].as_i64().unwrap());
@@ -55,8 +73,17 @@ fn example_wit_is_refused_by_the_spiffe_profile() {
     // Its subject is a wimse:// ID and its cnf key is EdDSA; SPIFFE WIT-SVID allows neither.
     let ex = example();
     let bundles = example_bundles(&ex["issuer_jwk_private"]);
-    let err = verify_wit(ex["wit"].as_str().unwrap(), &bundles, WitProfile::Spiffe, &pinned(&ex)).unwrap_err();
-    assert!(matches!(err, TokenError::BadClaim { claim: "sub", .. }), "{err}");
+    let err = verify_wit(
+        ex["wit"].as_str().unwrap(),
+        &bundles,
+        WitProfile::Spiffe,
+        &pinned(&ex),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TokenError::BadClaim { claim: "sub", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,7 +118,14 @@ fn example_wpt_without_the_access_token_is_refused() {
         audience: "https://workload.example.com/path",
         ..Default::default()
     };
-    let err = verify_wpt(ex["wpt"].as_str().unwrap(), &wit, &binding, &v, &ReplayCache::new(10)).unwrap_err();
+    let err = verify_wpt(
+        ex["wpt"].as_str().unwrap(),
+        &wit,
+        &binding,
+        &v,
+        &ReplayCache::new(10),
+    )
+    .unwrap_err();
     assert_eq!(err, TokenError::BindingMismatch("ath".into()));
 }
 
@@ -101,7 +135,12 @@ fn example_wit_expires_on_time() {
     let bundles = example_bundles(&ex["issuer_jwk_private"]);
     let late = Validation::at(ex["expected"]["wit_exp"].as_i64().unwrap() + 61);
     assert!(matches!(
-        verify_wit(ex["wit"].as_str().unwrap(), &bundles, WitProfile::Wimse, &late),
+        verify_wit(
+            ex["wit"].as_str().unwrap(),
+            &bundles,
+            WitProfile::Wimse,
+            &late
+        ),
         Err(TokenError::Expired { .. })
     ));
 }
@@ -128,7 +167,10 @@ fn new_wit_minted_with_the_published_issuer_key_verifies() {
     let wit = issue_wit(&issuer, Some("June 5"), &claims, WitProfile::Wimse).unwrap();
     let v = Validation::at(now + 1);
     let verified = verify_wit(&wit, &bundles, WitProfile::Wimse, &v).unwrap();
-    assert_eq!(verified.workload_id().as_str(), "wimse://example.com/another-workload");
+    assert_eq!(
+        verified.workload_id().as_str(),
+        "wimse://example.com/another-workload"
+    );
     // And the example's workload key proves possession of it.
     let binding = RequestBinding {
         audience: "https://workload.example.com/path",

@@ -92,7 +92,9 @@ impl Header {
     /// Whether `typ` names the media type `application/<subtype>`: RFC 7515 §4.1.9 lets
     /// `typ` omit the `application/` prefix, and media types compare case-insensitively.
     pub fn typ_is(&self, subtype: &str) -> bool {
-        self.typ.as_deref().is_some_and(|typ| media_type_is(typ, subtype))
+        self.typ
+            .as_deref()
+            .is_some_and(|typ| media_type_is(typ, subtype))
     }
 }
 
@@ -165,7 +167,8 @@ impl<'a> Jws<'a> {
             return Err(JwsError::NotCompact);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             let count = token.split('.').count();
             return Err(if count == 5 {
@@ -201,8 +204,12 @@ impl<'a> Jws<'a> {
 
     /// Verifies the signature with `key`, which must allow the header's `alg`.
     pub fn verify(&self, key: &PublicKey) -> Result<(), JwsError> {
-        key.verify(self.header.alg, self.signing_input.as_bytes(), &self.signature)
-            .map_err(JwsError::Signature)
+        key.verify(
+            self.header.alg,
+            self.signing_input.as_bytes(),
+            &self.signature,
+        )
+        .map_err(JwsError::Signature)
     }
 
     /// Parses the claims as `T`, refusing duplicate members.
@@ -248,13 +255,24 @@ mod tests {
     use super::*;
 
     fn token_with_header(header: &str) -> String {
-        format!("{}.{}.{}", b64::encode(header), b64::encode("{}"), b64::encode([1u8; 64]))
+        format!(
+            "{}.{}.{}",
+            b64::encode(header),
+            b64::encode("{}"),
+            b64::encode([1u8; 64])
+        )
     }
 
     #[test]
     fn signed_token_parses_and_verifies() {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        let token = sign(&key, Some("wit+jwt"), Some("k1"), &serde_json::json!({"sub":"x"})).unwrap();
+        let token = sign(
+            &key,
+            Some("wit+jwt"),
+            Some("k1"),
+            &serde_json::json!({"sub":"x"}),
+        )
+        .unwrap();
         let jws = Jws::parse(&token).unwrap();
         assert_eq!(jws.header().kid.as_deref(), Some("k1"));
         assert!(jws.header().typ_is("wit+jwt"));
@@ -293,7 +311,10 @@ mod tests {
     #[test]
     fn oversized_token_is_refused() {
         let token = "a".repeat(MAX_TOKEN_BYTES + 1);
-        assert_eq!(Jws::parse(&token).unwrap_err(), JwsError::TooLarge(MAX_TOKEN_BYTES + 1));
+        assert_eq!(
+            Jws::parse(&token).unwrap_err(),
+            JwsError::TooLarge(MAX_TOKEN_BYTES + 1)
+        );
     }
 
     #[test]
@@ -312,10 +333,20 @@ mod tests {
 
     #[test]
     fn unsecured_token_is_refused() {
-        let token = format!("{}.{}.", b64::encode(r#"{"alg":"none"}"#), b64::encode("{}"));
-        assert_eq!(Jws::parse(&token).unwrap_err(), JwsError::Base64("signature"));
+        let token = format!(
+            "{}.{}.",
+            b64::encode(r#"{"alg":"none"}"#),
+            b64::encode("{}")
+        );
+        assert_eq!(
+            Jws::parse(&token).unwrap_err(),
+            JwsError::Base64("signature")
+        );
         let token = token_with_header(r#"{"alg":"none"}"#);
-        assert_eq!(Jws::parse(&token).unwrap_err(), JwsError::Algorithm(AlgorithmError::None));
+        assert_eq!(
+            Jws::parse(&token).unwrap_err(),
+            JwsError::Algorithm(AlgorithmError::None)
+        );
     }
 
     #[test]
@@ -353,26 +384,36 @@ mod tests {
     fn jwe_and_extension_parameters_are_refused() {
         for param in ["enc", "zip", "b64", "p2s", "p2c", "epk"] {
             let token = token_with_header(&format!(r#"{{"alg":"ES256","{param}":"x"}}"#));
-            assert!(matches!(Jws::parse(&token).unwrap_err(), JwsError::UnsupportedHeader(p) if p == param));
+            assert!(
+                matches!(Jws::parse(&token).unwrap_err(), JwsError::UnsupportedHeader(p) if p == param)
+            );
         }
     }
 
     #[test]
     fn duplicate_header_member_is_refused() {
         let token = token_with_header(r#"{"alg":"ES256","alg":"none"}"#);
-        assert!(matches!(Jws::parse(&token).unwrap_err(), JwsError::Header(m) if m.contains("duplicate")));
+        assert!(
+            matches!(Jws::parse(&token).unwrap_err(), JwsError::Header(m) if m.contains("duplicate"))
+        );
     }
 
     #[test]
     fn non_object_header_is_refused() {
         for header in ["[]", "\"ES256\"", "null", "1"] {
-            assert!(matches!(Jws::parse(&token_with_header(header)).unwrap_err(), JwsError::Header(_)));
+            assert!(matches!(
+                Jws::parse(&token_with_header(header)).unwrap_err(),
+                JwsError::Header(_)
+            ));
         }
     }
 
     #[test]
     fn missing_alg_is_refused() {
-        assert_eq!(Jws::parse(&token_with_header(r#"{"typ":"JWT"}"#)).unwrap_err(), JwsError::MissingAlg);
+        assert_eq!(
+            Jws::parse(&token_with_header(r#"{"typ":"JWT"}"#)).unwrap_err(),
+            JwsError::MissingAlg
+        );
     }
 
     #[test]
@@ -398,10 +439,15 @@ mod tests {
         let header = b64::encode(r#"{"alg":"EdDSA"}"#);
         let payload = b64::encode(r#"{"sub":"a","sub":"b"}"#);
         let input = format!("{header}.{payload}");
-        let token = format!("{input}.{}", b64::encode(key.sign(input.as_bytes()).unwrap()));
+        let token = format!(
+            "{input}.{}",
+            b64::encode(key.sign(input.as_bytes()).unwrap())
+        );
         let jws = Jws::parse(&token).unwrap();
         jws.verify(key.public_key()).unwrap();
-        assert!(matches!(jws.claims::<Value>(), Err(JwsError::Claims(m)) if m.contains("duplicate")));
+        assert!(
+            matches!(jws.claims::<Value>(), Err(JwsError::Claims(m)) if m.contains("duplicate"))
+        );
     }
 
     #[test]
@@ -410,7 +456,10 @@ mod tests {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
         let header = b64::encode(r#"{"alg":"ES384"}"#);
         let input = format!("{header}.{}", b64::encode("{}"));
-        let token = format!("{input}.{}", b64::encode(key.sign(input.as_bytes()).unwrap()));
+        let token = format!(
+            "{input}.{}",
+            b64::encode(key.sign(input.as_bytes()).unwrap())
+        );
         assert!(matches!(
             Jws::parse(&token).unwrap().verify(key.public_key()),
             Err(JwsError::Signature(KeyError::AlgorithmMismatch { .. }))

@@ -647,7 +647,10 @@ mod tests {
         let key = PublicKey::from_jwk(&jwk).unwrap();
         let rng = aws_lc_rs::rand::SystemRandom::new();
         for (alg, padding) in [
-            (Algorithm::Rs256, &RSA_PKCS1_SHA256 as &dyn aws_lc_rs::signature::RsaEncoding),
+            (
+                Algorithm::Rs256,
+                &RSA_PKCS1_SHA256 as &dyn aws_lc_rs::signature::RsaEncoding,
+            ),
             (Algorithm::Ps256, &RSA_PSS_SHA256),
         ] {
             let mut sig = vec![0u8; pair.public_modulus_len()];

@@ -23,7 +23,11 @@ pub struct JwtSvidClaims {
     #[serde(deserialize_with = "super::numeric_date")]
     pub exp: i64,
     /// Issued at.
-    #[serde(default, deserialize_with = "super::opt_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "super::opt_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iat: Option<i64>,
     /// Issuer (optional in the standard; set to the server's URL for OIDC consumers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,7 +44,11 @@ pub struct VerifiedJwtSvid {
 }
 
 /// Signs a JWT-SVID with `typ` `JWT`.
-pub fn issue_jwt_svid(key: &SigningKey, kid: &str, claims: &JwtSvidClaims) -> Result<String, TokenError> {
+pub fn issue_jwt_svid(
+    key: &SigningKey,
+    kid: &str,
+    claims: &JwtSvidClaims,
+) -> Result<String, TokenError> {
     if !key.algorithm().is_spiffe() {
         return Err(TokenError::Issue(format!(
             "algorithm `{}` is not allowed for JWT-SVIDs",
@@ -48,7 +56,9 @@ pub fn issue_jwt_svid(key: &SigningKey, kid: &str, claims: &JwtSvidClaims) -> Re
         )));
     }
     if !claims.sub.is_spiffe() || claims.sub.is_trust_domain_id() {
-        return Err(TokenError::Issue("a JWT-SVID subject must be a SPIFFE ID with a path".into()));
+        return Err(TokenError::Issue(
+            "a JWT-SVID subject must be a SPIFFE ID with a path".into(),
+        ));
     }
     if claims.aud.values().is_empty() {
         return Err(TokenError::Issue("a JWT-SVID needs an audience".into()));
@@ -78,14 +88,18 @@ pub fn verify_jwt_svid(
         });
     }
     if !header.alg.is_spiffe() {
-        return Err(TokenError::AlgorithmNotAllowed(header.alg.name().to_owned()));
+        return Err(TokenError::AlgorithmNotAllowed(
+            header.alg.name().to_owned(),
+        ));
     }
     let kid = header.kid.as_deref().ok_or(TokenError::MissingKid)?;
     let all_claims: serde_json::Map<String, serde_json::Value> = jws.claims()?;
-    let claims: JwtSvidClaims = serde_json::from_value(serde_json::Value::Object(all_claims.clone()))
-        .map_err(|e| TokenError::BadClaim {
-            claim: "claims",
-            reason: e.to_string(),
+    let claims: JwtSvidClaims =
+        serde_json::from_value(serde_json::Value::Object(all_claims.clone())).map_err(|e| {
+            TokenError::BadClaim {
+                claim: "claims",
+                reason: e.to_string(),
+            }
         })?;
     if !claims.sub.is_spiffe() {
         return Err(TokenError::BadClaim {

@@ -210,7 +210,7 @@ impl Audience {
     }
 }
 
-/// Deserializes a NumericDate (RFC 7519 §2): an integer, or a finite non-integer that is
+/// Deserializes a `NumericDate` (RFC 7519 §2): an integer, or a finite non-integer that is
 /// floored; anything else is refused.
 pub(crate) fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
@@ -232,7 +232,10 @@ pub(crate) fn opt_numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option
 }
 
 /// Refuses a token whose `typ` is not `application/<expected>`.
-pub(crate) fn require_typ(header: &crate::jose::Header, expected: &'static str) -> Result<(), TokenError> {
+pub(crate) fn require_typ(
+    header: &crate::jose::Header,
+    expected: &'static str,
+) -> Result<(), TokenError> {
     if header.typ_is(expected) {
         Ok(())
     } else {
@@ -287,7 +290,10 @@ mod tests {
             #[serde(deserialize_with = "numeric_date")]
             exp: i64,
         }
-        assert_eq!(serde_json::from_str::<T>(r#"{"exp":12.9}"#).unwrap().exp, 12);
+        assert_eq!(
+            serde_json::from_str::<T>(r#"{"exp":12.9}"#).unwrap().exp,
+            12
+        );
         assert!(serde_json::from_str::<T>(r#"{"exp":"12"}"#).is_err());
         assert!(serde_json::from_str::<T>(r#"{"exp":1e300}"#).is_err());
     }

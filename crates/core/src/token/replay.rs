@@ -56,7 +56,10 @@ impl ReplayCache {
         let key = crate::digest::sha256(&input);
         // A poisoned lock only means another thread panicked mid-insert; the map is
         // still a valid set of seen proofs, so keep using it.
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(exp) = inner.seen.get(&key) {
             if *exp > now {
                 return Err(ReplayError::Replayed);
@@ -97,7 +100,10 @@ mod tests {
     fn second_use_is_refused() {
         let cache = ReplayCache::new(10);
         assert_eq!(cache.check_and_insert("a", "j", 100, 0), Ok(()));
-        assert_eq!(cache.check_and_insert("a", "j", 100, 1), Err(ReplayError::Replayed));
+        assert_eq!(
+            cache.check_and_insert("a", "j", 100, 1),
+            Err(ReplayError::Replayed)
+        );
     }
 
     #[test]
@@ -122,9 +128,15 @@ mod tests {
         let cache = ReplayCache::new(2);
         cache.check_and_insert("a", "1", 100, 0).unwrap();
         cache.check_and_insert("a", "2", 100, 0).unwrap();
-        assert_eq!(cache.check_and_insert("a", "3", 100, 0), Err(ReplayError::Full));
+        assert_eq!(
+            cache.check_and_insert("a", "3", 100, 0),
+            Err(ReplayError::Full)
+        );
         // The old entries are still remembered.
-        assert_eq!(cache.check_and_insert("a", "1", 100, 0), Err(ReplayError::Replayed));
+        assert_eq!(
+            cache.check_and_insert("a", "1", 100, 0),
+            Err(ReplayError::Replayed)
+        );
     }
 
     #[test]

@@ -50,8 +50,17 @@ pub struct TxnTokenClaims {
 }
 
 /// Signs a Txn-Token.
-pub fn issue_txn_token(key: &SigningKey, kid: &str, claims: &TxnTokenClaims) -> Result<String, TokenError> {
-    for (name, value) in [("txn", &claims.txn), ("sub", &claims.sub), ("scope", &claims.scope), ("req_wl", &claims.req_wl)] {
+pub fn issue_txn_token(
+    key: &SigningKey,
+    kid: &str,
+    claims: &TxnTokenClaims,
+) -> Result<String, TokenError> {
+    for (name, value) in [
+        ("txn", &claims.txn),
+        ("sub", &claims.sub),
+        ("scope", &claims.scope),
+        ("req_wl", &claims.req_wl),
+    ] {
         if value.is_empty() {
             return Err(TokenError::Issue(format!("claim `{name}` is empty")));
         }
@@ -81,7 +90,12 @@ pub fn verify_txn_token(
     }
     validation.check_exp(claims.exp)?;
     validation.check_iat(Some(claims.iat))?;
-    for (name, value) in [("txn", &claims.txn), ("sub", &claims.sub), ("scope", &claims.scope), ("req_wl", &claims.req_wl)] {
+    for (name, value) in [
+        ("txn", &claims.txn),
+        ("sub", &claims.sub),
+        ("scope", &claims.scope),
+        ("req_wl", &claims.req_wl),
+    ] {
         if value.is_empty() {
             return Err(TokenError::BadClaim {
                 claim: name,

@@ -15,7 +15,7 @@
 //! [`WitCache`] keeps verified WITs by the SHA-256 of their text, so a service verifying a
 //! stream of requests from the same caller pays one signature (the WPT's) per request.
 
-use super::{Validation, TokenError, require_typ};
+use super::{TokenError, Validation, require_typ};
 use crate::bundle::{BundleSet, KeyUse};
 use crate::id::WorkloadId;
 use crate::jose::{Algorithm, Jwk, Jws, PublicKey, SigningKey, jws};
@@ -66,10 +66,18 @@ pub struct WitClaims {
     #[serde(deserialize_with = "super::numeric_date")]
     pub exp: i64,
     /// Issued at.
-    #[serde(default, deserialize_with = "super::opt_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "super::opt_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iat: Option<i64>,
     /// Not before.
-    #[serde(default, deserialize_with = "super::opt_numeric_date", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "super::opt_numeric_date",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub nbf: Option<i64>,
     /// Token ID (audit only; never replay detection, since a WIT may serve several instances).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,16 +112,25 @@ impl VerifiedWit {
 }
 
 /// Checks that `cnf.jwk` is a usable public key with an allowed `alg` (SPECS §3.2 step 8).
-fn holder_key(cnf: &Confirmation, profile: WitProfile) -> Result<(PublicKey, Algorithm), TokenError> {
+fn holder_key(
+    cnf: &Confirmation,
+    profile: WitProfile,
+) -> Result<(PublicKey, Algorithm), TokenError> {
     let bad = |reason: String| TokenError::BadClaim {
         claim: "cnf",
         reason,
     };
-    let name = cnf.jwk.alg.as_deref().ok_or_else(|| bad("`cnf.jwk.alg` is missing".into()))?;
+    let name = cnf
+        .jwk
+        .alg
+        .as_deref()
+        .ok_or_else(|| bad("`cnf.jwk.alg` is missing".into()))?;
     // Algorithm::from_name refuses `none` and HS*; encryption algorithms are not members.
     let alg = Algorithm::from_name(name).map_err(|e| bad(e.to_string()))?;
     if !profile.allows(alg) {
-        return Err(bad(format!("`cnf.jwk.alg` `{alg}` is not allowed by the profile")));
+        return Err(bad(format!(
+            "`cnf.jwk.alg` `{alg}` is not allowed by the profile"
+        )));
     }
     let key = PublicKey::from_jwk_with_alg(&cnf.jwk, alg).map_err(|e| bad(e.to_string()))?;
     Ok((key, alg))
@@ -130,7 +147,9 @@ pub fn verify_wit(
     let header = jws.header();
     require_typ(header, WIT_TYP)?;
     if !profile.allows(header.alg) {
-        return Err(TokenError::AlgorithmNotAllowed(header.alg.name().to_owned()));
+        return Err(TokenError::AlgorithmNotAllowed(
+            header.alg.name().to_owned(),
+        ));
     }
     if profile == WitProfile::Spiffe && header.kid.is_none() {
         return Err(TokenError::MissingKid);
@@ -144,7 +163,11 @@ pub fn verify_wit(
             reason: format!("`{}` is not a SPIFFE ID", claims.sub),
         });
     }
-    let key = bundles.jwt_authority(claims.sub.trust_domain(), KeyUse::WitSvid, header.kid.as_deref())?;
+    let key = bundles.jwt_authority(
+        claims.sub.trust_domain(),
+        KeyUse::WitSvid,
+        header.kid.as_deref(),
+    )?;
     jws.verify(key)?;
     validation.check_exp(claims.exp)?;
     validation.check_nbf(claims.nbf)?;
@@ -180,7 +203,9 @@ pub fn issue_wit(
             return Err(TokenError::Issue("a WIT-SVID needs a `kid`".into()));
         }
         if !claims.sub.is_spiffe() {
-            return Err(TokenError::Issue("a WIT-SVID subject must be a SPIFFE ID".into()));
+            return Err(TokenError::Issue(
+                "a WIT-SVID subject must be a SPIFFE ID".into(),
+            ));
         }
         if claims.aud.is_some() {
             return Err(TokenError::Issue("a WIT-SVID must not carry `aud`".into()));
@@ -243,6 +268,8 @@ impl WitCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<VerifiedWit>>> {
         // A poisoned lock holds only verified WITs; they are still valid.
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -73,7 +73,12 @@ pub fn audience_of(target_uri: &str) -> &str {
 fn other_hashes(tokens: &[(&str, &str)]) -> BTreeMap<String, String> {
     tokens
         .iter()
-        .map(|(name, value)| (name.to_ascii_lowercase(), sha256_b64(value.trim().as_bytes())))
+        .map(|(name, value)| {
+            (
+                name.to_ascii_lowercase(),
+                sha256_b64(value.trim().as_bytes()),
+            )
+        })
         .collect()
 }
 
@@ -98,7 +103,11 @@ pub fn issue_wpt(
 }
 
 /// Compares a bound hash claim with the token the request carries.
-fn check_bound(claim: &'static str, bound: Option<&String>, token: Option<&str>) -> Result<(), TokenError> {
+fn check_bound(
+    claim: &'static str,
+    bound: Option<&String>,
+    token: Option<&str>,
+) -> Result<(), TokenError> {
     match (bound, token) {
         (None, None) => Ok(()),
         (Some(hash), Some(token)) if *hash == sha256_b64(token.as_bytes()) => Ok(()),
@@ -120,7 +129,9 @@ pub fn verify_wpt(
     require_typ(header, WPT_TYP)?;
     // The proof's alg must be exactly the one the WIT bound the key to.
     if header.alg != wit.holder_alg {
-        return Err(TokenError::AlgorithmNotAllowed(header.alg.name().to_owned()));
+        return Err(TokenError::AlgorithmNotAllowed(
+            header.alg.name().to_owned(),
+        ));
     }
     jws.verify(&wit.holder_key)?;
     let claims: WptClaims = jws.claims()?;
@@ -131,7 +142,11 @@ pub fn verify_wpt(
         });
     }
     validation.check_exp(claims.exp)?;
-    if claims.exp > validation.now.saturating_add(validation.max_proof_lifetime + validation.leeway) {
+    if claims.exp
+        > validation
+            .now
+            .saturating_add(validation.max_proof_lifetime + validation.leeway)
+    {
         return Err(TokenError::LifetimeTooLong {
             exp: claims.exp,
             now: validation.now,
@@ -177,7 +192,10 @@ mod tests {
 
     #[test]
     fn audience_drops_query_and_fragment() {
-        assert_eq!(audience_of("https://a.example/p?q=1"), "https://a.example/p");
+        assert_eq!(
+            audience_of("https://a.example/p?q=1"),
+            "https://a.example/p"
+        );
         assert_eq!(audience_of("https://a.example/p#f"), "https://a.example/p");
         assert_eq!(audience_of("https://a.example/p"), "https://a.example/p");
     }

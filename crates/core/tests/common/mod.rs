@@ -53,8 +53,13 @@ impl Fixture {
             bundles,
             wit: String::new(),
         };
-        fixture.wit =
-            issue_wit(&fixture.wit_issuer, Some("wit-1"), &fixture.wit_claims(), WitProfile::Wimse).unwrap();
+        fixture.wit = issue_wit(
+            &fixture.wit_issuer,
+            Some("wit-1"),
+            &fixture.wit_claims(),
+            WitProfile::Wimse,
+        )
+        .unwrap();
         fixture
     }
 
@@ -86,7 +91,10 @@ pub fn craft(header: &str, claims: &str, key: &SigningKey) -> String {
 }
 
 /// Claims JSON of `claims` with `edit` applied.
-pub fn edit_json<T: serde::Serialize>(claims: &T, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+pub fn edit_json<T: serde::Serialize>(
+    claims: &T,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
     let mut value = serde_json::to_value(claims).unwrap();
     edit(&mut value);
     value.to_string()
