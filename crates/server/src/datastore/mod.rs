@@ -557,3 +557,70 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
             out
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{JoinToken, Selector, SelectorError};
+
+    #[test]
+    fn selector_splits_at_the_first_colon_and_displays_back() {
+        let selector: Selector = "unix:uid:1000".parse().unwrap();
+        assert_eq!(selector.kind(), "unix");
+        assert_eq!(selector.value(), "uid:1000");
+        assert_eq!(selector.to_string(), "unix:uid:1000");
+        let sha: Selector = "unix:sha256:ab:cd".parse().unwrap();
+        assert_eq!(sha.value(), "sha256:ab:cd");
+    }
+
+    #[test]
+    fn selector_without_colon_or_with_an_empty_part_is_refused() {
+        assert_eq!(
+            "unix".parse::<Selector>(),
+            Err(SelectorError::MissingColon {
+                input: "unix".to_owned()
+            })
+        );
+        assert!(matches!(
+            ":uid:1".parse::<Selector>(),
+            Err(SelectorError::EmptyType { .. })
+        ));
+        assert!(matches!(
+            "unix:".parse::<Selector>(),
+            Err(SelectorError::EmptyValue { .. })
+        ));
+        assert!(matches!(
+            "".parse::<Selector>(),
+            Err(SelectorError::MissingColon { .. })
+        ));
+    }
+
+    #[test]
+    fn selector_type_with_a_colon_is_refused_so_that_display_reads_back() {
+        assert!(matches!(
+            Selector::new("a:b", "c"),
+            Err(SelectorError::ColonInType { .. })
+        ));
+        let built = Selector::new("k8s", "ns:prod").unwrap();
+        assert_eq!(built.to_string().parse::<Selector>(), Ok(built));
+    }
+
+    #[test]
+    fn selectors_order_by_type_then_value() {
+        let mut selectors: Vec<Selector> = ["unix:uid:2", "k8s:ns:a", "unix:gid:9", "unix:uid:2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        selectors = super::canonical_selectors(selectors);
+        let texts: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["k8s:ns:a", "unix:gid:9", "unix:uid:2"]);
+    }
+
+    #[test]
+    fn join_token_keeps_only_the_hash_and_debug_shows_no_token() {
+        let token = JoinToken::new("the-secret-token", 42);
+        assert_eq!(token.hash, wimse_core::digest::sha256(b"the-secret-token"));
+        let debug = format!("{token:?}");
+        assert!(!debug.contains("the-secret-token"));
+        assert!(debug.contains(&super::hex(&token.hash)));
+    }
+}

@@ -21,6 +21,7 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
 use wimse_core::WorkloadId;
 
 use super::{
@@ -754,6 +755,15 @@ async fn connect_sqlite(url: &str) -> Result<SqlitePool, StoreError> {
 /// Opens a PostgreSQL pool for `url`.
 async fn connect_postgres(url: &str) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url).map_err(|e| connect_error(&e))?;
+    // One direct connection first: the pool would retry a refused connection until its acquire
+    // timeout and then report only that it timed out, where this reports why, at once.
+    options
+        .connect()
+        .await
+        .map_err(|e| connect_error(&e))?
+        .close()
+        .await
+        .map_err(|e| connect_error(&e))?;
     PgPoolOptions::new()
         .connect_with(options)
         .await
