@@ -3,7 +3,7 @@
 //! Both databases run the same SQL text: sqlx's SQLite driver binds `$1`-style parameters too,
 //! and both dialects have `RETURNING`, `ON CONFLICT ... DO UPDATE` and `excluded`. The schema
 //! is one migration per dialect (they differ only in the blob type), embedded in the binary.
-//! Each method body is written once inside [`on_pool!`], which expands it for each driver.
+//! Each method body is written once inside `on_pool!`, which expands it for each driver.
 //!
 //! Queries are checked at run time (no `query!` macros), so building needs no database; the
 //! test suite in `tests/datastore.rs` runs every query against both databases instead.
