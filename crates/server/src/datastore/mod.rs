@@ -1,0 +1,626 @@
+//! What the server remembers, and the one trait through which it remembers it.
+//!
+//! # The model
+//!
+//! - [`RegistrationEntry`]: "the workload that shows these [`Selector`]s, under this parent,
+//!   gets this identity" (SPIRE's entry model). Created and updated from a [`NewEntry`].
+//! - [`AttestedAgent`]: an agent that passed node attestation, and whether it is banned.
+//! - [`JoinToken`]: only the SHA-256 hash of a one-time join token and its expiry; the token
+//!   itself never reaches the datastore.
+//! - [`Authority`]: the *public* half of a signing key of one server replica (an X.509 CA
+//!   certificate or a JWK). Private keys stay in each replica's data dir. Several replicas on
+//!   one PostgreSQL database each publish their authorities here, and the trust bundle is built
+//!   from all of them.
+//! - [`EntryChange`]: one step of the incremental entry sync that agents follow by revision.
+//!
+//! # Revisions
+//!
+//! Every entry change (create, update, delete) takes the next value of one store-wide counter,
+//! so revisions are unique, increase with every change, and are handed out in commit order: the
+//! counter row is bumped first in each writing transaction and stays locked until it commits.
+//! That is what lets an agent remember a single number and ask for
+//! [`Datastore::entry_changes_since`] it, without ever missing a change committed late.
+//!
+//! # Implementations
+//!
+//! [`SqlStore`] (in `sql.rs`) implements [`Datastore`] on SQLite (the default, a file in the data
+//! dir) and PostgreSQL (shared by several replicas), with the same schema and the same tests.
+
+mod sql;
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+
+use wimse_core::WorkloadId;
+
+pub use sql::SqlStore;
+
+/// A property of a workload or of a node, as `type:value`: `unix:uid:1000` has the type `unix`
+/// and the value `uid:1000`.
+///
+/// The type never contains a colon (the text is split at the first one) and neither part is
+/// empty, so `type:value` reads back to the same selector. Ordering is by type, then value.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Selector {
+    /// The selector type, e.g. `unix`.
+    kind: String,
+    /// The selector value, e.g. `uid:1000`.
+    value: String,
+}
+
+impl Selector {
+    /// Builds a selector from its two parts. `kind` must be non-empty and free of `:`, `value`
+    /// non-empty.
+    pub fn new(kind: &str, value: &str) -> Result<Self, SelectorError> {
+        if kind.is_empty() {
+            return Err(SelectorError::EmptyType {
+                input: format!("{kind}:{value}"),
+            });
+        }
+        if kind.contains(':') {
+            return Err(SelectorError::ColonInType {
+                kind: kind.to_owned(),
+            });
+        }
+        if value.is_empty() {
+            return Err(SelectorError::EmptyValue {
+                input: format!("{kind}:"),
+            });
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// The selector type, e.g. `unix`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The selector value, e.g. `uid:1000`.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl FromStr for Selector {
+    type Err = SelectorError;
+
+    /// Parses `type:value`, splitting at the first colon.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let Some((kind, value)) = input.split_once(':') else {
+            return Err(SelectorError::MissingColon {
+                input: input.to_owned(),
+            });
+        };
+        Self::new(kind, value)
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Why a text is not a [`Selector`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// There is no `:` between the type and the value.
+    #[error("selector `{input}` is not of the form `type:value`")]
+    MissingColon {
+        /// The input as given.
+        input: String,
+    },
+    /// The part before the first `:` is empty.
+    #[error("selector `{input}` has an empty type")]
+    EmptyType {
+        /// The input as given.
+        input: String,
+    },
+    /// The part after the first `:` is empty.
+    #[error("selector `{input}` has an empty value")]
+    EmptyValue {
+        /// The input as given.
+        input: String,
+    },
+    /// A type given on its own contains `:`, so `type:value` would not read back the same.
+    #[error("selector type `{kind}` contains `:`")]
+    ColonInType {
+        /// The type as given.
+        kind: String,
+    },
+}
+
+/// Sorts and deduplicates `selectors`: the canonical form of a selector set, in which two sets
+/// with the same members are equal.
+pub(crate) fn canonical_selectors(mut selectors: Vec<Selector>) -> Vec<Selector> {
+    selectors.sort();
+    selectors.dedup();
+    selectors
+}
+
+/// A registration entry as stored: which identity a workload gets, under which parent, when it
+/// shows which selectors.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RegistrationEntry {
+    /// The entry's ID, assigned by the store at creation (a random UUID).
+    pub id: String,
+    /// The identity issued to matching workloads.
+    pub spiffe_id: WorkloadId,
+    /// The agent (or another entry's identity) under which the workload runs.
+    pub parent_id: WorkloadId,
+    /// The selectors a workload must show, all of them; sorted and without duplicates.
+    pub selectors: Vec<Selector>,
+    /// Lifetime of issued X.509 certificates, in seconds.
+    pub x509_ttl: u32,
+    /// Lifetime of issued JWT-SVIDs and WITs, in seconds.
+    pub jwt_ttl: u32,
+    /// DNS names to put in issued X.509 certificates.
+    pub dns_names: Vec<String>,
+    /// A hint for workloads that receive several identities, telling them apart.
+    pub hint: Option<String>,
+    /// Whether the identity may use the server's admin API.
+    pub admin: bool,
+    /// Whether the identity belongs to a downstream server (a nested CA).
+    pub downstream: bool,
+    /// The store-wide revision of the entry's last change (see the [module docs](self)).
+    pub revision: i64,
+    /// When the entry was created, in seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// The caller-chosen parts of a [`RegistrationEntry`], for [`Datastore::create_entry`] and
+/// [`Datastore::update_entry`]. The store assigns the ID, revision and creation time.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NewEntry {
+    /// The identity issued to matching workloads.
+    pub spiffe_id: WorkloadId,
+    /// The agent (or another entry's identity) under which the workload runs.
+    pub parent_id: WorkloadId,
+    /// The selectors a workload must show; the store sorts them and drops duplicates.
+    pub selectors: Vec<Selector>,
+    /// Lifetime of issued X.509 certificates, in seconds.
+    pub x509_ttl: u32,
+    /// Lifetime of issued JWT-SVIDs and WITs, in seconds.
+    pub jwt_ttl: u32,
+    /// DNS names to put in issued X.509 certificates.
+    pub dns_names: Vec<String>,
+    /// A hint for workloads that receive several identities.
+    pub hint: Option<String>,
+    /// Whether the identity may use the server's admin API.
+    pub admin: bool,
+    /// Whether the identity belongs to a downstream server.
+    pub downstream: bool,
+}
+
+/// Which entries [`Datastore::list_entries`] returns: those matching every field that is set.
+/// The default matches all entries.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct EntryFilter {
+    /// Only entries with this identity.
+    pub spiffe_id: Option<WorkloadId>,
+    /// Only entries with this parent.
+    pub parent_id: Option<WorkloadId>,
+    /// Only entries whose selectors include all of these (they may have more).
+    pub selectors: Vec<Selector>,
+}
+
+/// One step of the incremental entry sync.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct EntryChange {
+    /// The revision of this change.
+    pub revision: i64,
+    /// The entry that changed.
+    pub entry_id: String,
+    /// What happened to it.
+    pub kind: EntryChangeKind,
+}
+
+/// What happened to an entry in an [`EntryChange`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum EntryChangeKind {
+    /// The entry was created or updated; this is its state at the change's revision.
+    Upsert(Box<RegistrationEntry>),
+    /// The entry was deleted.
+    Delete,
+}
+
+/// An agent that passed node attestation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AttestedAgent {
+    /// The agent's identity.
+    pub spiffe_id: WorkloadId,
+    /// How it attested: `join_token` or `x509pop`.
+    pub attestation_type: String,
+    /// Hex serial number of its current agent certificate.
+    pub serial: String,
+    /// When its current agent certificate expires, in seconds since the Unix epoch.
+    pub expires_at: i64,
+    /// A banned agent gets nothing more from the server.
+    pub banned: bool,
+    /// The node selectors attestation produced; the store sorts them and drops duplicates.
+    pub selectors: Vec<Selector>,
+    /// When the agent was last heard from, in seconds since the Unix epoch.
+    pub last_seen: i64,
+}
+
+/// A one-time join token as stored: only its SHA-256 hash, so that a copy of the database does
+/// not let anyone attest a node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct JoinToken {
+    /// SHA-256 of the token's text.
+    pub hash: [u8; 32],
+    /// When the token stops being accepted, in seconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+impl JoinToken {
+    /// The stored form of `token`, valid until `expires_at`. The token itself is not kept.
+    pub fn new(token: &str, expires_at: i64) -> Self {
+        Self {
+            hash: Self::hash(token),
+            expires_at,
+        }
+    }
+
+    /// SHA-256 of `token`: the key under which it is stored and consumed.
+    pub fn hash(token: &str) -> [u8; 32] {
+        wimse_core::digest::sha256(token.as_bytes())
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("hash", &hex(&self.hash))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// What a signing authority signs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum AuthorityKind {
+    /// An X.509 CA: `public_data` is its DER certificate.
+    X509,
+    /// A JWT-SVID signing key: `public_data` is its public JWK as JSON.
+    Jwt,
+    /// A WIT signing key: `public_data` is its public JWK as JSON.
+    Wit,
+}
+
+impl AuthorityKind {
+    /// The stored name: `x509`, `jwt` or `wit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+            Self::Wit => "wit",
+        }
+    }
+
+    /// The kind stored as `name`, if any.
+    fn from_stored(name: &str) -> Option<Self> {
+        [Self::X509, Self::Jwt, Self::Wit]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// Where a signing authority is in its rotation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum AuthorityState {
+    /// Published in the bundle, not yet signing: relying parties learn it before they meet it.
+    Prepared,
+    /// Signing new credentials.
+    Active,
+    /// No longer signing, still published until what it signed has expired.
+    Retired,
+}
+
+impl AuthorityState {
+    /// The stored name: `prepared`, `active` or `retired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Active => "active",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// The state stored as `name`, if any.
+    fn from_stored(name: &str) -> Option<Self> {
+        [Self::Prepared, Self::Active, Self::Retired]
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+}
+
+/// The public half of one signing key of one server replica.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Authority {
+    /// The key's `kid`, or the certificate's fingerprint for X.509.
+    pub id: String,
+    /// The replica that owns (and alone holds the private key of) this authority.
+    pub server_id: String,
+    /// What it signs.
+    pub kind: AuthorityKind,
+    /// The DER certificate for [`AuthorityKind::X509`], the public JWK as JSON otherwise.
+    pub public_data: Vec<u8>,
+    /// Where it is in its rotation.
+    pub state: AuthorityState,
+    /// When it expires, in seconds since the Unix epoch; from then on it leaves the bundle.
+    pub not_after: i64,
+    /// When it was first stored, in seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// Why a datastore operation failed. Messages never contain a token or a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another entry already has the same identity, parent and selector set.
+    #[error("an entry with the same spiffe id, parent id and selectors already exists")]
+    DuplicateEntry,
+    /// No entry has this ID.
+    #[error("no registration entry with id `{0}`")]
+    EntryNotFound(String),
+    /// No attested agent has this identity.
+    #[error("no attested agent `{0}`")]
+    AgentNotFound(String),
+    /// No authority has this ID for this replica.
+    #[error("no authority `{id}` of server `{server_id}`")]
+    AuthorityNotFound {
+        /// The authority's ID.
+        id: String,
+        /// The replica it was looked up for.
+        server_id: String,
+    },
+    /// The join token is unknown, or was already used.
+    #[error("join token not found or already used")]
+    TokenNotFound,
+    /// The join token has expired (it is now removed).
+    #[error("join token has expired")]
+    TokenExpired,
+    /// A stored row does not read back as a model value (e.g. a corrupt workload ID), or a value
+    /// cannot be stored.
+    #[error("invalid data in the datastore: {0}")]
+    InvalidData(String),
+    /// The datastore URL names no supported database.
+    #[error("unsupported datastore url scheme `{0}`: expected `sqlite:` or `postgres://`")]
+    UnsupportedUrl(String),
+    /// The database failed or could not be reached.
+    #[error("datastore error: {0}")]
+    Database(String),
+    /// Bringing the schema up to date failed.
+    #[error("datastore migration failed: {0}")]
+    Migration(String),
+}
+
+/// Everything the server stores, behind one trait so that the rest of the server does not know
+/// which database it runs on.
+///
+/// Times are seconds since the Unix epoch; methods that depend on the current time take it as
+/// `now`, so that callers (and tests) control the clock.
+pub trait Datastore: Send + Sync {
+    /// Creates an entry, assigning it a random ID, the next revision and the creation time.
+    ///
+    /// Fails with [`StoreError::DuplicateEntry`] when an entry with the same `spiffe_id`,
+    /// `parent_id` and selector set exists.
+    fn create_entry(
+        &self,
+        entry: NewEntry,
+    ) -> impl Future<Output = Result<RegistrationEntry, StoreError>> + Send;
+
+    /// Creates several entries in one transaction, each with its own revision, in order: all of
+    /// them or none (a duplicate among them fails the whole batch).
+    fn create_entries(
+        &self,
+        entries: Vec<NewEntry>,
+    ) -> impl Future<Output = Result<Vec<RegistrationEntry>, StoreError>> + Send;
+
+    /// The entry with this ID, if any.
+    fn get_entry(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<RegistrationEntry>, StoreError>> + Send;
+
+    /// The entries matching `filter`, oldest first.
+    fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> impl Future<Output = Result<Vec<RegistrationEntry>, StoreError>> + Send;
+
+    /// Replaces the caller-chosen parts of entry `id` and gives it the next revision; the ID and
+    /// creation time stay.
+    ///
+    /// Fails with [`StoreError::EntryNotFound`] or [`StoreError::DuplicateEntry`].
+    fn update_entry(
+        &self,
+        id: &str,
+        entry: NewEntry,
+    ) -> impl Future<Output = Result<RegistrationEntry, StoreError>> + Send;
+
+    /// Deletes entry `id`, recording the deletion at the next revision so that agents syncing
+    /// by revision learn of it, and returns the entry as it was.
+    fn delete_entry(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<RegistrationEntry, StoreError>> + Send;
+
+    /// The changes after `revision`, in revision order, at most `limit` of them, and the current
+    /// revision.
+    ///
+    /// Each entry appears at most once, in its latest state (or as a deletion). For `revision`
+    /// 0 the answer is every live entry. Only changes up to the returned current revision are
+    /// included, so a caller that got fewer than `limit` changes is up to date at that revision;
+    /// one that got `limit` changes continues from the last change's revision.
+    fn entry_changes_since(
+        &self,
+        revision: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<EntryChange>, i64), StoreError>> + Send;
+
+    /// The revision of the latest entry change (0 before the first).
+    fn current_revision(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Stores a join token's hash and expiry.
+    fn create_join_token(
+        &self,
+        token: &JoinToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Uses up the join token with this hash, atomically: of any number of concurrent callers,
+    /// at most one succeeds.
+    ///
+    /// Fails with [`StoreError::TokenNotFound`] when the token is unknown or already used, and
+    /// with [`StoreError::TokenExpired`] when `now` is at or past its expiry (the expired token is
+    /// removed all the same).
+    fn consume_join_token(
+        &self,
+        hash: &[u8; 32],
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the join tokens that expired at or before `now`; returns how many.
+    fn prune_join_tokens(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records an attested agent, or updates it when its identity is known.
+    ///
+    /// A ban survives: an update never clears `banned`, only [`Datastore::set_agent_banned`]
+    /// does, so a banned agent cannot lift its ban by attesting again.
+    fn upsert_agent(
+        &self,
+        agent: &AttestedAgent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The attested agent with this identity, if any.
+    fn get_agent(
+        &self,
+        id: &WorkloadId,
+    ) -> impl Future<Output = Result<Option<AttestedAgent>, StoreError>> + Send;
+
+    /// All attested agents, by identity.
+    fn list_agents(&self) -> impl Future<Output = Result<Vec<AttestedAgent>, StoreError>> + Send;
+
+    /// Bans or unbans an agent. Fails with [`StoreError::AgentNotFound`].
+    fn set_agent_banned(
+        &self,
+        id: &WorkloadId,
+        banned: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Evicts an agent: it must attest again. Fails with [`StoreError::AgentNotFound`].
+    fn delete_agent(&self, id: &WorkloadId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores an authority, or updates the one with the same `id` and `server_id` (keeping its
+    /// original `created_at`).
+    fn put_authority(
+        &self,
+        authority: &Authority,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The authorities of all replicas that have not expired at `now`, oldest first.
+    fn list_authorities(
+        &self,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Authority>, StoreError>> + Send;
+
+    /// Moves an authority to `state`. Fails with [`StoreError::AuthorityNotFound`].
+    fn set_authority_state(
+        &self,
+        id: &str,
+        server_id: &str,
+        state: AuthorityState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the authorities that expired at or before `now`; returns how many.
+    fn prune_authorities(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The trust bundle's sequence number (0 before the first bump).
+    fn bundle_sequence(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Increments the bundle sequence number atomically and returns the new value.
+    fn bump_bundle_sequence(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{JoinToken, Selector, SelectorError};
+
+    #[test]
+    fn selector_splits_at_the_first_colon_and_displays_back() {
+        let selector: Selector = "unix:uid:1000".parse().unwrap();
+        assert_eq!(selector.kind(), "unix");
+        assert_eq!(selector.value(), "uid:1000");
+        assert_eq!(selector.to_string(), "unix:uid:1000");
+        let sha: Selector = "unix:sha256:ab:cd".parse().unwrap();
+        assert_eq!(sha.value(), "sha256:ab:cd");
+    }
+
+    #[test]
+    fn selector_without_colon_or_with_an_empty_part_is_refused() {
+        assert_eq!(
+            "unix".parse::<Selector>(),
+            Err(SelectorError::MissingColon {
+                input: "unix".to_owned()
+            })
+        );
+        assert!(matches!(
+            ":uid:1".parse::<Selector>(),
+            Err(SelectorError::EmptyType { .. })
+        ));
+        assert!(matches!(
+            "unix:".parse::<Selector>(),
+            Err(SelectorError::EmptyValue { .. })
+        ));
+        assert!(matches!(
+            "".parse::<Selector>(),
+            Err(SelectorError::MissingColon { .. })
+        ));
+    }
+
+    #[test]
+    fn selector_type_with_a_colon_is_refused_so_that_display_reads_back() {
+        assert!(matches!(
+            Selector::new("a:b", "c"),
+            Err(SelectorError::ColonInType { .. })
+        ));
+        let built = Selector::new("k8s", "ns:prod").unwrap();
+        assert_eq!(built.to_string().parse::<Selector>(), Ok(built));
+    }
+
+    #[test]
+    fn selectors_order_by_type_then_value() {
+        let mut selectors: Vec<Selector> = ["unix:uid:2", "k8s:ns:a", "unix:gid:9", "unix:uid:2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        selectors = super::canonical_selectors(selectors);
+        let texts: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["k8s:ns:a", "unix:gid:9", "unix:uid:2"]);
+    }
+
+    #[test]
+    fn join_token_keeps_only_the_hash_and_debug_shows_no_token() {
+        let token = JoinToken::new("the-secret-token", 42);
+        assert_eq!(token.hash, wimse_core::digest::sha256(b"the-secret-token"));
+        let debug = format!("{token:?}");
+        assert!(!debug.contains("the-secret-token"));
+        assert!(debug.contains(&super::hex(&token.hash)));
+    }
+}
