@@ -1257,10 +1257,11 @@ mod tests {
 
     // --- properties ---
 
-    /// A trust domain that no scheme refuses: its last label ends in a letter that is not a hex digit,
-    /// so it never "ends in a number".
+    /// A trust domain that no scheme refuses: its last label ends in a letter that is neither a hex
+    /// digit nor the `x` of a bare `0x` (which WHATWG reads as the number 0), so it never "ends in a
+    /// number".
     fn any_name_trust_domain() -> impl Strategy<Value = String> {
-        "[a-z0-9._-]{0,30}[g-z]"
+        "[a-z0-9._-]{0,30}[g-wyz]"
     }
 
     fn any_spiffe_id() -> impl Strategy<Value = String> {

@@ -26,6 +26,10 @@
 //!
 //! # Rules implemented (SPIFFE X509-SVID, WIMSE workload credentials)
 //!
+//! * Identifiers are [`WorkloadId`]s and [`TrustDomain`]s: a URI SAN is parsed with
+//!   [`WorkloadId::parse`], so every generic SPIFFE-ID rule is [`crate::id`]'s. This module
+//!   adds only what X509-SVID says on top: the scheme is `spiffe`, a leaf's ID has a path,
+//!   a signing certificate's has none.
 //! * Exactly one URI SAN, holding the SPIFFE ID; more than one is refused (X509-SVID §2,
 //!   WIC: "MUST NOT contain more than one URI SAN").
 //! * Leaves: the ID has a non-root path (§3.1); `CA=false` (§4.1); key usage present with
@@ -39,6 +43,7 @@
 //!
 //! Times are Unix seconds passed in by the caller; nothing here reads the clock.
 
+use crate::id::{IdError, TrustDomain, WorkloadId};
 use crate::jose::{Algorithm, KeyParams, SigningKey};
 use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
 use rcgen::{
@@ -63,19 +68,11 @@ pub const MAX_CSR_LEN: usize = 8 * 1024;
 /// The largest certificate [`Certificate::from_der`] reads.
 pub const MAX_CERTIFICATE_LEN: usize = 64 * 1024;
 
-/// SPIFFE-ID §2.3: IDs up to 2048 bytes must be accepted, longer ones need not be.
-const MAX_SPIFFE_ID_LEN: usize = 2048;
-
-/// SPIFFE-ID §2.3: a trust domain name is at most 255 bytes.
-const MAX_TRUST_DOMAIN_LEN: usize = 255;
-
 /// 9999-12-31T23:59:59Z, the last second a four-digit `GeneralizedTime` can hold.
 const MAX_CERT_TIME: i64 = 253_402_300_799;
 
 /// The organisation written in the subject of every certificate this module issues.
 const SUBJECT_ORGANIZATION: &str = "SPIFFE";
-
-const SPIFFE_SCHEME: &str = "spiffe://";
 
 /// `id-kp-serverAuth` (1.3.6.1.5.5.7.3.1), DER contents.
 const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
@@ -123,21 +120,15 @@ pub enum X509Error {
     /// The CSR's self-signature does not verify: no proof of possession of the key.
     #[error("certificate signing request signature does not verify")]
     CsrSignature,
-    /// A SPIFFE ID is malformed (SPIFFE-ID §2).
-    #[error("`{id}` is not a valid SPIFFE ID: {reason}")]
+    /// A certificate's URI SAN is not a valid identifier (SPIFFE-ID §2), as
+    /// [`WorkloadId::parse`] judged it; `source` names the rule and quotes the URI.
+    #[error("certificate URI SAN is not a valid SPIFFE ID")]
     InvalidSpiffeId {
-        /// The offending ID.
+        /// The URI SAN as the certificate holds it.
         id: String,
         /// Which rule it breaks.
-        reason: &'static str,
-    },
-    /// A trust domain name is malformed (SPIFFE-ID §2.1).
-    #[error("`{trust_domain}` is not a valid trust domain: {reason}")]
-    InvalidTrustDomain {
-        /// The offending name.
-        trust_domain: String,
-        /// Which rule it breaks.
-        reason: &'static str,
+        #[source]
+        source: IdError,
     },
     /// A DNS name for a SAN is not a valid host name.
     #[error("`{0}` is not a valid DNS name")]
@@ -224,7 +215,8 @@ pub enum X509Error {
     /// The leaf has more than one URI SAN (X509-SVID §2: validators MUST reject it).
     #[error("leaf has {0} URI SANs, exactly one is allowed")]
     MultipleUriSans(usize),
-    /// The URI SAN is not a `spiffe://` URI.
+    /// The ID is not a SPIFFE ID (X509-SVID §2): a valid identifier of another scheme, or
+    /// a URI SAN that is not UTF-8 text.
     #[error("URI SAN `{0}` is not a SPIFFE ID")]
     NotSpiffe(String),
     /// The leaf's ID has no path; only signing certificates carry a trust-domain ID (§3.1).
@@ -438,14 +430,18 @@ impl Certificate {
         )
     }
 
-    /// The SPIFFE trust domain of this certificate's single `spiffe://` URI SAN, if it has one.
-    fn spiffe_trust_domain(&self) -> Option<String> {
-        match self.uri_sans.as_slice() {
-            [uri] if self.uri_san_count == 1 => {
-                split_spiffe_id(uri).ok().map(|(td, _)| td.to_owned())
-            }
-            _ => None,
-        }
+    /// The identifier in this certificate's one URI SAN (X509-SVID §2: exactly one).
+    fn uri_san_id(&self) -> Result<WorkloadId, X509Error> {
+        let uri = match (self.uri_san_count, self.uri_sans.as_slice()) {
+            (0, _) => return Err(X509Error::NoUriSan),
+            (1, [uri]) => uri,
+            (1, _) => return Err(X509Error::NotSpiffe("(not valid UTF-8)".into())),
+            (n, _) => return Err(X509Error::MultipleUriSans(n)),
+        };
+        WorkloadId::parse(uri).map_err(|source| X509Error::InvalidSpiffeId {
+            id: uri.clone(),
+            source,
+        })
     }
 
     /// Whether key usage is present with any of the bits in `mask`.
@@ -775,10 +771,9 @@ pub fn subject_public_key_info(key: &SigningKey) -> Result<Vec<u8>, X509Error> {
 /// What goes into an X509-SVID signing (CA) certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaParams {
-    /// The trust domain name (e.g. `example.org`); the certificate carries the URI SAN
-    /// `spiffe://<trust_domain>`.
-    // TODO(merge): use crate::id::TrustDomain
-    pub trust_domain: String,
+    /// The trust domain (e.g. `example.org`); the certificate carries its SPIFFE ID
+    /// `spiffe://<trust_domain>`, without a path, as URI SAN.
+    pub trust_domain: TrustDomain,
     /// Start of validity, Unix seconds.
     pub not_before: i64,
     /// End of validity, Unix seconds; clamped to the issuer's for an intermediate.
@@ -792,9 +787,9 @@ pub struct CaParams {
 /// What goes into an X509-SVID leaf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafParams {
-    /// The workload's SPIFFE ID, with a non-root path.
-    // TODO(merge): use crate::id::WorkloadId
-    pub spiffe_id: String,
+    /// The workload's SPIFFE ID: scheme `spiffe` and a non-root path, or the leaf is not
+    /// issued.
+    pub spiffe_id: WorkloadId,
     /// DNS SANs, for workloads that serve TLS to hostname-validating clients (WIC).
     /// A leading `*.` wildcard label is allowed.
     pub dns_names: Vec<String>,
@@ -833,8 +828,10 @@ pub fn intermediate_ca(
     issuer_key: &SigningKey,
 ) -> Result<Certificate, X509Error> {
     let issuer = IssuerContext::new(issuer_cert, issuer_key)?;
-    let trust_domain = check_trust_domain(&params.trust_domain)?;
-    issuer.check_trust_domain(&format!("{SPIFFE_SCHEME}{trust_domain}"), trust_domain)?;
+    issuer.require_own_trust_domain(
+        &params.trust_domain.spiffe_id_string(),
+        &params.trust_domain,
+    )?;
     if let Some((_, Some(0))) = issuer_cert.basic_constraints {
         return Err(X509Error::IssuerNotCa(
             "its path length constraint allows no CA below it",
@@ -869,15 +866,15 @@ pub fn workload_certificate(
     issuer_key: &SigningKey,
 ) -> Result<Certificate, X509Error> {
     let issuer = IssuerContext::new(issuer_cert, issuer_key)?;
-    // TODO(merge): take a crate::id::WorkloadId and use .trust_domain()
-    let (trust_domain, _) = leaf_id(&params.spiffe_id)?;
-    issuer.check_trust_domain(&params.spiffe_id, trust_domain)?;
+    let id = &params.spiffe_id;
+    check_leaf_id(id)?;
+    issuer.require_own_trust_domain(id.as_str(), id.trust_domain())?;
     let subject = PublicKeyInfo::from_spki_der(subject_spki_der)?;
     let (not_before, not_after) = issuer.clamp(params.not_before, params.not_after)?;
 
     let mut cert_params = CertificateParams::default();
     cert_params.distinguished_name = subject_name("");
-    cert_params.subject_alt_names = leaf_sans(&params.spiffe_id, &params.dns_names)?;
+    cert_params.subject_alt_names = leaf_sans(id, &params.dns_names)?;
     cert_params.is_ca = IsCa::ExplicitNoCa;
     cert_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     cert_params.extended_key_usages = vec![
@@ -902,11 +899,11 @@ fn ca_certificate_params(
     not_before: i64,
     not_after: i64,
 ) -> Result<CertificateParams, X509Error> {
-    let trust_domain = check_trust_domain(&params.trust_domain)?;
     let mut cert_params = CertificateParams::default();
     cert_params.distinguished_name = subject_name(&params.subject_cn);
+    // X509-SVID §3.2: a signing certificate's SPIFFE ID is its trust domain's, with no path.
     cert_params.subject_alt_names =
-        vec![SanType::URI(ia5(format!("{SPIFFE_SCHEME}{trust_domain}"))?)];
+        vec![SanType::URI(ia5(params.trust_domain.spiffe_id_string())?)];
     cert_params.is_ca = IsCa::Ca(match params.path_len {
         Some(len) => BasicConstraints::Constrained(len),
         None => BasicConstraints::Unconstrained,
@@ -931,9 +928,9 @@ fn ia5(text: String) -> Result<rcgen::string::Ia5String, X509Error> {
     rcgen::string::Ia5String::try_from(text).map_err(|e| X509Error::Build(e.to_string()))
 }
 
-fn leaf_sans(spiffe_id: &str, dns_names: &[String]) -> Result<Vec<SanType>, X509Error> {
+fn leaf_sans(spiffe_id: &WorkloadId, dns_names: &[String]) -> Result<Vec<SanType>, X509Error> {
     let mut sans = Vec::with_capacity(1 + dns_names.len());
-    sans.push(SanType::URI(ia5(spiffe_id.to_owned())?));
+    sans.push(SanType::URI(ia5(spiffe_id.to_string())?));
     for name in dns_names {
         let host = name.strip_prefix("*.").unwrap_or(name);
         // pki-types accepts an absolute name (`host.`); a dNSName SAN must not end in a dot.
@@ -990,7 +987,8 @@ struct IssuerContext<'k> {
     subject_der: Vec<u8>,
     not_before: i64,
     not_after: i64,
-    trust_domain: Option<String>,
+    /// The trust domain of the issuer's SPIFFE ID; `None` for an upstream CA without one.
+    trust_domain: Option<TrustDomain>,
     has_subject_key_id: bool,
 }
 
@@ -1021,20 +1019,25 @@ impl<'k> IssuerContext<'k> {
             subject_der,
             not_before: cert.not_before,
             not_after: cert.not_after,
-            trust_domain: cert.spiffe_trust_domain(),
+            trust_domain: cert
+                .uri_san_id()
+                .ok()
+                .filter(WorkloadId::is_spiffe)
+                .map(|id| id.trust_domain().clone()),
             has_subject_key_id: cert.subject_key_id.is_some(),
         })
     }
 
     /// A CA signs only inside its own trust domain (WIC: an ID outside the trust domain
     /// of the chain's anchors must be rejected, so it must not be issued either).
-    fn check_trust_domain(&self, id: &str, trust_domain: &str) -> Result<(), X509Error> {
+    fn require_own_trust_domain(
+        &self,
+        id: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<(), X509Error> {
         match &self.trust_domain {
-            Some(issuer_td) if issuer_td != trust_domain => Err(X509Error::TrustDomainMismatch {
-                id: id.to_owned(),
-                trust_domain: issuer_td.clone(),
-            }),
-            _ => Ok(()),
+            Some(issuer_td) => require_trust_domain(id, trust_domain, issuer_td),
+            None => Ok(()),
         }
     }
 
@@ -1222,14 +1225,13 @@ fn canonical_csr(info: &[u8], kind: KeyKind, signature: &[u8]) -> Vec<u8> {
 /// Builds a DER PKCS#10 CSR for `key`, asking for `spiffe_id` (the agent side).
 ///
 /// The subject is empty (so the SAN is marked critical, RFC 5280 §4.1.2.6); the ID must
-/// be a leaf ID (non-root path).
-// TODO(merge): take a crate::id::WorkloadId
-pub fn build_csr(key: &SigningKey, spiffe_id: &str) -> Result<Vec<u8>, X509Error> {
-    leaf_id(spiffe_id)?;
+/// be a leaf ID (scheme `spiffe`, non-root path).
+pub fn build_csr(key: &SigningKey, spiffe_id: &WorkloadId) -> Result<Vec<u8>, X509Error> {
+    check_leaf_id(spiffe_id)?;
     let signer = RcgenSigner::new(key)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(ia5(spiffe_id.to_owned())?)];
+    params.subject_alt_names = vec![SanType::URI(ia5(spiffe_id.to_string())?)];
     let csr = params
         .serialize_request(&signer)
         .map_err(|e| build_error(&e))?;
@@ -1289,12 +1291,11 @@ impl webpki::ExtendedKeyUsageValidator for SvidExtendedKeyUsage {
 /// Roots are trust anchors, so their own validity and constraints are not checked (RFC
 /// 5280 §6.1.1). This does not check that the ID belongs to the roots' trust domain: use
 /// [`verify_svid_for_trust_domain`] when the roots were chosen for one.
-// TODO(merge): return crate::id::WorkloadId
 pub fn verify_svid_chain(
     chain: &[Certificate],
     roots: &[Certificate],
     now: i64,
-) -> Result<String, X509Error> {
+) -> Result<WorkloadId, X509Error> {
     let (leaf, intermediates) = chain.split_first().ok_or(X509Error::EmptyChain)?;
     let time = UnixTime::since_unix_epoch(Duration::from_secs(
         u64::try_from(now).map_err(|_| X509Error::InvalidTime(now))?,
@@ -1350,26 +1351,46 @@ pub fn verify_svid_chain(
 /// [`verify_svid_chain`], then checks the ID is in `trust_domain`, the trust domain whose
 /// roots were passed (WIC and the mutual-TLS binding: reject an identifier outside the
 /// trust domain of the anchors used).
-// TODO(merge): take &crate::id::TrustDomain, return crate::id::WorkloadId
 pub fn verify_svid_for_trust_domain(
     chain: &[Certificate],
-    trust_domain: &str,
+    trust_domain: &TrustDomain,
     roots: &[Certificate],
     now: i64,
-) -> Result<String, X509Error> {
+) -> Result<WorkloadId, X509Error> {
     let id = verify_svid_chain(chain, roots, now)?;
-    let (id_trust_domain, _) = split_spiffe_id(&id)?;
-    if id_trust_domain != trust_domain {
-        return Err(X509Error::TrustDomainMismatch {
-            id,
-            trust_domain: trust_domain.to_owned(),
-        });
-    }
+    require_trust_domain(id.as_str(), id.trust_domain(), trust_domain)?;
     Ok(id)
 }
 
+/// Refuses `id`, whose trust domain is `id_trust_domain`, unless that is `expected`.
+fn require_trust_domain(
+    id: &str,
+    id_trust_domain: &TrustDomain,
+    expected: &TrustDomain,
+) -> Result<(), X509Error> {
+    if id_trust_domain != expected {
+        return Err(X509Error::TrustDomainMismatch {
+            id: id.to_owned(),
+            trust_domain: expected.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// X509-SVID §2 and §3.1: a leaf carries a SPIFFE ID with a non-root path. The ID's own
+/// syntax was checked when it became a [`WorkloadId`].
+fn check_leaf_id(id: &WorkloadId) -> Result<(), X509Error> {
+    if !id.is_spiffe() {
+        return Err(X509Error::NotSpiffe(id.to_string()));
+    }
+    if id.is_trust_domain_id() {
+        return Err(X509Error::RootPathLeaf(id.to_string()));
+    }
+    Ok(())
+}
+
 /// X509-SVID §5 leaf checks, on a leaf whose path already validated.
-fn check_leaf(leaf: &Certificate) -> Result<String, X509Error> {
+fn check_leaf(leaf: &Certificate) -> Result<WorkloadId, X509Error> {
     if leaf.is_ca() {
         return Err(X509Error::LeafIsCa);
     }
@@ -1383,14 +1404,9 @@ fn check_leaf(leaf: &Certificate) -> Result<String, X509Error> {
         }
         Some(_) => {}
     }
-    let id = match (leaf.uri_san_count, leaf.uri_sans.as_slice()) {
-        (0, _) => return Err(X509Error::NoUriSan),
-        (1, [id]) => id,
-        (1, _) => return Err(X509Error::NotSpiffe("(not valid UTF-8)".into())),
-        (n, _) => return Err(X509Error::MultipleUriSans(n)),
-    };
-    leaf_id(id)?;
-    Ok(id.clone())
+    let id = leaf.uri_san_id()?;
+    check_leaf_id(&id)?;
+    Ok(id)
 }
 
 fn webpki_secs(t: UnixTime) -> i64 {
@@ -1422,79 +1438,6 @@ fn webpki_error(e: &webpki::Error, now: i64) -> X509Error {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// SPIFFE IDs: the checks the X.509 rules need.
-// TODO(merge): replace with crate::id::WorkloadId::parse / TrustDomain.
-
-/// Checks a trust domain name (SPIFFE-ID §2.1) and returns it.
-fn check_trust_domain(trust_domain: &str) -> Result<&str, X509Error> {
-    let invalid = |reason| X509Error::InvalidTrustDomain {
-        trust_domain: trust_domain.to_owned(),
-        reason,
-    };
-    if trust_domain.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if trust_domain.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err(invalid("longer than 255 bytes"));
-    }
-    if !trust_domain
-        .bytes()
-        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'))
-    {
-        return Err(invalid("only a-z, 0-9, `.`, `-` and `_` are allowed"));
-    }
-    Ok(trust_domain)
-}
-
-/// Splits a SPIFFE ID into trust domain and path (`""` or starting with `/`), checking
-/// SPIFFE-ID §2. A URI of another scheme is [`X509Error::NotSpiffe`].
-fn split_spiffe_id(id: &str) -> Result<(&str, &str), X509Error> {
-    let rest = id
-        .strip_prefix(SPIFFE_SCHEME)
-        .ok_or_else(|| X509Error::NotSpiffe(id.to_owned()))?;
-    let invalid = |reason| X509Error::InvalidSpiffeId {
-        id: id.to_owned(),
-        reason,
-    };
-    if id.len() > MAX_SPIFFE_ID_LEN {
-        return Err(invalid("longer than 2048 bytes"));
-    }
-    let (trust_domain, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-    check_trust_domain(trust_domain).map_err(|e| match e {
-        X509Error::InvalidTrustDomain { reason, .. } => invalid(reason),
-        other => other,
-    })?;
-    if let Some(segments) = path.strip_prefix('/') {
-        for segment in segments.split('/') {
-            if segment.is_empty() {
-                return Err(invalid("empty path segment or trailing `/`"));
-            }
-            if segment == "." || segment == ".." {
-                return Err(invalid("`.` or `..` path segment"));
-            }
-            if !segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-            {
-                return Err(invalid(
-                    "path segments allow only a-z, A-Z, 0-9, `.`, `-` and `_`",
-                ));
-            }
-        }
-    }
-    Ok((trust_domain, path))
-}
-
-/// Checks a leaf (workload) ID: a valid SPIFFE ID with a non-root path (X509-SVID §3.1).
-fn leaf_id(id: &str) -> Result<(&str, &str), X509Error> {
-    let (trust_domain, path) = split_spiffe_id(id)?;
-    if path.is_empty() {
-        return Err(X509Error::RootPathLeaf(id.to_owned()));
-    }
-    Ok((trust_domain, path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1507,9 +1450,17 @@ mod tests {
     const TD: &str = "example.org";
     const ID: &str = "spiffe://example.org/ns/prod/sa/web";
 
-    fn ca_params(trust_domain: &str, cn: &str) -> CaParams {
+    fn workload_id(uri: &str) -> WorkloadId {
+        WorkloadId::parse(uri).unwrap()
+    }
+
+    fn trust_domain(name: &str) -> TrustDomain {
+        TrustDomain::new(name).unwrap()
+    }
+
+    fn ca_params(name: &str, cn: &str) -> CaParams {
         CaParams {
-            trust_domain: trust_domain.into(),
+            trust_domain: trust_domain(name),
             not_before: NOW - DAY,
             not_after: NOW + 30 * DAY,
             subject_cn: cn.into(),
@@ -1525,7 +1476,7 @@ mod tests {
 
     fn leaf_params(id: &str) -> LeafParams {
         LeafParams {
-            spiffe_id: id.into(),
+            spiffe_id: workload_id(id),
             dns_names: vec![],
             not_before: NOW - HOUR,
             not_after: NOW + HOUR,
@@ -1540,7 +1491,7 @@ mod tests {
         issuer_key: &SigningKey,
     ) -> Result<Certificate, X509Error> {
         let key = SigningKey::generate(alg).unwrap();
-        let csr = parse_csr(&build_csr(&key, ID).unwrap()).unwrap();
+        let csr = parse_csr(&build_csr(&key, &workload_id(ID)).unwrap()).unwrap();
         workload_certificate(&csr.spki_der, params, issuer_cert, issuer_key)
     }
 
@@ -1610,7 +1561,7 @@ mod tests {
                 let leaf = issue_leaf(leaf_alg, &leaf_params(ID), &ca, &ca_key).unwrap();
                 assert_eq!(
                     verify_svid_chain(&[leaf], std::slice::from_ref(&ca), NOW).unwrap(),
-                    ID,
+                    workload_id(ID),
                     "{ca_alg:?} CA, {leaf_alg:?} leaf"
                 );
             }
@@ -1631,7 +1582,7 @@ mod tests {
                 NOW
             )
             .unwrap(),
-            ID
+            workload_id(ID)
         );
         // Without the intermediate there is no path.
         assert_eq!(
@@ -1778,14 +1729,58 @@ mod tests {
             "spiffe:///web",
         ] {
             let leaf = sign_raw(&raw_leaf_params(&[bad]), &ca, &key);
-            assert!(
-                matches!(
-                    verify_svid_chain(&[leaf], std::slice::from_ref(&ca), NOW),
-                    Err(X509Error::InvalidSpiffeId { .. })
-                ),
+            // The rule that was broken is the one `WorkloadId::parse` reports.
+            let expected = WorkloadId::parse(bad).unwrap_err();
+            assert_eq!(
+                verify_svid_chain(&[leaf], std::slice::from_ref(&ca), NOW),
+                Err(X509Error::InvalidSpiffeId {
+                    id: bad.to_owned(),
+                    source: expected
+                }),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn invalid_uri_san_error_keeps_the_id_rule_as_its_source() {
+        let (key, ca) = root(Algorithm::Es256, "root");
+        let leaf = sign_raw(&raw_leaf_params(&["spiffe://example.org/web/"]), &ca, &key);
+        let err = verify_svid_chain(&[leaf], &[ca], NOW).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate URI SAN is not a valid SPIFFE ID"
+        );
+        let source = std::error::Error::source(&err).unwrap();
+        assert_eq!(
+            source.to_string(),
+            "identifier `spiffe://example.org/web/` has a trailing slash"
+        );
+    }
+
+    #[test]
+    fn id_of_another_scheme_is_neither_requested_nor_issued() {
+        let (ca_key, ca) = root(Algorithm::Es256, "root");
+        let wimse = "wimse://example.org/web";
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        assert_eq!(
+            build_csr(&key, &workload_id(wimse)),
+            Err(X509Error::NotSpiffe(wimse.into()))
+        );
+        let spki = subject_public_key_info(&key).unwrap();
+        assert_eq!(
+            workload_certificate(&spki, &leaf_params(wimse), &ca, &ca_key),
+            Err(X509Error::NotSpiffe(wimse.into()))
+        );
+    }
+
+    #[test]
+    fn csr_for_a_trust_domain_id_is_refused() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        assert_eq!(
+            build_csr(&key, &workload_id("spiffe://example.org")),
+            Err(X509Error::RootPathLeaf("spiffe://example.org".into()))
+        );
     }
 
     #[test]
@@ -1817,13 +1812,13 @@ mod tests {
         let leaf = sign_raw(&params, &ca, &key);
         assert_eq!(
             verify_svid_chain(&[leaf], std::slice::from_ref(&ca), NOW).unwrap(),
-            ID
+            workload_id(ID)
         );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let leaf = sign_raw(&params, &ca, &key);
         assert_eq!(
             verify_svid_chain(&[leaf], std::slice::from_ref(&ca), NOW).unwrap(),
-            ID
+            workload_id(ID)
         );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
         let leaf = sign_raw(&params, &ca, &key);
@@ -1844,7 +1839,7 @@ mod tests {
         assert_eq!(leaf.not_before(), ca.not_before());
         assert_eq!(
             verify_svid_chain(&[leaf], std::slice::from_ref(&ca), ca.not_after()).unwrap(),
-            ID
+            workload_id(ID)
         );
         // A request entirely outside the CA's validity cannot be met.
         params.not_before = ca.not_after() + 1;
@@ -1899,7 +1894,7 @@ mod tests {
         let leaf = issue_leaf(Algorithm::Es256, &leaf_params(ID), &mid, &mid_key).unwrap();
         assert_eq!(
             verify_svid_chain(&[leaf, mid], std::slice::from_ref(&up), NOW).unwrap(),
-            ID
+            workload_id(ID)
         );
     }
 
@@ -1992,7 +1987,7 @@ mod tests {
         let (ca_key, ca) = root(Algorithm::Es256, "root");
         for alg in [Algorithm::Es256, Algorithm::Es384, Algorithm::EdDsa] {
             let agent_key = SigningKey::generate(alg).unwrap();
-            let csr = parse_csr(&build_csr(&agent_key, ID).unwrap()).unwrap();
+            let csr = parse_csr(&build_csr(&agent_key, &workload_id(ID)).unwrap()).unwrap();
             let leaf = workload_certificate(&csr.spki_der, &leaf_params(ID), &ca, &ca_key).unwrap();
             assert_eq!(leaf.spki_der(), csr.spki_der);
             assert_eq!(
@@ -2028,11 +2023,11 @@ mod tests {
         let chain = [leaf];
         let roots = [ca];
         assert_eq!(
-            verify_svid_for_trust_domain(&chain, TD, &roots, NOW).unwrap(),
-            ID
+            verify_svid_for_trust_domain(&chain, &trust_domain(TD), &roots, NOW).unwrap(),
+            workload_id(ID)
         );
         assert!(matches!(
-            verify_svid_for_trust_domain(&chain, "other.org", &roots, NOW),
+            verify_svid_for_trust_domain(&chain, &trust_domain("other.org"), &roots, NOW),
             Err(X509Error::TrustDomainMismatch { .. })
         ));
     }
@@ -2065,26 +2060,32 @@ mod tests {
         ));
         // It still signs leaves.
         let leaf = issue_leaf(Algorithm::Es256, &leaf_params(ID), &ca, &key).unwrap();
-        assert_eq!(verify_svid_chain(&[leaf], &[ca], NOW).unwrap(), ID);
+        assert_eq!(
+            verify_svid_chain(&[leaf], &[ca], NOW).unwrap(),
+            workload_id(ID)
+        );
     }
 
     #[test]
-    fn invalid_ca_parameters_are_refused() {
-        let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        for td in [
+    fn ca_id_is_always_a_valid_trust_domain_id_without_path() {
+        // A malformed trust domain never becomes a `TrustDomain`, so no CA can be asked for it.
+        for bad in [
             "",
             "Example.org",
             "example.org/path",
-            "spiffe://example.org",
+            "spiffe://example.org/path",
         ] {
-            assert!(
-                matches!(
-                    self_signed_ca(&key, &ca_params(td, "root")),
-                    Err(X509Error::InvalidTrustDomain { .. })
-                ),
-                "{td}"
-            );
+            assert!(TrustDomain::new(bad).is_err(), "{bad}");
         }
+        // The SPIFFE-ID form names the same trust domain, and the SAN still has no path.
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let ca = self_signed_ca(&key, &ca_params("spiffe://example.org", "root")).unwrap();
+        assert_eq!(ca.uri_sans(), vec!["spiffe://example.org".to_owned()]);
+    }
+
+    #[test]
+    fn invalid_ca_validity_is_refused() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
         let mut params = ca_params(TD, "root");
         params.not_before = params.not_after + 1;
         assert!(matches!(
@@ -2146,7 +2147,7 @@ mod tests {
             Algorithm::EdDsa,
         ] {
             let key = SigningKey::generate(alg).unwrap();
-            let csr = parse_csr(&build_csr(&key, ID).unwrap()).unwrap();
+            let csr = parse_csr(&build_csr(&key, &workload_id(ID)).unwrap()).unwrap();
             assert_eq!(csr.spki_der, subject_public_key_info(&key).unwrap());
             assert_eq!(csr.uri_sans, vec![ID.to_owned()]);
             assert!(csr.dns_names.is_empty());
@@ -2157,7 +2158,7 @@ mod tests {
     fn csr_with_a_tampered_signature_is_refused() {
         for alg in [Algorithm::Es256, Algorithm::EdDsa] {
             let key = SigningKey::generate(alg).unwrap();
-            let mut der = build_csr(&key, ID).unwrap();
+            let mut der = build_csr(&key, &workload_id(ID)).unwrap();
             *der.last_mut().unwrap() ^= 0x01;
             assert_eq!(parse_csr(&der), Err(X509Error::CsrSignature), "{alg:?}");
         }
@@ -2166,7 +2167,7 @@ mod tests {
     #[test]
     fn csr_with_tampered_content_is_refused() {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        let der = build_csr(&key, ID).unwrap();
+        let der = build_csr(&key, &workload_id(ID)).unwrap();
         let at = der.windows(3).position(|w| w == b"web").unwrap();
         let mut tampered = der.clone();
         tampered[at] = b'x';
@@ -2185,7 +2186,7 @@ mod tests {
             Err(X509Error::TooLarge { .. })
         ));
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        let mut der = build_csr(&key, ID).unwrap();
+        let mut der = build_csr(&key, &workload_id(ID)).unwrap();
         der.push(0);
         assert!(matches!(parse_csr(&der), Err(X509Error::MalformedCsr(_))));
     }
@@ -2297,7 +2298,7 @@ mod tests {
             Algorithm::EdDsa,
         ] {
             let key = SigningKey::generate(alg).unwrap();
-            let der = build_csr(&key, ID).unwrap();
+            let der = build_csr(&key, &workload_id(ID)).unwrap();
             for bit in 0..der.len() * 8 {
                 let mut flipped = der.clone();
                 flipped[bit / 8] ^= 1 << (bit % 8);
@@ -2341,7 +2342,7 @@ mod tests {
         ) {
             let key = SigningKey::generate(Algorithm::Es256).unwrap();
             let ca = self_signed_ca(&key, &ca_params(TD, "root")).unwrap();
-            for mut der in [build_csr(&key, ID).unwrap(), ca.der().to_vec()] {
+            for mut der in [build_csr(&key, &workload_id(ID)).unwrap(), ca.der().to_vec()] {
                 for (at, byte) in &edits {
                     let len = der.len();
                     der[at % len] = *byte;
