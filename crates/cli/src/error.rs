@@ -20,6 +20,18 @@ pub enum CommandError {
     /// The agent's Workload API socket could not be determined from the environment.
     #[error("cannot locate the agent's Workload API socket")]
     AgentSocket(#[from] EndpointSocketError),
+    /// A call to the server's admin API failed.
+    #[error(transparent)]
+    Admin(#[from] wimse_server::admin::client::ClientError),
+    /// The server configuration is invalid.
+    #[error(transparent)]
+    ServerConfig(#[from] wimse_server::config::ConfigError),
+    /// The server failed to start or stopped with an error.
+    #[error(transparent)]
+    Server(#[from] wimse_server::run::ServerError),
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl CommandError {
@@ -28,7 +40,11 @@ impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::NotImplemented { .. } => ExitCode::from(2),
-            Self::AgentSocket(_) => ExitCode::FAILURE,
+            Self::AgentSocket(_)
+            | Self::Admin(_)
+            | Self::ServerConfig(_)
+            | Self::Server(_)
+            | Self::Runtime(_) => ExitCode::FAILURE,
         }
     }
 }

@@ -27,6 +27,7 @@ mod dev;
 mod error;
 mod gateway;
 mod proxy;
+mod runtime;
 mod server;
 mod socket;
 mod values;

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::defaults;
-use crate::error::{CommandError, not_implemented};
+use crate::error::CommandError;
 use crate::values::SelectorArg;
+use wimse_server::admin::client::AdminClient;
+use wimse_server::api::{EntryRequest, EntryView};
 
 /// `wimse server ...`
 #[derive(Debug, Subcommand)]
@@ -34,24 +36,87 @@ impl ServerCommand {
     /// Run the chosen server command.
     pub fn run(self) -> Result<(), CommandError> {
         match self {
-            Self::Run(_args) => not_implemented("wimse server run"),
-            Self::Token(TokenCommand::Generate(_args)) => {
-                not_implemented("wimse server token generate")
-            }
+            Self::Run(args) => run_server(&args),
+            Self::Token(TokenCommand::Generate(args)) => crate::runtime::block_on(async move {
+                let token = client(&args.admin).create_join_token(args.ttl).await?;
+                // The token is the last word of the first line (scripts rely on it).
+                println!("Token: {}", token.token);
+                println!("Agent ID: {}", token.agent_id);
+                println!("Expires at: {}", token.expires_at);
+                Ok(())
+            }),
             Self::Entry(command) => command.run(),
-            Self::Bundle(BundleCommand::Show(_args)) => not_implemented("wimse server bundle show"),
+            Self::Bundle(BundleCommand::Show(args)) => crate::runtime::block_on(async move {
+                let format = match args.format {
+                    BundleFormat::Pem => "pem",
+                    BundleFormat::Spiffe => "spiffe",
+                };
+                let text = client(&args.admin).bundle(format).await?;
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+                Ok(())
+            }),
             Self::Agent(command) => command.run(),
-            Self::Healthcheck(_args) => not_implemented("wimse server healthcheck"),
+            Self::Healthcheck(args) => crate::runtime::block_on(async move {
+                client(&args).health().await?;
+                println!("Server is healthy.");
+                Ok(())
+            }),
         }
     }
 }
 
+fn client(arg: &AdminSocketArg) -> AdminClient {
+    AdminClient::new(&arg.admin_socket)
+}
+
+/// `wimse server run`: flags over the config file over the defaults, then serve until
+/// SIGINT or SIGTERM.
+fn run_server(args: &ServerRunArgs) -> Result<(), CommandError> {
+    let config = server_config(args)?;
+    crate::runtime::init_logging();
+    crate::runtime::block_on(async move {
+        wimse_server::run::run(config, crate::runtime::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// The server's settings: flags over the config file over the defaults.
+pub fn server_config(
+    args: &ServerRunArgs,
+) -> Result<wimse_server::config::ServerConfig, CommandError> {
+    let mut file = match &args.config {
+        Some(path) => wimse_server::config::FileConfig::load(path)?,
+        None => wimse_server::config::FileConfig::default(),
+    };
+    if args.trust_domain.is_some() {
+        file.trust_domain.clone_from(&args.trust_domain);
+    }
+    if let Some(dir) = &args.data_dir {
+        file.data_dir = Some(dir.clone());
+    }
+    if file.data_dir.is_none() {
+        file.data_dir = Some(PathBuf::from(defaults::DATA_DIR));
+    }
+    if let Some(bind) = args.bind {
+        file.bind = Some(bind);
+    }
+    if file.bind.is_none() {
+        file.bind = defaults::SERVER_BIND.parse().ok();
+    }
+    if args.admin_socket.is_some() {
+        file.admin_socket.clone_from(&args.admin_socket);
+    }
+    if args.datastore.is_some() {
+        file.datastore.clone_from(&args.datastore);
+    }
+    Ok(file.resolve()?)
+}
+
 /// `--admin-socket PATH`, shared by every command that talks to a running server.
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct AdminSocketArg {
     /// Path of the server's admin socket
     #[arg(long, value_name = "PATH", default_value_os_t = defaults::default_admin_socket())]
@@ -62,7 +127,6 @@ pub struct AdminSocketArg {
 ///
 /// Flags override the configuration file; the file overrides the defaults.
 #[derive(Debug, Args)]
-#[allow(dead_code, reason = "read by the server, which is not written yet")]
 pub struct ServerRunArgs {
     /// Configuration file; flags given on the command line take precedence over it
     #[arg(long, value_name = "FILE")]
@@ -71,12 +135,13 @@ pub struct ServerRunArgs {
     /// the configuration file)
     #[arg(long, value_name = "TD")]
     pub trust_domain: Option<String>,
-    /// Directory for the server's keys, the SQLite datastore and the admin socket
-    #[arg(long, value_name = "DIR", default_value = defaults::DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// Address the agent and token APIs listen on
-    #[arg(long, value_name = "ADDR", default_value = defaults::SERVER_BIND)]
-    pub bind: SocketAddr,
+    /// Directory for the server's keys, the SQLite datastore and the admin socket [default:
+    /// ./.wimse]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the agent and token APIs listen on [default: 127.0.0.1:8443]
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
     /// Path of the admin socket [default: <data-dir>/server.sock]
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
@@ -85,19 +150,6 @@ pub struct ServerRunArgs {
     /// directory]
     #[arg(long, value_name = "URL")]
     pub datastore: Option<String>,
-}
-
-impl ServerRunArgs {
-    /// The admin socket to listen on: `--admin-socket`, else `server.sock` in the data directory.
-    #[allow(
-        dead_code,
-        reason = "called by the server run body, which is not written yet"
-    )]
-    pub fn admin_socket(&self) -> PathBuf {
-        self.admin_socket
-            .clone()
-            .unwrap_or_else(|| defaults::admin_socket(&self.data_dir))
-    }
 }
 
 /// `wimse server token ...`
@@ -110,10 +162,6 @@ pub enum TokenCommand {
 
 /// `wimse server token generate`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct TokenGenerateArgs {
     /// Seconds the token stays valid
     #[arg(long, value_name = "SECONDS", default_value_t = defaults::JOIN_TOKEN_TTL_SECS,
@@ -139,21 +187,104 @@ pub enum EntryCommand {
 impl EntryCommand {
     /// Run the chosen entry command.
     fn run(self) -> Result<(), CommandError> {
-        match self {
-            Self::Create(_args) => not_implemented("wimse server entry create"),
-            Self::Show(_args) => not_implemented("wimse server entry show"),
-            Self::Update(_args) => not_implemented("wimse server entry update"),
-            Self::Delete(_args) => not_implemented("wimse server entry delete"),
-        }
+        crate::runtime::block_on(async move {
+            match self {
+                Self::Create(args) => {
+                    let req = EntryRequest {
+                        spiffe_id: args.spiffe_id,
+                        parent_id: args.parent_id,
+                        selectors: args.selector.iter().map(ToString::to_string).collect(),
+                        x509_ttl: args.x509_ttl,
+                        jwt_ttl: args.jwt_ttl,
+                        dns_names: args.dns,
+                        hint: args.hint,
+                        admin: false,
+                        downstream: false,
+                    };
+                    let entry = client(&args.admin).create_entry(&req).await?;
+                    print_entry(&entry);
+                }
+                Self::Show(args) => {
+                    let admin = client(&args.admin);
+                    let entries = if let Some(id) = &args.entry_id {
+                        vec![admin.show_entry(id).await?]
+                    } else {
+                        let selectors: Vec<String> =
+                            args.selector.iter().map(ToString::to_string).collect();
+                        admin
+                            .list_entries(
+                                args.spiffe_id.as_deref(),
+                                args.parent_id.as_deref(),
+                                &selectors,
+                            )
+                            .await?
+                    };
+                    println!(
+                        "Found {} entr{}",
+                        entries.len(),
+                        if entries.len() == 1 { "y" } else { "ies" }
+                    );
+                    for entry in &entries {
+                        println!();
+                        print_entry(entry);
+                    }
+                }
+                Self::Update(args) => {
+                    let admin = client(&args.admin);
+                    let current = admin.show_entry(&args.entry_id).await?;
+                    let req = EntryRequest {
+                        spiffe_id: args.spiffe_id.unwrap_or(current.spiffe_id),
+                        parent_id: args.parent_id.unwrap_or(current.parent_id),
+                        selectors: if args.selector.is_empty() {
+                            current.selectors
+                        } else {
+                            args.selector.iter().map(ToString::to_string).collect()
+                        },
+                        x509_ttl: Some(args.x509_ttl.unwrap_or(current.x509_ttl)),
+                        jwt_ttl: Some(args.jwt_ttl.unwrap_or(current.jwt_ttl)),
+                        dns_names: if args.dns.is_empty() {
+                            current.dns_names
+                        } else {
+                            args.dns
+                        },
+                        hint: args.hint.or(current.hint),
+                        admin: current.admin,
+                        downstream: current.downstream,
+                    };
+                    let entry = admin.update_entry(&args.entry_id, &req).await?;
+                    print_entry(&entry);
+                }
+                Self::Delete(args) => {
+                    let entry = client(&args.admin).delete_entry(&args.entry_id).await?;
+                    println!("Deleted entry {}", entry.id);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Prints an entry in SPIRE's `entry show` layout.
+fn print_entry(e: &EntryView) {
+    println!("Entry ID         : {}", e.id);
+    println!("SPIFFE ID        : {}", e.spiffe_id);
+    println!("Parent ID        : {}", e.parent_id);
+    println!("Revision         : {}", e.revision);
+    println!("X509-SVID TTL    : {}", e.x509_ttl);
+    println!("JWT-SVID TTL     : {}", e.jwt_ttl);
+    for selector in &e.selectors {
+        println!("Selector         : {selector}");
+    }
+    for name in &e.dns_names {
+        println!("DNS name         : {name}");
+    }
+    if let Some(hint) = &e.hint {
+        println!("Hint             : {hint}");
     }
 }
 
 /// `wimse server entry create`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct EntryCreateArgs {
     /// SPIFFE ID of the workload the entry describes, such as `spiffe://example.org/api`
     #[arg(long, value_name = "ID")]
@@ -185,10 +316,6 @@ pub struct EntryCreateArgs {
 
 /// `wimse server entry show`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct EntryShowArgs {
     /// Show only the entry with this ID
     #[arg(long, value_name = "ID")]
@@ -209,10 +336,6 @@ pub struct EntryShowArgs {
 
 /// `wimse server entry update`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct EntryUpdateArgs {
     /// ID of the entry to update
     #[arg(long, value_name = "ID")]
@@ -244,10 +367,6 @@ pub struct EntryUpdateArgs {
 
 /// `wimse server entry delete`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct EntryDeleteArgs {
     /// ID of the entry to delete
     #[arg(long, value_name = "ID")]
@@ -265,10 +384,6 @@ pub enum BundleCommand {
 
 /// `wimse server bundle show`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct BundleShowArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
@@ -300,20 +415,40 @@ pub enum AgentAdminCommand {
 impl AgentAdminCommand {
     /// Run the chosen agent administration command.
     fn run(self) -> Result<(), CommandError> {
-        match self {
-            Self::List(_args) => not_implemented("wimse server agent list"),
-            Self::Ban(_args) => not_implemented("wimse server agent ban"),
-            Self::Evict(_args) => not_implemented("wimse server agent evict"),
-        }
+        crate::runtime::block_on(async move {
+            match self {
+                Self::List(args) => {
+                    let agents = client(&args).list_agents().await?;
+                    println!(
+                        "Found {} attested agent{}",
+                        agents.len(),
+                        if agents.len() == 1 { "" } else { "s" }
+                    );
+                    for agent in agents {
+                        println!();
+                        println!("SPIFFE ID         : {}", agent.spiffe_id);
+                        println!("Attestation type  : {}", agent.attestation_type);
+                        println!("Expiration time   : {}", agent.expires_at);
+                        println!("Serial number     : {}", agent.serial);
+                        println!("Banned            : {}", agent.banned);
+                    }
+                }
+                Self::Ban(args) => {
+                    client(&args.admin).ban_agent(&args.spiffe_id).await?;
+                    println!("Agent {} banned", args.spiffe_id);
+                }
+                Self::Evict(args) => {
+                    client(&args.admin).evict_agent(&args.spiffe_id).await?;
+                    println!("Agent {} evicted", args.spiffe_id);
+                }
+            }
+            Ok(())
+        })
     }
 }
 
 /// `wimse server agent ban|evict`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the admin client, which is not written yet"
-)]
 pub struct AgentIdArgs {
     /// SPIFFE ID of the agent
     #[arg(long, value_name = "ID")]

@@ -70,11 +70,11 @@ fn entry_create_help_lists_every_flag() {
 
 #[test]
 fn unimplemented_command_fails_with_one_line_naming_it() {
-    let output = wimse(&["server", "run"]);
+    let output = wimse(&["gateway", "run", "--config", "gateway.toml"]);
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(
         stderr(&output),
-        "error: `wimse server run` is not implemented yet in this build\n"
+        "error: `wimse gateway run` is not implemented yet in this build\n"
     );
     assert!(output.stdout.is_empty());
 }

@@ -1,24 +1,33 @@
-//! The wimse server: the authority of one trust domain.
+//! The wimse server: the authority of one trust domain (WIMSE arch §3.2.1 "CA/Credential
+//! Service", SPIFFE's SPIRE server role).
 //!
-//! This crate will own everything the server does — its CA keys and their rotation, node
-//! attestation, issuance to agents, bundle publication and the admin API. For now it holds the
-//! first layer all of those stand on: the [`datastore`], where registration entries, attested
-//! agents, join-token hashes and the public half of every replica's signing authorities live.
-//!
-//! It does not parse or verify identifiers or tokens itself; that is `wimse-core`'s job, and the
-//! datastore stores [`wimse_core::WorkloadId`]s it was handed.
+//! It owns the trust domain's signing keys and their rotation ([`authority`]), issues
+//! X.509 workload certificates, WITs and JWT-SVIDs ([`issuer`]), keeps registration
+//! entries, agents and join tokens ([`datastore`], SQLite or PostgreSQL), publishes the
+//! trust bundle ([`public`]) and is administered over a unix socket ([`admin`]).
+//! It does not parse or verify tokens itself: that is `wimse-core`'s job.
 //!
 //! # Layout
 //!
-//! - [`datastore`]: the model ([`datastore::RegistrationEntry`], [`datastore::AttestedAgent`],
-//!   [`datastore::Authority`], ...), the [`datastore::Datastore`] trait, and
-//!   [`datastore::SqlStore`], its implementation on SQLite or PostgreSQL.
+//! - [`config`]: the TOML file and its defaults.
+//! - [`run`]: startup, listeners, background rotation, shutdown.
+//! - [`state`]: what the listeners and tasks share.
+//! - [`authority`], [`issuer`]: keys and credentials.
+//! - [`admin`], [`api`]: the admin API and its client; [`public`]: bundle endpoints,
+//!   health and metrics; [`tls`]: the listener's TLS.
+//! - [`datastore`]: storage behind one type, the same SQL on both databases.
 //!
-//! # Where to start reading
-//!
-//! The [`datastore::Datastore`] trait: each method's doc states its contract (atomicity,
-//! ordering, which error it returns), and `datastore/sql.rs` is the one place that turns those
-//! contracts into SQL.
+//! Start reading at [`run::start`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod api;
+pub mod authority;
+pub mod config;
 pub mod datastore;
+pub mod issuer;
+pub mod metrics;
+pub mod public;
+pub mod run;
+pub mod state;
+pub mod tls;

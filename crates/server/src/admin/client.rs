@@ -1,0 +1,251 @@
+//! The admin API's client, used by the `wimse server ...` commands: HTTP/1.1 over the
+//! admin unix socket.
+
+use crate::api::{
+    AgentRequest, AgentView, EntryRequest, EntryView, Problem, TokenRequest, TokenResponse,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached (server not running, wrong path, no permission).
+    #[error("cannot reach the server's admin socket `{path}`: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("admin API request failed: {0}")]
+    Http(String),
+    /// The server refused the request; `detail` says why.
+    #[error("{detail}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The server's explanation.
+        detail: String,
+    },
+    /// The answer could not be read.
+    #[error("unexpected admin API answer: {0}")]
+    Decode(String),
+}
+
+/// A client of one server's admin socket.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    socket: PathBuf,
+}
+
+fn encode(query: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in query.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(name);
+        out.push('=');
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+impl AdminClient {
+    /// A client for the socket at `socket`.
+    pub fn new(socket: &Path) -> Self {
+        AdminClient {
+            socket: socket.to_owned(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "wimse-admin")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let detail = serde_json::from_slice::<Problem>(&bytes).map_or_else(
+                |_| String::from_utf8_lossy(&bytes).into_owned(),
+                |p| p.detail,
+            );
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                detail,
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let bytes = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Creates an entry.
+    pub async fn create_entry(&self, req: &EntryRequest) -> Result<EntryView, ClientError> {
+        self.json(Method::POST, "/v1/entries", Some(req)).await
+    }
+
+    /// Lists entries matching the given filters.
+    pub async fn list_entries(
+        &self,
+        spiffe_id: Option<&str>,
+        parent_id: Option<&str>,
+        selectors: &[String],
+    ) -> Result<Vec<EntryView>, ClientError> {
+        let joined = selectors.join(",");
+        let mut query = Vec::new();
+        if let Some(id) = spiffe_id {
+            query.push(("spiffe_id", id));
+        }
+        if let Some(id) = parent_id {
+            query.push(("parent_id", id));
+        }
+        if !selectors.is_empty() {
+            query.push(("selector", joined.as_str()));
+        }
+        self.json(
+            Method::GET,
+            &format!("/v1/entries{}", encode(&query)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Shows one entry.
+    pub async fn show_entry(&self, id: &str) -> Result<EntryView, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/entries/{}", encode_segment(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Replaces an entry's fields.
+    pub async fn update_entry(
+        &self,
+        id: &str,
+        req: &EntryRequest,
+    ) -> Result<EntryView, ClientError> {
+        self.json(
+            Method::PUT,
+            &format!("/v1/entries/{}", encode_segment(id)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Deletes an entry, returning what it was.
+    pub async fn delete_entry(&self, id: &str) -> Result<EntryView, ClientError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/entries/{}", encode_segment(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Generates a join token.
+    pub async fn create_join_token(&self, ttl: u32) -> Result<TokenResponse, ClientError> {
+        self.json(Method::POST, "/v1/join-tokens", Some(&TokenRequest { ttl }))
+            .await
+    }
+
+    /// The bundle as `pem` or `spiffe` JSON text.
+    pub async fn bundle(&self, format: &str) -> Result<String, ClientError> {
+        let bytes = self
+            .call(
+                Method::GET,
+                &format!("/v1/bundle{}", encode(&[("format", format)])),
+                None,
+            )
+            .await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Lists attested agents.
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>, ClientError> {
+        self.json(Method::GET, "/v1/agents", None::<&()>).await
+    }
+
+    /// Bans an agent: it gets nothing more.
+    pub async fn ban_agent(&self, spiffe_id: &str) -> Result<(), ClientError> {
+        let req = AgentRequest {
+            spiffe_id: spiffe_id.to_owned(),
+        };
+        self.json::<AgentRequest>(Method::POST, "/v1/agents/ban", Some(&req))
+            .await
+            .map(|_| ())
+    }
+
+    /// Evicts an agent: it must attest again.
+    pub async fn evict_agent(&self, spiffe_id: &str) -> Result<(), ClientError> {
+        let req = AgentRequest {
+            spiffe_id: spiffe_id.to_owned(),
+        };
+        self.json::<AgentRequest>(Method::POST, "/v1/agents/evict", Some(&req))
+            .await
+            .map(|_| ())
+    }
+
+    /// Asks whether the server is up.
+    pub async fn health(&self) -> Result<(), ClientError> {
+        self.call(Method::GET, "/v1/health", None).await.map(|_| ())
+    }
+}
+
+fn encode_segment(value: &str) -> String {
+    encode(&[("", value)]).trim_start_matches("?=").to_owned()
+}

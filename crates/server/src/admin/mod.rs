@@ -1,0 +1,394 @@
+//! The admin API: registration entries, join tokens, the bundle and agents, served as
+//! JSON over HTTP on a unix socket with mode 0600 (only the server's user may call it).
+//! `wimse server entry|token|bundle|agent|healthcheck` are its clients ([`client`]).
+
+use crate::api::{
+    AgentRequest, AgentView, EntryRequest, EntryView, Problem, TokenRequest, TokenResponse,
+};
+use crate::datastore::{
+    Datastore, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, StoreError,
+};
+use crate::state::State;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use wimse_core::WorkloadId;
+use wimse_core::jose::b64;
+use wimse_core::token::unix_now;
+
+pub mod client;
+
+/// The largest admin request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// An admin API failure, answered as RFC 9457 problem details.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is invalid; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what exists (duplicate entry).
+    #[error("{0}")]
+    Conflict(String),
+    /// The server failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::DuplicateEntry => AdminError::Conflict(
+                "an entry with this SPIFFE ID, parent and selectors exists".into(),
+            ),
+            StoreError::EntryNotFound(id) => AdminError::NotFound(format!("no entry `{id}`")),
+            StoreError::AgentNotFound(id) => AdminError::NotFound(format!("no agent `{id}`")),
+            other => AdminError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, title) = match &self {
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid request"),
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not found"),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server error"),
+        };
+        let problem = Problem {
+            title: title.into(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        (
+            status,
+            [("content-type", "application/problem+json")],
+            Json(problem),
+        )
+            .into_response()
+    }
+}
+
+type AdminResult<T> = Result<Json<T>, AdminError>;
+
+/// The admin router.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/v1/entries", post(create_entry).get(list_entries))
+        .route(
+            "/v1/entries/{id}",
+            get(show_entry).put(update_entry).delete(delete_entry),
+        )
+        .route("/v1/join-tokens", post(create_token))
+        .route("/v1/bundle", get(show_bundle))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/ban", post(ban_agent))
+        .route("/v1/agents/evict", post(evict_agent))
+        .route("/v1/health", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn view(e: &RegistrationEntry) -> EntryView {
+    EntryView {
+        id: e.id.clone(),
+        spiffe_id: e.spiffe_id.to_string(),
+        parent_id: e.parent_id.to_string(),
+        selectors: e.selectors.iter().map(ToString::to_string).collect(),
+        x509_ttl: e.x509_ttl,
+        jwt_ttl: e.jwt_ttl,
+        dns_names: e.dns_names.clone(),
+        hint: e.hint.clone(),
+        admin: e.admin,
+        downstream: e.downstream,
+        revision: e.revision,
+    }
+}
+
+/// Parses an ID given to the admin API, which must belong to this trust domain.
+fn own_id(state: &State, field: &str, value: &str) -> Result<WorkloadId, AdminError> {
+    let id =
+        WorkloadId::parse(value).map_err(|e| AdminError::BadRequest(format!("`{field}`: {e}")))?;
+    if !id.is_spiffe() {
+        return Err(AdminError::BadRequest(format!(
+            "`{field}` `{id}` is not a SPIFFE ID"
+        )));
+    }
+    if id.trust_domain() != &state.config.trust_domain {
+        return Err(AdminError::BadRequest(format!(
+            "`{field}` `{id}` is not in trust domain `{}`",
+            state.config.trust_domain
+        )));
+    }
+    Ok(id)
+}
+
+fn selectors(values: &[String]) -> Result<Vec<Selector>, AdminError> {
+    values
+        .iter()
+        .map(|s| {
+            s.parse::<Selector>()
+                .map_err(|e| AdminError::BadRequest(format!("selector `{s}`: {e}")))
+        })
+        .collect()
+}
+
+/// Validates an entry request into what the store keeps.
+async fn new_entry(state: &State, req: EntryRequest) -> Result<NewEntry, AdminError> {
+    let spiffe_id = own_id(state, "spiffe_id", &req.spiffe_id)?;
+    if spiffe_id.is_trust_domain_id() {
+        return Err(AdminError::BadRequest(
+            "`spiffe_id` must have a path".into(),
+        ));
+    }
+    let parent_id = own_id(state, "parent_id", &req.parent_id)?;
+    if parent_id == spiffe_id {
+        return Err(AdminError::BadRequest(
+            "an entry cannot be its own parent".into(),
+        ));
+    }
+    if !parent_exists(state, &parent_id).await? {
+        return Err(AdminError::BadRequest(format!(
+            "`parent_id` `{parent_id}` is neither an agent, the server, nor the SPIFFE ID of an entry"
+        )));
+    }
+    if req.selectors.is_empty() {
+        return Err(AdminError::BadRequest(
+            "at least one selector is required".into(),
+        ));
+    }
+    let mut selectors = selectors(&req.selectors)?;
+    selectors.sort();
+    selectors.dedup();
+    for name in &req.dns_names {
+        if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() {
+            return Err(AdminError::BadRequest(format!(
+                "`dns` `{name}` is not a DNS name"
+            )));
+        }
+    }
+    if req.hint.as_ref().is_some_and(|h| h.len() > 1024) {
+        return Err(AdminError::BadRequest(
+            "`hint` is longer than 1024 bytes".into(),
+        ));
+    }
+    let ttl = |name: &str, value: Option<u32>, default: u32| match value {
+        Some(0) => Err(AdminError::BadRequest(format!("`{name}` must be positive"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    Ok(NewEntry {
+        x509_ttl: ttl("x509_ttl", req.x509_ttl, state.config.default_x509_ttl)?,
+        jwt_ttl: ttl("jwt_ttl", req.jwt_ttl, state.config.default_jwt_ttl)?,
+        spiffe_id,
+        parent_id,
+        selectors,
+        dns_names: req.dns_names,
+        hint: req.hint,
+        admin: req.admin,
+        downstream: req.downstream,
+    })
+}
+
+/// A parent is the server, an agent (attested, or named by a join token's agent path),
+/// or another entry's workload.
+async fn parent_exists(state: &State, parent: &WorkloadId) -> Result<bool, AdminError> {
+    if *parent == state.spiffe_id || parent.path().starts_with("/wimse/agent/") {
+        return Ok(true);
+    }
+    if state.store.get_agent(parent).await?.is_some() {
+        return Ok(true);
+    }
+    let filter = EntryFilter {
+        spiffe_id: Some(parent.clone()),
+        ..EntryFilter::default()
+    };
+    Ok(!state.store.list_entries(&filter).await?.is_empty())
+}
+
+async fn create_entry(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<EntryRequest>,
+) -> AdminResult<EntryView> {
+    let entry = new_entry(&state, req).await?;
+    let created = state.store.create_entry(entry).await?;
+    tracing::info!(entry_id = %created.id, spiffe_id = %created.spiffe_id, "entry created");
+    Ok(Json(view(&created)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    spiffe_id: Option<String>,
+    parent_id: Option<String>,
+    selector: Option<String>,
+}
+
+async fn list_entries(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<ListQuery>,
+) -> AdminResult<Vec<EntryView>> {
+    let parse = |field, v: Option<String>| -> Result<Option<WorkloadId>, AdminError> {
+        v.map(|v| {
+            WorkloadId::parse(&v).map_err(|e| AdminError::BadRequest(format!("`{field}`: {e}")))
+        })
+        .transpose()
+    };
+    let filter = EntryFilter {
+        spiffe_id: parse("spiffe_id", q.spiffe_id)?,
+        parent_id: parse("parent_id", q.parent_id)?,
+        // Several selectors travel comma-separated in one query parameter.
+        selectors: q
+            .selector
+            .map(|s| selectors(&s.split(',').map(str::to_owned).collect::<Vec<_>>()))
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    let entries = state.store.list_entries(&filter).await?;
+    Ok(Json(entries.iter().map(view).collect()))
+}
+
+async fn show_entry(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> AdminResult<EntryView> {
+    let entry = state.store.get_entry(&id).await?;
+    entry
+        .map(|e| Json(view(&e)))
+        .ok_or(AdminError::NotFound(format!("no entry `{id}`")))
+}
+
+async fn update_entry(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    Json(req): Json<EntryRequest>,
+) -> AdminResult<EntryView> {
+    let entry = new_entry(&state, req).await?;
+    let updated = state.store.update_entry(&id, entry).await?;
+    tracing::info!(entry_id = %updated.id, "entry updated");
+    Ok(Json(view(&updated)))
+}
+
+async fn delete_entry(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> AdminResult<EntryView> {
+    let entry = state.store.delete_entry(&id).await?;
+    tracing::info!(entry_id = %id, "entry deleted");
+    Ok(Json(view(&entry)))
+}
+
+/// The agent SPIFFE ID that a join token's holder receives: derived from the token's
+/// hash, so the token itself never appears in an ID, a log or the datastore.
+pub fn join_token_agent_id(state: &State, token_hash: &[u8; 32]) -> Result<WorkloadId, AdminError> {
+    let name = b64::encode(token_hash.get(..15).unwrap_or_default());
+    WorkloadId::from_parts(
+        "spiffe",
+        &state.config.trust_domain,
+        &format!("/wimse/agent/join_token/{name}"),
+    )
+    .map_err(|e| AdminError::Internal(e.to_string()))
+}
+
+async fn create_token(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<TokenRequest>,
+) -> AdminResult<TokenResponse> {
+    if req.ttl == 0 {
+        return Err(AdminError::BadRequest("`ttl` must be positive".into()));
+    }
+    let mut secret = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| AdminError::Internal("no randomness".into()))?;
+    let token = b64::encode(secret);
+    let expires_at = unix_now().saturating_add(i64::from(req.ttl));
+    let record = JoinToken::new(&token, expires_at);
+    state.store.create_join_token(&record).await?;
+    let hash = JoinToken::hash(&token);
+    let agent_id = join_token_agent_id(&state, &hash)?;
+    tracing::info!(agent_id = %agent_id, expires_at, "join token generated");
+    Ok(Json(TokenResponse {
+        token,
+        agent_id: agent_id.to_string(),
+        expires_at,
+    }))
+}
+
+#[derive(Deserialize)]
+struct BundleQuery {
+    format: Option<String>,
+}
+
+async fn show_bundle(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<BundleQuery>,
+) -> Result<Response, AdminError> {
+    let bundle = state.bundle();
+    match q.format.as_deref().unwrap_or("pem") {
+        "pem" => Ok((
+            [("content-type", "application/x-pem-file")],
+            bundle.x509_pem(),
+        )
+            .into_response()),
+        "spiffe" => Ok((
+            [("content-type", "application/json")],
+            bundle.to_spiffe_json(),
+        )
+            .into_response()),
+        other => Err(AdminError::BadRequest(format!(
+            "unknown bundle format `{other}`, expected `pem` or `spiffe`"
+        ))),
+    }
+}
+
+async fn list_agents(AxState(state): AxState<Arc<State>>) -> AdminResult<Vec<AgentView>> {
+    let agents = state.store.list_agents().await?;
+    Ok(Json(
+        agents
+            .into_iter()
+            .map(|a| AgentView {
+                spiffe_id: a.spiffe_id.to_string(),
+                attestation_type: a.attestation_type,
+                serial: a.serial,
+                expires_at: a.expires_at,
+                banned: a.banned,
+            })
+            .collect(),
+    ))
+}
+
+async fn agent_id(state: &State, req: &AgentRequest) -> Result<WorkloadId, AdminError> {
+    let id = own_id(state, "spiffe_id", &req.spiffe_id)?;
+    state
+        .store
+        .get_agent(&id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no agent `{id}`")))?;
+    Ok(id)
+}
+
+async fn ban_agent(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AgentRequest>,
+) -> AdminResult<AgentRequest> {
+    let id = agent_id(&state, &req).await?;
+    state.store.set_agent_banned(&id, true).await?;
+    tracing::info!(agent_id = %id, "agent banned");
+    Ok(Json(req))
+}
+
+async fn evict_agent(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AgentRequest>,
+) -> AdminResult<AgentRequest> {
+    let id = agent_id(&state, &req).await?;
+    state.store.delete_agent(&id).await?;
+    tracing::info!(agent_id = %id, "agent evicted");
+    Ok(Json(req))
+}

@@ -1,0 +1,271 @@
+//! Server configuration: a TOML file with every setting, overridden by command-line flags.
+//!
+//! ```toml
+//! trust_domain = "example.org"
+//! data_dir = "/var/lib/wimse"
+//! bind = "127.0.0.1:8443"
+//! admin_socket = "/var/lib/wimse/server.sock"
+//! datastore = "postgres://wimse@db/wimse"   # default: SQLite in the data dir
+//! ca_ttl = 86400                            # seconds
+//! jwt_key_ttl = 86400
+//! default_x509_ttl = 3600
+//! default_jwt_ttl = 300
+//! refresh_hint = 300
+//! wit_profile = "spiffe"                    # or "wimse"
+//! upstream_ca_cert = "/etc/wimse/upstream.crt"
+//! upstream_ca_key = "/etc/wimse/upstream.key"
+//! x509pop_ca_bundle = "/etc/wimse/agents-ca.pem"
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use wimse_core::TrustDomain;
+use wimse_core::token::wit::WitProfile;
+
+/// The settings as written in a TOML file; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The trust domain this server is the authority of.
+    pub trust_domain: Option<String>,
+    /// Where keys, the SQLite database and the admin socket live.
+    pub data_dir: Option<PathBuf>,
+    /// The address of the agent API and the public endpoints (TLS).
+    pub bind: Option<SocketAddr>,
+    /// The admin API's unix socket.
+    pub admin_socket: Option<PathBuf>,
+    /// `sqlite://...` or `postgres://...`.
+    pub datastore: Option<String>,
+    /// Lifetime of the X.509 CA, in seconds.
+    pub ca_ttl: Option<i64>,
+    /// Lifetime of the JWT and WIT signing keys, in seconds.
+    pub jwt_key_ttl: Option<i64>,
+    /// X.509-SVID lifetime for entries that set none, in seconds.
+    pub default_x509_ttl: Option<u32>,
+    /// JWT-SVID and WIT lifetime for entries that set none, in seconds.
+    pub default_jwt_ttl: Option<u32>,
+    /// `spiffe_refresh_hint` of the published bundle, in seconds.
+    pub refresh_hint: Option<u64>,
+    /// `spiffe` (WIT-SVID, default) or `wimse` (generic WIMSE profile).
+    pub wit_profile: Option<String>,
+    /// An upstream CA certificate (PEM) that signs this server's CA.
+    pub upstream_ca_cert: Option<PathBuf>,
+    /// The upstream CA's private key (PKCS#8 PEM).
+    pub upstream_ca_key: Option<PathBuf>,
+    /// CA certificates (PEM) that agents' x509pop certificates must chain to.
+    pub x509pop_ca_bundle: Option<PathBuf>,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file `{path}` is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A setting has an invalid value.
+    #[error("setting `{name}` is invalid: {message}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The resolved settings the server runs with.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The TLS listener's address.
+    pub bind: SocketAddr,
+    /// The admin socket's path.
+    pub admin_socket: PathBuf,
+    /// The datastore URL.
+    pub datastore: String,
+    /// CA lifetime, seconds.
+    pub ca_ttl: i64,
+    /// JWT/WIT key lifetime, seconds.
+    pub jwt_key_ttl: i64,
+    /// Default X.509-SVID lifetime, seconds.
+    pub default_x509_ttl: u32,
+    /// Default JWT-SVID and WIT lifetime, seconds.
+    pub default_jwt_ttl: u32,
+    /// Bundle refresh hint, seconds.
+    pub refresh_hint: u64,
+    /// The WIT profile.
+    pub wit_profile: WitProfile,
+    /// Upstream CA certificate and key files.
+    pub upstream_ca: Option<(PathBuf, PathBuf)>,
+    /// CA bundle for x509pop node attestation.
+    pub x509pop_ca_bundle: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Resolves the file's settings over the defaults (flags are applied to `self` first).
+    pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
+        let invalid = |name, message: String| ConfigError::Invalid { name, message };
+        let trust_domain = TrustDomain::new(self.trust_domain.as_deref().unwrap_or("example.org"))
+            .map_err(|e| invalid("trust_domain", e.to_string()))?;
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(".wimse"));
+        let admin_socket = self
+            .admin_socket
+            .unwrap_or_else(|| data_dir.join("server.sock"));
+        let datastore = self.datastore.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("datastore.sqlite3").display()
+            )
+        });
+        if !(datastore.starts_with("sqlite:")
+            || datastore.starts_with("postgres://")
+            || datastore.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "datastore",
+                "expected a `sqlite:` or `postgres://` URL".into(),
+            ));
+        }
+        let positive = |name, value: i64| {
+            if value > 0 {
+                Ok(value)
+            } else {
+                Err(invalid(name, "must be positive".into()))
+            }
+        };
+        let ca_ttl = positive("ca_ttl", self.ca_ttl.unwrap_or(24 * 3600))?;
+        let jwt_key_ttl = positive("jwt_key_ttl", self.jwt_key_ttl.unwrap_or(24 * 3600))?;
+        let wit_profile = match self.wit_profile.as_deref().unwrap_or("spiffe") {
+            "spiffe" => WitProfile::Spiffe,
+            "wimse" => WitProfile::Wimse,
+            other => {
+                return Err(invalid(
+                    "wit_profile",
+                    format!("`{other}` is neither `spiffe` nor `wimse`"),
+                ));
+            }
+        };
+        let upstream_ca = match (self.upstream_ca_cert, self.upstream_ca_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "upstream_ca_cert",
+                    "`upstream_ca_cert` and `upstream_ca_key` go together".into(),
+                ));
+            }
+        };
+        Ok(ServerConfig {
+            trust_domain,
+            bind: self
+                .bind
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            admin_socket,
+            datastore,
+            ca_ttl,
+            jwt_key_ttl,
+            default_x509_ttl: self.default_x509_ttl.unwrap_or(3600),
+            default_jwt_ttl: self.default_jwt_ttl.unwrap_or(300),
+            refresh_hint: self.refresh_hint.unwrap_or(300),
+            wit_profile,
+            upstream_ca,
+            x509pop_ca_bundle: self.x509pop_ca_bundle,
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = FileConfig::default().resolve().unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.admin_socket, PathBuf::from(".wimse/server.sock"));
+        assert!(c.datastore.starts_with("sqlite://.wimse/"));
+        assert_eq!(c.wit_profile, WitProfile::Spiffe);
+    }
+
+    #[test]
+    fn every_setting_is_read_from_toml() {
+        let text = r#"
+            trust_domain = "prod.example"
+            data_dir = "/d"
+            bind = "0.0.0.0:9443"
+            admin_socket = "/run/a.sock"
+            datastore = "postgres://u@h/db"
+            ca_ttl = 100
+            jwt_key_ttl = 200
+            default_x509_ttl = 30
+            default_jwt_ttl = 40
+            refresh_hint = 50
+            wit_profile = "wimse"
+            upstream_ca_cert = "/c"
+            upstream_ca_key = "/k"
+            x509pop_ca_bundle = "/p"
+        "#;
+        let c = toml::from_str::<FileConfig>(text)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.trust_domain.as_str(), "prod.example");
+        assert_eq!(c.ca_ttl, 100);
+        assert_eq!(c.default_jwt_ttl, 40);
+        assert_eq!(c.wit_profile, WitProfile::Wimse);
+        assert!(c.upstream_ca.is_some());
+    }
+
+    #[test]
+    fn unknown_setting_is_refused() {
+        assert!(toml::from_str::<FileConfig>("trust_domian = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = FileConfig {
+            trust_domain: Some("Bad Domain".into()),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("trust_domain"));
+        let err = FileConfig {
+            datastore: Some("mysql://x".into()),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("datastore"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics of the server, served at `/metrics` in the text exposition format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The label of an issuance metric: what was issued.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `x509`, `wit`, `jwt` or `agent`.
+    pub kind: String,
+}
+
+/// The server's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Credentials issued, by kind.
+    pub issued: Family<KindLabel, Counter>,
+    /// Issuance failures, by kind.
+    pub issue_errors: Family<KindLabel, Counter>,
+    /// Issuance latency in seconds, by kind.
+    pub issue_seconds: Family<KindLabel, Histogram>,
+    /// Registration entries (set on each scrape).
+    pub entries: Gauge,
+    /// Attested agents (set on each scrape).
+    pub agents: Gauge,
+    /// Key rotations performed by this replica.
+    pub rotations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wimse_server");
+        let issued = Family::<KindLabel, Counter>::default();
+        let issue_errors = Family::<KindLabel, Counter>::default();
+        let issue_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        let entries = Gauge::default();
+        let agents = Gauge::default();
+        let rotations = Counter::default();
+        registry.register("issued", "Credentials issued", issued.clone());
+        registry.register(
+            "issue_errors",
+            "Credential issuance failures",
+            issue_errors.clone(),
+        );
+        registry.register(
+            "issue_seconds",
+            "Credential issuance latency",
+            issue_seconds.clone(),
+        );
+        registry.register("entries", "Registration entries", entries.clone());
+        registry.register("agents", "Attested agents", agents.clone());
+        registry.register("rotations", "Signing key rotations", rotations.clone());
+        Metrics {
+            registry,
+            issued,
+            issue_errors,
+            issue_seconds,
+            entries,
+            agents,
+            rotations,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Records one issuance of `kind` that took `seconds`.
+    pub fn observe_issue(&self, kind: &str, seconds: f64, ok: bool) {
+        let label = KindLabel {
+            kind: kind.to_owned(),
+        };
+        if ok {
+            self.issued.get_or_create(&label).inc();
+        } else {
+            self.issue_errors.get_or_create(&label).inc();
+        }
+        self.issue_seconds.get_or_create(&label).observe(seconds);
+    }
+}

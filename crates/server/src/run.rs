@@ -1,0 +1,284 @@
+//! Running a server replica: open its state, serve the public TLS listener and the admin
+//! socket, rotate keys and refresh the bundle in the background, stop cleanly on shutdown.
+
+use crate::authority::{Authorities, AuthorityError, RotationPolicy, UpstreamCa, write_private};
+use crate::config::ServerConfig;
+use crate::state::{State, StateError};
+use crate::tls::{self, TlsError};
+use crate::{admin, public};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use wimse_core::jose::{SigningKey, b64};
+use wimse_core::token::unix_now;
+use wimse_core::x509::Certificate;
+
+/// How often keys are checked for rotation and the bundle re-read from the datastore.
+const TICK: Duration = Duration::from_secs(5);
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A file or socket operation failed.
+    #[error("{what} `{path}`: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path or address.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The upstream CA files are unusable.
+    #[error("upstream CA: {0}")]
+    Upstream(String),
+    /// The key store failed.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// The state could not be opened.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+fn io(
+    what: &'static str,
+    path: impl std::fmt::Display,
+) -> impl FnOnce(std::io::Error) -> ServerError {
+    let path = path.to_string();
+    move |source| ServerError::Io { what, path, source }
+}
+
+/// This replica's ID, kept in `<data dir>/server_id` so that it survives restarts.
+fn server_id(data_dir: &Path) -> Result<String, ServerError> {
+    let path = data_dir.join("server_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let mut bytes = [0u8; 9];
+            aws_lc_rs::rand::fill(&mut bytes)
+                .map_err(|_| ServerError::Upstream("no randomness".into()))?;
+            let id = b64::encode(bytes);
+            write_private(&path, id.as_bytes())?;
+            Ok(id)
+        }
+    }
+}
+
+fn upstream(config: &ServerConfig) -> Result<Option<UpstreamCa>, ServerError> {
+    let Some((cert_path, key_path)) = &config.upstream_ca else {
+        return Ok(None);
+    };
+    let cert_text = std::fs::read_to_string(cert_path)
+        .map_err(io("reading upstream CA certificate", cert_path.display()))?;
+    let key_text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(key_path)
+            .map_err(io("reading upstream CA key", key_path.display()))?,
+    );
+    let cert =
+        Certificate::from_pem(&cert_text).map_err(|e| ServerError::Upstream(e.to_string()))?;
+    let key =
+        SigningKey::from_pkcs8_pem(&key_text).map_err(|e| ServerError::Upstream(e.to_string()))?;
+    if !cert.is_ca() {
+        return Err(ServerError::Upstream("the certificate is not a CA".into()));
+    }
+    Ok(Some(UpstreamCa {
+        cert,
+        key: Arc::new(key),
+    }))
+}
+
+/// A started server: its state and the address it listens on.
+pub struct Running {
+    /// The shared state.
+    pub state: Arc<State>,
+    /// The TLS listener's address (useful when bound to port 0).
+    pub local_addr: std::net::SocketAddr,
+    /// The admin socket.
+    pub admin_socket: PathBuf,
+}
+
+/// Starts the server and serves until `shutdown` completes.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (running, tasks) = start(config).await?;
+    tracing::info!(
+        trust_domain = %running.state.config.trust_domain,
+        address = %running.local_addr,
+        admin_socket = %running.admin_socket.display(),
+        server_id = %running.state.server_id,
+        "wimse server ready"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    tasks.stop().await;
+    let _ = std::fs::remove_file(&running.admin_socket);
+    Ok(())
+}
+
+/// The background tasks of a started server.
+pub struct Tasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Stops accepting, lets the admin server finish in-flight requests, ends the tasks.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for handle in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+    }
+}
+
+/// Opens the state and starts every listener and background task.
+pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(io("creating data directory", config.data_dir.display()))?;
+    let server_id = server_id(&config.data_dir)?;
+    let policy = RotationPolicy {
+        ca_ttl: config.ca_ttl,
+        jwt_key_ttl: config.jwt_key_ttl,
+    };
+    let authorities = Authorities::load_or_create(
+        &config.data_dir.join("keys"),
+        &server_id,
+        config.trust_domain.clone(),
+        policy,
+        upstream(&config)?,
+        unix_now(),
+    )?;
+    let state = State::open(config, authorities, server_id).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut handles = Vec::new();
+
+    let listener = TcpListener::bind(state.config.bind)
+        .await
+        .map_err(io("binding", state.config.bind))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(io("binding", state.config.bind))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&state)?);
+    handles.push(tokio::spawn(serve_tls(
+        listener,
+        acceptor,
+        public::router(Arc::clone(&state)),
+        stop_rx.clone(),
+    )));
+
+    let admin_socket = state.config.admin_socket.clone();
+    // A socket file left by a crashed server would make bind fail.
+    let _ = std::fs::remove_file(&admin_socket);
+    let unix = UnixListener::bind(&admin_socket)
+        .map_err(io("binding admin socket", admin_socket.display()))?;
+    std::fs::set_permissions(&admin_socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("securing admin socket", admin_socket.display()))?;
+    let mut admin_stop = stop_rx.clone();
+    let admin_app = admin::router(Arc::clone(&state));
+    handles.push(tokio::spawn(async move {
+        let result = axum::serve(unix, admin_app)
+            .with_graceful_shutdown(async move {
+                stopped(&mut admin_stop).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin socket server failed");
+        }
+    }));
+
+    handles.push(tokio::spawn(maintain(Arc::clone(&state), stop_rx)));
+    Ok((
+        Running {
+            state,
+            local_addr,
+            admin_socket,
+        },
+        Tasks { stop, handles },
+    ))
+}
+
+/// Completes once shutdown has been signalled (or the signaller is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts TLS connections until told to stop; each connection is served on its own task.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            // Stop accepting when shutdown begins.
+            () = stopped(&mut stop) => break,
+            // A new TCP connection: handshake and serve it without blocking the loop.
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let service = TowerToHyperService::new(app);
+                    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Rotates keys, re-reads the shared bundle and renews the server certificate on a tick.
+async fn maintain(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            _ = tick.tick() => {
+                if let Err(e) = state.rotate().await {
+                    tracing::error!(error = %e, "key rotation or bundle refresh failed");
+                }
+                if state.svid_needs_renewal(unix_now())
+                    && let Err(e) = state.renew_svid()
+                {
+                    tracing::error!(error = %e, "server certificate renewal failed");
+                }
+            }
+        }
+    }
+}

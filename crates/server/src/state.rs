@@ -1,0 +1,187 @@
+//! The state one running server replica shares between its listeners and background
+//! tasks: datastore, authorities, the current trust bundle, its own TLS certificate and
+//! the metrics.
+
+use crate::authority::{Authorities, AuthorityError};
+use crate::config::ServerConfig;
+use crate::datastore::{Datastore, SqlStore, StoreError};
+use crate::issuer::{IssueError, Issuer, bundle_from_records};
+use crate::metrics::Metrics;
+use std::sync::{Arc, RwLock};
+use wimse_core::WorkloadId;
+use wimse_core::bundle::TrustBundle;
+use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::token::unix_now;
+use wimse_core::x509::{self, Certificate};
+
+/// Why the server's state could not be built or refreshed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The datastore failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key store failed.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// Issuing the server's own certificate failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The server's own SPIFFE ID could not be formed.
+    #[error("server identity: {0}")]
+    Id(#[from] wimse_core::IdError),
+}
+
+/// The server's own TLS credential: an X509-SVID for `spiffe://<td>/wimse/server`.
+#[derive(Clone)]
+pub struct ServerSvid {
+    /// Leaf first.
+    pub chain: Vec<Certificate>,
+    /// The private key (generated in memory, never written to disk).
+    pub key: Arc<SigningKey>,
+}
+
+/// Everything the server's tasks share.
+pub struct State {
+    /// The resolved configuration.
+    pub config: ServerConfig,
+    /// The datastore.
+    pub store: SqlStore,
+    /// This replica's ID.
+    pub server_id: String,
+    /// The server's SPIFFE ID, `spiffe://<td>/wimse/server`.
+    pub spiffe_id: WorkloadId,
+    /// This replica's signing keys.
+    pub authorities: RwLock<Authorities>,
+    /// The current trust bundle (all replicas' keys).
+    bundle: RwLock<Arc<TrustBundle>>,
+    /// The TLS credential of the public listener.
+    svid: RwLock<Arc<ServerSvid>>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A writer that panicked left a complete value behind (every write is one assignment).
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl State {
+    /// Opens the datastore and key store, publishes this replica's keys and builds the bundle.
+    pub async fn open(
+        config: ServerConfig,
+        authorities: Authorities,
+        server_id: String,
+    ) -> Result<Arc<Self>, StateError> {
+        let store = SqlStore::connect(&config.datastore).await?;
+        let bundle = TrustBundle::new(config.trust_domain.clone());
+        let placeholder = ServerSvid {
+            chain: Vec::new(),
+            key: Arc::new(
+                SigningKey::generate(Algorithm::Es256)
+                    .map_err(|e| IssueError::Signing(e.to_string()))?,
+            ),
+        };
+        let spiffe_id = WorkloadId::from_parts("spiffe", &config.trust_domain, "/wimse/server")?;
+        let state = Arc::new(State {
+            spiffe_id,
+            config,
+            store,
+            server_id,
+            authorities: RwLock::new(authorities),
+            bundle: RwLock::new(Arc::new(bundle)),
+            svid: RwLock::new(Arc::new(placeholder)),
+            metrics: Metrics::default(),
+        });
+        state.publish_authorities(true).await?;
+        state.renew_svid()?;
+        Ok(state)
+    }
+
+    /// The current trust bundle.
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        Arc::clone(&read(&self.bundle))
+    }
+
+    /// The current server TLS credential.
+    pub fn svid(&self) -> Arc<ServerSvid> {
+        Arc::clone(&read(&self.svid))
+    }
+
+    /// Writes this replica's public keys to the datastore (bumping the bundle sequence if
+    /// they changed) and rebuilds the bundle from every replica's keys.
+    pub async fn publish_authorities(&self, changed: bool) -> Result<(), StateError> {
+        let now = unix_now();
+        let records = read(&self.authorities).public_records(now);
+        if changed {
+            for record in records {
+                self.store.put_authority(&record).await?;
+            }
+            self.store.prune_authorities(now).await?;
+            self.store.bump_bundle_sequence().await?;
+        }
+        self.refresh_bundle().await
+    }
+
+    /// Rebuilds the bundle from the datastore (picks up other replicas' rotations).
+    pub async fn refresh_bundle(&self) -> Result<(), StateError> {
+        let now = unix_now();
+        let records = self.store.list_authorities(now).await?;
+        let sequence = self.store.bundle_sequence().await?;
+        let bundle = bundle_from_records(
+            &self.config.trust_domain,
+            &records,
+            sequence,
+            self.config.refresh_hint,
+        );
+        if *self.bundle() != bundle {
+            *write(&self.bundle) = Arc::new(bundle);
+        }
+        Ok(())
+    }
+
+    /// Rotates this replica's keys if due, and republishes when anything changed.
+    pub async fn rotate(&self) -> Result<(), StateError> {
+        let changed = write(&self.authorities).rotate(unix_now())?;
+        self.publish_authorities(changed).await?;
+        if changed {
+            tracing::info!(server_id = %self.server_id, "signing authorities rotated");
+            self.renew_svid()?;
+        }
+        Ok(())
+    }
+
+    /// Issues a fresh TLS certificate for the server from its active CA.
+    pub fn renew_svid(&self) -> Result<(), StateError> {
+        let key = SigningKey::generate(Algorithm::Es256)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        let id = self.spiffe_id.clone();
+        let csr = x509::build_csr(&key, &id).map_err(|e| IssueError::Csr(e.to_string()))?;
+        let authorities = read(&self.authorities);
+        let chain = Issuer::new(&authorities, self.config.wit_profile).x509(
+            &id,
+            &["localhost".to_owned()],
+            &csr,
+            u32::try_from(self.config.ca_ttl / 4).unwrap_or(3600),
+            unix_now(),
+        )?;
+        drop(authorities);
+        *write(&self.svid) = Arc::new(ServerSvid {
+            chain,
+            key: Arc::new(key),
+        });
+        Ok(())
+    }
+
+    /// Whether the server TLS certificate has passed half its life.
+    pub fn svid_needs_renewal(&self, now: i64) -> bool {
+        self.svid().chain.first().is_none_or(|leaf| {
+            now >= leaf.not_before() + (leaf.not_after() - leaf.not_before()) / 2
+        })
+    }
+}
