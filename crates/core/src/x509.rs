@@ -43,6 +43,7 @@
 //!
 //! Times are Unix seconds passed in by the caller; nothing here reads the clock.
 
+use crate::der;
 use crate::id::{IdError, TrustDomain, WorkloadId};
 use crate::jose::{Algorithm, KeyParams, SigningKey};
 use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
@@ -717,44 +718,7 @@ fn ecdsa_fixed_to_der(fixed: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (r, s) = fixed.split_at(fixed.len() / 2);
-    let mut body = Vec::with_capacity(fixed.len() + 6);
-    der_unsigned_integer(&mut body, r);
-    der_unsigned_integer(&mut body, s);
-    let mut out = Vec::with_capacity(body.len() + 3);
-    out.push(0x30);
-    der_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    Some(out)
-}
-
-fn der_unsigned_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
-    let start = magnitude
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(magnitude.len());
-    let trimmed = magnitude.get(start..).unwrap_or_default();
-    // A zero is one 0x00 byte; a high first bit needs a 0x00 so the INTEGER stays positive.
-    let pad = trimmed.first().is_none_or(|b| b & 0x80 != 0);
-    out.push(0x02);
-    der_length(out, trimmed.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(trimmed);
-}
-
-fn der_length(out: &mut Vec<u8>, len: usize) {
-    if let Ok(short) = u8::try_from(len)
-        && short < 0x80
-    {
-        out.push(short);
-        return;
-    }
-    let bytes = len.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    let significant = bytes.get(skip..).unwrap_or_default();
-    out.push(0x80 | u8::try_from(significant.len()).unwrap_or(0));
-    out.extend_from_slice(significant);
+    Some(der::unsigned_integer_pair(r, s))
 }
 
 /// The DER `SubjectPublicKeyInfo` of a signing key, as it appears in certificates this
@@ -1212,14 +1176,10 @@ fn canonical_csr(info: &[u8], kind: KeyKind, signature: &[u8]) -> Vec<u8> {
     body.extend_from_slice(info);
     body.extend_from_slice(algorithm);
     body.push(0x03);
-    der_length(&mut body, signature.len() + 1);
+    der::push_length(&mut body, signature.len() + 1);
     body.push(0x00);
     body.extend_from_slice(signature);
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.push(0x30);
-    der_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    der::sequence(&body)
 }
 
 /// Builds a DER PKCS#10 CSR for `key`, asking for `spiffe_id` (the agent side).
