@@ -17,6 +17,7 @@
 //!   whether an issuer is trusted for a subject's trust domain.
 //! - [`digest`], [`json`]: SHA-256 and the duplicate-refusing JSON reader used for
 //!   untrusted token parts.
+//! - `der` (private): the few DER encodings written by hand, for [`jose`] and [`x509`].
 //!
 //! # Where to start reading
 //!
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+mod der;
 pub mod digest;
 pub mod id;
 pub mod jose;

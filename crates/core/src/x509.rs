@@ -43,6 +43,7 @@
 //!
 //! Times are Unix seconds passed in by the caller; nothing here reads the clock.
 
+use crate::der;
 use crate::id::{IdError, TrustDomain, WorkloadId};
 use crate::jose::{Algorithm, KeyParams, SigningKey};
 use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
@@ -717,44 +718,7 @@ fn ecdsa_fixed_to_der(fixed: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (r, s) = fixed.split_at(fixed.len() / 2);
-    let mut body = Vec::with_capacity(fixed.len() + 6);
-    der_unsigned_integer(&mut body, r);
-    der_unsigned_integer(&mut body, s);
-    let mut out = Vec::with_capacity(body.len() + 3);
-    out.push(0x30);
-    der_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    Some(out)
-}
-
-fn der_unsigned_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
-    let start = magnitude
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(magnitude.len());
-    let trimmed = magnitude.get(start..).unwrap_or_default();
-    // A zero is one 0x00 byte; a high first bit needs a 0x00 so the INTEGER stays positive.
-    let pad = trimmed.first().is_none_or(|b| b & 0x80 != 0);
-    out.push(0x02);
-    der_length(out, trimmed.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(trimmed);
-}
-
-fn der_length(out: &mut Vec<u8>, len: usize) {
-    if let Ok(short) = u8::try_from(len)
-        && short < 0x80
-    {
-        out.push(short);
-        return;
-    }
-    let bytes = len.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    let significant = bytes.get(skip..).unwrap_or_default();
-    out.push(0x80 | u8::try_from(significant.len()).unwrap_or(0));
-    out.extend_from_slice(significant);
+    Some(der::unsigned_integer_pair(r, s))
 }
 
 /// The DER `SubjectPublicKeyInfo` of a signing key, as it appears in certificates this
@@ -838,13 +802,8 @@ pub fn intermediate_ca(
         ));
     }
     let (not_before, not_after) = issuer.clamp(params.not_before, params.not_after)?;
-    let mut cert_params = ca_certificate_params(params, not_before, not_after)?;
-    cert_params.use_authority_key_identifier_extension = issuer.has_subject_key_id;
-    let subject = RcgenSigner::new(key)?;
-    let cert = cert_params
-        .signed_by(&subject, &issuer.issuer)
-        .map_err(|e| build_error(&e))?;
-    issuer.finish(cert.der())
+    let cert_params = ca_certificate_params(params, not_before, not_after)?;
+    issuer.sign(cert_params, &RcgenSigner::new(key)?)
 }
 
 /// Makes an X509-SVID leaf for the public key `subject_spki_der` (from the agent's CSR,
@@ -882,12 +841,8 @@ pub fn workload_certificate(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     cert_params.serial_number = Some(random_serial()?);
-    cert_params.use_authority_key_identifier_extension = issuer.has_subject_key_id;
     set_validity(&mut cert_params, not_before, not_after)?;
-    let cert = cert_params
-        .signed_by(&subject, &issuer.issuer)
-        .map_err(|e| build_error(&e))?;
-    issuer.finish(cert.der())
+    issuer.sign(cert_params, &subject)
 }
 
 fn build_error(e: &rcgen::Error) -> X509Error {
@@ -1052,6 +1007,20 @@ impl<'k> IssuerContext<'k> {
         Ok((not_before, not_after))
     }
 
+    /// Signs `params` for the public key `subject`, with an authority key identifier when
+    /// the issuer has a subject key identifier to point to.
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        subject: &impl rcgen::PublicKeyData,
+    ) -> Result<Certificate, X509Error> {
+        params.use_authority_key_identifier_extension = self.has_subject_key_id;
+        let cert = params
+            .signed_by(subject, &self.issuer)
+            .map_err(|e| build_error(&e))?;
+        self.finish(cert.der())
+    }
+
     /// Parses what rcgen produced and checks it names its issuer byte for byte: webpki
     /// (like most validators) matches issuer to subject by exact DER, and rcgen rebuilds
     /// the name from parts, which cannot reproduce every encoding an upstream CA may use.
@@ -1212,14 +1181,10 @@ fn canonical_csr(info: &[u8], kind: KeyKind, signature: &[u8]) -> Vec<u8> {
     body.extend_from_slice(info);
     body.extend_from_slice(algorithm);
     body.push(0x03);
-    der_length(&mut body, signature.len() + 1);
+    der::push_length(&mut body, signature.len() + 1);
     body.push(0x00);
     body.extend_from_slice(signature);
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.push(0x30);
-    der_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    der::sequence(&body)
 }
 
 /// Builds a DER PKCS#10 CSR for `key`, asking for `spiffe_id` (the agent side).
@@ -1449,6 +1414,13 @@ mod tests {
     const DAY: i64 = 24 * HOUR;
     const TD: &str = "example.org";
     const ID: &str = "spiffe://example.org/ns/prod/sa/web";
+    /// Every key algorithm this profile issues for and accepts in CSRs.
+    const KEY_ALGORITHMS: [Algorithm; 4] = [
+        Algorithm::Es256,
+        Algorithm::Es384,
+        Algorithm::Es512,
+        Algorithm::EdDsa,
+    ];
 
     fn workload_id(uri: &str) -> WorkloadId {
         WorkloadId::parse(uri).unwrap()
@@ -1504,8 +1476,7 @@ mod tests {
         let subject = SigningKey::generate(Algorithm::Es256).unwrap();
         let subject = RcgenSigner::new(&subject).unwrap();
         let issuer = IssuerContext::new(issuer_cert, issuer_key).unwrap();
-        let cert = params.signed_by(&subject, &issuer.issuer).unwrap();
-        issuer.finish(cert.der()).unwrap()
+        issuer.sign(params.clone(), &subject).unwrap()
     }
 
     fn raw_leaf_params(uris: &[&str]) -> CertificateParams {
@@ -1525,13 +1496,19 @@ mod tests {
         params
     }
 
-    fn extensions(cert: &Certificate) -> Vec<(bool, String)> {
+    const SUBJECT_KEY_ID_OID: &str = "2.5.29.14";
+    const KEY_USAGE_OID: &str = "2.5.29.15";
+    const BASIC_CONSTRAINTS_OID: &str = "2.5.29.19";
+    const EXTENDED_KEY_USAGE_OID: &str = "2.5.29.37";
+
+    /// `None` when `cert` lacks the extension `oid`, else whether it is critical.
+    fn criticality(cert: &Certificate, oid: &str) -> Option<bool> {
         let (_, parsed) = X509Certificate::from_der(cert.der()).unwrap();
         parsed
             .extensions()
             .iter()
-            .map(|e| (e.critical, e.oid.to_id_string()))
-            .collect()
+            .find(|e| e.oid.to_id_string() == oid)
+            .map(|e| e.critical)
     }
 
     fn authority_key_id(cert: &Certificate) -> Option<Vec<u8>> {
@@ -1549,15 +1526,9 @@ mod tests {
 
     #[test]
     fn ca_signed_leaf_verifies_and_yields_its_id_for_every_key_type() {
-        let algs = [
-            Algorithm::Es256,
-            Algorithm::Es384,
-            Algorithm::Es512,
-            Algorithm::EdDsa,
-        ];
-        for ca_alg in algs {
+        for ca_alg in KEY_ALGORITHMS {
             let (ca_key, ca) = root(ca_alg, "root");
-            for leaf_alg in algs {
+            for leaf_alg in KEY_ALGORITHMS {
                 let leaf = issue_leaf(leaf_alg, &leaf_params(ID), &ca, &ca_key).unwrap();
                 assert_eq!(
                     verify_svid_chain(&[leaf], std::slice::from_ref(&ca), NOW).unwrap(),
@@ -1932,19 +1903,9 @@ mod tests {
         assert_eq!(ca.uri_sans(), vec!["spiffe://example.org".to_owned()]);
         assert_eq!(ca.key_usage, Some(KU_KEY_CERT_SIGN | KU_CRL_SIGN));
         assert_eq!(ca.spki_der(), subject_public_key_info(&key).unwrap());
-        let exts = extensions(&ca);
-        assert!(
-            exts.contains(&(true, "2.5.29.19".into())),
-            "basic constraints critical"
-        );
-        assert!(
-            exts.contains(&(true, "2.5.29.15".into())),
-            "key usage critical"
-        );
-        assert!(
-            exts.iter().any(|(_, oid)| oid == "2.5.29.14"),
-            "subject key id"
-        );
+        assert_eq!(criticality(&ca, BASIC_CONSTRAINTS_OID), Some(true));
+        assert_eq!(criticality(&ca, KEY_USAGE_OID), Some(true));
+        assert!(criticality(&ca, SUBJECT_KEY_ID_OID).is_some());
         // 16 random bytes, plus a 0x00 when the top bit is set.
         assert!(matches!(ca.serial_hex().len(), 30..=32));
         assert_ne!(
@@ -1963,19 +1924,9 @@ mod tests {
         assert_eq!(leaf.uri_sans(), vec![ID.to_owned()]);
         assert_eq!(leaf.dns_sans(), params.dns_names);
         assert_eq!(leaf.key_usage, Some(KU_DIGITAL_SIGNATURE));
-        let exts = extensions(&leaf);
-        assert!(
-            exts.contains(&(true, "2.5.29.15".into())),
-            "key usage critical"
-        );
-        assert!(
-            exts.contains(&(true, "2.5.29.19".into())),
-            "basic constraints critical"
-        );
-        assert!(
-            exts.iter().any(|(_, oid)| oid == "2.5.29.37"),
-            "EKU present"
-        );
+        assert_eq!(criticality(&leaf, KEY_USAGE_OID), Some(true));
+        assert_eq!(criticality(&leaf, BASIC_CONSTRAINTS_OID), Some(true));
+        assert!(criticality(&leaf, EXTENDED_KEY_USAGE_OID).is_some());
         assert_eq!(authority_key_id(&leaf), ca.subject_key_id.clone());
         let (_, parsed) = X509Certificate::from_der(leaf.der()).unwrap();
         let eku = parsed.extended_key_usage().unwrap().unwrap().value;
@@ -2140,12 +2091,7 @@ mod tests {
 
     #[test]
     fn csr_round_trip_gives_the_key_and_the_id() {
-        for alg in [
-            Algorithm::Es256,
-            Algorithm::Es384,
-            Algorithm::Es512,
-            Algorithm::EdDsa,
-        ] {
+        for alg in KEY_ALGORITHMS {
             let key = SigningKey::generate(alg).unwrap();
             let csr = parse_csr(&build_csr(&key, &workload_id(ID)).unwrap()).unwrap();
             assert_eq!(csr.spki_der, subject_public_key_info(&key).unwrap());
@@ -2291,12 +2237,7 @@ mod tests {
 
     #[test]
     fn csr_with_any_bit_flipped_is_refused() {
-        for alg in [
-            Algorithm::Es256,
-            Algorithm::Es384,
-            Algorithm::Es512,
-            Algorithm::EdDsa,
-        ] {
+        for alg in KEY_ALGORITHMS {
             let key = SigningKey::generate(alg).unwrap();
             let der = build_csr(&key, &workload_id(ID)).unwrap();
             for bit in 0..der.len() * 8 {

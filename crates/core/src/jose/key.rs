@@ -115,49 +115,9 @@ fn verification_algorithm(alg: Algorithm) -> &'static dyn sig::VerificationAlgor
     }
 }
 
-/// DER for one unsigned INTEGER (big-endian magnitude).
-fn der_uint(out: &mut Vec<u8>, magnitude: &[u8]) {
-    let trimmed: &[u8] = {
-        let start = magnitude
-            .iter()
-            .position(|b| *b != 0)
-            .unwrap_or(magnitude.len());
-        magnitude.get(start..).unwrap_or_default()
-    };
-    let pad = trimmed.first().is_none_or(|b| b & 0x80 != 0);
-    out.push(0x02);
-    der_len(out, trimmed.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(trimmed);
-}
-
-fn der_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(u8::try_from(len).unwrap_or(0));
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        let significant = bytes.get(skip..).unwrap_or_default();
-        out.push(0x80 | u8::try_from(significant.len()).unwrap_or(0));
-        out.extend_from_slice(significant);
-    }
-}
-
 /// PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-///
-/// Hand-written because it is two integers in a sequence; pulling in a DER crate for it
-/// would add a dependency for ten lines.
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(n.len() + e.len() + 12);
-    der_uint(&mut body, n);
-    der_uint(&mut body, e);
-    let mut out = Vec::with_capacity(body.len() + 6);
-    out.push(0x30);
-    der_len(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+    crate::der::unsigned_integer_pair(n, e)
 }
 
 impl PublicKey {
