@@ -49,21 +49,28 @@ pub struct TxnTokenClaims {
     pub req_wl: String,
 }
 
+impl TxnTokenClaims {
+    /// The first required string claim that is empty, if any.
+    fn empty_required_claim(&self) -> Option<&'static str> {
+        [
+            ("txn", &self.txn),
+            ("sub", &self.sub),
+            ("scope", &self.scope),
+            ("req_wl", &self.req_wl),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| value.is_empty().then_some(name))
+    }
+}
+
 /// Signs a Txn-Token.
 pub fn issue_txn_token(
     key: &SigningKey,
     kid: &str,
     claims: &TxnTokenClaims,
 ) -> Result<String, TokenError> {
-    for (name, value) in [
-        ("txn", &claims.txn),
-        ("sub", &claims.sub),
-        ("scope", &claims.scope),
-        ("req_wl", &claims.req_wl),
-    ] {
-        if value.is_empty() {
-            return Err(TokenError::Issue(format!("claim `{name}` is empty")));
-        }
+    if let Some(name) = claims.empty_required_claim() {
+        return Err(TokenError::Issue(format!("claim `{name}` is empty")));
     }
     Ok(jws::sign(key, Some(TXN_TYP), Some(kid), claims)?)
 }
@@ -90,18 +97,11 @@ pub fn verify_txn_token(
     }
     validation.check_exp(claims.exp)?;
     validation.check_iat(Some(claims.iat))?;
-    for (name, value) in [
-        ("txn", &claims.txn),
-        ("sub", &claims.sub),
-        ("scope", &claims.scope),
-        ("req_wl", &claims.req_wl),
-    ] {
-        if value.is_empty() {
-            return Err(TokenError::BadClaim {
-                claim: name,
-                reason: "empty".into(),
-            });
-        }
+    if let Some(name) = claims.empty_required_claim() {
+        return Err(TokenError::BadClaim {
+            claim: name,
+            reason: "empty".into(),
+        });
     }
     Ok(claims)
 }
