@@ -21,28 +21,42 @@ use wimse_core::token::wit::{
 use wimse_core::token::wpt::{RequestBinding, issue_wpt, verify_wpt};
 use wimse_core::token::{Validation, unix_now};
 
-const ROUNDS: usize = 7;
-const PER_ROUND: usize = 2_000;
+const ROUNDS: usize = 15;
+const PER_ROUND: usize = 1_000;
 const AUDIENCE: &str = "https://orders.example.org/api/orders";
 
-/// Median nanoseconds per operation of `op` over `ROUNDS` rounds of `PER_ROUND` calls.
-fn measure(mut op: impl FnMut(usize)) -> f64 {
-    for i in 0..PER_ROUND / 4 {
-        op(i);
+/// Times `PER_ROUND` calls of `op` starting at call number `first`; nanoseconds per call.
+fn time_round(first: usize, op: &mut dyn FnMut(usize)) -> f64 {
+    let start = Instant::now();
+    for i in 0..PER_ROUND {
+        op(first + i);
     }
-    let mut samples: Vec<f64> = (0..ROUNDS)
-        .map(|round| {
-            let start = Instant::now();
-            for i in 0..PER_ROUND {
-                op(PER_ROUND / 4 + round * PER_ROUND + i);
+    #[allow(clippy::cast_precision_loss, reason = "benchmark arithmetic")]
+    let per_op = start.elapsed().as_nanos() as f64 / PER_ROUND as f64;
+    per_op
+}
+
+/// Runs the cases round-robin (one round of each in turn, so that background load on a
+/// shared machine hits all of them alike) after a warm-up round each, and returns each
+/// case's median nanoseconds per call.
+fn measure_interleaved(cases: &mut [&mut dyn FnMut(usize)]) -> Vec<f64> {
+    let mut samples = vec![Vec::with_capacity(ROUNDS); cases.len()];
+    for round in 0..=ROUNDS {
+        for (case, samples) in cases.iter_mut().zip(samples.iter_mut()) {
+            let per_op = time_round(round * PER_ROUND, &mut **case);
+            // Round 0 warms caches and the allocator; it is not counted.
+            if round > 0 {
+                samples.push(per_op);
             }
-            #[allow(clippy::cast_precision_loss, reason = "benchmark arithmetic")]
-            let per_op = start.elapsed().as_nanos() as f64 / PER_ROUND as f64;
-            per_op
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort_by(f64::total_cmp);
+            s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
         })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples.get(ROUNDS / 2).copied().unwrap_or(f64::NAN)
+        .collect()
 }
 
 struct Setup {
@@ -91,7 +105,7 @@ fn setup(holder_alg: Algorithm) -> Setup {
         audience: AUDIENCE,
         ..Default::default()
     };
-    let total = PER_ROUND / 4 + ROUNDS * PER_ROUND;
+    let total = (ROUNDS + 1) * PER_ROUND;
     let wpts = (0..total)
         .map(|_| issue_wpt(&holder, &wit, &binding, now, 60).unwrap_or_else(|e| fail(&e)))
         .collect::<Vec<_>>();
@@ -127,48 +141,51 @@ struct Row {
 fn run(holder_alg: Algorithm) -> Row {
     let s = setup(holder_alg);
     let public = s.raw_key.public_key().clone();
-    let raw = measure(|_| {
+    let binding = RequestBinding {
+        audience: AUDIENCE,
+        ..Default::default()
+    };
+    let cache = WitCache::new(1024);
+    let replay_cached = ReplayCache::new(s.wpts.len() * 2 + 16);
+    let replay_uncached = ReplayCache::new(s.wpts.len() * 2 + 16);
+
+    let mut raw = |_: usize| {
         black_box(public.verify(
             holder_alg,
             black_box(&s.raw_message),
             black_box(&s.raw_signature),
         ))
         .unwrap_or_else(|e| fail(&e));
-    });
-
-    let binding = RequestBinding {
-        audience: AUDIENCE,
-        ..Default::default()
     };
-    let cache = WitCache::new(1024);
-    let replay = ReplayCache::new(s.wpts.len() * 2 + 16);
-    let cached = measure(|i| {
+    let mut cached = |i: usize| {
         let v = Validation::at(unix_now());
         let wit = cache
             .verify(black_box(&s.wit), &s.bundles, s.profile, &v)
             .unwrap_or_else(|e| fail(&e));
         let wpt = s.wpts.get(i).map_or("", String::as_str);
-        black_box(verify_wpt(wpt, &wit, &binding, &v, &replay)).unwrap_or_else(|e| fail(&e));
-    });
-
-    let replay = ReplayCache::new(s.wpts.len() * 2 + 16);
-    let uncached = measure(|i| {
+        black_box(verify_wpt(wpt, &wit, &binding, &v, &replay_cached)).unwrap_or_else(|e| fail(&e));
+    };
+    let mut uncached = |i: usize| {
         let v = Validation::at(unix_now());
         let wit =
             verify_wit(black_box(&s.wit), &s.bundles, s.profile, &v).unwrap_or_else(|e| fail(&e));
         let wpt = s.wpts.get(i).map_or("", String::as_str);
-        black_box(verify_wpt(wpt, &wit, &binding, &v, &replay)).unwrap_or_else(|e| fail(&e));
-    });
+        black_box(verify_wpt(wpt, &wit, &binding, &v, &replay_uncached))
+            .unwrap_or_else(|e| fail(&e));
+    };
+    let medians = measure_interleaved(&mut [&mut raw, &mut cached, &mut uncached]);
     Row {
-        raw,
-        cached,
-        uncached,
+        raw: medians.first().copied().unwrap_or(f64::NAN),
+        cached: medians.get(1).copied().unwrap_or(f64::NAN),
+        uncached: medians.get(2).copied().unwrap_or(f64::NAN),
     }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is ignored.
-    println!("wimse-core request verification, {ROUNDS} rounds x {PER_ROUND} ops, median per op");
+    println!(
+        "wimse-core request verification: {ROUNDS} interleaved rounds x {PER_ROUND} ops per case, median per op"
+    );
     println!(
         "{:<8} {:>16} {:>22} {:>24} {:>10} {:>12}",
         "holder",
