@@ -363,7 +363,13 @@ impl AgentApiClient {
 
     /// The trust bundle, SPIFFE bundle JSON.
     pub async fn bundle(&self) -> Result<String, AgentClientError> {
-        let bytes = self.call(Method::GET, "/agent/v1/bundle", None).await?;
+        self.get_text("/agent/v1/bundle").await
+    }
+
+    /// A GET of any path on the server's listener (e.g. `/.well-known/spiffe-bundle`),
+    /// answered as text.
+    pub async fn get_text(&self, path: &str) -> Result<String, AgentClientError> {
+        let bytes = self.call(Method::GET, path, None).await?;
         String::from_utf8(bytes.to_vec()).map_err(|e| AgentClientError::Decode(e.to_string()))
     }
 }
