@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Server
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::{Jwk, SigningKey, b64};
 use wimse_core::x509::{self, Certificate};
@@ -71,11 +71,21 @@ impl std::fmt::Debug for AgentIdentity {
 }
 
 /// A client of one server's agent API.
+///
+/// Clones share idle connections: a call reuses one when it can (no TLS handshake per
+/// call) and opens another when all are busy.
 #[derive(Clone)]
 pub struct AgentApiClient {
     addr: SocketAddr,
     tls: tokio_rustls::TlsConnector,
+    idle: Arc<Mutex<Vec<Sender>>>,
 }
+
+/// One HTTP/1.1 connection's request side.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// How many idle connections a client keeps.
+const MAX_IDLE: usize = 8;
 
 impl std::fmt::Debug for AgentApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,16 +223,28 @@ impl AgentApiClient {
         Ok(AgentApiClient {
             addr,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            idle: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// Sends one request on a fresh connection and returns the body of a 200 answer.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Bytes, AgentClientError> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle open connection, or a new one.
+    async fn sender(&self) -> Result<Sender, AgentClientError> {
+        loop {
+            let Some(sender) = self.idle().pop() else {
+                break;
+            };
+            if sender.is_ready() {
+                return Ok(sender);
+            }
+        }
+        self.connect().await
+    }
+
+    async fn connect(&self) -> Result<Sender, AgentClientError> {
         let addr = self.addr;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
@@ -234,10 +256,22 @@ impl AgentApiClient {
             .connect(name, tcp)
             .await
             .map_err(|source| AgentClientError::Connect { addr, source })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| AgentClientError::Http(e.to_string()))?;
         tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one request and returns the body of a 200 answer.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, AgentClientError> {
+        let mut sender = self.sender().await?;
+        let addr = self.addr;
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -256,6 +290,12 @@ impl AgentApiClient {
             .await
             .map_err(|e| AgentClientError::Http(e.to_string()))?
             .to_bytes();
+        {
+            let mut idle = self.idle();
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        }
         if status != StatusCode::OK {
             let detail = serde_json::from_slice::<Problem>(&bytes).map_or_else(
                 |_| String::from_utf8_lossy(&bytes).into_owned(),
