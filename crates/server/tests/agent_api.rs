@@ -24,7 +24,7 @@ use wimse_server::agent_api::client::{
 };
 use wimse_server::api::{EntryRequest, EntryView};
 use wimse_server::config::FileConfig;
-use wimse_server::datastore::Datastore;
+use wimse_server::datastore::{Datastore, NewEntry};
 use wimse_server::run::{Running, Tasks, start};
 
 struct Server {
@@ -329,5 +329,55 @@ async fn public_endpoints_need_no_client_certificate() {
     assert!(body.contains("x509-svid"));
     let (agent, _) = s.agent().await;
     assert_eq!(agent.bundle().await.unwrap(), body);
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_written_by_another_replica_reaches_the_agent_by_the_revision_poll() {
+    let s = server().await;
+    let (agent, agent_id) = s.agent().await;
+    let since = agent.entries(0, 0).await.unwrap().revision;
+    let waiting = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.entries(since, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Straight into the datastore, as another replica on the same database would: no
+    // admin handler of this replica wakes the agents.
+    let created = s
+        .running
+        .state
+        .store
+        .create_entry(NewEntry {
+            spiffe_id: WorkloadId::parse("spiffe://agents.test/elsewhere").unwrap(),
+            parent_id: agent_id.clone(),
+            selectors: vec!["unix:uid:7".parse().unwrap()],
+            x509_ttl: 600,
+            jwt_ttl: 60,
+            dns_names: Vec::new(),
+            hint: None,
+            admin: false,
+            downstream: false,
+        })
+        .await
+        .unwrap();
+    let answer = waiting.await.unwrap().unwrap();
+    assert!(matches!(
+        answer.changes.as_slice(),
+        [SyncChange::Entry(view)] if view.id == created.id
+    ));
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_refuses_a_server_outside_its_bundle() {
+    let s = server().await;
+    let empty = TrustBundle::new(s.bundle().trust_domain().clone());
+    let client = AgentApiClient::new(s.running.local_addr, &empty, None).unwrap();
+    let result = client.get_text("/.well-known/spiffe-bundle").await;
+    assert!(
+        matches!(result, Err(AgentClientError::Connect { .. })),
+        "{result:?}"
+    );
     s.tasks.stop().await;
 }
