@@ -270,7 +270,7 @@ fn with_issuer<T>(
 
 /// The attested, non-banned agent behind the connection.
 async fn agent(state: &State, caller: &Caller) -> Result<AttestedAgent, AgentApiError> {
-    let id = caller.0.as_ref().ok_or_else(|| {
+    let id = caller.id.as_ref().ok_or_else(|| {
         AgentApiError::Forbidden("a client certificate of an attested agent is required".into())
     })?;
     let agent = state
@@ -280,6 +280,14 @@ async fn agent(state: &State, caller: &Caller) -> Result<AttestedAgent, AgentApi
         .ok_or_else(|| AgentApiError::Forbidden(format!("`{id}` is not an attested agent")))?;
     if agent.banned {
         return Err(AgentApiError::Forbidden(format!("agent `{id}` is banned")));
+    }
+    // Only the agent's latest certificate counts (as SPIRE checks the serial): one it
+    // replaced by renewing, or any other SVID that happens to carry the agent's ID (a
+    // workload's), is refused.
+    if caller.serial.as_deref() != Some(agent.serial.as_str()) {
+        return Err(AgentApiError::Forbidden(format!(
+            "the client certificate is not agent `{id}`'s current one"
+        )));
     }
     Ok(agent)
 }

@@ -19,10 +19,15 @@ use std::sync::{Arc, Weak};
 use wimse_core::WorkloadId;
 use wimse_core::x509::{self, Certificate};
 
-/// The verified SPIFFE ID of the peer of one TLS connection, `None` when it presented no
-/// client certificate. Inserted into every request's extensions by the accept loop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller(pub Option<WorkloadId>);
+/// The peer of one TLS connection as its verified client certificate shows it (all `None`
+/// when it presented none). Inserted into every request's extensions by the accept loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The SPIFFE ID of the leaf's URI SAN.
+    pub id: Option<WorkloadId>,
+    /// The leaf's serial number, hex.
+    pub serial: Option<String>,
+}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -183,10 +188,18 @@ impl ClientCertVerifier for BundleClientVerifier {
 
 /// The SPIFFE ID of a peer whose chain the verifier accepted: the leaf's URI SAN.
 pub fn caller_of(peer_certificates: Option<&[CertificateDer<'_>]>) -> Caller {
-    let id = peer_certificates
+    let Some(leaf) = peer_certificates
         .and_then(<[_]>::first)
         .and_then(|der| Certificate::from_der(der.to_vec()).ok())
-        .and_then(|leaf| leaf.uri_sans().into_iter().next())
-        .and_then(|uri| WorkloadId::parse(&uri).ok());
-    Caller(id)
+    else {
+        return Caller::default();
+    };
+    Caller {
+        id: leaf
+            .uri_sans()
+            .into_iter()
+            .next()
+            .and_then(|uri| WorkloadId::parse(&uri).ok()),
+        serial: Some(leaf.serial_hex()),
+    }
 }

@@ -202,6 +202,8 @@ async fn issued_credentials_verify_against_the_fetched_bundle() {
         .await
         .unwrap();
     assert_eq!(renewed.spiffe_id, agent_id.to_string());
+    // The replaced certificate no longer counts.
+    assert_eq!(status(agent.bundle().await), 403);
     s.tasks.stop().await;
 }
 
