@@ -17,7 +17,7 @@ use crate::datastore::{
 use crate::issuer::{IssueError, Issuer};
 use crate::state::State;
 use crate::tls::Caller;
-use axum::extract::{DefaultBodyLimit, Query, State as AxState};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -173,9 +173,34 @@ pub enum AgentApiError {
     /// expired join token, an entry that is not the agent's).
     #[error("{0}")]
     Forbidden(String),
+    /// The body is not acceptable JSON (too large, wrong content type, malformed).
+    #[error("{detail}")]
+    Body {
+        /// The HTTP status (413, 415, 400 or 422).
+        status: StatusCode,
+        /// What was wrong.
+        detail: String,
+    },
     /// The server failed.
     #[error("{0}")]
     Internal(String),
+}
+
+/// A JSON body whose rejection is answered as problem details too.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = AgentApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(AgentApiError::Body {
+                status: rejection.status(),
+                detail: rejection.body_text(),
+            }),
+        }
+    }
 }
 
 impl From<StoreError> for AgentApiError {
@@ -202,6 +227,7 @@ impl IntoResponse for AgentApiError {
         let (status, title) = match &self {
             AgentApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid request"),
             AgentApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AgentApiError::Body { status, .. } => (*status, "invalid request body"),
             AgentApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server error"),
         };
         let problem = Problem {
@@ -373,7 +399,7 @@ async fn visible_entries(
 
 async fn attest(
     AxState(state): AxState<Arc<State>>,
-    Json(req): Json<AttestRequest>,
+    Body(req): Body<AttestRequest>,
 ) -> ApiResult<AttestResponse> {
     let csr = decode_csr(&req.csr)?;
     let now = unix_now();
@@ -439,7 +465,7 @@ async fn store_agent(
 async fn renew(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<RenewRequest>,
+    Body(req): Body<RenewRequest>,
 ) -> ApiResult<AttestResponse> {
     let agent = agent(&state, &caller).await?;
     let csr = decode_csr(&req.csr)?;
@@ -523,7 +549,7 @@ async fn entries(
 async fn svid_x509(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<X509Request>,
+    Body(req): Body<X509Request>,
 ) -> ApiResult<X509Response> {
     let agent = agent(&state, &caller).await?;
     let entry = own_entry(&state, &agent, &req.entry_id).await?;
@@ -539,7 +565,7 @@ async fn svid_x509(
 async fn svid_wit(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<WitRequest>,
+    Body(req): Body<WitRequest>,
 ) -> ApiResult<WitResponse> {
     let agent = agent(&state, &caller).await?;
     let entry = own_entry(&state, &agent, &req.entry_id).await?;
@@ -552,7 +578,7 @@ async fn svid_wit(
 async fn svid_jwt(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<JwtRequest>,
+    Body(req): Body<JwtRequest>,
 ) -> ApiResult<JwtResponse> {
     let agent = agent(&state, &caller).await?;
     let entry = own_entry(&state, &agent, &req.entry_id).await?;
