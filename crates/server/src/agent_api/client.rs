@@ -231,17 +231,17 @@ impl AgentApiClient {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle open connection, or a new one.
-    async fn sender(&self) -> Result<Sender, AgentClientError> {
+    /// An idle open connection (`true`), or a new one (`false`).
+    async fn sender(&self) -> Result<(Sender, bool), AgentClientError> {
         loop {
             let Some(sender) = self.idle().pop() else {
                 break;
             };
             if sender.is_ready() {
-                return Ok(sender);
+                return Ok((sender, true));
             }
         }
-        self.connect().await
+        Ok((self.connect().await?, false))
     }
 
     async fn connect(&self) -> Result<Sender, AgentClientError> {
@@ -270,19 +270,30 @@ impl AgentApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, AgentClientError> {
-        let mut sender = self.sender().await?;
         let addr = self.addr;
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr.to_string())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| AgentClientError::Http(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| AgentClientError::Http(e.to_string()))?;
+        let body = Bytes::from(body.unwrap_or_default());
+        let request = || {
+            Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header("host", addr.to_string())
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| AgentClientError::Http(e.to_string()))
+        };
+        let (mut sender, reused) = self.sender().await?;
+        let response = match sender.send_request(request()?).await {
+            Ok(response) => response,
+            // The server may have closed an idle connection: one retry on a fresh one.
+            Err(_) if reused => {
+                sender = self.connect().await?;
+                sender
+                    .send_request(request()?)
+                    .await
+                    .map_err(|e| AgentClientError::Http(e.to_string()))?
+            }
+            Err(e) => return Err(AgentClientError::Http(e.to_string())),
+        };
         let status = response.status();
         let bytes = response
             .into_body()
