@@ -13,7 +13,8 @@
 //! - [`run`]: startup, listeners, background rotation, shutdown.
 //! - [`state`]: what the listeners and tasks share.
 //! - [`authority`], [`issuer`]: keys and credentials.
-//! - [`admin`], [`api`]: the admin API and its client; [`public`]: bundle endpoints,
+//! - [`admin`], [`api`]: the admin API and its client; [`agent_api`]: node attestation,
+//!   entry sync and issuance to agents over mutual TLS, and its client; [`public`]: bundle endpoints,
 //!   health and metrics; [`tls`]: the listener's TLS.
 //! - [`datastore`]: storage behind one type, the same SQL on both databases.
 //!
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent_api;
 pub mod api;
 pub mod authority;
 pub mod config;

@@ -5,7 +5,7 @@ use crate::authority::{Authorities, AuthorityError, RotationPolicy, UpstreamCa, 
 use crate::config::ServerConfig;
 use crate::state::{State, StateError};
 use crate::tls::{self, TlsError};
-use crate::{admin, public};
+use crate::{admin, agent_api, public};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -21,6 +21,10 @@ use wimse_core::x509::Certificate;
 
 /// How often keys are checked for rotation and the bundle re-read from the datastore.
 const TICK: Duration = Duration::from_secs(5);
+
+/// How often the entry revision is re-read, so that changes made by other replicas on the
+/// same database reach this replica's agents within about a second.
+const REVISION_POLL: Duration = Duration::from_secs(1);
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,7 +184,7 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
     handles.push(tokio::spawn(serve_tls(
         listener,
         acceptor,
-        public::router(Arc::clone(&state)),
+        public::router(Arc::clone(&state)).merge(agent_api::router(Arc::clone(&state))),
         stop_rx.clone(),
     )));
 
@@ -249,7 +253,10 @@ async fn serve_tls(
                         }
                         Err(_) => return,
                     };
-                    let service = TowerToHyperService::new(app);
+                    // The chain was verified in the handshake; every request of this
+                    // connection carries the caller it proved.
+                    let caller = tls::caller_of(tls.get_ref().1.peer_certificates());
+                    let service = TowerToHyperService::new(app.layer(axum::Extension(caller)));
                     if let Err(e) = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
                         .await
@@ -266,9 +273,17 @@ async fn serve_tls(
 async fn maintain(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut revision_poll = tokio::time::interval(REVISION_POLL);
+    revision_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stopped(&mut stop) => break,
+            // Entry changes by other replicas: wake this replica's long-polling agents.
+            _ = revision_poll.tick() => {
+                if let Err(e) = state.refresh_revision().await {
+                    tracing::warn!(error = %e, "reading the entry revision failed");
+                }
+            }
             _ = tick.tick() => {
                 if let Err(e) = state.rotate().await {
                     tracing::error!(error = %e, "key rotation or bundle refresh failed");

@@ -58,6 +58,8 @@ pub struct State {
     svid: RwLock<Arc<ServerSvid>>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The latest entry revision this replica knows of; agents' long-polls wait on it.
+    pub revision: tokio::sync::watch::Sender<i64>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -88,6 +90,7 @@ impl State {
             ),
         };
         let spiffe_id = WorkloadId::from_parts("spiffe", &config.trust_domain, "/wimse/server")?;
+        let revision = tokio::sync::watch::Sender::new(store.current_revision().await?);
         let state = Arc::new(State {
             spiffe_id,
             config,
@@ -97,6 +100,7 @@ impl State {
             bundle: RwLock::new(Arc::new(bundle)),
             svid: RwLock::new(Arc::new(placeholder)),
             metrics: Metrics::default(),
+            revision,
         });
         state.publish_authorities(true).await?;
         state.renew_svid()?;
@@ -174,6 +178,20 @@ impl State {
         *write(&self.svid) = Arc::new(ServerSvid {
             chain,
             key: Arc::new(key),
+        });
+        Ok(())
+    }
+
+    /// Re-reads the store's entry revision and wakes the agents' long-polls if it moved
+    /// (after this replica's admin changes, and on a poll for other replicas' changes).
+    pub async fn refresh_revision(&self) -> Result<(), StateError> {
+        let current = self.store.current_revision().await?;
+        self.revision.send_if_modified(|known| {
+            let moved = current > *known;
+            if moved {
+                *known = current;
+            }
+            moved
         });
         Ok(())
     }

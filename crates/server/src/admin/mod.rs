@@ -97,7 +97,16 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-fn view(e: &RegistrationEntry) -> EntryView {
+/// Tells long-polling agents that entries changed (a failure only delays them to the next
+/// revision poll).
+async fn wake_agents(state: &State) {
+    if let Err(e) = state.refresh_revision().await {
+        tracing::warn!(error = %e, "reading the entry revision failed");
+    }
+}
+
+/// An entry as the APIs show it.
+pub(crate) fn view(e: &RegistrationEntry) -> EntryView {
     EntryView {
         id: e.id.clone(),
         spiffe_id: e.spiffe_id.to_string(),
@@ -221,6 +230,7 @@ async fn create_entry(
     let entry = new_entry(&state, req).await?;
     let created = state.store.create_entry(entry).await?;
     tracing::info!(entry_id = %created.id, spiffe_id = %created.spiffe_id, "entry created");
+    wake_agents(&state).await;
     Ok(Json(view(&created)))
 }
 
@@ -273,6 +283,7 @@ async fn update_entry(
     let entry = new_entry(&state, req).await?;
     let updated = state.store.update_entry(&id, entry).await?;
     tracing::info!(entry_id = %updated.id, "entry updated");
+    wake_agents(&state).await;
     Ok(Json(view(&updated)))
 }
 
@@ -282,6 +293,7 @@ async fn delete_entry(
 ) -> AdminResult<EntryView> {
     let entry = state.store.delete_entry(&id).await?;
     tracing::info!(entry_id = %id, "entry deleted");
+    wake_agents(&state).await;
     Ok(Json(view(&entry)))
 }
 
