@@ -37,10 +37,22 @@ pub enum TlsError {
     Rustls(String),
 }
 
-/// Resolves the server certificate from the state at every handshake.
+/// Resolves the server certificate from the state at every handshake. The rustls form of
+/// the credential (which means re-reading the PKCS#8 key) is built once per renewal, not
+/// once per handshake.
 #[derive(Debug)]
 struct CurrentSvid {
     state: Weak<State>,
+    /// The credential last converted, and its rustls form.
+    converted: std::sync::Mutex<Option<(Arc<crate::state::ServerSvid>, Arc<CertifiedKey>)>>,
+}
+
+impl std::fmt::Debug for crate::state::ServerSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSvid")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -54,12 +66,24 @@ impl std::fmt::Debug for State {
 impl ResolvesServerCert for CurrentSvid {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let state = self.state.upgrade()?;
-        certified_key(&state).ok().map(Arc::new)
+        let svid = state.svid();
+        // A poisoned lock holds a complete (svid, key) pair or nothing; either is usable.
+        let mut converted = self
+            .converted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, key)) = converted.as_ref()
+            && Arc::ptr_eq(seen, &svid)
+        {
+            return Some(Arc::clone(key));
+        }
+        let key = Arc::new(certified_key(&svid).ok()?);
+        *converted = Some((svid, Arc::clone(&key)));
+        Some(key)
     }
 }
 
-fn certified_key(state: &State) -> Result<CertifiedKey, TlsError> {
-    let svid = state.svid();
+fn certified_key(svid: &crate::state::ServerSvid) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = svid
         .chain
         .iter()
@@ -87,6 +111,7 @@ pub fn server_config(state: &Arc<State>) -> Result<Arc<rustls::ServerConfig>, Tl
         }))
         .with_cert_resolver(Arc::new(CurrentSvid {
             state: Arc::downgrade(state),
+            converted: std::sync::Mutex::new(None),
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
