@@ -143,6 +143,18 @@ pub fn verify_wit(
     profile: WitProfile,
     validation: &Validation,
 ) -> Result<VerifiedWit, TokenError> {
+    let hash = crate::digest::sha256(token.as_bytes());
+    verify_wit_hashed(token, &hash, bundles, profile, validation)
+}
+
+/// [`verify_wit`] for a caller that already has SHA-256(`token`) (the cache key).
+fn verify_wit_hashed(
+    token: &str,
+    hash: &[u8; 32],
+    bundles: &BundleSet,
+    profile: WitProfile,
+    validation: &Validation,
+) -> Result<VerifiedWit, TokenError> {
     let jws = Jws::parse(token)?;
     let header = jws.header();
     require_typ(header, WIT_TYP)?;
@@ -177,7 +189,7 @@ pub fn verify_wit(
     }
     let (holder_key, holder_alg) = holder_key(&claims.cnf, profile)?;
     Ok(VerifiedWit {
-        wth: crate::digest::sha256_b64(token.as_bytes()),
+        wth: crate::jose::b64::encode(hash),
         kid: header.kid.clone(),
         claims,
         holder_key,
@@ -248,7 +260,9 @@ impl WitCache {
             validation.check_exp(wit.claims.exp)?;
             return Ok(wit);
         }
-        let wit = Arc::new(verify_wit(token, bundles, profile, validation)?);
+        let wit = Arc::new(verify_wit_hashed(
+            token, &hash, bundles, profile, validation,
+        )?);
         let mut entries = self.lock();
         if entries.len() >= self.capacity {
             entries.retain(|_, w| w.claims.exp.saturating_add(validation.leeway) > validation.now);
