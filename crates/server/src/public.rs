@@ -67,21 +67,11 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    if let Ok(entries) = state
-        .store
-        .list_entries(&crate::datastore::EntryFilter::default())
-        .await
-    {
-        state
-            .metrics
-            .entries
-            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+    if let Ok(entries) = state.store.count_entries().await {
+        state.metrics.entries.set(entries);
     }
-    if let Ok(agents) = state.store.list_agents().await {
-        state
-            .metrics
-            .agents
-            .set(i64::try_from(agents.len()).unwrap_or(i64::MAX));
+    if let Ok(agents) = state.store.count_agents().await {
+        state.metrics.agents.set(agents);
     }
     (
         [(

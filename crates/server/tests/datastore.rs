@@ -288,6 +288,7 @@ suite! {
         expired_authorities_are_excluded_and_pruned,
         authority_is_updated_in_place_and_changes_state,
         bundle_sequence_bumps_are_atomic_under_16_concurrent_callers,
+        entries_and_agents_are_counted,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -795,6 +796,24 @@ async fn expired_join_tokens_are_pruned(store: &SqlStore) {
 
 // ---------------------------------------------------------------------------------------------
 // Agents
+
+async fn entries_and_agents_are_counted(store: &SqlStore) {
+    assert_eq!(store.count_entries().await.unwrap(), 0);
+    assert_eq!(store.count_agents().await.unwrap(), 0);
+    let created = store
+        .create_entry(entry("/a", &["unix:uid:1"]))
+        .await
+        .unwrap();
+    store
+        .create_entry(entry("/b", &["unix:uid:2"]))
+        .await
+        .unwrap();
+    store.upsert_agent(&agent("/one")).await.unwrap();
+    assert_eq!(store.count_entries().await.unwrap(), 2);
+    assert_eq!(store.count_agents().await.unwrap(), 1);
+    store.delete_entry(&created.id).await.unwrap();
+    assert_eq!(store.count_entries().await.unwrap(), 1);
+}
 
 async fn agents_are_upserted_listed_banned_and_evicted(store: &SqlStore) {
     let one = agent("/one");

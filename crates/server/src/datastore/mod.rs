@@ -466,6 +466,12 @@ pub trait Datastore: Send + Sync {
     /// The revision of the latest entry change (0 before the first).
     fn current_revision(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// How many registration entries exist (for metrics; no rows are loaded).
+    fn count_entries(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// How many agents are attested (for metrics; no rows are loaded).
+    fn count_agents(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// Stores a join token's hash and expiry.
     fn create_join_token(
         &self,

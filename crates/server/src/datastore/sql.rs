@@ -492,6 +492,14 @@ impl Datastore for SqlStore {
         self.read_counter(ENTRY_REVISION).await
     }
 
+    async fn count_entries(&self) -> Result<i64, StoreError> {
+        self.count("SELECT COUNT(*) FROM entries").await
+    }
+
+    async fn count_agents(&self) -> Result<i64, StoreError> {
+        self.count("SELECT COUNT(*) FROM agents").await
+    }
+
     async fn create_join_token(&self, token: &JoinToken) -> Result<(), StoreError> {
         let hash = hex(&token.hash);
         on_pool!(self, |pool| {
@@ -714,6 +722,17 @@ impl Datastore for SqlStore {
 
 impl SqlStore {
     /// The value of counter `name`.
+    /// Runs a `SELECT COUNT(*)` query.
+    async fn count(&self, query: &'static str) -> Result<i64, StoreError> {
+        let value = on_pool!(self, |pool| {
+            sqlx::query_scalar(query)
+                .fetch_one(pool)
+                .await
+                .map_err(db_error)?
+        });
+        Ok(value)
+    }
+
     async fn read_counter(&self, name: &str) -> Result<i64, StoreError> {
         let value = on_pool!(self, |pool| {
             sqlx::query_scalar(READ_COUNTER)
