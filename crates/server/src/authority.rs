@@ -117,22 +117,6 @@ pub struct Authorities {
     slots: Vec<Slot>,
 }
 
-fn kind_name(kind: AuthorityKind) -> &'static str {
-    match kind {
-        AuthorityKind::X509 => "x509",
-        AuthorityKind::Jwt => "jwt",
-        AuthorityKind::Wit => "wit",
-    }
-}
-
-fn state_name(state: AuthorityState) -> &'static str {
-    match state {
-        AuthorityState::Prepared => "prepared",
-        AuthorityState::Active => "active",
-        AuthorityState::Retired => "retired",
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuthorityError + '_ {
     move |source| AuthorityError::Io {
         path: path.to_owned(),
@@ -209,18 +193,9 @@ impl Authorities {
             };
             let text = std::fs::read_to_string(&meta_path).map_err(io_err(&meta_path))?;
             let meta: Meta = serde_json::from_str(&text).map_err(|_| corrupt("metadata"))?;
-            let kind = match meta.kind.as_str() {
-                "x509" => AuthorityKind::X509,
-                "jwt" => AuthorityKind::Jwt,
-                "wit" => AuthorityKind::Wit,
-                _ => return Err(corrupt("key kind")),
-            };
-            let state = match meta.state.as_str() {
-                "prepared" => AuthorityState::Prepared,
-                "active" => AuthorityState::Active,
-                "retired" => AuthorityState::Retired,
-                _ => return Err(corrupt("key state")),
-            };
+            let kind = AuthorityKind::from_stored(&meta.kind).ok_or_else(|| corrupt("key kind"))?;
+            let state =
+                AuthorityState::from_stored(&meta.state).ok_or_else(|| corrupt("key state"))?;
             let key_path = meta_path.with_extension("key");
             let pem = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?,
@@ -252,7 +227,7 @@ impl Authorities {
         now: i64,
         state: AuthorityState,
     ) -> Result<Slot, AuthorityError> {
-        let what = kind_name(kind);
+        let what = kind.as_str();
         let fail = |e: String| AuthorityError::Create(what, e);
         let key = SigningKey::generate(Algorithm::Es256).map_err(|e| fail(e.to_string()))?;
         let mut id_bytes = [0u8; 12];
@@ -296,23 +271,21 @@ impl Authorities {
     }
 
     fn persist(&self, slot: &Slot) -> Result<(), AuthorityError> {
-        let base = self
-            .dir
-            .join(format!("{}-{}", kind_name(slot.kind), slot.id));
+        let base = self.dir.join(format!("{}-{}", slot.kind.as_str(), slot.id));
         let pem = slot
             .key
             .to_pkcs8_pem()
-            .map_err(|e| AuthorityError::Create(kind_name(slot.kind), e.to_string()))?;
+            .map_err(|e| AuthorityError::Create(slot.kind.as_str(), e.to_string()))?;
         write_private(&base.with_extension("key"), pem.as_bytes())?;
         if let Some(cert) = &slot.cert {
             write_private(&base.with_extension("crt"), cert.to_pem().as_bytes())?;
         }
         let meta = Meta {
             id: slot.id.clone(),
-            kind: kind_name(slot.kind).into(),
+            kind: slot.kind.as_str().into(),
             not_before: slot.not_before,
             not_after: slot.not_after,
-            state: state_name(slot.state).into(),
+            state: slot.state.as_str().into(),
         };
         let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         // Metadata last: a key without metadata is ignored on load, never half-used.
@@ -320,9 +293,7 @@ impl Authorities {
     }
 
     fn remove_files(&self, slot: &Slot) {
-        let base = self
-            .dir
-            .join(format!("{}-{}", kind_name(slot.kind), slot.id));
+        let base = self.dir.join(format!("{}-{}", slot.kind.as_str(), slot.id));
         for ext in ["json", "key", "crt"] {
             let _ = std::fs::remove_file(base.with_extension(ext));
         }

@@ -303,7 +303,7 @@ impl AuthorityKind {
     }
 
     /// The kind stored as `name`, if any.
-    fn from_stored(name: &str) -> Option<Self> {
+    pub(crate) fn from_stored(name: &str) -> Option<Self> {
         [Self::X509, Self::Jwt, Self::Wit]
             .into_iter()
             .find(|kind| kind.as_str() == name)
@@ -332,7 +332,7 @@ impl AuthorityState {
     }
 
     /// The state stored as `name`, if any.
-    fn from_stored(name: &str) -> Option<Self> {
+    pub(crate) fn from_stored(name: &str) -> Option<Self> {
         [Self::Prepared, Self::Active, Self::Retired]
             .into_iter()
             .find(|state| state.as_str() == name)
