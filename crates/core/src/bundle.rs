@@ -300,6 +300,17 @@ impl TrustBundle {
         serde_json::json!({ "keys": keys }).to_string()
     }
 
+    /// A JWK Set of the keys for one use, each with its `use` and `kid` (the WIT-SVID
+    /// profile's WIT bundle form: WIT-SVID.md requires `use` `wit-svid` on every key).
+    pub fn jwks_json_with_use(&self, key_use: KeyUse) -> String {
+        let keys: Vec<_> = self
+            .authorities(key_use)
+            .iter()
+            .map(|a| authority_jwk(a, Some(key_use)))
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
     /// Parses a plain JWK Set as the authorities for one use (keys without `kid` refused).
     pub fn add_jwks(&mut self, key_use: KeyUse, json: &[u8]) -> Result<(), BundleError> {
         let set: JwkSet =

@@ -422,6 +422,38 @@ impl SigningKey {
         Ok(text)
     }
 
+    /// The private key as a JWK (the public JWK's members plus `d`), as the SPIFFE WIT
+    /// profile hands it to workloads; wiped from memory when dropped.
+    pub fn to_private_jwk(&self) -> Result<Zeroizing<String>, KeyError> {
+        use aws_lc_rs::encoding::{AsBigEndian, Curve25519SeedBin, EcPrivateKeyBin};
+        let d = match &self.pair {
+            Pair::Ecdsa(p) => {
+                let bin: EcPrivateKeyBin<'_> = p
+                    .private_key()
+                    .as_be_bytes()
+                    .map_err(|_| KeyError::Signing)?;
+                Zeroizing::new(b64::encode(bin.as_ref()))
+            }
+            Pair::Ed25519(p) => {
+                let seed = p.seed().map_err(|_| KeyError::Signing)?;
+                let bin: Curve25519SeedBin<'_> =
+                    seed.as_be_bytes().map_err(|_| KeyError::Signing)?;
+                Zeroizing::new(b64::encode(bin.as_ref()))
+            }
+        };
+        let value = serde_json::to_value(self.public_jwk()).map_err(|_| KeyError::Signing)?;
+        let serde_json::Value::Object(mut members) = value else {
+            return Err(KeyError::Signing);
+        };
+        members.insert("d".into(), serde_json::Value::String(d.to_string()));
+        let text = Zeroizing::new(serde_json::to_string(&members).map_err(|_| KeyError::Signing)?);
+        // The map holds a copy of `d`; overwrite it before it is dropped.
+        if let Some(serde_json::Value::String(copy)) = members.get_mut("d") {
+            zeroize::Zeroize::zeroize(copy);
+        }
+        Ok(text)
+    }
+
     /// The algorithm this key signs with.
     pub fn algorithm(&self) -> Algorithm {
         self.alg
@@ -454,6 +486,23 @@ mod tests {
     use super::*;
 
     const ISSUER: &str = r#"{"kty":"EC","kid":"June 5","crv":"P-256","x":"kXqnA2Op7hgd4zRMbw0iFcc_hDxUxhojxOFVGjE2gks","y":"n__VndPMR021-59UAs0b9qDTFT-EZtT6xSNs_xFskLo","d":"NRHs9bfMUcF49AV_NIoeh3UGopW4AXZLfv5G2px1WcY"}"#;
+
+    #[test]
+    fn private_jwk_round_trips_for_each_signing_algorithm() {
+        for alg in [
+            Algorithm::Es256,
+            Algorithm::Es384,
+            Algorithm::Es512,
+            Algorithm::EdDsa,
+        ] {
+            let key = SigningKey::generate(alg).unwrap();
+            let jwk = key.to_private_jwk().unwrap();
+            let back = SigningKey::from_private_jwk(&jwk).unwrap();
+            assert_eq!(back.public_jwk(), key.public_jwk());
+            let signature = back.sign(b"m").unwrap();
+            key.public_key().verify(alg, b"m", &signature).unwrap();
+        }
+    }
 
     #[test]
     fn sign_then_verify_for_each_signing_algorithm() {
