@@ -209,7 +209,12 @@ mod tests {
             join_token: None,
             ..base()
         };
-        assert!(none.resolve().unwrap_err().to_string().contains("join_token"));
+        assert!(
+            none.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("join_token")
+        );
         let both = FileConfig {
             x509pop_cert: Some("c".into()),
             x509pop_key: Some("k".into()),

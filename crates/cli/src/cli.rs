@@ -233,6 +233,14 @@ mod tests {
         "wimse server agent ban",
         "wimse server agent evict",
         "wimse server healthcheck",
+        "wimse agent run",
+        "wimse agent api fetch x509",
+        "wimse agent api fetch jwt",
+        "wimse agent api fetch wit",
+        "wimse agent api fetch bundle",
+        "wimse agent api validate",
+        "wimse agent healthcheck",
+        "wimse agent exec",
     ];
 
     #[test]

@@ -29,6 +29,37 @@ pub enum CommandError {
     /// The server failed to start or stopped with an error.
     #[error(transparent)]
     Server(#[from] wimse_server::run::ServerError),
+    /// The agent configuration is invalid.
+    #[error(transparent)]
+    AgentConfig(#[from] wimse_agent::config::ConfigError),
+    /// The agent failed to start or stopped with an error.
+    #[error(transparent)]
+    Agent(#[from] wimse_agent::run::RunError),
+    /// A Workload API call failed.
+    #[error(transparent)]
+    WorkloadApi(#[from] wimse_proto::ClientError),
+    /// Credentials could not be written to files.
+    #[error(transparent)]
+    Files(#[from] wimse_agent::files::FilesError),
+    /// A command to run could not be started.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A command run by `wimse` failed; its exit status becomes ours.
+    #[error("`{command}` exited with status {status}")]
+    ChildFailed {
+        /// The command.
+        command: String,
+        /// Its exit status (128 + signal number if a signal ended it).
+        status: u8,
+    },
+    /// The agent answered, but not as a healthy agent does.
+    #[error("agent is unhealthy: {0}")]
+    Unhealthy(String),
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -40,10 +71,17 @@ impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::NotImplemented { .. } => ExitCode::from(2),
+            Self::ChildFailed { status, .. } => ExitCode::from(*status),
             Self::AgentSocket(_)
             | Self::Admin(_)
             | Self::ServerConfig(_)
             | Self::Server(_)
+            | Self::AgentConfig(_)
+            | Self::Agent(_)
+            | Self::WorkloadApi(_)
+            | Self::Files(_)
+            | Self::Spawn { .. }
+            | Self::Unhealthy(_)
             | Self::Runtime(_) => ExitCode::FAILURE,
         }
     }

@@ -4,9 +4,9 @@ use crate::error::CommandError;
 use std::future::Future;
 
 /// Runs `future` to completion on a multi-threaded tokio runtime.
-pub fn block_on<F>(future: F) -> Result<(), CommandError>
+pub fn block_on<T, F>(future: F) -> Result<T, CommandError>
 where
-    F: Future<Output = Result<(), CommandError>>,
+    F: Future<Output = Result<T, CommandError>>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -126,4 +126,5 @@ pub async fn channel(path: &Path) -> Result<tonic::transport::Channel, ConnectEr
 }
 
 pub mod workload;
+pub use tonic::Code;
 pub use workload::{ClientError, Workload};

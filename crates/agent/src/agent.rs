@@ -1,0 +1,529 @@
+//! The running agent: its state and the background work that keeps it current.
+//!
+//! Four loops run beside the Workload API, each owning one concern:
+//! - **node**: renews the agent's own X509-SVID at half life; attests again when the
+//!   server refuses it (evicted) or it expired, where the attestation method allows;
+//! - **sync**: long-polls the server for entry changes by revision, so a change arrives
+//!   within about a second of being made, and applies them to the snapshot;
+//! - **bundle**: fetches the trust bundle every few seconds and publishes changes;
+//! - **mint**: mints an X509-SVID and a WIT ahead of need for every entry, and again at
+//!   half life, keeping the old one while the server cannot be reached.
+//!
+//! None of them blocks the Workload API: it answers from the latest [`Snapshot`].
+
+use crate::cache::{Entry, Snapshot, WitCredential, X509Credential};
+use crate::config::{AgentConfig, NodeAttestation};
+use crate::metrics::Metrics;
+use crate::node::{self, NodeCredential, NodeError, NodeFiles};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use wimse_core::bundle::TrustBundle;
+use wimse_core::jose::{Algorithm, Jws, SigningKey};
+use wimse_core::token::unix_now;
+use wimse_core::x509;
+use wimse_server::agent_api::SyncChange;
+use wimse_server::agent_api::client::AgentApiClient;
+
+/// How often the trust bundle is fetched.
+const BUNDLE_POLL: Duration = Duration::from_secs(5);
+
+/// How long one entry sync waits at the server for a change, seconds.
+const SYNC_WAIT: u64 = 30;
+
+/// The most mints in flight at once.
+const MINT_CONCURRENCY: usize = 16;
+
+/// The longest wait between retries after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The most cached JWT-SVIDs (entry and audience pairs).
+const JWT_CACHE: usize = 10_000;
+
+/// A cached JWT-SVID.
+struct CachedJwt {
+    token: String,
+    refresh_at: i64,
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    /// The configuration it runs with.
+    pub config: AgentConfig,
+    /// The server's address.
+    addr: SocketAddr,
+    /// The agent's files.
+    files: NodeFiles,
+    /// What the Workload API answers from.
+    pub snapshot: watch::Sender<Snapshot>,
+    /// The agent's current credential.
+    credential: Mutex<NodeCredential>,
+    /// The client of the server, rebuilt when the credential or bundle changes.
+    client: watch::Sender<AgentApiClient>,
+    /// JWT-SVIDs by entry, revision and audiences.
+    jwts: Mutex<HashMap<(String, i64, Vec<String>), CachedJwt>>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Doubles a backoff up to [`MAX_BACKOFF`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(MAX_BACKOFF)
+}
+
+/// Sleeps until the Unix time `at` (at once if it has passed).
+async fn sleep_until_unix(at: i64) {
+    let wait = u64::try_from(at.saturating_sub(unix_now())).unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+}
+
+/// The `iat` and `exp` of a token the server just minted (read to schedule its renewal;
+/// the server is trusted, the token is not verified here).
+fn token_times(token: &str) -> Option<(i64, i64)> {
+    #[derive(serde::Deserialize)]
+    struct Times {
+        iat: Option<i64>,
+        exp: i64,
+    }
+    let times: Times = Jws::parse(token).ok()?.claims().ok()?;
+    Some((times.iat.unwrap_or_else(unix_now), times.exp))
+}
+
+impl Agent {
+    /// Sets the agent up: the stored credential if it is still valid, otherwise node
+    /// attestation (retried while the server cannot be reached).
+    pub async fn start(config: AgentConfig) -> Result<Arc<Self>, NodeError> {
+        let mut bundle = node::bootstrap_bundle(&config.trust_bundle)?;
+        let files = NodeFiles::new(&config.data_dir);
+        // The kept bundle is newer than the bootstrap one (rotations since first start).
+        if let Some(kept) = files.load_bundle(bundle.trust_domain()) {
+            bundle = kept;
+        }
+        let addr = node::resolve(&config.server_address).await?;
+        let credential = if let Some(kept) = files.load_credential(unix_now())? {
+            tracing::info!(agent_id = %kept.id, "resuming with the stored agent credential");
+            kept
+        } else {
+            let mut backoff = Duration::from_millis(200);
+            let (credential, fresh) = loop {
+                match node::attest(&config, addr, &bundle).await {
+                    Ok(done) => break done,
+                    Err(NodeError::Server(
+                        e @ wimse_server::agent_api::client::AgentClientError::Connect { .. },
+                    )) if backoff < MAX_BACKOFF => {
+                        tracing::warn!(error = %e, "server unreachable; retrying attestation");
+                        tokio::time::sleep(backoff).await;
+                        backoff = next_backoff(backoff);
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            tracing::info!(agent_id = %credential.id, "node attested");
+            files.save_credential(&credential)?;
+            files.save_bundle(&fresh)?;
+            bundle = fresh;
+            credential
+        };
+        let client = node::client(addr, &bundle, &credential)?;
+        Ok(Arc::new(Self {
+            config,
+            addr,
+            files,
+            snapshot: watch::Sender::new(Snapshot::new(bundle)),
+            credential: Mutex::new(credential),
+            client: watch::Sender::new(client),
+            jwts: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+        }))
+    }
+
+    /// The agent's SPIFFE ID.
+    pub fn id(&self) -> wimse_core::WorkloadId {
+        lock(&self.credential).id.clone()
+    }
+
+    /// The current client of the server.
+    fn client(&self) -> AgentApiClient {
+        self.client.borrow().clone()
+    }
+
+    fn server_up(&self, up: bool) {
+        self.metrics.server_up.set(i64::from(up));
+    }
+
+    /// Starts the background loops.
+    pub fn spawn_loops(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
+        tasks.spawn(Arc::clone(self).node_loop());
+        tasks.spawn(Arc::clone(self).sync_loop());
+        tasks.spawn(Arc::clone(self).bundle_loop());
+        tasks.spawn(Arc::clone(self).mint_loop());
+    }
+
+    /// Installs a new credential and rebuilds the client around it.
+    fn install_credential(&self, credential: NodeCredential) -> Result<(), NodeError> {
+        self.files.save_credential(&credential)?;
+        let bundle = self.snapshot.borrow().bundle.clone();
+        self.client
+            .send_replace(node::client(self.addr, &bundle, &credential)?);
+        *lock(&self.credential) = credential;
+        Ok(())
+    }
+
+    /// Publishes a bundle if it differs from the current one; keeps it for restarts and
+    /// rebuilds the client so the server is checked against the new roots.
+    fn install_bundle(&self, bundle: TrustBundle) -> Result<(), NodeError> {
+        let json = bundle.to_spiffe_json();
+        if self.snapshot.borrow().bundle.to_spiffe_json() == json {
+            return Ok(());
+        }
+        self.files.save_bundle(&bundle)?;
+        let credential = lock(&self.credential).clone();
+        self.client
+            .send_replace(node::client(self.addr, &bundle, &credential)?);
+        tracing::info!(sequence = bundle.sequence, "trust bundle updated");
+        self.snapshot.send_modify(|s| s.bundle = Arc::new(bundle));
+        Ok(())
+    }
+
+    /// Renews the agent's credential at half life; attests again when refused.
+    async fn node_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let (renew_at, expires_at) = {
+                let credential = lock(&self.credential);
+                (credential.renew_at(), credential.expires_at())
+            };
+            sleep_until_unix(renew_at).await;
+            let trust_domain = self.snapshot.borrow().trust_domain.clone();
+            let outcome = match node::renew(&self.client(), &trust_domain).await {
+                Err(e) if node::is_refusal(&e) || unix_now() >= expires_at => {
+                    tracing::warn!(error = %e, "the server no longer accepts this agent's credential; attesting again");
+                    self.reattest().await
+                }
+                other => other,
+            };
+            match outcome.and_then(|(credential, bundle)| {
+                self.install_credential(credential)?;
+                self.install_bundle(bundle)
+            }) {
+                Ok(()) => {
+                    self.server_up(true);
+                    tracing::info!("agent credential renewed");
+                    backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    self.server_up(false);
+                    tracing::warn!(error = %e, "agent credential renewal failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = next_backoff(backoff);
+                }
+            }
+        }
+    }
+
+    async fn reattest(&self) -> Result<(NodeCredential, TrustBundle), NodeError> {
+        if matches!(self.config.attestation, NodeAttestation::JoinToken(_)) {
+            tracing::warn!(
+                "join tokens are one-time: this agent needs a new join token (or x509pop) \
+                 to attest again; serving cached credentials until they expire"
+            );
+        }
+        let bundle = self.snapshot.borrow().bundle.clone();
+        node::attest(&self.config, self.addr, &bundle).await
+    }
+
+    /// Follows the server's entry changes.
+    async fn sync_loop(self: Arc<Self>) {
+        let mut since = 0;
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.client().entries(since, SYNC_WAIT).await {
+                Ok(answer) => {
+                    self.server_up(true);
+                    backoff = Duration::from_millis(200);
+                    for change in answer.changes {
+                        match change {
+                            SyncChange::Entry(view) => {
+                                let id = view.id.clone();
+                                match Entry::from_view(view) {
+                                    Ok(entry) => {
+                                        entries.insert(id, entry);
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(entry = %id, error = %e, "ignoring an unusable entry");
+                                        entries.remove(&id);
+                                    }
+                                }
+                            }
+                            SyncChange::Deleted(id) => {
+                                entries.remove(&id);
+                            }
+                        }
+                    }
+                    let changed = since != answer.revision || !self.snapshot.borrow().synced;
+                    since = answer.revision;
+                    if !answer.more && changed {
+                        let published = Arc::new(entries.clone());
+                        self.metrics
+                            .entries
+                            .set(i64::try_from(published.len()).unwrap_or(i64::MAX));
+                        self.snapshot.send_modify(|s| {
+                            s.entries = published;
+                            s.synced = true;
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.server_up(false);
+                    tracing::debug!(error = %e, "entry sync failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = next_backoff(backoff);
+                }
+            }
+        }
+    }
+
+    /// Fetches the trust bundle now and then.
+    async fn bundle_loop(self: Arc<Self>) {
+        let trust_domain = self.snapshot.borrow().trust_domain.clone();
+        loop {
+            tokio::time::sleep(BUNDLE_POLL).await;
+            let fetched = self.client().bundle().await;
+            match fetched {
+                Ok(json) => {
+                    match TrustBundle::from_spiffe_json(trust_domain.clone(), json.as_bytes()) {
+                        Ok(bundle) => {
+                            if let Err(e) = self.install_bundle(bundle) {
+                                tracing::warn!(error = %e, "cannot install the new bundle");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "the server sent an unusable bundle"),
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "bundle fetch failed"),
+            }
+        }
+    }
+
+    /// Mints credentials ahead of need and at half life.
+    async fn mint_loop(self: Arc<Self>) {
+        let mut changes = self.snapshot.subscribe();
+        let limit = Arc::new(Semaphore::new(MINT_CONCURRENCY));
+        // Entry ID -> (next attempt, backoff) after a failed mint.
+        let mut retry: HashMap<String, (i64, i64)> = HashMap::new();
+        loop {
+            let snapshot = changes.borrow_and_update().clone();
+            let now = unix_now();
+            self.forget_stale(&snapshot, now);
+            retry.retain(|id, _| snapshot.entries.contains_key(id));
+            let wit = self.config.wit_profile;
+            let due: Vec<Entry> = snapshot
+                .entries
+                .values()
+                .filter(|e| retry.get(&e.id).is_none_or(|(at, _)| *at <= now))
+                .filter(|e| {
+                    x509_due(snapshot.x509.get(&e.id).map(Arc::as_ref), e, now)
+                        || (wit && wit_due(snapshot.wit.get(&e.id).map(Arc::as_ref), e, now))
+                })
+                .cloned()
+                .collect();
+            let mut minting = JoinSet::new();
+            for entry in due {
+                let agent = Arc::clone(&self);
+                let limit = Arc::clone(&limit);
+                let x509 = x509_due(snapshot.x509.get(&entry.id).map(Arc::as_ref), &entry, now);
+                let wit = wit && wit_due(snapshot.wit.get(&entry.id).map(Arc::as_ref), &entry, now);
+                minting.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let ok = agent.mint(&entry, x509, wit).await;
+                    (entry.id, ok)
+                });
+            }
+            while let Some(done) = minting.join_next().await {
+                let Ok((id, ok)) = done else { continue };
+                if ok {
+                    retry.remove(&id);
+                } else {
+                    let backoff = retry.get(&id).map_or(1, |(_, b)| (b * 2).min(10));
+                    retry.insert(id, (unix_now() + backoff, backoff));
+                }
+            }
+            // Sleep until the next refresh or retry, or a change (new entries, bundle).
+            let snapshot = self.snapshot.borrow().clone();
+            let next = snapshot
+                .x509
+                .values()
+                .map(|c| c.refresh_at())
+                .chain(snapshot.wit.values().map(|c| c.refresh_at()))
+                .chain(retry.values().map(|(at, _)| *at))
+                .min()
+                .unwrap_or(i64::MAX);
+            tokio::select! {
+                // A snapshot change: entries or bundle changed, or credentials were stored.
+                changed = changes.changed() => if changed.is_err() { return },
+                // The next credential is due.
+                () = sleep_until_unix(next.min(unix_now() + 3600)) => {}
+            }
+        }
+    }
+
+    /// Drops credentials of entries that are gone, and expired ones.
+    fn forget_stale(&self, snapshot: &Snapshot, now: i64) {
+        let stale_x509 = snapshot
+            .x509
+            .iter()
+            .any(|(id, c)| !snapshot.entries.contains_key(id) || c.expires_at() <= now);
+        let stale_wit = snapshot
+            .wit
+            .iter()
+            .any(|(id, c)| !snapshot.entries.contains_key(id) || c.expires_at <= now);
+        if stale_x509 || stale_wit {
+            self.snapshot.send_modify(|s| {
+                let entries = Arc::clone(&s.entries);
+                let mut x509 = (*s.x509).clone();
+                x509.retain(|id, c| entries.contains_key(id) && c.expires_at() > now);
+                let mut wit = (*s.wit).clone();
+                wit.retain(|id, c| entries.contains_key(id) && c.expires_at > now);
+                s.x509 = Arc::new(x509);
+                s.wit = Arc::new(wit);
+            });
+        }
+    }
+
+    /// Mints what is due for one entry; false if anything failed.
+    async fn mint(&self, entry: &Entry, x509: bool, wit: bool) -> bool {
+        let client = self.client();
+        let mut ok = true;
+        if x509 {
+            match mint_x509(&client, entry).await {
+                Ok(credential) => {
+                    self.metrics.mint("x509", true);
+                    let id = entry.id.clone();
+                    self.snapshot.send_modify(|s| {
+                        let mut map = (*s.x509).clone();
+                        map.insert(id, Arc::new(credential));
+                        s.x509 = Arc::new(map);
+                    });
+                }
+                Err(e) => {
+                    self.metrics.mint("x509", false);
+                    tracing::warn!(entry = %entry.id, error = %e, "X509-SVID mint failed");
+                    ok = false;
+                }
+            }
+        }
+        if wit {
+            match mint_wit(&client, entry).await {
+                Ok(credential) => {
+                    self.metrics.mint("wit", true);
+                    let id = entry.id.clone();
+                    self.snapshot.send_modify(|s| {
+                        let mut map = (*s.wit).clone();
+                        map.insert(id, Arc::new(credential));
+                        s.wit = Arc::new(map);
+                    });
+                }
+                Err(e) => {
+                    self.metrics.mint("wit", false);
+                    tracing::warn!(entry = %entry.id, error = %e, "WIT mint failed");
+                    ok = false;
+                }
+            }
+        }
+        self.server_up(ok);
+        ok
+    }
+
+    /// A JWT-SVID for `entry` and `audience`, from the cache until half life.
+    pub async fn jwt_svid(&self, entry: &Entry, audience: &[String]) -> Result<String, String> {
+        let mut audience = audience.to_vec();
+        audience.sort();
+        audience.dedup();
+        let key = (entry.id.clone(), entry.revision, audience);
+        let now = unix_now();
+        if let Some(cached) = lock(&self.jwts).get(&key)
+            && now < cached.refresh_at
+        {
+            return Ok(cached.token.clone());
+        }
+        let token = self.client().jwt(&entry.id, &key.2).await;
+        self.metrics.mint("jwt", token.is_ok());
+        let token = token.map_err(|e| e.to_string())?;
+        let (iat, exp) = token_times(&token).ok_or("the server sent an unreadable JWT-SVID")?;
+        let mut jwts = lock(&self.jwts);
+        if jwts.len() >= JWT_CACHE {
+            jwts.retain(|_, c| c.refresh_at > now);
+            if jwts.len() >= JWT_CACHE {
+                jwts.clear();
+            }
+        }
+        jwts.insert(
+            key,
+            CachedJwt {
+                token: token.clone(),
+                refresh_at: iat + (exp - iat) / 2,
+            },
+        );
+        Ok(token)
+    }
+}
+
+fn x509_due(current: Option<&X509Credential>, entry: &Entry, now: i64) -> bool {
+    current.is_none_or(|c| c.revision != entry.revision || now >= c.refresh_at())
+}
+
+fn wit_due(current: Option<&WitCredential>, entry: &Entry, now: i64) -> bool {
+    current.is_none_or(|c| c.revision != entry.revision || now >= c.refresh_at())
+}
+
+async fn mint_x509(client: &AgentApiClient, entry: &Entry) -> Result<X509Credential, String> {
+    let key = SigningKey::generate(Algorithm::Es256).map_err(|e| e.to_string())?;
+    let csr = x509::build_csr(&key, &entry.spiffe_id).map_err(|e| e.to_string())?;
+    let chain = client
+        .x509(&entry.id, &csr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key_pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    Ok(X509Credential {
+        revision: entry.revision,
+        chain,
+        key: Arc::new(key),
+        key_pkcs8,
+        minted_at: unix_now(),
+    })
+}
+
+async fn mint_wit(client: &AgentApiClient, entry: &Entry) -> Result<WitCredential, String> {
+    // ES256: the SPIFFE WIT-SVID profile does not allow EdDSA.
+    let key = SigningKey::generate(Algorithm::Es256).map_err(|e| e.to_string())?;
+    let token = client
+        .wit(&entry.id, key.public_jwk())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (issued_at, expires_at) = token_times(&token).ok_or("the server sent an unreadable WIT")?;
+    let key_jwk = key.to_private_jwk().map_err(|e| e.to_string())?;
+    Ok(WitCredential {
+        revision: entry.revision,
+        token,
+        key: Arc::new(key),
+        key_jwk,
+        issued_at,
+        expires_at,
+    })
+}

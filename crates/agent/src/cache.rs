@@ -1,0 +1,228 @@
+//! What the agent knows and holds, as one immutable snapshot: the trust bundle, the
+//! registration entries synced from the server, and the credentials minted for them.
+//!
+//! Writers (entry sync, bundle refresh, the minter) replace parts of the snapshot through
+//! a `tokio::sync::watch` channel; every Workload API stream watches the same channel and
+//! answers from whatever snapshot is current, so a change reaches every open stream at
+//! once, and reading never waits on the server.
+
+use crate::attestor::Selectors;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use wimse_core::bundle::TrustBundle;
+use wimse_core::jose::SigningKey;
+use wimse_core::x509::Certificate;
+use wimse_core::{TrustDomain, WorkloadId};
+use wimse_server::api::EntryView;
+
+/// A registration entry as the agent uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's ID at the server.
+    pub id: String,
+    /// The identity it grants.
+    pub spiffe_id: WorkloadId,
+    /// The selectors a workload must show, all of them.
+    pub selectors: BTreeSet<String>,
+    /// X.509-SVID lifetime, seconds.
+    pub x509_ttl: u32,
+    /// JWT-SVID and WIT lifetime, seconds.
+    pub jwt_ttl: u32,
+    /// The hint telling several identities apart ("" for none).
+    pub hint: String,
+    /// The entry's revision at the server.
+    pub revision: i64,
+}
+
+impl Entry {
+    /// Reads an entry from the server's sync message.
+    pub fn from_view(view: EntryView) -> Result<Self, wimse_core::IdError> {
+        Ok(Self {
+            spiffe_id: WorkloadId::parse(&view.spiffe_id)?,
+            id: view.id,
+            selectors: view.selectors.into_iter().collect(),
+            x509_ttl: view.x509_ttl,
+            jwt_ttl: view.jwt_ttl,
+            hint: view.hint.unwrap_or_default(),
+            revision: view.revision,
+        })
+    }
+
+    /// Whether a workload with `selectors` is entitled to this entry: it shows every one of
+    /// the entry's selectors (an entry without selectors matches nobody).
+    pub fn matches(&self, selectors: &Selectors) -> bool {
+        !self.selectors.is_empty() && self.selectors.is_subset(selectors)
+    }
+}
+
+/// An X509-SVID minted for an entry, with its key.
+pub struct X509Credential {
+    /// The entry's revision it was minted for.
+    pub revision: i64,
+    /// The chain, leaf first.
+    pub chain: Vec<Certificate>,
+    /// The private key (generated on this host).
+    pub key: Arc<SigningKey>,
+    /// The key as PKCS#8 DER, as the Workload API sends it.
+    pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    /// When the agent received it, Unix seconds.
+    pub minted_at: i64,
+}
+
+impl X509Credential {
+    /// The leaf's `notAfter`.
+    pub fn expires_at(&self) -> i64 {
+        self.chain.first().map_or(0, Certificate::not_after)
+    }
+
+    /// When to mint the next one: half way through the rest of the leaf's life when it
+    /// arrived. (Not from `notBefore`: the server backdates it for clock skew, which for a
+    /// short-lived certificate would put the half-life mark in the past.)
+    pub fn refresh_at(&self) -> i64 {
+        self.minted_at + (self.expires_at() - self.minted_at) / 2
+    }
+}
+
+/// A WIT minted for an entry, with the key its `cnf` names.
+pub struct WitCredential {
+    /// The entry's revision it was minted for.
+    pub revision: i64,
+    /// The WIT, compact JWS.
+    pub token: String,
+    /// The key, generated on this host and never sent anywhere but to the workload.
+    pub key: Arc<SigningKey>,
+    /// The key as a private JWK, as the WIT profile sends it.
+    pub key_jwk: zeroize::Zeroizing<String>,
+    /// `iat` (or the time of minting).
+    pub issued_at: i64,
+    /// `exp`.
+    pub expires_at: i64,
+}
+
+impl WitCredential {
+    /// When to mint the next one: half way through its life.
+    pub fn refresh_at(&self) -> i64 {
+        self.issued_at + (self.expires_at - self.issued_at) / 2
+    }
+}
+
+/// Everything the Workload API answers from.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// The agent's trust domain.
+    pub trust_domain: TrustDomain,
+    /// Its current trust bundle.
+    pub bundle: Arc<TrustBundle>,
+    /// The entries this agent serves, by ID.
+    pub entries: Arc<BTreeMap<String, Entry>>,
+    /// Whether entries have been synced at least once since start (before that, "no
+    /// entry matches" means "not known yet", not "no identity").
+    pub synced: bool,
+    /// X509-SVIDs by entry ID.
+    pub x509: Arc<HashMap<String, Arc<X509Credential>>>,
+    /// WITs by entry ID.
+    pub wit: Arc<HashMap<String, Arc<WitCredential>>>,
+}
+
+impl Snapshot {
+    /// A snapshot with a bundle and nothing else yet.
+    pub fn new(bundle: TrustBundle) -> Self {
+        Self {
+            trust_domain: bundle.trust_domain().clone(),
+            bundle: Arc::new(bundle),
+            entries: Arc::default(),
+            synced: false,
+            x509: Arc::default(),
+            wit: Arc::default(),
+        }
+    }
+
+    /// The entries a workload with `selectors` is entitled to, in a stable order: by hint,
+    /// then SPIFFE ID, then entry ID (the first is the default identity).
+    pub fn identities(&self, selectors: &Selectors) -> Vec<&Entry> {
+        let mut found: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| e.matches(selectors))
+            .collect();
+        found.sort_by(|a, b| {
+            (a.hint.is_empty(), &a.hint, a.spiffe_id.as_str(), &a.id).cmp(&(
+                b.hint.is_empty(),
+                &b.hint,
+                b.spiffe_id.as_str(),
+                &b.id,
+            ))
+        });
+        found
+    }
+
+    /// The trust domain's ID string, the key of every bundle map.
+    pub fn trust_domain_key(&self) -> String {
+        self.trust_domain.spiffe_id_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, spiffe_id: &str, selectors: &[&str], hint: &str) -> Entry {
+        Entry {
+            id: id.into(),
+            spiffe_id: WorkloadId::parse(spiffe_id).unwrap(),
+            selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+            x509_ttl: 60,
+            jwt_ttl: 60,
+            hint: hint.into(),
+            revision: 1,
+        }
+    }
+
+    fn selectors(list: &[&str]) -> Selectors {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn an_entry_matches_only_a_workload_showing_all_its_selectors() {
+        let e = entry(
+            "1",
+            "spiffe://td/web",
+            &["unix:uid:1000", "unix:gid:10"],
+            "",
+        );
+        assert!(e.matches(&selectors(&[
+            "unix:uid:1000",
+            "unix:gid:10",
+            "unix:path:/x"
+        ])));
+        assert!(!e.matches(&selectors(&["unix:uid:1000"])));
+        assert!(!e.matches(&selectors(&["unix:uid:1001", "unix:gid:10"])));
+    }
+
+    #[test]
+    fn an_entry_without_selectors_matches_nobody() {
+        let e = entry("1", "spiffe://td/web", &[], "");
+        assert!(!e.matches(&selectors(&["unix:uid:0"])));
+    }
+
+    #[test]
+    fn identities_are_ordered_hinted_first_and_stably() {
+        let mut snapshot = Snapshot::new(TrustBundle::new(TrustDomain::new("td").unwrap()));
+        let entries: BTreeMap<String, Entry> = [
+            entry("c", "spiffe://td/b", &["unix:uid:1"], ""),
+            entry("a", "spiffe://td/a", &["unix:uid:1"], ""),
+            entry("b", "spiffe://td/z", &["unix:uid:1"], "primary"),
+            entry("d", "spiffe://td/other", &["unix:uid:2"], ""),
+        ]
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
+        snapshot.entries = Arc::new(entries);
+        let ids: Vec<&str> = snapshot
+            .identities(&selectors(&["unix:uid:1"]))
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(ids, ["b", "a", "c"]);
+    }
+}

@@ -1,0 +1,562 @@
+//! The real `wimse server` and `wimse agent` binaries, with this test process as the
+//! workload: it fetches its credentials over the agent's socket with the `spiffe` crate
+//! (an existing SPIFFE client, unchanged) and with wimse's own client, and checks them
+//! with `wimse-core` against the server's published bundle.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+mod common;
+
+use common::{Agent, Server, TRUST_DOMAIN, my_uid_selector, wait_for};
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use wimse_core::bundle::BundleSet;
+use wimse_core::token::Validation;
+use wimse_core::token::unix_now;
+use wimse_core::x509::{Certificate, verify_svid_chain};
+use wimse_core::{TrustDomain, WorkloadId};
+
+/// A server and an agent attested to it with a join token.
+struct Domain {
+    _dir: tempfile::TempDir,
+    server: Server,
+    agent: Agent,
+    agent_id: String,
+}
+
+impl Domain {
+    fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(agent_extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("server"), &[]);
+        let (token, agent_id) = server.join_token();
+        let mut extra = vec!["--join-token", token.as_str()];
+        extra.extend(agent_extra);
+        let agent = Agent::start(&dir.path().join("agent"), &server, &extra);
+        Domain {
+            _dir: dir,
+            server,
+            agent,
+            agent_id,
+        }
+    }
+
+    /// An entry for this test process (by uid) under the agent.
+    fn entry_for_me(&self, path: &str, extra: &[&str]) -> String {
+        let id = format!("spiffe://{TRUST_DOMAIN}{path}");
+        self.server
+            .create_entry(&id, &self.agent_id, &[&my_uid_selector()], extra)
+    }
+
+    async fn client(&self) -> spiffe::WorkloadApiClient {
+        spiffe::WorkloadApiClient::connect_to(self.agent.endpoint())
+            .await
+            .unwrap()
+    }
+
+    async fn wimse_client(&self) -> wimse_proto::Workload {
+        wimse_proto::Workload::connect(&self.agent.socket)
+            .await
+            .unwrap()
+    }
+}
+
+fn bundles_of(server: &Server) -> BundleSet {
+    let mut set = BundleSet::new();
+    set.insert(server.bundle());
+    set
+}
+
+/// Polls `fetch` until it succeeds (the agent syncs and mints in the background).
+async fn eventually<T, E: std::fmt::Debug, F, Fut>(within: Duration, mut fetch: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match fetch().await {
+            Ok(value) => return value,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "gave up waiting: {e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spiffe_client_fetches_x509_jwt_and_bundles_that_verify_against_the_server() {
+    let domain = Domain::start();
+    domain.entry_for_me("/billing", &["--x509-ttl", "600", "--hint", "main"]);
+    let client = domain.client().await;
+
+    let svid = eventually(Duration::from_secs(10), || client.fetch_x509_svid()).await;
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        format!("spiffe://{TRUST_DOMAIN}/billing")
+    );
+    assert_eq!(svid.hint(), Some("main"));
+    let chain: Vec<Certificate> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref().to_vec()).unwrap())
+        .collect();
+    let published = domain.server.bundle();
+    let roots: Vec<Certificate> = published
+        .x509_authorities
+        .iter()
+        .map(|d| Certificate::from_der(d.clone()).unwrap())
+        .collect();
+    verify_svid_chain(&chain, &roots, unix_now()).unwrap();
+    // The key the agent generated is the certificate's.
+    let key = wimse_core::jose::SigningKey::from_pkcs8_der(svid.private_key().as_ref()).unwrap();
+    assert_eq!(
+        wimse_core::x509::subject_public_key_info(&key).unwrap(),
+        chain[0].spki_der()
+    );
+
+    let td = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    let x509_bundles = client.fetch_x509_bundles().await.unwrap();
+    let x509_bundle = x509_bundles.get(&td).unwrap();
+    assert_eq!(
+        x509_bundle.authorities().len(),
+        published.x509_authorities.len()
+    );
+
+    let jwt = client.fetch_jwt_svid(["payments"], None).await.unwrap();
+    assert_eq!(
+        jwt.spiffe_id().to_string(),
+        format!("spiffe://{TRUST_DOMAIN}/billing")
+    );
+    let verified = wimse_core::token::jwt_svid::verify_jwt_svid(
+        jwt.token(),
+        &bundles_of(&domain.server),
+        "payments",
+        &Validation::at(unix_now()),
+    )
+    .unwrap();
+    assert_eq!(
+        verified.claims.sub.as_str(),
+        format!("spiffe://{TRUST_DOMAIN}/billing")
+    );
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert!(
+        jwt_bundles
+            .get(&td)
+            .unwrap()
+            .find_jwt_authority(jwt.key_id())
+            .is_some()
+    );
+
+    // The agent validates what it issued, for the right audience only.
+    let validated = client
+        .validate_jwt_token("payments", jwt.token())
+        .await
+        .unwrap();
+    assert_eq!(validated.spiffe_id(), jwt.spiffe_id());
+    assert!(
+        client
+            .validate_jwt_token("other", jwt.token())
+            .await
+            .is_err()
+    );
+
+    // The WIT profile: a WIT and its key, the WIT verifying against the WIT bundle and
+    // bound to the key the agent handed over.
+    let mut own = domain.wimse_client().await;
+    let wits = own.wit_svids().await.unwrap();
+    assert_eq!(wits.len(), 1);
+    let wit_bundles = own.wit_bundles().await.unwrap();
+    let verified = wimse_core::token::wit::verify_wit(
+        &wits[0].token,
+        &wit_bundles,
+        wimse_core::token::wit::WitProfile::Spiffe,
+        &Validation::at(unix_now()),
+    )
+    .unwrap();
+    assert_eq!(
+        verified.claims.sub.as_str(),
+        format!("spiffe://{TRUST_DOMAIN}/billing")
+    );
+    assert_eq!(&verified.claims.cnf.jwk, wits[0].key.public_jwk());
+    // WIT bundle keys carry `use` `wit-svid` and unique `kid`s.
+    let raw = own_wit_bundle_json(&domain).await;
+    let keys = raw["keys"].as_array().unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| k["use"] == "wit-svid" && k["kid"].is_string())
+    );
+    let kids: HashSet<_> = keys.iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids.len(), keys.len());
+    domain.agent.stop();
+    domain.server.stop();
+}
+
+async fn own_wit_bundle_json(domain: &Domain) -> serde_json::Value {
+    let channel = wimse_proto::channel(&domain.agent.socket).await.unwrap();
+    let mut client = wimse_proto::client::SpiffeWorkloadApiClient::with_interceptor(
+        channel,
+        wimse_proto::SecurityHeader,
+    );
+    let mut stream = client
+        .fetch_wit_bundles(wimse_proto::WitBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = stream.next().await.unwrap().unwrap();
+    let json = &answer.bundles[&format!("spiffe://{TRUST_DOMAIN}")];
+    serde_json::from_str(json).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509_source_sees_three_rotations_of_a_five_second_svid() {
+    let domain = Domain::start();
+    domain.entry_for_me("/short", &["--x509-ttl", "5", "--jwt-ttl", "5"]);
+    let source = eventually(Duration::from_secs(10), || {
+        spiffe::X509Source::builder()
+            .endpoint(domain.agent.endpoint())
+            .build()
+    })
+    .await;
+    let mut serials = HashSet::new();
+    serials.insert(source.svid().unwrap().leaf().as_ref().to_vec());
+    let mut updates = source.updated();
+    let started = Instant::now();
+    while serials.len() < 4 {
+        tokio::time::timeout(Duration::from_secs(60), updates.changed())
+            .await
+            .expect("a rotation within 60 s")
+            .unwrap();
+        serials.insert(source.svid().unwrap().leaf().as_ref().to_vec());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fewer than 3 rotations in 60 s"
+        );
+    }
+    // Every certificate the source held was live when it arrived: rotated at half life,
+    // before expiry.
+    let leaf = Certificate::from_der(source.svid().unwrap().leaf().as_ref().to_vec()).unwrap();
+    assert!(leaf.not_after() > unix_now());
+
+    // The WIT stream rotates too, each WIT with a fresh key.
+    let mut own = domain.wimse_client().await;
+    let mut wits = Box::pin(own.watch_wit(None).await.unwrap());
+    let first = wits.next().await.unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(20), wits.next())
+        .await
+        .expect("a new WIT before the first expired")
+        .unwrap()
+        .unwrap();
+    assert_ne!(first[0].token, second[0].token);
+    assert_ne!(first[0].key.public_jwk(), second[0].key.public_jwk());
+    source.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_without_an_entry_or_without_the_header_are_refused() {
+    let domain = Domain::start();
+    // An entry for another uid only: this process matches nothing.
+    domain.server.create_entry(
+        &format!("spiffe://{TRUST_DOMAIN}/other"),
+        &domain.agent_id,
+        &["unix:uid:4242"],
+        &[],
+    );
+    let mut own = domain.wimse_client().await;
+    let refused = eventually(Duration::from_secs(10), || {
+        let mut own = own.clone();
+        async move {
+            match own.x509_context().await {
+                Err(e) if e.code() == Some(tonic::Code::PermissionDenied) => Ok(e),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.to_string().contains("no identity issued"),
+        "{refused}"
+    );
+    let jwt = own.jwt_svids(&["a".into()], None).await.unwrap_err();
+    assert_eq!(jwt.code(), Some(tonic::Code::PermissionDenied));
+    let bundles = own.x509_bundles().await.unwrap_err();
+    assert_eq!(bundles.code(), Some(tonic::Code::PermissionDenied));
+    // The CLI says so in one line and fails.
+    let out = domain.agent.cli(&["agent", "api", "fetch", "x509"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no identity issued"));
+
+    // Without the security header, every method is an invalid argument.
+    let channel = wimse_proto::channel(&domain.agent.socket).await.unwrap();
+    let mut bare = wimse_proto::client::SpiffeWorkloadApiClient::new(channel);
+    let status = bare
+        .fetch_x509svid(wimse_proto::X509svidRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "security header missing from request");
+    let status = bare
+        .fetch_jwtsvid(wimse_proto::JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A JWT-SVID request without an audience is an invalid argument too.
+    let status = own.jwt_svids(&[], None).await.unwrap_err();
+    assert_eq!(status.code(), Some(tonic::Code::InvalidArgument));
+    let _ = &mut own;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_changes_reach_the_workload_in_about_a_second_and_deletion_removes_the_identity() {
+    let domain = Domain::start();
+    // Let the agent finish its first sync before the entry exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let created = Instant::now();
+    let entry = domain.entry_for_me("/late", &[]);
+    let mut own = domain.wimse_client().await;
+    let context = eventually(Duration::from_secs(10), || {
+        let mut own = own.clone();
+        async move { own.x509_context().await }
+    })
+    .await;
+    let latency = created.elapsed();
+    println!("entry change to workload credential: {latency:?}");
+    assert!(
+        latency < Duration::from_secs(5),
+        "entry took {latency:?} to reach the workload"
+    );
+    assert_eq!(
+        context.svids[0].id.to_string(),
+        format!("spiffe://{TRUST_DOMAIN}/late")
+    );
+
+    // An open stream learns of the deletion and ends with PermissionDenied.
+    let mut stream = Box::pin(own.watch_x509().await.unwrap());
+    assert!(stream.next().await.unwrap().is_ok());
+    domain
+        .server
+        .admin_ok(&["server", "entry", "delete", "--entry-id", &entry]);
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream answers the deletion")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Some(tonic::Code::PermissionDenied));
+    let again = own.x509_context().await.unwrap_err();
+    assert_eq!(again.code(), Some(tonic::Code::PermissionDenied));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_abandoned_streams_do_not_disturb_other_workloads() {
+    let domain = Domain::start();
+    domain.entry_for_me("/steady", &[]);
+    let mut own = domain.wimse_client().await;
+    eventually(Duration::from_secs(10), || {
+        let mut own = own.clone();
+        async move { own.x509_context().await }
+    })
+    .await;
+    // Garbage on the socket.
+    for garbage in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xff; 4096],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0",
+    ] {
+        let mut raw = tokio::net::UnixStream::connect(&domain.agent.socket)
+            .await
+            .unwrap();
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut raw, garbage).await;
+        drop(raw);
+    }
+    // Clients that open streams and vanish mid-stream.
+    for _ in 0..20 {
+        let mut other = domain.wimse_client().await;
+        let stream = other.watch_x509().await.unwrap();
+        drop(stream);
+        drop(other);
+    }
+    // Everyone else is still served.
+    let context = own.x509_context().await.unwrap();
+    assert_eq!(context.svids.len(), 1);
+    assert!(domain.agent.child.id() > 0);
+    let out = domain.agent.cli(&["agent", "healthcheck"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_from_its_cache_while_the_server_is_down_and_resumes_after_restart() {
+    let domain = Domain::start();
+    domain.entry_for_me("/resilient", &[]);
+    let client = domain.client().await;
+    let before = eventually(Duration::from_secs(10), || client.fetch_x509_svid()).await;
+    let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+    let Domain {
+        _dir,
+        server,
+        agent,
+        agent_id: _,
+    } = domain;
+    server.stop();
+    // X.509, bundles, the WIT and the cached JWT-SVID still come from the agent.
+    let during = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(during.leaf().as_ref(), before.leaf().as_ref());
+    client.fetch_x509_bundles().await.unwrap();
+    assert_eq!(
+        client.fetch_jwt_svid(["db"], None).await.unwrap().token(),
+        jwt.token()
+    );
+    let mut own = wimse_proto::Workload::connect(&agent.socket).await.unwrap();
+    assert_eq!(own.wit_svids().await.unwrap().len(), 1);
+
+    // The agent restarts with its stored credential: the join token is spent, yet the
+    // agent comes back and serves.
+    let agent_dir = agent.dir.clone();
+    let server_dir = _dir.path().join("server");
+    agent.stop();
+    let server = Server::start(&server_dir, &[]);
+    let restarted = Agent::start(&agent_dir, &server, &["--join-token", "spent-token"]);
+    let client = spiffe::WorkloadApiClient::connect_to(restarted.endpoint())
+        .await
+        .unwrap();
+    let after = eventually(Duration::from_secs(30), || client.fetch_x509_svid()).await;
+    assert_eq!(
+        after.spiffe_id().to_string(),
+        format!("spiffe://{TRUST_DOMAIN}/resilient")
+    );
+    assert!(
+        restarted
+            .log()
+            .contains("resuming with the stored agent credential")
+    );
+    restarted.stop();
+}
+
+#[test]
+fn files_are_written_with_spire_names_and_private_modes_and_exec_passes_credentials() {
+    let domain = Domain::start();
+    domain.entry_for_me("/files", &[]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_path = out_dir.path().to_str().unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            domain
+                .agent
+                .cli(&["agent", "api", "fetch", "x509", "--write", out_path])
+                .status
+                .success()
+        },
+        || domain.agent.log(),
+    );
+    for (kind, extra) in [
+        ("wit", vec![]),
+        ("jwt", vec!["--audience", "svc"]),
+        ("bundle", vec![]),
+    ] {
+        let mut args = vec!["agent", "api", "fetch", kind, "--write", out_path];
+        args.extend(extra);
+        let out = domain.agent.cli(&args);
+        assert!(
+            out.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mode = |name: &str| {
+        std::fs::metadata(out_dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("svid.0.key"), 0o600);
+    assert_eq!(mode("wit.0.key"), 0o600);
+    assert_eq!(mode("jwt.0.jwt"), 0o600);
+    assert_eq!(mode("svid.0.pem"), 0o644);
+    let chain = wimse_core::x509::certs_from_pem(
+        &std::fs::read_to_string(out_dir.path().join("svid.0.pem")).unwrap(),
+    )
+    .unwrap();
+    let roots = wimse_core::x509::certs_from_pem(
+        &std::fs::read_to_string(out_dir.path().join("bundle.0.pem")).unwrap(),
+    )
+    .unwrap();
+    let id = verify_svid_chain(&chain, &roots, unix_now()).unwrap();
+    assert_eq!(id.to_string(), format!("spiffe://{TRUST_DOMAIN}/files"));
+    let key = wimse_core::jose::SigningKey::from_pkcs8_pem(
+        &std::fs::read_to_string(out_dir.path().join("svid.0.key")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        wimse_core::x509::subject_public_key_info(&key).unwrap(),
+        chain[0].spki_der()
+    );
+    let wit = std::fs::read_to_string(out_dir.path().join("wit.0.jwt")).unwrap();
+    assert_eq!(wit.split('.').count(), 3);
+
+    // exec: the command sees its identity and credentials in its environment, and its
+    // exit status becomes wimse's.
+    let out = domain.agent.exec(&[
+        "sh",
+        "-c",
+        "test -n \"$WIMSE_X509_KEY\" && test -n \"$WIMSE_WIT\" && echo \"$SPIFFE_ID\"",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("spiffe://{TRUST_DOMAIN}/files")
+    );
+    let out = domain.agent.exec(&["sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_wit_profile_off_wit_calls_are_unimplemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "wit_profile = false\n").unwrap();
+    let domain = Domain::start_with(&["--config", config.to_str().unwrap()]);
+    domain.entry_for_me("/nowit", &[]);
+    let mut own = domain.wimse_client().await;
+    eventually(Duration::from_secs(10), || {
+        let mut own = own.clone();
+        async move { own.x509_context().await }
+    })
+    .await;
+    let err = own.wit_svids().await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unimplemented));
+    let err = own.wit_bundles().await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unimplemented));
+}
+
+#[test]
+fn agent_ids_are_those_the_server_lists() {
+    let domain = Domain::start();
+    let listed = domain.server.admin_ok(&["server", "agent", "list"]);
+    assert!(listed.contains(&domain.agent_id), "{listed}");
+    let id = WorkloadId::parse(&domain.agent_id).unwrap();
+    assert_eq!(id.trust_domain(), &TrustDomain::new(TRUST_DOMAIN).unwrap());
+}

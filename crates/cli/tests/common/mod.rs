@@ -1,0 +1,322 @@
+//! Real `wimse` processes for integration tests: a server and agents in a temp dir, each
+//! killed when dropped, so that no test leaves a process behind.
+#![allow(dead_code, reason = "each test file uses its own part of the harness")]
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use wimse_core::TrustDomain;
+use wimse_core::bundle::TrustBundle;
+
+/// The binary under test.
+pub const WIMSE: &str = env!("CARGO_BIN_EXE_wimse");
+
+/// The trust domain of test servers.
+pub const TRUST_DOMAIN: &str = "test.example";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to `within` for `ready`, panicking with `what()` otherwise.
+pub fn wait_for(within: Duration, mut ready: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit; returns whether it exited cleanly.
+pub fn terminate(child: &mut Child) -> bool {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A `wimse server run` in a directory.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its TLS listener.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts a server on a free port with extra arguments.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(dir, free_port(), extra)
+    }
+
+    /// Starts a server on `port`.
+    pub fn start_at(dir: &Path, port: u16, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let child = Command::new(WIMSE)
+            .args(["server", "run", "--trust-domain", TRUST_DOMAIN, "--bind"])
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            dir: dir.to_owned(),
+            addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(server.socket().exists() && TcpStream::connect(addr).is_ok()) {
+            let exited = server.child.try_wait().unwrap();
+            assert!(exited.is_none(), "server exited: {}", server.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        server
+    }
+
+    /// The admin socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("server.sock")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs an admin command.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(WIMSE)
+            .args(args)
+            .arg("--admin-socket")
+            .arg(self.socket())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs an admin command that must succeed; its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The published bundle.
+    pub fn bundle(&self) -> TrustBundle {
+        let json = self.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
+        TrustBundle::from_spiffe_json(TrustDomain::new(TRUST_DOMAIN).unwrap(), json.as_bytes())
+            .unwrap()
+    }
+
+    /// Writes the X.509 roots as PEM (an agent's bootstrap bundle) into `path`.
+    pub fn write_bundle_pem(&self, path: &Path) {
+        let pem = self.admin_ok(&["server", "bundle", "show", "--format", "pem"]);
+        std::fs::write(path, pem).unwrap();
+    }
+
+    /// A fresh join token and the agent ID it yields.
+    pub fn join_token(&self) -> (String, String) {
+        let out = self.admin_ok(&["server", "token", "generate", "--ttl", "600"]);
+        let mut lines = out.lines();
+        let token = lines.next().unwrap().split_whitespace().last().unwrap();
+        let agent = lines.next().unwrap().split_whitespace().last().unwrap();
+        (token.to_owned(), agent.to_owned())
+    }
+
+    /// Creates an entry; returns its ID.
+    pub fn create_entry(
+        &self,
+        spiffe_id: &str,
+        parent: &str,
+        selectors: &[&str],
+        extra: &[&str],
+    ) -> String {
+        let mut args = vec![
+            "server",
+            "entry",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--parent-id",
+            parent,
+        ];
+        for s in selectors {
+            args.extend(["--selector", s]);
+        }
+        args.extend(extra);
+        let out = self.admin_ok(&args);
+        out.lines()
+            .find(|l| l.starts_with("Entry ID"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .to_owned()
+    }
+
+    /// SIGTERM, and a clean exit.
+    pub fn stop(mut self) {
+        assert!(
+            terminate(&mut self.child),
+            "server did not stop cleanly: {}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `wimse agent run` attested to a server.
+pub struct Agent {
+    /// The process.
+    pub child: Child,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its Workload API socket.
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent with a join token (or other attestation given in `extra`).
+    pub fn start(dir: &Path, server: &Server, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let bundle = dir.join("bootstrap.pem");
+        if !bundle.exists() {
+            server.write_bundle_pem(&bundle);
+        }
+        let socket = dir.join("agent.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
+        let child = Command::new(WIMSE)
+            .args(["agent", "run", "--server-address"])
+            .arg(server.addr.to_string())
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut agent = Agent {
+            child,
+            dir: dir.to_owned(),
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !agent.socket.exists() {
+            let exited = agent.child.try_wait().unwrap();
+            assert!(exited.is_none(), "agent exited: {}", agent.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start: {}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        agent
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The Workload API endpoint as SPIFFE clients take it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Runs `wimse agent ...` against this agent's socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(WIMSE)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `wimse agent exec --socket <socket> -- <command>`.
+    pub fn exec(&self, command: &[&str]) -> Output {
+        Command::new(WIMSE)
+            .args(["agent", "exec", "--socket"])
+            .arg(&self.socket)
+            .arg("--")
+            .args(command)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM, and a clean exit.
+    pub fn stop(mut self) {
+        assert!(
+            terminate(&mut self.child),
+            "agent did not stop cleanly: {}",
+            self.log()
+        );
+        assert!(!self.socket.exists(), "agent socket left behind");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// This process's uid, as an agent's `unix:uid` selector names it.
+pub fn my_uid_selector() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap();
+    format!("unix:uid:{uid}")
+}
