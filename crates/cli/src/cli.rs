@@ -322,6 +322,25 @@ mod tests {
     }
 
     #[test]
+    fn x509pop_ca_bundle_and_agent_svid_ttl_flags_reach_the_config() {
+        let args = server_run_args(&[
+            "server",
+            "run",
+            "--x509pop-ca-bundle",
+            "/etc/wimse/agents-ca.pem",
+            "--agent-svid-ttl",
+            "900",
+        ]);
+        let config = crate::server::server_config(&args).unwrap();
+        assert_eq!(
+            config.x509pop_ca_bundle,
+            Some(PathBuf::from("/etc/wimse/agents-ca.pem"))
+        );
+        assert_eq!(config.agent_svid_ttl, 900);
+        assert!(parse(&["server", "run", "--agent-svid-ttl", "0"]).is_err());
+    }
+
+    #[test]
     fn admin_commands_default_to_the_default_servers_socket() {
         let Command::Server(ServerCommand::Bundle(BundleCommand::Show(args))) =
             parse(&["server", "bundle", "show"]).unwrap().command

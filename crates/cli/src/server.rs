@@ -112,6 +112,12 @@ pub fn server_config(
     if args.datastore.is_some() {
         file.datastore.clone_from(&args.datastore);
     }
+    if args.x509pop_ca_bundle.is_some() {
+        file.x509pop_ca_bundle.clone_from(&args.x509pop_ca_bundle);
+    }
+    if args.agent_svid_ttl.is_some() {
+        file.agent_svid_ttl = args.agent_svid_ttl;
+    }
     Ok(file.resolve()?)
 }
 
@@ -150,6 +156,13 @@ pub struct ServerRunArgs {
     /// directory]
     #[arg(long, value_name = "URL")]
     pub datastore: Option<String>,
+    /// PEM file of the CA certificates that agents' x509pop certificates must chain to;
+    /// without it x509pop node attestation is refused
+    #[arg(long, value_name = "FILE")]
+    pub x509pop_ca_bundle: Option<PathBuf>,
+    /// Lifetime of agents' own X509-SVIDs, in seconds [default: 3600]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub agent_svid_ttl: Option<u32>,
 }
 
 /// `wimse server token ...`

@@ -14,8 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wimse_core::TrustDomain;
-use wimse_core::bundle::TrustBundle;
+use wimse_core::bundle::{BundleSet, TrustBundle};
+use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::token::Validation;
+use wimse_core::token::jwt_svid::verify_jwt_svid;
+use wimse_core::token::wit::{WitProfile, verify_wit};
+use wimse_core::x509::{self, Certificate, build_csr};
+use wimse_core::{TrustDomain, WorkloadId};
+use wimse_server::agent_api::client::{AgentApiClient, AgentIdentity, decode_chain};
 
 const WIMSE: &str = env!("CARGO_BIN_EXE_wimse");
 
@@ -39,6 +45,11 @@ impl Server {
     }
 
     fn start_at(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// Starts the binary with `extra` flags after the test's own.
+    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
         let child = Command::new(WIMSE)
@@ -52,6 +63,7 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -434,4 +446,527 @@ fn admin_commands_without_a_server_fail_with_one_line() {
         stderr.contains("cannot reach the server's admin socket"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent protocol against the real binary
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+fn roots(bundle: &TrustBundle) -> Vec<Certificate> {
+    bundle
+        .x509_authorities
+        .iter()
+        .map(|der| Certificate::from_der(der.clone()).unwrap())
+        .collect()
+}
+
+fn new_csr(key: &SigningKey) -> Vec<u8> {
+    build_csr(
+        key,
+        &WorkloadId::parse("spiffe://test.example/csr").unwrap(),
+    )
+    .unwrap()
+}
+
+impl Server {
+    /// A join-token agent attested through the agent API: its mTLS identity and ID.
+    fn attest_agent(&self, rt: &tokio::runtime::Runtime) -> (AgentIdentity, String) {
+        let out = self.admin_ok(&["server", "token", "generate", "--ttl", "600"]);
+        let token = out
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned();
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let csr = new_csr(&key);
+        let client = AgentApiClient::new(self.addr, &self.bundle(), None).unwrap();
+        let answer = rt.block_on(client.attest(&token, &csr)).unwrap();
+        let identity = AgentIdentity {
+            chain: decode_chain(&answer.svid_chain).unwrap(),
+            key: Arc::new(key),
+        };
+        (identity, answer.spiffe_id)
+    }
+
+    /// An entry under `parent`; its ID.
+    fn create_entry(&self, spiffe_id: &str, parent: &str) -> String {
+        let created = self.admin_ok(&[
+            "server",
+            "entry",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--parent-id",
+            parent,
+            "--selector",
+            "unix:uid:1000",
+        ]);
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix("Entry ID         : "))
+            .unwrap()
+            .to_owned()
+    }
+
+    /// An mTLS client with `identity`, trusting the server's current bundle.
+    fn client(&self, identity: &AgentIdentity) -> AgentApiClient {
+        AgentApiClient::new(self.addr, &self.bundle(), Some(identity)).unwrap()
+    }
+}
+
+/// A CA for x509pop node certificates and one node certificate, made in the test.
+fn x509pop_ca_and_node() -> (String, Vec<Vec<u8>>, SigningKey) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "node ca");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let node_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut node = rcgen::CertificateParams::new(vec!["node-1.test.example".into()]).unwrap();
+    node.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    (
+        ca_cert.pem(),
+        vec![node_cert.der().to_vec()],
+        SigningKey::from_pkcs8_der(&node_key.serialize_der()).unwrap(),
+    )
+}
+
+#[test]
+fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, chain, node_key) = x509pop_ca_and_node();
+    let ca_path = dir.path().join("agents-ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let server = Server::start_with(
+        &data,
+        free_port(),
+        &[
+            "--x509pop-ca-bundle",
+            ca_path.to_str().unwrap(),
+            "--agent-svid-ttl",
+            "900",
+        ],
+    );
+    let rt = runtime();
+    let svid_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let anonymous = AgentApiClient::new(server.addr, &server.bundle(), None).unwrap();
+    let answer = rt
+        .block_on(anonymous.attest_x509pop(&chain, &node_key, &new_csr(&svid_key)))
+        .unwrap();
+    let fingerprint =
+        wimse_core::digest::sha256(&chain[0])
+            .iter()
+            .fold(String::new(), |mut out, b| {
+                use std::fmt::Write as _;
+                write!(out, "{b:02x}").unwrap();
+                out
+            });
+    assert_eq!(
+        answer.spiffe_id,
+        format!("spiffe://test.example/wimse/agent/x509pop/{fingerprint}")
+    );
+    let svid = decode_chain(&answer.svid_chain).unwrap();
+    let remaining = svid[0].not_after() - now();
+    assert!(
+        (890..=900).contains(&remaining),
+        "agent SVID valid {remaining} s more"
+    );
+    let listed = server.admin_ok(&["server", "agent", "list"]);
+    assert!(listed.contains(&answer.spiffe_id), "{listed}");
+
+    let entry_id = server.create_entry("spiffe://test.example/node-web", &answer.spiffe_id);
+    let identity = AgentIdentity {
+        chain: svid,
+        key: Arc::new(svid_key),
+    };
+    let agent = server.client(&identity);
+    let sync = rt.block_on(agent.entries(0, 0)).unwrap();
+    assert_eq!(sync.changes.len(), 1);
+    let workload_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let issued = rt
+        .block_on(agent.x509(&entry_id, &new_csr(&workload_key)))
+        .unwrap();
+    let bundle = server.bundle();
+    let id =
+        x509::verify_svid_for_trust_domain(&issued, bundle.trust_domain(), &roots(&bundle), now())
+            .unwrap();
+    assert_eq!(id.to_string(), "spiffe://test.example/node-web");
+    server.stop();
+}
+
+/// Credentials of one entry obtained at one moment.
+struct Credentials {
+    x509: Vec<Certificate>,
+    wit: String,
+    jwt: String,
+}
+
+const AUDIENCE: &str = "https://api.test.example";
+
+fn fetch(rt: &tokio::runtime::Runtime, agent: &AgentApiClient, entry_id: &str) -> Credentials {
+    let key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let mut jwk = key.public_jwk().clone();
+    jwk.alg = Some("ES256".into());
+    rt.block_on(async {
+        Credentials {
+            x509: agent.x509(entry_id, &new_csr(&key)).await.unwrap(),
+            wit: agent.wit(entry_id, &jwk).await.unwrap(),
+            jwt: agent.jwt(entry_id, &[AUDIENCE.to_owned()]).await.unwrap(),
+        }
+    })
+}
+
+/// The `kid` of a compact JWS.
+fn kid(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&wimse_core::jose::b64::decode(header).unwrap()).unwrap();
+    json["kid"].as_str().unwrap().to_owned()
+}
+
+/// The bundle root that the chain verifies with, alone.
+fn signing_root(chain: &[Certificate], bundle: &TrustBundle, at: i64) -> Option<Vec<u8>> {
+    roots(bundle).into_iter().find_map(|root| {
+        x509::verify_svid_for_trust_domain(
+            chain,
+            bundle.trust_domain(),
+            std::slice::from_ref(&root),
+            at,
+        )
+        .ok()
+        .map(|_| root.der().to_vec())
+    })
+}
+
+impl Credentials {
+    /// Whether all three verify against `bundle` at `at`.
+    fn verify(&self, bundle: &TrustBundle, at: i64) -> Result<(), String> {
+        x509::verify_svid_for_trust_domain(&self.x509, bundle.trust_domain(), &roots(bundle), at)
+            .map_err(|e| format!("x509: {e}"))?;
+        let mut set = BundleSet::new();
+        set.insert(bundle.clone());
+        verify_wit(&self.wit, &set, WitProfile::Spiffe, &Validation::at(at))
+            .map_err(|e| format!("wit: {e}"))?;
+        verify_jwt_svid(&self.jwt, &set, AUDIENCE, &Validation::at(at))
+            .map_err(|e| format!("jwt: {e}"))?;
+        Ok(())
+    }
+
+    /// When the first of them expires.
+    fn expiry(&self) -> i64 {
+        let exp = |token: &str| {
+            let payload = token.split('.').nth(1).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(&wimse_core::jose::b64::decode(payload).unwrap()).unwrap();
+            json["exp"].as_i64().unwrap()
+        };
+        self.x509[0]
+            .not_after()
+            .min(exp(&self.wit))
+            .min(exp(&self.jwt))
+    }
+}
+
+/// Fetches credentials every second until all three are signed by keys other than `old`'s.
+fn wait_for_rotation(
+    server: &Server,
+    rt: &tokio::runtime::Runtime,
+    identity: &AgentIdentity,
+    entry_id: &str,
+    old: &Credentials,
+    old_root: &[u8],
+    ttl: i64,
+) -> Credentials {
+    // Prepared at 1/2, active at 3/4 of the TTL, on a 5 s maintenance tick.
+    let deadline = Instant::now() + Duration::from_secs(u64::try_from(ttl).unwrap() + 20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "keys did not rotate: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let bundle = server.bundle();
+        let candidate = fetch(rt, &server.client(identity), entry_id);
+        if kid(&candidate.wit) != kid(&old.wit)
+            && kid(&candidate.jwt) != kid(&old.jwt)
+            && signing_root(&candidate.x509, &bundle, now()).is_some_and(|r| r != old_root)
+        {
+            return candidate;
+        }
+    }
+}
+
+/// Watches the bundle until the old keys are gone, checking that none of them goes while
+/// the credentials it signed are valid, and that those verify against it until then.
+fn wait_for_old_keys_to_leave(
+    server: &Server,
+    old: &Credentials,
+    new: &Credentials,
+    old_root: &[u8],
+    ttl: i64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(u64::try_from(ttl).unwrap() + 20);
+    loop {
+        assert!(Instant::now() < deadline, "old keys never left the bundle");
+        // Bundle first, then the clock: "valid at `at`" then implies "valid when fetched".
+        let bundle = server.bundle();
+        let at = now();
+        let present = [
+            bundle
+                .x509_authorities
+                .iter()
+                .any(|r| r.as_slice() == old_root),
+            bundle
+                .jwt_authorities
+                .iter()
+                .any(|a| a.kid == kid(&old.jwt)),
+            bundle
+                .wit_authorities
+                .iter()
+                .any(|a| a.kid == kid(&old.wit)),
+        ];
+        if at < old.expiry() {
+            assert_eq!(
+                present, [true; 3],
+                "an old key left the bundle before its credentials expired"
+            );
+            old.verify(&bundle, at).unwrap();
+        }
+        if present == [false; 3] {
+            assert!(at >= old.expiry());
+            new.verify(&bundle, at).unwrap();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Short-lived keys rotate while the server runs: during the overlap the credentials of the
+/// old and the new keys both verify against the bundle published at that moment; the old
+/// keys leave the bundle only once what they signed has expired; a restart keeps the keys.
+#[test]
+fn keys_rotate_with_an_overlap_and_a_restart_keeps_the_trust_domain() {
+    const TTL: i64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, format!("ca_ttl = {TTL}\njwt_key_ttl = {TTL}\n")).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let port = free_port();
+    let args = ["--config", config.to_str().unwrap()];
+    let server = Server::start_with(&data, port, &args);
+    let rt = runtime();
+    let (mut identity, agent_id) = server.attest_agent(&rt);
+    let entry_id = server.create_entry("spiffe://test.example/rotating", &agent_id);
+    let old = fetch(&rt, &server.client(&identity), &entry_id);
+    let first_bundle = server.bundle();
+    let old_root = signing_root(&old.x509, &first_bundle, now()).unwrap();
+    old.verify(&first_bundle, now()).unwrap();
+
+    let new = wait_for_rotation(&server, &rt, &identity, &entry_id, &old, &old_root, TTL);
+    // The overlap: old and new credentials against the one bundle published now.
+    let overlap = server.bundle();
+    let at = now();
+    assert!(
+        at < old.expiry(),
+        "the old credentials should still be valid"
+    );
+    old.verify(&overlap, at).unwrap();
+    new.verify(&overlap, at).unwrap();
+    assert!(overlap.x509_authorities.contains(&old_root));
+    assert!(
+        overlap
+            .jwt_authorities
+            .iter()
+            .any(|a| a.kid == kid(&old.jwt))
+    );
+    assert!(
+        overlap
+            .wit_authorities
+            .iter()
+            .any(|a| a.kid == kid(&old.wit))
+    );
+
+    // The agent renews its own certificate from the new CA before the old one goes.
+    let renew_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let renewed = rt
+        .block_on(server.client(&identity).renew(&new_csr(&renew_key)))
+        .unwrap();
+    identity = AgentIdentity {
+        chain: decode_chain(&renewed.svid_chain).unwrap(),
+        key: Arc::new(renew_key),
+    };
+
+    // The old keys stay published while what they signed is valid, and then go.
+    wait_for_old_keys_to_leave(&server, &old, &new, &old_root, TTL);
+
+    // A restart keeps the trust domain: the same keys, and the new credentials verify.
+    let before = server.bundle();
+    server.stop();
+    let server = Server::start_with(&data, port, &args);
+    let after = server.bundle();
+    for root in &before.x509_authorities {
+        assert!(
+            after.x509_authorities.contains(root),
+            "an X.509 CA was lost"
+        );
+    }
+    for key in &before.jwt_authorities {
+        assert!(after.jwt_authorities.iter().any(|a| a.kid == key.kid));
+    }
+    for key in &before.wit_authorities {
+        assert!(after.wit_authorities.iter().any(|a| a.kid == key.kid));
+    }
+    new.verify(&after, now()).unwrap();
+    let again = fetch(&rt, &server.client(&identity), &entry_id);
+    again.verify(&after, now()).unwrap();
+    server.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// Two replicas on one PostgreSQL database
+
+/// A database of its own on the PostgreSQL server of `WIMSE_TEST_POSTGRES_URL`, dropped
+/// when this goes out of scope (after the servers using it, declared later, are stopped).
+struct PgDatabase {
+    /// The URL of the maintenance database `postgres` on the same server.
+    admin_url: String,
+    name: String,
+    /// The URL of the new database.
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(base_url: &str, rt: &tokio::runtime::Runtime) -> Self {
+        use sqlx::Connection as _;
+        // postgres://user@host:port/db[?params] -> the same server, another database.
+        let (server, _) = base_url.rsplit_once('/').expect("a database in the URL");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("wimse_test_{}_{nanos:08x}", std::process::id());
+        let admin_url = format!("{server}/postgres");
+        rt.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .unwrap_or_else(|e| panic!("WIMSE_TEST_POSTGRES_URL is set but unreachable: {e}"));
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+        PgDatabase {
+            url: format!("{server}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        use sqlx::Connection as _;
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+                let _ = sqlx::raw_sql(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .execute(&mut conn)
+                .await;
+            }
+        });
+    }
+}
+
+#[test]
+fn two_replicas_on_one_postgres_database_serve_one_trust_domain() {
+    let Ok(base_url) = std::env::var("WIMSE_TEST_POSTGRES_URL") else {
+        eprintln!("two-replica test NOT RUN: WIMSE_TEST_POSTGRES_URL unset");
+        return;
+    };
+    let rt = runtime();
+    let database = PgDatabase::create(&base_url, &rt);
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = Server::start_with(dir_a.path(), free_port(), &["--datastore", &database.url]);
+    let b = Server::start_with(dir_b.path(), free_port(), &["--datastore", &database.url]);
+
+    // Each replica publishes its keys; each picks up the other's on its refresh tick.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (bundle_a, bundle_b) = loop {
+        let (ba, bb) = (a.bundle(), b.bundle());
+        let both = |x: &TrustBundle| {
+            x.x509_authorities.len() == 2
+                && x.jwt_authorities.len() == 2
+                && x.wit_authorities.len() == 2
+        };
+        if both(&ba) && both(&bb) {
+            break (ba, bb);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bundles never listed both replicas: {ba:?} {bb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(bundle_a.x509_authorities, bundle_b.x509_authorities);
+    assert_eq!(bundle_a.jwt_authorities, bundle_b.jwt_authorities);
+
+    // An agent attested on A syncs and obtains credentials from B.
+    let (identity, agent_id) = a.attest_agent(&rt);
+    let entry_id = a.create_entry("spiffe://test.example/replicated", &agent_id);
+    let on_b = b.client(&identity);
+    let sync = rt.block_on(on_b.entries(0, 0)).unwrap();
+    assert_eq!(sync.changes.len(), 1);
+    let from_b = fetch(&rt, &on_b, &entry_id);
+    let from_a = fetch(&rt, &a.client(&identity), &entry_id);
+    // Each replica signs with its own keys; the other's bundle verifies them.
+    assert_ne!(kid(&from_a.wit), kid(&from_b.wit));
+    from_a.verify(&bundle_b, now()).unwrap();
+    from_b.verify(&bundle_a, now()).unwrap();
+    assert_ne!(
+        signing_root(&from_a.x509, &bundle_b, now()),
+        signing_root(&from_b.x509, &bundle_b, now())
+    );
+    a.stop();
+    b.stop();
+    drop(database);
 }

@@ -1,18 +1,38 @@
-//! The agent API on the public TLS listener: node attestation with a join token, then,
-//! over mutual TLS with the agent's X509-SVID, certificate renewal, incremental entry sync
-//! (long-poll) and issuance of X.509 certificates, WITs and JWT-SVIDs for the entries
-//! that descend from the agent.
+//! The agent API on the public TLS listener: node attestation (a join token, or x509pop:
+//! see [`crate::x509pop`]), then, over mutual TLS with the agent's X509-SVID, certificate
+//! renewal, incremental entry sync (long-poll) and issuance of X.509 certificates, WITs and
+//! JWT-SVIDs for the entries that descend from the agent.
 //!
 //! Who calls is decided by the TLS handshake alone ([`Caller`], verified against the
 //! current bundle by [`crate::tls`]); every call but attestation then checks that the
 //! caller is an attested agent that is neither banned nor evicted, and issuance checks
 //! that the entry is the agent's (its parent is the agent, or an entry that is). The
 //! messages are JSON; [`client`] is the agent's side.
-
+//!
+//! # Entry sync
+//!
+//! `GET /agent/v1/entries?since=S&wait=W[&until=U]` answers [`EntriesResponse`]. An agent
+//! keeps one number, the `revision` of the last answer, and follows these rules:
+//!
+//! - **Full sync.** `since=0` (a new agent) starts one: the answer lists the agent's live
+//!   entries (never a deletion), at most [`PAGE`] of them. While `more` is true the agent
+//!   asks again with `since=revision&until=<until of the answer>`; those pages are full-sync
+//!   pages too. When `more` is false the set is complete as of `revision`. Full-sync pages
+//!   are read through the `parent_id` index from the agent down, so their cost follows the
+//!   agent's own entries, not the store's.
+//! - **Incremental.** Any other `since` without `until`: the changes after `since`, each
+//!   entry once: [`SyncChange::Entry`] for one the agent serves, [`SyncChange::Deleted`]
+//!   for one it must forget (deleted, or no longer under this agent; unknown IDs are to be
+//!   ignored). With `wait` the answer is held until there is a change (long-poll).
+//! - **Resync.** Deletions are remembered for `tombstone_retention` (config, default one
+//!   day). An incremental request whose `since` is older than the oldest remembered
+//!   deletion is answered as the first page of a full sync with `resync: true`: the agent
+//!   must then drop every entry it holds that this full sync (this page and its `until`
+//!   continuation pages) does not list.
 use crate::api::{EntryView, Problem};
 use crate::datastore::{
     AttestedAgent, Datastore, EntryChangeKind, EntryFilter, JoinToken, RegistrationEntry,
-    StoreError,
+    StoreError, X509PopChallenge,
 };
 use crate::issuer::{IssueError, Issuer};
 use crate::state::State;
@@ -23,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use wimse_core::WorkloadId;
@@ -36,9 +56,6 @@ pub mod client;
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Lifetime of an agent's own X509-SVID, in seconds.
-pub const AGENT_SVID_TTL: u32 = 3600;
-
 /// The longest an entry sync waits for a change, in seconds.
 pub const MAX_WAIT: u64 = 30;
 
@@ -48,11 +65,15 @@ pub const PAGE: usize = 1000;
 /// How deep entries may nest below an agent before the search for the agent gives up.
 const MAX_DEPTH: usize = 32;
 
-/// `POST /agent/v1/attest`.
+/// `POST /agent/v1/attest`: exactly one of `join_token` and `x509pop`, and a CSR.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AttestRequest {
     /// The one-time join token.
-    pub join_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// x509pop evidence: the certificate chain and the answer to a challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509pop: Option<X509PopEvidence>,
     /// A PKCS#10 CSR for the agent's key, DER, base64url.
     pub csr: String,
 }
@@ -61,6 +82,34 @@ impl std::fmt::Debug for AttestRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttestRequest").finish_non_exhaustive()
     }
+}
+
+/// The x509pop form of attestation (see [`crate::x509pop`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct X509PopEvidence {
+    /// The agent's certificate chain, leaf first, DER, base64url.
+    pub chain: Vec<String>,
+    /// The challenge's nonce, as the server answered it.
+    pub challenge: String,
+    /// The leaf key's signature over [`crate::x509pop::signed_message`] of the nonce and
+    /// the request's CSR, base64url (ECDSA in the fixed-length JWS form, or Ed25519).
+    pub signature: String,
+}
+
+/// `POST /agent/v1/attest/x509pop/challenge`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct X509PopChallengeRequest {
+    /// The agent's certificate chain, leaf first, DER, base64url.
+    pub chain: Vec<String>,
+}
+
+/// The answer to a challenge request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct X509PopChallengeResponse {
+    /// A one-time nonce, base64url.
+    pub challenge: String,
+    /// When it stops being accepted, in seconds since the Unix epoch.
+    pub expires_at: i64,
 }
 
 /// The answer to attestation and renewal.
@@ -90,6 +139,9 @@ pub struct EntriesQuery {
     /// How long to wait for a change, in seconds (at most [`MAX_WAIT`]).
     #[serde(default)]
     pub wait: u64,
+    /// Set while continuing a full sync: the `until` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
 }
 
 /// One change in an entry sync.
@@ -112,6 +164,13 @@ pub struct EntriesResponse {
     pub changes: Vec<SyncChange>,
     /// Whether more changes follow at once (the page was full).
     pub more: bool,
+    /// During a full sync with more pages to come: pass it as `until` with the next request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    /// This is the first page of a forced full sync: drop every entry this full sync does
+    /// not list (see the [module docs](self)).
+    #[serde(default)]
+    pub resync: bool,
 }
 
 /// `POST /agent/v1/svid/x509`.
@@ -250,6 +309,10 @@ type ApiResult<T> = Result<Json<T>, AgentApiError>;
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/agent/v1/attest", post(attest))
+        .route(
+            "/agent/v1/attest/x509pop/challenge",
+            post(x509pop_challenge),
+        )
         .route("/agent/v1/renew", post(renew))
         .route("/agent/v1/entries", get(entries))
         .route("/agent/v1/svid/x509", post(svid_x509))
@@ -373,37 +436,52 @@ async fn own_entry(
     }
 }
 
-/// The IDs of every entry that descends from `agent`.
-async fn visible_entries(
-    state: &State,
-    agent: &WorkloadId,
-) -> Result<HashSet<String>, AgentApiError> {
-    let all = state.store.list_entries(&EntryFilter::default()).await?;
-    let mut children: HashMap<&WorkloadId, Vec<&RegistrationEntry>> = HashMap::new();
-    for entry in &all {
-        children.entry(&entry.parent_id).or_default().push(entry);
-    }
-    let mut visible = HashSet::new();
-    let mut parents = HashSet::from([agent]);
-    let mut frontier = vec![agent];
-    while let Some(parent) = frontier.pop() {
-        for entry in children.get(parent).into_iter().flatten() {
-            visible.insert(entry.id.clone());
-            if parents.insert(&entry.spiffe_id) {
-                frontier.push(&entry.spiffe_id);
-            }
-        }
-    }
-    Ok(visible)
-}
-
 async fn attest(
     AxState(state): AxState<Arc<State>>,
     Body(req): Body<AttestRequest>,
 ) -> ApiResult<AttestResponse> {
     let csr = decode_csr(&req.csr)?;
     let now = unix_now();
-    let hash = JoinToken::hash(&req.join_token);
+    let (id, attestation_type) = match (&req.join_token, &req.x509pop) {
+        (Some(token), None) => (attest_join_token(&state, token, now).await?, "join_token"),
+        (None, Some(evidence)) => (
+            attest_x509pop(&state, evidence, &csr, now).await?,
+            crate::x509pop::ATTESTATION_TYPE,
+        ),
+        _ => {
+            return Err(AgentApiError::BadRequest(
+                "exactly one of `join_token` and `x509pop` is required".into(),
+            ));
+        }
+    };
+    if state
+        .store
+        .get_agent(&id)
+        .await?
+        .is_some_and(|agent| agent.banned)
+    {
+        return Err(AgentApiError::Forbidden(format!("agent `{id}` is banned")));
+    }
+    let ttl = state.config.agent_svid_ttl;
+    let chain = with_issuer(&state, "agent", |issuer| {
+        issuer.x509(&id, &[], &csr, ttl, now)
+    })?;
+    store_agent(&state, &id, attestation_type, &chain, now).await?;
+    tracing::info!(agent_id = %id, attestation_type, "agent attested");
+    Ok(Json(AttestResponse {
+        spiffe_id: id.to_string(),
+        svid_chain: encode_chain(&chain),
+        bundle: state.bundle().to_spiffe_json(),
+    }))
+}
+
+/// Uses up a join token; the agent ID it yields.
+async fn attest_join_token(
+    state: &State,
+    token: &str,
+    now: i64,
+) -> Result<WorkloadId, AgentApiError> {
+    let hash = JoinToken::hash(token);
     state
         .store
         .consume_join_token(&hash, now)
@@ -415,26 +493,109 @@ async fn attest(
             StoreError::TokenExpired => AgentApiError::Forbidden("join token has expired".into()),
             other => other.into(),
         })?;
-    let id = crate::admin::join_token_agent_id(&state, &hash)
-        .map_err(|e| AgentApiError::Internal(e.to_string()))?;
-    if state
-        .store
-        .get_agent(&id)
-        .await?
-        .is_some_and(|agent| agent.banned)
-    {
-        return Err(AgentApiError::Forbidden(format!("agent `{id}` is banned")));
-    }
-    let chain = with_issuer(&state, "agent", |issuer| {
-        issuer.x509(&id, &[], &csr, AGENT_SVID_TTL, now)
+    crate::admin::join_token_agent_id(state, &hash)
+        .map_err(|e| AgentApiError::Internal(e.to_string()))
+}
+
+/// The configured x509pop CA, or a refusal saying that x509pop is not enabled.
+fn x509pop_ca(state: &State) -> Result<&crate::x509pop::X509PopCa, AgentApiError> {
+    state.x509pop_ca.as_ref().ok_or_else(|| {
+        AgentApiError::Forbidden(
+            "x509pop attestation is not enabled on this server (no `x509pop_ca_bundle` is configured)"
+                .into(),
+        )
+    })
+}
+
+/// Decodes a base64url DER chain and verifies it against the x509pop CA; the chain and the
+/// leaf's fingerprint.
+fn x509pop_chain(
+    state: &State,
+    chain: &[String],
+    now: i64,
+) -> Result<(Vec<Vec<u8>>, String), AgentApiError> {
+    let ca = x509pop_ca(state)?;
+    let chain = chain
+        .iter()
+        .map(|text| {
+            b64::decode(text)
+                .map_err(|_| AgentApiError::BadRequest("x509pop `chain` is not base64url".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fingerprint = ca.verify_chain(&chain, now).map_err(|e| match e {
+        crate::x509pop::X509PopError::Untrusted(_) => AgentApiError::Forbidden(e.to_string()),
+        other => AgentApiError::BadRequest(other.to_string()),
     })?;
-    store_agent(&state, &id, "join_token", &chain, now).await?;
-    tracing::info!(agent_id = %id, "agent attested with a join token");
-    Ok(Json(AttestResponse {
-        spiffe_id: id.to_string(),
-        svid_chain: encode_chain(&chain),
-        bundle: state.bundle().to_spiffe_json(),
+    Ok((chain, fingerprint))
+}
+
+async fn x509pop_challenge(
+    AxState(state): AxState<Arc<State>>,
+    Body(req): Body<X509PopChallengeRequest>,
+) -> ApiResult<X509PopChallengeResponse> {
+    let now = unix_now();
+    let (_, fingerprint) = x509pop_chain(&state, &req.chain, now)?;
+    let mut nonce = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut nonce)
+        .map_err(|_| AgentApiError::Internal("the system random generator failed".into()))?;
+    let expires_at = now.saturating_add(crate::x509pop::CHALLENGE_TTL);
+    state
+        .store
+        .create_x509pop_challenge(&X509PopChallenge {
+            nonce_hash: wimse_core::digest::sha256(&nonce),
+            fingerprint,
+            expires_at,
+        })
+        .await?;
+    Ok(Json(X509PopChallengeResponse {
+        challenge: b64::encode(nonce),
+        expires_at,
     }))
+}
+
+/// Checks x509pop evidence: the chain, the challenge (consumed), the signature over it and
+/// the CSR. The agent ID it yields.
+async fn attest_x509pop(
+    state: &State,
+    evidence: &X509PopEvidence,
+    csr: &[u8],
+    now: i64,
+) -> Result<WorkloadId, AgentApiError> {
+    let (chain, fingerprint) = x509pop_chain(state, &evidence.chain, now)?;
+    let nonce = b64::decode(&evidence.challenge)
+        .map_err(|_| AgentApiError::BadRequest("x509pop `challenge` is not base64url".into()))?;
+    let signature = b64::decode(&evidence.signature)
+        .map_err(|_| AgentApiError::BadRequest("x509pop `signature` is not base64url".into()))?;
+    // Consumed first: a wrong answer uses the challenge up too (no retries against one).
+    let issued_to = state
+        .store
+        .consume_x509pop_challenge(&wimse_core::digest::sha256(&nonce), now)
+        .await
+        .map_err(|e| match e {
+            StoreError::ChallengeNotFound => {
+                AgentApiError::Forbidden("x509pop challenge not found or already used".into())
+            }
+            StoreError::ChallengeExpired => {
+                AgentApiError::Forbidden("x509pop challenge has expired".into())
+            }
+            other => other.into(),
+        })?;
+    if issued_to != fingerprint {
+        return Err(AgentApiError::Forbidden(
+            "x509pop challenge was issued to another certificate".into(),
+        ));
+    }
+    let leaf = chain
+        .first()
+        .ok_or_else(|| AgentApiError::BadRequest("x509pop `chain` is empty".into()))?;
+    crate::x509pop::verify_signature(
+        leaf,
+        &crate::x509pop::signed_message(&nonce, csr),
+        &signature,
+    )
+    .map_err(|e| AgentApiError::Forbidden(e.to_string()))?;
+    crate::x509pop::agent_id(&state.config.trust_domain, &fingerprint)
+        .map_err(|e| AgentApiError::Internal(e.to_string()))
 }
 
 async fn store_agent(
@@ -470,8 +631,9 @@ async fn renew(
     let agent = agent(&state, &caller).await?;
     let csr = decode_csr(&req.csr)?;
     let now = unix_now();
+    let ttl = state.config.agent_svid_ttl;
     let chain = with_issuer(&state, "agent", |issuer| {
-        issuer.x509(&agent.spiffe_id, &[], &csr, AGENT_SVID_TTL, now)
+        issuer.x509(&agent.spiffe_id, &[], &csr, ttl, now)
     })?;
     store_agent(
         &state,
@@ -495,13 +657,33 @@ async fn entries(
     Query(query): Query<EntriesQuery>,
 ) -> ApiResult<EntriesResponse> {
     let agent = agent(&state, &caller).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait.min(MAX_WAIT));
     let mut since = query.since.max(0);
+    // A full sync: a new agent's, or the continuation of one (see the module docs).
+    if since == 0 || query.until.is_some() {
+        let current = state.store.current_revision().await?;
+        // Never past the current revision: a later one may not be committed yet.
+        let until = query.until.map_or(current, |until| until.min(current));
+        let page = full_sync_page(&state, &agent.spiffe_id, since, until, false).await?;
+        // A new agent with nothing to serve yet long-polls from here like any other.
+        if !(page.changes.is_empty() && !page.more && query.until.is_none() && query.wait > 0) {
+            return Ok(Json(page));
+        }
+        since = page.revision;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait.min(MAX_WAIT));
     let mut revisions = state.revision.subscribe();
     loop {
         // Subscribed before reading, so a change committed after the read wakes us.
         revisions.borrow_and_update();
         let (changes, current) = state.store.entry_changes_since(since, PAGE).await?;
+        // Read after the changes: a prune that removed one of the tombstones the agent
+        // needed had committed before, so its horizon shows here.
+        if since < state.store.tombstone_horizon().await? {
+            tracing::info!(agent_id = %agent.spiffe_id, since, "deletions were pruned: full resync");
+            return Ok(Json(
+                full_sync_page(&state, &agent.spiffe_id, 0, current, true).await?,
+            ));
+        }
         let more = changes.len() >= PAGE;
         let next = if more {
             changes.last().map_or(current, |c| c.revision)
@@ -509,27 +691,24 @@ async fn entries(
             current
         };
         if !changes.is_empty() {
-            let visible = visible_entries(&state, &agent.spiffe_id).await?;
-            let first_sync = since == 0;
+            let visible = state.store.agent_entry_ids(&agent.spiffe_id).await?;
             let out: Vec<SyncChange> = changes
                 .into_iter()
-                .filter_map(|change| match change.kind {
+                .map(|change| match change.kind {
                     EntryChangeKind::Upsert(entry) if visible.contains(&entry.id) => {
-                        Some(SyncChange::Entry(crate::admin::view(&entry)))
+                        SyncChange::Entry(crate::admin::view(&entry))
                     }
-                    // A first sync has nothing to forget.
-                    _ if first_sync => None,
                     // Deleted, or not (or no longer) under this agent: forget it.
-                    _ => Some(SyncChange::Deleted(change.entry_id)),
+                    _ => SyncChange::Deleted(change.entry_id),
                 })
                 .collect();
-            if !out.is_empty() || more {
-                return Ok(Json(EntriesResponse {
-                    revision: next,
-                    changes: out,
-                    more,
-                }));
-            }
+            return Ok(Json(EntriesResponse {
+                revision: next,
+                changes: out,
+                more,
+                until: None,
+                resync: false,
+            }));
         }
         since = since.max(next);
         // Nothing yet: wait for the revision to move, or give up at the deadline.
@@ -540,10 +719,39 @@ async fn entries(
                     revision: since,
                     changes: Vec::new(),
                     more: false,
+                    until: None,
+                    resync: false,
                 }));
             }
         }
     }
+}
+
+/// One page of a full sync: the agent's live entries with a revision in `(since, until]`.
+async fn full_sync_page(
+    state: &State,
+    agent: &WorkloadId,
+    since: i64,
+    until: i64,
+    resync: bool,
+) -> Result<EntriesResponse, AgentApiError> {
+    let entries = state.store.agent_entries(agent, since, until, PAGE).await?;
+    let more = entries.len() >= PAGE;
+    let revision = if more {
+        entries.last().map_or(until, |e| e.revision)
+    } else {
+        until
+    };
+    Ok(EntriesResponse {
+        revision,
+        changes: entries
+            .iter()
+            .map(|e| SyncChange::Entry(crate::admin::view(e)))
+            .collect(),
+        more,
+        until: more.then_some(until),
+        resync,
+    })
 }
 
 async fn svid_x509(

@@ -15,6 +15,8 @@
 //! upstream_ca_cert = "/etc/wimse/upstream.crt"
 //! upstream_ca_key = "/etc/wimse/upstream.key"
 //! x509pop_ca_bundle = "/etc/wimse/agents-ca.pem"
+//! agent_svid_ttl = 3600                     # agents' own X509-SVIDs
+//! tombstone_retention = 86400               # how long deleted entries are remembered for sync
 //! ```
 
 use serde::Deserialize;
@@ -22,6 +24,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use wimse_core::TrustDomain;
 use wimse_core::token::wit::WitProfile;
+
+/// Default lifetime of an agent's own X509-SVID: one hour.
+pub const DEFAULT_AGENT_SVID_TTL: u32 = 3600;
+
+/// Default retention of entry tombstones: one day.
+pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 24 * 3600;
 
 /// The settings as written in a TOML file; every one optional.
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +63,11 @@ pub struct FileConfig {
     pub upstream_ca_key: Option<PathBuf>,
     /// CA certificates (PEM) that agents' x509pop certificates must chain to.
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// Lifetime of an agent's own X509-SVID, in seconds.
+    pub agent_svid_ttl: Option<u32>,
+    /// How long the tombstone of a deleted entry is kept for agents' incremental sync, in
+    /// seconds; an agent that last synced before that gets a full resync.
+    pub tombstone_retention: Option<i64>,
 }
 
 /// Why the configuration is unusable.
@@ -115,6 +128,10 @@ pub struct ServerConfig {
     pub upstream_ca: Option<(PathBuf, PathBuf)>,
     /// CA bundle for x509pop node attestation.
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// Agents' own X509-SVID lifetime, seconds.
+    pub agent_svid_ttl: u32,
+    /// Tombstone retention, seconds.
+    pub tombstone_retention: i64,
 }
 
 impl FileConfig {
@@ -163,6 +180,15 @@ impl FileConfig {
         };
         let ca_ttl = positive("ca_ttl", self.ca_ttl.unwrap_or(24 * 3600))?;
         let jwt_key_ttl = positive("jwt_key_ttl", self.jwt_key_ttl.unwrap_or(24 * 3600))?;
+        let tombstone_retention = positive(
+            "tombstone_retention",
+            self.tombstone_retention
+                .unwrap_or(DEFAULT_TOMBSTONE_RETENTION),
+        )?;
+        let agent_svid_ttl = self.agent_svid_ttl.unwrap_or(DEFAULT_AGENT_SVID_TTL);
+        if agent_svid_ttl == 0 {
+            return Err(invalid("agent_svid_ttl", "must be positive".into()));
+        }
         let wit_profile = match self.wit_profile.as_deref().unwrap_or("spiffe") {
             "spiffe" => WitProfile::Spiffe,
             "wimse" => WitProfile::Wimse,
@@ -198,6 +224,8 @@ impl FileConfig {
             wit_profile,
             upstream_ca,
             x509pop_ca_bundle: self.x509pop_ca_bundle,
+            agent_svid_ttl,
+            tombstone_retention,
             data_dir,
         })
     }
@@ -215,6 +243,8 @@ mod tests {
         assert_eq!(c.admin_socket, PathBuf::from(".wimse/server.sock"));
         assert!(c.datastore.starts_with("sqlite://.wimse/"));
         assert_eq!(c.wit_profile, WitProfile::Spiffe);
+        assert_eq!(c.agent_svid_ttl, 3600);
+        assert_eq!(c.tombstone_retention, 24 * 3600);
     }
 
     #[test]
@@ -234,6 +264,8 @@ mod tests {
             upstream_ca_cert = "/c"
             upstream_ca_key = "/k"
             x509pop_ca_bundle = "/p"
+            agent_svid_ttl = 600
+            tombstone_retention = 7200
         "#;
         let c = toml::from_str::<FileConfig>(text)
             .unwrap()
@@ -244,6 +276,9 @@ mod tests {
         assert_eq!(c.default_jwt_ttl, 40);
         assert_eq!(c.wit_profile, WitProfile::Wimse);
         assert!(c.upstream_ca.is_some());
+        assert_eq!(c.x509pop_ca_bundle, Some(PathBuf::from("/p")));
+        assert_eq!(c.agent_svid_ttl, 600);
+        assert_eq!(c.tombstone_retention, 7200);
     }
 
     #[test]

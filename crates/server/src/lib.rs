@@ -15,7 +15,8 @@
 //! - [`authority`], [`issuer`]: keys and credentials.
 //! - [`admin`], [`api`]: the admin API and its client; [`agent_api`]: node attestation,
 //!   entry sync and issuance to agents over mutual TLS, and its client; [`public`]: bundle endpoints,
-//!   health and metrics; [`tls`]: the listener's TLS.
+//!   health and metrics; [`tls`]: the listener's TLS; [`x509pop`]: x509pop node
+//!   attestation (chain policy, challenge, signature).
 //! - [`datastore`]: storage behind one type, the same SQL on both databases.
 //!
 //! Start reading at [`run::start`].
@@ -33,3 +34,4 @@ pub mod public;
 pub mod run;
 pub mod state;
 pub mod tls;
+pub mod x509pop;

@@ -288,6 +288,9 @@ async fn maintain(state: Arc<State>, mut stop: watch::Receiver<bool>) {
                 if let Err(e) = state.rotate().await {
                     tracing::error!(error = %e, "key rotation or bundle refresh failed");
                 }
+                if let Err(e) = state.prune(unix_now()).await {
+                    tracing::warn!(error = %e, "pruning expired records failed");
+                }
                 if state.svid_needs_renewal(unix_now())
                     && let Err(e) = state.renew_svid()
                 {

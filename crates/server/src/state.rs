@@ -26,6 +26,9 @@ pub enum StateError {
     /// Issuing the server's own certificate failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
+    /// The x509pop CA bundle is unusable.
+    #[error(transparent)]
+    X509Pop(#[from] crate::x509pop::X509PopError),
     /// The server's own SPIFFE ID could not be formed.
     #[error("server identity: {0}")]
     Id(#[from] wimse_core::IdError),
@@ -50,6 +53,8 @@ pub struct State {
     pub server_id: String,
     /// The server's SPIFFE ID, `spiffe://<td>/wimse/server`.
     pub spiffe_id: WorkloadId,
+    /// The CA that x509pop agent certificates must chain to (none: x509pop is refused).
+    pub x509pop_ca: Option<crate::x509pop::X509PopCa>,
     /// This replica's signing keys.
     pub authorities: RwLock<Authorities>,
     /// The current trust bundle (all replicas' keys).
@@ -80,6 +85,11 @@ impl State {
         authorities: Authorities,
         server_id: String,
     ) -> Result<Arc<Self>, StateError> {
+        let x509pop_ca = config
+            .x509pop_ca_bundle
+            .as_deref()
+            .map(crate::x509pop::X509PopCa::load)
+            .transpose()?;
         let store = SqlStore::connect(&config.datastore).await?;
         let bundle = TrustBundle::new(config.trust_domain.clone());
         let placeholder = ServerSvid {
@@ -96,6 +106,7 @@ impl State {
             config,
             store,
             server_id,
+            x509pop_ca,
             authorities: RwLock::new(authorities),
             bundle: RwLock::new(Arc::new(bundle)),
             svid: RwLock::new(Arc::new(placeholder)),
@@ -193,6 +204,21 @@ impl State {
             }
             moved
         });
+        Ok(())
+    }
+
+    /// Removes what has outlived its use: tombstones older than the retention (agents that
+    /// synced before them get a full resync), and expired x509pop challenges and join tokens.
+    pub async fn prune(&self, now: i64) -> Result<(), StateError> {
+        let tombstones = self
+            .store
+            .prune_tombstones(now.saturating_sub(self.config.tombstone_retention))
+            .await?;
+        if tombstones > 0 {
+            tracing::info!(tombstones, "pruned entry tombstones past their retention");
+        }
+        self.store.prune_x509pop_challenges(now).await?;
+        self.store.prune_join_tokens(now).await?;
         Ok(())
     }
 

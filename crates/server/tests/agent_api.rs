@@ -18,13 +18,13 @@ use wimse_core::token::unix_now;
 use wimse_core::token::wit::verify_wit;
 use wimse_core::x509::{self, build_csr};
 use wimse_server::admin::client::AdminClient;
-use wimse_server::agent_api::SyncChange;
 use wimse_server::agent_api::client::{
     AgentApiClient, AgentClientError, AgentIdentity, decode_chain,
 };
+use wimse_server::agent_api::{SyncChange, X509PopEvidence};
 use wimse_server::api::{EntryRequest, EntryView};
 use wimse_server::config::FileConfig;
-use wimse_server::datastore::{Datastore, NewEntry};
+use wimse_server::datastore::{Datastore, NewEntry, X509PopChallenge};
 use wimse_server::run::{Running, Tasks, start};
 
 struct Server {
@@ -35,12 +35,17 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(FileConfig::default()).await
+}
+
+/// A server with these settings (trust domain, data dir and bind are the test's).
+async fn server_with(settings: FileConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = FileConfig {
         trust_domain: Some("agents.test".into()),
         data_dir: Some(dir.path().join("data")),
         bind: Some("127.0.0.1:0".parse().unwrap()),
-        ..FileConfig::default()
+        ..settings
     }
     .resolve()
     .unwrap();
@@ -381,5 +386,502 @@ async fn a_client_refuses_a_server_outside_its_bundle() {
         matches!(result, Err(AgentClientError::Connect { .. })),
         "{result:?}"
     );
+    s.tasks.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// x509pop
+
+/// A CA for node certificates, made with rcgen in the test (no checked-in keys).
+struct NodeCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: rcgen::Certificate,
+}
+
+/// A node certificate and its key.
+struct Node {
+    chain: Vec<Vec<u8>>,
+    key: SigningKey,
+}
+
+impl NodeCa {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        NodeCa {
+            issuer: rcgen::Issuer::new(params, key),
+            cert,
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A node certificate with `eku`, valid from `not_before` to `not_after` (Unix seconds).
+    fn node_with(
+        &self,
+        eku: Vec<rcgen::ExtendedKeyUsagePurpose>,
+        not_before: i64,
+        not_after: i64,
+    ) -> Node {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["node.agents.test".into()]).unwrap();
+        params.extended_key_usages = eku;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs(u64::try_from(not_before).unwrap());
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs(u64::try_from(not_after).unwrap());
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Node {
+            chain: vec![cert.der().to_vec()],
+            key: SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap(),
+        }
+    }
+
+    fn node(&self) -> Node {
+        let now = unix_now();
+        self.node_with(
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+            now - 60,
+            now + 3600,
+        )
+    }
+}
+
+fn fingerprint(der: &[u8]) -> String {
+    use std::fmt::Write as _;
+    wimse_core::digest::sha256(der)
+        .iter()
+        .fold(String::new(), |mut out, b| {
+            write!(out, "{b:02x}").unwrap();
+            out
+        })
+}
+
+async fn x509pop_server(ca: &NodeCa) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agents-ca.pem");
+    std::fs::write(&path, ca.pem()).unwrap();
+    let s = server_with(FileConfig {
+        x509pop_ca_bundle: Some(path),
+        ..FileConfig::default()
+    })
+    .await;
+    // The CA file is read at startup.
+    drop(dir);
+    s
+}
+
+fn detail(result: Result<impl std::fmt::Debug, AgentClientError>) -> (u16, String) {
+    match result {
+        Err(AgentClientError::Api { status, detail }) => (status, detail),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn agent_csr(key: &SigningKey) -> Vec<u8> {
+    // The ID asked for is ignored: the server names the agent.
+    build_csr(
+        key,
+        &WorkloadId::parse("spiffe://agents.test/agent").unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_attests_an_agent_whose_credential_then_works_over_mtls() {
+    let ca = NodeCa::new("node ca");
+    let s = x509pop_server(&ca).await;
+    let node = ca.node();
+    let svid_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let answer = s
+        .anonymous()
+        .attest_x509pop(&node.chain, &node.key, &agent_csr(&svid_key))
+        .await
+        .unwrap();
+    let expected = format!(
+        "spiffe://agents.test/wimse/agent/x509pop/{}",
+        fingerprint(&node.chain[0])
+    );
+    assert_eq!(answer.spiffe_id, expected);
+    let chain = decode_chain(&answer.svid_chain).unwrap();
+    let agents = s.admin.list_agents().await.unwrap();
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.spiffe_id == expected && a.attestation_type == "x509pop")
+    );
+
+    // The SVID is the agent's mTLS credential.
+    let identity = AgentIdentity {
+        chain,
+        key: Arc::new(svid_key),
+    };
+    let agent = AgentApiClient::new(s.running.local_addr, &s.bundle(), Some(&identity)).unwrap();
+    let agent_id = WorkloadId::parse(&expected).unwrap();
+    let entry = s.entry("spiffe://agents.test/on-node", &agent_id).await;
+    let issued = agent.x509(&entry.id, &workload_csr()).await.unwrap();
+    assert_eq!(issued[0].uri_sans(), vec![entry.spiffe_id.clone()]);
+    let sync = agent.entries(0, 0).await.unwrap();
+    assert_eq!(sync.changes, vec![SyncChange::Entry(entry)]);
+
+    // The same certificate attests again (unlike a join token), to the same ID; the
+    // previous SVID stops counting.
+    let again_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let again = s
+        .anonymous()
+        .attest_x509pop(&node.chain, &node.key, &agent_csr(&again_key))
+        .await
+        .unwrap();
+    assert_eq!(again.spiffe_id, expected);
+    assert_eq!(status(agent.bundle().await), 403);
+
+    // Unless the agent is banned.
+    s.running
+        .state
+        .store
+        .set_agent_banned(&agent_id, true)
+        .await
+        .unwrap();
+    let (code, why) = detail(
+        s.anonymous()
+            .attest_x509pop(&node.chain, &node.key, &agent_csr(&again_key))
+            .await,
+    );
+    assert_eq!(code, 403);
+    assert!(why.contains("banned"), "{why}");
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_challenge_answered_with_another_certificate_is_refused() {
+    let ca = NodeCa::new("node ca");
+    let s = x509pop_server(&ca).await;
+    let (a, b) = (ca.node(), ca.node());
+    let csr = agent_csr(&SigningKey::generate(Algorithm::Es256).unwrap());
+    let challenge = s.anonymous().x509pop_challenge(&a.chain).await.unwrap();
+    let nonce = wimse_core::jose::b64::decode(&challenge.challenge).unwrap();
+    // B answers A's challenge, correctly signed with B's own key.
+    let signature = b
+        .key
+        .sign(&wimse_server::x509pop::signed_message(&nonce, &csr))
+        .unwrap();
+    let evidence = X509PopEvidence {
+        chain: b.chain.iter().map(wimse_core::jose::b64::encode).collect(),
+        challenge: challenge.challenge,
+        signature: wimse_core::jose::b64::encode(signature),
+    };
+    let (code, why) = detail(s.anonymous().attest_x509pop_evidence(evidence, &csr).await);
+    assert_eq!(code, 403);
+    assert!(why.contains("another certificate"), "{why}");
+    assert!(s.admin.list_agents().await.unwrap().is_empty());
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_wrong_signature_and_reused_challenge_are_refused() {
+    let ca = NodeCa::new("node ca");
+    let s = x509pop_server(&ca).await;
+    let node = ca.node();
+    let csr = agent_csr(&SigningKey::generate(Algorithm::Es256).unwrap());
+    let evidence = |challenge: &str, key: &SigningKey, signed_csr: &[u8]| {
+        let nonce = wimse_core::jose::b64::decode(challenge).unwrap();
+        X509PopEvidence {
+            chain: node
+                .chain
+                .iter()
+                .map(wimse_core::jose::b64::encode)
+                .collect(),
+            challenge: challenge.to_owned(),
+            signature: wimse_core::jose::b64::encode(
+                key.sign(&wimse_server::x509pop::signed_message(&nonce, signed_csr))
+                    .unwrap(),
+            ),
+        }
+    };
+
+    // Signed by a key that is not the certificate's.
+    let other_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let c = s.anonymous().x509pop_challenge(&node.chain).await.unwrap();
+    let (code, why) = detail(
+        s.anonymous()
+            .attest_x509pop_evidence(evidence(&c.challenge, &other_key, &csr), &csr)
+            .await,
+    );
+    assert_eq!(code, 403);
+    assert!(why.contains("signature"), "{why}");
+
+    // Signed over another CSR than the one sent.
+    let c = s.anonymous().x509pop_challenge(&node.chain).await.unwrap();
+    let other_csr = agent_csr(&other_key);
+    let (code, _) = detail(
+        s.anonymous()
+            .attest_x509pop_evidence(evidence(&c.challenge, &node.key, &other_csr), &csr)
+            .await,
+    );
+    assert_eq!(code, 403);
+
+    // A good answer succeeds once; the challenge is then used up.
+    let c = s.anonymous().x509pop_challenge(&node.chain).await.unwrap();
+    let good = evidence(&c.challenge, &node.key, &csr);
+    s.anonymous()
+        .attest_x509pop_evidence(good.clone(), &csr)
+        .await
+        .unwrap();
+    let (code, why) = detail(s.anonymous().attest_x509pop_evidence(good, &csr).await);
+    assert_eq!(code, 403);
+    assert!(why.contains("already used"), "{why}");
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_expired_challenge_is_refused() {
+    let ca = NodeCa::new("node ca");
+    let s = x509pop_server(&ca).await;
+    let node = ca.node();
+    let csr = agent_csr(&SigningKey::generate(Algorithm::Es256).unwrap());
+    // A challenge that expires in a moment, as one would after CHALLENGE_TTL seconds (the
+    // maintenance tick prunes expired ones only every few seconds).
+    let nonce = [7u8; 32];
+    let expires_at = unix_now() + 1;
+    s.running
+        .state
+        .store
+        .create_x509pop_challenge(&X509PopChallenge {
+            nonce_hash: wimse_core::digest::sha256(&nonce),
+            fingerprint: fingerprint(&node.chain[0]),
+            expires_at,
+        })
+        .await
+        .unwrap();
+    while unix_now() < expires_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let signature = node
+        .key
+        .sign(&wimse_server::x509pop::signed_message(&nonce, &csr))
+        .unwrap();
+    let evidence = X509PopEvidence {
+        chain: node
+            .chain
+            .iter()
+            .map(wimse_core::jose::b64::encode)
+            .collect(),
+        challenge: wimse_core::jose::b64::encode(nonce),
+        signature: wimse_core::jose::b64::encode(signature),
+    };
+    let (code, why) = detail(s.anonymous().attest_x509pop_evidence(evidence, &csr).await);
+    assert_eq!(code, 403);
+    assert!(why.contains("expired"), "{why}");
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_certificates_outside_the_policy_get_no_challenge() {
+    let ca = NodeCa::new("node ca");
+    let s = x509pop_server(&ca).await;
+    let now = unix_now();
+    let cases = [
+        ("another CA", NodeCa::new("rogue ca").node()),
+        (
+            "expired",
+            ca.node_with(
+                vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+                now - 7200,
+                now - 3600,
+            ),
+        ),
+        (
+            "serverAuth only",
+            ca.node_with(
+                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+                now - 60,
+                now + 3600,
+            ),
+        ),
+    ];
+    for (what, node) in cases {
+        let (code, why) = detail(s.anonymous().x509pop_challenge(&node.chain).await);
+        assert_eq!(code, 403, "{what}: {why}");
+        assert!(why.contains("does not chain"), "{what}: {why}");
+    }
+    // No EKU at all is accepted (device certificates often carry none).
+    let plain = ca.node_with(Vec::new(), now - 60, now + 3600);
+    assert!(s.anonymous().x509pop_challenge(&plain.chain).await.is_ok());
+    // Not a certificate.
+    let (code, _) = detail(s.anonymous().x509pop_challenge(&[b"junk".to_vec()]).await);
+    assert_eq!(code, 400);
+    let (code, _) = detail(s.anonymous().x509pop_challenge(&[]).await);
+    assert_eq!(code, 400);
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_without_a_configured_ca_is_refused_with_a_clear_error() {
+    let s = server().await;
+    let node = NodeCa::new("node ca").node();
+    let csr = agent_csr(&SigningKey::generate(Algorithm::Es256).unwrap());
+    let (code, why) = detail(
+        s.anonymous()
+            .attest_x509pop(&node.chain, &node.key, &csr)
+            .await,
+    );
+    assert_eq!(code, 403);
+    assert!(why.contains("x509pop attestation is not enabled"), "{why}");
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attestation_with_both_or_neither_form_is_refused() {
+    let s = server().await;
+    let csr = workload_csr();
+    let neither = serde_json::json!({ "csr": wimse_core::jose::b64::encode(&csr) });
+    let result = s
+        .anonymous()
+        .post_raw::<serde_json::Value>("/agent/v1/attest", neither.to_string().into_bytes())
+        .await;
+    assert_eq!(status(result), 400);
+    let both = serde_json::json!({
+        "csr": wimse_core::jose::b64::encode(&csr),
+        "join_token": "t",
+        "x509pop": { "chain": [], "challenge": "", "signature": "" },
+    });
+    let result = s
+        .anonymous()
+        .post_raw::<serde_json::Value>("/agent/v1/attest", both.to_string().into_bytes())
+        .await;
+    assert_eq!(status(result), 400);
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_svid_ttl_is_configurable() {
+    let s = server_with(FileConfig {
+        agent_svid_ttl: Some(600),
+        ..FileConfig::default()
+    })
+    .await;
+    let token = s.admin.create_join_token(600).await.unwrap();
+    let key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let answer = s
+        .anonymous()
+        .attest(&token.token, &agent_csr(&key))
+        .await
+        .unwrap();
+    let leaf = &decode_chain(&answer.svid_chain).unwrap()[0];
+    let remaining = leaf.not_after() - unix_now();
+    assert!(
+        (590..=600).contains(&remaining),
+        "valid for {remaining} s more"
+    );
+    s.tasks.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sync at scale: full-sync pages, pruned deletions
+
+fn new_entry(path: &str, parent: &WorkloadId) -> NewEntry {
+    NewEntry {
+        spiffe_id: WorkloadId::parse(&format!("spiffe://agents.test{path}")).unwrap(),
+        parent_id: parent.clone(),
+        selectors: vec!["unix:uid:1".parse().unwrap()],
+        x509_ttl: 600,
+        jwt_ttl: 60,
+        dns_names: Vec::new(),
+        hint: None,
+        admin: false,
+        downstream: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_sync_lists_only_the_agents_entries_in_pages_continued_with_until() {
+    let s = server().await;
+    let (agent, agent_id) = s.agent().await;
+    let (_, other_id) = s.agent().await;
+    let store = &s.running.state.store;
+    let page = wimse_server::agent_api::PAGE;
+    // Own entries interleaved with many of another agent's, plus a nested one.
+    let mut batch = Vec::new();
+    for i in 0..page + 10 {
+        batch.push(new_entry(&format!("/mine/{i}"), &agent_id));
+        batch.push(new_entry(&format!("/theirs/{i}"), &other_id));
+    }
+    store.create_entries(batch).await.unwrap();
+    let nested_parent = WorkloadId::parse("spiffe://agents.test/mine/0").unwrap();
+    store
+        .create_entry(new_entry("/mine/0/child", &nested_parent))
+        .await
+        .unwrap();
+
+    let first = agent.entries(0, 0).await.unwrap();
+    assert_eq!(first.changes.len(), page);
+    assert!(first.more && !first.resync);
+    let until = first
+        .until
+        .expect("a full sync with more pages names its end");
+    let second = agent.entries_until(first.revision, until).await.unwrap();
+    assert!(!second.more);
+    assert_eq!(second.until, None);
+    assert_eq!(second.revision, until);
+    let names: std::collections::HashSet<String> = first
+        .changes
+        .iter()
+        .chain(&second.changes)
+        .map(|c| match c {
+            SyncChange::Entry(view) => view.spiffe_id.clone(),
+            SyncChange::Deleted(id) => panic!("a full sync lists no deletion: {id}"),
+        })
+        .collect();
+    assert_eq!(names.len(), page + 11);
+    assert!(names.iter().all(|n| n.contains("/mine/")));
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_behind_pruned_deletions_gets_a_full_resync() {
+    let s = server().await;
+    let (agent, agent_id) = s.agent().await;
+    let kept = s.entry("spiffe://agents.test/kept", &agent_id).await;
+    let gone = s.entry("spiffe://agents.test/gone", &agent_id).await;
+    let synced = agent.entries(0, 0).await.unwrap();
+    assert_eq!(synced.changes.len(), 2);
+
+    s.admin.delete_entry(&gone.id).await.unwrap();
+    // Before pruning, the deletion arrives incrementally.
+    let delta = agent.entries(synced.revision, 0).await.unwrap();
+    assert_eq!(delta.changes, vec![SyncChange::Deleted(gone.id.clone())]);
+    assert!(!delta.resync);
+
+    // The tombstone outlives its retention and is pruned (the maintenance tick calls this
+    // with now minus `tombstone_retention`).
+    let pruned = s
+        .running
+        .state
+        .store
+        .prune_tombstones(unix_now() + 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    // An agent still at the old revision cannot learn of the deletion: full resync.
+    let resync = agent.entries(synced.revision, 0).await.unwrap();
+    assert!(resync.resync);
+    assert_eq!(resync.changes, vec![SyncChange::Entry(kept.clone())]);
+    assert!(!resync.more);
+    // One already past the deletion goes on incrementally.
+    let current = agent.entries(delta.revision, 0).await.unwrap();
+    assert!(!current.resync);
+    assert!(current.changes.is_empty());
     s.tasks.stop().await;
 }

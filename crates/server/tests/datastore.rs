@@ -20,7 +20,7 @@ use wimse_core::WorkloadId;
 use wimse_server::datastore::{
     AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EntryChange,
     EntryChangeKind, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, SqlStore,
-    StoreError,
+    StoreError, X509PopChallenge,
 };
 
 /// The clock of these tests, in seconds since the Unix epoch.
@@ -289,6 +289,11 @@ suite! {
         authority_is_updated_in_place_and_changes_state,
         bundle_sequence_bumps_are_atomic_under_16_concurrent_callers,
         entries_and_agents_are_counted,
+        agent_entries_are_its_descendants_only_in_a_revision_range,
+        agent_entries_survive_a_cycle_of_entries,
+        pruning_tombstones_raises_the_horizon_to_the_highest_removed,
+        x509pop_challenge_is_consumed_once_by_one_of_16_callers,
+        expired_x509pop_challenge_is_refused_and_pruned,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -792,6 +797,188 @@ async fn expired_join_tokens_are_pruned(store: &SqlStore) {
         Err(StoreError::TokenNotFound)
     );
     assert_eq!(store.consume_join_token(&fresh.hash, NOW).await, Ok(()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent sync at scale, tombstone retention, x509pop challenges
+
+fn wall_clock() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+async fn agent_entries_are_its_descendants_only_in_a_revision_range(store: &SqlStore) {
+    let other = id("spiffe://example.org/spire/agent/join_token/other");
+    let mine = store
+        .create_entry(entry("/web", &["unix:uid:1"]))
+        .await
+        .unwrap();
+    let theirs = store
+        .create_entry(NewEntry {
+            parent_id: other.clone(),
+            ..entry("/theirs", &["unix:uid:2"])
+        })
+        .await
+        .unwrap();
+    let child = store
+        .create_entry(NewEntry {
+            parent_id: mine.spiffe_id.clone(),
+            ..entry("/web/child", &["unix:uid:3"])
+        })
+        .await
+        .unwrap();
+    let grandchild = store
+        .create_entry(NewEntry {
+            parent_id: child.spiffe_id.clone(),
+            ..entry("/web/child/grand", &["unix:uid:4"])
+        })
+        .await
+        .unwrap();
+    // Parented by the other agent's entry: not ours.
+    store
+        .create_entry(NewEntry {
+            parent_id: theirs.spiffe_id.clone(),
+            ..entry("/theirs/child", &["unix:uid:5"])
+        })
+        .await
+        .unwrap();
+
+    let all = store
+        .agent_entries(&agent_id(), 0, i64::MAX, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![mine.id.clone(), child.id.clone(), grandchild.id.clone()],
+        "in revision order"
+    );
+    let ids_only = store.agent_entry_ids(&agent_id()).await.unwrap();
+    assert_eq!(ids_only.len(), 3);
+    assert!(ids_only.contains(&grandchild.id));
+    // The range (after, until] and the limit.
+    let range = store
+        .agent_entries(&agent_id(), mine.revision, grandchild.revision - 1, 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&range), BTreeSet::from([child.id.clone()]));
+    let limited = store
+        .agent_entries(&agent_id(), 0, i64::MAX, 2)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(store.agent_entry_ids(&other).await.unwrap().len(), 2);
+}
+
+async fn agent_entries_survive_a_cycle_of_entries(store: &SqlStore) {
+    // a is under the agent; b under a; and a second entry for a's identity under b.
+    let a = store
+        .create_entry(entry("/a", &["unix:uid:1"]))
+        .await
+        .unwrap();
+    let b = store
+        .create_entry(NewEntry {
+            parent_id: a.spiffe_id.clone(),
+            ..entry("/b", &["unix:uid:1"])
+        })
+        .await
+        .unwrap();
+    store
+        .create_entry(NewEntry {
+            parent_id: b.spiffe_id.clone(),
+            ..entry("/a", &["unix:uid:1"])
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.agent_entry_ids(&agent_id()).await.unwrap().len(), 3);
+}
+
+async fn pruning_tombstones_raises_the_horizon_to_the_highest_removed(store: &SqlStore) {
+    assert_eq!(store.tombstone_horizon().await.unwrap(), 0);
+    let a = store
+        .create_entry(entry("/a", &["unix:uid:1"]))
+        .await
+        .unwrap();
+    let b = store
+        .create_entry(entry("/b", &["unix:uid:1"]))
+        .await
+        .unwrap();
+    store.delete_entry(&a.id).await.unwrap();
+    store.delete_entry(&b.id).await.unwrap();
+    let (_, deleted_at) = store.entry_changes_since(0, 10).await.unwrap();
+    let now = wall_clock();
+    // Within the retention: kept.
+    assert_eq!(store.prune_tombstones(now - 3600).await.unwrap(), 0);
+    assert_eq!(store.tombstone_horizon().await.unwrap(), 0);
+    // Past it: removed, and the horizon is the revision of the latest one removed.
+    assert_eq!(store.prune_tombstones(now + 1).await.unwrap(), 2);
+    assert_eq!(store.tombstone_horizon().await.unwrap(), deleted_at);
+    let (changes, _) = store.entry_changes_since(a.revision, 10).await.unwrap();
+    assert!(changes.is_empty());
+    // Never lowered.
+    assert_eq!(store.prune_tombstones(now + 1).await.unwrap(), 0);
+    assert_eq!(store.tombstone_horizon().await.unwrap(), deleted_at);
+}
+
+fn challenge(seed: u8, expires_at: i64) -> X509PopChallenge {
+    X509PopChallenge {
+        nonce_hash: [seed; 32],
+        fingerprint: format!("{seed:02x}").repeat(32),
+        expires_at,
+    }
+}
+
+async fn x509pop_challenge_is_consumed_once_by_one_of_16_callers(store: &SqlStore) {
+    let c = challenge(1, NOW + 60);
+    store.create_x509pop_challenge(&c).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            let hash = c.nonce_hash;
+            tokio::spawn(async move { store.consume_x509pop_challenge(&hash, NOW).await })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(fingerprint) => wins.push(fingerprint),
+            Err(StoreError::ChallengeNotFound) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(wins, vec![c.fingerprint.clone()]);
+}
+
+async fn expired_x509pop_challenge_is_refused_and_pruned(store: &SqlStore) {
+    let stale = challenge(2, NOW);
+    let fresh = challenge(3, NOW + 60);
+    let other_stale = challenge(4, NOW - 5);
+    for c in [&stale, &fresh, &other_stale] {
+        store.create_x509pop_challenge(c).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&stale.nonce_hash, NOW)
+            .await,
+        Err(StoreError::ChallengeExpired)
+    );
+    assert_eq!(store.prune_x509pop_challenges(NOW).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&other_stale.nonce_hash, NOW - 100)
+            .await,
+        Err(StoreError::ChallengeNotFound)
+    );
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&fresh.nonce_hash, NOW)
+            .await,
+        Ok(fresh.fingerprint.clone())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 
 use super::{
     AttestRequest, AttestResponse, EntriesResponse, JwtRequest, JwtResponse, RenewRequest,
-    WitRequest, WitResponse, X509Request, X509Response,
+    WitRequest, WitResponse, X509PopChallengeRequest, X509PopChallengeResponse, X509PopEvidence,
+    X509Request, X509Response,
 };
 use crate::api::Problem;
 use crate::tls::{chain_of, unix_seconds};
@@ -346,7 +347,62 @@ impl AgentApiClient {
         csr: &[u8],
     ) -> Result<AttestResponse, AgentClientError> {
         let req = AttestRequest {
-            join_token: join_token.to_owned(),
+            join_token: Some(join_token.to_owned()),
+            x509pop: None,
+            csr: b64::encode(csr),
+        };
+        self.post("/agent/v1/attest", &req).await
+    }
+
+    /// Node attestation with x509pop: asks for a challenge for `chain` (the agent's
+    /// certificate chain, leaf first, DER), signs it together with `csr` (a CSR, DER, for the
+    /// agent's new SVID key) with `key`, the leaf certificate's private key, and attests.
+    /// The agent ID is `spiffe://<td>/wimse/agent/x509pop/<hex SHA-256 of the leaf's DER>`.
+    pub async fn attest_x509pop(
+        &self,
+        chain_der: &[Vec<u8>],
+        key: &SigningKey,
+        csr: &[u8],
+    ) -> Result<AttestResponse, AgentClientError> {
+        let chain: Vec<String> = chain_der.iter().map(b64::encode).collect();
+        let challenge = self.x509pop_challenge(chain_der).await?;
+        let nonce = b64::decode(&challenge.challenge)
+            .map_err(|e| AgentClientError::Decode(format!("challenge: {e}")))?;
+        let signature = key
+            .sign(&crate::x509pop::signed_message(&nonce, csr))
+            .map_err(|e| AgentClientError::Tls(format!("signing the x509pop challenge: {e}")))?;
+        let req = AttestRequest {
+            join_token: None,
+            x509pop: Some(X509PopEvidence {
+                chain,
+                challenge: challenge.challenge,
+                signature: b64::encode(signature),
+            }),
+            csr: b64::encode(csr),
+        };
+        self.post("/agent/v1/attest", &req).await
+    }
+
+    /// Step one of x509pop alone: a challenge for `chain_der` (leaf first, DER).
+    pub async fn x509pop_challenge(
+        &self,
+        chain_der: &[Vec<u8>],
+    ) -> Result<X509PopChallengeResponse, AgentClientError> {
+        let req = X509PopChallengeRequest {
+            chain: chain_der.iter().map(b64::encode).collect(),
+        };
+        self.post("/agent/v1/attest/x509pop/challenge", &req).await
+    }
+
+    /// Step two of x509pop alone, with evidence the caller built (for tests of refusals).
+    pub async fn attest_x509pop_evidence(
+        &self,
+        evidence: X509PopEvidence,
+        csr: &[u8],
+    ) -> Result<AttestResponse, AgentClientError> {
+        let req = AttestRequest {
+            join_token: None,
+            x509pop: Some(evidence),
             csr: b64::encode(csr),
         };
         self.post("/agent/v1/attest", &req).await
@@ -360,14 +416,36 @@ impl AgentApiClient {
         self.post("/agent/v1/renew", &req).await
     }
 
-    /// The entry changes after revision `since`, waiting up to `wait` seconds for one.
+    /// The entry changes after revision `since`, waiting up to `wait` seconds for one
+    /// (`since` 0: the first page of a full sync). See [`super`] for the sync rules: while an
+    /// answer has `more` and `until`, continue with [`AgentApiClient::entries_until`].
     pub async fn entries(
         &self,
         since: i64,
         wait: u64,
     ) -> Result<EntriesResponse, AgentClientError> {
+        self.entries_page(since, wait, None).await
+    }
+
+    /// The next page of a full sync: `since` and `until` are the previous answer's
+    /// `revision` and `until`.
+    pub async fn entries_until(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<EntriesResponse, AgentClientError> {
+        self.entries_page(since, 0, Some(until)).await
+    }
+
+    async fn entries_page(
+        &self,
+        since: i64,
+        wait: u64,
+        until: Option<i64>,
+    ) -> Result<EntriesResponse, AgentClientError> {
+        let until = until.map_or_else(String::new, |u| format!("&until={}", encode_query(u)));
         let path = format!(
-            "/agent/v1/entries?since={}&wait={wait}",
+            "/agent/v1/entries?since={}&wait={wait}{until}",
             encode_query(since)
         );
         let bytes = self.call(Method::GET, &path, None).await?;

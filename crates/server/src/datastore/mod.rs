@@ -12,6 +12,8 @@
 //!   one PostgreSQL database each publish their authorities here, and the trust bundle is built
 //!   from all of them.
 //! - [`EntryChange`]: one step of the incremental entry sync that agents follow by revision.
+//! - [`X509PopChallenge`]: a one-time nonce handed to an agent proving possession of an
+//!   x509pop certificate's key; stored as a hash, so any replica can check and consume it.
 //!
 //! # Revisions
 //!
@@ -281,6 +283,28 @@ impl fmt::Debug for JoinToken {
     }
 }
 
+/// A one-time x509pop challenge as stored: the SHA-256 of its nonce, the certificate it was
+/// issued to and its expiry. The nonce itself is not kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct X509PopChallenge {
+    /// SHA-256 of the nonce.
+    pub nonce_hash: [u8; 32],
+    /// Lowercase hex SHA-256 of the DER leaf certificate the challenge was issued to.
+    pub fingerprint: String,
+    /// When the challenge stops being accepted, in seconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for X509PopChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X509PopChallenge")
+            .field("nonce_hash", &hex(&self.nonce_hash))
+            .field("fingerprint", &self.fingerprint)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// What a signing authority signs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum AuthorityKind {
@@ -384,6 +408,12 @@ pub enum StoreError {
     /// The join token has expired (it is now removed).
     #[error("join token has expired")]
     TokenExpired,
+    /// The x509pop challenge is unknown, or was already answered.
+    #[error("x509pop challenge not found or already used")]
+    ChallengeNotFound,
+    /// The x509pop challenge has expired (it is now removed).
+    #[error("x509pop challenge has expired")]
+    ChallengeExpired,
     /// A stored row does not read back as a model value (e.g. a corrupt workload ID), or a value
     /// cannot be stored.
     #[error("invalid data in the datastore: {0}")]
@@ -463,6 +493,35 @@ pub trait Datastore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<EntryChange>, i64), StoreError>> + Send;
 
+    /// The live entries that descend from `agent` (whose parent is `agent`, or the identity of
+    /// an entry that descends from it) with a revision in `(after, until]`, in revision order,
+    /// at most `limit` of them. Walks the `parent_id` index from the agent down, so the cost
+    /// follows the agent's own entries, not the number of entries in the store.
+    fn agent_entries(
+        &self,
+        agent: &WorkloadId,
+        after: i64,
+        until: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RegistrationEntry>, StoreError>> + Send;
+
+    /// The IDs of every live entry that descends from `agent` (see [`Datastore::agent_entries`]).
+    fn agent_entry_ids(
+        &self,
+        agent: &WorkloadId,
+    ) -> impl Future<Output = Result<std::collections::HashSet<String>, StoreError>> + Send;
+
+    /// Removes the tombstones of entries deleted at or before `deleted_before` and raises the
+    /// tombstone horizon to the highest revision removed; returns how many were removed.
+    fn prune_tombstones(
+        &self,
+        deleted_before: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The highest revision of any pruned tombstone (0 if none was pruned): a caller that
+    /// synced only up to an older revision may have missed a deletion.
+    fn tombstone_horizon(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// The revision of the latest entry change (0 before the first).
     fn current_revision(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
@@ -492,6 +551,29 @@ pub trait Datastore: Send + Sync {
 
     /// Removes the join tokens that expired at or before `now`; returns how many.
     fn prune_join_tokens(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Stores an x509pop challenge's hash, certificate fingerprint and expiry.
+    fn create_x509pop_challenge(
+        &self,
+        challenge: &X509PopChallenge,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Uses up the x509pop challenge with this nonce hash, atomically (at most one of any
+    /// number of concurrent callers succeeds), and returns the fingerprint it was issued to.
+    ///
+    /// Fails with [`StoreError::ChallengeNotFound`] when it is unknown or already used, and
+    /// with [`StoreError::ChallengeExpired`] when `now` is at or past its expiry.
+    fn consume_x509pop_challenge(
+        &self,
+        nonce_hash: &[u8; 32],
+        now: i64,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Removes the x509pop challenges that expired at or before `now`; returns how many.
+    fn prune_x509pop_challenges(
+        &self,
+        now: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Records an attested agent, or updates it when its identity is known.
     ///

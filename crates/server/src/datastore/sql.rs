@@ -27,25 +27,39 @@ use wimse_core::WorkloadId;
 use super::{
     AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EntryChange,
     EntryChangeKind, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, StoreError,
-    canonical_selectors, hex,
+    X509PopChallenge, canonical_selectors, hex,
 };
 
 /// How long a SQLite connection waits for another one's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema for SQLite, as (version, description, SQL).
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "x509pop and tombstone retention",
+        include_str!("../../migrations/sqlite/0002_x509pop_and_tombstone_retention.sql"),
+    ),
+];
 
 /// The schema for PostgreSQL, as (version, description, SQL); same versions as SQLite's.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "x509pop and tombstone retention",
+        include_str!("../../migrations/postgres/0002_x509pop_and_tombstone_retention.sql"),
+    ),
+];
 
 /// The [`Datastore`] on a SQL database: SQLite (a file, or memory for tests) or PostgreSQL.
 ///
@@ -122,6 +136,19 @@ impl SqlStore {
 const ENTRY_REVISION: &str = "entry_revision";
 /// The `counters` row that numbers trust bundles.
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
+/// The `counters` row holding the highest revision of any pruned tombstone.
+const TOMBSTONE_HORIZON: &str = "tombstone_horizon";
+
+/// The identities an agent's entries may be parented by: the agent, and recursively the
+/// identity of every entry parented by one of them. `UNION` (not `UNION ALL`) drops repeats,
+/// so a cycle of entries ends the recursion instead of looping. Each step is a lookup in the
+/// `parent_id` index. `$1` is the agent's ID.
+macro_rules! agent_owners_cte {
+    () => {
+        "WITH RECURSIVE owners (id) AS (SELECT CAST($1 AS TEXT) UNION \
+         SELECT e.spiffe_id FROM entries e JOIN owners o ON e.parent_id = o.id) "
+    };
+}
 
 /// Reads counter `$1`.
 const READ_COUNTER: &str = "SELECT value FROM counters WHERE name = $1";
@@ -391,11 +418,13 @@ impl Datastore for SqlStore {
                 return Err(StoreError::EntryNotFound(id.to_owned()));
             };
             sqlx::query(
-                "INSERT INTO entry_tombstones (entry_id, revision) VALUES ($1, $2) \
-                 ON CONFLICT (entry_id) DO UPDATE SET revision = excluded.revision",
+                "INSERT INTO entry_tombstones (entry_id, revision, deleted_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (entry_id) DO UPDATE SET \
+                 revision = excluded.revision, deleted_at = excluded.deleted_at",
             )
             .bind(id)
             .bind(revision)
+            .bind(unix_now())
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -488,6 +517,83 @@ impl Datastore for SqlStore {
         Ok((changes, current))
     }
 
+    async fn agent_entries(
+        &self,
+        agent: &WorkloadId,
+        after: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<RegistrationEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<EntryRow> = on_pool!(self, |pool| {
+            sqlx::query_as(concat!(
+                agent_owners_cte!(),
+                "SELECT ",
+                entry_columns!(),
+                " FROM entries WHERE parent_id IN (SELECT id FROM owners) \
+                 AND revision > $2 AND revision <= $3 ORDER BY revision LIMIT $4"
+            ))
+            .bind(agent.as_str())
+            .bind(after)
+            .bind(until)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+        });
+        rows.into_iter().map(entry_from_row).collect()
+    }
+
+    async fn agent_entry_ids(
+        &self,
+        agent: &WorkloadId,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let ids: Vec<String> = on_pool!(self, |pool| {
+            sqlx::query_scalar(concat!(
+                agent_owners_cte!(),
+                "SELECT id FROM entries WHERE parent_id IN (SELECT id FROM owners)"
+            ))
+            .bind(agent.as_str())
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+        });
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn prune_tombstones(&self, deleted_before: i64) -> Result<u64, StoreError> {
+        let removed: Vec<i64> = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            let removed: Vec<i64> = sqlx::query_scalar(
+                "DELETE FROM entry_tombstones WHERE deleted_at <= $1 RETURNING revision",
+            )
+            .bind(deleted_before)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            // In the same transaction: no reader sees the tombstones gone and the horizon
+            // still below them.
+            if let Some(highest) = removed.iter().max() {
+                sqlx::query(
+                    "UPDATE counters SET value = CASE WHEN value < $2 THEN $2 ELSE value END \
+                     WHERE name = $1",
+                )
+                .bind(TOMBSTONE_HORIZON)
+                .bind(highest)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)?;
+            removed
+        });
+        Ok(u64::try_from(removed.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn tombstone_horizon(&self) -> Result<i64, StoreError> {
+        self.read_counter(TOMBSTONE_HORIZON).await
+    }
+
     async fn current_revision(&self) -> Result<i64, StoreError> {
         self.read_counter(ENTRY_REVISION).await
     }
@@ -541,6 +647,62 @@ impl Datastore for SqlStore {
     async fn prune_join_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let result = on_pool!(self, |pool| {
             sqlx::query("DELETE FROM join_tokens WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected()
+        });
+        Ok(result)
+    }
+
+    async fn create_x509pop_challenge(
+        &self,
+        challenge: &X509PopChallenge,
+    ) -> Result<(), StoreError> {
+        let hash = hex(&challenge.nonce_hash);
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO x509pop_challenges (nonce_hash, fingerprint, expires_at) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(&hash)
+            .bind(&challenge.fingerprint)
+            .bind(challenge.expires_at)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+        });
+        Ok(())
+    }
+
+    async fn consume_x509pop_challenge(
+        &self,
+        nonce_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let hash = hex(nonce_hash);
+        // One statement finds and removes it, as for join tokens: at most one consumer wins.
+        let row: Option<(String, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "DELETE FROM x509pop_challenges WHERE nonce_hash = $1 \
+                 RETURNING fingerprint, expires_at",
+            )
+            .bind(&hash)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?
+        });
+        match row {
+            None => Err(StoreError::ChallengeNotFound),
+            Some((_, expires_at)) if now >= expires_at => Err(StoreError::ChallengeExpired),
+            Some((fingerprint, _)) => Ok(fingerprint),
+        }
+    }
+
+    async fn prune_x509pop_challenges(&self, now: i64) -> Result<u64, StoreError> {
+        let result = on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM x509pop_challenges WHERE expires_at <= $1")
                 .bind(now)
                 .execute(pool)
                 .await
