@@ -26,7 +26,7 @@ use wimse_core::jose::{Algorithm, Jws, SigningKey};
 use wimse_core::token::unix_now;
 use wimse_core::x509;
 use wimse_server::agent_api::SyncChange;
-use wimse_server::agent_api::client::AgentApiClient;
+use wimse_server::agent_api::client::{AgentApiClient, AgentClientError};
 
 /// How often the trust bundle is fetched.
 const BUNDLE_POLL: Duration = Duration::from_secs(5);
@@ -42,6 +42,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The most cached JWT-SVIDs (entry and audience pairs).
 const JWT_CACHE: usize = 10_000;
+
+/// What a JWT-SVID is cached by: entry ID, entry revision, sorted audiences.
+type JwtKey = (String, i64, Vec<String>);
 
 /// A cached JWT-SVID.
 struct CachedJwt {
@@ -64,7 +67,10 @@ pub struct Agent {
     /// The client of the server, rebuilt when the credential or bundle changes.
     client: watch::Sender<AgentApiClient>,
     /// JWT-SVIDs by entry, revision and audiences.
-    jwts: Mutex<HashMap<(String, i64, Vec<String>), CachedJwt>>,
+    jwts: Mutex<HashMap<JwtKey, CachedJwt>>,
+    /// Signalled when the server refuses this agent (evicted, banned): attest again now
+    /// rather than at the next renewal.
+    refused: tokio::sync::Notify,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -123,9 +129,9 @@ impl Agent {
             let (credential, fresh) = loop {
                 match node::attest(&config, addr, &bundle).await {
                     Ok(done) => break done,
-                    Err(NodeError::Server(
-                        e @ wimse_server::agent_api::client::AgentClientError::Connect { .. },
-                    )) if backoff < MAX_BACKOFF => {
+                    Err(NodeError::Server(e @ AgentClientError::Connect { .. }))
+                        if backoff < MAX_BACKOFF =>
+                    {
                         tracing::warn!(error = %e, "server unreachable; retrying attestation");
                         tokio::time::sleep(backoff).await;
                         backoff = next_backoff(backoff);
@@ -148,6 +154,7 @@ impl Agent {
             credential: Mutex::new(credential),
             client: watch::Sender::new(client),
             jwts: Mutex::new(HashMap::new()),
+            refused: tokio::sync::Notify::new(),
             metrics: Metrics::default(),
         }))
     }
@@ -200,7 +207,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Renews the agent's credential at half life; attests again when refused.
+    /// Renews the agent's credential at half life; attests again when the server refuses
+    /// it (evicted) or it expired.
     async fn node_loop(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -208,22 +216,33 @@ impl Agent {
                 let credential = lock(&self.credential);
                 (credential.renew_at(), credential.expires_at())
             };
-            sleep_until_unix(renew_at).await;
-            let trust_domain = self.snapshot.borrow().trust_domain.clone();
-            let outcome = match node::renew(&self.client(), &trust_domain).await {
-                Err(e) if node::is_refusal(&e) || unix_now() >= expires_at => {
-                    tracing::warn!(error = %e, "the server no longer accepts this agent's credential; attesting again");
-                    self.reattest().await
+            let refused = tokio::select! {
+                // Half life: renew.
+                () = sleep_until_unix(renew_at) => false,
+                // The server refused a call of the agent: its credential is no good.
+                () = self.refused.notified() => true,
+            };
+            let outcome = if refused || unix_now() >= expires_at {
+                self.reattest().await
+            } else {
+                let trust_domain = self.snapshot.borrow().trust_domain.clone();
+                match node::renew(&self.client(), &trust_domain).await {
+                    Err(e) if node::is_refusal(&e) => {
+                        tracing::warn!(error = %e, "the server refused to renew this agent's credential");
+                        self.reattest().await
+                    }
+                    other => other,
                 }
-                other => other,
             };
             match outcome.and_then(|(credential, bundle)| {
+                let id = credential.id.clone();
                 self.install_credential(credential)?;
-                self.install_bundle(bundle)
+                self.install_bundle(bundle)?;
+                Ok(id)
             }) {
-                Ok(()) => {
+                Ok(id) => {
                     self.server_up(true);
-                    tracing::info!("agent credential renewed");
+                    tracing::info!(agent_id = %id, "agent credential renewed");
                     backoff = Duration::from_millis(500);
                 }
                 Err(e) => {
@@ -231,12 +250,17 @@ impl Agent {
                     tracing::warn!(error = %e, "agent credential renewal failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff);
+                    // Still refused: try attesting again after the backoff.
+                    if node::is_refusal(&e) {
+                        self.refused.notify_one();
+                    }
                 }
             }
         }
     }
 
     async fn reattest(&self) -> Result<(NodeCredential, TrustBundle), NodeError> {
+        tracing::warn!("the server no longer accepts this agent's credential; attesting again");
         if matches!(self.config.attestation, NodeAttestation::JoinToken(_)) {
             tracing::warn!(
                 "join tokens are one-time: this agent needs a new join token (or x509pop) \
@@ -247,54 +271,68 @@ impl Agent {
         node::attest(&self.config, self.addr, &bundle).await
     }
 
-    /// Follows the server's entry changes.
+    /// Follows the server's entry changes (the protocol is in `wimse_server::agent_api`'s
+    /// module docs): a full sync first, paged; then incremental long-polls; and a full
+    /// sync again whenever the server answers `resync`.
     async fn sync_loop(self: Arc<Self>) {
         let mut since = 0;
+        let mut until: Option<i64> = None;
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        // The entries of a full sync in progress; they replace `entries` when it completes.
+        let mut full: Option<BTreeMap<String, Entry>> = None;
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.client().entries(since, SYNC_WAIT).await {
-                Ok(answer) => {
-                    self.server_up(true);
-                    backoff = Duration::from_millis(200);
-                    for change in answer.changes {
-                        match change {
-                            SyncChange::Entry(view) => {
-                                let id = view.id.clone();
-                                match Entry::from_view(view) {
-                                    Ok(entry) => {
-                                        entries.insert(id, entry);
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(entry = %id, error = %e, "ignoring an unusable entry");
-                                        entries.remove(&id);
-                                    }
-                                }
-                            }
-                            SyncChange::Deleted(id) => {
-                                entries.remove(&id);
-                            }
-                        }
-                    }
-                    let changed = since != answer.revision || !self.snapshot.borrow().synced;
-                    since = answer.revision;
-                    if !answer.more && changed {
-                        let published = Arc::new(entries.clone());
-                        self.metrics
-                            .entries
-                            .set(i64::try_from(published.len()).unwrap_or(i64::MAX));
-                        self.snapshot.send_modify(|s| {
-                            s.entries = published;
-                            s.synced = true;
-                        });
-                    }
-                }
+            let client = self.client();
+            let answer = match until {
+                Some(until) => client.entries_until(since, until).await,
+                None => client.entries(since, SYNC_WAIT).await,
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
                 Err(e) => {
                     self.server_up(false);
                     tracing::debug!(error = %e, "entry sync failed; retrying");
+                    if matches!(
+                        &e,
+                        AgentClientError::Api {
+                            status: 401 | 403,
+                            ..
+                        }
+                    ) {
+                        self.refused.notify_one();
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff);
+                    continue;
                 }
+            };
+            self.server_up(true);
+            backoff = Duration::from_millis(200);
+            if since == 0 || answer.resync {
+                full = Some(BTreeMap::new());
+            }
+            let target = full.as_mut().unwrap_or(&mut entries);
+            for change in answer.changes {
+                apply(target, change);
+            }
+            let changed = since != answer.revision || !self.snapshot.borrow().synced;
+            since = answer.revision;
+            until = if answer.more { answer.until } else { None };
+            if answer.more {
+                continue;
+            }
+            if let Some(complete) = full.take() {
+                entries = complete;
+            }
+            if changed {
+                let published = Arc::new(entries.clone());
+                self.metrics
+                    .entries
+                    .set(i64::try_from(published.len()).unwrap_or(i64::MAX));
+                self.snapshot.send_modify(|s| {
+                    s.entries = published;
+                    s.synced = true;
+                });
             }
         }
     }
@@ -376,7 +414,7 @@ impl Agent {
                 .unwrap_or(i64::MAX);
             tokio::select! {
                 // A snapshot change: entries or bundle changed, or credentials were stored.
-                changed = changes.changed() => if changed.is_err() { return },
+                update = changes.changed() => if update.is_err() { return },
                 // The next credential is due.
                 () = sleep_until_unix(next.min(unix_now() + 3600)) => {}
             }
@@ -481,6 +519,27 @@ impl Agent {
             },
         );
         Ok(token)
+    }
+}
+
+/// Applies one sync change to a set of entries.
+fn apply(entries: &mut BTreeMap<String, Entry>, change: SyncChange) {
+    match change {
+        SyncChange::Entry(view) => {
+            let id = view.id.clone();
+            match Entry::from_view(view) {
+                Ok(entry) => {
+                    entries.insert(id, entry);
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %id, error = %e, "ignoring an unusable entry");
+                    entries.remove(&id);
+                }
+            }
+        }
+        SyncChange::Deleted(id) => {
+            entries.remove(&id);
+        }
     }
 }
 

@@ -106,7 +106,10 @@ pub fn write_x509(dir: &Path, context: &X509Context) -> Result<Vec<PathBuf>, Fil
 
 /// Writes the X.509 bundles (all trust domains) as `bundle.0.pem`.
 pub fn write_bundle(dir: &Path, bundles: &BundleSet) -> Result<Vec<PathBuf>, FilesError> {
-    let pem: String = bundles.iter().map(|b| b.x509_pem()).collect();
+    let pem: String = bundles
+        .iter()
+        .map(wimse_core::bundle::TrustBundle::x509_pem)
+        .collect();
     if pem.is_empty() {
         return Err(FilesError::Empty("bundle"));
     }

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use wimse_core::bundle::{BundleSet, KeyUse};
 use wimse_core::token::Validation;
 use wimse_core::token::jwt_svid::verify_jwt_svid;
+use wimse_core::x509::Certificate;
 use wimse_core::{IdError, WorkloadId};
 use wimse_proto::server::SpiffeWorkloadApi;
 use wimse_proto::{
@@ -136,7 +137,7 @@ impl WorkloadApi {
                 }
                 tokio::select! {
                     // New state to answer from.
-                    changed = changes.changed() => if changed.is_err() { return },
+                    update = changes.changed() => if update.is_err() { return },
                     // The caller went away: stop watching for it.
                     () = tx.closed() => return,
                 }
@@ -197,7 +198,7 @@ fn x509_answer(snapshot: &Snapshot, selectors: &Selectors) -> Answer<X509svidRes
             let credential = snapshot.x509.get(&entry.id)?;
             (credential.expires_at() > now).then(|| X509svid {
                 spiffe_id: entry.spiffe_id.to_string(),
-                x509_svid: concat_der(credential.chain.iter().map(|c| c.der())),
+                x509_svid: concat_der(credential.chain.iter().map(Certificate::der)),
                 x509_svid_key: credential.key_pkcs8.to_vec(),
                 bundle: bundle.clone(),
                 hint: entry.hint.clone(),

@@ -184,10 +184,9 @@ fn exec(socket: &std::path::Path, command: &[OsString]) -> Result<(), CommandErr
     if status.success() {
         return Ok(());
     }
-    use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
+        .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
         .unwrap_or(1);
     Err(CommandError::ChildFailed {
         command: name,

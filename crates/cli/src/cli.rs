@@ -527,19 +527,97 @@ mod tests {
         );
     }
 
-    #[test]
-    fn agent_run_socket_defaults_to_its_data_dir() {
-        let Command::Agent(AgentCommand::Run(args)) =
-            parse(&["agent", "run", "--config", "a.toml", "--data-dir", "/d"])
-                .unwrap()
-                .command
-        else {
+    fn agent_run_config(args: &[&str], env: &Environment) -> wimse_agent::config::AgentConfig {
+        let Command::Agent(AgentCommand::Run(args)) = parse(args).unwrap().command else {
             panic!("not agent run");
         };
-        assert_eq!(
-            args.socket(&Environment::default()),
-            Ok(PathBuf::from("/d/agent.sock"))
+        crate::agent::agent_config(&args, env).unwrap()
+    }
+
+    #[test]
+    fn agent_run_socket_defaults_to_its_data_dir() {
+        let config = agent_run_config(
+            &[
+                "agent",
+                "run",
+                "--server-address",
+                "s:1",
+                "--trust-bundle",
+                "b.pem",
+                "--join-token",
+                "t",
+                "--data-dir",
+                "/d",
+            ],
+            &Environment::default(),
         );
+        assert_eq!(config.socket, PathBuf::from("/d/agent.sock"));
+        assert_eq!(config.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn agent_run_socket_follows_spiffe_endpoint_socket_and_then_the_flag() {
+        let env = Environment {
+            spiffe_endpoint_socket: Some("unix:///run/spire.sock".into()),
+        };
+        let base = [
+            "agent",
+            "run",
+            "--server-address",
+            "s:1",
+            "--trust-bundle",
+            "b.pem",
+            "--join-token",
+            "t",
+        ];
+        assert_eq!(
+            agent_run_config(&base, &env).socket,
+            PathBuf::from("/run/spire.sock")
+        );
+        let mut flagged = base.to_vec();
+        flagged.extend(["--socket", "/x.sock"]);
+        assert_eq!(
+            agent_run_config(&flagged, &env).socket,
+            PathBuf::from("/x.sock")
+        );
+    }
+
+    #[test]
+    fn agent_run_flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "server_address = \"file:1\"\ntrust_bundle = \"/f.pem\"\njoin_token = \"file-token\"\ndata_dir = \"/fd\"\n",
+        )
+        .unwrap();
+        let config = agent_run_config(
+            &["agent", "run", "--config", file.to_str().unwrap()],
+            &Environment::default(),
+        );
+        assert_eq!(config.server_address, "file:1");
+        assert_eq!(config.data_dir, PathBuf::from("/fd"));
+        assert_eq!(config.socket, PathBuf::from("/fd/agent.sock"));
+        let config = agent_run_config(
+            &[
+                "agent",
+                "run",
+                "--config",
+                file.to_str().unwrap(),
+                "--server-address",
+                "flag:2",
+                "--x509pop-cert",
+                "c.pem",
+                "--x509pop-key",
+                "k.pem",
+            ],
+            &Environment::default(),
+        );
+        assert_eq!(config.server_address, "flag:2");
+        assert!(matches!(
+            config.attestation,
+            wimse_agent::config::NodeAttestation::X509Pop { .. }
+        ));
     }
 
     #[test]

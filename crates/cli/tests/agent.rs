@@ -410,7 +410,7 @@ async fn the_agent_serves_from_its_cache_while_the_server_is_down_and_resumes_af
     let before = eventually(Duration::from_secs(10), || client.fetch_x509_svid()).await;
     let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
     let Domain {
-        _dir,
+        _dir: dir,
         server,
         agent,
         agent_id: _,
@@ -430,7 +430,7 @@ async fn the_agent_serves_from_its_cache_while_the_server_is_down_and_resumes_af
     // The agent restarts with its stored credential: the join token is spent, yet the
     // agent comes back and serves.
     let agent_dir = agent.dir.clone();
-    let server_dir = _dir.path().join("server");
+    let server_dir = dir.path().join("server");
     agent.stop();
     let server = Server::start(&server_dir, &[]);
     let restarted = Agent::start(&agent_dir, &server, &["--join-token", "spent-token"]);
@@ -559,4 +559,94 @@ fn agent_ids_are_those_the_server_lists() {
     assert!(listed.contains(&domain.agent_id), "{listed}");
     let id = WorkloadId::parse(&domain.agent_id).unwrap();
     assert_eq!(id.trust_domain(), &TrustDomain::new(TRUST_DOMAIN).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509pop_agent_serves_workloads_and_attests_again_after_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, chain, node_key) = common::x509pop_ca_and_node();
+    let ca = dir.path().join("agents-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let cert = dir.path().join("node.pem");
+    let certs: Vec<Certificate> = chain
+        .iter()
+        .map(|d| Certificate::from_der(d.clone()).unwrap())
+        .collect();
+    std::fs::write(&cert, wimse_core::x509::certs_to_pem(&certs)).unwrap();
+    let key = dir.path().join("node.key");
+    std::fs::write(&key, node_key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+
+    let server = Server::start(
+        &dir.path().join("server"),
+        &["--x509pop-ca-bundle", ca.to_str().unwrap()],
+    );
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &server,
+        &[
+            "--x509pop-cert",
+            cert.to_str().unwrap(),
+            "--x509pop-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let fingerprint = wimse_agent::attestor::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &chain[0]).as_ref(),
+    );
+    let agent_id = format!("spiffe://{TRUST_DOMAIN}/wimse/agent/x509pop/{fingerprint}");
+    server.create_entry(
+        &format!("spiffe://{TRUST_DOMAIN}/node-app"),
+        &agent_id,
+        &[&my_uid_selector()],
+        &[],
+    );
+    let mut own = wimse_proto::Workload::connect(&agent.socket).await.unwrap();
+    let first = eventually(Duration::from_secs(10), || {
+        let mut own = own.clone();
+        async move { own.x509_context().await }
+    })
+    .await;
+    assert_eq!(
+        first.svids[0].id.to_string(),
+        format!("spiffe://{TRUST_DOMAIN}/node-app")
+    );
+
+    // Evicted, the agent proves its node key again and carries on.
+    server.admin_ok(&["server", "agent", "evict", "--spiffe-id", &agent_id]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent.log().contains("attesting again")
+        || !agent.log().contains("agent credential renewed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not attest again: {}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = server.admin_ok(&["server", "agent", "list"]);
+    assert!(listed.contains(&agent_id), "{listed}");
+    // New entries still reach it, so the server accepts its new credential.
+    server.create_entry(
+        &format!("spiffe://{TRUST_DOMAIN}/node-app-2"),
+        &agent_id,
+        &[&my_uid_selector()],
+        &[],
+    );
+    let both = eventually(Duration::from_secs(20), || {
+        let mut own = own.clone();
+        async move {
+            let context = own.x509_context().await.map_err(|e| e.to_string())?;
+            if context.svids.len() == 2 {
+                Ok(context)
+            } else {
+                Err("one svid".to_owned())
+            }
+        }
+    })
+    .await;
+    assert_eq!(both.svids.len(), 2);
+    let _ = &mut own;
+    agent.stop();
+    server.stop();
 }

@@ -8,6 +8,8 @@
     reason = "tests"
 )]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -533,35 +535,10 @@ impl Server {
     }
 }
 
-/// A CA for x509pop node certificates and one node certificate, made in the test.
-fn x509pop_ca_and_node() -> (String, Vec<Vec<u8>>, SigningKey) {
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "node ca");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(params, ca_key);
-    let node_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut node = rcgen::CertificateParams::new(vec!["node-1.test.example".into()]).unwrap();
-    node.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
-    (
-        ca_cert.pem(),
-        vec![node_cert.der().to_vec()],
-        SigningKey::from_pkcs8_der(&node_key.serialize_der()).unwrap(),
-    )
-}
-
 #[test]
 fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca_pem, chain, node_key) = x509pop_ca_and_node();
+    let (ca_pem, chain, node_key) = common::x509pop_ca_and_node();
     let ca_path = dir.path().join("agents-ca.pem");
     std::fs::write(&ca_path, ca_pem).unwrap();
     let data = dir.path().join("data");

@@ -320,3 +320,28 @@ pub fn my_uid_selector() -> String {
         .unwrap();
     format!("unix:uid:{uid}")
 }
+
+/// A CA for x509pop node certificates and one node certificate, made in the test.
+pub fn x509pop_ca_and_node() -> (String, Vec<Vec<u8>>, wimse_core::jose::SigningKey) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "node ca");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let node_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut node = rcgen::CertificateParams::new(vec!["node-1.test.example".into()]).unwrap();
+    node.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    (
+        ca_cert.pem(),
+        vec![node_cert.der().to_vec()],
+        wimse_core::jose::SigningKey::from_pkcs8_der(&node_key.serialize_der()).unwrap(),
+    )
+}
