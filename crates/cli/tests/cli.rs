@@ -80,13 +80,21 @@ fn unimplemented_command_fails_with_one_line_naming_it() {
 }
 
 #[test]
-fn unimplemented_nested_command_names_its_full_path() {
-    let output = wimse(&["agent", "api", "fetch", "jwt", "--audience", "a"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert_eq!(
-        stderr(&output),
-        "error: `wimse agent api fetch jwt` is not implemented yet in this build\n"
-    );
+fn unreachable_agent_fails_with_one_line_naming_the_socket() {
+    let output = wimse(&[
+        "agent",
+        "api",
+        "fetch",
+        "jwt",
+        "--audience",
+        "a",
+        "--socket",
+        "/nonexistent/agent.sock",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("/nonexistent/agent.sock"), "{message}");
 }
 
 #[test]
@@ -134,12 +142,18 @@ fn tcp_endpoint_variable_is_reported_as_unsupported() {
 #[test]
 fn socket_flag_overrides_a_broken_endpoint_variable() {
     let output = wimse_with_env(
-        &["agent", "healthcheck", "--socket", "/run/agent.sock"],
+        &[
+            "agent",
+            "healthcheck",
+            "--socket",
+            "/nonexistent/agent.sock",
+        ],
         Some("tcp://127.0.0.1:8081"),
     );
-    assert_eq!(output.status.code(), Some(2));
+    // The flag wins: the failure is about that socket, not the variable.
+    assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("not implemented"),
+        stderr(&output).contains("/nonexistent/agent.sock"),
         "{}",
         stderr(&output)
     );
