@@ -233,6 +233,8 @@ mod tests {
         "wimse server agent ban",
         "wimse server agent evict",
         "wimse server healthcheck",
+        "wimse audit verify",
+        "wimse audit show",
     ];
 
     #[test]
