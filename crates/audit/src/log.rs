@@ -26,10 +26,11 @@
 //! # Threads
 //!
 //! `AuditLog` is a cheap handle (`Clone`, `Send`, `Sync`); appends are serialized by a
-//! mutex. `append` is synchronous: with the default batch policy it costs a few
-//! microseconds (a buffered write), with [`FsyncPolicy::Always`] it waits for the disk, so
-//! call it from `spawn_blocking` in async code in that mode. A background thread applies
-//! the time-based parts of both policies while the log is idle.
+//! mutex. `append` is synchronous: with the default batch policy it costs microseconds
+//! (encode, hash, buffered write; the fsync runs on a background thread, outside the lock),
+//! so it may be called directly from async code; with [`FsyncPolicy::Always`] it waits for
+//! the disk, so call it from `spawn_blocking` in that mode. The background thread also
+//! applies the time-based parts of both policies while the log is idle.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read as _, Seek as _, SeekFrom, Write as _};
@@ -51,8 +52,10 @@ pub enum FsyncPolicy {
     /// Flush and `fdatasync` after every entry: nothing acknowledged is ever lost, at the
     /// disk's pace.
     Always,
-    /// Flush and sync once `records` entries are pending or `interval` has passed since
-    /// the last sync, whichever comes first (the interval also applies when idle).
+    /// Flush once `records` entries are pending or `interval` has passed since the last
+    /// sync, whichever comes first (the interval also applies when idle), and sync right
+    /// after on the log's background thread: appenders never wait for the disk. A crash
+    /// loses at most the entries of about one batch (those pending plus one in flight).
     Batch {
         /// Entries pending before a sync.
         records: u64,
@@ -215,12 +218,15 @@ impl std::fmt::Debug for AuditLog {
 
 struct Shared {
     state: Mutex<State>,
-    ticker: Mutex<Option<std::thread::Thread>>,
+    /// The background thread: time-based policies, and the batch policy's syncs.
+    ticker: std::sync::OnceLock<std::thread::Thread>,
 }
 
 struct LiveFile {
     path: PathBuf,
     writer: BufWriter<File>,
+    /// A second handle on the same file, synced by the background thread without the lock.
+    sync_handle: Arc<File>,
     bytes: u64,
 }
 
@@ -236,6 +242,8 @@ struct State {
     last_checkpoint: Instant,
     unsynced: u64,
     last_sync: Instant,
+    /// A batch sync the background thread is to do (outside the lock).
+    pending_sync: Option<Arc<File>>,
     closed: bool,
     failed: bool,
     stats: AuditStats,
@@ -360,10 +368,12 @@ fn open_live(path: &Path) -> Result<LiveFile, AuditError> {
         .open(path)
         .map_err(io_err(path))?;
     let bytes = file.metadata().map_err(io_err(path))?.len();
+    let sync_handle = Arc::new(file.try_clone().map_err(io_err(path))?);
     sync_dir(path)?;
     Ok(LiveFile {
         path: path.to_owned(),
         writer: BufWriter::with_capacity(64 * 1024, file),
+        sync_handle,
         bytes,
     })
 }
@@ -432,6 +442,7 @@ impl AuditLog {
             last_checkpoint: now,
             unsynced: 0,
             last_sync: now,
+            pending_sync: None,
             closed: false,
             failed: false,
             stats: AuditStats::default(),
@@ -445,7 +456,7 @@ impl AuditLog {
         state.sync()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
-            ticker: Mutex::new(None),
+            ticker: std::sync::OnceLock::new(),
         });
         spawn_ticker(&shared);
         Ok(Self { shared })
@@ -462,7 +473,15 @@ impl AuditLog {
 
     /// Appends `record`; returns its index in the log.
     pub fn append(&self, record: AuditRecord) -> Result<u64, AuditError> {
-        self.lock().append(record)
+        let (index, wake) = {
+            let mut state = self.lock();
+            let index = state.append(record)?;
+            (index, state.pending_sync.is_some())
+        };
+        if wake && let Some(ticker) = self.shared.ticker.get() {
+            ticker.unpark();
+        }
+        Ok(index)
     }
 
     /// Writes a checkpoint now (if any record is unsigned) and syncs.
@@ -489,13 +508,7 @@ impl AuditLog {
             let mut state = self.lock();
             state.close()
         };
-        if let Some(ticker) = self
-            .shared
-            .ticker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
+        if let Some(ticker) = self.shared.ticker.get() {
             ticker.unpark();
         }
         result
@@ -523,7 +536,8 @@ impl Drop for Shared {
     }
 }
 
-/// Runs the time-based policies while the log is idle.
+/// Runs the time-based policies while the log is idle, and the batch policy's syncs
+/// outside the lock, so that appenders never wait for the disk under that policy.
 fn spawn_ticker(shared: &Arc<Shared>) {
     let period = {
         let state = shared
@@ -545,22 +559,35 @@ fn spawn_ticker(shared: &Arc<Shared>) {
                 let Some(shared) = weak.upgrade() else {
                     return;
                 };
-                let mut state = shared
-                    .state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if state.closed || state.failed {
-                    return;
+                let lock = || {
+                    shared
+                        .state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                };
+                let pending = {
+                    let mut state = lock();
+                    if state.closed || state.failed {
+                        return;
+                    }
+                    // Errors mark the log failed; the next append reports them.
+                    let _ = state.apply_policies();
+                    state.pending_sync.take()
+                };
+                if let Some(file) = pending {
+                    let synced = file.sync_data();
+                    let mut state = lock();
+                    match synced {
+                        Ok(()) => state.stats.syncs += 1,
+                        // fsync failed: what reached the disk is unknown (the kernel may
+                        // have dropped the dirty pages), so stop rather than go on.
+                        Err(_) => state.failed = true,
+                    }
                 }
-                // Errors mark the log failed; the next append reports them.
-                let _ = state.apply_policies();
             }
         });
     if let Ok(handle) = spawned {
-        *shared
-            .ticker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle.thread().clone());
+        let _ = shared.ticker.set(handle.thread().clone());
     }
 }
 
@@ -608,7 +635,7 @@ impl State {
             FsyncPolicy::Never => false,
         };
         if sync_due {
-            self.sync()?;
+            self.sync_by_policy()?;
         }
         if self.since_checkpoint > 0
             && (self.since_checkpoint >= self.config.checkpoint_every.max(1)
@@ -616,7 +643,7 @@ impl State {
         {
             self.checkpoint(false)?;
             // Under `Never` this only flushes the buffer: checkpoints leave the process.
-            self.sync()?;
+            self.sync_by_policy()?;
         }
         if self
             .file
@@ -704,6 +731,23 @@ impl State {
         self.stats.checkpoints += 1;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// `Always`: sync now. `Batch`: flush now, and hand the sync to the background thread
+    /// (the caller wakes it). `Never`: flush only.
+    fn sync_by_policy(&mut self) -> Result<(), AuditError> {
+        if !matches!(self.config.fsync, FsyncPolicy::Batch { .. }) {
+            return self.sync();
+        }
+        if let Some(file) = &mut self.file {
+            let flushed = file.writer.flush().map_err(io_err(&file.path));
+            let handle = file.sync_handle.clone();
+            self.guard(flushed)?;
+            self.pending_sync = Some(handle);
+        }
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
         Ok(())
     }
 

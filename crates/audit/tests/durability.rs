@@ -295,6 +295,32 @@ fn an_idle_log_is_checkpointed_by_time() {
 }
 
 #[test]
+fn the_batch_policy_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut cfg = config(&path, key(), 1000);
+    cfg.fsync = FsyncPolicy::Batch {
+        records: 10,
+        interval: std::time::Duration::from_secs(3600),
+    };
+    let log = AuditLog::open(cfg).unwrap();
+    let opened = log.stats().syncs;
+    for n in 0..25 {
+        log.append(record(n)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while log.stats().syncs < opened + 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // At least one sync (requests that arrive while one is pending share it).
+    assert!(log.stats().syncs > opened, "{:?}", log.stats());
+    // Two full batches have left the process: 20 records are in the file already.
+    assert!(lines(&path).len() >= 21);
+    log.close().unwrap();
+    assert_no_secrets(dir.path());
+}
+
+#[test]
 fn a_closed_log_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
