@@ -217,7 +217,9 @@ fn entry_hash(content: &[u8]) -> Fingerprint {
 /// Serializes `line` without its hash, then returns (hash, full line text).
 fn seal(mut line: Line<'_>) -> Result<(Fingerprint, Vec<u8>), serde_json::Error> {
     line.hash = None;
-    let mut text = serde_json::to_vec(&line)?;
+    // Room for a typical record line, so the buffer is not regrown while writing.
+    let mut text = Vec::with_capacity(1536);
+    serde_json::to_writer(&mut text, &line)?;
     let hash = entry_hash(&text);
     // Replace the closing `}` with `,"hash":"…"}`.
     text.pop();
