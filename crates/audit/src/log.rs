@@ -21,7 +21,7 @@
 //! Every [`AuditConfig::checkpoint_every`] records or [`AuditConfig::checkpoint_interval`]
 //! (whichever comes first), on rotation, when a writer reopens a log, and on
 //! [`AuditLog::close`], the writer appends a checkpoint signed with its key. Entries after
-//! the last checkpoint are chained but unsigned; see [`crate::verify`] for what that means.
+//! the last checkpoint are chained but unsigned; see [`crate::verify`](mod@crate::verify) for what that means.
 //!
 //! # Threads
 //!
@@ -30,7 +30,9 @@
 //! (encode, hash, buffered write; the fsync runs on a background thread, outside the lock),
 //! so it may be called directly from async code; with [`FsyncPolicy::Always`] it waits for
 //! the disk, so call it from `spawn_blocking` in that mode. The background thread also
-//! applies the time-based parts of both policies while the log is idle.
+//! applies the time-based parts of both policies while the log is idle. Call
+//! [`AuditLog::close`] on shutdown; dropping the last handle without it closes the log
+//! too (best effort, errors lost, and the final sync blocks the dropping thread).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read as _, Seek as _, SeekFrom, Write as _};
