@@ -241,6 +241,8 @@ mod tests {
         "wimse agent api validate",
         "wimse agent healthcheck",
         "wimse agent exec",
+        "wimse audit verify",
+        "wimse audit show",
     ];
 
     #[test]

@@ -63,6 +63,20 @@ pub enum CommandError {
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// An audit log could not be read, or is broken (the first broken entry and why).
+    #[error(transparent)]
+    Audit(#[from] wimse_audit::VerifyError),
+    /// An argument of an audit command is invalid.
+    #[error("`--{flag}`: {reason}")]
+    AuditArgument {
+        /// The flag, without its dashes.
+        flag: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// Writing the command's output failed.
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
 }
 
 impl CommandError {
@@ -82,7 +96,10 @@ impl CommandError {
             | Self::Files(_)
             | Self::Spawn { .. }
             | Self::Unhealthy(_)
-            | Self::Runtime(_) => ExitCode::FAILURE,
+            | Self::Runtime(_)
+            | Self::Audit(_)
+            | Self::AuditArgument { .. }
+            | Self::Output(_) => ExitCode::FAILURE,
         }
     }
 }

@@ -1,0 +1,653 @@
+//! The audit record: who called whom, how they proved it, what was decided, and why.
+//!
+//! # Redaction by construction
+//!
+//! seeds/002 §"Audit Trails": secrets such as bearer tokens and private keys MUST NOT be
+//! logged; credential data must be hashed or redacted. Rather than scrub records after the
+//! fact, this type has nowhere to put a secret:
+//!
+//! - identities are [`WorkloadId`]s (parsed, validated URIs);
+//! - every free-text field is a [`Label`], which refuses anything shaped like a JWT, a PEM
+//!   block or a join token, and anything non-printable;
+//! - everything else is an enum, a [`Timestamp`] or a fixed-size [`Fingerprint`];
+//! - a credential appears only as a [`CredentialRef`], whose constructors take the token,
+//!   certificate or key and keep its SHA-256 (and, for a JWT, its `jti`) — never the bytes.
+//!
+//! Deserializing a record re-runs the same checks, so a log line edited to hold a token
+//! does not parse.
+
+use serde::{Deserialize, Serialize};
+use wimse_core::WorkloadId;
+use wimse_core::jose::Jwk;
+
+use crate::secrets::{Label, LabelError};
+use crate::time::Timestamp;
+
+/// At most this many credential references per record.
+pub const MAX_CREDENTIALS: usize = 8;
+/// At most this many actors in a delegation chain.
+pub const MAX_ACTORS: usize = 16;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A peer was authenticated (or failed to be).
+    Authn,
+    /// A request was authorized or denied by policy.
+    Authz,
+    /// An X509-SVID was issued.
+    X509Issued,
+    /// A Workload Identity Token was issued.
+    WitIssued,
+    /// A JWT-SVID was issued.
+    JwtIssued,
+    /// A Txn-Token was issued.
+    TxnTokenIssued,
+    /// An agent attested to the server (node attestation).
+    AgentAttested,
+    /// A workload attested to its agent.
+    WorkloadAttested,
+    /// An RFC 8693 token exchange.
+    TokenExchange,
+    /// A registration entry, join token or agent was changed by an administrator.
+    Admin,
+}
+
+impl EventKind {
+    /// The wire name, as in `x509_issued`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Authn => "authn",
+            Self::Authz => "authz",
+            Self::X509Issued => "x509_issued",
+            Self::WitIssued => "wit_issued",
+            Self::JwtIssued => "jwt_issued",
+            Self::TxnTokenIssued => "txn_token_issued",
+            Self::AgentAttested => "agent_attested",
+            Self::WorkloadAttested => "workload_attested",
+            Self::TokenExchange => "token_exchange",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// How the source proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// Mutual TLS with an X509-SVID.
+    Mtls,
+    /// A Workload Identity Token with a Workload Proof Token.
+    WitWpt,
+    /// A WIT with HTTP Message Signatures (RFC 9421).
+    HttpSig,
+    /// A JWT-SVID bearer token.
+    JwtSvid,
+    /// A Txn-Token alone.
+    TxnToken,
+    /// An OAuth access token (at the gateway).
+    OauthToken,
+    /// Node attestation with a join token.
+    JoinToken,
+    /// Node attestation with X.509 proof of possession.
+    X509pop,
+    /// Workload attestation from unix socket peer credentials.
+    UnixPeer,
+    /// No credential was presented.
+    None,
+}
+
+impl AuthMethod {
+    /// The wire name, as in `wit_wpt`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mtls => "mtls",
+            Self::WitWpt => "wit_wpt",
+            Self::HttpSig => "http_sig",
+            Self::JwtSvid => "jwt_svid",
+            Self::TxnToken => "txn_token",
+            Self::OauthToken => "oauth_token",
+            Self::JoinToken => "join_token",
+            Self::X509pop => "x509pop",
+            Self::UnixPeer => "unix_peer",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The outcome: for requests, allowed or denied; for issuance, issued or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Allowed, issued, accepted.
+    Allow,
+    /// Denied, refused, failed.
+    Deny,
+}
+
+impl Decision {
+    /// `allow` or `deny`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// What kind of credential a [`CredentialRef`] points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// A Workload Identity Token.
+    Wit,
+    /// A Workload Proof Token.
+    Wpt,
+    /// A JWT-SVID.
+    JwtSvid,
+    /// A Txn-Token.
+    TxnToken,
+    /// An OAuth access token.
+    AccessToken,
+    /// An X509-SVID (the fingerprint is of the leaf certificate's DER).
+    X509Svid,
+    /// A join token (the fingerprint matches the server datastore's token hash).
+    JoinToken,
+    /// A public key (the fingerprint is its RFC 7638 thumbprint).
+    PublicKey,
+}
+
+impl CredentialKind {
+    /// The wire name, as in `jwt_svid`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wit => "wit",
+            Self::Wpt => "wpt",
+            Self::JwtSvid => "jwt_svid",
+            Self::TxnToken => "txn_token",
+            Self::AccessToken => "access_token",
+            Self::X509Svid => "x509_svid",
+            Self::JoinToken => "join_token",
+            Self::PublicKey => "public_key",
+        }
+    }
+}
+
+/// A SHA-256 digest, written as 64 lowercase hex digits.
+///
+/// Hex rather than base64url: a 43-character base64url string is exactly the shape of a
+/// join token, and the secret scanner must be able to tell the two apart.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// SHA-256 of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self(wimse_core::digest::sha256(data))
+    }
+
+    /// The 64 hex digits.
+    pub fn to_hex(&self) -> String {
+        // Hot path (two per entry): plain arithmetic, not `write!`.
+        let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(digit(b >> 4));
+            out.push(digit(b & 0x0f));
+        }
+        out
+    }
+
+    /// Reads 64 lowercase hex digits.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let digit = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            };
+            *o = digit(*pair.first()?)? << 4 | digit(*pair.get(1)?)?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"))
+    }
+}
+
+/// A reference to a credential that identifies it without revealing it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRef {
+    /// What kind of credential.
+    pub kind: CredentialKind,
+    /// SHA-256 of the credential (see [`CredentialKind`] for what exactly is hashed).
+    pub sha256: Fingerprint,
+    /// The token's `jti`, when it has one that is a valid [`Label`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Label>,
+}
+
+impl CredentialRef {
+    /// A reference to a compact JWT (`kind` says which): SHA-256 of its text, the same
+    /// value as a `wth`/`ath`/`tth` claim would carry (there in base64url), and its `jti`
+    /// read from the payload without verifying it (the caller has verified the token, or
+    /// is recording that it failed to).
+    pub fn from_token(kind: CredentialKind, token: &str) -> Self {
+        Self {
+            kind,
+            sha256: Fingerprint::of(token.as_bytes()),
+            jti: unverified_jti(token),
+        }
+    }
+
+    /// A reference from a token's already computed SHA-256 (the WIT cache key), so the
+    /// hot path hashes each token once.
+    pub fn from_sha256(kind: CredentialKind, sha256: [u8; 32], jti: Option<Label>) -> Self {
+        Self {
+            kind,
+            sha256: Fingerprint(sha256),
+            jti,
+        }
+    }
+
+    /// A reference to an X.509 certificate: SHA-256 of its DER (the usual certificate
+    /// fingerprint, as `openssl x509 -fingerprint -sha256` prints it).
+    pub fn from_certificate_der(der: &[u8]) -> Self {
+        Self {
+            kind: CredentialKind::X509Svid,
+            sha256: Fingerprint::of(der),
+            jti: None,
+        }
+    }
+
+    /// A reference to a join token: SHA-256 of its text, the key the server's datastore
+    /// keeps it under, so an auditor can match the two without either holding the token.
+    pub fn from_join_token(token: &str) -> Self {
+        Self {
+            kind: CredentialKind::JoinToken,
+            sha256: Fingerprint::of(token.as_bytes()),
+            jti: None,
+        }
+    }
+
+    /// A reference to a public key: its RFC 7638 thumbprint (`None` for a key type
+    /// without one). Private keys have no constructor: refer to their public half.
+    pub fn from_public_key(jwk: &Jwk) -> Option<Self> {
+        let thumbprint = jwk.thumbprint()?;
+        let bytes = wimse_core::jose::b64::decode(&thumbprint).ok()?;
+        Some(Self {
+            kind: CredentialKind::PublicKey,
+            sha256: Fingerprint(bytes.try_into().ok()?),
+            jti: None,
+        })
+    }
+}
+
+/// The `jti` of a compact JWT's payload, if it has one that is a valid label.
+fn unverified_jti(token: &str) -> Option<Label> {
+    #[derive(Deserialize)]
+    struct Jti {
+        jti: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = wimse_core::jose::b64::decode(payload).ok()?;
+    let claims: Jti = serde_json::from_slice(&bytes).ok()?;
+    Label::new(claims.jti?).ok()
+}
+
+/// The security context a request carried (from its Txn-Token), as far as an auditor
+/// needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityContext {
+    /// The transaction id (`txn`), the same across every hop of one call chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<Label>,
+    /// The subject the transaction acts for (`sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Label>,
+    /// The authorized scope (`scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Label>,
+    /// Why the call is made, when the context names a purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<Label>,
+    /// The workload that requested the Txn-Token (`req_wl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requesting_workload: Option<WorkloadId>,
+}
+
+impl SecurityContext {
+    /// The auditable part of verified Txn-Token claims. Fields that are not valid labels
+    /// (too long, secret-shaped) are left out rather than failing the record; a
+    /// `req_wl` that is not a workload identifier is left out too.
+    pub fn from_txn_token(claims: &wimse_core::token::txn::TxnTokenClaims) -> Self {
+        Self {
+            txn: Label::new(claims.txn.clone()).ok(),
+            subject: Label::new(claims.sub.clone()).ok(),
+            scope: Label::new(claims.scope.clone()).ok(),
+            purpose: claims
+                .tctx
+                .as_ref()
+                .and_then(|t| t.get("purpose"))
+                .and_then(serde_json::Value::as_str)
+                .and_then(|p| Label::new(p).ok()),
+            requesting_workload: WorkloadId::parse(&claims.req_wl).ok(),
+        }
+    }
+}
+
+/// Delegation or impersonation (RFC 8693 `act` / `may_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelegationMode {
+    /// The actor acts on behalf of the subject and says so (`act` present).
+    Delegation,
+    /// The actor acts as the subject (no `act`).
+    Impersonation,
+}
+
+/// Who acted for whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delegation {
+    /// Delegation or impersonation.
+    pub mode: DelegationMode,
+    /// The actor chain, current actor first (RFC 8693 §4.1: the outermost `act` is the
+    /// current actor, nested ones are prior actors). At most [`MAX_ACTORS`].
+    pub actors: Vec<WorkloadId>,
+}
+
+/// One audit record. Build it with [`AuditRecord::new`] and the `with_*` methods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// When the event happened.
+    pub time: Timestamp,
+    /// What happened.
+    pub event: EventKind,
+    /// The outcome.
+    pub decision: Decision,
+    /// Why (the failed check, the policy that decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Label>,
+    /// The request or transaction id that ties this record to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<Label>,
+    /// The workload that made the request (or the subject of an issuance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<WorkloadId>,
+    /// The workload that received it (or the issuer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<WorkloadId>,
+    /// How the source authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<AuthMethod>,
+    /// What was asked for, such as `GET /orders/42`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Label>,
+    /// The security context the request carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<SecurityContext>,
+    /// Delegation metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Delegation>,
+    /// The credentials involved, by reference only. At most [`MAX_CREDENTIALS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialRef>,
+}
+
+/// Why a record could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A text field was refused.
+    #[error("`{field}`: {source}")]
+    Label {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        source: LabelError,
+    },
+    /// Too many credentials or actors.
+    #[error("`{field}` holds more than {max} items")]
+    TooMany {
+        /// The field.
+        field: &'static str,
+        /// Its limit.
+        max: usize,
+    },
+}
+
+fn label(field: &'static str, text: &str) -> Result<Label, RecordError> {
+    Label::new(text).map_err(|source| RecordError::Label { field, source })
+}
+
+impl AuditRecord {
+    /// A record of `event` with `decision`, timed now.
+    pub fn new(event: EventKind, decision: Decision) -> Self {
+        Self {
+            time: Timestamp::now(),
+            event,
+            decision,
+            reason: None,
+            request_id: None,
+            source: None,
+            target: None,
+            method: None,
+            resource: None,
+            context: None,
+            delegation: None,
+            credentials: Vec::new(),
+        }
+    }
+
+    /// Sets the time.
+    #[must_use]
+    pub fn at(mut self, time: Timestamp) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Sets the source workload.
+    #[must_use]
+    pub fn with_source(mut self, id: WorkloadId) -> Self {
+        self.source = Some(id);
+        self
+    }
+
+    /// Sets the target workload.
+    #[must_use]
+    pub fn with_target(mut self, id: WorkloadId) -> Self {
+        self.target = Some(id);
+        self
+    }
+
+    /// Sets the authentication method.
+    #[must_use]
+    pub fn with_method(mut self, method: AuthMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Sets the reason; refused if it is not a valid [`Label`].
+    pub fn with_reason(mut self, reason: &str) -> Result<Self, RecordError> {
+        self.reason = Some(label("reason", reason)?);
+        Ok(self)
+    }
+
+    /// Sets the request id; refused if it is not a valid [`Label`].
+    pub fn with_request_id(mut self, id: &str) -> Result<Self, RecordError> {
+        self.request_id = Some(label("request_id", id)?);
+        Ok(self)
+    }
+
+    /// Sets the resource; refused if it is not a valid [`Label`].
+    pub fn with_resource(mut self, resource: &str) -> Result<Self, RecordError> {
+        self.resource = Some(label("resource", resource)?);
+        Ok(self)
+    }
+
+    /// Sets the security context.
+    #[must_use]
+    pub fn with_context(mut self, context: SecurityContext) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Sets the delegation metadata; refused beyond [`MAX_ACTORS`] actors.
+    pub fn with_delegation(mut self, delegation: Delegation) -> Result<Self, RecordError> {
+        if delegation.actors.len() > MAX_ACTORS {
+            return Err(RecordError::TooMany {
+                field: "delegation.actors",
+                max: MAX_ACTORS,
+            });
+        }
+        self.delegation = Some(delegation);
+        Ok(self)
+    }
+
+    /// Adds a credential reference; refused beyond [`MAX_CREDENTIALS`].
+    pub fn with_credential(mut self, credential: CredentialRef) -> Result<Self, RecordError> {
+        if self.credentials.len() >= MAX_CREDENTIALS {
+            return Err(RecordError::TooMany {
+                field: "credentials",
+                max: MAX_CREDENTIALS,
+            });
+        }
+        self.credentials.push(credential);
+        Ok(self)
+    }
+
+    /// Whether `id` appears in this record: as source, target, requesting workload or
+    /// actor.
+    pub fn involves(&self, id: &WorkloadId) -> bool {
+        self.source.as_ref() == Some(id)
+            || self.target.as_ref() == Some(id)
+            || self
+                .context
+                .as_ref()
+                .and_then(|c| c.requesting_workload.as_ref())
+                == Some(id)
+            || self
+                .delegation
+                .as_ref()
+                .is_some_and(|d| d.actors.contains(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> WorkloadId {
+        WorkloadId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_token_reference_keeps_hash_and_jti_but_not_the_token() {
+        // {"alg":"ES256"}.{"sub":"x","jti":"abc-123"}.sig
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4IiwianRpIjoiYWJjLTEyMyJ9.c2ln";
+        let r = CredentialRef::from_token(CredentialKind::Wit, token);
+        assert_eq!(r.jti.as_ref().map(Label::as_str), Some("abc-123"));
+        assert_eq!(r.sha256, Fingerprint::of(token.as_bytes()));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("eyJ"), "{json}");
+    }
+
+    #[test]
+    fn fingerprint_hex_round_trips_and_refuses_upper_case() {
+        let f = Fingerprint::of(b"x");
+        assert_eq!(Fingerprint::from_hex(&f.to_hex()), Some(f));
+        assert_eq!(Fingerprint::from_hex(&f.to_hex().to_uppercase()), None);
+        assert_eq!(Fingerprint::from_hex("00"), None);
+    }
+
+    #[test]
+    fn a_record_with_a_token_as_request_id_cannot_be_built() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let err = AuditRecord::new(EventKind::Authn, Decision::Deny)
+            .with_request_id(token)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            RecordError::Label {
+                field: "request_id",
+                ..
+            }
+        ));
+        assert!(!err.to_string().contains("eyJ"));
+    }
+
+    #[test]
+    fn a_log_line_edited_to_hold_a_token_does_not_parse() {
+        let record = AuditRecord::new(EventKind::Authz, Decision::Allow)
+            .with_reason("ok")
+            .unwrap();
+        let json = serde_json::to_string(&record)
+            .unwrap()
+            .replace("\"ok\"", "\"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.\"");
+        assert!(serde_json::from_str::<AuditRecord>(&json).is_err());
+    }
+
+    #[test]
+    fn involves_looks_at_every_identity_field() {
+        let a = id("spiffe://example.org/a");
+        let b = id("spiffe://example.org/b");
+        let c = id("spiffe://example.org/c");
+        let record = AuditRecord::new(EventKind::Authz, Decision::Allow)
+            .with_source(a.clone())
+            .with_delegation(Delegation {
+                mode: DelegationMode::Delegation,
+                actors: vec![b.clone()],
+            })
+            .unwrap();
+        assert!(record.involves(&a));
+        assert!(record.involves(&b));
+        assert!(!record.involves(&c));
+    }
+
+    #[test]
+    fn too_many_credentials_are_refused() {
+        let mut record = AuditRecord::new(EventKind::Authn, Decision::Allow);
+        for _ in 0..MAX_CREDENTIALS {
+            record = record
+                .with_credential(CredentialRef::from_join_token("t"))
+                .unwrap();
+        }
+        assert!(
+            record
+                .with_credential(CredentialRef::from_join_token("t"))
+                .is_err()
+        );
+    }
+}
