@@ -650,3 +650,40 @@ async fn an_x509pop_agent_serves_workloads_and_attests_again_after_eviction() {
     agent.stop();
     server.stop();
 }
+
+#[test]
+fn the_file_mode_keeps_files_rotated_and_runs_the_reload_command() {
+    let domain = Domain::start();
+    domain.entry_for_me("/rotating-files", &["--x509-ttl", "4"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let marker = out_dir.path().join("reloads");
+    let reload = format!("echo reloaded >> {}", marker.display());
+    let mut watcher = std::process::Command::new(common::WIMSE)
+        .args(["agent", "api", "fetch", "x509", "--socket"])
+        .arg(&domain.agent.socket)
+        .arg("--write")
+        .arg(out_dir.path())
+        .args(["--watch", "--reload-command", &reload])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pem = out_dir.path().join("svid.0.pem");
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 3 {
+        assert!(Instant::now() < deadline, "files were not rotated");
+        if let Ok(text) = std::fs::read_to_string(&pem) {
+            seen.insert(text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reloads = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(
+        reloads.lines().count() >= 2,
+        "reload ran {} times",
+        reloads.lines().count()
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
