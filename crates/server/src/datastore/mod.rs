@@ -505,10 +505,14 @@ pub trait Datastore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RegistrationEntry>, StoreError>> + Send;
 
-    /// The IDs of every live entry that descends from `agent` (see [`Datastore::agent_entries`]).
-    fn agent_entry_ids(
+    /// Which of `entry_ids` are live entries that descend from `agent` (see
+    /// [`Datastore::agent_entries`]). Walks up from those entries through the `spiffe_id`
+    /// index, so the cost follows the number of IDs asked about (an incremental sync's few
+    /// changes), not the agent's entries or the store's.
+    fn agent_entries_among(
         &self,
         agent: &WorkloadId,
+        entry_ids: &[String],
     ) -> impl Future<Output = Result<std::collections::HashSet<String>, StoreError>> + Send;
 
     /// Removes the tombstones of entries deleted at or before `deleted_before` and raises the
