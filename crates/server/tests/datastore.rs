@@ -294,6 +294,7 @@ suite! {
         pruning_tombstones_raises_the_horizon_to_the_highest_removed,
         x509pop_challenge_is_consumed_once_by_one_of_16_callers,
         expired_x509pop_challenge_is_refused_and_pruned,
+        a_new_x509pop_challenge_replaces_the_certificates_previous_one,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -1039,6 +1040,36 @@ async fn expired_x509pop_challenge_is_refused_and_pruned(store: &SqlStore) {
             .consume_x509pop_challenge(&fresh.nonce_hash, NOW)
             .await,
         Ok(fresh.fingerprint.clone())
+    );
+}
+
+async fn a_new_x509pop_challenge_replaces_the_certificates_previous_one(store: &SqlStore) {
+    let first = challenge(5, NOW + 60);
+    let second = X509PopChallenge {
+        nonce_hash: [6; 32],
+        ..first.clone()
+    };
+    let other_certificate = challenge(7, NOW + 60);
+    for c in [&first, &other_certificate, &second] {
+        store.create_x509pop_challenge(c).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&first.nonce_hash, NOW)
+            .await,
+        Err(StoreError::ChallengeNotFound)
+    );
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&second.nonce_hash, NOW)
+            .await,
+        Ok(second.fingerprint.clone())
+    );
+    assert!(
+        store
+            .consume_x509pop_challenge(&other_certificate.nonce_hash, NOW)
+            .await
+            .is_ok()
     );
 }
 

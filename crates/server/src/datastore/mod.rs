@@ -556,7 +556,9 @@ pub trait Datastore: Send + Sync {
     /// Removes the join tokens that expired at or before `now`; returns how many.
     fn prune_join_tokens(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Stores an x509pop challenge's hash, certificate fingerprint and expiry.
+    /// Stores an x509pop challenge's hash, certificate fingerprint and expiry, replacing any
+    /// earlier challenge of the same certificate: certificates are often public, so whoever
+    /// asks for challenges for one cannot make more than one row of it.
     fn create_x509pop_challenge(
         &self,
         challenge: &X509PopChallenge,

@@ -674,6 +674,12 @@ impl Datastore for SqlStore {
     ) -> Result<(), StoreError> {
         let hash = hex(&challenge.nonce_hash);
         on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            sqlx::query("DELETE FROM x509pop_challenges WHERE fingerprint = $1")
+                .bind(&challenge.fingerprint)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
             sqlx::query(
                 "INSERT INTO x509pop_challenges (nonce_hash, fingerprint, expires_at) \
                  VALUES ($1, $2, $3)",
@@ -681,9 +687,10 @@ impl Datastore for SqlStore {
             .bind(&hash)
             .bind(&challenge.fingerprint)
             .bind(challenge.expires_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
         });
         Ok(())
     }
