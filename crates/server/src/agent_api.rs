@@ -23,7 +23,9 @@
 //! - **Incremental.** Any other `since` without `until`: the changes after `since`, each
 //!   entry once: [`SyncChange::Entry`] for one the agent serves, [`SyncChange::Deleted`]
 //!   for one it must forget (deleted, or no longer under this agent; unknown IDs are to be
-//!   ignored). With `wait` the answer is held until there is a change (long-poll).
+//!   ignored). With `wait` the answer is held until there is a change (long-poll). Whether a
+//!   changed entry is the agent's is decided by walking up from that entry alone, so an
+//!   incremental answer costs what its changes do.
 //! - **Resync.** Deletions are remembered for `tombstone_retention` (config, default one
 //!   day). An incremental request whose `since` is older than the oldest remembered
 //!   deletion is answered as the first page of a full sync with `resync: true`: the agent
@@ -691,7 +693,15 @@ async fn entries(
             current
         };
         if !changes.is_empty() {
-            let visible = state.store.agent_entry_ids(&agent.spiffe_id).await?;
+            let upserted: Vec<String> = changes
+                .iter()
+                .filter(|c| matches!(c.kind, EntryChangeKind::Upsert(_)))
+                .map(|c| c.entry_id.clone())
+                .collect();
+            let visible = state
+                .store
+                .agent_entries_among(&agent.spiffe_id, &upserted)
+                .await?;
             let out: Vec<SyncChange> = changes
                 .into_iter()
                 .map(|change| match change.kind {

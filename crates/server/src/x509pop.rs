@@ -23,7 +23,11 @@
 //! challenge could be answered again until it expired. It also keeps the trust domain's
 //! JWT keys for JWT-SVIDs only, instead of having them sign a second kind of token. The cost
 //! (one row written and one deleted per attestation) is nothing next to issuing the SVID,
-//! and expired rows are pruned by the maintenance tick.
+//! and expired rows are pruned by the maintenance tick. Since certificates are often public,
+//! anyone may ask for challenges for one: a new challenge replaces the certificate's previous
+//! one, so the table holds at most one row per valid certificate. (Whoever does that for
+//! another node's certificate can only make that node ask again; without the key no
+//! challenge can be answered.)
 //!
 //! A challenge is refused when it is unknown or already used, when it has expired, when it
 //! is answered with a chain whose leaf is not the one it was issued to, and when the

@@ -294,6 +294,7 @@ suite! {
         pruning_tombstones_raises_the_horizon_to_the_highest_removed,
         x509pop_challenge_is_consumed_once_by_one_of_16_callers,
         expired_x509pop_challenge_is_refused_and_pruned,
+        a_new_x509pop_challenge_replaces_the_certificates_previous_one,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -857,9 +858,35 @@ async fn agent_entries_are_its_descendants_only_in_a_revision_range(store: &SqlS
         vec![mine.id.clone(), child.id.clone(), grandchild.id.clone()],
         "in revision order"
     );
-    let ids_only = store.agent_entry_ids(&agent_id()).await.unwrap();
-    assert_eq!(ids_only.len(), 3);
-    assert!(ids_only.contains(&grandchild.id));
+    let every_id: Vec<String> = store
+        .list_entries(&EntryFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let among = store
+        .agent_entries_among(&agent_id(), &every_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        among,
+        [mine.id.clone(), child.id.clone(), grandchild.id.clone()]
+            .into_iter()
+            .collect()
+    );
+    let asked = store
+        .agent_entries_among(&agent_id(), &[grandchild.id.clone(), theirs.id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(asked, [grandchild.id.clone()].into_iter().collect());
+    assert!(
+        store
+            .agent_entries_among(&agent_id(), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The range (after, until] and the limit.
     let range = store
         .agent_entries(&agent_id(), mine.revision, grandchild.revision - 1, 100)
@@ -871,7 +898,14 @@ async fn agent_entries_are_its_descendants_only_in_a_revision_range(store: &SqlS
         .await
         .unwrap();
     assert_eq!(limited.len(), 2);
-    assert_eq!(store.agent_entry_ids(&other).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .agent_entries_among(&other, &every_id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn agent_entries_survive_a_cycle_of_entries(store: &SqlStore) {
@@ -894,7 +928,35 @@ async fn agent_entries_survive_a_cycle_of_entries(store: &SqlStore) {
         })
         .await
         .unwrap();
-    assert_eq!(store.agent_entry_ids(&agent_id()).await.unwrap().len(), 3);
+    let all = store
+        .agent_entries(&agent_id(), 0, i64::MAX, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let every_id: Vec<String> = all.into_iter().map(|e| e.id).collect();
+    assert_eq!(
+        store
+            .agent_entries_among(&agent_id(), &every_id)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // An entry parented by one in the cycle but not reaching the agent is not its.
+    let stray = store
+        .create_entry(NewEntry {
+            parent_id: id("spiffe://example.org/nowhere"),
+            ..entry("/stray", &["unix:uid:1"])
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .agent_entries_among(&agent_id(), &[stray.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn pruning_tombstones_raises_the_horizon_to_the_highest_removed(store: &SqlStore) {
@@ -978,6 +1040,36 @@ async fn expired_x509pop_challenge_is_refused_and_pruned(store: &SqlStore) {
             .consume_x509pop_challenge(&fresh.nonce_hash, NOW)
             .await,
         Ok(fresh.fingerprint.clone())
+    );
+}
+
+async fn a_new_x509pop_challenge_replaces_the_certificates_previous_one(store: &SqlStore) {
+    let first = challenge(5, NOW + 60);
+    let second = X509PopChallenge {
+        nonce_hash: [6; 32],
+        ..first.clone()
+    };
+    let other_certificate = challenge(7, NOW + 60);
+    for c in [&first, &other_certificate, &second] {
+        store.create_x509pop_challenge(c).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&first.nonce_hash, NOW)
+            .await,
+        Err(StoreError::ChallengeNotFound)
+    );
+    assert_eq!(
+        store
+            .consume_x509pop_challenge(&second.nonce_hash, NOW)
+            .await,
+        Ok(second.fingerprint.clone())
+    );
+    assert!(
+        store
+            .consume_x509pop_challenge(&other_certificate.nonce_hash, NOW)
+            .await
+            .is_ok()
     );
 }
 

@@ -11,6 +11,8 @@ CREATE TABLE x509pop_challenges (
     expires_at  BIGINT NOT NULL
 );
 CREATE INDEX x509pop_challenges_expires_at ON x509pop_challenges (expires_at);
+-- A new challenge replaces the certificate's previous one: at most one row per certificate.
+CREATE INDEX x509pop_challenges_fingerprint ON x509pop_challenges (fingerprint);
 
 -- When each entry was deleted, so that tombstones can be pruned after a retention.
 -- Existing tombstones count as deleted now: their retention starts with this migration.

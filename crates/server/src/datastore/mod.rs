@@ -505,10 +505,14 @@ pub trait Datastore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RegistrationEntry>, StoreError>> + Send;
 
-    /// The IDs of every live entry that descends from `agent` (see [`Datastore::agent_entries`]).
-    fn agent_entry_ids(
+    /// Which of `entry_ids` are live entries that descend from `agent` (see
+    /// [`Datastore::agent_entries`]). Walks up from those entries through the `spiffe_id`
+    /// index, so the cost follows the number of IDs asked about (an incremental sync's few
+    /// changes), not the agent's entries or the store's.
+    fn agent_entries_among(
         &self,
         agent: &WorkloadId,
+        entry_ids: &[String],
     ) -> impl Future<Output = Result<std::collections::HashSet<String>, StoreError>> + Send;
 
     /// Removes the tombstones of entries deleted at or before `deleted_before` and raises the
@@ -552,7 +556,9 @@ pub trait Datastore: Send + Sync {
     /// Removes the join tokens that expired at or before `now`; returns how many.
     fn prune_join_tokens(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Stores an x509pop challenge's hash, certificate fingerprint and expiry.
+    /// Stores an x509pop challenge's hash, certificate fingerprint and expiry, replacing any
+    /// earlier challenge of the same certificate: certificates are often public, so whoever
+    /// asks for challenges for one cannot make more than one row of it.
     fn create_x509pop_challenge(
         &self,
         challenge: &X509PopChallenge,

@@ -544,19 +544,31 @@ impl Datastore for SqlStore {
         rows.into_iter().map(entry_from_row).collect()
     }
 
-    async fn agent_entry_ids(
+    async fn agent_entries_among(
         &self,
         agent: &WorkloadId,
+        entry_ids: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if entry_ids.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        // (entry, an ancestor's parent) pairs, from each entry up until the agent is reached;
+        // `UNION` drops repeated pairs, so a cycle of entries ends the walk.
+        let list: Vec<String> = (2..entry_ids.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "WITH RECURSIVE up (entry_id, parent) AS (\
+             SELECT id, parent_id FROM entries WHERE id IN ({}) UNION \
+             SELECT up.entry_id, e.parent_id FROM up JOIN entries e ON e.spiffe_id = up.parent \
+             WHERE up.parent <> $1) \
+             SELECT DISTINCT entry_id FROM up WHERE parent = $1",
+            list.join(", ")
+        );
         let ids: Vec<String> = on_pool!(self, |pool| {
-            sqlx::query_scalar(concat!(
-                agent_owners_cte!(),
-                "SELECT id FROM entries WHERE parent_id IN (SELECT id FROM owners)"
-            ))
-            .bind(agent.as_str())
-            .fetch_all(pool)
-            .await
-            .map_err(db_error)?
+            let mut query = sqlx::query_scalar(&sql).bind(agent.as_str());
+            for id in entry_ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(pool).await.map_err(db_error)?
         });
         Ok(ids.into_iter().collect())
     }
@@ -662,6 +674,12 @@ impl Datastore for SqlStore {
     ) -> Result<(), StoreError> {
         let hash = hex(&challenge.nonce_hash);
         on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            sqlx::query("DELETE FROM x509pop_challenges WHERE fingerprint = $1")
+                .bind(&challenge.fingerprint)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
             sqlx::query(
                 "INSERT INTO x509pop_challenges (nonce_hash, fingerprint, expires_at) \
                  VALUES ($1, $2, $3)",
@@ -669,9 +687,10 @@ impl Datastore for SqlStore {
             .bind(&hash)
             .bind(&challenge.fingerprint)
             .bind(challenge.expires_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
         });
         Ok(())
     }
