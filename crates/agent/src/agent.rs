@@ -37,11 +37,25 @@ const SYNC_WAIT: u64 = 30;
 /// The most mints in flight at once.
 const MINT_CONCURRENCY: usize = 16;
 
+/// The most freshly minted credentials published in one snapshot change.
+const MINT_BATCH: usize = 64;
+
+/// The longest a freshly minted credential waits to be published.
+const MINT_FLUSH: Duration = Duration::from_millis(20);
+
 /// The longest wait between retries after a failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The most cached JWT-SVIDs (entry and audience pairs).
 const JWT_CACHE: usize = 10_000;
+
+/// The outcome of minting for one entry.
+struct Minted {
+    id: String,
+    x509: Option<Arc<X509Credential>>,
+    wit: Option<Arc<WitCredential>>,
+    ok: bool,
+}
 
 /// What a JWT-SVID is cached by: entry ID, entry revision, sorted audiences.
 type JwtKey = (String, i64, Vec<String>);
@@ -389,19 +403,28 @@ impl Agent {
                 let wit = wit && wit_due(snapshot.wit.get(&entry.id).map(Arc::as_ref), &entry, now);
                 minting.spawn(async move {
                     let _permit = limit.acquire_owned().await;
-                    let ok = agent.mint(&entry, x509, wit).await;
-                    (entry.id, ok)
+                    agent.mint(&entry, x509, wit).await
                 });
             }
+            let mut batch = Vec::new();
+            let mut flushed = std::time::Instant::now();
             while let Some(done) = minting.join_next().await {
-                let Ok((id, ok)) = done else { continue };
-                if ok {
-                    retry.remove(&id);
+                let Ok(minted) = done else { continue };
+                if minted.ok {
+                    retry.remove(&minted.id);
                 } else {
-                    let backoff = retry.get(&id).map_or(1, |(_, b)| (b * 2).min(10));
-                    retry.insert(id, (unix_now() + backoff, backoff));
+                    let backoff = retry.get(&minted.id).map_or(1, |(_, b)| (b * 2).min(10));
+                    retry.insert(minted.id.clone(), (unix_now() + backoff, backoff));
+                }
+                batch.push(minted);
+                // Workloads see new credentials within a few milliseconds, while a large
+                // round (a thousand entries at start) is published in batches.
+                if batch.len() >= MINT_BATCH || flushed.elapsed() >= MINT_FLUSH {
+                    self.publish(&mut batch);
+                    flushed = std::time::Instant::now();
                 }
             }
+            self.publish(&mut batch);
             // Sleep until the next refresh or retry, or a change (new entries, bundle).
             let snapshot = self.snapshot.borrow().clone();
             let next = snapshot
@@ -444,48 +467,59 @@ impl Agent {
         }
     }
 
-    /// Mints what is due for one entry; false if anything failed.
-    async fn mint(&self, entry: &Entry, x509: bool, wit: bool) -> bool {
+    /// Mints what is due for one entry: the new credentials, and false if anything failed.
+    async fn mint(&self, entry: &Entry, x509: bool, wit: bool) -> Minted {
         let client = self.client();
-        let mut ok = true;
+        let mut minted = Minted {
+            id: entry.id.clone(),
+            x509: None,
+            wit: None,
+            ok: true,
+        };
         if x509 {
             match mint_x509(&client, entry).await {
-                Ok(credential) => {
-                    self.metrics.mint("x509", true);
-                    let id = entry.id.clone();
-                    self.snapshot.send_modify(|s| {
-                        let mut map = (*s.x509).clone();
-                        map.insert(id, Arc::new(credential));
-                        s.x509 = Arc::new(map);
-                    });
-                }
+                Ok(credential) => minted.x509 = Some(Arc::new(credential)),
                 Err(e) => {
-                    self.metrics.mint("x509", false);
                     tracing::warn!(entry = %entry.id, error = %e, "X509-SVID mint failed");
-                    ok = false;
+                    minted.ok = false;
                 }
             }
+            self.metrics.mint("x509", minted.x509.is_some());
         }
         if wit {
             match mint_wit(&client, entry).await {
-                Ok(credential) => {
-                    self.metrics.mint("wit", true);
-                    let id = entry.id.clone();
-                    self.snapshot.send_modify(|s| {
-                        let mut map = (*s.wit).clone();
-                        map.insert(id, Arc::new(credential));
-                        s.wit = Arc::new(map);
-                    });
-                }
+                Ok(credential) => minted.wit = Some(Arc::new(credential)),
                 Err(e) => {
-                    self.metrics.mint("wit", false);
                     tracing::warn!(entry = %entry.id, error = %e, "WIT mint failed");
-                    ok = false;
+                    minted.ok = false;
                 }
             }
+            self.metrics.mint("wit", minted.wit.is_some());
         }
-        self.server_up(ok);
-        ok
+        self.server_up(minted.ok);
+        minted
+    }
+
+    /// Publishes freshly minted credentials in one snapshot change (one copy of the maps
+    /// per batch, not per credential).
+    fn publish(&self, batch: &mut Vec<Minted>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.snapshot.send_modify(|s| {
+            let mut x509 = (*s.x509).clone();
+            let mut wit = (*s.wit).clone();
+            for minted in batch.drain(..) {
+                if let Some(credential) = minted.x509 {
+                    x509.insert(minted.id.clone(), credential);
+                }
+                if let Some(credential) = minted.wit {
+                    wit.insert(minted.id, credential);
+                }
+            }
+            s.x509 = Arc::new(x509);
+            s.wit = Arc::new(wit);
+        });
     }
 
     /// A JWT-SVID for `entry` and `audience`, from the cache until half life.
@@ -562,7 +596,6 @@ async fn mint_x509(client: &AgentApiClient, entry: &Entry) -> Result<X509Credent
     Ok(X509Credential {
         revision: entry.revision,
         chain,
-        key: Arc::new(key),
         key_pkcs8,
         minted_at: unix_now(),
     })
@@ -580,7 +613,6 @@ async fn mint_wit(client: &AgentApiClient, entry: &Entry) -> Result<WitCredentia
     Ok(WitCredential {
         revision: entry.revision,
         token,
-        key: Arc::new(key),
         key_jwk,
         issued_at,
         expires_at,

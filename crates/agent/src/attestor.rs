@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What the kernel says about the peer of a unix socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,49 @@ pub type Selectors = BTreeSet<String>;
 pub struct Attestor {
     proc_root: PathBuf,
     hashes: Mutex<HashMap<FileIdentity, String>>,
+    users: NameTable,
+    groups: NameTable,
+}
+
+/// An `/etc/passwd`- or `/etc/group`-style file read into a map, read again only when its
+/// modification time or size changes (one `stat` per lookup instead of a parse).
+#[derive(Debug)]
+struct NameTable {
+    path: PathBuf,
+    cached: Mutex<Option<(FileStamp, Names)>>,
+}
+
+/// A file's modification time (seconds, nanoseconds) and size.
+type FileStamp = (i64, i64, u64);
+
+/// Names by numeric ID.
+type Names = Arc<HashMap<u32, String>>;
+
+impl NameTable {
+    fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    fn name(&self, id: u32) -> Option<String> {
+        let meta = std::fs::metadata(&self.path).ok()?;
+        let stamp = (meta.mtime(), meta.mtime_nsec(), meta.len());
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = match &*cached {
+            Some((at, table)) if *at == stamp => Arc::clone(table),
+            _ => {
+                let table = Arc::new(read_names(&self.path));
+                *cached = Some((stamp, Arc::clone(&table)));
+                table
+            }
+        };
+        table.get(&id).cloned()
+    }
 }
 
 /// What identifies a file's content without reading it: device, inode, size, and change time.
@@ -89,6 +132,8 @@ impl Attestor {
         Self {
             proc_root: proc_root.into(),
             hashes: Mutex::new(HashMap::new()),
+            users: NameTable::new("/etc/passwd"),
+            groups: NameTable::new("/etc/group"),
         }
     }
 
@@ -102,16 +147,16 @@ impl Attestor {
         let mut selectors = Selectors::new();
         selectors.insert(format!("unix:uid:{}", peer.uid));
         selectors.insert(format!("unix:gid:{}", peer.gid));
-        if let Some(name) = name_of(Path::new("/etc/passwd"), peer.uid) {
+        if let Some(name) = self.users.name(peer.uid) {
             selectors.insert(format!("unix:user:{name}"));
         }
-        if let Some(name) = name_of(Path::new("/etc/group"), peer.gid) {
+        if let Some(name) = self.groups.name(peer.gid) {
             selectors.insert(format!("unix:group:{name}"));
         }
         let status = std::fs::read_to_string(dir.join("status")).map_err(proc_err)?;
         for gid in supplementary_groups(&status) {
             selectors.insert(format!("unix:supplementary_gid:{gid}"));
-            if let Some(name) = name_of(Path::new("/etc/group"), gid) {
+            if let Some(name) = self.groups.name(gid) {
                 selectors.insert(format!("unix:supplementary_group:{name}"));
             }
         }
@@ -223,16 +268,24 @@ fn supplementary_groups(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The name of `id` in an `/etc/passwd`- or `/etc/group`-style file (`name:x:id:...`).
-fn name_of(file: &Path, id: u32) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|line| {
+/// The names by numeric ID in an `/etc/passwd`- or `/etc/group`-style file
+/// (`name:x:id:...`); the first name of an ID wins.
+fn read_names(file: &Path) -> HashMap<u32, String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut names = HashMap::new();
+    for line in text.lines() {
         let mut fields = line.split(':');
-        let name = fields.next()?;
-        let _password = fields.next()?;
-        let this: u32 = fields.next()?.parse().ok()?;
-        (this == id && !name.is_empty()).then(|| name.to_owned())
-    })
+        let (Some(name), Some(_password), Some(id)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if let Ok(id) = id.parse::<u32>()
+            && !name.is_empty()
+        {
+            names.entry(id).or_insert_with(|| name.to_owned());
+        }
+    }
+    names
 }
 
 /// A container runtime's ID in a cgroup path: the last 64-hex-digit run, as docker,
@@ -346,7 +399,16 @@ mod tests {
             "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/:/bin/sh\n",
         )
         .unwrap();
-        assert_eq!(name_of(&file, 1000).as_deref(), Some("web"));
-        assert_eq!(name_of(&file, 7), None);
+        let table = NameTable::new(&file);
+        assert_eq!(table.name(1000).as_deref(), Some("web"));
+        assert_eq!(table.name(7), None);
+        // A changed file is read again (its size changes with it).
+        std::fs::write(
+            &file,
+            "root:x:0:0::/root:/bin/sh\napi:x:1000:1000::/:/bin/sh\nnew:x:7:7::/:/bin/sh\n",
+        )
+        .unwrap();
+        assert_eq!(table.name(1000).as_deref(), Some("api"));
+        assert_eq!(table.name(7).as_deref(), Some("new"));
     }
 }

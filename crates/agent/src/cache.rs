@@ -10,7 +10,6 @@ use crate::attestor::Selectors;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use wimse_core::bundle::TrustBundle;
-use wimse_core::jose::SigningKey;
 use wimse_core::x509::Certificate;
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::api::EntryView;
@@ -61,9 +60,8 @@ pub struct X509Credential {
     pub revision: i64,
     /// The chain, leaf first.
     pub chain: Vec<Certificate>,
-    /// The private key (generated on this host).
-    pub key: Arc<SigningKey>,
-    /// The key as PKCS#8 DER, as the Workload API sends it.
+    /// The private key (generated on this host) as PKCS#8 DER, as the Workload API sends
+    /// it. (The agent never signs with a workload's key, so it keeps only this encoding.)
     pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
     /// When the agent received it, Unix seconds.
     pub minted_at: i64,
@@ -89,9 +87,8 @@ pub struct WitCredential {
     pub revision: i64,
     /// The WIT, compact JWS.
     pub token: String,
-    /// The key, generated on this host and never sent anywhere but to the workload.
-    pub key: Arc<SigningKey>,
-    /// The key as a private JWK, as the WIT profile sends it.
+    /// The key, generated on this host and never sent anywhere but to the workload, as a
+    /// private JWK, as the WIT profile sends it.
     pub key_jwk: zeroize::Zeroizing<String>,
     /// `iat` (or the time of minting).
     pub issued_at: i64,

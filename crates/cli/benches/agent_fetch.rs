@@ -14,6 +14,9 @@
     clippy::panic,
     clippy::indexing_slicing,
     clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::items_after_statements,
     reason = "benchmark"
 )]
 
@@ -70,16 +73,20 @@ async fn main() {
             .unwrap();
     }
     let started = Instant::now();
+    let health: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let health_flag = health.to_string();
     let agent = Agent::start(
         &dir.path().join("agent"),
         &server,
-        &["--join-token", &token, "--health-bind", "127.0.0.1:0"],
+        &["--join-token", &token, "--health-bind", &health_flag],
     );
     // Wait until every entry has its X.509-SVID and WIT: the agent's mint counter.
     let mut own = wimse_proto::Workload::connect(&agent.socket).await.unwrap();
     loop {
         let log = agent.log();
-        let minted = metrics_minted(&agent);
+        let minted = metrics_minted(health);
         if minted >= 2 * WORKLOADS as u64 {
             break;
         }
@@ -99,7 +106,7 @@ async fn main() {
 
     let mut x509 = Vec::with_capacity(SAMPLES);
     let mut jwt = Vec::with_capacity(SAMPLES);
-    let mut base = Vec::with_capacity(SAMPLES);
+    let mut refused_rt = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let t = Instant::now();
         let mut stream = Box::pin(own.watch_x509().await.unwrap());
@@ -114,9 +121,9 @@ async fn main() {
         let t = Instant::now();
         let refused = bare.fetch_x509svid(wimse_proto::X509svidRequest {}).await;
         assert!(refused.is_err());
-        base.push(t.elapsed());
+        refused_rt.push(t.elapsed());
     }
-    for samples in [&mut x509, &mut jwt, &mut base] {
+    for samples in [&mut x509, &mut jwt, &mut refused_rt] {
         samples.sort();
     }
     let show = |name: &str, s: &[Duration]| {
@@ -129,32 +136,26 @@ async fn main() {
     println!("{WORKLOADS} registered workloads, {SAMPLES} samples each, interleaved");
     show("FetchX509SVID (new stream)", &x509);
     show("FetchJWTSVID (cached)", &jwt);
-    show("baseline: refused round trip", &base);
+    show("baseline: refused round trip", &refused_rt);
     println!(
         "ratio fetch_x509/baseline p50 = {:.2}",
-        percentile(&x509, 0.5).as_secs_f64() / percentile(&base, 0.5).as_secs_f64()
+        percentile(&x509, 0.5).as_secs_f64() / percentile(&refused_rt, 0.5).as_secs_f64()
     );
     println!(
         "agent RSS = {:.1} MiB",
         rss_kib(agent.child.id()) as f64 / 1024.0
     );
-    println!(
-        "agent start to {} X.509-SVIDs + WITs minted: {warm:.2?}",
-        WORKLOADS
-    );
+    println!("agent start to {WORKLOADS} X.509-SVIDs + WITs minted: {warm:.2?}");
     agent.stop();
     server.stop();
 }
 
-/// The agent's `wimse_agent_minted_total` over all kinds, from its metrics endpoint.
-fn metrics_minted(agent: &Agent) -> u64 {
-    let Some(addr) = agent_health_addr(agent) else {
-        return 0;
-    };
+/// The agent's `wimse_agent_minted_total` of X.509-SVIDs and WITs, from its metrics.
+fn metrics_minted(addr: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
         return 0;
     };
-    use std::io::{Read, Write};
     let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
@@ -165,15 +166,4 @@ fn metrics_minted(agent: &Agent) -> u64 {
         })
         .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
         .sum()
-}
-
-/// The health listener's address, from the agent's log line.
-fn agent_health_addr(agent: &Agent) -> Option<std::net::SocketAddr> {
-    let log = agent.log();
-    let line = log.lines().find(|l| l.contains("health listener on"))?;
-    line.split_whitespace()
-        .last()?
-        .trim_matches(|c: char| !c.is_ascii_graphic())
-        .parse()
-        .ok()
 }

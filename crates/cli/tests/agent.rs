@@ -199,8 +199,38 @@ async fn a_spiffe_client_fetches_x509_jwt_and_bundles_that_verify_against_the_se
     );
     let kids: HashSet<_> = keys.iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(kids.len(), keys.len());
+    let server_dir = domain.server.dir.clone();
     domain.agent.stop();
     domain.server.stop();
+
+    assert_server_audit_trail(&server_dir, "/billing");
+}
+
+/// The server's audit trail holds the attestation and every issuance for `workload`,
+/// verifies, and holds no secret.
+fn assert_server_audit_trail(server_dir: &std::path::Path, workload: &str) {
+    let audit = server_dir.join("audit.jsonl");
+    let out = std::process::Command::new(common::WIMSE)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = std::process::Command::new(common::WIMSE)
+        .args(["audit", "show"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    for kind in ["agent_attested", "x509_issued", "wit_issued", "jwt_issued"] {
+        assert!(shown.contains(kind), "no {kind} record in:\n{shown}");
+    }
+    assert!(shown.contains(&format!("spiffe://{TRUST_DOMAIN}{workload}")));
+    assert!(wimse_audit::scan_for_secrets(&audit).unwrap().is_empty());
 }
 
 async fn own_wit_bundle_json(domain: &Domain) -> serde_json::Value {

@@ -55,6 +55,9 @@ use wimse_core::x509::{self, Certificate};
 
 pub mod client;
 
+use crate::audit::Event;
+use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
+
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -442,12 +445,53 @@ async fn attest(
     AxState(state): AxState<Arc<State>>,
     Body(req): Body<AttestRequest>,
 ) -> ApiResult<AttestResponse> {
+    let (method, presented) = match (&req.join_token, &req.x509pop) {
+        (Some(token), None) => (
+            AuthMethod::JoinToken,
+            Some(CredentialRef::from_join_token(token)),
+        ),
+        (None, Some(evidence)) => (
+            AuthMethod::X509pop,
+            evidence
+                .chain
+                .first()
+                .and_then(|leaf| b64::decode(leaf).ok())
+                .map(|der| CredentialRef::from_certificate_der(&der)),
+        ),
+        _ => (AuthMethod::None, None),
+    };
+    let mut agent_id = None;
+    let outcome = attest_node(&state, &req, &mut agent_id).await;
+    state.audit.record(Event {
+        kind: EventKind::AgentAttested,
+        method,
+        agent: agent_id.as_ref(),
+        workload: None,
+        credential: match &outcome {
+            Ok(answer) => answer
+                .svid_chain
+                .first()
+                .and_then(|leaf| b64::decode(leaf).ok())
+                .map(|der| CredentialRef::from_certificate_der(&der)),
+            Err(_) => presented,
+        },
+        refusal: outcome.as_ref().err().map(ToString::to_string),
+    });
+    Ok(Json(outcome?))
+}
+
+/// Node attestation; `agent_id` is set as soon as the agent is known.
+async fn attest_node(
+    state: &State,
+    req: &AttestRequest,
+    agent_id: &mut Option<WorkloadId>,
+) -> Result<AttestResponse, AgentApiError> {
     let csr = decode_csr(&req.csr)?;
     let now = unix_now();
     let (id, attestation_type) = match (&req.join_token, &req.x509pop) {
-        (Some(token), None) => (attest_join_token(&state, token, now).await?, "join_token"),
+        (Some(token), None) => (attest_join_token(state, token, now).await?, "join_token"),
         (None, Some(evidence)) => (
-            attest_x509pop(&state, evidence, &csr, now).await?,
+            attest_x509pop(state, evidence, &csr, now).await?,
             crate::x509pop::ATTESTATION_TYPE,
         ),
         _ => {
@@ -456,6 +500,7 @@ async fn attest(
             ));
         }
     };
+    *agent_id = Some(id.clone());
     if state
         .store
         .get_agent(&id)
@@ -465,16 +510,16 @@ async fn attest(
         return Err(AgentApiError::Forbidden(format!("agent `{id}` is banned")));
     }
     let ttl = state.config.agent_svid_ttl;
-    let chain = with_issuer(&state, "agent", |issuer| {
+    let chain = with_issuer(state, "agent", |issuer| {
         issuer.x509(&id, &[], &csr, ttl, now)
     })?;
-    store_agent(&state, &id, attestation_type, &chain, now).await?;
+    store_agent(state, &id, attestation_type, &chain, now).await?;
     tracing::info!(agent_id = %id, attestation_type, "agent attested");
-    Ok(Json(AttestResponse {
+    Ok(AttestResponse {
         spiffe_id: id.to_string(),
         svid_chain: encode_chain(&chain),
         bundle: state.bundle().to_spiffe_json(),
-    }))
+    })
 }
 
 /// Uses up a join token; the agent ID it yields.
@@ -764,17 +809,57 @@ async fn full_sync_page(
     })
 }
 
+/// Runs one issuance for the calling agent and records it, issued or refused.
+async fn audited_issue<T>(
+    state: &State,
+    caller: &Caller,
+    kind: EventKind,
+    entry_id: &str,
+    issue: impl AsyncFnOnce(&RegistrationEntry) -> Result<T, AgentApiError>,
+    credential: impl FnOnce(&T) -> Option<CredentialRef>,
+) -> Result<T, AgentApiError> {
+    let mut workload = None;
+    let outcome = async {
+        let agent = agent(state, caller).await?;
+        let entry = own_entry(state, &agent, entry_id).await?;
+        workload = Some(entry.spiffe_id.clone());
+        issue(&entry).await
+    }
+    .await;
+    state.audit.record(Event {
+        kind,
+        method: AuthMethod::Mtls,
+        agent: caller.id.as_ref(),
+        workload: workload.as_ref(),
+        credential: outcome.as_ref().ok().and_then(credential),
+        refusal: outcome.as_ref().err().map(ToString::to_string),
+    });
+    outcome
+}
+
 async fn svid_x509(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     Body(req): Body<X509Request>,
 ) -> ApiResult<X509Response> {
-    let agent = agent(&state, &caller).await?;
-    let entry = own_entry(&state, &agent, &req.entry_id).await?;
-    let csr = decode_csr(&req.csr)?;
-    let chain = with_issuer(&state, "x509", |issuer| {
-        issuer.x509_for_entry(&entry, &csr, unix_now())
-    })?;
+    let chain = audited_issue(
+        &state,
+        &caller,
+        EventKind::X509Issued,
+        &req.entry_id,
+        async |entry| {
+            let csr = decode_csr(&req.csr)?;
+            with_issuer(&state, "x509", |issuer| {
+                issuer.x509_for_entry(entry, &csr, unix_now())
+            })
+        },
+        |chain: &Vec<Certificate>| {
+            chain
+                .first()
+                .map(|c| CredentialRef::from_certificate_der(c.der()))
+        },
+    )
+    .await?;
     Ok(Json(X509Response {
         svid_chain: encode_chain(&chain),
     }))
@@ -785,11 +870,19 @@ async fn svid_wit(
     Extension(caller): Extension<Caller>,
     Body(req): Body<WitRequest>,
 ) -> ApiResult<WitResponse> {
-    let agent = agent(&state, &caller).await?;
-    let entry = own_entry(&state, &agent, &req.entry_id).await?;
-    let wit = with_issuer(&state, "wit", |issuer| {
-        issuer.wit(&entry, &req.jwk, unix_now())
-    })?;
+    let wit = audited_issue(
+        &state,
+        &caller,
+        EventKind::WitIssued,
+        &req.entry_id,
+        async |entry| {
+            with_issuer(&state, "wit", |issuer| {
+                issuer.wit(entry, &req.jwk, unix_now())
+            })
+        },
+        |wit: &String| Some(CredentialRef::from_token(CredentialKind::Wit, wit)),
+    )
+    .await?;
     Ok(Json(WitResponse { wit }))
 }
 
@@ -798,11 +891,19 @@ async fn svid_jwt(
     Extension(caller): Extension<Caller>,
     Body(req): Body<JwtRequest>,
 ) -> ApiResult<JwtResponse> {
-    let agent = agent(&state, &caller).await?;
-    let entry = own_entry(&state, &agent, &req.entry_id).await?;
-    let jwt_svid = with_issuer(&state, "jwt", |issuer| {
-        issuer.jwt_svid(&entry, &req.audience, unix_now())
-    })?;
+    let jwt_svid = audited_issue(
+        &state,
+        &caller,
+        EventKind::JwtIssued,
+        &req.entry_id,
+        async |entry| {
+            with_issuer(&state, "jwt", |issuer| {
+                issuer.jwt_svid(entry, &req.audience, unix_now())
+            })
+        },
+        |jwt: &String| Some(CredentialRef::from_token(CredentialKind::JwtSvid, jwt)),
+    )
+    .await?;
     Ok(Json(JwtResponse { jwt_svid }))
 }
 

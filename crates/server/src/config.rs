@@ -17,6 +17,7 @@
 //! x509pop_ca_bundle = "/etc/wimse/agents-ca.pem"
 //! agent_svid_ttl = 3600                     # agents' own X509-SVIDs
 //! tombstone_retention = 86400               # how long deleted entries are remembered for sync
+//! audit_log = "/var/log/wimse/audit.jsonl"  # default: <data_dir>/audit.jsonl; "" turns it off
 //! ```
 
 use serde::Deserialize;
@@ -68,6 +69,8 @@ pub struct FileConfig {
     /// How long the tombstone of a deleted entry is kept for agents' incremental sync, in
     /// seconds; an agent that last synced before that gets a full resync.
     pub tombstone_retention: Option<i64>,
+    /// The tamper-evident audit log of attestations and issuance (empty: none).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Why the configuration is unusable.
@@ -132,6 +135,8 @@ pub struct ServerConfig {
     pub agent_svid_ttl: u32,
     /// Tombstone retention, seconds.
     pub tombstone_retention: i64,
+    /// The audit log file, if any.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -226,6 +231,11 @@ impl FileConfig {
             x509pop_ca_bundle: self.x509pop_ca_bundle,
             agent_svid_ttl,
             tombstone_retention,
+            audit_log: match self.audit_log {
+                Some(path) if path.as_os_str().is_empty() => None,
+                Some(path) => Some(path),
+                None => Some(data_dir.join("audit.jsonl")),
+            },
             data_dir,
         })
     }

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod agent_api;
 pub mod api;
+pub mod audit;
 pub mod authority;
 pub mod config;
 pub mod datastore;

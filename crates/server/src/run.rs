@@ -129,6 +129,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     tasks.stop().await;
+    running.state.audit.close();
     let _ = std::fs::remove_file(&running.admin_socket);
     Ok(())
 }

@@ -32,6 +32,9 @@ pub enum StateError {
     /// The server's own SPIFFE ID could not be formed.
     #[error("server identity: {0}")]
     Id(#[from] wimse_core::IdError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditOpenError),
 }
 
 /// The server's own TLS credential: an X509-SVID for `spiffe://<td>/wimse/server`.
@@ -65,6 +68,8 @@ pub struct State {
     pub metrics: Metrics,
     /// The latest entry revision this replica knows of; agents' long-polls wait on it.
     pub revision: tokio::sync::watch::Sender<i64>,
+    /// The audit trail of attestations and issuance.
+    pub audit: crate::audit::ServerAudit,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -101,6 +106,14 @@ impl State {
         };
         let spiffe_id = WorkloadId::from_parts("spiffe", &config.trust_domain, "/wimse/server")?;
         let revision = tokio::sync::watch::Sender::new(store.current_revision().await?);
+        let audit = match &config.audit_log {
+            Some(path) => crate::audit::ServerAudit::open(
+                path,
+                &config.data_dir.join("keys"),
+                spiffe_id.clone(),
+            )?,
+            None => crate::audit::ServerAudit::disabled(),
+        };
         let state = Arc::new(State {
             spiffe_id,
             config,
@@ -112,6 +125,7 @@ impl State {
             svid: RwLock::new(Arc::new(placeholder)),
             metrics: Metrics::default(),
             revision,
+            audit,
         });
         state.publish_authorities(true).await?;
         state.renew_svid()?;

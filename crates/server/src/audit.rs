@@ -1,0 +1,142 @@
+//! The server's own audit trail: every node attestation and every credential issued or
+//! refused leaves a record in a tamper-evident log (`wimse-audit`), by default
+//! `<data_dir>/audit.jsonl`.
+//!
+//! The log is signed with a key of its own, kept in `<data_dir>/keys/audit.key` (0600):
+//! the server's TLS key rotates with its SVID, and one stable key per log is what
+//! `wimse audit verify --trusted-key` can pin. Records carry the server's SPIFFE ID as
+//! signer, the agent as source and the workload as target; credentials appear only as
+//! fingerprints (the record type cannot hold them).
+//!
+//! A record that cannot be written is reported in the server's log and counted; issuance
+//! goes on. (Refusing all issuance because a disk filled up would turn an audit problem
+//! into an outage of the whole trust domain.)
+
+use std::path::Path;
+use std::sync::Arc;
+use wimse_audit::{
+    AuditConfig, AuditLog, AuditRecord, AuthMethod, CredentialRef, Decision, EventKind,
+};
+use wimse_core::WorkloadId;
+use wimse_core::jose::{Algorithm, SigningKey};
+
+/// Why the audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditOpenError {
+    /// The signing key could not be read or created.
+    #[error("audit signing key `{path}`: {message}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The log could not be opened.
+    #[error(transparent)]
+    Log(#[from] wimse_audit::AuditError),
+}
+
+/// The server's audit log, or none when disabled.
+pub struct ServerAudit {
+    log: Option<AuditLog>,
+}
+
+impl std::fmt::Debug for ServerAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerAudit")
+            .field("enabled", &self.log.is_some())
+            .finish()
+    }
+}
+
+/// One attestation or issuance to record.
+pub struct Event<'a> {
+    /// What happened.
+    pub kind: EventKind,
+    /// How the caller proved itself.
+    pub method: AuthMethod,
+    /// The agent (when known).
+    pub agent: Option<&'a WorkloadId>,
+    /// The workload the credential is for (when known).
+    pub workload: Option<&'a WorkloadId>,
+    /// The credential issued, or the one presented (join token, node certificate).
+    pub credential: Option<CredentialRef>,
+    /// Why it was refused, if it was.
+    pub refusal: Option<String>,
+}
+
+impl ServerAudit {
+    /// No audit log.
+    pub fn disabled() -> Self {
+        Self { log: None }
+    }
+
+    /// Opens (or continues) the log at `path`, signed by `keys_dir/audit.key` as `signer`.
+    pub fn open(path: &Path, keys_dir: &Path, signer: WorkloadId) -> Result<Self, AuditOpenError> {
+        let key_path = keys_dir.join("audit.key");
+        let key_error = |message: String| AuditOpenError::Key {
+            path: key_path.display().to_string(),
+            message,
+        };
+        let key = match std::fs::read_to_string(&key_path) {
+            Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| key_error(e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key =
+                    SigningKey::generate(Algorithm::Es256).map_err(|e| key_error(e.to_string()))?;
+                let pem = key.to_pkcs8_pem().map_err(|e| key_error(e.to_string()))?;
+                std::fs::create_dir_all(keys_dir).map_err(|e| key_error(e.to_string()))?;
+                crate::authority::write_private(&key_path, pem.as_bytes())
+                    .map_err(|e| key_error(e.to_string()))?;
+                key
+            }
+            Err(e) => return Err(key_error(e.to_string())),
+        };
+        let log = AuditLog::open(AuditConfig::new(signer, Arc::new(key)).with_file(path))?;
+        Ok(Self { log: Some(log) })
+    }
+
+    /// Records one event.
+    pub fn record(&self, event: Event<'_>) {
+        let Some(log) = &self.log else { return };
+        let decision = if event.refusal.is_some() {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        };
+        let mut record = AuditRecord::new(event.kind, decision).with_method(event.method);
+        if let Some(agent) = event.agent {
+            record = record.with_source(agent.clone());
+        }
+        if let Some(workload) = event.workload {
+            record = record.with_target(workload.clone());
+        }
+        if let Some(credential) = event.credential {
+            record = match record.clone().with_credential(credential) {
+                Ok(with) => with,
+                Err(_) => record,
+            };
+        }
+        if let Some(reason) = &event.refusal {
+            // A reason the record type will not hold (it looks like a secret) is replaced.
+            record = match record.clone().with_reason(reason) {
+                Ok(with) => with,
+                Err(_) => record
+                    .clone()
+                    .with_reason("refused (reason withheld)")
+                    .unwrap_or(record),
+            };
+        }
+        if let Err(e) = log.append(record) {
+            tracing::error!(error = %e, "cannot write the audit record");
+        }
+    }
+
+    /// Seals the log (a final checkpoint) at shutdown.
+    pub fn close(&self) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.close()
+        {
+            tracing::error!(error = %e, "cannot close the audit log");
+        }
+    }
+}
