@@ -292,6 +292,22 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_log_defaults_into_the_data_dir_and_an_empty_path_turns_it_off() {
+        let c = FileConfig {
+            data_dir: Some("/d".into()),
+            ..FileConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.audit_log, Some(PathBuf::from("/d/audit.jsonl")));
+        let off = toml::from_str::<FileConfig>("audit_log = \"\"")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(off.audit_log, None);
+    }
+
+    #[test]
     fn unknown_setting_is_refused() {
         assert!(toml::from_str::<FileConfig>("trust_domian = \"x\"").is_err());
     }
