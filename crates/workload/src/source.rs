@@ -75,12 +75,14 @@ impl Credentials {
 struct Inner {
     current: RwLock<Arc<Credentials>>,
     changed: watch::Sender<u64>,
-    task: Option<tokio::task::AbortHandle>,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// The last connection or stream error (for the "not ready" message).
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
+        if let Some(task) = self.task.get() {
             task.abort();
         }
     }
@@ -111,7 +113,8 @@ impl CredentialSource {
             inner: Arc::new(Inner {
                 current: RwLock::new(Arc::new(credentials)),
                 changed,
-                task: None,
+                task: std::sync::OnceLock::new(),
+                last_error: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -125,14 +128,15 @@ impl CredentialSource {
         wait: Duration,
     ) -> Result<Self, SourceError> {
         let (changed, mut rx) = watch::channel(0);
-        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let task = tokio::spawn(follow(weak.clone(), socket.clone(), id));
-            Inner {
-                current: RwLock::new(Arc::new(Credentials::default())),
-                changed,
-                task: Some(task.abort_handle()),
-            }
+        let inner = Arc::new(Inner {
+            current: RwLock::new(Arc::new(Credentials::default())),
+            changed,
+            task: std::sync::OnceLock::new(),
+            last_error: std::sync::Mutex::new(None),
         });
+        // Spawned only once `inner` exists, so the task's first upgrade cannot fail.
+        let task = tokio::spawn(follow(Arc::downgrade(&inner), socket.clone(), id));
+        let _ = inner.task.set(task.abort_handle());
         let source = CredentialSource { inner };
         let ready = tokio::time::timeout(wait, async {
             while !source.current().is_complete() {
@@ -148,10 +152,17 @@ impl CredentialSource {
                 socket,
                 waited: wait,
                 last: format!(
-                    "x509 {}, wit {}, wit bundles {}",
+                    "x509 svid {}, wit {}, wit bundles {}; last error: {}",
                     c.x509.is_some(),
                     c.wit.is_some(),
-                    c.wit_bundles.iter().next().is_some()
+                    c.wit_bundles.iter().next().is_some(),
+                    source
+                        .inner
+                        .last_error
+                        .lock()
+                        .ok()
+                        .and_then(|e| e.clone())
+                        .unwrap_or_else(|| "none".into())
                 ),
             });
         }
@@ -255,6 +266,11 @@ async fn follow(inner: Weak<Inner>, socket: PathBuf, id: Option<WorkloadId>) {
         match follow_once(&inner, &socket, id.as_ref()).await {
             Ok(()) => return, // the source was dropped
             Err(e) => {
+                if let Some(inner) = inner.upgrade()
+                    && let Ok(mut last) = inner.last_error.lock()
+                {
+                    *last = Some(e.to_string());
+                }
                 tracing::warn!(error = %e, socket = %socket.display(), "workload api connection lost; reconnecting");
             }
         }
