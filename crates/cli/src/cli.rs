@@ -243,6 +243,8 @@ mod tests {
         "wimse agent exec",
         "wimse audit verify",
         "wimse audit show",
+        "wimse proxy inbound",
+        "wimse proxy outbound",
     ];
 
     #[test]

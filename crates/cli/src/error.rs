@@ -74,6 +74,18 @@ pub enum CommandError {
         /// What is wrong with its value.
         reason: String,
     },
+    /// The proxy's credentials did not arrive from the agent.
+    #[error(transparent)]
+    WorkloadSource(#[from] wimse_workload::SourceError),
+    /// The proxy's policy file is unreadable or invalid.
+    #[error(transparent)]
+    Policy(#[from] wimse_workload::PolicyError),
+    /// The proxy's audit log could not be opened.
+    #[error(transparent)]
+    AuditLog(#[from] wimse_audit::AuditError),
+    /// A proxy argument is invalid or its listener could not be set up.
+    #[error("{0}")]
+    Proxy(String),
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
@@ -99,6 +111,10 @@ impl CommandError {
             | Self::Runtime(_)
             | Self::Audit(_)
             | Self::AuditArgument { .. }
+            | Self::WorkloadSource(_)
+            | Self::Policy(_)
+            | Self::AuditLog(_)
+            | Self::Proxy(_)
             | Self::Output(_) => ExitCode::FAILURE,
         }
     }

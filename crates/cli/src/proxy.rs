@@ -1,13 +1,29 @@
 //! `wimse proxy`: the sidecar that gives services in any language WIMSE credentials on the wire.
+//!
+//! Both directions are thin wiring over `wimse_workload::proxy`: the inbound proxy runs the
+//! same `WimseLayer` a Rust service would link, the outbound one the same `attach_proof`.
+//!
+//! Several proxies of one user on one host are attested alike by the agent (same uid), so
+//! each is offered every identity registered for that uid; `--spiffe-id` picks the one a
+//! proxy speaks as (the agent's default, the first, otherwise).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
+use wimse_core::WorkloadId;
+use wimse_workload::{
+    AuthConfig, Authenticator, CredentialSource, Policy, ProofMethod, WimseLayer,
+};
 
 use crate::agent::AgentSocketArg;
 use crate::cli::Environment;
-use crate::error::{CommandError, not_implemented};
+use crate::error::CommandError;
+
+/// How long a proxy waits for its first credentials from the agent.
+const FIRST_CREDENTIALS: Duration = Duration::from_secs(60);
 
 /// `wimse proxy ...`
 #[derive(Debug, Subcommand)]
@@ -23,12 +39,14 @@ impl ProxyCommand {
     pub fn run(self, env: &Environment) -> Result<(), CommandError> {
         match self {
             Self::Inbound(args) => {
-                let _socket = args.socket.resolve(env)?;
-                not_implemented("wimse proxy inbound")
+                let socket = args.socket.resolve(env)?;
+                crate::runtime::init_logging();
+                crate::runtime::block_on(inbound(args, socket))
             }
             Self::Outbound(args) => {
-                let _socket = args.socket.resolve(env)?;
-                not_implemented("wimse proxy outbound")
+                let socket = args.socket.resolve(env)?;
+                crate::runtime::init_logging();
+                crate::runtime::block_on(outbound(args, socket))
             }
         }
     }
@@ -36,10 +54,6 @@ impl ProxyCommand {
 
 /// `wimse proxy inbound`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the inbound proxy, which is not written yet"
-)]
 pub struct InboundArgs {
     /// Address to accept requests on
     #[arg(long, value_name = "ADDR")]
@@ -49,29 +63,142 @@ pub struct InboundArgs {
     pub upstream: String,
     #[command(flatten)]
     pub socket: AgentSocketArg,
-    /// URL callers address this service by, which their proof tokens must be bound to [default:
-    /// derived from each request]
+    /// URL callers address this service by, which their proof tokens must be bound to
+    /// [default: `http://<listen address>`]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
-    /// Cedar policy file that decides which callers may do what [default: allow every
-    /// authenticated caller]
+    /// Cedar policy file that decides which callers may do what, reloaded when it changes
+    /// [default: allow every authenticated caller]
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Append an audit record for every decision to this log file
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// The identity this proxy speaks as, when the agent offers several [default: the first]
+    #[arg(long, value_name = "ID")]
+    pub spiffe_id: Option<String>,
+    /// Also accept bearer JWT-SVIDs (audience: the public URL), for legacy callers only
+    #[arg(long)]
+    pub allow_jwt_svid: bool,
+}
+
+/// Which proof the outbound proxy attaches.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProofArg {
+    /// WIT + Workload Proof Token
+    WitWpt,
+    /// WIT + HTTP Message Signature
+    HttpSig,
 }
 
 /// `wimse proxy outbound`
 #[derive(Debug, Args)]
-#[allow(
-    dead_code,
-    reason = "read by the outbound proxy, which is not written yet"
-)]
 pub struct OutboundArgs {
-    /// Address to accept the service's outgoing requests on
+    /// Address to accept the service's outgoing requests on (keep it on loopback: whoever
+    /// reaches it speaks as this workload)
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub socket: AgentSocketArg,
+    /// The identity this proxy speaks as, when the agent offers several [default: the first]
+    #[arg(long, value_name = "ID")]
+    pub spiffe_id: Option<String>,
+    /// The proof attached to each request
+    #[arg(long, value_enum, default_value = "wit-wpt")]
+    pub proof: ProofArg,
+}
+
+fn workload_id(text: Option<&str>) -> Result<Option<WorkloadId>, CommandError> {
+    text.map(|t| {
+        WorkloadId::parse(t).map_err(|e| CommandError::Proxy(format!("`--spiffe-id`: {e}")))
+    })
+    .transpose()
+}
+
+async fn credentials(socket: PathBuf, id: Option<&str>) -> Result<CredentialSource, CommandError> {
+    Ok(CredentialSource::connect(socket, workload_id(id)?, FIRST_CREDENTIALS).await?)
+}
+
+async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CommandError::Proxy(format!("cannot listen on `{addr}`: {e}")))
+}
+
+fn audit_log(
+    path: &Path,
+    source: &CredentialSource,
+) -> Result<Arc<wimse_audit::AuditLog>, CommandError> {
+    let creds = source.current();
+    let (Some(id), Some(svid)) = (creds.id(), creds.x509.as_ref()) else {
+        return Err(CommandError::Proxy(
+            "no workload identity to sign the audit log with".into(),
+        ));
+    };
+    Ok(Arc::new(wimse_audit::AuditLog::open(
+        wimse_audit::AuditConfig::new(id.clone(), Arc::clone(&svid.key)).with_file(path),
+    )?))
+}
+
+async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError> {
+    let upstream: http::Uri = args
+        .upstream
+        .parse()
+        .map_err(|e| CommandError::Proxy(format!("`--upstream`: {e}")))?;
+    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        return Err(CommandError::Proxy(
+            "`--upstream` must be an http:// url".into(),
+        ));
+    }
+    let policy = Arc::new(match &args.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::allow_authenticated(),
+    });
+    let source = credentials(socket, args.spiffe_id.as_deref()).await?;
+    policy.watch();
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let mut config = AuthConfig::new(public_url.clone());
+    config.methods.jwt_svid = args.allow_jwt_svid;
+    let mut layer = WimseLayer::new(Arc::new(Authenticator::new(config, source.clone())), policy);
+    let audit = match &args.audit_log {
+        Some(path) => Some(audit_log(path, &source)?),
+        None => None,
+    };
+    if let Some(log) = &audit {
+        layer = layer.with_audit(Arc::clone(log));
+    }
+    let router = wimse_workload::proxy::inbound_router(upstream, layer);
+    let listener = listen(args.listen).await?;
+    tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream,
+        id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(crate::runtime::shutdown_signal())
+        .await
+        .map_err(|e| CommandError::Proxy(format!("inbound proxy stopped: {e}")))?;
+    if let Some(log) = audit {
+        log.close()?;
+    }
+    Ok(())
+}
+
+async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "outbound proxy listens beyond loopback: anyone who reaches it speaks as this workload");
+    }
+    let source = credentials(socket, args.spiffe_id.as_deref()).await?;
+    let method = match args.proof {
+        ProofArg::WitWpt => ProofMethod::WitWpt,
+        ProofArg::HttpSig => ProofMethod::HttpSig,
+    };
+    let router = wimse_workload::proxy::outbound_router(source.clone(), method);
+    let listener = listen(args.listen).await?;
+    tracing::info!(listen = %args.listen,
+        id = ?source.current().id().map(WorkloadId::as_str), "outbound proxy ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(crate::runtime::shutdown_signal())
+        .await
+        .map_err(|e| CommandError::Proxy(format!("outbound proxy stopped: {e}")))
 }

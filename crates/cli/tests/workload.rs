@@ -1,0 +1,443 @@
+//! Workload-to-workload authentication and authorization end to end, with the real
+//! `wimse server`, `wimse agent` and `wimse proxy` binaries.
+//!
+//! Three workloads share this test's uid, so the agent offers each process all three
+//! identities; each proxy picks its own with `--spiffe-id`. Workload 3 is a plain HTTP
+//! service (in this test process) behind `wimse proxy inbound` with a Cedar policy;
+//! workload 1 calls it through `wimse proxy outbound` (WIT + WPT), workload 2 through
+//! another (`--proof http-sig`), and workload 1 again over mTLS, this time as a Rust
+//! service would, with the library's TLS server and `WimseLayer`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::format_push_string,
+    clippy::too_many_lines,
+    reason = "tests"
+)]
+
+mod common;
+
+use common::{Agent, Server, TRUST_DOMAIN, WIMSE, free_port, my_uid_selector, wait_for};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wimse_core::WorkloadId;
+use wimse_workload::{
+    AuthConfig, Authenticator, CredentialSource, PeerAllowList, PeerIdentity, Policy, WimseLayer,
+};
+
+fn id(path: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}{path}")
+}
+
+fn policy() -> String {
+    format!(
+        r#"
+permit(principal == Workload::"{w1}", action == Action::"GET", resource == Service::"{w3}")
+when {{ context.path like "/api/orders*" }};
+permit(principal == Workload::"{w2}", action == Action::"POST", resource == Service::"{w3}")
+when {{ context.path like "/api/payments*" }};
+"#,
+        w1 = id("/w1"),
+        w2 = id("/w2"),
+        w3 = id("/w3")
+    )
+}
+
+/// A `wimse proxy` process, killed on drop.
+struct Proxy {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &Path, name: &str, args: &[&str], port: u16) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(WIMSE)
+            .arg("proxy")
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy { child, log };
+        let log = proxy.log.clone();
+        let read = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let child = &mut proxy.child;
+        wait_for(
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "proxy {name} exited: {}",
+                    read()
+                );
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
+            || format!("proxy {name} did not start: {}", read()),
+        );
+        proxy
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> bool {
+        common::terminate(&mut self.child)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection; (status, body).
+fn http(port: u16, request_line: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut text = format!("{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Workload 3's own service: says who called what.
+async fn upstream() -> u16 {
+    let app = axum::Router::new().fallback(
+        |method: http::Method, uri: http::Uri, headers: http::HeaderMap| async move {
+            format!(
+                "{method} {} by {} via {}",
+                uri.path(),
+                headers
+                    .get("x-wimse-peer-id")
+                    .map_or("nobody", |v| v.to_str().unwrap()),
+                headers
+                    .get("x-wimse-peer-auth-method")
+                    .map_or("nothing", |v| v.to_str().unwrap()),
+            )
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+struct Domain {
+    dir: tempfile::TempDir,
+    _server: Server,
+    agent: Agent,
+}
+
+fn domain(ttl: &str) -> Domain {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), &[]);
+    let (token, agent_id) = server.join_token();
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &server,
+        &["--join-token", token.as_str()],
+    );
+    for w in ["/w1", "/w2", "/w3"] {
+        server.create_entry(
+            &id(w),
+            &agent_id,
+            &[&my_uid_selector()],
+            &["--x509-ttl", ttl, "--jwt-ttl", ttl],
+        );
+    }
+    Domain {
+        dir,
+        _server: server,
+        agent,
+    }
+}
+
+fn socket_arg(d: &Domain) -> String {
+    d.agent.socket.display().to_string()
+}
+
+fn inbound(d: &Domain, port: u16, upstream: u16) -> Proxy {
+    let policy = d.dir.path().join("policy.cedar");
+    std::fs::write(&policy, policy_text()).unwrap();
+    let audit = d.dir.path().join("audit.jsonl");
+    Proxy::start(
+        d.dir.path(),
+        "w3-inbound",
+        &[
+            "inbound",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("http://127.0.0.1:{upstream}"),
+            "--socket",
+            &socket_arg(d),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--spiffe-id",
+            &id("/w3"),
+        ],
+        port,
+    )
+}
+
+fn policy_text() -> String {
+    policy()
+}
+
+fn outbound(d: &Domain, who: &str, port: u16, proof: &str) -> Proxy {
+    Proxy::start(
+        d.dir.path(),
+        &format!("{who}-outbound"),
+        &[
+            "outbound",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--socket",
+            &socket_arg(d),
+            "--spiffe-id",
+            &id(who),
+            "--proof",
+            proof,
+        ],
+        port,
+    )
+}
+
+/// GET/POST through an outbound proxy to workload 3's inbound proxy.
+fn via(proxy: u16, method: &str, target: u16, path: &str, body: &str) -> (u16, String) {
+    let line = format!("{method} http://127.0.0.1:{target}{path}");
+    let blocking = move || http(proxy, &line, &[], body);
+    blocking()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
+    let d = domain("3600");
+    let up = upstream().await;
+    let (p3, p1, p2) = (free_port(), free_port(), free_port());
+    let w3 = inbound(&d, p3, up);
+    let w1 = outbound(&d, "/w1", p1, "wit-wpt");
+    let w2 = outbound(&d, "/w2", p2, "http-sig");
+
+    let call = |proxy, method: &'static str, path: &'static str, body: &'static str| {
+        tokio::task::spawn_blocking(move || via(proxy, method, p3, path, body))
+    };
+    // Workload 1 (WIT + WPT) may read orders, nothing else.
+    let (status, body) = call(p1, "GET", "/api/orders/7", "").await.unwrap();
+    assert_eq!(status, 200, "{body}\n{}", w3.log());
+    assert_eq!(
+        body,
+        format!("GET /api/orders/7 by {} via wit-wpt", id("/w1"))
+    );
+    let (status, body) = call(p1, "POST", "/api/payments", "{}").await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("urn:wimse:problem:forbidden"), "{body}");
+
+    // Workload 2 (WIT + HTTP Message Signature, with a body) may pay, not read orders.
+    let (status, body) = call(p2, "POST", "/api/payments", "{\"amount\":3}")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}\n{}", w3.log());
+    assert_eq!(
+        body,
+        format!("POST /api/payments by {} via http-sig", id("/w2"))
+    );
+    let (status, _) = call(p2, "GET", "/api/orders", "").await.unwrap();
+    assert_eq!(status, 403);
+
+    // No credentials, or bad ones: 400 with a problem body naming the reason.
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http(
+            p3,
+            "GET /api/orders",
+            &[("X-Wimse-Peer-Id", &id("/w1"))],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["type"], "urn:wimse:problem:missing-credentials");
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http(
+            p3,
+            "GET /api/orders",
+            &[
+                ("Workload-Identity-Token", "e30.e30.AAAA"),
+                ("Workload-Proof-Token", "e30.e30.AAAA"),
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["type"], "urn:wimse:problem:invalid-wit", "{body}");
+
+    // mTLS: workload 3 as a Rust service (library TLS server + WimseLayer), workload 1 and
+    // workload 2 as Rust clients presenting their X509-SVIDs.
+    let source = |who: &str| {
+        CredentialSource::connect(
+            d.agent.socket.clone(),
+            Some(WorkloadId::parse(&id(who)).unwrap()),
+            Duration::from_secs(30),
+        )
+    };
+    let server_source = source("/w3").await.unwrap();
+    let tls_port = free_port();
+    let layer = WimseLayer::new(
+        Arc::new(Authenticator::new(
+            AuthConfig::new(format!("https://127.0.0.1:{tls_port}")),
+            server_source.clone(),
+        )),
+        Arc::new(Policy::from_text(&policy()).unwrap()),
+    );
+    let app = axum::Router::new()
+        .fallback(
+            |axum::Extension(peer): axum::Extension<PeerIdentity>| async move {
+                format!("{} {}", peer.id, peer.method.name())
+            },
+        )
+        .layer(layer);
+    let config = Arc::new(
+        wimse_workload::tls::server_config(&server_source, PeerAllowList::default()).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    tokio::spawn(wimse_workload::tls::serve(listener, config, app));
+
+    for (who, path, expected) in [("/w1", "/api/orders", 200), ("/w2", "/api/orders", 403)] {
+        let client_source = source(who).await.unwrap();
+        let mut allow = PeerAllowList::default();
+        allow.ids.insert(WorkloadId::parse(&id("/w3")).unwrap());
+        let config = wimse_workload::tls::client_config(&client_source, allow).unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("w3.test".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(
+                http::Request::get(path)
+                    .header("host", "127.0.0.1")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{who}");
+        if expected == 200 {
+            use http_body_util::BodyExt;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!("{} mtls", id(who)).as_bytes());
+        }
+    }
+
+    // Every decision was audited, and the log verifies.
+    drop(w1);
+    drop(w2);
+    assert!(w3.stop(), "inbound proxy did not stop cleanly");
+    let audit = d.dir.path().join("audit.jsonl");
+    let out = Command::new(WIMSE)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.matches("\"deny\"").count() >= 4, "{text}");
+    assert!(!text.contains("eyJ"), "a token leaked into the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_rotate_under_steady_traffic_without_a_failed_request() {
+    // 10 s credentials: the agent rotates them every ~5 s.
+    let d = domain("10");
+    let up = upstream().await;
+    let (p3, p1) = (free_port(), free_port());
+    let w3 = inbound(&d, p3, up);
+    let _w1 = outbound(&d, "/w1", p1, "wit-wpt");
+
+    // Watch workload 1's WIT from here too, to count rotations during the run.
+    let watcher = CredentialSource::connect(
+        d.agent.socket.clone(),
+        Some(WorkloadId::parse(&id("/w1")).unwrap()),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let started = Instant::now();
+    let mut requests = 0;
+    let mut failures = Vec::new();
+    while started.elapsed() < Duration::from_secs(25) {
+        if let Some(w) = &watcher.current().wit {
+            seen.insert(w.token.clone());
+        }
+        let (status, body) =
+            tokio::task::spawn_blocking(move || via(p1, "GET", p3, "/api/orders", ""))
+                .await
+                .unwrap();
+        requests += 1;
+        if status != 200 {
+            failures.push(format!("{status} {body}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        w3.log()
+    );
+    assert!(requests > 100, "only {requests} requests");
+    assert!(
+        seen.len() >= 3,
+        "only {} distinct WITs in 25 s: no rotation under traffic",
+        seen.len()
+    );
+    eprintln!(
+        "rotation under traffic: {requests} requests, 0 failed, {} WITs",
+        seen.len()
+    );
+}

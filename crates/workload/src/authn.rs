@@ -1,0 +1,480 @@
+//! Authentication of an incoming request: which workload sent it, proven how.
+//!
+//! [`Authenticator::authenticate`] picks the method from what the request carries:
+//!
+//! 1. a `Workload-Identity-Token` with a `Signature-Input`: WIT + HTTP Message Signature
+//!    ([`crate::httpsig`]);
+//! 2. a `Workload-Identity-Token` with a `Workload-Proof-Token`: WIT + WPT;
+//! 3. no WIT, and the connection's client certificate was verified ([`MtlsPeer`]): mTLS;
+//! 4. no WIT, `Authorization: Bearer`, and the legacy JWT-SVID mode explicitly enabled.
+//!
+//! The WIT is verified only by `wimse_core::token::wit` (through a [`WitCache`]), the WPT
+//! only by `verify_wpt`; this module adds the request's side of the binding (audience =
+//! the configured public URL + path, never `Host`; `ath`/`tth` from the request's
+//! `Authorization`/`Txn-Token`), the replay caches, the peer allow-list, and the reasons
+//! ([`AuthError`]) a refusal names in its RFC 9457 body.
+
+use crate::httpsig::{self, RequestView, SigError, SigPolicy};
+use crate::source::CredentialSource;
+use http::HeaderMap;
+use http::request::Parts;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use wimse_core::WorkloadId;
+use wimse_core::bundle::BundleError;
+use wimse_core::id::TrustDomain;
+use wimse_core::jose::JwsError;
+use wimse_core::token::replay::{ReplayCache, ReplayError};
+use wimse_core::token::txn::TXN_HEADER;
+use wimse_core::token::wit::{VerifiedWit, WitCache, WitProfile};
+use wimse_core::token::wpt::{RequestBinding, verify_wpt};
+use wimse_core::token::{TokenError, Validation};
+
+/// The WIT header (WIMSE workload credentials).
+pub const WIT_HEADER: &str = "workload-identity-token";
+/// The WPT header (WIMSE WPT).
+pub const WPT_HEADER: &str = "workload-proof-token";
+
+/// How a peer proved its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// WIT + Workload Proof Token.
+    WitWpt,
+    /// WIT + HTTP Message Signature.
+    HttpSig,
+    /// Mutual TLS with an X509-SVID.
+    Mtls,
+    /// Bearer JWT-SVID (legacy, opt-in).
+    JwtSvid,
+}
+
+impl AuthMethod {
+    /// The name policies and audit records use: `wit-wpt`, `http-sig`, `mtls`, `jwt-svid`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::WitWpt => "wit-wpt",
+            AuthMethod::HttpSig => "http-sig",
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::JwtSvid => "jwt-svid",
+        }
+    }
+
+    /// The audit crate's name for it.
+    pub fn audit(self) -> wimse_audit::AuthMethod {
+        match self {
+            AuthMethod::WitWpt => wimse_audit::AuthMethod::WitWpt,
+            AuthMethod::HttpSig => wimse_audit::AuthMethod::HttpSig,
+            AuthMethod::Mtls => wimse_audit::AuthMethod::Mtls,
+            AuthMethod::JwtSvid => wimse_audit::AuthMethod::JwtSvid,
+        }
+    }
+}
+
+/// The authenticated caller, put in the request's extensions by the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The caller's workload identifier.
+    pub id: WorkloadId,
+    /// How it was proven.
+    pub method: AuthMethod,
+}
+
+/// The identity of a TLS client whose certificate chain was verified during the
+/// handshake (inserted by [`crate::tls::serve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsPeer(pub WorkloadId);
+
+/// Which peers may authenticate at all (before authorization): by exact ID or by trust
+/// domain. Empty means every peer whose trust domain has a bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAllowList {
+    /// Exact workload identifiers.
+    pub ids: BTreeSet<WorkloadId>,
+    /// Whole trust domains.
+    pub trust_domains: BTreeSet<TrustDomain>,
+}
+
+impl PeerAllowList {
+    /// Whether `id` may authenticate.
+    pub fn allows(&self, id: &WorkloadId) -> bool {
+        (self.ids.is_empty() && self.trust_domains.is_empty())
+            || self.ids.contains(id)
+            || self.trust_domains.contains(id.trust_domain())
+    }
+}
+
+/// Why a request's credentials were refused (400 with an RFC 9457 body).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The request carries no credential this service accepts.
+    #[error("request carries no workload credentials")]
+    MissingCredentials,
+    /// A credential header is repeated or not visible ASCII.
+    #[error("header `{0}` must appear exactly once")]
+    MalformedHeader(&'static str),
+    /// A WIT came without a proof of possession.
+    #[error("the workload identity token is not accompanied by a proof (WPT or message signature)")]
+    MissingProof,
+    /// The WIT names a trust domain this service has no bundle for.
+    #[error("workload identity token: {0}")]
+    UntrustedTrustDomain(TokenError),
+    /// The WIT has expired.
+    #[error("workload identity token: {0}")]
+    WitExpired(TokenError),
+    /// The WIT is otherwise invalid.
+    #[error("workload identity token: {0}")]
+    InvalidWit(TokenError),
+    /// The WPT was already used.
+    #[error("workload proof token: {0}")]
+    ReplayedProof(TokenError),
+    /// The WPT names another audience.
+    #[error("workload proof token: {0}")]
+    WrongAudience(TokenError),
+    /// The WPT does not verify with the WIT's key.
+    #[error("workload proof token: {0}")]
+    ProofSignature(TokenError),
+    /// The WPT is bound to another WIT or token.
+    #[error("workload proof token: {0}")]
+    ProofBinding(TokenError),
+    /// The WPT is otherwise invalid.
+    #[error("workload proof token: {0}")]
+    InvalidProof(TokenError),
+    /// The message signature is refused.
+    #[error("message signature: {0}")]
+    Signature(SigError),
+    /// The message signature's nonce was already used by this peer.
+    #[error("message signature nonce was already used (replay)")]
+    ReplayedSignature,
+    /// The mTLS or JWT-SVID credential is refused.
+    #[error("{0}")]
+    Credential(String),
+    /// The caller authenticated but is not on the allow-list.
+    #[error("peer `{0}` is not on this service's allow-list")]
+    PeerNotAllowed(String),
+    /// The method is disabled on this service.
+    #[error("authentication method `{0}` is not enabled")]
+    MethodDisabled(&'static str),
+    /// The request body could not be read for its digest.
+    #[error("request body could not be read: {0}")]
+    Body(String),
+}
+
+impl AuthError {
+    /// The short, stable reason code (the last part of the problem `type` URI).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::MissingCredentials => "missing-credentials",
+            AuthError::MalformedHeader(_) => "malformed-header",
+            AuthError::MissingProof => "missing-proof",
+            AuthError::UntrustedTrustDomain(_) => "untrusted-trust-domain",
+            AuthError::WitExpired(_) => "wit-expired",
+            AuthError::InvalidWit(_) => "invalid-wit",
+            AuthError::ReplayedProof(_) => "replayed-proof",
+            AuthError::WrongAudience(_) | AuthError::Signature(SigError::WrongAudience { .. }) => {
+                "wrong-audience"
+            }
+            AuthError::ProofSignature(_) => "proof-signature-invalid",
+            AuthError::ProofBinding(_) => "proof-binding-mismatch",
+            AuthError::InvalidProof(_) => "invalid-proof",
+            AuthError::Signature(SigError::ContentDigest) => "content-digest-mismatch",
+            AuthError::Signature(SigError::BadSignature) => "signature-invalid",
+            AuthError::Signature(_) => "invalid-signature",
+            AuthError::ReplayedSignature => "replayed-signature",
+            AuthError::Credential(_) => "invalid-credential",
+            AuthError::PeerNotAllowed(_) => "peer-not-allowed",
+            AuthError::MethodDisabled(_) => "method-disabled",
+            AuthError::Body(_) => "unreadable-body",
+        }
+    }
+}
+
+fn wit_error(e: TokenError) -> AuthError {
+    match e {
+        TokenError::Key(BundleError::UntrustedTrustDomain(_)) => AuthError::UntrustedTrustDomain(e),
+        TokenError::Expired { .. } => AuthError::WitExpired(e),
+        _ => AuthError::InvalidWit(e),
+    }
+}
+
+fn wpt_error(e: TokenError) -> AuthError {
+    match e {
+        TokenError::Replay | TokenError::ReplayCacheFull => AuthError::ReplayedProof(e),
+        TokenError::WrongAudience { .. } => AuthError::WrongAudience(e),
+        TokenError::Jws(JwsError::Signature(_)) | TokenError::AlgorithmNotAllowed(_) => {
+            AuthError::ProofSignature(e)
+        }
+        TokenError::BindingMismatch(_) | TokenError::MissingClaim("ath" | "tth" | "oth") => {
+            AuthError::ProofBinding(e)
+        }
+        _ => AuthError::InvalidProof(e),
+    }
+}
+
+/// Which methods a service accepts. WIT+WPT, HTTP signatures and mTLS are on by default;
+/// the bearer JWT-SVID mode is off unless explicitly enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools, reason = "one switch per method")]
+pub struct Methods {
+    /// WIT + WPT.
+    pub wit_wpt: bool,
+    /// WIT + HTTP Message Signature.
+    pub http_sig: bool,
+    /// mTLS client certificates.
+    pub mtls: bool,
+    /// Bearer JWT-SVIDs (legacy peers only; the audience is the public URL).
+    pub jwt_svid: bool,
+}
+
+impl Default for Methods {
+    fn default() -> Self {
+        Methods {
+            wit_wpt: true,
+            http_sig: true,
+            mtls: true,
+            jwt_svid: false,
+        }
+    }
+}
+
+/// The configuration of an [`Authenticator`].
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The URL callers address this service by (scheme and authority, optionally a path
+    /// prefix), from trusted configuration. A request's audience is this + its path.
+    pub public_url: String,
+    /// The WIT profile (SPIFFE WIT-SVID by default).
+    pub profile: WitProfile,
+    /// The accepted methods.
+    pub methods: Methods,
+    /// The peers allowed to authenticate.
+    pub allow: PeerAllowList,
+    /// Allowed clock skew, seconds.
+    pub leeway: i64,
+}
+
+impl AuthConfig {
+    /// Defaults for a service reached at `public_url`.
+    pub fn new(public_url: impl Into<String>) -> Self {
+        AuthConfig {
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+            profile: WitProfile::Spiffe,
+            methods: Methods::default(),
+            allow: PeerAllowList::default(),
+            leeway: 60,
+        }
+    }
+}
+
+/// The result of authentication, with what the audit record needs.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The peer.
+    pub peer: PeerIdentity,
+    /// SHA-256 of the WIT or JWT-SVID presented, for the audit record.
+    pub credential: Option<(wimse_audit::CredentialKind, [u8; 32])>,
+}
+
+/// Verifies requests (see the module doc). Cheap to share: wrap it in an `Arc`.
+#[derive(Debug)]
+pub struct Authenticator {
+    config: AuthConfig,
+    source: CredentialSource,
+    wits: WitCache,
+    replay: ReplayCache,
+    bundle_generation: AtomicU64,
+}
+
+/// One header's value, refusing repeats.
+fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, AuthError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::MalformedHeader(name));
+    }
+    first
+        .to_str()
+        .map(|v| Some(v.trim()))
+        .map_err(|_| AuthError::MalformedHeader(name))
+}
+
+/// The bearer access token in `Authorization`, if any.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    Ok(single(headers, "authorization")?.and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }))
+}
+
+impl Authenticator {
+    /// An authenticator drawing trust bundles from `source`.
+    pub fn new(config: AuthConfig, source: CredentialSource) -> Self {
+        Authenticator {
+            config,
+            source,
+            wits: WitCache::new(10_000),
+            replay: ReplayCache::new(1_000_000),
+            bundle_generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// The credential source.
+    pub fn source(&self) -> &CredentialSource {
+        &self.source
+    }
+
+    /// The audience a request for `path` must be bound to.
+    pub fn audience_for(&self, path: &str) -> String {
+        format!("{}{}", self.config.public_url, path)
+    }
+
+    /// Whether the request must have its body read before authentication (a message
+    /// signature covers the body through `Content-Digest`).
+    pub fn needs_body(headers: &HeaderMap) -> bool {
+        headers.contains_key(WIT_HEADER) && headers.contains_key("signature-input")
+    }
+
+    /// Authenticates a request at time `now`. `body` is the whole body when
+    /// [`Authenticator::needs_body`] said so, else empty.
+    pub fn authenticate(
+        &self,
+        parts: &Parts,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Authenticated, AuthError> {
+        let creds = self.source.current();
+        // A bundle change must stop cached WITs vouching at once.
+        if self
+            .bundle_generation
+            .swap(creds.bundle_generation, Ordering::AcqRel)
+            != creds.bundle_generation
+        {
+            self.wits.clear();
+        }
+        let mut validation = Validation::at(now);
+        validation.leeway = self.config.leeway;
+        let headers = &parts.headers;
+        let path = parts.uri.path();
+        let audience = self.audience_for(path);
+
+        let authenticated = if let Some(wit) = single(headers, WIT_HEADER)? {
+            let verified = self
+                .wits
+                .verify(wit, &creds.wit_bundles, self.config.profile, &validation)
+                .map_err(wit_error)?;
+            let wit_hash = wimse_core::digest::sha256(wit.as_bytes());
+            let method = if headers.contains_key("signature-input") {
+                if !self.config.methods.http_sig {
+                    return Err(AuthError::MethodDisabled(AuthMethod::HttpSig.name()));
+                }
+                self.check_signature(parts, body, &verified, &audience, &validation)?;
+                AuthMethod::HttpSig
+            } else if let Some(wpt) = single(headers, WPT_HEADER)? {
+                if !self.config.methods.wit_wpt {
+                    return Err(AuthError::MethodDisabled(AuthMethod::WitWpt.name()));
+                }
+                let binding = RequestBinding {
+                    audience: &audience,
+                    access_token: bearer(headers)?,
+                    txn_token: single(headers, TXN_HEADER)?,
+                    other_tokens: &[],
+                };
+                verify_wpt(wpt, &verified, &binding, &validation, &self.replay)
+                    .map_err(wpt_error)?;
+                AuthMethod::WitWpt
+            } else {
+                return Err(AuthError::MissingProof);
+            };
+            Authenticated {
+                peer: PeerIdentity {
+                    id: verified.workload_id().clone(),
+                    method,
+                },
+                credential: Some((wimse_audit::CredentialKind::Wit, wit_hash)),
+            }
+        } else if let Some(MtlsPeer(id)) = parts.extensions.get::<MtlsPeer>() {
+            if !self.config.methods.mtls {
+                return Err(AuthError::MethodDisabled(AuthMethod::Mtls.name()));
+            }
+            Authenticated {
+                peer: PeerIdentity {
+                    id: id.clone(),
+                    method: AuthMethod::Mtls,
+                },
+                credential: None,
+            }
+        } else if self.config.methods.jwt_svid
+            && let Some(token) = bearer(headers)?
+        {
+            let verified = wimse_core::token::jwt_svid::verify_jwt_svid(
+                token,
+                &creds.jwt_bundles,
+                &self.config.public_url,
+                &validation,
+            )
+            .map_err(|e| AuthError::Credential(format!("jwt-svid: {e}")))?;
+            Authenticated {
+                peer: PeerIdentity {
+                    id: verified.claims.sub,
+                    method: AuthMethod::JwtSvid,
+                },
+                credential: Some((
+                    wimse_audit::CredentialKind::JwtSvid,
+                    wimse_core::digest::sha256(token.as_bytes()),
+                )),
+            }
+        } else {
+            return Err(AuthError::MissingCredentials);
+        };
+        if !self.config.allow.allows(&authenticated.peer.id) {
+            return Err(AuthError::PeerNotAllowed(authenticated.peer.id.to_string()));
+        }
+        Ok(authenticated)
+    }
+
+    fn check_signature(
+        &self,
+        parts: &Parts,
+        body: &[u8],
+        wit: &Arc<VerifiedWit>,
+        audience: &str,
+        validation: &Validation,
+    ) -> Result<(), AuthError> {
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        let view = RequestView {
+            method: parts.method.as_str(),
+            request_target: target,
+            headers: &parts.headers,
+        };
+        let policy = SigPolicy {
+            audience,
+            now: validation.now,
+            leeway: validation.leeway,
+            max_lifetime: validation.max_proof_lifetime,
+        };
+        let params = httpsig::verify_request(&view, body, &wit.holder_key, wit.holder_alg, &policy)
+            .map_err(AuthError::Signature)?;
+        // Nonces share the replay cache with WPT `jti`s, in their own namespace per sender.
+        let key = format!("sig\u{0}{}", params.nonce);
+        self.replay
+            .check_and_insert(
+                wit.workload_id().as_str(),
+                &key,
+                params.expires.saturating_add(validation.leeway),
+                validation.now,
+            )
+            .map_err(|e| match e {
+                ReplayError::Replayed | ReplayError::Full => AuthError::ReplayedSignature,
+            })
+    }
+}

@@ -1,0 +1,293 @@
+//! The server side as a tower layer: verify → authorize → [`PeerIdentity`] in the
+//! request's extensions → the inner service. Each decision, allow and deny, goes to the
+//! audit log when one is configured.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use wimse_workload::{AuthConfig, Authenticator, Policy, WimseLayer, PeerIdentity, CredentialSource};
+//! # fn demo(source: CredentialSource) {
+//! let authn = Authenticator::new(AuthConfig::new("https://orders.example.org"), source);
+//! let layer = WimseLayer::new(Arc::new(authn), Arc::new(Policy::allow_authenticated()));
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/api/orders", axum::routing::get(
+//!         |axum::Extension(peer): axum::Extension<PeerIdentity>| async move { peer.id.to_string() }))
+//!     .layer(layer);
+//! # }
+//! ```
+//!
+//! Refusals: 400 with an RFC 9457 `application/problem+json` body for a credential
+//! failure (the WIMSE drafts advise against 401), 403 for an authorization denial. The
+//! problem `type` is `urn:wimse:problem:<code>` with the code of [`AuthError::code`].
+
+use crate::authn::{AuthError, Authenticated, Authenticator, PeerIdentity};
+use crate::authz::{AuthzRequest, Policy};
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind};
+
+/// The largest body read to check a message signature's `Content-Digest`.
+pub const MAX_SIGNED_BODY: usize = 16 * 1024 * 1024;
+
+/// An RFC 9457 problem response.
+pub fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": format!("urn:wimse:problem:{code}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// The response to a refused credential.
+pub fn authn_problem(e: &AuthError) -> Response<Body> {
+    problem(
+        StatusCode::BAD_REQUEST,
+        e.code(),
+        "workload authentication failed",
+        &e.to_string(),
+    )
+}
+
+struct Shared {
+    authn: Arc<Authenticator>,
+    policy: Arc<Policy>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// The server-side layer (cheap to clone).
+#[derive(Clone)]
+pub struct WimseLayer {
+    shared: Arc<Shared>,
+}
+
+impl WimseLayer {
+    /// A layer that authenticates with `authn` and authorizes with `policy`.
+    pub fn new(authn: Arc<Authenticator>, policy: Arc<Policy>) -> Self {
+        WimseLayer {
+            shared: Arc::new(Shared {
+                authn,
+                policy,
+                audit: None,
+            }),
+        }
+    }
+
+    /// Records every decision in `log`.
+    #[must_use]
+    pub fn with_audit(self, log: Arc<AuditLog>) -> Self {
+        WimseLayer {
+            shared: Arc::new(Shared {
+                authn: Arc::clone(&self.shared.authn),
+                policy: Arc::clone(&self.shared.policy),
+                audit: Some(log),
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for WimseLayer {
+    type Service = WimseService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        WimseService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`WimseLayer`] wraps around an inner one.
+#[derive(Clone)]
+pub struct WimseService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> tower::Service<Request<Body>> for WimseService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // Take the service that was driven to readiness; leave a clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            match shared.admit(request).await {
+                Ok(request) => inner.call(request).await,
+                Err(response) => Ok(response),
+            }
+        })
+    }
+}
+
+impl Shared {
+    /// Verifies and authorizes; the request to pass on, or the refusal to answer with.
+    async fn admit(&self, request: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+        let (mut parts, body) = request.into_parts();
+        let now = wimse_core::token::unix_now();
+        let (body, bytes) = if Authenticator::needs_body(&parts.headers) {
+            match http_body_util::Limited::new(body, MAX_SIGNED_BODY)
+                .collect()
+                .await
+            {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    (Body::from(bytes.clone()), bytes)
+                }
+                Err(e) => {
+                    let e = AuthError::Body(e.to_string());
+                    self.audit_authn(&parts, Err(&e));
+                    return Err(authn_problem(&e));
+                }
+            }
+        } else {
+            (body, Bytes::new())
+        };
+        let authenticated = match self.authn.authenticate(&parts, &bytes, now) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(reason = e.code(), detail = %e, "request refused: authentication");
+                self.audit_authn(&parts, Err(&e));
+                return Err(authn_problem(&e));
+            }
+        };
+        self.audit_authn(&parts, Ok(&authenticated));
+
+        let creds = self.authn.source().current();
+        let Some(service) = creds.id() else {
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-identity",
+                "service has no identity yet",
+                "this service has no workload credentials yet",
+            ));
+        };
+        let peer = &authenticated.peer;
+        let decision = self.policy.authorize(&AuthzRequest {
+            principal: &peer.id,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            service,
+            auth_method: peer.method.name(),
+            time: now,
+        });
+        self.audit_authz(&parts, peer, service, decision.allowed, &decision.reason);
+        if !decision.allowed {
+            tracing::info!(peer = %peer.id, reason = %decision.reason, "request refused: authorization");
+            return Err(problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "not authorized",
+                &decision.reason,
+            ));
+        }
+        parts.extensions.insert::<PeerIdentity>(peer.clone());
+        Ok(Request::from_parts(parts, body))
+    }
+
+    fn base_record(
+        parts: &http::request::Parts,
+        kind: EventKind,
+        decision: Decision,
+    ) -> AuditRecord {
+        let mut record = AuditRecord::new(kind, decision);
+        if let Ok(r) =
+            record
+                .clone()
+                .with_resource(&format!("{} {}", parts.method, parts.uri.path()))
+        {
+            record = r;
+        }
+        if let Some(id) = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(r) = record.clone().with_request_id(id)
+        {
+            record = r;
+        }
+        record
+    }
+
+    fn audit_authn(
+        &self,
+        parts: &http::request::Parts,
+        outcome: Result<&Authenticated, &AuthError>,
+    ) {
+        let Some(log) = &self.audit else { return };
+        let creds = self.authn.source().current();
+        let mut record = match outcome {
+            Ok(a) => {
+                let mut r = Self::base_record(parts, EventKind::Authn, Decision::Allow)
+                    .with_source(a.peer.id.clone())
+                    .with_method(a.peer.method.audit());
+                if let Some((kind, hash)) = a.credential
+                    && let Ok(with) = r
+                        .clone()
+                        .with_credential(CredentialRef::from_sha256(kind, hash, None))
+                {
+                    r = with;
+                }
+                r
+            }
+            Err(e) => {
+                let r = Self::base_record(parts, EventKind::Authn, Decision::Deny);
+                r.clone()
+                    .with_reason(&e.to_string())
+                    .unwrap_or_else(|_| r.clone().with_reason(e.code()).unwrap_or(r))
+            }
+        };
+        if let Some(me) = creds.id() {
+            record = record.with_target(me.clone());
+        }
+        if let Err(e) = log.append(record) {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    fn audit_authz(
+        &self,
+        parts: &http::request::Parts,
+        peer: &PeerIdentity,
+        service: &wimse_core::WorkloadId,
+        allowed: bool,
+        reason: &str,
+    ) {
+        let Some(log) = &self.audit else { return };
+        let decision = if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        };
+        let record = Self::base_record(parts, EventKind::Authz, decision)
+            .with_source(peer.id.clone())
+            .with_target(service.clone())
+            .with_method(peer.method.audit());
+        let record = record.clone().with_reason(reason).unwrap_or(record);
+        if let Err(e) = log.append(record) {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+}

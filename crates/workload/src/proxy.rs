@@ -1,0 +1,216 @@
+//! The sidecar proxy for services in any language (`wimse proxy inbound|outbound`).
+//!
+//! - **Inbound** ([`inbound_router`]): every request goes through the same [`WimseLayer`]
+//!   a Rust service would use; an admitted request is forwarded to the upstream service
+//!   with the verified caller in [`PEER_ID_HEADER`] (and the method in
+//!   [`PEER_METHOD_HEADER`]). Both headers are removed from what the caller sent first, so
+//!   a caller cannot smuggle an identity through; the credential headers are removed
+//!   too (the upstream has no use for them, and they must not be replayed from there).
+//! - **Outbound** ([`outbound_router`]): a plain-HTTP forward proxy for the local service.
+//!   It takes absolute-form requests (`GET http://orders:8080/api/orders HTTP/1.1`, what
+//!   an HTTP client configured with `http_proxy` sends), attaches this workload's WIT and a
+//!   fresh WPT (or message signature) bound to that URL, and forwards them. Anyone who can
+//!   reach it speaks as this workload: bind it to loopback.
+
+use crate::authn::{PeerIdentity, WIT_HEADER, WPT_HEADER};
+use crate::client::{ProofMethod, attach_proof};
+use crate::layer::{WimseLayer, problem};
+use crate::source::CredentialSource;
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+/// The header carrying the verified caller's workload ID to the upstream service.
+pub const PEER_ID_HEADER: &str = "x-wimse-peer-id";
+/// The header carrying how the caller authenticated.
+pub const PEER_METHOD_HEADER: &str = "x-wimse-peer-auth-method";
+/// The largest request body the outbound proxy buffers (to sign it).
+pub const MAX_OUTBOUND_BODY: usize = 16 * 1024 * 1024;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes what the caller must not pass to the upstream: identity headers it might try
+/// to smuggle, and its credentials.
+pub fn strip_inbound(headers: &mut HeaderMap) {
+    for name in [
+        PEER_ID_HEADER,
+        PEER_METHOD_HEADER,
+        WIT_HEADER,
+        WPT_HEADER,
+        "signature",
+        "signature-input",
+    ] {
+        headers.remove(name);
+    }
+    strip_hop_by_hop(headers);
+    headers.remove(http::header::HOST);
+}
+
+#[derive(Clone)]
+struct Upstream {
+    base: Uri,
+    client: Client<HttpConnector, Body>,
+}
+
+fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
+    problem(
+        StatusCode::BAD_GATEWAY,
+        "upstream-unavailable",
+        "upstream unavailable",
+        &e.to_string(),
+    )
+}
+
+async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let Some(peer) = parts.extensions.get::<PeerIdentity>().cloned() else {
+        // The layer always inserts it; without it, fail closed.
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "missing-credentials",
+            "workload authentication failed",
+            "request was not authenticated",
+        );
+    };
+    strip_inbound(&mut parts.headers);
+    let (Ok(id), Ok(method)) = (
+        HeaderValue::from_str(peer.id.as_str()),
+        HeaderValue::from_str(peer.method.name()),
+    ) else {
+        return bad_gateway(&"peer id is not a valid header value");
+    };
+    parts.headers.insert(PEER_ID_HEADER, id);
+    parts.headers.insert(PEER_METHOD_HEADER, method);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let base = upstream.base.to_string();
+    let uri = match format!("{}{path}", base.trim_end_matches('/')).parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => return bad_gateway(&e),
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    match upstream
+        .client
+        .request(Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => response.map(Body::new),
+        Err(e) => bad_gateway(&e),
+    }
+}
+
+/// The inbound proxy: `layer` in front of a forwarder to `upstream` (e.g.
+/// `http://127.0.0.1:8080`).
+pub fn inbound_router(upstream: Uri, layer: WimseLayer) -> axum::Router {
+    let upstream = Upstream {
+        base: upstream,
+        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+    };
+    axum::Router::new()
+        .fallback(move |request: Request<Body>| forward_inbound(upstream.clone(), request))
+        .layer(layer)
+}
+
+#[derive(Clone)]
+struct Outbound {
+    source: CredentialSource,
+    method: ProofMethod,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.scheme_str() != Some("http") || parts.uri.authority().is_none() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "not-a-proxy-request",
+            "absolute http uri required",
+            "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+        );
+    }
+    let body = match http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-unreadable",
+                "request body unreadable",
+                &e.to_string(),
+            );
+        }
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    let creds = outbound.source.current();
+    if let Err(e) = attach_proof(
+        &mut parts,
+        &body,
+        &creds,
+        outbound.method,
+        wimse_core::token::unix_now(),
+    ) {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-credentials",
+            "cannot attach credentials",
+            &e.to_string(),
+        );
+    }
+    parts.version = http::Version::HTTP_11;
+    match outbound
+        .client
+        .request(Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(response) => response.map(Body::new),
+        Err(e) => bad_gateway(&e),
+    }
+}
+
+/// The outbound proxy: attaches proofs of `method` from `source` to absolute-form requests.
+pub fn outbound_router(source: CredentialSource, method: ProofMethod) -> axum::Router {
+    let outbound = Outbound {
+        source,
+        method,
+        client: crate::client::http_client(),
+    };
+    axum::Router::new()
+        .fallback(move |request: Request<Body>| forward_outbound(outbound.clone(), request))
+}

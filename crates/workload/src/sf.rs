@@ -1,0 +1,533 @@
+//! A strict reader and writer for the subset of RFC 8941 Structured Field Values that
+//! HTTP Message Signatures (RFC 9421) need: dictionaries whose members are items or inner
+//! lists, with parameters; bare items that are integers, strings, tokens, byte sequences
+//! and booleans.
+//!
+//! Strict where RFC 8941 is lenient, because these fields carry security decisions:
+//! a repeated dictionary key or parameter is refused (RFC 8941 lets the last one win,
+//! which would let an intermediary-appended member override a signed one), decimals are
+//! refused (no signature parameter uses them), and input is capped at [`MAX_FIELD_LEN`].
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use std::fmt::Write as _;
+
+/// The longest field value accepted, in bytes.
+pub const MAX_FIELD_LEN: usize = 8 * 1024;
+
+/// Why a structured field was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SfError {
+    /// The value is longer than [`MAX_FIELD_LEN`].
+    #[error("structured field is {0} bytes, more than {MAX_FIELD_LEN}")]
+    TooLong(usize),
+    /// A character that the grammar does not allow here.
+    #[error("structured field has an unexpected character at byte {0}")]
+    Unexpected(usize),
+    /// The value ended in the middle of a member.
+    #[error("structured field ends early")]
+    Truncated,
+    /// A dictionary key appears twice.
+    #[error("structured field repeats key `{0}`")]
+    DuplicateKey(String),
+    /// An integer has more than 15 digits.
+    #[error("structured field integer out of range")]
+    Integer,
+    /// A byte sequence is not valid base64.
+    #[error("structured field byte sequence is not valid base64")]
+    Base64,
+    /// Decimals are valid RFC 8941 but no signature field uses them.
+    #[error("structured field decimals are not supported")]
+    Decimal,
+}
+
+/// A bare item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BareItem {
+    /// `sf-integer`.
+    Integer(i64),
+    /// `sf-string` (printable ASCII).
+    String(String),
+    /// `sf-token`.
+    Token(String),
+    /// `sf-binary`.
+    Bytes(Vec<u8>),
+    /// `sf-boolean`.
+    Boolean(bool),
+}
+
+/// Ordered parameters, keys unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(pub Vec<(String, BareItem)>);
+
+impl Params {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&BareItem> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// An item with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The value.
+    pub bare: BareItem,
+    /// Its parameters.
+    pub params: Params,
+}
+
+/// A dictionary member's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Member {
+    /// A single item.
+    Item(Item),
+    /// An inner list and its parameters.
+    InnerList(Vec<Item>, Params),
+}
+
+/// A parsed dictionary, in field order.
+pub type Dictionary = Vec<(String, Member)>;
+
+struct Parser<'a> {
+    input: &'a [u8],
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.input.get(self.pos).copied()
+    }
+
+    fn bump(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.pos += 1;
+        Some(c)
+    }
+
+    fn unexpected(&self) -> SfError {
+        if self.pos >= self.input.len() {
+            SfError::Truncated
+        } else {
+            SfError::Unexpected(self.pos)
+        }
+    }
+
+    fn skip_sp(&mut self) {
+        while self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+    }
+
+    fn skip_ows(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    fn key(&mut self) -> Result<String, SfError> {
+        let start = self.pos;
+        match self.peek() {
+            Some(c) if c.is_ascii_lowercase() || c == b'*' => {}
+            _ => return Err(self.unexpected()),
+        }
+        while let Some(c) = self.peek() {
+            if c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, b'_' | b'-' | b'.' | b'*')
+            {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        Ok(String::from_utf8_lossy(self.input.get(start..self.pos).unwrap_or_default()).into())
+    }
+
+    fn bare_item(&mut self) -> Result<BareItem, SfError> {
+        match self.peek() {
+            Some(b'-' | b'0'..=b'9') => self.integer(),
+            Some(b'"') => self.string(),
+            Some(b':') => self.bytes(),
+            Some(b'?') => self.boolean(),
+            Some(c) if c.is_ascii_alphabetic() || c == b'*' => Ok(self.token()),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    fn integer(&mut self) -> Result<BareItem, SfError> {
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.pos += 1;
+        }
+        let start = self.pos;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.pos += 1;
+        }
+        let digits = self.input.get(start..self.pos).unwrap_or_default();
+        if digits.is_empty() {
+            return Err(self.unexpected());
+        }
+        if self.peek() == Some(b'.') {
+            return Err(SfError::Decimal);
+        }
+        if digits.len() > 15 {
+            return Err(SfError::Integer);
+        }
+        let mut value: i64 = 0;
+        for d in digits {
+            value = value * 10 + i64::from(d - b'0');
+        }
+        Ok(BareItem::Integer(if negative { -value } else { value }))
+    }
+
+    fn string(&mut self) -> Result<BareItem, SfError> {
+        self.pos += 1; // opening quote
+        let mut out = String::new();
+        loop {
+            match self.bump() {
+                None => return Err(SfError::Truncated),
+                Some(b'"') => return Ok(BareItem::String(out)),
+                Some(b'\\') => match self.bump() {
+                    Some(c @ (b'"' | b'\\')) => out.push(char::from(c)),
+                    None => return Err(SfError::Truncated),
+                    Some(_) => return Err(SfError::Unexpected(self.pos - 1)),
+                },
+                Some(c @ 0x20..=0x7e) => out.push(char::from(c)),
+                Some(_) => return Err(SfError::Unexpected(self.pos - 1)),
+            }
+        }
+    }
+
+    fn token(&mut self) -> BareItem {
+        let start = self.pos;
+        self.pos += 1;
+        while let Some(c) = self.peek() {
+            let tchar = c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c);
+            if tchar {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        BareItem::Token(
+            String::from_utf8_lossy(self.input.get(start..self.pos).unwrap_or_default()).into(),
+        )
+    }
+
+    fn bytes(&mut self) -> Result<BareItem, SfError> {
+        self.pos += 1;
+        let start = self.pos;
+        while let Some(c) = self.peek() {
+            if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        let text = self.input.get(start..self.pos).unwrap_or_default();
+        if self.bump() != Some(b':') {
+            return Err(self.unexpected());
+        }
+        STANDARD
+            .decode(text)
+            .map(BareItem::Bytes)
+            .map_err(|_| SfError::Base64)
+    }
+
+    fn boolean(&mut self) -> Result<BareItem, SfError> {
+        self.pos += 1;
+        match self.bump() {
+            Some(b'1') => Ok(BareItem::Boolean(true)),
+            Some(b'0') => Ok(BareItem::Boolean(false)),
+            None => Err(SfError::Truncated),
+            Some(_) => Err(SfError::Unexpected(self.pos - 1)),
+        }
+    }
+
+    fn params(&mut self) -> Result<Params, SfError> {
+        let mut params = Params::default();
+        while self.peek() == Some(b';') {
+            self.pos += 1;
+            self.skip_sp();
+            let key = self.key()?;
+            let value = if self.peek() == Some(b'=') {
+                self.pos += 1;
+                self.bare_item()?
+            } else {
+                BareItem::Boolean(true)
+            };
+            if params.get(&key).is_some() {
+                return Err(SfError::DuplicateKey(key));
+            }
+            params.0.push((key, value));
+        }
+        Ok(params)
+    }
+
+    fn item(&mut self) -> Result<Item, SfError> {
+        let bare = self.bare_item()?;
+        let params = self.params()?;
+        Ok(Item { bare, params })
+    }
+
+    fn inner_list(&mut self) -> Result<Member, SfError> {
+        self.pos += 1; // (
+        let mut items = Vec::new();
+        loop {
+            self.skip_sp();
+            if self.peek() == Some(b')') {
+                self.pos += 1;
+                let params = self.params()?;
+                return Ok(Member::InnerList(items, params));
+            }
+            items.push(self.item()?);
+            match self.peek() {
+                Some(b' ' | b')') => {}
+                _ => return Err(self.unexpected()),
+            }
+        }
+    }
+
+    fn dictionary(&mut self) -> Result<Dictionary, SfError> {
+        let mut dict: Dictionary = Vec::new();
+        self.skip_sp();
+        if self.peek().is_none() {
+            return Ok(dict);
+        }
+        loop {
+            let key = self.key()?;
+            let member = if self.peek() == Some(b'=') {
+                self.pos += 1;
+                if self.peek() == Some(b'(') {
+                    self.inner_list()?
+                } else {
+                    Member::Item(self.item()?)
+                }
+            } else {
+                Member::Item(Item {
+                    bare: BareItem::Boolean(true),
+                    params: self.params()?,
+                })
+            };
+            if dict.iter().any(|(k, _)| *k == key) {
+                return Err(SfError::DuplicateKey(key));
+            }
+            dict.push((key, member));
+            self.skip_ows();
+            match self.bump() {
+                None => return Ok(dict),
+                Some(b',') => {
+                    self.skip_ows();
+                    if self.peek().is_none() {
+                        return Err(SfError::Truncated);
+                    }
+                }
+                Some(_) => return Err(SfError::Unexpected(self.pos - 1)),
+            }
+        }
+    }
+}
+
+/// Parses a dictionary field value (RFC 8941 §4.2.2, strict subset).
+pub fn parse_dictionary(input: &str) -> Result<Dictionary, SfError> {
+    if input.len() > MAX_FIELD_LEN {
+        return Err(SfError::TooLong(input.len()));
+    }
+    let mut parser = Parser {
+        input: input.as_bytes(),
+        pos: 0,
+    };
+    parser.dictionary()
+}
+
+/// Serializes a bare item (RFC 8941 §4.1.3).
+pub fn write_bare_item(out: &mut String, item: &BareItem) {
+    match item {
+        BareItem::Integer(i) => {
+            let _ = write!(out, "{i}");
+        }
+        BareItem::String(s) => {
+            out.push('"');
+            for c in s.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+        BareItem::Token(t) => out.push_str(t),
+        BareItem::Bytes(b) => {
+            out.push(':');
+            out.push_str(&STANDARD.encode(b));
+            out.push(':');
+        }
+        BareItem::Boolean(b) => out.push_str(if *b { "?1" } else { "?0" }),
+    }
+}
+
+/// Serializes parameters; a `true` Boolean is written as a bare key (RFC 8941 §4.1.1.2).
+pub fn write_params(out: &mut String, params: &Params) {
+    for (key, value) in &params.0 {
+        out.push(';');
+        out.push_str(key);
+        if *value != BareItem::Boolean(true) {
+            out.push('=');
+            write_bare_item(out, value);
+        }
+    }
+}
+
+/// Serializes an inner list with its parameters (RFC 8941 §4.1.1.1).
+pub fn write_inner_list(out: &mut String, items: &[Item], params: &Params) {
+    out.push('(');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        write_bare_item(out, &item.bare);
+        write_params(out, &item.params);
+    }
+    out.push(')');
+    write_params(out, params);
+}
+
+/// Serializes a dictionary.
+pub fn write_dictionary(dict: &Dictionary) -> String {
+    let mut out = String::new();
+    for (i, (key, member)) in dict.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(key);
+        match member {
+            Member::Item(item) if item.bare == BareItem::Boolean(true) => {
+                write_params(&mut out, &item.params);
+            }
+            Member::Item(item) => {
+                out.push('=');
+                write_bare_item(&mut out, &item.bare);
+                write_params(&mut out, &item.params);
+            }
+            Member::InnerList(items, params) => {
+                out.push('=');
+                write_inner_list(&mut out, items, params);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+    use super::*;
+    use proptest::prelude::*;
+
+    const INPUT: &str = r#"wimse=("@method" "@request-target" "workload-identity-token");created=1785155797;expires=1785156097;nonce="abcd1111";tag="wimse-workload-to-workload";wimse-aud="https://svcb.example.com/gimme-ice-cream";wimse-sign-response"#;
+
+    #[test]
+    fn the_profile_example_round_trips_byte_for_byte() {
+        let dict = parse_dictionary(INPUT).unwrap();
+        assert_eq!(dict.len(), 1);
+        let Member::InnerList(items, params) = &dict[0].1 else {
+            panic!("not an inner list")
+        };
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            params.get("created"),
+            Some(&BareItem::Integer(1_785_155_797))
+        );
+        assert_eq!(
+            params.get("wimse-sign-response"),
+            Some(&BareItem::Boolean(true))
+        );
+        assert_eq!(write_dictionary(&dict), INPUT);
+    }
+
+    #[test]
+    fn repeated_keys_are_refused() {
+        assert_eq!(
+            parse_dictionary("a=1, a=2"),
+            Err(SfError::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            parse_dictionary("a=(\"x\");n=1;n=2"),
+            Err(SfError::DuplicateKey("n".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_refused() {
+        for bad in [
+            "A=1",
+            "a=",
+            "a=1,",
+            "a=(\"x\"",
+            "a=\"unterminated",
+            "a=:not base64:",
+            "a=1.5",
+            "a=1234567890123456",
+            "a=\"\\n\"",
+            "a=?2",
+            "a=(\"x\"\"y\")",
+        ] {
+            assert!(parse_dictionary(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn byte_sequences_decode() {
+        let dict = parse_dictionary("wimse=:AAEC:").unwrap();
+        assert_eq!(
+            dict[0].1,
+            Member::Item(Item {
+                bare: BareItem::Bytes(vec![0, 1, 2]),
+                params: Params::default()
+            })
+        );
+    }
+
+    fn bare_item() -> impl Strategy<Value = BareItem> {
+        prop_oneof![
+            (-999_999_999_999_999i64..=999_999_999_999_999).prop_map(BareItem::Integer),
+            "[ -~]{0,20}".prop_map(BareItem::String),
+            "[a-zA-Z*][a-zA-Z0-9:/*.-]{0,10}".prop_map(BareItem::Token),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(BareItem::Bytes),
+            any::<bool>().prop_map(BareItem::Boolean),
+        ]
+    }
+
+    fn params() -> impl Strategy<Value = Params> {
+        proptest::collection::btree_map("[a-z][a-z0-9-]{0,6}", bare_item(), 0..4)
+            .prop_map(|m| Params(m.into_iter().collect()))
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        (bare_item(), params()).prop_map(|(bare, params)| Item { bare, params })
+    }
+
+    fn member() -> impl Strategy<Value = Member> {
+        prop_oneof![
+            item().prop_map(Member::Item),
+            (proptest::collection::vec(item(), 0..4), params())
+                .prop_map(|(items, p)| Member::InnerList(items, p)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn serialized_dictionaries_parse_back_to_themselves(
+            dict in proptest::collection::btree_map("[a-z][a-z0-9_-]{0,6}", member(), 1..4)
+        ) {
+            let dict: Dictionary = dict.into_iter().collect();
+            let text = write_dictionary(&dict);
+            prop_assert_eq!(parse_dictionary(&text).unwrap(), dict);
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(input in "\\PC{0,200}") {
+            let _ = parse_dictionary(&input);
+        }
+    }
+}

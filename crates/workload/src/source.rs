@@ -1,0 +1,360 @@
+//! The credential source: this workload's current X.509 SVID, WIT and key, and the trust
+//! bundles it verifies peers with, kept up to date from the agent's Workload API.
+//!
+//! [`CredentialSource::current`] hands out an `Arc<Credentials>` snapshot; a rotation
+//! replaces the snapshot in place, so a request in flight keeps the credentials it
+//! started with and the next one sees the new ones (no connection or request is dropped).
+//! A background task follows the `FetchX509SVID` and `FetchWITSVID` streams, re-reads the
+//! bundles on every change and every [`BUNDLE_POLL`], and reconnects with exponential
+//! backoff (100 ms doubling to 5 s) when the agent goes away; the last good snapshot
+//! stays in use meanwhile.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use wimse_core::WorkloadId;
+use wimse_core::bundle::{BundleSet, TrustBundle};
+use wimse_core::id::TrustDomain;
+use wimse_proto::Workload;
+use wimse_proto::workload::{WitSvid, X509Context, X509Svid};
+
+/// How often the bundles are re-read even when no credential changed.
+pub const BUNDLE_POLL: Duration = Duration::from_secs(5);
+
+/// Why the source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No complete set of credentials arrived in time.
+    #[error("no credentials from the agent at `{socket}` within {waited:?}: {last}")]
+    NotReady {
+        /// The agent's socket.
+        socket: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+        /// The last problem seen.
+        last: String,
+    },
+}
+
+/// One snapshot of everything this workload holds.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The X.509 SVID (chain and key) of this workload.
+    pub x509: Option<X509Svid>,
+    /// The WIT and the key its `cnf` names.
+    pub wit: Option<WitSvid>,
+    /// X.509 authorities per trust domain, for mTLS peers.
+    pub x509_bundles: BundleSet,
+    /// WIT authorities per trust domain.
+    pub wit_bundles: BundleSet,
+    /// JWT-SVID authorities per trust domain (legacy bearer mode only).
+    pub jwt_bundles: BundleSet,
+    /// Increases on every change; the bundles' part is [`Credentials::bundle_generation`].
+    pub generation: u64,
+    /// Increases when any bundle changes (verified-WIT caches are cleared on a change).
+    pub bundle_generation: u64,
+}
+
+impl Credentials {
+    /// This workload's identity: the WIT's subject, else the X.509 SVID's.
+    pub fn id(&self) -> Option<&WorkloadId> {
+        self.wit
+            .as_ref()
+            .map(|w| &w.id)
+            .or_else(|| self.x509.as_ref().map(|x| &x.id))
+    }
+
+    /// Whether an X.509 SVID, a WIT and WIT bundles are all present.
+    pub fn is_complete(&self) -> bool {
+        self.x509.is_some() && self.wit.is_some() && self.wit_bundles.iter().next().is_some()
+    }
+}
+
+struct Inner {
+    current: RwLock<Arc<Credentials>>,
+    changed: watch::Sender<u64>,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// The last connection or stream error (for the "not ready" message).
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+/// A shared handle on the current credentials (cheap to clone).
+#[derive(Clone)]
+pub struct CredentialSource {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current();
+        f.debug_struct("CredentialSource")
+            .field("id", &current.id())
+            .field("generation", &current.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialSource {
+    /// A source that holds `credentials` until [`CredentialSource::update`] changes them
+    /// (for tests, benchmarks and credentials from files).
+    pub fn fixed(credentials: Credentials) -> Self {
+        let (changed, _) = watch::channel(credentials.generation);
+        CredentialSource {
+            inner: Arc::new(Inner {
+                current: RwLock::new(Arc::new(credentials)),
+                changed,
+                task: std::sync::OnceLock::new(),
+                last_error: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Connects to the agent at `socket` and follows it in the background; waits up to
+    /// `wait` for a complete set (X.509 SVID, WIT, bundles). `id` picks one of several
+    /// identities the agent offers this process (default: the first).
+    pub async fn connect(
+        socket: PathBuf,
+        id: Option<WorkloadId>,
+        wait: Duration,
+    ) -> Result<Self, SourceError> {
+        let (changed, mut rx) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            current: RwLock::new(Arc::new(Credentials::default())),
+            changed,
+            task: std::sync::OnceLock::new(),
+            last_error: std::sync::Mutex::new(None),
+        });
+        // Spawned only once `inner` exists, so the task's first upgrade cannot fail.
+        let task = tokio::spawn(follow(Arc::downgrade(&inner), socket.clone(), id));
+        let _ = inner.task.set(task.abort_handle());
+        let source = CredentialSource { inner };
+        let ready = tokio::time::timeout(wait, async {
+            while !source.current().is_complete() {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if ready.is_err() || !source.current().is_complete() {
+            let c = source.current();
+            return Err(SourceError::NotReady {
+                socket,
+                waited: wait,
+                last: format!(
+                    "x509 svid {}, wit {}, wit bundles {}; last error: {}",
+                    c.x509.is_some(),
+                    c.wit.is_some(),
+                    c.wit_bundles.iter().next().is_some(),
+                    source
+                        .inner
+                        .last_error
+                        .lock()
+                        .ok()
+                        .and_then(|e| e.clone())
+                        .unwrap_or_else(|| "none".into())
+                ),
+            });
+        }
+        Ok(source)
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Credentials> {
+        Arc::clone(
+            &self
+                .inner
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the snapshot with `f` applied to a copy of it (the generation increases).
+    pub fn update(&self, f: impl FnOnce(&mut Credentials)) {
+        update(&self.inner, f);
+    }
+
+    /// A receiver that sees the generation after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+}
+
+fn update(inner: &Inner, f: impl FnOnce(&mut Credentials)) {
+    let mut guard = inner
+        .current
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut next = Credentials::clone(&guard);
+    let bundles_before = (
+        bundle_fingerprint(&next.x509_bundles),
+        bundle_fingerprint(&next.wit_bundles),
+        bundle_fingerprint(&next.jwt_bundles),
+    );
+    f(&mut next);
+    next.generation = guard.generation.wrapping_add(1);
+    let bundles_after = (
+        bundle_fingerprint(&next.x509_bundles),
+        bundle_fingerprint(&next.wit_bundles),
+        bundle_fingerprint(&next.jwt_bundles),
+    );
+    if bundles_before != bundles_after {
+        next.bundle_generation = guard.bundle_generation.wrapping_add(1);
+    }
+    let generation = next.generation;
+    *guard = Arc::new(next);
+    drop(guard);
+    inner.changed.send_replace(generation);
+}
+
+/// A cheap fingerprint of a bundle set, to notice changes.
+fn bundle_fingerprint(set: &BundleSet) -> String {
+    set.iter()
+        .map(|b| {
+            format!(
+                "{}:{}:{}:{}:{}",
+                b.trust_domain(),
+                b.x509_authorities.len(),
+                b.jwt_authorities
+                    .iter()
+                    .chain(&b.wit_authorities)
+                    .map(|a| a.kid.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                b.x509_authorities
+                    .iter()
+                    .map(|c| wimse_core::digest::sha256_b64(c))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                b.sequence
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn x509_bundles(ctx: &X509Context, svid: &X509Svid) -> BundleSet {
+    let mut set = BundleSet::new();
+    let mut own = TrustBundle::new(svid.id.trust_domain().clone());
+    own.x509_authorities = svid.bundle.iter().map(|c| c.der().to_vec()).collect();
+    set.insert(own);
+    for (td, certs) in &ctx.federated {
+        if let Ok(td) = TrustDomain::new(td) {
+            let mut b = TrustBundle::new(td);
+            b.x509_authorities = certs.iter().map(|c| c.der().to_vec()).collect();
+            set.insert(b);
+        }
+    }
+    set
+}
+
+/// Follows the agent until the source is dropped.
+async fn follow(inner: Weak<Inner>, socket: PathBuf, id: Option<WorkloadId>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match follow_once(&inner, &socket, id.as_ref()).await {
+            Ok(()) => return, // the source was dropped
+            Err(e) => {
+                if let Some(inner) = inner.upgrade()
+                    && let Ok(mut last) = inner.last_error.lock()
+                {
+                    *last = Some(e.to_string());
+                }
+                tracing::warn!(error = %e, socket = %socket.display(), "workload api connection lost; reconnecting");
+            }
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn follow_once(
+    inner: &Weak<Inner>,
+    socket: &std::path::Path,
+    id: Option<&WorkloadId>,
+) -> Result<(), wimse_proto::ClientError> {
+    let mut client = Workload::connect(socket).await?;
+    let mut x509 = Box::pin(client.watch_x509().await?);
+    let mut wit = Box::pin(client.watch_wit(id.map(WorkloadId::as_str)).await?);
+    let mut poll = tokio::time::interval(BUNDLE_POLL);
+    loop {
+        tokio::select! {
+            // A new X.509 context: pick our SVID, take the X.509 bundles from it.
+            item = x509.next() => {
+                let ctx = item.ok_or(wimse_proto::ClientError::Closed)??;
+                let chosen = match id {
+                    Some(id) => ctx.svids.iter().find(|s| &s.id == id),
+                    None => ctx.default_svid(),
+                };
+                if let Some(svid) = chosen {
+                    let bundles = x509_bundles(&ctx, svid);
+                    let svid = svid.clone();
+                    let Some(inner) = inner.upgrade() else { return Ok(()) };
+                    update(&inner, |c| {
+                        c.x509 = Some(svid);
+                        c.x509_bundles = bundles;
+                    });
+                } else {
+                    tracing::warn!("the agent offers no X.509 SVID for the chosen identity");
+                }
+                refresh_bundles(inner, &mut client).await?;
+            }
+            // A new WIT (rotation): swap it in, then re-read bundles (keys may rotate with it).
+            item = wit.next() => {
+                let wits = item.ok_or(wimse_proto::ClientError::Closed)??;
+                let chosen = match id {
+                    Some(id) => wits.into_iter().find(|w| &w.id == id),
+                    None => wits.into_iter().next(),
+                };
+                if let Some(w) = chosen {
+                    let Some(inner) = inner.upgrade() else { return Ok(()) };
+                    update(&inner, |c| c.wit = Some(w));
+                }
+                refresh_bundles(inner, &mut client).await?;
+            }
+            // Bundles change without a credential change (a new CA key published).
+            _ = poll.tick() => refresh_bundles(inner, &mut client).await?,
+        }
+        if inner.strong_count() == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn refresh_bundles(
+    inner: &Weak<Inner>,
+    client: &mut Workload,
+) -> Result<(), wimse_proto::ClientError> {
+    let wit_bundles = client.wit_bundles().await?;
+    let jwt_bundles = client.jwt_bundles().await.unwrap_or_default();
+    if let Some(inner) = inner.upgrade() {
+        let current = inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if bundle_fingerprint(&current.wit_bundles) != bundle_fingerprint(&wit_bundles)
+            || bundle_fingerprint(&current.jwt_bundles) != bundle_fingerprint(&jwt_bundles)
+        {
+            update(&inner, |c| {
+                c.wit_bundles = wit_bundles;
+                c.jwt_bundles = jwt_bundles;
+            });
+        }
+    }
+    Ok(())
+}

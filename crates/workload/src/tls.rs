@@ -1,0 +1,346 @@
+//! Mutual TLS with X509-SVIDs (draft-ietf-wimse-mutual-tls, SPECS §6): TLS 1.3 only, the
+//! aws-lc-rs provider.
+//!
+//! - [`SvidVerifier`] is both the server's client-certificate verifier and the client's
+//!   server-certificate verifier: it reads the peer's one URI SAN, takes the X.509
+//!   authorities of *that* identifier's trust domain from the current bundles, verifies the
+//!   chain with `wimse_core::x509::verify_svid_for_trust_domain` (the one place for that
+//!   decision), and applies a [`PeerAllowList`]. The server name is not used: the
+//!   identifier's host part is a trust domain, not a hostname, so a client is configured
+//!   with the peer IDs it expects instead.
+//! - [`SvidResolver`] serves the *current* SVID on each handshake, so a rotated
+//!   certificate is used from the next connection on without a restart.
+//! - [`serve`] accepts TLS connections and hands each request to a tower service with the
+//!   verified [`MtlsPeer`] in its extensions (read by [`crate::Authenticator`]).
+
+use crate::authn::{MtlsPeer, PeerAllowList};
+use crate::source::CredentialSource;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use wimse_core::WorkloadId;
+use wimse_core::x509::{Certificate, verify_svid_for_trust_domain};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The SPIFFE ID of a certificate: its one URI SAN.
+pub fn spiffe_id_of(der: &[u8]) -> Result<WorkloadId, String> {
+    let cert = Certificate::from_der(der.to_vec()).map_err(|e| e.to_string())?;
+    match cert.uri_sans().as_slice() {
+        [one] => WorkloadId::parse(one).map_err(|e| e.to_string()),
+        _ => Err("peer certificate must have exactly one URI SAN".into()),
+    }
+}
+
+/// Verifies a peer's X509-SVID chain against its trust domain's bundle (see the module doc).
+#[derive(Debug)]
+pub struct SvidVerifier {
+    source: CredentialSource,
+    allow: PeerAllowList,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SvidVerifier {
+    /// A verifier with bundles from `source` accepting the peers `allow` lists.
+    pub fn new(source: CredentialSource, allow: PeerAllowList) -> Self {
+        SvidVerifier {
+            source,
+            allow,
+            provider: provider(),
+        }
+    }
+
+    /// Verifies a presented chain; the peer's ID.
+    pub fn verify_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<WorkloadId, rustls::Error> {
+        let fail = |reason: String| rustls::Error::General(format!("peer svid refused: {reason}"));
+        let claimed = spiffe_id_of(end_entity).map_err(fail)?;
+        let creds = self.source.current();
+        let bundle = creds
+            .x509_bundles
+            .get(claimed.trust_domain())
+            .ok_or_else(|| {
+                fail(format!(
+                    "trust domain `{}` is not trusted",
+                    claimed.trust_domain()
+                ))
+            })?;
+        let roots = bundle
+            .x509_authorities
+            .iter()
+            .map(|der| Certificate::from_der(der.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut chain =
+            vec![Certificate::from_der(end_entity.to_vec()).map_err(|e| fail(e.to_string()))?];
+        for der in intermediates {
+            chain.push(Certificate::from_der(der.to_vec()).map_err(|e| fail(e.to_string()))?);
+        }
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let id = verify_svid_for_trust_domain(&chain, claimed.trust_domain(), &roots, now)
+            .map_err(|e| fail(e.to_string()))?;
+        if !self.allow.allows(&id) {
+            return Err(fail(format!("`{id}` is not on the allow-list")));
+        }
+        Ok(id)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+}
+
+impl ClientCertVerifier for SvidVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verify_peer(end_entity, intermediates, now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for SvidVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verify_peer(end_entity, intermediates, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Serves the source's current X509-SVID, rebuilt once per credential generation.
+#[derive(Debug)]
+pub struct SvidResolver {
+    source: CredentialSource,
+    provider: Arc<CryptoProvider>,
+    cached: Mutex<Option<(u64, Arc<CertifiedKey>)>>,
+}
+
+impl SvidResolver {
+    /// A resolver over `source`.
+    pub fn new(source: CredentialSource) -> Self {
+        SvidResolver {
+            source,
+            provider: provider(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The current certified key, if the source has an SVID.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let creds = self.source.current();
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((generation, key)) = cached.as_ref()
+            && *generation == creds.generation
+        {
+            return Some(Arc::clone(key));
+        }
+        let svid = creds.x509.as_ref()?;
+        let der = svid.key.to_pkcs8_der().ok()?;
+        let key = self
+            .provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec())))
+            .ok()?;
+        let chain = svid
+            .chain
+            .iter()
+            .map(|c| CertificateDer::from(c.der().to_vec()))
+            .collect();
+        let certified = Arc::new(CertifiedKey::new(chain, key));
+        *cached = Some((creds.generation, Arc::clone(&certified)));
+        Some(certified)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SvidResolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for SvidResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.source.current().x509.is_some()
+    }
+}
+
+/// A TLS 1.3 server configuration requiring an X509-SVID client certificate.
+pub fn server_config(
+    source: &CredentialSource,
+    allow: PeerAllowList,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
+        .with_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TLS 1.3 client configuration presenting this workload's X509-SVID and accepting
+/// servers `allow` lists.
+pub fn client_config(
+    source: &CredentialSource,
+    allow: PeerAllowList,
+) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone()))))
+}
+
+/// Accepts TLS connections on `listener` forever, serving each request with `service`
+/// and the verified client identity as an [`MtlsPeer`] extension.
+pub async fn serve<S>(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    service: S,
+) where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<axum::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            // The verifier already checked the chain; read the ID it accepted.
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| spiffe_id_of(c).ok());
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    if let Some(id) = &peer {
+                        req.extensions_mut().insert(MtlsPeer(id.clone()));
+                    }
+                    tower::ServiceExt::oneshot(service.clone(), req)
+                });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+        });
+    }
+}

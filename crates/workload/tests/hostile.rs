@@ -1,0 +1,518 @@
+//! The hostile-request suite: requests an attacker could send to a service behind the
+//! `WimseLayer` (or the inbound proxy), each refused with a specific reason.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+mod fixture;
+
+use axum::body::Body;
+use fixture::Domain;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use tower::ServiceExt;
+use wimse_core::token::unix_now;
+use wimse_core::token::wpt::{RequestBinding, issue_wpt};
+use wimse_workload::{
+    AuthConfig, Authenticator, CredentialSource, Credentials, PeerIdentity, Policy, ProofMethod,
+    WimseLayer, attach_proof,
+};
+
+const PUBLIC: &str = "http://svc.test";
+const POLICY: &str = r#"
+permit(principal == Workload::"spiffe://good.test/w1", action == Action::"GET", resource)
+when { context.path like "/api/orders*" };
+permit(principal == Workload::"spiffe://good.test/w1", action == Action::"POST", resource)
+when { context.path like "/api/orders*" };
+"#;
+
+struct Setup {
+    good: Domain,
+    evil: Domain,
+    app: axum::Router,
+    client: Credentials,
+}
+
+fn setup_with(config: impl FnOnce(&mut AuthConfig)) -> Setup {
+    let good = Domain::new("good.test");
+    let evil = Domain::new("evil.test");
+    let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let mut cfg = AuthConfig::new(PUBLIC);
+    config(&mut cfg);
+    let authn = Arc::new(Authenticator::new(cfg, server));
+    let layer = WimseLayer::new(authn, Arc::new(Policy::from_text(POLICY).unwrap()));
+    let app = axum::Router::new()
+        .fallback(
+            |axum::Extension(peer): axum::Extension<PeerIdentity>| async move {
+                format!("{} {}", peer.id, peer.method.name())
+            },
+        )
+        .layer(layer);
+    let client = good.credentials("/w1", &[&good]);
+    Setup {
+        good,
+        evil,
+        app,
+        client,
+    }
+}
+
+fn setup() -> Setup {
+    setup_with(|_| {})
+}
+
+/// A request to `PUBLIC{path}` with the client's proof attached (URI made relative after
+/// signing, as the server sees it).
+fn signed(
+    creds: &Credentials,
+    method: &str,
+    path: &str,
+    body: &str,
+    proof: ProofMethod,
+) -> Request<Body> {
+    let (mut parts, ()) = Request::builder()
+        .method(method)
+        .uri(format!("{PUBLIC}{path}"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, body.as_bytes(), creds, proof, unix_now()).unwrap();
+    parts.uri = path.parse().unwrap();
+    Request::from_parts(parts, Body::from(body.to_owned()))
+}
+
+async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, String, Option<String>) {
+    let response: Response<Body> = app.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let ctype = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap(), ctype)
+}
+
+/// Asserts a 400 RFC 9457 problem with `code`.
+async fn refused(app: &axum::Router, req: Request<Body>, code: &str) {
+    let (status, body, ctype) = send(app, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        problem["type"],
+        format!("urn:wimse:problem:{code}"),
+        "{body}"
+    );
+    assert_eq!(problem["status"], 400);
+    assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test]
+async fn a_valid_wit_wpt_request_is_admitted_with_the_peer_identity() {
+    let s = setup();
+    let (status, body, _) = send(
+        &s.app,
+        signed(&s.client, "GET", "/api/orders?x=1", "", ProofMethod::WitWpt),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "spiffe://good.test/w1 wit-wpt");
+}
+
+#[tokio::test]
+async fn a_valid_signed_request_with_a_body_is_admitted() {
+    let s = setup();
+    let (status, body, _) = send(
+        &s.app,
+        signed(
+            &s.client,
+            "POST",
+            "/api/orders",
+            "{\"n\":1}",
+            ProofMethod::HttpSig,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "spiffe://good.test/w1 http-sig");
+}
+
+#[tokio::test]
+async fn a_request_without_credentials_is_refused() {
+    let s = setup();
+    let req = Request::get("/api/orders").body(Body::empty()).unwrap();
+    refused(&s.app, req, "missing-credentials").await;
+}
+
+#[tokio::test]
+async fn a_wit_without_proof_is_refused() {
+    let s = setup();
+    let mut req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    req.headers_mut().remove("workload-proof-token");
+    refused(&s.app, req, "missing-proof").await;
+}
+
+#[tokio::test]
+async fn a_replayed_wpt_is_refused() {
+    let s = setup();
+    let req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    let mut again = Request::get("/api/orders").body(Body::empty()).unwrap();
+    *again.headers_mut() = req.headers().clone();
+    assert_eq!(send(&s.app, req).await.0, StatusCode::OK);
+    refused(&s.app, again, "replayed-proof").await;
+}
+
+#[tokio::test]
+async fn a_wpt_for_another_audience_is_refused() {
+    let s = setup();
+    let (mut parts, ()) = Request::get("http://other.test/api/orders")
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, b"", &s.client, ProofMethod::WitWpt, unix_now()).unwrap();
+    parts.uri = "/api/orders".parse().unwrap();
+    refused(
+        &s.app,
+        Request::from_parts(parts, Body::empty()),
+        "wrong-audience",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_wpt_for_another_path_of_this_service_is_refused() {
+    let s = setup();
+    let mut req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    *req.uri_mut() = "/api/orders/admin".parse().unwrap();
+    refused(&s.app, req, "wrong-audience").await;
+}
+
+#[tokio::test]
+async fn a_wpt_signed_by_a_key_other_than_the_wit_cnf_is_refused() {
+    let s = setup();
+    let wit = s.client.wit.as_ref().unwrap();
+    let other = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
+    let wpt = issue_wpt(
+        &other,
+        &wit.token,
+        &RequestBinding {
+            audience: &format!("{PUBLIC}/api/orders"),
+            ..Default::default()
+        },
+        unix_now(),
+        60,
+    )
+    .unwrap();
+    let req = Request::get("/api/orders")
+        .header("workload-identity-token", &wit.token)
+        .header("workload-proof-token", wpt)
+        .body(Body::empty())
+        .unwrap();
+    refused(&s.app, req, "proof-signature-invalid").await;
+}
+
+#[tokio::test]
+async fn an_expired_wit_is_refused() {
+    let s = setup();
+    let mut creds = s.client.clone();
+    let key = Arc::new(
+        wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap(),
+    );
+    creds.wit = Some(s.good.wit_with_key("/w1", key, -3600));
+    refused(
+        &s.app,
+        signed(&creds, "GET", "/api/orders", "", ProofMethod::WitWpt),
+        "wit-expired",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_wit_from_an_untrusted_trust_domain_is_refused() {
+    let s = setup();
+    let creds = s.evil.credentials("/w1", &[&s.evil]);
+    refused(
+        &s.app,
+        signed(&creds, "GET", "/api/orders", "", ProofMethod::WitWpt),
+        "untrusted-trust-domain",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_wit_forged_by_another_issuer_for_a_trusted_domain_is_refused() {
+    let s = setup();
+    // The attacker runs its own issuer and names the trusted domain in `sub`.
+    let forger = Domain {
+        td: s.good.td.clone(),
+        ..Domain::new("good.test")
+    };
+    let creds = forger.credentials("/w1", &[&forger]);
+    refused(
+        &s.app,
+        signed(&creds, "GET", "/api/orders", "", ProofMethod::WitWpt),
+        "invalid-wit",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_wpt_moved_to_another_wit_of_the_same_key_is_refused() {
+    // Two WITs for the same holder key: a proof made for one must not pass with the other.
+    let s = setup();
+    let key = Arc::clone(&s.client.wit.as_ref().unwrap().key);
+    let first = s.good.wit_with_key("/w1", Arc::clone(&key), 3600);
+    let second = s.good.wit_with_key("/w1", key, 3600);
+    let mut creds = s.client.clone();
+    creds.wit = Some(first);
+    let mut req = signed(&creds, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    req.headers_mut()
+        .insert("workload-identity-token", second.token.parse().unwrap());
+    refused(&s.app, req, "proof-binding-mismatch").await;
+}
+
+#[tokio::test]
+async fn a_wit_and_wpt_swapped_between_two_workloads_requests_are_refused() {
+    let s = setup();
+    let other = s.good.credentials("/w2", &[&s.good]);
+    let a = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    let b = signed(&other, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    let req = Request::get("/api/orders")
+        .header(
+            "workload-identity-token",
+            a.headers()["workload-identity-token"].clone(),
+        )
+        .header(
+            "workload-proof-token",
+            b.headers()["workload-proof-token"].clone(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    refused(&s.app, req, "proof-signature-invalid").await;
+}
+
+#[tokio::test]
+async fn a_wpt_bound_to_another_txn_token_is_refused() {
+    let s = setup();
+    let (mut parts, ()) = Request::get(format!("{PUBLIC}/api/orders"))
+        .header("txn-token", "a.b.c")
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, b"", &s.client, ProofMethod::WitWpt, unix_now()).unwrap();
+    parts.uri = "/api/orders".parse().unwrap();
+    parts.headers.insert("txn-token", "x.y.z".parse().unwrap());
+    refused(
+        &s.app,
+        Request::from_parts(parts, Body::empty()),
+        "proof-binding-mismatch",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_access_token_added_after_signing_is_refused() {
+    let s = setup();
+    let mut req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    req.headers_mut()
+        .insert("authorization", "Bearer stolen".parse().unwrap());
+    refused(&s.app, req, "proof-binding-mismatch").await;
+}
+
+#[tokio::test]
+async fn a_repeated_wit_header_is_refused() {
+    let s = setup();
+    let mut req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    let wit = req.headers()["workload-identity-token"].clone();
+    req.headers_mut().append("workload-identity-token", wit);
+    refused(&s.app, req, "malformed-header").await;
+}
+
+#[tokio::test]
+async fn a_signed_request_with_a_tampered_body_is_refused() {
+    let s = setup();
+    let req = signed(
+        &s.client,
+        "POST",
+        "/api/orders",
+        "{\"n\":1}",
+        ProofMethod::HttpSig,
+    );
+    let (parts, _) = req.into_parts();
+    let req = Request::from_parts(parts, Body::from("{\"n\":1000}"));
+    refused(&s.app, req, "content-digest-mismatch").await;
+}
+
+#[tokio::test]
+async fn a_signed_request_replayed_is_refused() {
+    let s = setup();
+    let req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::HttpSig);
+    let mut again = Request::get("/api/orders").body(Body::empty()).unwrap();
+    *again.headers_mut() = req.headers().clone();
+    assert_eq!(send(&s.app, req).await.0, StatusCode::OK);
+    refused(&s.app, again, "replayed-signature").await;
+}
+
+#[tokio::test]
+async fn a_signature_moved_to_another_method_is_refused() {
+    let s = setup();
+    let req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::HttpSig);
+    let (mut parts, body) = req.into_parts();
+    parts.method = http::Method::DELETE;
+    refused(
+        &s.app,
+        Request::from_parts(parts, body),
+        "signature-invalid",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unauthorized_operation_is_forbidden_with_403() {
+    let s = setup();
+    let (status, body, ctype) = send(
+        &s.app,
+        signed(&s.client, "DELETE", "/api/orders", "", ProofMethod::WitWpt),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+    assert!(
+        body.contains("no policy permits DELETE /api/orders"),
+        "{body}"
+    );
+    let other = s.good.credentials("/w2", &[&s.good]);
+    let (status, _, _) = send(
+        &s.app,
+        signed(&other, "GET", "/api/orders", "", ProofMethod::WitWpt),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+fn jwt_svid(d: &Domain, path: &str, aud: &str) -> String {
+    use wimse_core::token::Audience;
+    use wimse_core::token::jwt_svid::{JwtSvidClaims, issue_jwt_svid};
+    issue_jwt_svid(
+        &d.issuer,
+        "jwt-1",
+        &JwtSvidClaims {
+            sub: d.id(path),
+            aud: Audience::One(aud.into()),
+            exp: unix_now() + 300,
+            iat: Some(unix_now()),
+            iss: None,
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_bearer_jwt_svid_is_refused_unless_the_legacy_mode_is_enabled() {
+    let s = setup();
+    let token = jwt_svid(&s.good, "/w1", PUBLIC);
+    let req = || {
+        Request::get("/api/orders")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    refused(&s.app, req(), "missing-credentials").await;
+    let legacy = setup_with(|c| c.methods.jwt_svid = true);
+    let token = jwt_svid(&legacy.good, "/w1", PUBLIC);
+    let req = Request::get("/api/orders")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(&legacy.app, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "spiffe://good.test/w1 jwt-svid");
+}
+
+#[tokio::test]
+async fn a_peer_outside_the_allow_list_is_refused() {
+    let s = setup_with(|c| {
+        c.allow
+            .ids
+            .insert(wimse_core::WorkloadId::parse("spiffe://good.test/w2").unwrap());
+    });
+    refused(
+        &s.app,
+        signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt),
+        "peer-not-allowed",
+    )
+    .await;
+}
+
+/// An upstream that echoes the identity headers it received.
+async fn echo_upstream() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+        let get = |n: &str| {
+            headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        format!(
+            "peer={} method={} wit={} wpt={}",
+            get("x-wimse-peer-id"),
+            get("x-wimse-peer-auth-method"),
+            get("workload-identity-token"),
+            get("workload-proof-token")
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn an_identity_header_smuggled_through_the_proxy_is_replaced() {
+    let good = Domain::new("good.test");
+    let upstream = echo_upstream().await;
+    let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let authn = Arc::new(Authenticator::new(AuthConfig::new(PUBLIC), server));
+    let layer = WimseLayer::new(authn, Arc::new(Policy::from_text(POLICY).unwrap()));
+    let proxy =
+        wimse_workload::proxy::inbound_router(format!("http://{upstream}").parse().unwrap(), layer);
+    let client = good.credentials("/w1", &[&good]);
+
+    // With valid credentials, the smuggled headers (any case, repeated) are replaced.
+    let mut req = signed(&client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    req.headers_mut().append(
+        "X-Wimse-Peer-Id",
+        "spiffe://good.test/admin".parse().unwrap(),
+    );
+    req.headers_mut().append(
+        "x-wimse-peer-id",
+        "spiffe://good.test/root".parse().unwrap(),
+    );
+    req.headers_mut()
+        .append("X-WIMSE-PEER-AUTH-METHOD", "mtls".parse().unwrap());
+    let (status, body, _) = send(&proxy, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "peer=spiffe://good.test/w1 method=wit-wpt wit= wpt=");
+
+    // Without credentials, the header alone gets nothing through.
+    let req = Request::get("/api/orders")
+        .header("x-wimse-peer-id", "spiffe://good.test/w1")
+        .body(Body::empty())
+        .unwrap();
+    refused(&proxy, req, "missing-credentials").await;
+
+    // Connection-named hop-by-hop headers cannot be used to drop the identity header.
+    let mut req = signed(&client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    req.headers_mut()
+        .insert("connection", "x-wimse-peer-id".parse().unwrap());
+    let (status, body, _) = send(&proxy, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("peer=spiffe://good.test/w1 "), "{body}");
+}
