@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::agent::AgentCommand;
 use crate::audit::AuditCommand;
 use crate::dev::DevArgs;
-use crate::error::{CommandError, not_implemented};
+use crate::error::CommandError;
 use crate::gateway::GatewayCommand;
 use crate::proxy::ProxyCommand;
 use crate::server::ServerCommand;
@@ -71,7 +71,7 @@ impl Cli {
             Command::Proxy(command) => command.run(env),
             Command::Gateway(command) => command.run(),
             Command::Audit(command) => command.run(),
-            Command::Dev(_args) => not_implemented("wimse dev"),
+            Command::Dev(args) => crate::dev::run(args),
         }
     }
 }
@@ -241,6 +241,7 @@ mod tests {
         "wimse agent api validate",
         "wimse agent healthcheck",
         "wimse agent exec",
+        "wimse dev",
         "wimse audit verify",
         "wimse audit show",
         "wimse proxy inbound",

@@ -60,6 +60,9 @@ pub enum CommandError {
     /// The agent answered, but not as a healthy agent does.
     #[error("agent is unhealthy: {0}")]
     Unhealthy(String),
+    /// `wimse dev` could not set up the local trust domain.
+    #[error("dev: {0}")]
+    Dev(String),
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -108,6 +111,7 @@ impl CommandError {
             | Self::Files(_)
             | Self::Spawn { .. }
             | Self::Unhealthy(_)
+            | Self::Dev(_)
             | Self::Runtime(_)
             | Self::Audit(_)
             | Self::AuditArgument { .. }

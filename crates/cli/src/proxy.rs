@@ -125,7 +125,7 @@ async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandErro
         .map_err(|e| CommandError::Proxy(format!("cannot listen on `{addr}`: {e}")))
 }
 
-fn audit_log(
+pub(crate) fn audit_log(
     path: &Path,
     source: &CredentialSource,
 ) -> Result<Arc<wimse_audit::AuditLog>, CommandError> {

@@ -52,7 +52,12 @@ async fn serve_plain(router: axum::Router) -> u16 {
 
 type Headers = Vec<http::HeaderMap>;
 
-fn proofs(creds: &wimse_workload::Credentials, base: &str, method: ProofMethod, n: usize) -> Headers {
+fn proofs(
+    creds: &wimse_workload::Credentials,
+    base: &str,
+    method: ProofMethod,
+    n: usize,
+) -> Headers {
     (0..n)
         .map(|_| {
             let (mut parts, ()) = Request::get(format!("{base}{PATH}"))
@@ -84,10 +89,17 @@ async fn sender_over<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 async fn connect(conn: &Conn) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     match conn {
         Conn::Plain(port) => {
-            sender_over(tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.unwrap()).await
+            sender_over(
+                tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                    .await
+                    .unwrap(),
+            )
+            .await
         }
         Conn::Tls(port, config) => {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .unwrap();
             let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
                 .connect("svc.test".try_into().unwrap(), tcp)
                 .await
@@ -158,7 +170,10 @@ async fn main() {
 
     let plain = serve_plain(app()).await;
     let public = "http://svc.test";
-    let authn = Arc::new(Authenticator::new(AuthConfig::new(public), server_creds.clone()));
+    let authn = Arc::new(Authenticator::new(
+        AuthConfig::new(public),
+        server_creds.clone(),
+    ));
     let layered = serve_plain(app().layer(WimseLayer::new(authn, Arc::clone(&policy)))).await;
     let tls_port = {
         let authn = Arc::new(Authenticator::new(
@@ -201,7 +216,9 @@ async fn main() {
         }
     }
     let medians: Vec<f64> = samples.into_iter().map(median).collect();
-    println!("requests/s through the axum layer ({WORKERS} keep-alive connections, median of {ROUNDS} rounds of {PER_ROUND}):");
+    println!(
+        "requests/s through the axum layer ({WORKERS} keep-alive connections, median of {ROUNDS} rounds of {PER_ROUND}):"
+    );
     for (name, rate) in cases.iter().zip(&medians) {
         println!(
             "{name:>14}: {rate:>9.0} req/s   ratio to no auth = {:.2}",

@@ -1,0 +1,163 @@
+//! `wimse dev` as a newcomer runs it: the real binary in a temp dir, `dev.json` read back,
+//! and the README's commands driven against it from "a second terminal".
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+mod common;
+
+use common::{WIMSE, free_port, terminate};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn start_dev(dir: &Path, port: u16) -> Child {
+    let log = std::fs::File::create(dir.join("dev.log")).unwrap();
+    let child = Command::new(WIMSE)
+        .args(["dev", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !dir.join("dev.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no dev.json: {}",
+            std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = address.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, text)
+}
+
+fn wimse(args: &[&str]) -> std::process::Output {
+    Command::new(WIMSE)
+        .args(args)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dev_brings_up_a_trust_domain_that_the_readme_commands_use_and_keeps_it_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut dev = start_dev(dir.path(), port);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev.json")).unwrap())
+            .unwrap();
+    for key in [
+        "trust_domain",
+        "server_address",
+        "admin_socket",
+        "agent_socket",
+        "agent_id",
+        "bundle_path",
+    ] {
+        assert!(json.get(key).is_some(), "dev.json lacks {key}: {json}");
+    }
+    let services = json["services"].as_array().unwrap();
+    assert_eq!(services.len(), 3);
+    for service in services {
+        assert!(service["name"].is_string() && service["id"].is_string());
+        // A call without credentials is refused with a problem body.
+        let (status, text) = http_get(service["address"].as_str().unwrap(), "/");
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("missing-credentials"), "{text}");
+    }
+
+    // A second terminal: the user's own identity from the agent...
+    let socket = json["agent_socket"].as_str().unwrap();
+    let out = wimse(&["agent", "api", "fetch", "x509", "--socket", socket]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let user_id = json["user_id"].as_str().unwrap();
+    let first_id = listing
+        .lines()
+        .find(|l| l.starts_with("SPIFFE ID"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap();
+    assert_eq!(first_id, user_id, "the user's identity is the default one");
+    // ...and the admin socket.
+    let admin = json["admin_socket"].as_str().unwrap();
+    let out = wimse(&["server", "entry", "show", "--admin-socket", admin]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/demo/orders"));
+    let bundle_before = std::fs::read_to_string(json["bundle_path"].as_str().unwrap()).unwrap();
+
+    assert!(terminate(&mut dev), "wimse dev did not stop cleanly");
+    std::fs::remove_file(dir.path().join("dev.json")).unwrap();
+
+    // Again in the same directory: the same trust domain (same roots), working again.
+    let mut again = start_dev(dir.path(), port);
+    let bundle_after = std::fs::read_to_string(json["bundle_path"].as_str().unwrap()).unwrap();
+    assert_eq!(bundle_before, bundle_after);
+    let out = wimse(&["agent", "api", "fetch", "x509", "--socket", socket]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(terminate(&mut again));
+}
+
+#[test]
+fn dev_demo_runs_the_basic_scenario_and_verifies_the_audit_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(WIMSE)
+        .args([
+            "dev",
+            "--demo",
+            "--bind",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("as expected").count(), 5, "{stdout}");
+    assert!(stdout.contains("answer 403"), "{stdout}");
+    assert!(stdout.contains("orders.jsonl: intact"), "{stdout}");
+    // The logs verify from the command line too, and hold no secret.
+    let orders_log = dir.path().join("audit/orders.jsonl");
+    let verify = wimse(&["audit", "verify", orders_log.to_str().unwrap()]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        wimse_audit::scan_for_secrets(&orders_log)
+            .unwrap()
+            .is_empty()
+    );
+}
