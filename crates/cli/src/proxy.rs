@@ -68,9 +68,12 @@ pub struct InboundArgs {
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
     /// Cedar policy file that decides which callers may do what, reloaded when it changes
-    /// [default: allow every authenticated caller]
+    /// [default: deny every request]
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Without a policy file, allow every authenticated caller instead of denying all
+    #[arg(long, conflicts_with = "policy")]
+    pub allow_any_authenticated: bool,
     /// Append an audit record for every decision to this log file
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
@@ -150,9 +153,17 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
             "`--upstream` must be an http:// url".into(),
         ));
     }
-    let policy = Arc::new(match &args.policy {
-        Some(path) => Policy::from_file(path)?,
-        None => Policy::allow_authenticated(),
+    // Deny by default: without a policy, nothing is allowed unless the operator says so.
+    let policy = Arc::new(match (&args.policy, args.allow_any_authenticated) {
+        (Some(path), _) => Policy::from_file(path)?,
+        (None, true) => Policy::allow_authenticated(),
+        (None, false) => {
+            tracing::warn!(
+                "no --policy given: every request will be denied; give --policy FILE, or \
+                 --allow-any-authenticated to allow every authenticated caller"
+            );
+            Policy::from_text("")?
+        }
     });
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     policy.watch();
