@@ -37,11 +37,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` memory field, KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
         .parse()
@@ -141,9 +142,15 @@ async fn main() {
         "ratio fetch_x509/baseline p50 = {:.2}",
         percentile(&x509, 0.5).as_secs_f64() / percentile(&refused_rt, 0.5).as_secs_f64()
     );
+    let pid = agent.child.id();
+    let mib = |field| status_kib(pid, field) as f64 / 1024.0;
+    // RssFile is the mapped `wimse` binary (server, agent, proxy: one binary), shared with
+    // every other wimse process; RssAnon is the agent's own memory.
     println!(
-        "agent RSS = {:.1} MiB",
-        rss_kib(agent.child.id()) as f64 / 1024.0
+        "agent RSS = {:.1} MiB (anonymous {:.1} MiB, file-backed {:.1} MiB)",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
     );
     println!("agent start to {WORKLOADS} X.509-SVIDs + WITs minted: {warm:.2?}");
     agent.stop();
