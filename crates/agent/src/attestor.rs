@@ -210,7 +210,7 @@ impl Attestor {
             }
             context.update(buf.get(..n)?);
         }
-        let hash = hex(context.finish().as_ref());
+        let hash = wimse_core::digest::hex(context.finish().as_ref());
         let mut hashes = self
             .hashes
             .lock()
@@ -229,15 +229,6 @@ impl Attestor {
             .get(identity)
             .cloned()
     }
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Field 22 of `/proc/<pid>/stat`, the start time in clock ticks since boot. The command
@@ -328,7 +319,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert!(selectors.contains(&format!("unix:path:{}", exe.display())));
         let bytes = std::fs::read(&exe).unwrap();
-        let expected = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
+        let expected = wimse_core::digest::hex(&wimse_core::digest::sha256(&bytes));
         assert!(selectors.contains(&format!("unix:sha256:{expected}")));
         // The second attestation comes from the hash cache and agrees.
         assert_eq!(attestor.attest(me()).unwrap(), selectors);

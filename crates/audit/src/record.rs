@@ -189,14 +189,7 @@ impl Fingerprint {
 
     /// The 64 hex digits.
     pub fn to_hex(&self) -> String {
-        // Hot path (two per entry): plain arithmetic, not `write!`.
-        let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
-        let mut out = String::with_capacity(64);
-        for b in self.0 {
-            out.push(digit(b >> 4));
-            out.push(digit(b & 0x0f));
-        }
-        out
+        wimse_core::digest::hex(&self.0)
     }
 
     /// Reads 64 lowercase hex digits.

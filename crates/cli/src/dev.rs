@@ -144,7 +144,7 @@ async fn dev(args: DevArgs) -> Result<(), CommandError> {
     // Entries: the user's uid, and each demo service (uid + the wimse executable's hash).
     let uid = own_uid()?;
     let exe = std::env::current_exe().map_err(|e| dev_error("own executable", e))?;
-    let exe_hash = wimse_agent::attestor::hex(&wimse_core::digest::sha256(
+    let exe_hash = wimse_core::digest::hex(&wimse_core::digest::sha256(
         &std::fs::read(&exe).map_err(|e| dev_error("own executable", e))?,
     ));
     let user_id = format!("spiffe://{trust_domain}/user/{uid}");

@@ -620,9 +620,7 @@ async fn an_x509pop_agent_serves_workloads_and_attests_again_after_eviction() {
             key.to_str().unwrap(),
         ],
     );
-    let fingerprint = wimse_agent::attestor::hex(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &chain[0]).as_ref(),
-    );
+    let fingerprint = wimse_core::digest::hex(&wimse_core::digest::sha256(&chain[0]));
     let agent_id = format!("spiffe://{TRUST_DOMAIN}/wimse/agent/x509pop/{fingerprint}");
     server.create_entry(
         &format!("spiffe://{TRUST_DOMAIN}/node-app"),

@@ -559,14 +559,7 @@ fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     let answer = rt
         .block_on(anonymous.attest_x509pop(&chain, &node_key, &new_csr(&svid_key)))
         .unwrap();
-    let fingerprint =
-        wimse_core::digest::sha256(&chain[0])
-            .iter()
-            .fold(String::new(), |mut out, b| {
-                use std::fmt::Write as _;
-                write!(out, "{b:02x}").unwrap();
-                out
-            });
+    let fingerprint = wimse_core::digest::hex(&wimse_core::digest::sha256(&chain[0]));
     assert_eq!(
         answer.spiffe_id,
         format!("spiffe://test.example/wimse/agent/x509pop/{fingerprint}")

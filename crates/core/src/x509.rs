@@ -421,14 +421,7 @@ impl Certificate {
         if self.serial.is_empty() {
             return "00".into();
         }
-        self.serial.iter().fold(
-            String::with_capacity(self.serial.len() * 2),
-            |mut out, b| {
-                use std::fmt::Write as _;
-                let _ = write!(out, "{b:02x}");
-                out
-            },
-        )
+        crate::digest::hex(&self.serial)
     }
 
     /// The identifier in this certificate's one URI SAN (X509-SVID §2: exactly one).

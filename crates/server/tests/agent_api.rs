@@ -460,13 +460,7 @@ impl NodeCa {
 }
 
 fn fingerprint(der: &[u8]) -> String {
-    use std::fmt::Write as _;
-    wimse_core::digest::sha256(der)
-        .iter()
-        .fold(String::new(), |mut out, b| {
-            write!(out, "{b:02x}").unwrap();
-            out
-        })
+    wimse_core::digest::hex(&wimse_core::digest::sha256(der))
 }
 
 async fn x509pop_server(ca: &NodeCa) -> Server {

@@ -160,13 +160,7 @@ async fn pg_connect(url: &str) -> sqlx::PgConnection {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        write!(out, "{b:02x}").unwrap();
-        out
-    })
-}
+use wimse_core::digest::hex;
 
 // The raw helpers use one-connection pools: sqlx's `&mut Connection` executors make futures
 // that are not provably `Send`, and these run inside spawned tasks.

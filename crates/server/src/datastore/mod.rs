@@ -640,17 +640,7 @@ pub trait Datastore: Send + Sync {
     fn bump_bundle_sequence(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 }
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
-}
+pub(crate) use wimse_core::digest::hex;
 
 #[cfg(test)]
 mod tests {
