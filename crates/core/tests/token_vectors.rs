@@ -64,6 +64,12 @@ fn example_wit_verifies_under_the_wimse_profile() {
     );
     assert_eq!(wit.holder_alg, Algorithm::EdDsa);
     assert_eq!(wit.wth, ex["expected"]["wth"].as_str().unwrap());
+    assert_eq!(
+        wit.sha256(),
+        Some(wimse_core::digest::sha256(
+            ex["wit"].as_str().unwrap().as_bytes()
+        ))
+    );
     assert_eq!(wit.claims.exp, ex["expected"]["wit_exp"].as_i64().unwrap());
     assert_eq!(wit.claims.iat, ex["expected"]["wit_iat"].as_i64());
 }

@@ -369,7 +369,6 @@ impl Authenticator {
                 .wits
                 .verify(wit, &creds.wit_bundles, self.config.profile, &validation)
                 .map_err(wit_error)?;
-            let wit_hash = wimse_core::digest::sha256(wit.as_bytes());
             let method = if headers.contains_key("signature-input") {
                 if !self.config.methods.http_sig {
                     return Err(AuthError::MethodDisabled(AuthMethod::HttpSig.name()));
@@ -397,7 +396,9 @@ impl Authenticator {
                     id: verified.workload_id().clone(),
                     method,
                 },
-                credential: Some((wimse_audit::CredentialKind::Wit, wit_hash)),
+                credential: verified
+                    .sha256()
+                    .map(|hash| (wimse_audit::CredentialKind::Wit, hash)),
             }
         } else if let Some(MtlsPeer(id)) = parts.extensions.get::<MtlsPeer>() {
             if !self.config.methods.mtls {

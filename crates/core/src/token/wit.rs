@@ -109,6 +109,14 @@ impl VerifiedWit {
     pub fn workload_id(&self) -> &WorkloadId {
         &self.claims.sub
     }
+
+    /// SHA-256 of the WIT, read back from `wth` (the token was hashed once, when it was
+    /// verified or looked up in a [`WitCache`]; callers need not hash it again).
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        crate::jose::b64::decode(&self.wth)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+    }
 }
 
 /// Checks that `cnf.jwk` is a usable public key with an allowed `alg` (SPECS §3.2 step 8).
