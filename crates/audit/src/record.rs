@@ -494,20 +494,39 @@ impl AuditRecord {
 
     /// Sets the reason; refused if it is not a valid [`Label`].
     pub fn with_reason(mut self, reason: &str) -> Result<Self, RecordError> {
-        self.reason = Some(label("reason", reason)?);
+        self.set_reason(reason)?;
         Ok(self)
     }
 
     /// Sets the request id; refused if it is not a valid [`Label`].
     pub fn with_request_id(mut self, id: &str) -> Result<Self, RecordError> {
-        self.request_id = Some(label("request_id", id)?);
+        self.set_request_id(id)?;
         Ok(self)
     }
 
     /// Sets the resource; refused if it is not a valid [`Label`].
     pub fn with_resource(mut self, resource: &str) -> Result<Self, RecordError> {
-        self.resource = Some(label("resource", resource)?);
+        self.set_resource(resource)?;
         Ok(self)
+    }
+
+    /// Sets the reason in place; on refusal the record is left as it was, so a caller
+    /// can fall back to a shorter reason without having cloned the record first.
+    pub fn set_reason(&mut self, reason: &str) -> Result<(), RecordError> {
+        self.reason = Some(label("reason", reason)?);
+        Ok(())
+    }
+
+    /// Sets the request id in place; on refusal the record is left as it was.
+    pub fn set_request_id(&mut self, id: &str) -> Result<(), RecordError> {
+        self.request_id = Some(label("request_id", id)?);
+        Ok(())
+    }
+
+    /// Sets the resource in place; on refusal the record is left as it was.
+    pub fn set_resource(&mut self, resource: &str) -> Result<(), RecordError> {
+        self.resource = Some(label("resource", resource)?);
+        Ok(())
     }
 
     /// Sets the security context.
@@ -531,6 +550,13 @@ impl AuditRecord {
 
     /// Adds a credential reference; refused beyond [`MAX_CREDENTIALS`].
     pub fn with_credential(mut self, credential: CredentialRef) -> Result<Self, RecordError> {
+        self.add_credential(credential)?;
+        Ok(self)
+    }
+
+    /// Adds a credential reference in place; beyond [`MAX_CREDENTIALS`] it is refused and
+    /// the record is left as it was.
+    pub fn add_credential(&mut self, credential: CredentialRef) -> Result<(), RecordError> {
         if self.credentials.len() >= MAX_CREDENTIALS {
             return Err(RecordError::TooMany {
                 field: "credentials",
@@ -538,7 +564,7 @@ impl AuditRecord {
             });
         }
         self.credentials.push(credential);
-        Ok(self)
+        Ok(())
     }
 
     /// Whether `id` appears in this record: as source, target, requesting workload or
@@ -599,6 +625,21 @@ mod tests {
             }
         ));
         assert!(!err.to_string().contains("eyJ"));
+    }
+
+    #[test]
+    fn a_refused_setter_leaves_the_record_as_it_was() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let mut record = AuditRecord::new(EventKind::Authn, Decision::Deny);
+        record.set_reason("first").unwrap();
+        assert!(record.set_reason(token).is_err());
+        assert!(record.set_request_id(token).is_err());
+        assert!(record.set_resource(token).is_err());
+        assert_eq!(
+            record.reason.as_ref().map(ToString::to_string).as_deref(),
+            Some("first")
+        );
+        assert!(record.request_id.is_none() && record.resource.is_none());
     }
 
     #[test]

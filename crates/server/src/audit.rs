@@ -111,20 +111,14 @@ impl ServerAudit {
             record = record.with_target(workload.clone());
         }
         if let Some(credential) = event.credential {
-            record = match record.clone().with_credential(credential) {
-                Ok(with) => with,
-                Err(_) => record,
-            };
+            // The record's first credential: the limit cannot refuse it.
+            let _ = record.add_credential(credential);
         }
-        if let Some(reason) = &event.refusal {
+        if let Some(reason) = &event.refusal
+            && record.set_reason(reason).is_err()
+        {
             // A reason the record type will not hold (it looks like a secret) is replaced.
-            record = match record.clone().with_reason(reason) {
-                Ok(with) => with,
-                Err(_) => record
-                    .clone()
-                    .with_reason("refused (reason withheld)")
-                    .unwrap_or(record),
-            };
+            let _ = record.set_reason("refused (reason withheld)");
         }
         if let Err(e) = log.append(record) {
             tracing::error!(error = %e, "cannot write the audit record");

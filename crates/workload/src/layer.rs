@@ -213,20 +213,14 @@ impl Shared {
         decision: Decision,
     ) -> AuditRecord {
         let mut record = AuditRecord::new(kind, decision);
-        if let Ok(r) =
-            record
-                .clone()
-                .with_resource(&format!("{} {}", parts.method, parts.uri.path()))
-        {
-            record = r;
-        }
+        // Values the record refuses (they look like secrets) are left out.
+        let _ = record.set_resource(&format!("{} {}", parts.method, parts.uri.path()));
         if let Some(id) = parts
             .headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            && let Ok(r) = record.clone().with_request_id(id)
         {
-            record = r;
+            let _ = record.set_request_id(id);
         }
         record
     }
@@ -243,20 +237,19 @@ impl Shared {
                 let mut r = Self::base_record(parts, EventKind::Authn, Decision::Allow)
                     .with_source(a.peer.id.clone())
                     .with_method(a.peer.method.audit());
-                if let Some((kind, hash)) = a.credential
-                    && let Ok(with) = r
-                        .clone()
-                        .with_credential(CredentialRef::from_sha256(kind, hash, None))
-                {
-                    r = with;
+                if let Some((kind, hash)) = a.credential {
+                    // The record's first credential: the limit cannot refuse it.
+                    let _ = r.add_credential(CredentialRef::from_sha256(kind, hash, None));
                 }
                 r
             }
             Err(e) => {
-                let r = Self::base_record(parts, EventKind::Authn, Decision::Deny);
-                r.clone()
-                    .with_reason(&e.to_string())
-                    .unwrap_or_else(|_| r.clone().with_reason(e.code()).unwrap_or(r))
+                let mut r = Self::base_record(parts, EventKind::Authn, Decision::Deny);
+                // The full message may quote what the record refuses; the code never does.
+                if r.set_reason(&e.to_string()).is_err() {
+                    let _ = r.set_reason(e.code());
+                }
+                r
             }
         };
         if let Some(me) = creds.id() {
@@ -281,11 +274,11 @@ impl Shared {
         } else {
             Decision::Deny
         };
-        let record = Self::base_record(parts, EventKind::Authz, decision)
+        let mut record = Self::base_record(parts, EventKind::Authz, decision)
             .with_source(peer.id.clone())
             .with_target(service.clone())
             .with_method(peer.method.audit());
-        let record = record.clone().with_reason(reason).unwrap_or(record);
+        let _ = record.set_reason(reason);
         if let Err(e) = log.append(record) {
             tracing::error!(error = %e, "audit append failed");
         }
