@@ -446,7 +446,17 @@ impl SigningKey {
             return Err(KeyError::Signing);
         };
         members.insert("d".into(), serde_json::Value::String(d.to_string()));
-        let text = Zeroizing::new(serde_json::to_string(&members).map_err(|_| KeyError::Signing)?);
+        // Written into a buffer of exactly the right size, measured first: a growing buffer
+        // would leave copies of `d` behind in the memory it frees, and a roomy one would
+        // waste what the agent keeps one of per workload.
+        let mut counter = ByteCounter(0);
+        serde_json::to_writer(&mut counter, &members).map_err(|_| KeyError::Signing)?;
+        let mut bytes = Vec::with_capacity(counter.0);
+        serde_json::to_writer(&mut bytes, &members).map_err(|_| KeyError::Signing)?;
+        let text = Zeroizing::new(String::from_utf8(bytes).map_err(|e| {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            KeyError::Signing
+        })?);
         // The map holds a copy of `d`; overwrite it before it is dropped.
         if let Some(serde_json::Value::String(copy)) = members.get_mut("d") {
             zeroize::Zeroize::zeroize(copy);
@@ -481,6 +491,19 @@ impl SigningKey {
     }
 }
 
+/// A writer that only counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +520,8 @@ mod tests {
         ] {
             let key = SigningKey::generate(alg).unwrap();
             let jwk = key.to_private_jwk().unwrap();
+            // Written in place, never grown (a grown buffer leaves copies of `d` behind).
+            assert_eq!(jwk.capacity(), jwk.len());
             let back = SigningKey::from_private_jwk(&jwk).unwrap();
             assert_eq!(back.public_jwk(), key.public_jwk());
             let signature = back.sign(b"m").unwrap();
