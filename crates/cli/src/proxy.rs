@@ -181,7 +181,7 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     if let Some(log) = &audit {
         layer = layer.with_audit(Arc::clone(log));
     }
-    let router = wimse_workload::proxy::inbound_router(upstream, layer);
+    let router = wimse_workload::proxy::inbound_router(&upstream, layer);
     let listener = listen(args.listen).await?;
     tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream,
         id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");

@@ -1,13 +1,27 @@
-//! Requests per second through the server-side `WimseLayer` with each authentication
-//! method, against the same axum service with no authentication, in one run.
+//! Requests per second with each authentication method, through the server-side
+//! `WimseLayer` and through the inbound proxy, against the same service with no
+//! authentication, in one run; and what one request's verification costs, step by step,
+//! against one raw ES256 signature verification.
 //!
-//! `cargo bench -p wimse-workload --bench proxy` starts, in process on loopback, one axum
-//! service without the layer, one with it (WIT+WPT and WIT+HTTP-signature requests, Cedar
-//! policy with one `permit`), and one with it behind the library's mTLS server. Clients
-//! hold keep-alive HTTP/1.1 connections (`WORKERS` at once) and send a fixed number of
-//! requests per round; proofs are made before timing (each is single-use), so the numbers
-//! are the server's cost. Rounds run round-robin across cases; the median is reported with
-//! the ratio to the no-auth baseline. Note the mTLS case also pays TLS record encryption.
+//! `cargo bench -p wimse-workload --bench proxy` starts, in process on loopback:
+//!
+//! - **axum layer**: one axum service without the layer ("no auth"), the same with it
+//!   (WIT+WPT and WIT+HTTP-signature requests, Cedar policy with one `permit`), and the
+//!   same behind the library's mTLS server;
+//! - **inbound proxy** (`wimse proxy inbound`'s router, forwarding to the bare service):
+//!   "no auth" is the proxy's forwarder behind a layer that names a fixed peer (what
+//!   forwarding costs without verification); then the real inbound router with WIT+WPT,
+//!   WIT+HTTP-signature and (over TLS) mTLS callers.
+//!
+//! Clients hold keep-alive HTTP/1.1 connections (`WORKERS` at once) and send a fixed
+//! number of requests per round; proofs are made before timing (each is single-use), so
+//! the numbers are the server side's cost. Client, proxy and service share the machine's
+//! cores. Rounds run round-robin across cases; the median is reported with the ratio to
+//! the no-auth baseline of the same path. The mTLS cases also pay TLS record encryption.
+//!
+//! Then, on one thread: one raw ES256 verification (aws-lc, key parsed), one
+//! `Authenticator::authenticate` of a WIT+WPT request (cached WIT), one
+//! `Policy::authorize`, each the median of interleaved rounds.
 //!
 //! A plain harness (no criterion).
 #![allow(
@@ -22,22 +36,28 @@
 #[path = "../tests/fixture/mod.rs"]
 mod fixture;
 
+use axum::body::Body;
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
+use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
+use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::token::unix_now;
+use wimse_workload::proxy::{forwarder, inbound_router};
 use wimse_workload::{
-    AuthConfig, Authenticator, CredentialSource, PeerAllowList, Policy, ProofMethod, WimseLayer,
-    attach_proof,
+    AuthConfig, AuthMethod, Authenticator, AuthzRequest, CredentialSource, PeerAllowList,
+    PeerIdentity, Policy, ProofMethod, WimseLayer, attach_proof,
 };
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 4_000;
 const WORKERS: usize = 8;
+const OPS: usize = 2_000;
 const PATH: &str = "/api/orders";
+const PUBLIC: &str = "http://svc.test";
 
 fn app() -> axum::Router {
     axum::Router::new().route(PATH, axum::routing::get(|| async { "ok" }))
@@ -50,24 +70,28 @@ async fn serve_plain(router: axum::Router) -> u16 {
     port
 }
 
+async fn serve_tls(router: axum::Router, creds: &CredentialSource) -> u16 {
+    let config =
+        Arc::new(wimse_workload::tls::server_config(creds, PeerAllowList::default()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(wimse_workload::tls::serve(listener, config, router));
+    port
+}
+
 type Headers = Vec<http::HeaderMap>;
 
-fn proofs(
-    creds: &wimse_workload::Credentials,
-    base: &str,
-    method: ProofMethod,
-    n: usize,
-) -> Headers {
-    (0..n)
-        .map(|_| {
-            let (mut parts, ()) = Request::get(format!("{base}{PATH}"))
-                .body(())
-                .unwrap()
-                .into_parts();
-            attach_proof(&mut parts, b"", creds, method, unix_now()).unwrap();
-            parts.headers
-        })
-        .collect()
+fn proof_parts(creds: &wimse_workload::Credentials, method: ProofMethod) -> http::request::Parts {
+    let (mut parts, ()) = Request::get(format!("{PUBLIC}{PATH}"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, b"", creds, method, unix_now()).unwrap();
+    parts
+}
+
+fn proofs(creds: &wimse_workload::Credentials, method: ProofMethod, n: usize) -> Headers {
+    (0..n).map(|_| proof_parts(creds, method).headers).collect()
 }
 
 #[derive(Clone)]
@@ -154,7 +178,43 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Microseconds per call of each closure: `ROUNDS` interleaved rounds of `OPS` calls,
+/// the median round.
+fn per_op(cases: &mut [&mut dyn FnMut(usize)]) -> Vec<f64> {
+    let mut samples = vec![Vec::new(); cases.len()];
+    for r in 0..=ROUNDS {
+        for (case, s) in cases.iter_mut().zip(samples.iter_mut()) {
+            let start = Instant::now();
+            for i in 0..OPS {
+                case(r * OPS + i);
+            }
+            if r > 0 {
+                s.push(start.elapsed().as_secs_f64() * 1e6 / OPS as f64);
+            }
+        }
+    }
+    samples.into_iter().map(median).collect()
+}
+
+struct Case {
+    name: &'static str,
+    conn: Conn,
+    headers: Headers,
+}
+
+fn print_table(title: &str, cases: &[Case], rates: &[f64]) {
+    println!("{title}");
+    for (case, rate) in cases.iter().zip(rates) {
+        println!(
+            "{:>14}: {rate:>9.0} req/s   ratio to no auth = {:.2}",
+            case.name,
+            rate / rates[0]
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
+#[allow(clippy::too_many_lines, reason = "one benchmark, set up in order")]
 async fn main() {
     let domain = fixture::Domain::new("bench.test");
     let server_creds = CredentialSource::fixed(domain.credentials("/w3", &[&domain]));
@@ -167,62 +227,152 @@ async fn main() {
         )
         .unwrap(),
     );
-
-    let plain = serve_plain(app()).await;
-    let public = "http://svc.test";
-    let authn = Arc::new(Authenticator::new(
-        AuthConfig::new(public),
-        server_creds.clone(),
-    ));
-    let layered = serve_plain(app().layer(WimseLayer::new(authn, Arc::clone(&policy)))).await;
-    let tls_port = {
+    let layer = |public: &str| {
         let authn = Arc::new(Authenticator::new(
-            AuthConfig::new("https://svc.test"),
+            AuthConfig::new(public),
             server_creds.clone(),
         ));
-        let router = app().layer(WimseLayer::new(authn, Arc::clone(&policy)));
-        let config = Arc::new(
-            wimse_workload::tls::server_config(&server_creds, PeerAllowList::default()).unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(wimse_workload::tls::serve(listener, config, router));
-        port
+        WimseLayer::new(authn, Arc::clone(&policy))
     };
     let tls_client = Arc::new(
         wimse_workload::tls::client_config(&client_source, PeerAllowList::default()).unwrap(),
     );
 
-    let total = (ROUNDS + 1) * PER_ROUND;
-    eprintln!("making {total} WPTs and {total} message signatures...");
-    let mut wpt = proofs(&client, public, ProofMethod::WitWpt, total);
-    let mut sig = proofs(&client, public, ProofMethod::HttpSig, total);
-    let mut none_a: Headers = vec![http::HeaderMap::new(); total];
-    let mut none_b: Headers = vec![http::HeaderMap::new(); total];
+    // The axum layer in front of the service itself.
+    let bare = serve_plain(app()).await;
+    let layered = serve_plain(app().layer(layer(PUBLIC))).await;
+    let layered_tls = serve_tls(app().layer(layer("https://svc.test")), &server_creds).await;
 
-    let cases = ["no auth", "wit+wpt", "wit+http-sig", "mtls"];
-    let mut samples = vec![Vec::new(); cases.len()];
+    // The inbound proxy in front of the bare service.
+    let upstream: Uri = format!("http://127.0.0.1:{bare}").parse().unwrap();
+    let fixed_peer = PeerIdentity {
+        id: domain.id("/w1"),
+        method: AuthMethod::WitWpt,
+    };
+    let unauthenticated = tower::util::MapRequestLayer::new(move |mut r: Request<Body>| {
+        r.extensions_mut().insert(fixed_peer.clone());
+        r
+    });
+    let proxy_bare = serve_plain(forwarder(&upstream).layer(unauthenticated)).await;
+    let proxy = serve_plain(inbound_router(&upstream, layer(PUBLIC))).await;
+    let proxy_tls = serve_tls(
+        inbound_router(&upstream, layer("https://svc.test")),
+        &server_creds,
+    )
+    .await;
+
+    let total = (ROUNDS + 1) * PER_ROUND;
+    eprintln!(
+        "making {} WPTs and {} message signatures...",
+        2 * total,
+        2 * total
+    );
+    // The four cases of one path: no auth on `bare`, WIT+WPT and WIT+HTTP signature on
+    // `authed`, mTLS on `authed_tls`.
+    let cases = |bare: u16, authed: u16, authed_tls: u16| {
+        let none = || vec![http::HeaderMap::new(); total];
+        [
+            ("no auth", Conn::Plain(bare), none()),
+            (
+                "wit+wpt",
+                Conn::Plain(authed),
+                proofs(&client, ProofMethod::WitWpt, total),
+            ),
+            (
+                "wit+http-sig",
+                Conn::Plain(authed),
+                proofs(&client, ProofMethod::HttpSig, total),
+            ),
+            (
+                "mtls",
+                Conn::Tls(authed_tls, Arc::clone(&tls_client)),
+                none(),
+            ),
+        ]
+        .map(|(name, conn, headers)| Case {
+            name,
+            conn,
+            headers,
+        })
+    };
+    let mut layer_cases = cases(bare, layered, layered_tls);
+    let mut proxy_cases = cases(proxy_bare, proxy, proxy_tls);
+
+    let mut layer_samples = vec![Vec::new(); layer_cases.len()];
+    let mut proxy_samples = vec![Vec::new(); proxy_cases.len()];
     for r in 0..=ROUNDS {
-        let rates = [
-            round(&Conn::Plain(plain), &mut none_a).await,
-            round(&Conn::Plain(layered), &mut wpt).await,
-            round(&Conn::Plain(layered), &mut sig).await,
-            round(&Conn::Tls(tls_port, Arc::clone(&tls_client)), &mut none_b).await,
-        ];
-        if r > 0 {
-            for (s, rate) in samples.iter_mut().zip(rates) {
-                s.push(rate);
+        for (cases, samples) in [
+            (&mut layer_cases, &mut layer_samples),
+            (&mut proxy_cases, &mut proxy_samples),
+        ] {
+            for (case, s) in cases.iter_mut().zip(samples.iter_mut()) {
+                let rate = round(&case.conn, &mut case.headers).await;
+                if r > 0 {
+                    s.push(rate);
+                }
             }
         }
     }
-    let medians: Vec<f64> = samples.into_iter().map(median).collect();
-    println!(
-        "requests/s through the axum layer ({WORKERS} keep-alive connections, median of {ROUNDS} rounds of {PER_ROUND}):"
+    let layer_rates: Vec<f64> = layer_samples.into_iter().map(median).collect();
+    let proxy_rates: Vec<f64> = proxy_samples.into_iter().map(median).collect();
+    println!("{WORKERS} keep-alive connections, median of {ROUNDS} rounds of {PER_ROUND} requests");
+    print_table(
+        "requests/s through the axum layer:",
+        &layer_cases,
+        &layer_rates,
     );
-    for (name, rate) in cases.iter().zip(&medians) {
-        println!(
-            "{name:>14}: {rate:>9.0} req/s   ratio to no auth = {:.2}",
-            rate / medians[0]
-        );
-    }
+    print_table(
+        "requests/s through the inbound proxy:",
+        &proxy_cases,
+        &proxy_rates,
+    );
+    println!(
+        "ratio proxy_wit_wpt/proxy_no_auth = {:.2}",
+        proxy_rates[1] / proxy_rates[0]
+    );
+    println!(
+        "ratio proxy_no_auth/direct_no_auth = {:.2}",
+        proxy_rates[0] / layer_rates[0]
+    );
+
+    // What one request's verification costs, step by step, on one thread.
+    let raw_key = SigningKey::generate(Algorithm::Es256).unwrap();
+    let message = vec![b'x'; 600];
+    let signature = raw_key.sign(&message).unwrap();
+    let public = raw_key.public_key().clone();
+    let authn = Authenticator::new(AuthConfig::new(PUBLIC), server_creds.clone());
+    let requests: Vec<http::request::Parts> = (0..(ROUNDS + 1) * OPS)
+        .map(|_| proof_parts(&client, ProofMethod::WitWpt))
+        .collect();
+    let service = domain.id("/w3");
+    let caller = domain.id("/w1");
+    let now = unix_now();
+    let mut raw = |_: usize| {
+        public
+            .verify(Algorithm::Es256, black_box(&message), black_box(&signature))
+            .unwrap();
+    };
+    let mut authenticate = |i: usize| {
+        black_box(authn.authenticate(&requests[i], b"", now)).unwrap();
+    };
+    let mut authorize = |_: usize| {
+        let decision = policy.authorize(black_box(&AuthzRequest {
+            principal: &caller,
+            method: "GET",
+            path: PATH,
+            service: &service,
+            auth_method: "wit-wpt",
+            time: now,
+        }));
+        assert!(decision.allowed);
+    };
+    let costs = per_op(&mut [&mut raw, &mut authenticate, &mut authorize]);
+    println!("per request, one thread, median of {ROUNDS} interleaved rounds of {OPS}:");
+    println!("  raw ES256 verify:                 {:>7.1} us", costs[0]);
+    println!(
+        "  authenticate (WIT+WPT, WIT cached): {:>5.1} us   ratio to raw verify = {:.2}",
+        costs[1],
+        costs[1] / costs[0]
+    );
+    println!("  authorize (Cedar, one permit):    {:>7.1} us", costs[2]);
 }

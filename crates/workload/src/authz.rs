@@ -32,7 +32,7 @@ use cedar_policy::{
 };
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, SystemTime};
 use wimse_core::WorkloadId;
 
@@ -82,6 +82,23 @@ pub struct AuthzDecision {
     /// Which policies decided, or why none did.
     pub reason: String,
 }
+
+/// The schema's entity types, parsed once: Cedar parses a type name with its full
+/// grammar, which cost more per request than evaluating a small policy set.
+struct EntityTypes {
+    workload: EntityTypeName,
+    action: EntityTypeName,
+    service: EntityTypeName,
+}
+
+static TYPES: LazyLock<Result<EntityTypes, String>> = LazyLock::new(|| {
+    let parse = |name: &str| EntityTypeName::from_str(name).map_err(|e| e.to_string());
+    Ok(EntityTypes {
+        workload: parse("Workload")?,
+        action: parse("Action")?,
+        service: parse("Service")?,
+    })
+});
 
 enum Rules {
     /// Every authenticated caller is allowed (the proxy without `--policy`).
@@ -219,9 +236,11 @@ impl Policy {
     }
 
     fn cedar(&self, set: &PolicySet, req: &AuthzRequest<'_>) -> Result<AuthzDecision, String> {
-        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
-            let ty = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
-            Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+        let types = TYPES
+            .as_ref()
+            .map_err(|e| format!("cannot name the policy entity types: {e}"))?;
+        let uid = |ty: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
         };
         let context = Context::from_pairs([
             (
@@ -244,9 +263,9 @@ impl Policy {
         ])
         .map_err(|e| format!("cannot build the policy context: {e}"))?;
         let request = Request::new(
-            uid("Workload", req.principal.as_str())?,
-            uid("Action", req.method)?,
-            uid("Service", req.service.as_str())?,
+            uid(&types.workload, req.principal.as_str()),
+            uid(&types.action, req.method),
+            uid(&types.service, req.service.as_str()),
             context,
             None,
         )

@@ -22,6 +22,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::Arc;
 
 /// The header carrying the verified caller's workload ID to the upstream service.
 pub const PEER_ID_HEADER: &str = "x-wimse-peer-id";
@@ -79,7 +80,8 @@ pub fn strip_inbound(headers: &mut HeaderMap) {
 
 #[derive(Clone)]
 struct Upstream {
-    base: Uri,
+    /// The upstream's URL without a trailing `/`, to prefix paths with.
+    base: Arc<str>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -116,8 +118,7 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         .uri
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    let base = upstream.base.to_string();
-    let uri = match format!("{}{path}", base.trim_end_matches('/')).parse::<Uri>() {
+    let uri = match format!("{}{path}", upstream.base).parse::<Uri>() {
         Ok(uri) => uri,
         Err(e) => return bad_gateway(&e),
     };
@@ -135,14 +136,22 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
 
 /// The inbound proxy: `layer` in front of a forwarder to `upstream` (e.g.
 /// `http://127.0.0.1:8080`).
-pub fn inbound_router(upstream: Uri, layer: WimseLayer) -> axum::Router {
+pub fn inbound_router(upstream: &Uri, layer: WimseLayer) -> axum::Router {
+    forwarder(upstream).layer(layer)
+}
+
+/// The inbound proxy's forwarding half alone: it passes on requests that carry a
+/// [`PeerIdentity`] in their extensions (put there by the layer in front of it) and
+/// refuses every other request. [`inbound_router`] is this behind a [`WimseLayer`]; the
+/// benchmark puts it behind a layer that names a fixed peer, to measure what forwarding
+/// costs without authentication.
+pub fn forwarder(upstream: &Uri) -> axum::Router {
     let upstream = Upstream {
-        base: upstream,
+        base: upstream.to_string().trim_end_matches('/').into(),
         client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
     };
     axum::Router::new()
         .fallback(move |request: Request<Body>| forward_inbound(upstream.clone(), request))
-        .layer(layer)
 }
 
 #[derive(Clone)]

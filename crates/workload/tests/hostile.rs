@@ -481,8 +481,10 @@ async fn an_identity_header_smuggled_through_the_proxy_is_replaced() {
     let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
     let authn = Arc::new(Authenticator::new(AuthConfig::new(PUBLIC), server));
     let layer = WimseLayer::new(authn, Arc::new(Policy::from_text(POLICY).unwrap()));
-    let proxy =
-        wimse_workload::proxy::inbound_router(format!("http://{upstream}").parse().unwrap(), layer);
+    let proxy = wimse_workload::proxy::inbound_router(
+        &format!("http://{upstream}").parse().unwrap(),
+        layer,
+    );
     let client = good.credentials("/w1", &[&good]);
 
     // With valid credentials, the smuggled headers (any case, repeated) are replaced.
