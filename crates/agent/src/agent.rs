@@ -11,7 +11,7 @@
 //!
 //! None of them blocks the Workload API: it answers from the latest [`Snapshot`].
 
-use crate::cache::{Entry, Snapshot, WitCredential, X509Credential};
+use crate::cache::{Entries, Entry, Snapshot, WitCredential, X509Credential};
 use crate::config::{AgentConfig, NodeAttestation};
 use crate::metrics::Metrics;
 use crate::node::{self, NodeCredential, NodeError, NodeFiles};
@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::{Algorithm, Jws, SigningKey};
@@ -35,7 +35,7 @@ const BUNDLE_POLL: Duration = Duration::from_secs(5);
 const SYNC_WAIT: u64 = 30;
 
 /// The most mints in flight at once.
-const MINT_CONCURRENCY: usize = 16;
+const MINT_CONCURRENCY: usize = 8;
 
 /// The most freshly minted credentials published in one snapshot change.
 const MINT_BATCH: usize = 64;
@@ -291,8 +291,11 @@ impl Agent {
     async fn sync_loop(self: Arc<Self>) {
         let mut since = 0;
         let mut until: Option<i64> = None;
-        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-        // The entries of a full sync in progress; they replace `entries` when it completes.
+        // The entries being changed, only while changes are not yet published: between
+        // syncs the published snapshot holds the one copy.
+        let mut pending: Option<BTreeMap<String, Entry>> = None;
+        // The entries of a full sync in progress; they replace the published ones when it
+        // completes.
         let mut full: Option<BTreeMap<String, Entry>> = None;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -325,9 +328,16 @@ impl Agent {
             if since == 0 || answer.resync {
                 full = Some(BTreeMap::new());
             }
-            let target = full.as_mut().unwrap_or(&mut entries);
-            for change in answer.changes {
-                apply(target, change);
+            if !answer.changes.is_empty() {
+                let target = match full.as_mut() {
+                    Some(full) => full,
+                    None => {
+                        pending.get_or_insert_with(|| (**self.snapshot.borrow().entries).clone())
+                    }
+                };
+                for change in answer.changes {
+                    apply(target, change);
+                }
             }
             let changed = since != answer.revision || !self.snapshot.borrow().synced;
             since = answer.revision;
@@ -336,10 +346,14 @@ impl Agent {
                 continue;
             }
             if let Some(complete) = full.take() {
-                entries = complete;
+                pending = Some(complete);
             }
             if changed {
-                let published = Arc::new(entries.clone());
+                let entries = match pending.take() {
+                    Some(entries) => entries,
+                    None => (**self.snapshot.borrow().entries).clone(),
+                };
+                let published = Arc::new(Entries::new(entries));
                 self.metrics
                     .entries
                     .set(i64::try_from(published.len()).unwrap_or(i64::MAX));
@@ -376,7 +390,6 @@ impl Agent {
     /// Mints credentials ahead of need and at half life.
     async fn mint_loop(self: Arc<Self>) {
         let mut changes = self.snapshot.subscribe();
-        let limit = Arc::new(Semaphore::new(MINT_CONCURRENCY));
         // Entry ID -> (next attempt, backoff) after a failed mint.
         let mut retry: HashMap<String, (i64, i64)> = HashMap::new();
         loop {
@@ -395,20 +408,25 @@ impl Agent {
                 })
                 .cloned()
                 .collect();
+            // At most MINT_CONCURRENCY mints exist at a time: a task per due entry up front
+            // would hold a thousand futures and their buffers at start, and the holes they
+            // leave between the credentials kept would stay in the heap for good.
+            let mut due = due.into_iter();
             let mut minting = JoinSet::new();
-            for entry in due {
-                let agent = Arc::clone(&self);
-                let limit = Arc::clone(&limit);
-                let x509 = x509_due(snapshot.x509.get(&entry.id).map(Arc::as_ref), &entry, now);
-                let wit = wit && wit_due(snapshot.wit.get(&entry.id).map(Arc::as_ref), &entry, now);
-                minting.spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    agent.mint(&entry, x509, wit).await
-                });
-            }
             let mut batch = Vec::new();
             let mut flushed = std::time::Instant::now();
-            while let Some(done) = minting.join_next().await {
+            loop {
+                while minting.len() < MINT_CONCURRENCY {
+                    let Some(entry) = due.next() else { break };
+                    let agent = Arc::clone(&self);
+                    let x509 = x509_due(snapshot.x509.get(&entry.id).map(Arc::as_ref), &entry, now);
+                    let wit =
+                        wit && wit_due(snapshot.wit.get(&entry.id).map(Arc::as_ref), &entry, now);
+                    minting.spawn(async move { agent.mint(&entry, x509, wit).await });
+                }
+                let Some(done) = minting.join_next().await else {
+                    break;
+                };
                 let Ok(minted) = done else { continue };
                 if minted.ok {
                     retry.remove(&minted.id);
@@ -593,9 +611,18 @@ async fn mint_x509(client: &AgentApiClient, entry: &Entry) -> Result<X509Credent
         .await
         .map_err(|e| e.to_string())?;
     let key_pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    let not_after = chain
+        .first()
+        .map(x509::Certificate::not_after)
+        .ok_or("the server sent an empty chain")?;
     Ok(X509Credential {
         revision: entry.revision,
-        chain,
+        chain_der: chain
+            .iter()
+            .map(x509::Certificate::der)
+            .collect::<Vec<_>>()
+            .concat(),
+        not_after,
         key_pkcs8,
         minted_at: unix_now(),
     })

@@ -114,6 +114,18 @@ struct FileIdentity {
     ctime_nsec: i64,
 }
 
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        }
+    }
+}
+
 /// How many executable hashes are remembered.
 const HASH_CACHE: usize = 4096;
 
@@ -183,6 +195,16 @@ impl Attestor {
         Ok(selectors)
     }
 
+    /// Whether attesting `pid` now would read and hash its whole executable (its hash is
+    /// not cached yet): such an attestation belongs on a blocking thread, not on the
+    /// runtime that answers every other workload.
+    pub fn would_hash(&self, pid: i32) -> bool {
+        let exe = self.proc_root.join(pid.to_string()).join("exe");
+        std::fs::metadata(exe).is_ok_and(|meta| {
+            meta.len() <= MAX_HASHED && self.cached(&FileIdentity::of(&meta)).is_none()
+        })
+    }
+
     /// The hex SHA-256 of the file behind `/proc/<pid>/exe`, from the cache when its
     /// identity is unchanged.
     fn executable_hash(&self, exe: &Path) -> Option<String> {
@@ -191,13 +213,7 @@ impl Attestor {
         if meta.len() > MAX_HASHED {
             return None;
         }
-        let identity = FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec(),
-        };
+        let identity = FileIdentity::of(&meta);
         if let Some(hash) = self.cached(&identity) {
             return Some(hash);
         }
@@ -313,6 +329,7 @@ mod tests {
     #[test]
     fn this_process_is_attested_with_uid_path_and_hash() {
         let attestor = Attestor::default();
+        assert!(attestor.would_hash(me().pid), "nothing is cached yet");
         let selectors = attestor.attest(me()).unwrap();
         assert!(selectors.contains(&format!("unix:uid:{}", me().uid)));
         assert!(selectors.contains(&format!("unix:gid:{}", me().gid)));
@@ -321,6 +338,7 @@ mod tests {
         let bytes = std::fs::read(&exe).unwrap();
         let expected = wimse_core::digest::hex(&wimse_core::digest::sha256(&bytes));
         assert!(selectors.contains(&format!("unix:sha256:{expected}")));
+        assert!(!attestor.would_hash(me().pid), "the hash is cached now");
         // The second attestation comes from the hash cache and agrees.
         assert_eq!(attestor.attest(me()).unwrap(), selectors);
     }

@@ -10,7 +10,6 @@ use crate::attestor::Selectors;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use wimse_core::bundle::TrustBundle;
-use wimse_core::x509::Certificate;
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::api::EntryView;
 
@@ -21,8 +20,10 @@ pub struct Entry {
     pub id: String,
     /// The identity it grants.
     pub spiffe_id: WorkloadId,
-    /// The selectors a workload must show, all of them.
-    pub selectors: BTreeSet<String>,
+    /// The selectors a workload must show, all of them; sorted, without repeats. (A
+    /// boxed slice, not a `BTreeSet`: the agent holds one per entry, and a set's node is
+    /// sized for eleven where most entries have one to three.)
+    pub selectors: Box<[String]>,
     /// X.509-SVID lifetime, seconds.
     pub x509_ttl: u32,
     /// JWT-SVID and WIT lifetime, seconds.
@@ -39,7 +40,12 @@ impl Entry {
         Ok(Self {
             spiffe_id: WorkloadId::parse(&view.spiffe_id)?,
             id: view.id,
-            selectors: view.selectors.into_iter().collect(),
+            selectors: view
+                .selectors
+                .into_iter()
+                .collect::<BTreeSet<String>>()
+                .into_iter()
+                .collect(),
             x509_ttl: view.x509_ttl,
             jwt_ttl: view.jwt_ttl,
             hint: view.hint.unwrap_or_default(),
@@ -50,7 +56,7 @@ impl Entry {
     /// Whether a workload with `selectors` is entitled to this entry: it shows every one of
     /// the entry's selectors (an entry without selectors matches nobody).
     pub fn matches(&self, selectors: &Selectors) -> bool {
-        !self.selectors.is_empty() && self.selectors.is_subset(selectors)
+        !self.selectors.is_empty() && self.selectors.iter().all(|s| selectors.contains(s))
     }
 }
 
@@ -58,8 +64,12 @@ impl Entry {
 pub struct X509Credential {
     /// The entry's revision it was minted for.
     pub revision: i64,
-    /// The chain, leaf first.
-    pub chain: Vec<Certificate>,
+    /// The chain's DER certificates, leaf first, concatenated: what the Workload API
+    /// sends. Kept as these bytes only (not parsed certificates) because the agent holds
+    /// one per workload and needs nothing else from them but the leaf's `notAfter`.
+    pub chain_der: Vec<u8>,
+    /// The leaf's `notAfter`, Unix seconds.
+    pub not_after: i64,
     /// The private key (generated on this host) as PKCS#8 DER, as the Workload API sends
     /// it. (The agent never signs with a workload's key, so it keeps only this encoding.)
     pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
@@ -70,7 +80,7 @@ pub struct X509Credential {
 impl X509Credential {
     /// The leaf's `notAfter`.
     pub fn expires_at(&self) -> i64 {
-        self.chain.first().map_or(0, Certificate::not_after)
+        self.not_after
     }
 
     /// When to mint the next one: half way through the rest of the leaf's life when it
@@ -103,6 +113,62 @@ impl WitCredential {
     }
 }
 
+/// The synced entries by ID, with an index that finds a workload's entries without
+/// comparing its selectors against every entry: each entry is filed under one of its own
+/// selectors (the one fewest entries share), and an entry can only match a workload that
+/// shows that selector, so a lookup visits the workload's ~10 selectors and the few
+/// entries filed under them instead of all entries.
+#[derive(Debug, Default)]
+pub struct Entries {
+    by_id: BTreeMap<String, Entry>,
+    by_selector: HashMap<String, Vec<String>>,
+}
+
+impl Entries {
+    /// Indexes `by_id`.
+    pub fn new(by_id: BTreeMap<String, Entry>) -> Self {
+        let mut sharing: HashMap<&str, usize> = HashMap::new();
+        for selector in by_id.values().flat_map(|e| &e.selectors) {
+            *sharing.entry(selector).or_default() += 1;
+        }
+        let mut by_selector: HashMap<String, Vec<String>> = HashMap::new();
+        for entry in by_id.values() {
+            // An entry without selectors matches nobody, so it is not filed at all.
+            if let Some(rarest) = entry
+                .selectors
+                .iter()
+                .min_by_key(|s| sharing.get(s.as_str()).copied().unwrap_or(0))
+            {
+                by_selector
+                    .entry(rarest.clone())
+                    .or_default()
+                    .push(entry.id.clone());
+            }
+        }
+        Self { by_id, by_selector }
+    }
+
+    /// The entries whose selectors are all in `selectors`, in ID order.
+    pub fn matching(&self, selectors: &Selectors) -> Vec<&Entry> {
+        let mut found: Vec<&Entry> = selectors
+            .iter()
+            .filter_map(|s| self.by_selector.get(s))
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+            .filter(|e| e.matches(selectors))
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
+    }
+}
+
+impl std::ops::Deref for Entries {
+    type Target = BTreeMap<String, Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_id
+    }
+}
+
 /// Everything the Workload API answers from.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -111,7 +177,7 @@ pub struct Snapshot {
     /// Its current trust bundle.
     pub bundle: Arc<TrustBundle>,
     /// The entries this agent serves, by ID.
-    pub entries: Arc<BTreeMap<String, Entry>>,
+    pub entries: Arc<Entries>,
     /// Whether entries have been synced at least once since start (before that, "no
     /// entry matches" means "not known yet", not "no identity").
     pub synced: bool,
@@ -137,11 +203,7 @@ impl Snapshot {
     /// The entries a workload with `selectors` is entitled to, in a stable order: by hint,
     /// then SPIFFE ID, then entry ID (the first is the default identity).
     pub fn identities(&self, selectors: &Selectors) -> Vec<&Entry> {
-        let mut found: Vec<&Entry> = self
-            .entries
-            .values()
-            .filter(|e| e.matches(selectors))
-            .collect();
+        let mut found = self.entries.matching(selectors);
         found.sort_by(|a, b| {
             (a.hint.is_empty(), &a.hint, a.spiffe_id.as_str(), &a.id).cmp(&(
                 b.hint.is_empty(),
@@ -214,12 +276,42 @@ mod tests {
         .into_iter()
         .map(|e| (e.id.clone(), e))
         .collect();
-        snapshot.entries = Arc::new(entries);
+        snapshot.entries = Arc::new(Entries::new(entries));
         let ids: Vec<&str> = snapshot
             .identities(&selectors(&["unix:uid:1"]))
             .iter()
             .map(|e| e.id.as_str())
             .collect();
         assert_eq!(ids, ["b", "a", "c"]);
+    }
+
+    proptest::proptest! {
+        /// The index finds exactly the entries a comparison against every entry finds.
+        #[test]
+        fn the_index_agrees_with_a_full_scan(
+            entries in proptest::collection::vec(proptest::collection::btree_set(0u8..12, 0..4), 0..40),
+            workload in proptest::collection::btree_set(0u8..12, 0..8),
+        ) {
+            let name = |n: &u8| format!("unix:uid:{n}");
+            let entries: BTreeMap<String, Entry> = entries
+                .iter()
+                .enumerate()
+                .map(|(n, set)| {
+                    let id = format!("{n:03}");
+                    let selectors: Vec<String> = set.iter().map(name).collect();
+                    let selectors: Vec<&str> = selectors.iter().map(String::as_str).collect();
+                    (id.clone(), entry(&id, "spiffe://td/w", &selectors, ""))
+                })
+                .collect();
+            let workload: Selectors = workload.iter().map(name).collect();
+            let scanned: Vec<&str> = entries
+                .values()
+                .filter(|e| e.matches(&workload))
+                .map(|e| e.id.as_str())
+                .collect();
+            let indexed = Entries::new(entries.clone());
+            let found: Vec<&str> = indexed.matching(&workload).iter().map(|e| e.id.as_str()).collect();
+            proptest::prop_assert_eq!(found, scanned);
+        }
     }
 }

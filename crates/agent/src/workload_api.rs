@@ -23,7 +23,6 @@ use tonic::{Request, Response, Status};
 use wimse_core::bundle::{BundleSet, KeyUse};
 use wimse_core::token::Validation;
 use wimse_core::token::jwt_svid::verify_jwt_svid;
-use wimse_core::x509::Certificate;
 use wimse_core::{IdError, WorkloadId};
 use wimse_proto::server::SpiffeWorkloadApi;
 use wimse_proto::{
@@ -66,8 +65,10 @@ impl WorkloadApi {
         Self { agent, attestor }
     }
 
-    /// Attests the caller of `request`.
-    fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
+    /// Attests the caller of `request`. Attestation reads a few `/proc` files inline; the
+    /// first sight of an executable, which hashes the whole file, runs on a blocking
+    /// thread so that it never stalls the answers to other workloads.
+    async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
         let unavailable = |why: &dyn std::fmt::Display| {
             tracing::debug!(reason = %why, "workload attestation failed");
             Status::unavailable("workload attestation failed")
@@ -78,13 +79,20 @@ impl WorkloadApi {
             .and_then(|info| info.peer_cred)
             .ok_or_else(|| unavailable(&"no peer credentials"))?;
         let pid = info.pid().ok_or_else(|| unavailable(&"no peer pid"))?;
-        self.attestor
-            .attest(PeerCredentials {
-                pid,
-                uid: info.uid(),
-                gid: info.gid(),
-            })
-            .map_err(|e| unavailable(&e))
+        let peer = PeerCredentials {
+            pid,
+            uid: info.uid(),
+            gid: info.gid(),
+        };
+        let attested = if self.attestor.would_hash(pid) {
+            let attestor = Arc::clone(&self.attestor);
+            tokio::task::spawn_blocking(move || attestor.attest(peer))
+                .await
+                .map_err(|e| unavailable(&e))?
+        } else {
+            self.attestor.attest(peer)
+        };
+        attested.map_err(|e| unavailable(&e))
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -198,7 +206,7 @@ fn x509_answer(snapshot: &Snapshot, selectors: &Selectors) -> Answer<X509svidRes
             let credential = snapshot.x509.get(&entry.id)?;
             (credential.expires_at() > now).then(|| X509svid {
                 spiffe_id: entry.spiffe_id.to_string(),
-                x509_svid: concat_der(credential.chain.iter().map(Certificate::der)),
+                x509_svid: credential.chain_der.clone(),
                 x509_svid_key: credential.key_pkcs8.to_vec(),
                 bundle: bundle.clone(),
                 hint: entry.hint.clone(),
@@ -279,7 +287,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let result = self.attest(&request).map(|selectors| {
+        let result = self.attest(&request).await.map(|selectors| {
             Response::new(self.watch("FetchX509SVID", move |s| x509_answer(s, &selectors)))
         });
         self.record("FetchX509SVID", &result);
@@ -290,7 +298,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let result = self.attest(&request).map(|selectors| {
+        let result = self.attest(&request).await.map(|selectors| {
             Response::new(self.watch("FetchX509Bundles", move |s| {
                 match require_identity(s, &selectors) {
                     Some(Answer::Refused(status)) => return Answer::Refused(status),
@@ -329,7 +337,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let result = self.attest(&request).map(|selectors| {
+        let result = self.attest(&request).await.map(|selectors| {
             Response::new(self.watch("FetchJWTBundles", move |s| {
                 match require_identity(s, &selectors) {
                     Some(Answer::Refused(status)) => return Answer::Refused(status),
@@ -351,7 +359,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        let result = self.validate(request);
+        let result = self.validate(request).await;
         self.record("ValidateJWTSVID", &result);
         result
     }
@@ -360,13 +368,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        let result = self.wit_profile().and_then(|()| {
-            let selectors = self.attest(&request)?;
+        let result = async {
+            self.wit_profile()?;
+            let selectors = self.attest(&request).await?;
             let wanted = parse_wanted(&request.get_ref().spiffe_id)?;
             Ok(Response::new(self.watch("FetchWITSVID", move |s| {
                 wit_answer(s, &selectors, wanted.as_ref())
             })))
-        });
+        }
+        .await;
         self.record("FetchWITSVID", &result);
         result
     }
@@ -375,8 +385,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        let result = self.wit_profile().and_then(|()| {
-            let selectors = self.attest(&request)?;
+        let result = async {
+            self.wit_profile()?;
+            let selectors = self.attest(&request).await?;
             Ok(Response::new(self.watch("FetchWITBundles", move |s| {
                 match require_identity(s, &selectors) {
                     Some(Answer::Refused(status)) => return Answer::Refused(status),
@@ -389,7 +400,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     bundles: [(s.trust_domain_key(), jwks)].into_iter().collect(),
                 })
             })))
-        });
+        }
+        .await;
         self.record("FetchWITBundles", &result);
         result
     }
@@ -410,7 +422,7 @@ impl WorkloadApi {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let selectors = self.attest(&request)?;
+        let selectors = self.attest(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -449,11 +461,11 @@ impl WorkloadApi {
         Ok(Response::new(JwtsvidResponse { svids }))
     }
 
-    fn validate(
+    async fn validate(
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        self.attest(&request)?;
+        self.attest(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));

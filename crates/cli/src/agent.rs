@@ -51,7 +51,7 @@ impl AgentCommand {
 fn run_agent(args: &AgentRunArgs, env: &Environment) -> Result<(), CommandError> {
     let config = agent_config(args, env)?;
     crate::runtime::init_logging();
-    crate::runtime::block_on(async move {
+    crate::runtime::block_on_current_thread(async move {
         wimse_agent::run::run(config, crate::runtime::shutdown_signal()).await?;
         Ok(())
     })

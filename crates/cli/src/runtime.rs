@@ -8,7 +8,24 @@ pub fn block_on<T, F>(future: F) -> Result<T, CommandError>
 where
     F: Future<Output = Result<T, CommandError>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    run_on(tokio::runtime::Builder::new_multi_thread(), future)
+}
+
+/// Runs `future` to completion on a single-threaded tokio runtime: for the agent, whose
+/// work is answering from memory. One thread means one malloc arena and no cross-thread
+/// wake-ups on the Workload API's path (see BENCHMARKS.md, the agent's section).
+pub fn block_on_current_thread<T, F>(future: F) -> Result<T, CommandError>
+where
+    F: Future<Output = Result<T, CommandError>>,
+{
+    run_on(tokio::runtime::Builder::new_current_thread(), future)
+}
+
+fn run_on<T, F>(mut builder: tokio::runtime::Builder, future: F) -> Result<T, CommandError>
+where
+    F: Future<Output = Result<T, CommandError>>,
+{
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(CommandError::Runtime)?;
