@@ -50,34 +50,9 @@ impl std::fmt::Debug for FileConfig {
     }
 }
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file `{path}`: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("config file `{path}` is invalid: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        message: String,
-    },
-    /// A setting is missing or has an invalid value.
-    #[error("setting `{name}` is invalid: {message}")]
-    Invalid {
-        /// The setting.
-        name: &'static str,
-        /// Why.
-        message: String,
-    },
-}
+/// Why the configuration is unusable: the server's configuration error, the same three
+/// cases (unreadable file, invalid TOML, invalid setting).
+pub use wimse_server::config::ConfigError;
 
 /// How the node proves itself to the server.
 #[derive(Clone)]

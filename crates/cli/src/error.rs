@@ -23,15 +23,12 @@ pub enum CommandError {
     /// A call to the server's admin API failed.
     #[error(transparent)]
     Admin(#[from] wimse_server::admin::client::ClientError),
-    /// The server configuration is invalid.
+    /// The server or agent configuration is invalid.
     #[error(transparent)]
-    ServerConfig(#[from] wimse_server::config::ConfigError),
+    Config(#[from] wimse_server::config::ConfigError),
     /// The server failed to start or stopped with an error.
     #[error(transparent)]
     Server(#[from] wimse_server::run::ServerError),
-    /// The agent configuration is invalid.
-    #[error(transparent)]
-    AgentConfig(#[from] wimse_agent::config::ConfigError),
     /// The agent failed to start or stopped with an error.
     #[error(transparent)]
     Agent(#[from] wimse_agent::run::RunError),
@@ -103,9 +100,8 @@ impl CommandError {
             Self::ChildFailed { status, .. } => ExitCode::from(*status),
             Self::AgentSocket(_)
             | Self::Admin(_)
-            | Self::ServerConfig(_)
+            | Self::Config(_)
             | Self::Server(_)
-            | Self::AgentConfig(_)
             | Self::Agent(_)
             | Self::WorkloadApi(_)
             | Self::Files(_)
