@@ -80,11 +80,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        wimse_server::metrics::render(&self.registry)
     }
 
     /// Counts one Workload API call.

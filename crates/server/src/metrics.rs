@@ -71,11 +71,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        render(&self.registry)
     }
 
     /// Records one issuance of `kind` that took `seconds`.
@@ -90,4 +86,14 @@ impl Metrics {
         }
         self.issue_seconds.get_or_create(&label).observe(seconds);
     }
+}
+
+/// `registry` in the Prometheus text format (empty if encoding fails, which writing to a
+/// `String` does not). The agent's metrics render through this too.
+pub fn render(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }
