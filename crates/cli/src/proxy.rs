@@ -83,6 +83,9 @@ pub struct InboundArgs {
     /// Also accept bearer JWT-SVIDs (audience: the public URL), for legacy callers only
     #[arg(long)]
     pub allow_jwt_svid: bool,
+    /// Refuse requests that carry no Txn-Token (a Txn-Token that is present is always verified)
+    #[arg(long)]
+    pub require_txn_token: bool,
 }
 
 /// Which proof the outbound proxy attaches.
@@ -173,6 +176,7 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
         .unwrap_or_else(|| format!("http://{}", args.listen));
     let mut config = AuthConfig::new(public_url.clone());
     config.methods.jwt_svid = args.allow_jwt_svid;
+    config.require_txn_token = args.require_txn_token;
     let mut layer = WimseLayer::new(Arc::new(Authenticator::new(config, source.clone())), policy);
     let audit = match &args.audit_log {
         Some(path) => Some(audit_log(path, &source)?),

@@ -363,6 +363,7 @@ async fn main() {
             service: &service,
             auth_method: "wit-wpt",
             time: now,
+            transaction: None,
         }));
         assert!(decision.allowed);
     };

@@ -13,9 +13,16 @@
 //! the configured public URL + path, never `Host`; `ath`/`tth` from the request's
 //! `Authorization`/`Txn-Token`), the replay caches, the peer allow-list, and the reasons
 //! ([`AuthError`]) a refusal names in its RFC 9457 body.
+//!
+//! A `Txn-Token` is not a credential, but once the caller is authenticated by any method,
+//! a Txn-Token the request carries is verified too (`wimse_core::token::txn`, through a
+//! [`TxnCache`]: signature by the trust domain's token service, `aud` = this service's
+//! trust domain, expiry, required claims) and refused with its own reason when invalid;
+//! [`AuthConfig::require_txn_token`] makes one mandatory. The verified claims become the
+//! request's [`Transaction`].
 
 use crate::httpsig::{self, RequestView, SigError, SigPolicy};
-use crate::source::CredentialSource;
+use crate::source::{CredentialSource, Credentials};
 use http::HeaderMap;
 use http::request::Parts;
 use std::collections::BTreeSet;
@@ -26,7 +33,7 @@ use wimse_core::bundle::BundleError;
 use wimse_core::id::TrustDomain;
 use wimse_core::jose::JwsError;
 use wimse_core::token::replay::{ReplayCache, ReplayError};
-use wimse_core::token::txn::TXN_HEADER;
+use wimse_core::token::txn::{TXN_HEADER, TxnCache, TxnTokenClaims};
 use wimse_core::token::wit::{VerifiedWit, WitCache, WitProfile};
 use wimse_core::token::wpt::{RequestBinding, verify_wpt};
 use wimse_core::token::{TokenError, Validation};
@@ -79,6 +86,11 @@ pub struct PeerIdentity {
     /// How it was proven.
     pub method: AuthMethod,
 }
+
+/// The verified Txn-Token of a request: the transaction it belongs to (put in the
+/// request's extensions by the layer when the request carries one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction(pub Arc<TxnTokenClaims>);
 
 /// The identity of a TLS client whose certificate chain was verified during the
 /// handshake (inserted by [`crate::tls::serve`]).
@@ -155,6 +167,16 @@ pub enum AuthError {
     /// The method is disabled on this service.
     #[error("authentication method `{0}` is not enabled")]
     MethodDisabled(&'static str),
+    /// The `Txn-Token` is refused.
+    #[error("transaction token: {0}")]
+    InvalidTxnToken(TokenError),
+    /// This service requires a `Txn-Token` and the request has none.
+    #[error("request carries no transaction token, and this service requires one")]
+    MissingTxnToken,
+    /// This service has no identity yet, so it cannot tell whether a Txn-Token is for its
+    /// trust domain.
+    #[error("transaction token cannot be checked: this service has no identity yet")]
+    TxnTokenUncheckable,
     /// The request body could not be read for its digest.
     #[error("request body could not be read: {0}")]
     Body(String),
@@ -184,6 +206,9 @@ impl AuthError {
             AuthError::Credential(_) => "invalid-credential",
             AuthError::PeerNotAllowed(_) => "peer-not-allowed",
             AuthError::MethodDisabled(_) => "method-disabled",
+            AuthError::InvalidTxnToken(TokenError::Expired { .. }) => "txn-token-expired",
+            AuthError::InvalidTxnToken(_) | AuthError::TxnTokenUncheckable => "invalid-txn-token",
+            AuthError::MissingTxnToken => "missing-txn-token",
             AuthError::Body(_) => "unreadable-body",
         }
     }
@@ -251,6 +276,8 @@ pub struct AuthConfig {
     pub allow: PeerAllowList,
     /// Allowed clock skew, seconds.
     pub leeway: i64,
+    /// Refuse requests without a `Txn-Token` (a service reached only inside transactions).
+    pub require_txn_token: bool,
 }
 
 impl AuthConfig {
@@ -262,6 +289,7 @@ impl AuthConfig {
             methods: Methods::default(),
             allow: PeerAllowList::default(),
             leeway: 60,
+            require_txn_token: false,
         }
     }
 }
@@ -273,6 +301,8 @@ pub struct Authenticated {
     pub peer: PeerIdentity,
     /// SHA-256 of the WIT or JWT-SVID presented, for the audit record.
     pub credential: Option<(wimse_audit::CredentialKind, [u8; 32])>,
+    /// The verified Txn-Token, when the request carries one.
+    pub transaction: Option<Transaction>,
 }
 
 /// Verifies requests (see the module doc). Cheap to share: wrap it in an `Arc`.
@@ -281,6 +311,7 @@ pub struct Authenticator {
     config: AuthConfig,
     source: CredentialSource,
     wits: WitCache,
+    txns: TxnCache,
     replay: ReplayCache,
     bundle_generation: AtomicU64,
 }
@@ -315,6 +346,7 @@ impl Authenticator {
             config,
             source,
             wits: WitCache::new(10_000),
+            txns: TxnCache::new(10_000),
             replay: ReplayCache::new(1_000_000),
             bundle_generation: AtomicU64::new(0),
         }
@@ -357,6 +389,7 @@ impl Authenticator {
             != creds.bundle_generation
         {
             self.wits.clear();
+            self.txns.clear();
         }
         let mut validation = Validation::at(now);
         validation.leeway = self.config.leeway;
@@ -364,7 +397,7 @@ impl Authenticator {
         let path = parts.uri.path();
         let audience = self.audience_for(path);
 
-        let authenticated = if let Some(wit) = single(headers, WIT_HEADER)? {
+        let mut authenticated = if let Some(wit) = single(headers, WIT_HEADER)? {
             let verified = self
                 .wits
                 .verify(wit, &creds.wit_bundles, self.config.profile, &validation)
@@ -399,6 +432,7 @@ impl Authenticator {
                 credential: verified
                     .sha256()
                     .map(|hash| (wimse_audit::CredentialKind::Wit, hash)),
+                transaction: None,
             }
         } else if let Some(MtlsPeer(id)) = parts.extensions.get::<MtlsPeer>() {
             if !self.config.methods.mtls {
@@ -410,6 +444,7 @@ impl Authenticator {
                     method: AuthMethod::Mtls,
                 },
                 credential: None,
+                transaction: None,
             }
         } else if self.config.methods.jwt_svid
             && let Some(token) = bearer(headers)?
@@ -430,6 +465,7 @@ impl Authenticator {
                     wimse_audit::CredentialKind::JwtSvid,
                     wimse_core::digest::sha256(token.as_bytes()),
                 )),
+                transaction: None,
             }
         } else {
             return Err(AuthError::MissingCredentials);
@@ -437,7 +473,29 @@ impl Authenticator {
         if !self.config.allow.allows(&authenticated.peer.id) {
             return Err(AuthError::PeerNotAllowed(authenticated.peer.id.to_string()));
         }
+        authenticated.transaction = self.transaction(headers, &creds, &validation)?;
         Ok(authenticated)
+    }
+
+    /// Verifies the request's `Txn-Token`, if any (after the caller is authenticated).
+    fn transaction(
+        &self,
+        headers: &HeaderMap,
+        creds: &Credentials,
+        validation: &Validation,
+    ) -> Result<Option<Transaction>, AuthError> {
+        let Some(token) = single(headers, TXN_HEADER)? else {
+            return if self.config.require_txn_token {
+                Err(AuthError::MissingTxnToken)
+            } else {
+                Ok(None)
+            };
+        };
+        let me = creds.id().ok_or(AuthError::TxnTokenUncheckable)?;
+        self.txns
+            .verify(token, &creds.jwt_bundles, me.trust_domain(), validation)
+            .map(|claims| Some(Transaction(claims)))
+            .map_err(AuthError::InvalidTxnToken)
     }
 
     fn check_signature(

@@ -13,12 +13,20 @@
 //! | `context.auth_method` | `"wit-wpt"`, `"http-sig"`, `"mtls"` or `"jwt-svid"` |
 //! | `context.trust_domain` | the caller's trust domain (String) |
 //! | `context.time` | Unix seconds (Long) |
+//! | `context.txn` | only when the request carries a valid Txn-Token: a record of its `txn` (String), `sub` (String), `scope` (String), `scopes` (Set of String, `scope` split at spaces) and `req_wl` (String) |
 //!
 //! So "workload 1 may GET /api/orders and below" is
 //!
 //! ```cedar
 //! permit(principal == Workload::"spiffe://example.org/w1", action == Action::"GET", resource)
 //! when { context.path like "/api/orders*" };
+//! ```
+//!
+//! and "workload 2 may POST payments only inside a transaction whose purpose allows it" is
+//!
+//! ```cedar
+//! permit(principal == Workload::"spiffe://example.org/w2", action == Action::"POST", resource)
+//! when { context has txn && context.txn.scopes.contains("payments.write") };
 //! ```
 //!
 //! Cedar denies when no `permit` applies (deny by default) and when any `forbid` applies.
@@ -35,6 +43,7 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, SystemTime};
 use wimse_core::WorkloadId;
+use wimse_core::token::txn::TxnTokenClaims;
 
 /// Why policies could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +81,8 @@ pub struct AuthzRequest<'a> {
     pub auth_method: &'a str,
     /// Now, Unix seconds.
     pub time: i64,
+    /// The request's verified Txn-Token, if any.
+    pub transaction: Option<&'a TxnTokenClaims>,
 }
 
 /// The answer, with the reason recorded in the audit log.
@@ -242,7 +253,7 @@ impl Policy {
         let uid = |ty: &EntityTypeName, id: &str| {
             EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
         };
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "method".to_owned(),
                 RestrictedExpression::new_string(req.method.to_owned()),
@@ -260,8 +271,12 @@ impl Policy {
                 RestrictedExpression::new_string(req.principal.trust_domain().to_string()),
             ),
             ("time".to_owned(), RestrictedExpression::new_long(req.time)),
-        ])
-        .map_err(|e| format!("cannot build the policy context: {e}"))?;
+        ];
+        if let Some(txn) = req.transaction {
+            pairs.push(("txn".to_owned(), transaction_record(txn)?));
+        }
+        let context = Context::from_pairs(pairs)
+            .map_err(|e| format!("cannot build the policy context: {e}"))?;
         let request = Request::new(
             uid(&types.workload, req.principal.as_str()),
             uid(&types.action, req.method),
@@ -298,6 +313,22 @@ impl Policy {
     }
 }
 
+/// `context.txn`: the claims of a verified Txn-Token a policy may look at.
+fn transaction_record(txn: &TxnTokenClaims) -> Result<RestrictedExpression, String> {
+    let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+    RestrictedExpression::new_record([
+        ("txn".to_owned(), string(&txn.txn)),
+        ("sub".to_owned(), string(&txn.sub)),
+        ("scope".to_owned(), string(&txn.scope)),
+        (
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(txn.scope.split_ascii_whitespace().map(string)),
+        ),
+        ("req_wl".to_owned(), string(&txn.req_wl)),
+    ])
+    .map_err(|e| format!("cannot build the policy context: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
@@ -322,6 +353,7 @@ mod tests {
                 service: &service,
                 auth_method: "wit-wpt",
                 time: 0,
+                transaction: None,
             })
             .allowed
     }

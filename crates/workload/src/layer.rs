@@ -1,5 +1,6 @@
-//! The server side as a tower layer: verify → authorize → [`PeerIdentity`] in the
-//! request's extensions → the inner service. Each decision, allow and deny, goes to the
+//! The server side as a tower layer: verify → authorize → [`PeerIdentity`] (and, when the
+//! request carries a valid Txn-Token, its [`Transaction`]) in the request's extensions →
+//! the inner service. Each decision, allow and deny, goes to the
 //! audit log when one is configured.
 //!
 //! ```no_run
@@ -19,7 +20,7 @@
 //! failure (the WIMSE drafts advise against 401), 403 for an authorization denial. The
 //! problem `type` is `urn:wimse:problem:<code>` with the code of [`AuthError::code`].
 
-use crate::authn::{AuthError, Authenticated, Authenticator, PeerIdentity};
+use crate::authn::{AuthError, Authenticated, Authenticator, PeerIdentity, Transaction};
 use crate::authz::{AuthzRequest, Policy};
 use axum::body::Body;
 use bytes::Bytes;
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind};
+use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind, SecurityContext};
 
 /// The largest body read to check a message signature's `Content-Digest`.
 pub const MAX_SIGNED_BODY: usize = 16 * 1024 * 1024;
@@ -192,8 +193,15 @@ impl Shared {
             service,
             auth_method: peer.method.name(),
             time: now,
+            transaction: authenticated.transaction.as_ref().map(|t| &*t.0),
         });
-        self.audit_authz(&parts, peer, service, decision.allowed, &decision.reason);
+        self.audit_authz(
+            &parts,
+            &authenticated,
+            service,
+            decision.allowed,
+            &decision.reason,
+        );
         if !decision.allowed {
             tracing::info!(peer = %peer.id, reason = %decision.reason, "request refused: authorization");
             return Err(problem(
@@ -204,6 +212,9 @@ impl Shared {
             ));
         }
         parts.extensions.insert::<PeerIdentity>(peer.clone());
+        if let Some(transaction) = authenticated.transaction {
+            parts.extensions.insert::<Transaction>(transaction);
+        }
         Ok(Request::from_parts(parts, body))
     }
 
@@ -241,6 +252,9 @@ impl Shared {
                     // The record's first credential: the limit cannot refuse it.
                     let _ = r.add_credential(CredentialRef::from_sha256(kind, hash, None));
                 }
+                if let Some(Transaction(claims)) = &a.transaction {
+                    r = r.with_context(SecurityContext::from_txn_token(claims));
+                }
                 r
             }
             Err(e) => {
@@ -263,12 +277,13 @@ impl Shared {
     fn audit_authz(
         &self,
         parts: &http::request::Parts,
-        peer: &PeerIdentity,
+        authenticated: &Authenticated,
         service: &wimse_core::WorkloadId,
         allowed: bool,
         reason: &str,
     ) {
         let Some(log) = &self.audit else { return };
+        let peer = &authenticated.peer;
         let decision = if allowed {
             Decision::Allow
         } else {
@@ -278,6 +293,9 @@ impl Shared {
             .with_source(peer.id.clone())
             .with_target(service.clone())
             .with_method(peer.method.audit());
+        if let Some(Transaction(claims)) = &authenticated.transaction {
+            record = record.with_context(SecurityContext::from_txn_token(claims));
+        }
         let _ = record.set_reason(reason);
         if let Err(e) = log.append(record) {
             tracing::error!(error = %e, "audit append failed");

@@ -40,7 +40,7 @@ pub mod tls;
 
 pub use authn::{
     AuthConfig, AuthError, AuthMethod, Authenticator, Methods, MtlsPeer, PeerAllowList,
-    PeerIdentity,
+    PeerIdentity, Transaction,
 };
 pub use authz::{AuthzDecision, AuthzRequest, Policy, PolicyError};
 pub use client::{ClientError, ProofMethod, WimseClientLayer, attach_proof, http_client};

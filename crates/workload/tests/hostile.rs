@@ -19,8 +19,8 @@ use tower::ServiceExt;
 use wimse_core::token::unix_now;
 use wimse_core::token::wpt::{RequestBinding, issue_wpt};
 use wimse_workload::{
-    AuthConfig, Authenticator, CredentialSource, Credentials, PeerIdentity, Policy, ProofMethod,
-    WimseLayer, attach_proof,
+    AuthConfig, Authenticator, CredentialSource, Credentials, MtlsPeer, PeerIdentity, Policy,
+    ProofMethod, Transaction, WimseLayer, attach_proof,
 };
 
 const PUBLIC: &str = "http://svc.test";
@@ -29,6 +29,8 @@ permit(principal == Workload::"spiffe://good.test/w1", action == Action::"GET", 
 when { context.path like "/api/orders*" };
 permit(principal == Workload::"spiffe://good.test/w1", action == Action::"POST", resource)
 when { context.path like "/api/orders*" };
+permit(principal == Workload::"spiffe://good.test/w1", action == Action::"POST", resource)
+when { context.path == "/api/pay" && context has txn && context.txn.scopes.contains("pay") };
 "#;
 
 struct Setup {
@@ -48,8 +50,12 @@ fn setup_with(config: impl FnOnce(&mut AuthConfig)) -> Setup {
     let layer = WimseLayer::new(authn, Arc::new(Policy::from_text(POLICY).unwrap()));
     let app = axum::Router::new()
         .fallback(
-            |axum::Extension(peer): axum::Extension<PeerIdentity>| async move {
-                format!("{} {}", peer.id, peer.method.name())
+            |axum::Extension(peer): axum::Extension<PeerIdentity>,
+             txn: Option<axum::Extension<Transaction>>| async move {
+                let txn = txn
+                    .map(|t| format!(" txn={} sub={}", t.0.0.txn, t.0.0.sub))
+                    .unwrap_or_default();
+                format!("{} {}{txn}", peer.id, peer.method.name())
             },
         )
         .layer(layer);
@@ -517,4 +523,152 @@ async fn an_identity_header_smuggled_through_the_proxy_is_replaced() {
     let (status, body, _) = send(&proxy, req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.starts_with("peer=spiffe://good.test/w1 "), "{body}");
+}
+
+// --- Transaction tokens -------------------------------------------------------------------
+
+/// A Txn-Token signed by `signer`'s token-service key (`jwt-1`) for trust domain `aud`.
+fn txn_token(signer: &Domain, aud: &str, exp_in: i64, scope: &str) -> String {
+    use wimse_core::token::Audience;
+    use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token};
+    let now = unix_now();
+    issue_txn_token(
+        &signer.issuer,
+        "jwt-1",
+        &TxnTokenClaims {
+            iss: None,
+            iat: now - 10,
+            aud: Audience::One(aud.into()),
+            exp: now + exp_in,
+            txn: "97053963-771d-49cc-a4e3-20aad399c312".into(),
+            sub: "user:alice".into(),
+            scope: scope.into(),
+            tctx: None,
+            rctx: None,
+            req_wl: "spiffe://good.test/gateway".into(),
+        },
+    )
+    .unwrap()
+}
+
+/// A request carrying `txn` (the proof bound to it).
+fn with_txn(creds: &Credentials, method: &str, path: &str, txn: &str) -> Request<Body> {
+    let (mut parts, ()) = Request::builder()
+        .method(method)
+        .uri(format!("{PUBLIC}{path}"))
+        .header("txn-token", txn)
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, b"", creds, ProofMethod::WitWpt, unix_now()).unwrap();
+    parts.uri = path.parse().unwrap();
+    Request::from_parts(parts, Body::empty())
+}
+
+#[tokio::test]
+async fn a_valid_txn_token_reaches_the_service_and_the_policy() {
+    let s = setup();
+    let txn = txn_token(&s.good, "good.test", 300, "read pay");
+    let (status, body, _) = send(&s.app, with_txn(&s.client, "POST", "/api/pay", &txn)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "spiffe://good.test/w1 wit-wpt txn=97053963-771d-49cc-a4e3-20aad399c312 sub=user:alice"
+    );
+    // The same call inside a transaction whose scope does not allow it, or outside any.
+    let narrow = txn_token(&s.good, "good.test", 300, "read");
+    let (status, _, _) = send(&s.app, with_txn(&s.client, "POST", "/api/pay", &narrow)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = send(
+        &s.app,
+        signed(&s.client, "POST", "/api/pay", "", ProofMethod::WitWpt),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_txn_token_for_another_trust_domain_is_refused() {
+    let s = setup();
+    // Signed by this trust domain's token service, but for another trust domain.
+    let elsewhere = txn_token(&s.good, "evil.test", 300, "pay");
+    refused(
+        &s.app,
+        with_txn(&s.client, "POST", "/api/pay", &elsewhere),
+        "invalid-txn-token",
+    )
+    .await;
+    // Issued by another trust domain's token service, naming this one.
+    let foreign = txn_token(&s.evil, "good.test", 300, "pay");
+    refused(
+        &s.app,
+        with_txn(&s.client, "POST", "/api/pay", &foreign),
+        "invalid-txn-token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_or_malformed_txn_token_is_refused() {
+    let s = setup();
+    let expired = txn_token(&s.good, "good.test", -120, "pay");
+    refused(
+        &s.app,
+        with_txn(&s.client, "POST", "/api/pay", &expired),
+        "txn-token-expired",
+    )
+    .await;
+    refused(
+        &s.app,
+        with_txn(&s.client, "POST", "/api/pay", "a.b.c"),
+        "invalid-txn-token",
+    )
+    .await;
+    // A token of another kind (a JWT-SVID from the same key) is not a Txn-Token.
+    let svid = jwt_svid(&s.good, "/w1", "good.test");
+    refused(
+        &s.app,
+        with_txn(&s.client, "POST", "/api/pay", &svid),
+        "invalid-txn-token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_txn_token_is_checked_whatever_the_authentication_method() {
+    let s = setup();
+    let mtls = |txn: &str| {
+        let mut req = Request::post("/api/pay")
+            .header("txn-token", txn)
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(MtlsPeer(s.good.id("/w1")));
+        req
+    };
+    let (status, body, _) = send(&s.app, mtls(&txn_token(&s.good, "good.test", 300, "pay"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.starts_with("spiffe://good.test/w1 mtls txn="),
+        "{body}"
+    );
+    refused(
+        &s.app,
+        mtls(&txn_token(&s.evil, "good.test", 300, "pay")),
+        "invalid-txn-token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_service_that_requires_a_txn_token_refuses_a_call_without_one() {
+    let s = setup_with(|c| c.require_txn_token = true);
+    refused(
+        &s.app,
+        signed(&s.client, "POST", "/api/pay", "", ProofMethod::WitWpt),
+        "missing-txn-token",
+    )
+    .await;
+    let txn = txn_token(&s.good, "good.test", 300, "pay");
+    let (status, body, _) = send(&s.app, with_txn(&s.client, "POST", "/api/pay", &txn)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

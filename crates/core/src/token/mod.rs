@@ -13,6 +13,7 @@
 //! All times are Unix seconds; verifiers take the current time in [`Validation`] and
 //! never read the clock themselves.
 
+pub mod cache;
 pub mod jwt_svid;
 pub mod replay;
 pub mod txn;

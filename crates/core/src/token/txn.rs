@@ -7,11 +7,13 @@
 //! `aud` naming that trust domain (a Txn-Token is never accepted outside it), `exp`, and
 //! the required claims `iat`, `txn`, `sub`, `scope`, `req_wl`.
 
+use super::cache::{Expiring, VerifiedCache};
 use super::{Audience, TokenError, Validation, require_typ};
 use crate::bundle::{BundleSet, KeyUse};
 use crate::id::TrustDomain;
 use crate::jose::{Jws, SigningKey, jws};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The `typ` of a Txn-Token.
 pub const TXN_TYP: &str = "txntoken+jwt";
@@ -104,4 +106,38 @@ pub fn verify_txn_token(
         });
     }
     Ok(claims)
+}
+
+/// A bounded cache of verified Txn-Tokens (see [`VerifiedCache`]): a Txn-Token travels
+/// unchanged along its call chain, so a workload that gets many calls of one transaction
+/// verifies its signature once.
+pub type TxnCache = VerifiedCache<TxnTokenClaims>;
+
+impl Expiring for TxnTokenClaims {
+    fn exp(&self) -> i64 {
+        self.exp
+    }
+}
+
+impl VerifiedCache<TxnTokenClaims> {
+    /// Returns the verified claims, from the cache or by [`verify_txn_token`]. A hit is
+    /// checked again for expiry and for naming `trust_domain`.
+    pub fn verify(
+        &self,
+        token: &str,
+        bundles: &BundleSet,
+        trust_domain: &TrustDomain,
+        validation: &Validation,
+    ) -> Result<Arc<TxnTokenClaims>, TokenError> {
+        let claims = self.get_or_verify(token, validation, |_| {
+            verify_txn_token(token, bundles, trust_domain, validation)
+        })?;
+        if !claims.aud.contains(trust_domain.as_str()) {
+            return Err(TokenError::WrongAudience {
+                expected: trust_domain.to_string(),
+                found: claims.aud.values().join(" "),
+            });
+        }
+        Ok(claims)
+    }
 }

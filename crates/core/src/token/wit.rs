@@ -15,13 +15,13 @@
 //! [`WitCache`] keeps verified WITs by the SHA-256 of their text, so a service verifying a
 //! stream of requests from the same caller pays one signature (the WPT's) per request.
 
+use super::cache::{Expiring, VerifiedCache};
 use super::{TokenError, Validation, require_typ};
 use crate::bundle::{BundleSet, KeyUse};
 use crate::id::WorkloadId;
 use crate::jose::{Algorithm, Jwk, Jws, PublicKey, SigningKey, jws};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The `typ` of a WIT.
 pub const WIT_TYP: &str = "wit+jwt";
@@ -235,25 +235,16 @@ pub fn issue_wit(
     Ok(jws::sign(issuer, Some(WIT_TYP), kid, claims)?)
 }
 
-/// A bounded cache of verified WITs, keyed by the SHA-256 of the token text.
-///
-/// A hit still checks `exp`, so a cached WIT stops working when it expires. Clear the
-/// cache whenever the trust bundles change (a removed key must stop vouching at once).
-#[derive(Debug)]
-pub struct WitCache {
-    capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], Arc<VerifiedWit>>>,
+/// A bounded cache of verified WITs (see [`VerifiedCache`]).
+pub type WitCache = VerifiedCache<VerifiedWit>;
+
+impl Expiring for VerifiedWit {
+    fn exp(&self) -> i64 {
+        self.claims.exp
+    }
 }
 
-impl WitCache {
-    /// A cache of at most `capacity` WITs.
-    pub fn new(capacity: usize) -> Self {
-        WitCache {
-            capacity,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
+impl VerifiedCache<VerifiedWit> {
     /// Returns the verified WIT, from the cache or by [`verify_wit`].
     pub fn verify(
         &self,
@@ -262,36 +253,8 @@ impl WitCache {
         profile: WitProfile,
         validation: &Validation,
     ) -> Result<Arc<VerifiedWit>, TokenError> {
-        let hash = crate::digest::sha256(token.as_bytes());
-        let cached = self.lock().get(&hash).cloned();
-        if let Some(wit) = cached {
-            validation.check_exp(wit.claims.exp)?;
-            return Ok(wit);
-        }
-        let wit = Arc::new(verify_wit_hashed(
-            token, &hash, bundles, profile, validation,
-        )?);
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity {
-            entries.retain(|_, w| w.claims.exp.saturating_add(validation.leeway) > validation.now);
-            if entries.len() >= self.capacity {
-                // Still full of live WITs: start over rather than grow (a cache, not a store).
-                entries.clear();
-            }
-        }
-        entries.insert(hash, Arc::clone(&wit));
-        Ok(wit)
-    }
-
-    /// Forgets every cached WIT (call when the trust bundles change).
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<VerifiedWit>>> {
-        // A poisoned lock holds only verified WITs; they are still valid.
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.get_or_verify(token, validation, |hash| {
+            verify_wit_hashed(token, hash, bundles, profile, validation)
+        })
     }
 }
