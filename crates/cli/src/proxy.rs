@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use wimse_core::WorkloadId;
 use wimse_workload::{
-    AuthConfig, Authenticator, CredentialSource, Policy, ProofMethod, WimseLayer,
+    AuthConfig, Authenticator, CredentialSource, Metrics, Policy, ProofMethod, WimseLayer,
 };
 
 use crate::agent::AgentSocketArg;
@@ -86,6 +86,16 @@ pub struct InboundArgs {
     /// Refuse requests that carry no Txn-Token (a Txn-Token that is present is always verified)
     #[arg(long)]
     pub require_txn_token: bool,
+    #[command(flatten)]
+    pub health: HealthArg,
+}
+
+/// The health and metrics listener of a proxy.
+#[derive(Debug, Args)]
+pub struct HealthArg {
+    /// Serve /healthz, /readyz and Prometheus /metrics over HTTP on this address
+    #[arg(long, value_name = "ADDR")]
+    pub health_bind: Option<SocketAddr>,
 }
 
 /// Which proof the outbound proxy attaches.
@@ -112,6 +122,8 @@ pub struct OutboundArgs {
     /// The proof attached to each request
     #[arg(long, value_enum, default_value = "wit-wpt")]
     pub proof: ProofArg,
+    #[command(flatten)]
+    pub health: HealthArg,
 }
 
 fn workload_id(text: Option<&str>) -> Result<Option<WorkloadId>, CommandError> {
@@ -129,6 +141,61 @@ async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandErro
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CommandError::Proxy(format!("cannot listen on `{addr}`: {e}")))
+}
+
+/// `/healthz` (the process answers), `/readyz` (it holds a complete set of credentials
+/// from the agent) and `/metrics`.
+fn health_router(source: CredentialSource, metrics: Arc<Metrics>) -> axum::Router {
+    use axum::routing::get;
+    use http::StatusCode;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = source.current().is_complete();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no credentials from the agent yet",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = wimse_server::metrics::render(metrics.registry());
+                async move { text }
+            }),
+        )
+}
+
+/// Starts the health listener, if one was asked for.
+async fn serve_health(
+    health: &HealthArg,
+    source: &CredentialSource,
+    metrics: &Arc<Metrics>,
+) -> Result<(), CommandError> {
+    let Some(addr) = health.health_bind else {
+        return Ok(());
+    };
+    let listener = listen(addr).await?;
+    let router = health_router(source.clone(), Arc::clone(metrics));
+    tracing::info!(health = %addr, "health and metrics listener ready");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(crate::runtime::shutdown_signal())
+            .await
+        {
+            tracing::error!(error = %e, "health listener stopped");
+        }
+    });
+    Ok(())
 }
 
 pub(crate) fn audit_log(
@@ -177,7 +244,9 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     let mut config = AuthConfig::new(public_url.clone());
     config.methods.jwt_svid = args.allow_jwt_svid;
     config.require_txn_token = args.require_txn_token;
-    let mut layer = WimseLayer::new(Arc::new(Authenticator::new(config, source.clone())), policy);
+    let metrics = Arc::new(Metrics::default());
+    let mut layer = WimseLayer::new(Arc::new(Authenticator::new(config, source.clone())), policy)
+        .with_metrics(Arc::clone(&metrics));
     let audit = match &args.audit_log {
         Some(path) => Some(audit_log(path, &source)?),
         None => None,
@@ -187,6 +256,7 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     }
     let router = wimse_workload::proxy::inbound_router(&upstream, layer);
     let listener = listen(args.listen).await?;
+    serve_health(&args.health, &source, &metrics).await?;
     tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream,
         id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");
     axum::serve(listener, router)
@@ -208,8 +278,11 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
         ProofArg::WitWpt => ProofMethod::WitWpt,
         ProofArg::HttpSig => ProofMethod::HttpSig,
     };
-    let router = wimse_workload::proxy::outbound_router(source.clone(), method);
+    let metrics = Arc::new(Metrics::default());
+    let router =
+        wimse_workload::proxy::outbound_router(source.clone(), method, Some(Arc::clone(&metrics)));
     let listener = listen(args.listen).await?;
+    serve_health(&args.health, &source, &metrics).await?;
     tracing::info!(listen = %args.listen,
         id = ?source.current().id().map(WorkloadId::as_str), "outbound proxy ready");
     axum::serve(listener, router)

@@ -179,7 +179,7 @@ fn socket_arg(d: &Domain) -> String {
     d.agent.socket.display().to_string()
 }
 
-fn inbound(d: &Domain, port: u16, upstream: u16) -> Proxy {
+fn inbound(d: &Domain, port: u16, upstream: u16, health: u16) -> Proxy {
     let policy = d.dir.path().join("policy.cedar");
     std::fs::write(&policy, policy_text()).unwrap();
     let audit = d.dir.path().join("audit.jsonl");
@@ -200,6 +200,8 @@ fn inbound(d: &Domain, port: u16, upstream: u16) -> Proxy {
             audit.to_str().unwrap(),
             "--spiffe-id",
             &id("/w3"),
+            "--health-bind",
+            &format!("127.0.0.1:{health}"),
         ],
         port,
     )
@@ -209,7 +211,7 @@ fn policy_text() -> String {
     policy()
 }
 
-fn outbound(d: &Domain, who: &str, port: u16, proof: &str) -> Proxy {
+fn outbound(d: &Domain, who: &str, port: u16, proof: &str, health: u16) -> Proxy {
     Proxy::start(
         d.dir.path(),
         &format!("{who}-outbound"),
@@ -223,6 +225,8 @@ fn outbound(d: &Domain, who: &str, port: u16, proof: &str) -> Proxy {
             &id(who),
             "--proof",
             proof,
+            "--health-bind",
+            &format!("127.0.0.1:{health}"),
         ],
         port,
     )
@@ -240,9 +244,10 @@ async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
     let d = domain("3600");
     let up = upstream().await;
     let (p3, p1, p2) = (free_port(), free_port(), free_port());
-    let w3 = inbound(&d, p3, up);
-    let w1 = outbound(&d, "/w1", p1, "wit-wpt");
-    let w2 = outbound(&d, "/w2", p2, "http-sig");
+    let (h3, h1) = (free_port(), free_port());
+    let w3 = inbound(&d, p3, up, h3);
+    let w1 = outbound(&d, "/w1", p1, "wit-wpt", h1);
+    let w2 = outbound(&d, "/w2", p2, "http-sig", free_port());
 
     let call = |proxy, method: &'static str, path: &'static str, body: &'static str| {
         tokio::task::spawn_blocking(move || via(proxy, method, p3, path, body))
@@ -368,6 +373,35 @@ async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
         }
     }
 
+    // The proxies' health and metrics listeners count what happened above.
+    let get = |port: u16, path: &'static str| {
+        tokio::task::spawn_blocking(move || http(port, &format!("GET {path}"), &[], ""))
+    };
+    assert_eq!(get(h3, "/healthz").await.unwrap(), (200, "ok".to_owned()));
+    assert_eq!(get(h3, "/readyz").await.unwrap(), (200, "ready".to_owned()));
+    let (status, metrics) = get(h3, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        r#"wimse_proxy_requests_total{outcome="allowed",auth_method="wit-wpt"} 1"#,
+        r#"wimse_proxy_requests_total{outcome="forbidden",auth_method="wit-wpt"} 1"#,
+        r#"wimse_proxy_requests_total{outcome="allowed",auth_method="http-sig"} 1"#,
+        r#"wimse_proxy_requests_total{outcome="refused",auth_method="none"} 2"#,
+        r#"wimse_proxy_refusals_total{reason="missing-credentials"} 1"#,
+        r#"wimse_proxy_refusals_total{reason="invalid-wit"} 1"#,
+        "wimse_proxy_admission_seconds_count 6",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+    let (_, metrics) = get(h1, "/metrics").await.unwrap();
+    let line = r#"wimse_proxy_outbound_requests_total{outcome="forwarded"} 2"#;
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in:\n{metrics}"
+    );
+
     // Every decision was audited, and the log verifies.
     drop(w1);
     drop(w2);
@@ -394,8 +428,8 @@ async fn credentials_rotate_under_steady_traffic_without_a_failed_request() {
     let d = domain("10");
     let up = upstream().await;
     let (p3, p1) = (free_port(), free_port());
-    let w3 = inbound(&d, p3, up);
-    let _w1 = outbound(&d, "/w1", p1, "wit-wpt");
+    let w3 = inbound(&d, p3, up, free_port());
+    let _w1 = outbound(&d, "/w1", p1, "wit-wpt", free_port());
 
     // Watch workload 1's WIT from here too, to count rotations during the run.
     let watcher = CredentialSource::connect(

@@ -22,6 +22,7 @@
 
 use crate::authn::{AuthError, Authenticated, Authenticator, PeerIdentity, Transaction};
 use crate::authz::{AuthzRequest, Policy};
+use crate::metrics::Metrics;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -30,6 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind, SecurityContext};
 
 /// The largest body read to check a message signature's `Content-Digest`.
@@ -62,10 +64,12 @@ pub fn authn_problem(e: &AuthError) -> Response<Body> {
     )
 }
 
+#[derive(Clone)]
 struct Shared {
     authn: Arc<Authenticator>,
     policy: Arc<Policy>,
     audit: Option<Arc<AuditLog>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The server-side layer (cheap to clone).
@@ -82,6 +86,7 @@ impl WimseLayer {
                 authn,
                 policy,
                 audit: None,
+                metrics: None,
             }),
         }
     }
@@ -89,13 +94,26 @@ impl WimseLayer {
     /// Records every decision in `log`.
     #[must_use]
     pub fn with_audit(self, log: Arc<AuditLog>) -> Self {
+        let mut shared = (*self.shared).clone();
+        shared.audit = Some(log);
         WimseLayer {
-            shared: Arc::new(Shared {
-                authn: Arc::clone(&self.shared.authn),
-                policy: Arc::clone(&self.shared.policy),
-                audit: Some(log),
-            }),
+            shared: Arc::new(shared),
         }
+    }
+
+    /// Counts every decision in `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        let mut shared = (*self.shared).clone();
+        shared.metrics = Some(metrics);
+        WimseLayer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The metrics decisions are counted in, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.shared.metrics.as_ref()
     }
 }
 
@@ -146,6 +164,7 @@ where
 impl Shared {
     /// Verifies and authorizes; the request to pass on, or the refusal to answer with.
     async fn admit(&self, request: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+        let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let now = wimse_core::token::unix_now();
         let (body, bytes) = if Authenticator::needs_body(&parts.headers) {
@@ -160,6 +179,7 @@ impl Shared {
                 Err(e) => {
                     let e = AuthError::Body(e.to_string());
                     self.audit_authn(&parts, Err(&e));
+                    self.count_refusal(e.code(), started);
                     return Err(authn_problem(&e));
                 }
             }
@@ -171,6 +191,7 @@ impl Shared {
             Err(e) => {
                 tracing::info!(reason = e.code(), detail = %e, "request refused: authentication");
                 self.audit_authn(&parts, Err(&e));
+                self.count_refusal(e.code(), started);
                 return Err(authn_problem(&e));
             }
         };
@@ -178,6 +199,7 @@ impl Shared {
 
         let creds = self.authn.source().current();
         let Some(service) = creds.id() else {
+            self.count_refusal("no-identity", started);
             return Err(problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-identity",
@@ -202,6 +224,14 @@ impl Shared {
             decision.allowed,
             &decision.reason,
         );
+        if let Some(metrics) = &self.metrics {
+            let outcome = if decision.allowed {
+                "allowed"
+            } else {
+                "forbidden"
+            };
+            metrics.decision(outcome, peer.method.name(), started.elapsed().as_secs_f64());
+        }
         if !decision.allowed {
             tracing::info!(peer = %peer.id, reason = %decision.reason, "request refused: authorization");
             return Err(problem(
@@ -216,6 +246,12 @@ impl Shared {
             parts.extensions.insert::<Transaction>(transaction);
         }
         Ok(Request::from_parts(parts, body))
+    }
+
+    fn count_refusal(&self, reason: &'static str, started: Instant) {
+        if let Some(metrics) = &self.metrics {
+            metrics.refusal(reason, started.elapsed().as_secs_f64());
+        }
     }
 
     fn base_record(

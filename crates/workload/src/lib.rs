@@ -19,6 +19,7 @@
 //! - [`authz`]: [`Policy`], Cedar authorization (the schema is in its doc).
 //! - [`layer`]: [`WimseLayer`], the server-side tower layer (verify → authorize →
 //!   [`PeerIdentity`] → audit), and RFC 9457 problem responses.
+//! - [`metrics`]: Prometheus counters of decisions and refusals, for the proxies.
 //! - [`client`]: [`WimseClientLayer`] and [`attach_proof`], the client side.
 //! - [`tls`]: mTLS verifiers, the rotating certificate resolver, and a TLS server loop.
 //! - [`proxy`]: the inbound and outbound sidecar routers.
@@ -33,6 +34,7 @@ pub mod authz;
 pub mod client;
 pub mod httpsig;
 pub mod layer;
+pub mod metrics;
 pub mod proxy;
 pub mod sf;
 pub mod source;
@@ -45,4 +47,5 @@ pub use authn::{
 pub use authz::{AuthzDecision, AuthzRequest, Policy, PolicyError};
 pub use client::{ClientError, ProofMethod, WimseClientLayer, attach_proof, http_client};
 pub use layer::WimseLayer;
+pub use metrics::Metrics;
 pub use source::{CredentialSource, Credentials, SourceError};

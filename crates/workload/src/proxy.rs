@@ -15,6 +15,7 @@
 use crate::authn::{PeerIdentity, WIT_HEADER, WPT_HEADER};
 use crate::client::{ProofMethod, attach_proof};
 use crate::layer::{WimseLayer, problem};
+use crate::metrics::Metrics;
 use crate::source::CredentialSource;
 use axum::body::Body;
 use bytes::Bytes;
@@ -83,6 +84,7 @@ struct Upstream {
     /// The upstream's URL without a trailing `/`, to prefix paths with.
     base: Arc<str>,
     client: Client<HttpConnector, Body>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
@@ -130,14 +132,19 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         .await
     {
         Ok(response) => response.map(Body::new),
-        Err(e) => bad_gateway(&e),
+        Err(e) => {
+            if let Some(metrics) = &upstream.metrics {
+                metrics.upstream_errors.inc();
+            }
+            bad_gateway(&e)
+        }
     }
 }
 
 /// The inbound proxy: `layer` in front of a forwarder to `upstream` (e.g.
-/// `http://127.0.0.1:8080`).
+/// `http://127.0.0.1:8080`). Upstream failures are counted in the layer's metrics.
 pub fn inbound_router(upstream: &Uri, layer: WimseLayer) -> axum::Router {
-    forwarder(upstream).layer(layer)
+    forward_router(upstream, layer.metrics().cloned()).layer(layer)
 }
 
 /// The inbound proxy's forwarding half alone: it passes on requests that carry a
@@ -146,9 +153,14 @@ pub fn inbound_router(upstream: &Uri, layer: WimseLayer) -> axum::Router {
 /// benchmark puts it behind a layer that names a fixed peer, to measure what forwarding
 /// costs without authentication.
 pub fn forwarder(upstream: &Uri) -> axum::Router {
+    forward_router(upstream, None)
+}
+
+fn forward_router(upstream: &Uri, metrics: Option<Arc<Metrics>>) -> axum::Router {
     let upstream = Upstream {
         base: upstream.to_string().trim_end_matches('/').into(),
         client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        metrics,
     };
     axum::Router::new()
         .fallback(move |request: Request<Body>| forward_inbound(upstream.clone(), request))
@@ -159,16 +171,32 @@ struct Outbound {
     source: CredentialSource,
     method: ProofMethod,
     client: Client<HttpConnector, Full<Bytes>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Response<Body> {
+    let (outcome, response) = attach_and_forward(&outbound, request).await;
+    if let Some(metrics) = &outbound.metrics {
+        metrics.outbound(outcome);
+    }
+    response
+}
+
+/// Forwards one request; what became of it (the metrics' `outcome`) and the response.
+async fn attach_and_forward(
+    outbound: &Outbound,
+    request: Request<Body>,
+) -> (&'static str, Response<Body>) {
     let (mut parts, body) = request.into_parts();
     if parts.uri.scheme_str() != Some("http") || parts.uri.authority().is_none() {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "not-a-proxy-request",
-            "absolute http uri required",
-            "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+        return (
+            "refused",
+            problem(
+                StatusCode::BAD_REQUEST,
+                "not-a-proxy-request",
+                "absolute http uri required",
+                "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+            ),
         );
     }
     let body = match http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
@@ -177,11 +205,14 @@ async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Respons
     {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-unreadable",
-                "request body unreadable",
-                &e.to_string(),
+            return (
+                "refused",
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-unreadable",
+                    "request body unreadable",
+                    &e.to_string(),
+                ),
             );
         }
     };
@@ -195,11 +226,14 @@ async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Respons
         outbound.method,
         wimse_core::token::unix_now(),
     ) {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return (
             "no-credentials",
-            "cannot attach credentials",
-            &e.to_string(),
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-credentials",
+                "cannot attach credentials",
+                &e.to_string(),
+            ),
         );
     }
     parts.version = http::Version::HTTP_11;
@@ -208,17 +242,23 @@ async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Respons
         .request(Request::from_parts(parts, Full::new(body)))
         .await
     {
-        Ok(response) => response.map(Body::new),
-        Err(e) => bad_gateway(&e),
+        Ok(response) => ("forwarded", response.map(Body::new)),
+        Err(e) => ("upstream-error", bad_gateway(&e)),
     }
 }
 
-/// The outbound proxy: attaches proofs of `method` from `source` to absolute-form requests.
-pub fn outbound_router(source: CredentialSource, method: ProofMethod) -> axum::Router {
+/// The outbound proxy: attaches proofs of `method` from `source` to absolute-form
+/// requests, counting what becomes of them in `metrics`.
+pub fn outbound_router(
+    source: CredentialSource,
+    method: ProofMethod,
+    metrics: Option<Arc<Metrics>>,
+) -> axum::Router {
     let outbound = Outbound {
         source,
         method,
         client: crate::client::http_client(),
+        metrics,
     };
     axum::Router::new()
         .fallback(move |request: Request<Body>| forward_outbound(outbound.clone(), request))
