@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use wimse_core::WorkloadId;
+use wimse_workload::proxy::OutboundOptions;
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Metrics, Policy, ProofMethod, WimseLayer,
 };
@@ -54,6 +55,7 @@ impl ProxyCommand {
 
 /// `wimse proxy inbound`
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools, reason = "command-line switches")]
 pub struct InboundArgs {
     /// Address to accept requests on
     #[arg(long, value_name = "ADDR")]
@@ -86,6 +88,10 @@ pub struct InboundArgs {
     /// Refuse requests that carry no Txn-Token (a Txn-Token that is present is always verified)
     #[arg(long)]
     pub require_txn_token: bool,
+    /// Sign every response to an authenticated caller, not only those a caller asks to
+    /// have signed (`wimse-sign-response`)
+    #[arg(long)]
+    pub sign_responses: bool,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -122,6 +128,10 @@ pub struct OutboundArgs {
     /// The proof attached to each request
     #[arg(long, value_enum, default_value = "wit-wpt")]
     pub proof: ProofArg,
+    /// Ask every server to sign its response and refuse (502) a response that is not
+    /// signed by a trusted workload (needs `--proof http-sig`)
+    #[arg(long)]
+    pub require_signed_response: bool,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -254,6 +264,9 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     if let Some(log) = &audit {
         layer = layer.with_audit(Arc::clone(log));
     }
+    if args.sign_responses {
+        layer = layer.sign_all_responses();
+    }
     let router = wimse_workload::proxy::inbound_router(&upstream, layer);
     let listener = listen(args.listen).await?;
     serve_health(&args.health, &source, &metrics).await?;
@@ -273,14 +286,23 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "outbound proxy listens beyond loopback: anyone who reaches it speaks as this workload");
     }
-    let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     let method = match args.proof {
         ProofArg::WitWpt => ProofMethod::WitWpt,
         ProofArg::HttpSig => ProofMethod::HttpSig,
     };
+    if args.require_signed_response && !matches!(method, ProofMethod::HttpSig) {
+        return Err(CommandError::Proxy(
+            "`--require-signed-response` needs `--proof http-sig`: the profile defines \
+             response signatures for message-signed requests only"
+                .into(),
+        ));
+    }
+    let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
-    let router =
-        wimse_workload::proxy::outbound_router(source.clone(), method, Some(Arc::clone(&metrics)));
+    let mut options = OutboundOptions::new(method);
+    options.require_signed_responses = args.require_signed_response;
+    options.metrics = Some(Arc::clone(&metrics));
+    let router = wimse_workload::proxy::outbound_router(source.clone(), options);
     let listener = listen(args.listen).await?;
     serve_health(&args.health, &source, &metrics).await?;
     tracing::info!(listen = %args.listen,

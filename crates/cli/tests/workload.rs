@@ -103,6 +103,17 @@ impl Drop for Proxy {
 
 /// One HTTP/1.1 request over a fresh connection; (status, body).
 fn http(port: u16, request_line: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let (status, _, body) = http_full(port, request_line, headers, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request over a fresh connection; (status, header section, body).
+fn http_full(
+    port: u16,
+    request_line: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -116,11 +127,8 @@ fn http(port: u16, request_line: &str, headers: &[(&str, &str)], body: &str) -> 
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// Workload 3's own service: says who called what.
@@ -212,6 +220,10 @@ fn policy_text() -> String {
 }
 
 fn outbound(d: &Domain, who: &str, port: u16, proof: &str, health: u16) -> Proxy {
+    outbound_with(d, who, port, &["--proof", proof], health)
+}
+
+fn outbound_with(d: &Domain, who: &str, port: u16, extra: &[&str], health: u16) -> Proxy {
     Proxy::start(
         d.dir.path(),
         &format!("{who}-outbound"),
@@ -223,11 +235,12 @@ fn outbound(d: &Domain, who: &str, port: u16, proof: &str, health: u16) -> Proxy
             &socket_arg(d),
             "--spiffe-id",
             &id(who),
-            "--proof",
-            proof,
             "--health-bind",
             &format!("127.0.0.1:{health}"),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
         port,
     )
 }
@@ -247,7 +260,14 @@ async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
     let (h3, h1) = (free_port(), free_port());
     let w3 = inbound(&d, p3, up, h3);
     let w1 = outbound(&d, "/w1", p1, "wit-wpt", h1);
-    let w2 = outbound(&d, "/w2", p2, "http-sig", free_port());
+    // Workload 2 also asks workload 3 to sign its responses, and refuses unsigned ones.
+    let w2 = outbound_with(
+        &d,
+        "/w2",
+        p2,
+        &["--proof", "http-sig", "--require-signed-response"],
+        free_port(),
+    );
 
     let call = |proxy, method: &'static str, path: &'static str, body: &'static str| {
         tokio::task::spawn_blocking(move || via(proxy, method, p3, path, body))
@@ -264,16 +284,38 @@ async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
     assert!(body.contains("urn:wimse:problem:forbidden"), "{body}");
 
     // Workload 2 (WIT + HTTP Message Signature, with a body) may pay, not read orders.
-    let (status, body) = call(p2, "POST", "/api/payments", "{\"amount\":3}")
-        .await
-        .unwrap();
+    // Its outbound proxy checked workload 3's response signature and says who signed it.
+    let (status, head, body) = tokio::task::spawn_blocking(move || {
+        http_full(
+            p2,
+            &format!("POST http://127.0.0.1:{p3}/api/payments"),
+            &[],
+            "{\"amount\":3}",
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}\n{}", w3.log());
+    assert!(
+        head.contains(&format!("\r\nx-wimse-peer-id: {}\r\n", id("/w3"))),
+        "{head}"
+    );
+    assert!(head.contains("\r\nsignature-input: wimse="), "{head}");
     assert_eq!(
         body,
         format!("POST /api/payments by {} via http-sig", id("/w2"))
     );
     let (status, _) = call(p2, "GET", "/api/orders", "").await.unwrap();
     assert_eq!(status, 403);
+    // A service that does not sign (workload 3's own, reached directly): refused.
+    let (status, body) = tokio::task::spawn_blocking(move || via(p2, "GET", up, "/x", ""))
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("urn:wimse:problem:response-refused"),
+        "{body}"
+    );
 
     // No credentials, or bad ones: 400 with a problem body naming the reason.
     let (status, body) = tokio::task::spawn_blocking(move || {

@@ -21,7 +21,7 @@
 //! [`AuthConfig::require_txn_token`] makes one mandatory. The verified claims become the
 //! request's [`Transaction`].
 
-use crate::httpsig::{self, RequestView, SigError, SigPolicy};
+use crate::httpsig::{self, RequestView, SigError, SigPolicy, SignatureParams};
 use crate::source::{CredentialSource, Credentials};
 use http::HeaderMap;
 use http::request::Parts;
@@ -303,6 +303,9 @@ pub struct Authenticated {
     pub credential: Option<(wimse_audit::CredentialKind, [u8; 32])>,
     /// The verified Txn-Token, when the request carries one.
     pub transaction: Option<Transaction>,
+    /// The request's message signature, when it was authenticated by one: what the
+    /// response signature answers.
+    pub signature: Option<SignatureParams>,
 }
 
 /// Verifies requests (see the module doc). Cheap to share: wrap it in an `Arc`.
@@ -402,11 +405,13 @@ impl Authenticator {
                 .wits
                 .verify(wit, &creds.wit_bundles, self.config.profile, &validation)
                 .map_err(wit_error)?;
+            let mut signature = None;
             let method = if headers.contains_key("signature-input") {
                 if !self.config.methods.http_sig {
                     return Err(AuthError::MethodDisabled(AuthMethod::HttpSig.name()));
                 }
-                self.check_signature(parts, body, &verified, &audience, &validation)?;
+                signature =
+                    Some(self.check_signature(parts, body, &verified, &audience, &validation)?);
                 AuthMethod::HttpSig
             } else if let Some(wpt) = single(headers, WPT_HEADER)? {
                 if !self.config.methods.wit_wpt {
@@ -433,6 +438,7 @@ impl Authenticator {
                     .sha256()
                     .map(|hash| (wimse_audit::CredentialKind::Wit, hash)),
                 transaction: None,
+                signature,
             }
         } else if let Some(MtlsPeer(id)) = parts.extensions.get::<MtlsPeer>() {
             if !self.config.methods.mtls {
@@ -445,6 +451,7 @@ impl Authenticator {
                 },
                 credential: None,
                 transaction: None,
+                signature: None,
             }
         } else if self.config.methods.jwt_svid
             && let Some(token) = bearer(headers)?
@@ -466,6 +473,7 @@ impl Authenticator {
                     wimse_core::digest::sha256(token.as_bytes()),
                 )),
                 transaction: None,
+                signature: None,
             }
         } else {
             return Err(AuthError::MissingCredentials);
@@ -505,7 +513,7 @@ impl Authenticator {
         wit: &Arc<VerifiedWit>,
         audience: &str,
         validation: &Validation,
-    ) -> Result<(), AuthError> {
+    ) -> Result<SignatureParams, AuthError> {
         let target = parts
             .uri
             .path_and_query()
@@ -534,6 +542,7 @@ impl Authenticator {
             )
             .map_err(|e| match e {
                 ReplayError::Replayed | ReplayError::Full => AuthError::ReplayedSignature,
-            })
+            })?;
+        Ok(params)
     }
 }

@@ -17,20 +17,26 @@
 //! # Ok(()) }
 //! ```
 
-use crate::authn::{WIT_HEADER, WPT_HEADER};
-use crate::httpsig::{self, RequestView};
+use crate::authn::{AuthMethod, PeerIdentity, WIT_HEADER, WPT_HEADER};
+use crate::httpsig::{self, RequestSigning, RequestView, ResponsePolicy, ResponseView, SigError};
 use crate::source::{CredentialSource, Credentials};
 use bytes::Bytes;
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use wimse_core::token::Validation;
 use wimse_core::token::txn::TXN_HEADER;
+use wimse_core::token::wit::{WitCache, WitProfile};
 use wimse_core::token::wpt::{RequestBinding, issue_wpt};
 
 /// The lifetime of a WPT or message signature this client makes, seconds.
 pub const PROOF_LIFETIME: i64 = 60;
+
+/// The largest response body read to check a response signature's `Content-Digest`.
+pub const MAX_SIGNED_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Which proof to attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,9 @@ pub enum ClientError {
     /// The inner service failed.
     #[error(transparent)]
     Inner(Box<dyn std::error::Error + Send + Sync>),
+    /// The response was refused.
+    #[error(transparent)]
+    Response(ResponseError),
 }
 
 /// The audience of a request: its absolute target URI without query and fragment.
@@ -79,7 +88,52 @@ pub fn attach_proof(
     method: ProofMethod,
     now: i64,
 ) -> Result<(), ClientError> {
+    attach(parts, body, creds, method, false, now).map(|_| ())
+}
+
+/// What a client keeps of a request it sent, to check the response with
+/// [`check_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRequest {
+    /// The method.
+    pub method: http::Method,
+    /// The request target (path and query).
+    pub target: String,
+    /// The nonce of the request's message signature, when it was signed so.
+    pub nonce: Option<String>,
+    /// Whether the server was asked to sign its response (`wimse-sign-response`).
+    pub sign_response: bool,
+}
+
+/// [`attach_proof`], returning what [`check_response`] needs. With
+/// [`ProofMethod::HttpSig`], `sign_response` asks the server to sign its response
+/// (`wimse-sign-response`); the profile defines that for message signatures only, so it
+/// is refused with a WPT.
+pub fn attach(
+    parts: &mut http::request::Parts,
+    body: &[u8],
+    creds: &Credentials,
+    method: ProofMethod,
+    sign_response: bool,
+    now: i64,
+) -> Result<SentRequest, ClientError> {
+    if sign_response && method != ProofMethod::HttpSig {
+        return Err(ClientError::Sign(
+            "a signed response can only be asked for with an HTTP message signature".into(),
+        ));
+    }
     let wit = creds.wit.as_ref().ok_or(ClientError::NoCredentials)?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_owned();
+    let mut sent = SentRequest {
+        method: parts.method.clone(),
+        target,
+        nonce: None,
+        sign_response,
+    };
     let audience = audience(&parts.uri)?;
     let headers = &mut parts.headers;
     for name in [WIT_HEADER, WPT_HEADER, "signature", "signature-input"] {
@@ -113,25 +167,112 @@ pub fn attach_proof(
             if !body.is_empty() {
                 headers.insert("content-digest", header(&httpsig::content_digest(body))?);
             }
-            let target = parts
-                .uri
-                .path_and_query()
-                .map_or("/", http::uri::PathAndQuery::as_str)
-                .to_owned();
             let view = RequestView {
                 method: parts.method.as_str(),
-                request_target: &target,
+                request_target: &sent.target,
                 headers: &parts.headers,
             };
             let nonce = wimse_core::token::random_jti();
-            let (input, signature) =
-                httpsig::sign_request(&view, &wit.key, &audience, now, PROOF_LIFETIME, &nonce)
-                    .map_err(|e| ClientError::Sign(e.to_string()))?;
+            let signing = RequestSigning {
+                audience: &audience,
+                created: now,
+                lifetime: PROOF_LIFETIME,
+                nonce: &nonce,
+                sign_response,
+            };
+            let (input, signature) = httpsig::sign_request(&view, &wit.key, &signing)
+                .map_err(|e| ClientError::Sign(e.to_string()))?;
             parts.headers.insert("signature-input", header(&input)?);
             parts.headers.insert("signature", header(&signature)?);
+            sent.nonce = Some(nonce);
         }
     }
-    Ok(())
+    Ok(sent)
+}
+
+/// Why a response was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    /// A signed response was asked for and the response is not signed.
+    #[error("the response is not signed, and a signed response was required")]
+    Unsigned,
+    /// The responder's `Workload-Identity-Token` is missing, repeated or invalid.
+    #[error("responder's workload identity token: {0}")]
+    Wit(String),
+    /// The response signature is refused.
+    #[error("response signature: {0}")]
+    Signature(SigError),
+    /// The response body could not be read for its digest.
+    #[error("response body could not be read: {0}")]
+    Body(String),
+}
+
+/// Checks the response to `sent`: a response that carries a message signature must carry
+/// the responder's WIT (verified against `creds`' WIT bundles, through `wits`) and a
+/// signature by its key over the response and `sent` (with `wimse-req-nonce` = the
+/// request's nonce when it was required); one that does not is refused if `sent` asked for
+/// a signature. Returns the verified responder, if the response was signed.
+pub fn check_response(
+    sent: &SentRequest,
+    response: &http::response::Parts,
+    body: &[u8],
+    creds: &Credentials,
+    wits: &WitCache,
+    now: i64,
+) -> Result<Option<PeerIdentity>, ResponseError> {
+    let headers = &response.headers;
+    if !headers.contains_key("signature-input") && !headers.contains_key("signature") {
+        return if sent.sign_response {
+            Err(ResponseError::Unsigned)
+        } else {
+            Ok(None)
+        };
+    }
+    let mut wit_values = headers.get_all(WIT_HEADER).iter();
+    let (Some(wit), None) = (wit_values.next(), wit_values.next()) else {
+        return Err(ResponseError::Wit("must appear exactly once".into()));
+    };
+    let wit = wit
+        .to_str()
+        .map_err(|_| ResponseError::Wit("not visible ASCII".into()))?;
+    let validation = Validation::at(now);
+    let verified = wits
+        .verify(
+            wit.trim(),
+            &creds.wit_bundles,
+            WitProfile::Spiffe,
+            &validation,
+        )
+        .map_err(|e| ResponseError::Wit(e.to_string()))?;
+    let no_headers = http::HeaderMap::new();
+    let view = ResponseView {
+        status: response.status.as_u16(),
+        headers,
+        request: RequestView {
+            method: sent.method.as_str(),
+            request_target: &sent.target,
+            headers: &no_headers,
+        },
+    };
+    let policy = ResponsePolicy {
+        req_nonce: sent.nonce.as_deref(),
+        require_req_nonce: sent.sign_response,
+        now,
+        leeway: validation.leeway,
+        max_lifetime: validation.max_proof_lifetime,
+    };
+    httpsig::verify_response(
+        &view,
+        body,
+        &verified.holder_key,
+        verified.holder_alg,
+        &policy,
+    )
+    .map_err(ResponseError::Signature)?;
+    Ok(Some(PeerIdentity {
+        id: verified.workload_id().clone(),
+        method: AuthMethod::HttpSig,
+    }))
 }
 
 /// A hyper-util client for plain HTTP (HTTP/1.1), the usual inner service.
@@ -147,12 +288,28 @@ pub fn http_client() -> hyper_util::client::legacy::Client<
 pub struct WimseClientLayer {
     source: CredentialSource,
     method: ProofMethod,
+    sign_response: bool,
+    wits: Arc<WitCache>,
 }
 
 impl WimseClientLayer {
-    /// Attaches proofs of `method` made from `source`'s current credentials.
+    /// Attaches proofs of `method` made from `source`'s current credentials, and checks
+    /// every response that comes back signed.
     pub fn new(source: CredentialSource, method: ProofMethod) -> Self {
-        WimseClientLayer { source, method }
+        WimseClientLayer {
+            source,
+            method,
+            sign_response: false,
+            wits: Arc::new(WitCache::new(1_000)),
+        }
+    }
+
+    /// Asks every server for a signed response and refuses a response that is not
+    /// (message signatures only; see [`attach`]).
+    #[must_use]
+    pub fn require_signed_responses(mut self) -> Self {
+        self.sign_response = true;
+        self
     }
 }
 
@@ -161,29 +318,33 @@ impl<S> tower::Layer<S> for WimseClientLayer {
     fn layer(&self, inner: S) -> Self::Service {
         WimseClient {
             inner,
-            source: self.source.clone(),
-            method: self.method,
+            layer: self.clone(),
         }
     }
 }
 
-/// A service that attaches proofs, then calls the inner service.
+/// A service that attaches proofs, calls the inner service, and checks the response.
 #[derive(Clone, Debug)]
 pub struct WimseClient<S> {
     inner: S,
-    source: CredentialSource,
-    method: ProofMethod,
+    layer: WimseClientLayer,
 }
 
-impl<S> tower::Service<Request<Full<Bytes>>> for WimseClient<S>
+/// The body of a response that passed [`WimseClient`]: the inner service's own when the
+/// response was not signed, else the bytes the signature was checked over.
+pub type CheckedBody<B> = Either<B, Full<Bytes>>;
+
+impl<S, B> tower::Service<Request<Full<Bytes>>> for WimseClient<S>
 where
-    S: tower::Service<Request<Full<Bytes>>> + Clone + Send + 'static,
+    S: tower::Service<Request<Full<Bytes>>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<CheckedBody<B>>;
     type Error = ClientError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, ClientError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ClientError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
@@ -194,26 +355,52 @@ where
     fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let creds = self.source.current();
-        let method = self.method;
+        let layer = self.layer.clone();
         Box::pin(async move {
+            let creds = layer.source.current();
             let (mut parts, body) = request.into_parts();
             let body = body
                 .collect()
                 .await
                 .map(http_body_util::Collected::to_bytes)
                 .unwrap_or_default();
-            attach_proof(
+            let sent = attach(
                 &mut parts,
                 &body,
                 &creds,
-                method,
+                layer.method,
+                layer.sign_response,
                 wimse_core::token::unix_now(),
             )?;
-            inner
+            let response = inner
                 .call(Request::from_parts(parts, Full::new(body)))
                 .await
-                .map_err(|e| ClientError::Inner(e.into()))
+                .map_err(|e| ClientError::Inner(e.into()))?;
+            let (parts, body) = response.into_parts();
+            if !sent.sign_response
+                && !parts.headers.contains_key("signature-input")
+                && !parts.headers.contains_key("signature")
+            {
+                return Ok(http::Response::from_parts(parts, Either::Left(body)));
+            }
+            let bytes = http_body_util::Limited::new(body, MAX_SIGNED_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Response(ResponseError::Body(e.to_string())))?
+                .to_bytes();
+            check_response(
+                &sent,
+                &parts,
+                &bytes,
+                &creds,
+                &layer.wits,
+                wimse_core::token::unix_now(),
+            )
+            .map_err(ClientError::Response)?;
+            Ok(http::Response::from_parts(
+                parts,
+                Either::Right(Full::new(bytes)),
+            ))
         })
     }
 }

@@ -9,8 +9,12 @@
 //! algorithm come only from the verified WIT. A request with a body must carry a
 //! `Content-Digest` (RFC 9530, `sha-256`) that matches it.
 //!
-//! Responses are not signed (yet): a request with `wimse-sign-response` is refused with a
-//! reason, since the profile forbids answering it with an unsigned success.
+//! Responses are signed the same way with the responder's WIT key ([`sign_response`],
+//! [`verify_response`]): they cover `@status`, the responder's WIT, `content-type` and
+//! `content-digest` when present, and the request's `@method;req` and
+//! `@request-target;req`, with `wimse-req-nonce` = the request signature's nonce. A
+//! client asks for one with `wimse-sign-response`; the layer then signs the response or,
+//! when it cannot, answers 501 rather than an unsigned success.
 
 use crate::sf::{self, BareItem, Item, Member, Params};
 use base64::Engine;
@@ -75,9 +79,9 @@ pub enum SigError {
     /// `created` is in the future, or the lifetime is longer than allowed.
     #[error("signature lifetime is not acceptable")]
     Lifetime,
-    /// The client asked for a signed response, which this verifier cannot give.
-    #[error("a signed response was requested, and response signing is not supported")]
-    ResponseSigningRequested,
+    /// A response's `wimse-req-nonce` is missing, unexpected, or not the request's nonce.
+    #[error("response signature's `wimse-req-nonce` does not match the request's nonce")]
+    ResponseNonce,
     /// The body has no `Content-Digest`, or it does not match.
     #[error("content digest is missing or does not match the body")]
     ContentDigest,
@@ -98,8 +102,12 @@ pub struct SignatureParams {
     pub expires: i64,
     /// `nonce`.
     pub nonce: String,
-    /// `wimse-aud`.
-    pub audience: String,
+    /// `wimse-aud` (requests only).
+    pub audience: Option<String>,
+    /// `wimse-sign-response` (requests only): the client requires a signed response.
+    pub sign_response: bool,
+    /// `wimse-req-nonce` (responses only): the nonce of the request answered.
+    pub req_nonce: Option<String>,
 }
 
 /// The parts of a request a signature covers.
@@ -148,7 +156,9 @@ fn field_value(headers: &HeaderMap, name: &str) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join(", "))
 }
 
-fn component_value(req: &RequestView<'_>, item: &Item) -> Result<String, SigError> {
+/// A derived component of a request (RFC 9421 §2.2) or one of its header fields.
+/// Component parameters are refused: the profile's request coverage uses none.
+fn request_component(req: &RequestView<'_>, item: &Item) -> Result<String, SigError> {
     let BareItem::String(name) = &item.bare else {
         return Err(SigError::Shape(
             "a component identifier is not a string".into(),
@@ -175,27 +185,56 @@ fn component_value(req: &RequestView<'_>, item: &Item) -> Result<String, SigErro
             .and_then(|i| req.request_target.get(i..))
             .unwrap_or("?")
             .to_owned()),
-        field if !field.starts_with('@') && field.bytes().all(|b| !b.is_ascii_uppercase()) => {
+        field if is_field_name(field) => {
             field_value(req.headers, field).ok_or_else(|| SigError::Component(name.clone()))
         }
         _ => Err(SigError::Component(name.clone())),
     }
 }
 
-/// The signature base (RFC 9421 §2.5) for `components` and `params`.
-pub fn signature_base(
-    req: &RequestView<'_>,
+fn is_field_name(name: &str) -> bool {
+    !name.starts_with('@') && name.bytes().all(|b| !b.is_ascii_uppercase())
+}
+
+/// A component of a response: `@status`, a response header field, or (with the `req`
+/// parameter and no other) a component of the request it answers.
+fn response_component(resp: &ResponseView<'_>, item: &Item) -> Result<String, SigError> {
+    let BareItem::String(name) = &item.bare else {
+        return Err(SigError::Shape(
+            "a component identifier is not a string".into(),
+        ));
+    };
+    match item.params.0.as_slice() {
+        [] if name == "@status" => Ok(format!("{:03}", resp.status)),
+        [] if is_field_name(name) => {
+            field_value(resp.headers, name).ok_or_else(|| SigError::Component(name.clone()))
+        }
+        [(key, BareItem::Boolean(true))] if key == "req" => request_component(
+            &resp.request,
+            &Item {
+                bare: item.bare.clone(),
+                params: Params::default(),
+            },
+        ),
+        _ => Err(SigError::Component(name.clone())),
+    }
+}
+
+/// The signature base (RFC 9421 §2.5) of `components` and `params`, each component's
+/// value given by `value`.
+fn base_of(
     components: &[Item],
     params: &Params,
+    value: impl Fn(&Item) -> Result<String, SigError>,
 ) -> Result<String, SigError> {
     let mut base = String::new();
-    let mut seen: Vec<&BareItem> = Vec::new();
+    let mut seen: Vec<&Item> = Vec::new();
     for item in components {
-        if seen.contains(&&item.bare) {
+        if seen.contains(&item) {
             return Err(SigError::Shape("a component is covered twice".into()));
         }
-        seen.push(&item.bare);
-        let value = component_value(req, item)?;
+        seen.push(item);
+        let value = value(item)?;
         sf::write_bare_item(&mut base, &item.bare);
         sf::write_params(&mut base, &item.params);
         base.push_str(": ");
@@ -207,11 +246,81 @@ pub fn signature_base(
     Ok(base)
 }
 
+/// The signature base (RFC 9421 §2.5) of a request for `components` and `params`.
+pub fn signature_base(
+    req: &RequestView<'_>,
+    components: &[Item],
+    params: &Params,
+) -> Result<String, SigError> {
+    base_of(components, params, |item| request_component(req, item))
+}
+
+/// The signature base (RFC 9421 §2.5) of a response for `components` and `params`.
+pub fn response_signature_base(
+    resp: &ResponseView<'_>,
+    components: &[Item],
+    params: &Params,
+) -> Result<String, SigError> {
+    base_of(components, params, |item| response_component(resp, item))
+}
+
 fn string_item(name: &str) -> Item {
     Item {
         bare: BareItem::String(name.to_owned()),
         params: Params::default(),
     }
+}
+
+fn req_item(name: &str) -> Item {
+    Item {
+        bare: BareItem::String(name.to_owned()),
+        params: Params(vec![("req".into(), BareItem::Boolean(true))]),
+    }
+}
+
+/// The parameters every signature carries, then `extra`.
+fn common_params(created: i64, lifetime: i64, nonce: &str, extra: &[(&str, BareItem)]) -> Params {
+    let mut params = vec![
+        ("created".into(), BareItem::Integer(created)),
+        (
+            "expires".into(),
+            BareItem::Integer(created.saturating_add(lifetime)),
+        ),
+        ("nonce".into(), BareItem::String(nonce.to_owned())),
+        ("tag".into(), BareItem::String(TAG.into())),
+    ];
+    params.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    Params(params)
+}
+
+/// Signs `base` and serializes the two header values.
+fn sign_base(
+    key: &SigningKey,
+    base: &str,
+    components: &[Item],
+    params: &Params,
+) -> Result<(String, String), SigError> {
+    let signature = key
+        .sign(base.as_bytes())
+        .map_err(|e| SigError::Signing(e.to_string()))?;
+    let mut input = format!("{LABEL}=");
+    sf::write_inner_list(&mut input, components, params);
+    Ok((input, format!("{LABEL}=:{}:", STANDARD.encode(signature))))
+}
+
+/// Options of a request signature.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestSigning<'a> {
+    /// The target URI (`wimse-aud` is it without query).
+    pub audience: &'a str,
+    /// `created`, Unix seconds.
+    pub created: i64,
+    /// `expires - created`, seconds.
+    pub lifetime: i64,
+    /// A fresh nonce.
+    pub nonce: &'a str,
+    /// Ask the server to sign its response (`wimse-sign-response`).
+    pub sign_response: bool,
 }
 
 /// Signs a request: returns the `Signature-Input` and `Signature` values.
@@ -221,10 +330,7 @@ fn string_item(name: &str) -> Item {
 pub fn sign_request(
     req: &RequestView<'_>,
     key: &SigningKey,
-    audience: &str,
-    created: i64,
-    lifetime: i64,
-    nonce: &str,
+    signing: &RequestSigning<'_>,
 ) -> Result<(String, String), SigError> {
     let mut components = vec![
         string_item("@method"),
@@ -236,26 +342,63 @@ pub fn sign_request(
             components.push(string_item(name));
         }
     }
-    let params = Params(vec![
-        ("created".into(), BareItem::Integer(created)),
-        (
-            "expires".into(),
-            BareItem::Integer(created.saturating_add(lifetime)),
-        ),
-        ("nonce".into(), BareItem::String(nonce.to_owned())),
-        ("tag".into(), BareItem::String(TAG.into())),
-        (
-            "wimse-aud".into(),
-            BareItem::String(wimse_core::token::wpt::audience_of(audience).to_owned()),
-        ),
-    ]);
+    let mut extra = vec![(
+        "wimse-aud",
+        BareItem::String(wimse_core::token::wpt::audience_of(signing.audience).to_owned()),
+    )];
+    if signing.sign_response {
+        extra.push(("wimse-sign-response", BareItem::Boolean(true)));
+    }
+    let params = common_params(signing.created, signing.lifetime, signing.nonce, &extra);
     let base = signature_base(req, &components, &params)?;
-    let signature = key
-        .sign(base.as_bytes())
-        .map_err(|e| SigError::Signing(e.to_string()))?;
-    let mut input = format!("{LABEL}=");
-    sf::write_inner_list(&mut input, &components, &params);
-    Ok((input, format!("{LABEL}=:{}:", STANDARD.encode(signature))))
+    sign_base(key, &base, &components, &params)
+}
+
+/// The parts of a response a signature covers, with the request it answers (for the
+/// `;req` components).
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseView<'a> {
+    /// The status code.
+    pub status: u16,
+    /// The response's header fields.
+    pub headers: &'a HeaderMap,
+    /// The request the response answers.
+    pub request: RequestView<'a>,
+}
+
+/// Response header fields covered whenever present, besides the WIT.
+pub const RESPONSE_COVER_WHEN_PRESENT: [&str; 2] = ["content-type", "content-digest"];
+
+/// Signs a response: returns the `Signature-Input` and `Signature` values. It covers
+/// `@status`, the responder's `Workload-Identity-Token`, `content-type` and
+/// `content-digest` when present, and the request's `@method` and `@request-target`;
+/// `req_nonce` is the request signature's nonce (`wimse-req-nonce`), when it had one.
+///
+/// The response's headers must already hold `Workload-Identity-Token` and, when there is
+/// a body, `Content-Digest`.
+pub fn sign_response(
+    resp: &ResponseView<'_>,
+    key: &SigningKey,
+    created: i64,
+    lifetime: i64,
+    nonce: &str,
+    req_nonce: Option<&str>,
+) -> Result<(String, String), SigError> {
+    let mut components = vec![string_item("@status"), string_item(WIT_FIELD)];
+    for name in RESPONSE_COVER_WHEN_PRESENT {
+        if resp.headers.contains_key(name) {
+            components.push(string_item(name));
+        }
+    }
+    components.push(req_item("@method"));
+    components.push(req_item("@request-target"));
+    let extra: Vec<(&str, BareItem)> = req_nonce
+        .map(|n| ("wimse-req-nonce", BareItem::String(n.to_owned())))
+        .into_iter()
+        .collect();
+    let params = common_params(created, lifetime, nonce, &extra);
+    let base = response_signature_base(resp, &components, &params)?;
+    sign_base(key, &base, &components, &params)
 }
 
 /// What a verifier requires of a signature besides the key.
@@ -292,20 +435,10 @@ fn joined(headers: &HeaderMap, name: &'static str) -> Result<String, SigError> {
     field_value(headers, name).ok_or(SigError::MissingHeader(name))
 }
 
-/// Verifies the request's message signature with the WIT's key and algorithm; returns
-/// its parameters (the caller checks the nonce against its replay cache).
-///
-/// `body` is the full request body; when it is non-empty `Content-Digest` must be covered
-/// and match.
-pub fn verify_request(
-    req: &RequestView<'_>,
-    body: &[u8],
-    key: &PublicKey,
-    alg: Algorithm,
-    policy: &SigPolicy<'_>,
-) -> Result<SignatureParams, SigError> {
-    let input = joined(req.headers, "signature-input")?;
-    let signature = joined(req.headers, "signature")?;
+/// The signature's covered components, parameters and bytes, from the two fields.
+fn parse_signature(headers: &HeaderMap) -> Result<(Vec<Item>, Params, Vec<u8>), SigError> {
+    let input = joined(headers, "signature-input")?;
+    let signature = joined(headers, "signature")?;
     let inputs = sf::parse_dictionary(&input).map_err(|source| SigError::Malformed {
         field: "Signature-Input",
         source,
@@ -320,62 +453,161 @@ pub fn verify_request(
             "`Signature-Input` member is not a list".into(),
         ));
     };
-    let sig_bytes = match signatures.iter().find(|(k, _)| k == label) {
+    match signatures.iter().find(|(k, _)| k == label) {
         Some((
             _,
             Member::Item(Item {
                 bare: BareItem::Bytes(b),
-                params,
+                params: sig_params,
             }),
-        )) if params.0.is_empty() => b,
-        Some(_) => {
-            return Err(SigError::Shape(
-                "`Signature` member is not a byte sequence".into(),
-            ));
-        }
-        None => {
-            return Err(SigError::Shape(format!(
-                "no `Signature` for label `{label}`"
-            )));
-        }
-    };
-
-    // Required coverage (profile §"Request MUST cover").
-    let covers = |name: &str| {
-        components
-            .iter()
-            .any(|c| c.bare == BareItem::String(name.to_owned()))
-    };
-    for name in ["@method", "@request-target", WIT_FIELD] {
-        if !covers(name) {
-            return Err(SigError::NotCovered(name.to_owned()));
-        }
+        )) if sig_params.0.is_empty() => Ok((components.clone(), params.clone(), b.clone())),
+        Some(_) => Err(SigError::Shape(
+            "`Signature` member is not a byte sequence".into(),
+        )),
+        None => Err(SigError::Shape(format!(
+            "no `Signature` for label `{label}`"
+        ))),
     }
-    for name in COVER_WHEN_PRESENT {
-        if req.headers.contains_key(name) && !covers(name) {
-            return Err(SigError::NotCovered(name.to_owned()));
-        }
+}
+
+/// Checks that `components` cover each of `required`, and `Content-Digest` (matching
+/// `body`) when there is a body.
+fn check_coverage(
+    components: &[Item],
+    required: &[Item],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), SigError> {
+    let name = |item: &Item| match (&item.bare, item.params.0.is_empty()) {
+        (BareItem::String(n), true) => n.clone(),
+        (BareItem::String(n), false) => format!("{n};req"),
+        _ => String::new(),
+    };
+    if let Some(missing) = required.iter().find(|r| !components.contains(r)) {
+        return Err(SigError::NotCovered(name(missing)));
     }
     if !body.is_empty() {
-        if !covers("content-digest") {
+        if !components.contains(&string_item("content-digest")) {
             return Err(SigError::NotCovered("content-digest".into()));
         }
-        check_content_digest(req.headers, body)?;
+        check_content_digest(headers, body)?;
     }
+    Ok(())
+}
 
-    let checked = check_params(params, policy)?;
-    let base = signature_base(req, components, params)?;
-    key.verify(alg, base.as_bytes(), sig_bytes)
+/// Verifies the request's message signature with the WIT's key and algorithm; returns
+/// its parameters (the caller checks the nonce against its replay cache).
+///
+/// `body` is the full request body; when it is non-empty `Content-Digest` must be covered
+/// and match.
+pub fn verify_request(
+    req: &RequestView<'_>,
+    body: &[u8],
+    key: &PublicKey,
+    alg: Algorithm,
+    policy: &SigPolicy<'_>,
+) -> Result<SignatureParams, SigError> {
+    let (components, params, sig_bytes) = parse_signature(req.headers)?;
+    // Required coverage (profile §"Request MUST cover").
+    let mut required: Vec<Item> = ["@method", "@request-target", WIT_FIELD]
+        .into_iter()
+        .map(string_item)
+        .collect();
+    required.extend(
+        COVER_WHEN_PRESENT
+            .into_iter()
+            .filter(|name| req.headers.contains_key(*name))
+            .map(string_item),
+    );
+    check_coverage(&components, &required, req.headers, body)?;
+
+    let checked = parse_params(&params)?;
+    if checked.req_nonce.is_some() {
+        return Err(SigError::ForbiddenParam("wimse-req-nonce".into()));
+    }
+    let audience = checked
+        .audience
+        .as_deref()
+        .ok_or(SigError::Param("wimse-aud"))?;
+    if audience != policy.audience {
+        return Err(SigError::WrongAudience {
+            expected: policy.audience.to_owned(),
+            found: audience.to_owned(),
+        });
+    }
+    check_lifetime(&checked, policy.now, policy.leeway, policy.max_lifetime)?;
+    let base = signature_base(req, &components, &params)?;
+    key.verify(alg, base.as_bytes(), &sig_bytes)
         .map_err(|_| SigError::BadSignature)?;
     Ok(checked)
 }
 
-fn check_params(params: &Params, policy: &SigPolicy<'_>) -> Result<SignatureParams, SigError> {
+/// What a client requires of a signed response besides the key.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponsePolicy<'a> {
+    /// The nonce of the request's signature, which `wimse-req-nonce` must equal when
+    /// present; `None` when the request had none (then the response must not name one).
+    pub req_nonce: Option<&'a str>,
+    /// Whether `wimse-req-nonce` must be present (the client asked for the signature).
+    pub require_req_nonce: bool,
+    /// Now, Unix seconds.
+    pub now: i64,
+    /// Allowed clock skew, seconds.
+    pub leeway: i64,
+    /// Longest accepted `expires - now`, seconds.
+    pub max_lifetime: i64,
+}
+
+/// Verifies a response's message signature with the responder's WIT key and algorithm
+/// (the caller verified that WIT first). `body` is the full response body.
+pub fn verify_response(
+    resp: &ResponseView<'_>,
+    body: &[u8],
+    key: &PublicKey,
+    alg: Algorithm,
+    policy: &ResponsePolicy<'_>,
+) -> Result<SignatureParams, SigError> {
+    let (components, params, sig_bytes) = parse_signature(resp.headers)?;
+    let mut required = vec![string_item("@status"), string_item(WIT_FIELD)];
+    required.extend(
+        RESPONSE_COVER_WHEN_PRESENT
+            .into_iter()
+            .filter(|name| resp.headers.contains_key(*name))
+            .map(string_item),
+    );
+    required.push(req_item("@method"));
+    required.push(req_item("@request-target"));
+    check_coverage(&components, &required, resp.headers, body)?;
+
+    let checked = parse_params(&params)?;
+    if checked.audience.is_some() {
+        return Err(SigError::ForbiddenParam("wimse-aud".into()));
+    }
+    if checked.sign_response {
+        return Err(SigError::ForbiddenParam("wimse-sign-response".into()));
+    }
+    match (checked.req_nonce.as_deref(), policy.req_nonce) {
+        (Some(found), Some(sent)) if found == sent => {}
+        (None, _) if !policy.require_req_nonce => {}
+        _ => return Err(SigError::ResponseNonce),
+    }
+    check_lifetime(&checked, policy.now, policy.leeway, policy.max_lifetime)?;
+    let base = response_signature_base(resp, &components, &params)?;
+    key.verify(alg, base.as_bytes(), &sig_bytes)
+        .map_err(|_| SigError::BadSignature)?;
+    Ok(checked)
+}
+
+/// Reads the signature parameters the profile knows, refusing any other, a wrong `tag`,
+/// and a missing `created`, `expires` or `nonce`.
+fn parse_params(params: &Params) -> Result<SignatureParams, SigError> {
     let mut created = None;
     let mut expires = None;
     let mut nonce = None;
     let mut tag = None;
     let mut audience = None;
+    let mut sign_response = false;
+    let mut req_nonce = None;
     for (key, value) in &params.0 {
         match (key.as_str(), value) {
             ("created", BareItem::Integer(v)) => created = Some(*v),
@@ -383,48 +615,50 @@ fn check_params(params: &Params, policy: &SigPolicy<'_>) -> Result<SignaturePara
             ("nonce", BareItem::String(v)) if !v.is_empty() => nonce = Some(v.clone()),
             ("tag", BareItem::String(v)) => tag = Some(v.as_str()),
             ("wimse-aud", BareItem::String(v)) => audience = Some(v.clone()),
-            ("wimse-sign-response", BareItem::Boolean(false)) => {}
-            ("wimse-sign-response", BareItem::Boolean(true)) => {
-                return Err(SigError::ResponseSigningRequested);
+            ("wimse-sign-response", BareItem::Boolean(v)) => sign_response = *v,
+            ("wimse-req-nonce", BareItem::String(v)) if !v.is_empty() => {
+                req_nonce = Some(v.clone());
             }
             ("created", _) => return Err(SigError::Param("created")),
             ("expires", _) => return Err(SigError::Param("expires")),
             ("nonce", _) => return Err(SigError::Param("nonce")),
             ("tag", _) => return Err(SigError::Param("tag")),
             ("wimse-aud", _) => return Err(SigError::Param("wimse-aud")),
+            ("wimse-sign-response", _) => return Err(SigError::Param("wimse-sign-response")),
+            ("wimse-req-nonce", _) => return Err(SigError::Param("wimse-req-nonce")),
             // keyid/alg: MUST NOT be used (key and alg come from the WIT); others unknown.
             (other, _) => return Err(SigError::ForbiddenParam(other.to_owned())),
         }
     }
-    let created = created.ok_or(SigError::Param("created"))?;
-    let expires = expires.ok_or(SigError::Param("expires"))?;
-    let nonce = nonce.ok_or(SigError::Param("nonce"))?;
     if tag != Some(TAG) {
         return Err(SigError::Param("tag"));
     }
-    let audience = audience.ok_or(SigError::Param("wimse-aud"))?;
-    if audience != policy.audience {
-        return Err(SigError::WrongAudience {
-            expected: policy.audience.to_owned(),
-            found: audience,
-        });
+    Ok(SignatureParams {
+        created: created.ok_or(SigError::Param("created"))?,
+        expires: expires.ok_or(SigError::Param("expires"))?,
+        nonce: nonce.ok_or(SigError::Param("nonce"))?,
+        audience,
+        sign_response,
+        req_nonce,
+    })
+}
+
+/// Refuses an expired signature, one created in the future, and one that lives longer
+/// than `max_lifetime` from now.
+fn check_lifetime(
+    params: &SignatureParams,
+    now: i64,
+    leeway: i64,
+    max_lifetime: i64,
+) -> Result<(), SigError> {
+    if params.expires.saturating_add(leeway) <= now {
+        return Err(SigError::Expired(params.expires));
     }
-    if expires.saturating_add(policy.leeway) <= policy.now {
-        return Err(SigError::Expired(expires));
-    }
-    if created > policy.now.saturating_add(policy.leeway)
-        || expires < created
-        || expires
-            > policy
-                .now
-                .saturating_add(policy.max_lifetime.saturating_add(policy.leeway))
+    if params.created > now.saturating_add(leeway)
+        || params.expires < params.created
+        || params.expires > now.saturating_add(max_lifetime.saturating_add(leeway))
     {
         return Err(SigError::Lifetime);
     }
-    Ok(SignatureParams {
-        created,
-        expires,
-        nonce,
-        audience,
-    })
+    Ok(())
 }

@@ -20,8 +20,12 @@
 //! failure (the WIMSE drafts advise against 401), 403 for an authorization denial. The
 //! problem `type` is `urn:wimse:problem:<code>` with the code of [`AuthError::code`].
 
-use crate::authn::{AuthError, Authenticated, Authenticator, PeerIdentity, Transaction};
+use crate::authn::{
+    AuthError, Authenticated, Authenticator, PeerIdentity, Transaction, WIT_HEADER, WPT_HEADER,
+};
 use crate::authz::{AuthzRequest, Policy};
+use crate::client::PROOF_LIFETIME;
+use crate::httpsig::{RequestView, ResponseView, content_digest, sign_response};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use bytes::Bytes;
@@ -70,6 +74,14 @@ struct Shared {
     policy: Arc<Policy>,
     audit: Option<Arc<AuditLog>>,
     metrics: Option<Arc<Metrics>>,
+    sign_responses: bool,
+}
+
+/// What a response signature answers: the request's method, target and signature nonce.
+struct ResponseSigner {
+    method: http::Method,
+    target: String,
+    req_nonce: Option<String>,
 }
 
 /// The server-side layer (cheap to clone).
@@ -87,6 +99,7 @@ impl WimseLayer {
                 policy,
                 audit: None,
                 metrics: None,
+                sign_responses: false,
             }),
         }
     }
@@ -106,6 +119,17 @@ impl WimseLayer {
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
         let mut shared = (*self.shared).clone();
         shared.metrics = Some(metrics);
+        WimseLayer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Signs every response to an authenticated request, not only those whose caller
+    /// asked for it with `wimse-sign-response` (local policy, in the profile's words).
+    #[must_use]
+    pub fn sign_all_responses(self) -> Self {
+        let mut shared = (*self.shared).clone();
+        shared.sign_responses = true;
         WimseLayer {
             shared: Arc::new(shared),
         }
@@ -153,17 +177,28 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
-            match shared.admit(request).await {
-                Ok(request) => inner.call(request).await,
-                Err(response) => Ok(response),
-            }
+            let mut signer = None;
+            let response = match shared.admit(request, &mut signer).await {
+                Ok(request) => inner.call(request).await?,
+                Err(response) => response,
+            };
+            Ok(match signer {
+                Some(signer) => shared.sign(&signer, response).await,
+                None => response,
+            })
         })
     }
 }
 
 impl Shared {
     /// Verifies and authorizes; the request to pass on, or the refusal to answer with.
-    async fn admit(&self, request: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+    /// Once the caller is authenticated, `signer` says whether and how to sign the
+    /// response (the caller asked for it, or this layer signs every response).
+    async fn admit(
+        &self,
+        request: Request<Body>,
+        signer: &mut Option<ResponseSigner>,
+    ) -> Result<Request<Body>, Response<Body>> {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let now = wimse_core::token::unix_now();
@@ -196,6 +231,21 @@ impl Shared {
             }
         };
         self.audit_authn(&parts, Ok(&authenticated));
+        let asked = authenticated
+            .signature
+            .as_ref()
+            .is_some_and(|s| s.sign_response);
+        if asked || self.sign_responses {
+            *signer = Some(ResponseSigner {
+                method: parts.method.clone(),
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str)
+                    .to_owned(),
+                req_nonce: authenticated.signature.as_ref().map(|s| s.nonce.clone()),
+            });
+        }
 
         let creds = self.authn.source().current();
         let Some(service) = creds.id() else {
@@ -246,6 +296,86 @@ impl Shared {
             parts.extensions.insert::<Transaction>(transaction);
         }
         Ok(Request::from_parts(parts, body))
+    }
+
+    /// Signs `response` for the request `signer` describes, with this service's WIT key:
+    /// the WIT and a `Content-Digest` are added and covered. A response that cannot be
+    /// signed (no WIT, a body over [`MAX_SIGNED_BODY`]) becomes a 501 problem rather than
+    /// an unsigned success.
+    async fn sign(&self, signer: &ResponseSigner, response: Response<Body>) -> Response<Body> {
+        let unsignable = |detail: &str| {
+            tracing::warn!(detail, "response could not be signed");
+            problem(
+                StatusCode::NOT_IMPLEMENTED,
+                "response-not-signed",
+                "response cannot be signed",
+                detail,
+            )
+        };
+        let (mut parts, body) = response.into_parts();
+        let bytes = match http_body_util::Limited::new(body, MAX_SIGNED_BODY)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => return unsignable(&format!("response body unreadable or too large: {e}")),
+        };
+        let creds = self.authn.source().current();
+        let Some(wit) = &creds.wit else {
+            return unsignable("this service has no workload identity token");
+        };
+        let headers = &mut parts.headers;
+        for name in [
+            WIT_HEADER,
+            WPT_HEADER,
+            "signature",
+            "signature-input",
+            "content-digest",
+            "content-length",
+        ] {
+            headers.remove(name);
+        }
+        let (Ok(token), Ok(digest)) = (
+            HeaderValue::from_str(&wit.token),
+            HeaderValue::from_str(&content_digest(&bytes)),
+        ) else {
+            return unsignable("credential is not a valid header value");
+        };
+        headers.insert(WIT_HEADER, token);
+        if !bytes.is_empty() {
+            headers.insert("content-digest", digest);
+        }
+        let no_headers = http::HeaderMap::new();
+        let view = ResponseView {
+            status: parts.status.as_u16(),
+            headers: &parts.headers,
+            request: RequestView {
+                method: signer.method.as_str(),
+                request_target: &signer.target,
+                headers: &no_headers,
+            },
+        };
+        let nonce = wimse_core::token::random_jti();
+        let result = sign_response(
+            &view,
+            &wit.key,
+            wimse_core::token::unix_now(),
+            PROOF_LIFETIME,
+            &nonce,
+            signer.req_nonce.as_deref(),
+        );
+        let Ok((input, signature)) = result else {
+            return unsignable("signing failed");
+        };
+        let (Ok(input), Ok(signature)) = (
+            HeaderValue::from_str(&input),
+            HeaderValue::from_str(&signature),
+        ) else {
+            return unsignable("signature is not a valid header value");
+        };
+        parts.headers.insert("signature-input", input);
+        parts.headers.insert("signature", signature);
+        Response::from_parts(parts, Body::from(bytes))
     }
 
     fn count_refusal(&self, reason: &'static str, started: Instant) {

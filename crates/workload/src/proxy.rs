@@ -10,13 +10,18 @@
 //!   It takes absolute-form requests (`GET http://orders:8080/api/orders HTTP/1.1`, what
 //!   an HTTP client configured with `http_proxy` sends), attaches this workload's WIT and a
 //!   fresh WPT (or message signature) bound to that URL, and forwards them. Anyone who can
-//!   reach it speaks as this workload: bind it to loopback.
+//!   reach it speaks as this workload: bind it to loopback. A response that comes back
+//!   signed is checked (a bad one becomes a 502), and its verified signer is passed to
+//!   the local service in [`PEER_ID_HEADER`]; with
+//!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
 
 use crate::authn::{PeerIdentity, WIT_HEADER, WPT_HEADER};
-use crate::client::{ProofMethod, attach_proof};
+use crate::client::{
+    MAX_SIGNED_RESPONSE, ProofMethod, ResponseError, SentRequest, attach, check_response,
+};
 use crate::layer::{WimseLayer, problem};
 use crate::metrics::Metrics;
-use crate::source::CredentialSource;
+use crate::source::{CredentialSource, Credentials};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -24,6 +29,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
+use wimse_core::token::wit::WitCache;
 
 /// The header carrying the verified caller's workload ID to the upstream service.
 pub const PEER_ID_HEADER: &str = "x-wimse-peer-id";
@@ -166,17 +172,40 @@ fn forward_router(upstream: &Uri, metrics: Option<Arc<Metrics>>) -> axum::Router
         .fallback(move |request: Request<Body>| forward_inbound(upstream.clone(), request))
 }
 
+/// How the outbound proxy signs requests and checks responses.
+#[derive(Debug, Clone)]
+pub struct OutboundOptions {
+    /// The proof attached to each request.
+    pub method: ProofMethod,
+    /// Ask every server for a signed response and refuse (502) one that is not
+    /// ([`ProofMethod::HttpSig`] only).
+    pub require_signed_responses: bool,
+    /// Where to count what becomes of requests.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl OutboundOptions {
+    /// Requests proven by `method`, responses checked when signed, nothing counted.
+    pub fn new(method: ProofMethod) -> Self {
+        OutboundOptions {
+            method,
+            require_signed_responses: false,
+            metrics: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Outbound {
     source: CredentialSource,
-    method: ProofMethod,
+    options: OutboundOptions,
     client: Client<HttpConnector, Full<Bytes>>,
-    metrics: Option<Arc<Metrics>>,
+    wits: Arc<WitCache>,
 }
 
 async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Response<Body> {
     let (outcome, response) = attach_and_forward(&outbound, request).await;
-    if let Some(metrics) = &outbound.metrics {
+    if let Some(metrics) = &outbound.options.metrics {
         metrics.outbound(outcome);
     }
     response
@@ -219,46 +248,108 @@ async fn attach_and_forward(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
     let creds = outbound.source.current();
-    if let Err(e) = attach_proof(
+    let sent = match attach(
         &mut parts,
         &body,
         &creds,
-        outbound.method,
+        outbound.options.method,
+        outbound.options.require_signed_responses,
         wimse_core::token::unix_now(),
     ) {
-        return (
-            "no-credentials",
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
+        Ok(sent) => sent,
+        Err(e) => {
+            return (
                 "no-credentials",
-                "cannot attach credentials",
-                &e.to_string(),
-            ),
-        );
-    }
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-credentials",
+                    "cannot attach credentials",
+                    &e.to_string(),
+                ),
+            );
+        }
+    };
     parts.version = http::Version::HTTP_11;
-    match outbound
+    let response = match outbound
         .client
         .request(Request::from_parts(parts, Full::new(body)))
         .await
     {
-        Ok(response) => ("forwarded", response.map(Body::new)),
-        Err(e) => ("upstream-error", bad_gateway(&e)),
+        Ok(response) => response,
+        Err(e) => return ("upstream-error", bad_gateway(&e)),
+    };
+    check_upstream_response(outbound, &sent, &creds, response).await
+}
+
+/// Passes on a response to `sent`, after checking its signature when it has one or
+/// one was asked for; the verified signer goes in [`PEER_ID_HEADER`].
+async fn check_upstream_response(
+    outbound: &Outbound,
+    sent: &SentRequest,
+    creds: &Credentials,
+    response: Response<hyper::body::Incoming>,
+) -> (&'static str, Response<Body>) {
+    let (mut parts, body) = response.into_parts();
+    // Only this proxy says who answered.
+    parts.headers.remove(PEER_ID_HEADER);
+    parts.headers.remove(PEER_METHOD_HEADER);
+    if !sent.sign_response
+        && !parts.headers.contains_key("signature-input")
+        && !parts.headers.contains_key("signature")
+    {
+        return ("forwarded", Response::from_parts(parts, Body::new(body)));
+    }
+    let refused = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "response refused");
+        (
+            "response-refused",
+            problem(
+                StatusCode::BAD_GATEWAY,
+                "response-refused",
+                "response signature refused",
+                &e.to_string(),
+            ),
+        )
+    };
+    let bytes = match http_body_util::Limited::new(body, MAX_SIGNED_RESPONSE)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return refused(&ResponseError::Body(e.to_string())),
+    };
+    match check_response(
+        sent,
+        &parts,
+        &bytes,
+        creds,
+        &outbound.wits,
+        wimse_core::token::unix_now(),
+    ) {
+        Ok(responder) => {
+            if let Some(peer) = responder
+                && let (Ok(id), Ok(method)) = (
+                    HeaderValue::from_str(peer.id.as_str()),
+                    HeaderValue::from_str(peer.method.name()),
+                )
+            {
+                parts.headers.insert(PEER_ID_HEADER, id);
+                parts.headers.insert(PEER_METHOD_HEADER, method);
+            }
+            ("forwarded", Response::from_parts(parts, Body::from(bytes)))
+        }
+        Err(e) => refused(&e),
     }
 }
 
-/// The outbound proxy: attaches proofs of `method` from `source` to absolute-form
-/// requests, counting what becomes of them in `metrics`.
-pub fn outbound_router(
-    source: CredentialSource,
-    method: ProofMethod,
-    metrics: Option<Arc<Metrics>>,
-) -> axum::Router {
+/// The outbound proxy: attaches proofs from `source` to absolute-form requests and
+/// checks signed responses, as `options` say.
+pub fn outbound_router(source: CredentialSource, options: OutboundOptions) -> axum::Router {
     let outbound = Outbound {
         source,
-        method,
+        options,
         client: crate::client::http_client(),
-        metrics,
+        wits: Arc::new(WitCache::new(1_000)),
     };
     axum::Router::new()
         .fallback(move |request: Request<Body>| forward_outbound(outbound.clone(), request))

@@ -1,6 +1,7 @@
-//! The WIMSE HTTP Message Signatures profile's request example (`tests/data/sigs-*.txt`,
-//! from the draft): our signature base is byte-identical, the published Ed25519 signature
-//! verifies, and signing the base with svc-a's published key reproduces it.
+//! The WIMSE HTTP Message Signatures profile's request and response examples
+//! (`tests/data/sigs-*.txt`, from the draft): our signature bases are byte-identical, the
+//! published Ed25519 signatures verify, and signing with svc-a's / svc-b's published keys
+//! reproduces them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,12 +12,29 @@
 
 use base64::Engine;
 use wimse_core::jose::{Algorithm, Jwk, PublicKey, SigningKey};
-use wimse_workload::httpsig::{RequestView, signature_base};
+use wimse_workload::httpsig::{
+    RequestSigning, RequestView, ResponsePolicy, ResponseView, SigError, response_signature_base,
+    sign_request, sign_response, signature_base, verify_response,
+};
 use wimse_workload::sf::{BareItem, Member, parse_dictionary};
 
 const REQUEST: &str = include_str!("data/sigs-request.txt");
 const BASE: &str = include_str!("data/sigs-request.base.txt");
 const SVC_A: &str = include_str!("data/sigs-svca-jwk.txt");
+const RESPONSE: &str = include_str!("data/sigs-response.txt");
+const RESPONSE_BASE: &str = include_str!("data/sigs-response.base.txt");
+const SVC_B: &str = include_str!("data/sigs-svcb-jwk.txt");
+
+/// The Ed25519 public key of a published private JWK.
+fn public_of(private_jwk: &str) -> PublicKey {
+    let jwk: Jwk = serde_json::from_str(
+        &serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
+            "x": serde_json::from_str::<serde_json::Value>(private_jwk).unwrap()["x"]})
+        .to_string(),
+    )
+    .unwrap();
+    PublicKey::from_jwk_with_alg(&jwk, Algorithm::EdDsa).unwrap()
+}
 
 fn header<'a>(name: &str) -> &'a str {
     REQUEST
@@ -60,21 +78,125 @@ fn the_profile_request_example_verifies_byte_for_byte() {
     };
 
     let private = SigningKey::from_private_jwk(SVC_A).unwrap();
-    let jwk: Jwk = serde_json::from_str(
-        &serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
-            "x": serde_json::from_str::<serde_json::Value>(SVC_A).unwrap()["x"]})
-        .to_string(),
-    )
-    .unwrap();
-    let public = PublicKey::from_jwk_with_alg(&jwk, Algorithm::EdDsa).unwrap();
-    public
+    public_of(SVC_A)
         .verify(Algorithm::EdDsa, base.as_bytes(), sig)
         .unwrap();
-    // Ed25519 is deterministic: our signer reproduces the published signature.
+    // Ed25519 is deterministic: our signer reproduces the published signature, and our
+    // request signing reproduces both header values, `wimse-sign-response` included.
     assert_eq!(&private.sign(base.as_bytes()).unwrap(), sig);
+    let signing = RequestSigning {
+        audience: "https://svcb.example.com/gimme-ice-cream?flavor=vanilla",
+        created: 1_785_155_797,
+        lifetime: 300,
+        nonce: "abcd1111",
+        sign_response: true,
+    };
+    let (input, signature) = sign_request(&view, &private, &signing).unwrap();
+    assert_eq!(input, header("Signature-Input"));
+    assert_eq!(signature, header("Signature"));
     assert!(
         base64::engine::general_purpose::STANDARD
             .encode(sig)
             .starts_with("zSK+kx5E")
     );
+}
+
+fn response_header<'a>(name: &str) -> &'a str {
+    RESPONSE
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap()
+}
+
+#[test]
+fn the_profile_response_example_verifies_and_is_reproduced_byte_for_byte() {
+    let mut headers = http::HeaderMap::new();
+    for name in [
+        "Content-Digest",
+        "Content-Type",
+        "Signature",
+        "Signature-Input",
+        "Workload-Identity-Token",
+    ] {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            response_header(name).parse().unwrap(),
+        );
+    }
+    let no_headers = http::HeaderMap::new();
+    let view = ResponseView {
+        status: 404,
+        headers: &headers,
+        request: RequestView {
+            method: "GET",
+            request_target: "/gimme-ice-cream?flavor=vanilla",
+            headers: &no_headers,
+        },
+    };
+    let input = parse_dictionary(response_header("Signature-Input")).unwrap();
+    let Member::InnerList(components, params) = &input[0].1 else {
+        panic!()
+    };
+    let base = response_signature_base(&view, components, params).unwrap();
+    assert_eq!(base, RESPONSE_BASE.trim_end_matches('\n'));
+
+    // The published signature verifies with svc-b's key, as the client would check it
+    // (the body's digest, the request's nonce, the lifetime).
+    let body = b"No ice cream today.\n\n";
+    let public = public_of(SVC_B);
+    let policy = ResponsePolicy {
+        req_nonce: Some("abcd1111"),
+        require_req_nonce: true,
+        now: 1_785_155_800,
+        leeway: 60,
+        max_lifetime: 300,
+    };
+    let params = verify_response(&view, body, &public, Algorithm::EdDsa, &policy).unwrap();
+    assert_eq!(params.nonce, "abcd2222");
+    assert_eq!(params.req_nonce.as_deref(), Some("abcd1111"));
+
+    // The same response as the answer to another request, or with another body, fails.
+    let other = ResponsePolicy {
+        req_nonce: Some("abcd9999"),
+        ..policy
+    };
+    assert_eq!(
+        verify_response(&view, body, &public, Algorithm::EdDsa, &other),
+        Err(SigError::ResponseNonce)
+    );
+    assert_eq!(
+        verify_response(
+            &view,
+            b"Plenty of ice cream.\n",
+            &public,
+            Algorithm::EdDsa,
+            &policy
+        ),
+        Err(SigError::ContentDigest)
+    );
+    let moved = ResponseView {
+        request: RequestView {
+            request_target: "/gimme-ice-cream?flavor=chocolate",
+            ..view.request
+        },
+        ..view
+    };
+    assert_eq!(
+        verify_response(&moved, body, &public, Algorithm::EdDsa, &policy),
+        Err(SigError::BadSignature)
+    );
+
+    // Ed25519 is deterministic: our signer reproduces both header values.
+    let private = SigningKey::from_private_jwk(SVC_B).unwrap();
+    let (input, signature) = sign_response(
+        &view,
+        &private,
+        1_785_155_797,
+        1_785_156_099 - 1_785_155_797,
+        "abcd2222",
+        Some("abcd1111"),
+    )
+    .unwrap();
+    assert_eq!(input, response_header("Signature-Input"));
+    assert_eq!(signature, response_header("Signature"));
 }
