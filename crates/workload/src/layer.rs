@@ -107,29 +107,26 @@ impl WimseLayer {
     /// Records every decision in `log`.
     #[must_use]
     pub fn with_audit(self, log: Arc<AuditLog>) -> Self {
-        let mut shared = (*self.shared).clone();
-        shared.audit = Some(log);
-        WimseLayer {
-            shared: Arc::new(shared),
-        }
+        self.changed(|shared| shared.audit = Some(log))
     }
 
     /// Counts every decision in `metrics`.
     #[must_use]
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
-        let mut shared = (*self.shared).clone();
-        shared.metrics = Some(metrics);
-        WimseLayer {
-            shared: Arc::new(shared),
-        }
+        self.changed(|shared| shared.metrics = Some(metrics))
     }
 
     /// Signs every response to an authenticated request, not only those whose caller
     /// asked for it with `wimse-sign-response` (local policy, in the profile's words).
     #[must_use]
     pub fn sign_all_responses(self) -> Self {
+        self.changed(|shared| shared.sign_responses = true)
+    }
+
+    /// A copy of this layer with `change` made to its settings.
+    fn changed(self, change: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = (*self.shared).clone();
-        shared.sign_responses = true;
+        change(&mut shared);
         WimseLayer {
             shared: Arc::new(shared),
         }
