@@ -1,4 +1,4 @@
-//! Links the `wimse` binary with packed relative relocations (DT_RELR) on Linux/glibc.
+//! Links the `wimse` binary with packed relative relocations (`DT_RELR`) on Linux with glibc.
 //!
 //! The binary is position-independent (ASLR), so the loader applies some 40,000 relative
 //! relocations at start. As classic `RELA` entries (24 bytes each) they fill about 1 MiB
