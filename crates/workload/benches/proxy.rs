@@ -6,12 +6,13 @@
 //! `cargo bench -p wimse-workload --bench proxy` starts, in process on loopback:
 //!
 //! - **axum layer**: one axum service without the layer ("no auth"), the same with it
-//!   (WIT+WPT and WIT+HTTP-signature requests, Cedar policy with one `permit`), and the
-//!   same behind the library's mTLS server;
+//!   (WIT+WPT and WIT+HTTP-signature requests, the latter also asking for a signed
+//!   response, Cedar policy with one `permit`), and the same behind the library's mTLS
+//!   server;
 //! - **inbound proxy** (`wimse proxy inbound`'s router, forwarding to the bare service):
 //!   "no auth" is the proxy's forwarder behind a layer that names a fixed peer (what
 //!   forwarding costs without verification); then the real inbound router with WIT+WPT,
-//!   WIT+HTTP-signature and (over TLS) mTLS callers.
+//!   WIT+HTTP-signature (with and without a signed response) and (over TLS) mTLS callers.
 //!
 //! Clients hold keep-alive HTTP/1.1 connections (`WORKERS` at once) and send a fixed
 //! number of requests per round; proofs are made before timing (each is single-use), so
@@ -49,8 +50,9 @@ use wimse_core::token::unix_now;
 use wimse_workload::proxy::{forwarder, inbound_router};
 use wimse_workload::{
     AuthConfig, AuthMethod, Authenticator, AuthzRequest, CredentialSource, PeerAllowList,
-    PeerIdentity, Policy, ProofMethod, WimseLayer, attach_proof,
+    PeerIdentity, Policy, ProofMethod, WimseLayer,
 };
+use wimse_workload::client::attach;
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 4_000;
@@ -81,17 +83,29 @@ async fn serve_tls(router: axum::Router, creds: &CredentialSource) -> u16 {
 
 type Headers = Vec<http::HeaderMap>;
 
-fn proof_parts(creds: &wimse_workload::Credentials, method: ProofMethod) -> http::request::Parts {
+/// A request with `creds`' proof; `signed_response` asks for a signed answer.
+fn proof_parts(
+    creds: &wimse_workload::Credentials,
+    method: ProofMethod,
+    signed_response: bool,
+) -> http::request::Parts {
     let (mut parts, ()) = Request::get(format!("{PUBLIC}{PATH}"))
         .body(())
         .unwrap()
         .into_parts();
-    attach_proof(&mut parts, b"", creds, method, unix_now()).unwrap();
+    attach(&mut parts, b"", creds, method, signed_response, unix_now()).unwrap();
     parts
 }
 
-fn proofs(creds: &wimse_workload::Credentials, method: ProofMethod, n: usize) -> Headers {
-    (0..n).map(|_| proof_parts(creds, method).headers).collect()
+fn proofs(
+    creds: &wimse_workload::Credentials,
+    method: ProofMethod,
+    signed_response: bool,
+    n: usize,
+) -> Headers {
+    (0..n)
+        .map(|_| proof_parts(creds, method, signed_response).headers)
+        .collect()
 }
 
 #[derive(Clone)]
@@ -265,7 +279,7 @@ async fn main() {
     eprintln!(
         "making {} WPTs and {} message signatures...",
         2 * total,
-        2 * total
+        4 * total
     );
     // The four cases of one path: no auth on `bare`, WIT+WPT and WIT+HTTP signature on
     // `authed`, mTLS on `authed_tls`.
@@ -276,12 +290,17 @@ async fn main() {
             (
                 "wit+wpt",
                 Conn::Plain(authed),
-                proofs(&client, ProofMethod::WitWpt, total),
+                proofs(&client, ProofMethod::WitWpt, false, total),
             ),
             (
                 "wit+http-sig",
                 Conn::Plain(authed),
-                proofs(&client, ProofMethod::HttpSig, total),
+                proofs(&client, ProofMethod::HttpSig, false, total),
+            ),
+            (
+                "http-sig+resp",
+                Conn::Plain(authed),
+                proofs(&client, ProofMethod::HttpSig, true, total),
             ),
             (
                 "mtls",
@@ -342,7 +361,7 @@ async fn main() {
     let public = raw_key.public_key().clone();
     let authn = Authenticator::new(AuthConfig::new(PUBLIC), server_creds.clone());
     let requests: Vec<http::request::Parts> = (0..(ROUNDS + 1) * OPS)
-        .map(|_| proof_parts(&client, ProofMethod::WitWpt))
+        .map(|_| proof_parts(&client, ProofMethod::WitWpt, false))
         .collect();
     let service = domain.id("/w3");
     let caller = domain.id("/w1");
