@@ -10,10 +10,11 @@
 
 mod common;
 
+use common::{Server, WIMSE, free_port};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wimse_core::bundle::{BundleSet, TrustBundle};
@@ -24,139 +25,6 @@ use wimse_core::token::wit::{WitProfile, verify_wit};
 use wimse_core::x509::{self, Certificate, build_csr};
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::agent_api::client::{AgentApiClient, AgentIdentity, decode_chain};
-
-const WIMSE: &str = env!("CARGO_BIN_EXE_wimse");
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    addr: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        Self::start_at(dir, free_port())
-    }
-
-    fn start_at(dir: &Path, port: u16) -> Self {
-        Self::start_with(dir, port, &[])
-    }
-
-    /// Starts the binary with `extra` flags after the test's own.
-    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(WIMSE)
-            .args([
-                "server",
-                "run",
-                "--trust-domain",
-                "test.example",
-                "--bind",
-                &addr.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            dir: dir.to_owned(),
-            addr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(server.socket().exists() && TcpStream::connect(addr).is_ok()) {
-            assert!(
-                Instant::now() < deadline,
-                "server did not start: {}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("server.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    fn admin(&self, args: &[&str]) -> Output {
-        Command::new(WIMSE)
-            .args(args)
-            .arg("--admin-socket")
-            .arg(self.socket())
-            .output()
-            .unwrap()
-    }
-
-    fn admin_ok(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn admin_err(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?} should fail");
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr}");
-        stderr
-    }
-
-    fn bundle(&self) -> TrustBundle {
-        let json = self.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
-        TrustBundle::from_spiffe_json(TrustDomain::new("test.example").unwrap(), json.as_bytes())
-            .unwrap()
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    fn stop(mut self) {
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "server exited with {status}: {}",
-                    self.log()
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(!self.socket().exists(), "admin socket left behind");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// GET over TLS, trusting only the bundle's X.509 roots and expecting the server's name.
 fn https_get(addr: SocketAddr, roots: &[Vec<u8>], path: &str) -> (u16, String) {
@@ -191,7 +59,7 @@ fn https_get(addr: SocketAddr, roots: &[Vec<u8>], path: &str) -> (u16, String) {
 #[test]
 fn fresh_server_publishes_its_bundle_by_cli_and_https() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     assert!(
         server
             .admin_ok(&["server", "healthcheck"])
@@ -246,7 +114,7 @@ fn fresh_server_publishes_its_bundle_by_cli_and_https() {
 #[test]
 fn entries_are_created_shown_updated_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     let token_out = server.admin_ok(&["server", "token", "generate", "--ttl", "600"]);
     let first_line = token_out.lines().next().unwrap();
     let token = first_line.split_whitespace().last().unwrap();
@@ -329,7 +197,7 @@ fn entries_are_created_shown_updated_and_deleted() {
 #[test]
 fn bad_entries_are_refused_with_a_clear_error_and_nothing_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     let agent = "spiffe://test.example/wimse/agent/join_token/abc";
     let cases: &[(&[&str], &str)] = &[
         (
@@ -421,11 +289,11 @@ fn bad_entries_are_refused_with_a_clear_error_and_nothing_stored() {
 #[test]
 fn restart_keeps_the_trust_domain() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &[]);
     let before = server.bundle();
     let port = server.addr.port();
     server.stop();
-    let server = Server::start_at(dir.path(), port);
+    let server = Server::start_at(dir.path(), port, &[]);
     let after = server.bundle();
     assert_eq!(after.x509_authorities, before.x509_authorities);
     assert_eq!(after.jwt_authorities, before.jwt_authorities);
@@ -509,26 +377,6 @@ impl Server {
         (identity, answer.spiffe_id)
     }
 
-    /// An entry under `parent`; its ID.
-    fn create_entry(&self, spiffe_id: &str, parent: &str) -> String {
-        let created = self.admin_ok(&[
-            "server",
-            "entry",
-            "create",
-            "--spiffe-id",
-            spiffe_id,
-            "--parent-id",
-            parent,
-            "--selector",
-            "unix:uid:1000",
-        ]);
-        created
-            .lines()
-            .find_map(|l| l.strip_prefix("Entry ID         : "))
-            .unwrap()
-            .to_owned()
-    }
-
     /// An mTLS client with `identity`, trusting the server's current bundle.
     fn client(&self, identity: &AgentIdentity) -> AgentApiClient {
         AgentApiClient::new(self.addr, &self.bundle(), Some(identity)).unwrap()
@@ -543,7 +391,7 @@ fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     std::fs::write(&ca_path, ca_pem).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let server = Server::start_with(
+    let server = Server::start_at(
         &data,
         free_port(),
         &[
@@ -573,7 +421,12 @@ fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     let listed = server.admin_ok(&["server", "agent", "list"]);
     assert!(listed.contains(&answer.spiffe_id), "{listed}");
 
-    let entry_id = server.create_entry("spiffe://test.example/node-web", &answer.spiffe_id);
+    let entry_id = server.create_entry(
+        "spiffe://test.example/node-web",
+        &answer.spiffe_id,
+        &["unix:uid:1000"],
+        &[],
+    );
     let identity = AgentIdentity {
         chain: svid,
         key: Arc::new(svid_key),
@@ -754,10 +607,15 @@ fn keys_rotate_with_an_overlap_and_a_restart_keeps_the_trust_domain() {
     std::fs::create_dir(&data).unwrap();
     let port = free_port();
     let args = ["--config", config.to_str().unwrap()];
-    let server = Server::start_with(&data, port, &args);
+    let server = Server::start_at(&data, port, &args);
     let rt = runtime();
     let (mut identity, agent_id) = server.attest_agent(&rt);
-    let entry_id = server.create_entry("spiffe://test.example/rotating", &agent_id);
+    let entry_id = server.create_entry(
+        "spiffe://test.example/rotating",
+        &agent_id,
+        &["unix:uid:1000"],
+        &[],
+    );
     let old = fetch(&rt, &server.client(&identity), &entry_id);
     let first_bundle = server.bundle();
     let old_root = signing_root(&old.x509, &first_bundle, now()).unwrap();
@@ -803,7 +661,7 @@ fn keys_rotate_with_an_overlap_and_a_restart_keeps_the_trust_domain() {
     // A restart keeps the trust domain: the same keys, and the new credentials verify.
     let before = server.bundle();
     server.stop();
-    let server = Server::start_with(&data, port, &args);
+    let server = Server::start_at(&data, port, &args);
     let after = server.bundle();
     for root in &before.x509_authorities {
         assert!(
@@ -896,8 +754,8 @@ fn two_replicas_on_one_postgres_database_serve_one_trust_domain() {
     let database = PgDatabase::create(&base_url, &rt);
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let a = Server::start_with(dir_a.path(), free_port(), &["--datastore", &database.url]);
-    let b = Server::start_with(dir_b.path(), free_port(), &["--datastore", &database.url]);
+    let a = Server::start_at(dir_a.path(), free_port(), &["--datastore", &database.url]);
+    let b = Server::start_at(dir_b.path(), free_port(), &["--datastore", &database.url]);
 
     // Each replica publishes its keys; each picks up the other's on its refresh tick.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -922,7 +780,12 @@ fn two_replicas_on_one_postgres_database_serve_one_trust_domain() {
 
     // An agent attested on A syncs and obtains credentials from B.
     let (identity, agent_id) = a.attest_agent(&rt);
-    let entry_id = a.create_entry("spiffe://test.example/replicated", &agent_id);
+    let entry_id = a.create_entry(
+        "spiffe://test.example/replicated",
+        &agent_id,
+        &["unix:uid:1000"],
+        &[],
+    );
     let on_b = b.client(&identity);
     let sync = rt.block_on(on_b.entries(0, 0)).unwrap();
     assert_eq!(sync.changes.len(), 1);

@@ -47,12 +47,12 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use wimse_core::jose::{Algorithm, SigningKey};
 use wimse_core::token::unix_now;
+use wimse_workload::client::attach;
 use wimse_workload::proxy::{forwarder, inbound_router};
 use wimse_workload::{
     AuthConfig, AuthMethod, Authenticator, AuthzRequest, CredentialSource, PeerAllowList,
     PeerIdentity, Policy, ProofMethod, WimseLayer,
 };
-use wimse_workload::client::attach;
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 4_000;

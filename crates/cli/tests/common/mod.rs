@@ -135,6 +135,15 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs an admin command that must fail with one line on stderr; that line.
+    pub fn admin_err(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} should fail");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr}");
+        stderr
+    }
+
     /// The published bundle.
     pub fn bundle(&self) -> TrustBundle {
         let json = self.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
@@ -186,13 +195,14 @@ impl Server {
             .to_owned()
     }
 
-    /// SIGTERM, and a clean exit.
+    /// SIGTERM, a clean exit, and no admin socket left behind.
     pub fn stop(mut self) {
         assert!(
             terminate(&mut self.child),
             "server did not stop cleanly: {}",
             self.log()
         );
+        assert!(!self.socket().exists(), "admin socket left behind");
     }
 }
 
