@@ -529,7 +529,7 @@ fn server_jwt_key(server: &Server) -> (wimse_core::jose::SigningKey, String) {
     for entry in std::fs::read_dir(&keys).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.starts_with("jwt-") && name.ends_with(".json") {
+        if name.starts_with("jwt-") && path.extension().is_some_and(|e| e == "json") {
             let meta: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             if meta["state"] == "active" {
