@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use wimse_core::WorkloadId;
-use wimse_workload::proxy::OutboundOptions;
+use wimse_core::{TrustDomain, WorkloadId};
+use wimse_workload::proxy::{OutboundOptions, OutboundProof};
 use wimse_workload::{
-    AuthConfig, Authenticator, CredentialSource, Metrics, Policy, ProofMethod, WimseLayer,
+    AuthConfig, Authenticator, CredentialSource, Metrics, PeerAllowList, Policy, ProofMethod,
+    WimseLayer,
 };
 
 use crate::agent::AgentSocketArg;
@@ -66,7 +67,7 @@ pub struct InboundArgs {
     #[command(flatten)]
     pub socket: AgentSocketArg,
     /// URL callers address this service by, which their proof tokens must be bound to
-    /// [default: `http://<listen address>`]
+    /// [default: `http://<listen address>`, or `https://` with `--tls`]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
     /// Cedar policy file that decides which callers may do what, reloaded when it changes
@@ -92,6 +93,10 @@ pub struct InboundArgs {
     /// have signed (`wimse-sign-response`)
     #[arg(long)]
     pub sign_responses: bool,
+    /// Accept only mutual TLS (TLS 1.3) with this workload's X509-SVID; a caller presents
+    /// its own, which authenticates it (WIT-based proofs over the connection work too)
+    #[arg(long)]
+    pub tls: bool,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -111,6 +116,9 @@ pub enum ProofArg {
     WitWpt,
     /// WIT + HTTP Message Signature
     HttpSig,
+    /// Mutual TLS with this workload's X509-SVID to the upstream (the service still sends
+    /// plain `http://` requests to the proxy)
+    Mtls,
 }
 
 /// `wimse proxy outbound`
@@ -132,6 +140,13 @@ pub struct OutboundArgs {
     /// signed by a trusted workload (needs `--proof http-sig`)
     #[arg(long)]
     pub require_signed_response: bool,
+    /// With `--proof mtls`: a server identity to accept (repeatable)
+    /// [default: any server of this workload's own trust domain]
+    #[arg(long = "server-id", value_name = "ID")]
+    pub server_ids: Vec<String>,
+    /// With `--proof mtls`: a trust domain whose servers to accept (repeatable)
+    #[arg(long = "server-trust-domain", value_name = "TD")]
+    pub server_trust_domains: Vec<String>,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -247,10 +262,11 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     });
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     policy.watch();
+    let scheme = if args.tls { "https" } else { "http" };
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+        .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
     let mut config = AuthConfig::new(public_url.clone());
     config.methods.jwt_svid = args.allow_jwt_svid;
     config.require_txn_token = args.require_txn_token;
@@ -270,39 +286,85 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     let router = wimse_workload::proxy::inbound_router(&upstream, layer);
     let listener = listen(args.listen).await?;
     serve_health(&args.health, &source, &metrics).await?;
-    tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream,
+    tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream, tls = args.tls,
         id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(crate::runtime::shutdown_signal())
-        .await
-        .map_err(|e| CommandError::Proxy(format!("inbound proxy stopped: {e}")))?;
+    if args.tls {
+        let config = wimse_workload::tls::server_config(&source, PeerAllowList::default())
+            .map_err(|e| CommandError::Proxy(e.to_string()))?;
+        tokio::select! {
+            () = wimse_workload::tls::serve(listener, Arc::new(config), router) => {}
+            () = crate::runtime::shutdown_signal() => {}
+        }
+    } else {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(crate::runtime::shutdown_signal())
+            .await
+            .map_err(|e| CommandError::Proxy(format!("inbound proxy stopped: {e}")))?;
+    }
     if let Some(log) = audit {
         log.close()?;
     }
     Ok(())
 }
 
+/// The servers `--server-id`/`--server-trust-domain` name (only with `--proof mtls`), or
+/// `None` when neither is given.
+fn server_allow_list(args: &OutboundArgs) -> Result<Option<PeerAllowList>, CommandError> {
+    if args.server_ids.is_empty() && args.server_trust_domains.is_empty() {
+        return Ok(None);
+    }
+    if !matches!(args.proof, ProofArg::Mtls) {
+        return Err(CommandError::Proxy(
+            "`--server-id` and `--server-trust-domain` need `--proof mtls`".into(),
+        ));
+    }
+    let mut allow = PeerAllowList::default();
+    for id in &args.server_ids {
+        allow.ids.insert(
+            WorkloadId::parse(id)
+                .map_err(|e| CommandError::Proxy(format!("`--server-id`: {e}")))?,
+        );
+    }
+    for td in &args.server_trust_domains {
+        allow.trust_domains.insert(
+            TrustDomain::new(td)
+                .map_err(|e| CommandError::Proxy(format!("`--server-trust-domain`: {e}")))?,
+        );
+    }
+    Ok(Some(allow))
+}
+
 async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "outbound proxy listens beyond loopback: anyone who reaches it speaks as this workload");
     }
-    let method = match args.proof {
-        ProofArg::WitWpt => ProofMethod::WitWpt,
-        ProofArg::HttpSig => ProofMethod::HttpSig,
-    };
-    if args.require_signed_response && !matches!(method, ProofMethod::HttpSig) {
+    if args.require_signed_response && !matches!(args.proof, ProofArg::HttpSig) {
         return Err(CommandError::Proxy(
             "`--require-signed-response` needs `--proof http-sig`: the profile defines \
              response signatures for message-signed requests only"
                 .into(),
         ));
     }
+    let servers = server_allow_list(&args)?;
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
+    let proof = match args.proof {
+        ProofArg::WitWpt => OutboundProof::Attach(ProofMethod::WitWpt),
+        ProofArg::HttpSig => OutboundProof::Attach(ProofMethod::HttpSig),
+        ProofArg::Mtls => OutboundProof::Mtls(servers.unwrap_or_else(|| {
+            // By default, only servers of this workload's own trust domain.
+            let mut own = PeerAllowList::default();
+            if let Some(id) = source.current().id() {
+                own.trust_domains.insert(id.trust_domain().clone());
+            }
+            own
+        })),
+    };
     let metrics = Arc::new(Metrics::default());
-    let mut options = OutboundOptions::new(method);
+    let mut options = OutboundOptions::new(proof);
     options.require_signed_responses = args.require_signed_response;
     options.metrics = Some(Arc::clone(&metrics));
-    let router = wimse_workload::proxy::outbound_router(source.clone(), options);
+    let router = wimse_workload::proxy::outbound_router(source.clone(), options)
+        .map_err(|e| CommandError::Proxy(e.to_string()))?;
     let listener = listen(args.listen).await?;
     serve_health(&args.health, &source, &metrics).await?;
     tracing::info!(listen = %args.listen,

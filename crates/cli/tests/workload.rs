@@ -190,6 +190,10 @@ fn socket_arg(d: &Domain) -> String {
 }
 
 fn inbound(d: &Domain, port: u16, upstream: u16, health: u16) -> Proxy {
+    inbound_with(d, port, upstream, health, &[])
+}
+
+fn inbound_with(d: &Domain, port: u16, upstream: u16, health: u16, extra: &[&str]) -> Proxy {
     let policy = d.dir.path().join("policy.cedar");
     std::fs::write(&policy, policy_text()).unwrap();
     let audit = d.dir.path().join("audit.jsonl");
@@ -212,7 +216,10 @@ fn inbound(d: &Domain, port: u16, upstream: u16, health: u16) -> Proxy {
             &id("/w3"),
             "--health-bind",
             &format!("127.0.0.1:{health}"),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
         port,
     )
 }
@@ -628,4 +635,70 @@ async fn a_transaction_token_is_verified_authorized_on_and_forwarded_unchanged()
             "{body}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sidecars_carry_plain_http_over_mutual_tls() {
+    let d = domain("3600");
+    let up = upstream().await;
+    let (p3, p1, p2, px) = (free_port(), free_port(), free_port(), free_port());
+    let w3 = inbound_with(&d, p3, up, free_port(), &["--tls"]);
+    let _w1 = outbound(&d, "/w1", p1, "mtls", free_port());
+    let _w2 = outbound(&d, "/w2", p2, "mtls", free_port());
+    // Workload 1 again, but it accepts only workload 2 as a server.
+    let _wx = outbound_with(
+        &d,
+        "/w1",
+        px,
+        &["--proof", "mtls", "--server-id", &id("/w2")],
+        free_port(),
+    );
+    let get = |proxy: u16, path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            http_full(proxy, &format!("GET http://127.0.0.1:{p3}{path}"), &[], "")
+        })
+    };
+
+    // The services speak plain HTTP to their sidecars; the sidecars authenticate each
+    // other by X509-SVID, and each side learns the other's verified identity.
+    let (status, head, body) = get(p1, "/api/orders/7").await.unwrap();
+    assert_eq!(status, 200, "{body}\n{}", w3.log());
+    assert_eq!(body, format!("GET /api/orders/7 by {} via mtls", id("/w1")));
+    assert!(
+        head.contains(&format!("\r\nx-wimse-peer-id: {}\r\n", id("/w3"))),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nx-wimse-peer-auth-method: mtls\r\n"),
+        "{head}"
+    );
+
+    // Workload 2 is authenticated the same way, and the policy keeps it out of orders.
+    let (status, _, body) = get(p2, "/api/orders/7").await.unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // A server outside the outbound allow-list: the handshake is refused.
+    let (status, _, body) = get(px, "/api/orders/7").await.unwrap();
+    assert_eq!(status, 502, "{body}");
+
+    // A caller without a certificate does not get through the TLS listener at all.
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", p3)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET /api/orders HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&refused).contains("HTTP/1.1 200"),
+        "plain HTTP was served on the TLS listener"
+    );
+    assert!(w3.stop(), "inbound TLS proxy did not stop cleanly");
 }

@@ -10,18 +10,22 @@
 //!   It takes absolute-form requests (`GET http://orders:8080/api/orders HTTP/1.1`, what
 //!   an HTTP client configured with `http_proxy` sends), attaches this workload's WIT and a
 //!   fresh WPT (or message signature) bound to that URL, and forwards them. Anyone who can
-//!   reach it speaks as this workload: bind it to loopback. A response that comes back
+//!   reach it speaks as this workload: bind it to loopback. With [`OutboundProof::Mtls`]
+//!   it attaches nothing and carries the requests over mutual TLS with this workload's
+//!   X509-SVID instead, passing the verified server on in [`PEER_ID_HEADER`]. A response
+//!   that comes back
 //!   signed is checked (a bad one becomes a 502), and its verified signer is passed to
 //!   the local service in [`PEER_ID_HEADER`]; with
 //!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
 
-use crate::authn::{PeerIdentity, WIT_HEADER, WPT_HEADER};
+use crate::authn::{PeerAllowList, PeerIdentity, WIT_HEADER, WPT_HEADER};
 use crate::client::{
     MAX_SIGNED_RESPONSE, ProofMethod, ResponseError, SentRequest, attach, check_response,
 };
 use crate::layer::{WimseLayer, problem};
 use crate::metrics::Metrics;
 use crate::source::{CredentialSource, Credentials};
+use crate::tls::{MtlsConnector, MtlsServer, TlsError};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -172,11 +176,21 @@ fn forward_router(upstream: &Uri, metrics: Option<Arc<Metrics>>) -> axum::Router
         .fallback(move |request: Request<Body>| forward_inbound(upstream.clone(), request))
 }
 
+/// How the outbound proxy proves this workload's identity.
+#[derive(Debug, Clone)]
+pub enum OutboundProof {
+    /// A WIT and a proof of `ProofMethod` on each request, over plain HTTP.
+    Attach(ProofMethod),
+    /// Mutual TLS with this workload's X509-SVID to every upstream (the service still
+    /// sends plain `http://` requests), accepting the servers the allow-list names.
+    Mtls(PeerAllowList),
+}
+
 /// How the outbound proxy signs requests and checks responses.
 #[derive(Debug, Clone)]
 pub struct OutboundOptions {
-    /// The proof attached to each request.
-    pub method: ProofMethod,
+    /// How each request is proven.
+    pub proof: OutboundProof,
     /// Ask every server for a signed response and refuse (502) one that is not
     /// ([`ProofMethod::HttpSig`] only).
     pub require_signed_responses: bool,
@@ -185,10 +199,10 @@ pub struct OutboundOptions {
 }
 
 impl OutboundOptions {
-    /// Requests proven by `method`, responses checked when signed, nothing counted.
-    pub fn new(method: ProofMethod) -> Self {
+    /// Requests proven by `proof`, responses checked when signed, nothing counted.
+    pub fn new(proof: OutboundProof) -> Self {
         OutboundOptions {
-            method,
+            proof,
             require_signed_responses: false,
             metrics: None,
         }
@@ -199,8 +213,24 @@ impl OutboundOptions {
 struct Outbound {
     source: CredentialSource,
     options: OutboundOptions,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: OutboundClient,
     wits: Arc<WitCache>,
+}
+
+/// The outbound proxy's HTTP client: plain, or over mTLS.
+#[derive(Clone)]
+enum OutboundClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Mtls(Client<MtlsConnector, Full<Bytes>>),
+}
+
+impl OutboundClient {
+    fn request(&self, request: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            OutboundClient::Plain(client) => client.request(request),
+            OutboundClient::Mtls(client) => client.request(request),
+        }
+    }
 }
 
 async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Response<Body> {
@@ -248,14 +278,33 @@ async fn attach_and_forward(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
     let creds = outbound.source.current();
-    let sent = match attach(
-        &mut parts,
-        &body,
-        &creds,
-        outbound.options.method,
-        outbound.options.require_signed_responses,
-        wimse_core::token::unix_now(),
-    ) {
+    let attached = match &outbound.options.proof {
+        OutboundProof::Attach(method) => attach(
+            &mut parts,
+            &body,
+            &creds,
+            *method,
+            outbound.options.require_signed_responses,
+            wimse_core::token::unix_now(),
+        ),
+        // The connection proves who we are; no credential travels in the request.
+        OutboundProof::Mtls(_) => {
+            for name in [WIT_HEADER, WPT_HEADER, "signature", "signature-input"] {
+                parts.headers.remove(name);
+            }
+            Ok(SentRequest {
+                method: parts.method.clone(),
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str)
+                    .to_owned(),
+                nonce: None,
+                sign_response: false,
+            })
+        }
+    };
+    let sent = match attached {
         Ok(sent) => sent,
         Err(e) => {
             return (
@@ -293,6 +342,14 @@ async fn check_upstream_response(
     // Only this proxy says who answered.
     parts.headers.remove(PEER_ID_HEADER);
     parts.headers.remove(PEER_METHOD_HEADER);
+    if let Some(MtlsServer(id)) = parts.extensions.get::<MtlsServer>()
+        && let Ok(id) = HeaderValue::from_str(id.as_str())
+    {
+        parts.headers.insert(PEER_ID_HEADER, id);
+        parts
+            .headers
+            .insert(PEER_METHOD_HEADER, HeaderValue::from_static("mtls"));
+    }
     if !sent.sign_response
         && !parts.headers.contains_key("signature-input")
         && !parts.headers.contains_key("signature")
@@ -342,15 +399,25 @@ async fn check_upstream_response(
     }
 }
 
-/// The outbound proxy: attaches proofs from `source` to absolute-form requests and
-/// checks signed responses, as `options` say.
-pub fn outbound_router(source: CredentialSource, options: OutboundOptions) -> axum::Router {
+/// The outbound proxy: proves this workload's identity on absolute-form requests from
+/// `source`'s credentials and checks signed responses, as `options` say.
+pub fn outbound_router(
+    source: CredentialSource,
+    options: OutboundOptions,
+) -> Result<axum::Router, TlsError> {
+    let client = match &options.proof {
+        OutboundProof::Attach(_) => OutboundClient::Plain(crate::client::http_client()),
+        OutboundProof::Mtls(allow) => OutboundClient::Mtls(
+            Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(MtlsConnector::new(&source, allow.clone())?),
+        ),
+    };
     let outbound = Outbound {
         source,
         options,
-        client: crate::client::http_client(),
+        client,
         wits: Arc::new(WitCache::new(1_000)),
     };
-    axum::Router::new()
-        .fallback(move |request: Request<Body>| forward_outbound(outbound.clone(), request))
+    Ok(axum::Router::new()
+        .fallback(move |request: Request<Body>| forward_outbound(outbound.clone(), request)))
 }

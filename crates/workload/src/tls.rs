@@ -12,6 +12,9 @@
 //!   certificate is used from the next connection on without a restart.
 //! - [`serve`] accepts TLS connections and hands each request to a tower service with the
 //!   verified [`MtlsPeer`] in its extensions (read by [`crate::Authenticator`]).
+//! - [`MtlsConnector`] is the client side for hyper-util's client: it opens an mTLS
+//!   connection for any URI and names the verified server ([`MtlsServer`]) in each
+//!   response's extensions (the outbound sidecar's `--proof mtls`).
 
 use crate::authn::{MtlsPeer, PeerAllowList};
 use crate::source::CredentialSource;
@@ -342,5 +345,128 @@ pub async fn serve<S>(
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                     .await;
         });
+    }
+}
+
+/// The verified identity of the server at the other end of an [`MtlsConnector`]
+/// connection, in the extensions of every response that came over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsServer(pub WorkloadId);
+
+/// A hyper-util client connector that opens mutual-TLS connections with this workload's
+/// X509-SVID, whatever the URI's scheme: the outbound sidecar takes plain `http://`
+/// requests from its service and carries them over mTLS. The server's SVID is checked by
+/// [`SvidVerifier`] against the bundles and the allow-list of [`client_config`]; the server
+/// name is not used (see the module doc).
+#[derive(Clone)]
+pub struct MtlsConnector {
+    tcp: hyper_util::client::legacy::connect::HttpConnector,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for MtlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsConnector").finish_non_exhaustive()
+    }
+}
+
+impl MtlsConnector {
+    /// A connector presenting `source`'s SVID and accepting the servers `allow` lists.
+    pub fn new(source: &CredentialSource, allow: PeerAllowList) -> Result<Self, TlsError> {
+        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        Ok(MtlsConnector {
+            tcp,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(source, allow)?)),
+        })
+    }
+}
+
+/// An mTLS connection made by [`MtlsConnector`].
+#[derive(Debug)]
+pub struct MtlsStream {
+    io: hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    server: Option<WorkloadId>,
+}
+
+impl hyper_util::client::legacy::connect::Connection for MtlsStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        let connected = hyper_util::client::legacy::connect::Connected::new();
+        match &self.server {
+            Some(id) => connected.extra(MtlsServer(id.clone())),
+            None => connected,
+        }
+    }
+}
+
+impl hyper::rt::Read for MtlsStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MtlsStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tower::Service<http::Uri> for MtlsConnector {
+    type Response = MtlsStream;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<MtlsStream, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.tcp.call(uri.clone());
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("uri has no host")?;
+            // The verifier does not use the name; SNI carries it for the server's routing.
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())?;
+            let tcp = connecting.await?.into_inner();
+            let stream = tls.connect(name, tcp).await?;
+            let server = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| spiffe_id_of(c).ok());
+            Ok(MtlsStream {
+                io: hyper_util::rt::TokioIo::new(stream),
+                server,
+            })
+        })
     }
 }
