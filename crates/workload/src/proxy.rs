@@ -356,15 +356,18 @@ async fn check_upstream_response(
     {
         return ("forwarded", Response::from_parts(parts, Body::new(body)));
     }
+    // The upstream's status is named (an unsigned 400 usually means it refused the request),
+    // but nothing of an unverified response is passed on.
+    let status = parts.status;
     let refused = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "response refused");
+        tracing::warn!(error = %e, %status, "response refused");
         (
             "response-refused",
             problem(
                 StatusCode::BAD_GATEWAY,
                 "response-refused",
                 "response signature refused",
-                &e.to_string(),
+                &format!("{e} (the upstream answered {status})"),
             ),
         )
     };
