@@ -514,10 +514,7 @@ impl Authenticator {
         audience: &str,
         validation: &Validation,
     ) -> Result<SignatureParams, AuthError> {
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
+        let target = httpsig::request_target(&parts.uri);
         let view = RequestView {
             method: parts.method.as_str(),
             request_target: target,

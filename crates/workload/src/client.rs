@@ -123,11 +123,7 @@ pub fn attach(
         ));
     }
     let wit = creds.wit.as_ref().ok_or(ClientError::NoCredentials)?;
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str)
-        .to_owned();
+    let target = httpsig::request_target(&parts.uri).to_owned();
     let mut sent = SentRequest {
         method: parts.method.clone(),
         target,

@@ -121,6 +121,12 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// The request target as a signature covers it: the URI's path and query (origin form).
+pub fn request_target(uri: &http::Uri) -> &str {
+    uri.path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+}
+
 /// `Content-Digest: sha-256=:<base64>:` for `body` (RFC 9530).
 pub fn content_digest(body: &[u8]) -> String {
     format!(

@@ -25,7 +25,7 @@ use crate::authn::{
 };
 use crate::authz::{AuthzRequest, Policy};
 use crate::client::PROOF_LIFETIME;
-use crate::httpsig::{RequestView, ResponseView, content_digest, sign_response};
+use crate::httpsig::{self, RequestView, ResponseView, content_digest, sign_response};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use bytes::Bytes;
@@ -235,11 +235,7 @@ impl Shared {
         if asked || self.sign_responses {
             *signer = Some(ResponseSigner {
                 method: parts.method.clone(),
-                target: parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", http::uri::PathAndQuery::as_str)
-                    .to_owned(),
+                target: httpsig::request_target(&parts.uri).to_owned(),
                 req_nonce: authenticated.signature.as_ref().map(|s| s.nonce.clone()),
             });
         }

@@ -22,6 +22,7 @@ use crate::authn::{PeerAllowList, PeerIdentity, WIT_HEADER, WPT_HEADER};
 use crate::client::{
     MAX_SIGNED_RESPONSE, ProofMethod, ResponseError, SentRequest, attach, check_response,
 };
+use crate::httpsig;
 use crate::layer::{WimseLayer, problem};
 use crate::metrics::Metrics;
 use crate::source::{CredentialSource, Credentials};
@@ -126,10 +127,7 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
     };
     parts.headers.insert(PEER_ID_HEADER, id);
     parts.headers.insert(PEER_METHOD_HEADER, method);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
+    let path = httpsig::request_target(&parts.uri);
     let uri = match format!("{}{path}", upstream.base).parse::<Uri>() {
         Ok(uri) => uri,
         Err(e) => return bad_gateway(&e),
@@ -294,11 +292,7 @@ async fn attach_and_forward(
             }
             Ok(SentRequest {
                 method: parts.method.clone(),
-                target: parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", http::uri::PathAndQuery::as_str)
-                    .to_owned(),
+                target: httpsig::request_target(&parts.uri).to_owned(),
                 nonce: None,
                 sign_response: false,
             })
