@@ -399,6 +399,7 @@ impl Authenticator {
         let headers = &parts.headers;
         let path = parts.uri.path();
         let audience = self.audience_for(path);
+        let txn_token = single(headers, TXN_HEADER)?;
 
         let mut authenticated = if let Some(wit) = single(headers, WIT_HEADER)? {
             let verified = self
@@ -420,7 +421,7 @@ impl Authenticator {
                 let binding = RequestBinding {
                     audience: &audience,
                     access_token: bearer(headers)?,
-                    txn_token: single(headers, TXN_HEADER)?,
+                    txn_token,
                     other_tokens: &[],
                 };
                 verify_wpt(wpt, &verified, &binding, &validation, &self.replay)
@@ -481,18 +482,18 @@ impl Authenticator {
         if !self.config.allow.allows(&authenticated.peer.id) {
             return Err(AuthError::PeerNotAllowed(authenticated.peer.id.to_string()));
         }
-        authenticated.transaction = self.transaction(headers, &creds, &validation)?;
+        authenticated.transaction = self.transaction(txn_token, &creds, &validation)?;
         Ok(authenticated)
     }
 
     /// Verifies the request's `Txn-Token`, if any (after the caller is authenticated).
     fn transaction(
         &self,
-        headers: &HeaderMap,
+        token: Option<&str>,
         creds: &Credentials,
         validation: &Validation,
     ) -> Result<Option<Transaction>, AuthError> {
-        let Some(token) = single(headers, TXN_HEADER)? else {
+        let Some(token) = token else {
             return if self.config.require_txn_token {
                 Err(AuthError::MissingTxnToken)
             } else {
