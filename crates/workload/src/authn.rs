@@ -42,6 +42,9 @@ use wimse_core::token::{TokenError, Validation};
 pub const WIT_HEADER: &str = "workload-identity-token";
 /// The WPT header (WIMSE WPT).
 pub const WPT_HEADER: &str = "workload-proof-token";
+/// Every header a workload's credential or proof travels in: replaced when a proof is
+/// attached, never passed on by a proxy.
+pub const CREDENTIAL_HEADERS: [&str; 4] = [WIT_HEADER, WPT_HEADER, "signature", "signature-input"];
 
 /// How a peer proved its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -320,7 +323,10 @@ pub struct Authenticator {
 }
 
 /// One header's value, refusing repeats.
-fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, AuthError> {
+pub(crate) fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'h str>, AuthError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);

@@ -17,7 +17,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::authn::{AuthMethod, PeerIdentity, WIT_HEADER, WPT_HEADER};
+use crate::authn::{AuthMethod, CREDENTIAL_HEADERS, PeerIdentity, WIT_HEADER, WPT_HEADER, single};
 use crate::httpsig::{self, RequestSigning, RequestView, ResponsePolicy, ResponseView, SigError};
 use crate::source::{CredentialSource, Credentials};
 use bytes::Bytes;
@@ -105,6 +105,41 @@ pub struct SentRequest {
     pub sign_response: bool,
 }
 
+impl SentRequest {
+    /// The request `parts` describe, not (yet) signed.
+    pub fn new(parts: &http::request::Parts, sign_response: bool) -> Self {
+        SentRequest {
+            method: parts.method.clone(),
+            target: httpsig::request_target(&parts.uri).to_owned(),
+            nonce: None,
+            sign_response,
+        }
+    }
+
+    /// Whether a response with `headers` must go through [`check_response`] (and its body
+    /// be read for that): it is signed, or a signature was asked for.
+    pub fn needs_check(&self, headers: &http::HeaderMap) -> bool {
+        self.sign_response || is_signed(headers)
+    }
+}
+
+fn is_signed(headers: &http::HeaderMap) -> bool {
+    headers.contains_key("signature-input") || headers.contains_key("signature")
+}
+
+/// Reads a response body whole (up to [`MAX_SIGNED_RESPONSE`]) for [`check_response`].
+pub async fn read_for_check<B>(body: B) -> Result<Bytes, ResponseError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    http_body_util::Limited::new(body, MAX_SIGNED_RESPONSE)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(|e| ResponseError::Body(e.to_string()))
+}
+
 /// [`attach_proof`], returning what [`check_response`] needs. With
 /// [`ProofMethod::HttpSig`], `sign_response` asks the server to sign its response
 /// (`wimse-sign-response`); the profile defines that for message signatures only, so it
@@ -123,16 +158,10 @@ pub fn attach(
         ));
     }
     let wit = creds.wit.as_ref().ok_or(ClientError::NoCredentials)?;
-    let target = httpsig::request_target(&parts.uri).to_owned();
-    let mut sent = SentRequest {
-        method: parts.method.clone(),
-        target,
-        nonce: None,
-        sign_response,
-    };
+    let mut sent = SentRequest::new(parts, sign_response);
     let audience = audience(&parts.uri)?;
     let headers = &mut parts.headers;
-    for name in [WIT_HEADER, WPT_HEADER, "signature", "signature-input"] {
+    for name in CREDENTIAL_HEADERS {
         headers.remove(name);
     }
     headers.insert(WIT_HEADER, header(&wit.token)?);
@@ -217,28 +246,20 @@ pub fn check_response(
     now: i64,
 ) -> Result<Option<PeerIdentity>, ResponseError> {
     let headers = &response.headers;
-    if !headers.contains_key("signature-input") && !headers.contains_key("signature") {
+    if !is_signed(headers) {
         return if sent.sign_response {
             Err(ResponseError::Unsigned)
         } else {
             Ok(None)
         };
     }
-    let mut wit_values = headers.get_all(WIT_HEADER).iter();
-    let (Some(wit), None) = (wit_values.next(), wit_values.next()) else {
-        return Err(ResponseError::Wit("must appear exactly once".into()));
-    };
-    let wit = wit
-        .to_str()
-        .map_err(|_| ResponseError::Wit("not visible ASCII".into()))?;
+    let wit = single(headers, WIT_HEADER)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ResponseError::Wit("must appear exactly once, as visible ASCII".into()))?;
     let validation = Validation::at(now);
     let verified = wits
-        .verify(
-            wit.trim(),
-            &creds.wit_bundles,
-            WitProfile::Spiffe,
-            &validation,
-        )
+        .verify(wit, &creds.wit_bundles, WitProfile::Spiffe, &validation)
         .map_err(|e| ResponseError::Wit(e.to_string()))?;
     let no_headers = http::HeaderMap::new();
     let view = ResponseView {
@@ -373,17 +394,10 @@ where
                 .await
                 .map_err(|e| ClientError::Inner(e.into()))?;
             let (parts, body) = response.into_parts();
-            if !sent.sign_response
-                && !parts.headers.contains_key("signature-input")
-                && !parts.headers.contains_key("signature")
-            {
+            if !sent.needs_check(&parts.headers) {
                 return Ok(http::Response::from_parts(parts, Either::Left(body)));
             }
-            let bytes = http_body_util::Limited::new(body, MAX_SIGNED_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| ClientError::Response(ResponseError::Body(e.to_string())))?
-                .to_bytes();
+            let bytes = read_for_check(body).await.map_err(ClientError::Response)?;
             check_response(
                 &sent,
                 &parts,

@@ -21,7 +21,8 @@
 //! problem `type` is `urn:wimse:problem:<code>` with the code of [`AuthError::code`].
 
 use crate::authn::{
-    AuthError, Authenticated, Authenticator, PeerIdentity, Transaction, WIT_HEADER, WPT_HEADER,
+    AuthError, Authenticated, Authenticator, CREDENTIAL_HEADERS, PeerIdentity, Transaction,
+    WIT_HEADER,
 };
 use crate::authz::{AuthzRequest, Policy};
 use crate::client::PROOF_LIFETIME;
@@ -318,24 +319,19 @@ impl Shared {
             return unsignable("this service has no workload identity token");
         };
         let headers = &mut parts.headers;
-        for name in [
-            WIT_HEADER,
-            WPT_HEADER,
-            "signature",
-            "signature-input",
-            "content-digest",
-            "content-length",
-        ] {
+        for name in CREDENTIAL_HEADERS
+            .into_iter()
+            .chain(["content-digest", "content-length"])
+        {
             headers.remove(name);
         }
-        let (Ok(token), Ok(digest)) = (
-            HeaderValue::from_str(&wit.token),
-            HeaderValue::from_str(&content_digest(&bytes)),
-        ) else {
+        let Ok(token) = HeaderValue::from_str(&wit.token) else {
             return unsignable("credential is not a valid header value");
         };
         headers.insert(WIT_HEADER, token);
-        if !bytes.is_empty() {
+        if !bytes.is_empty()
+            && let Ok(digest) = HeaderValue::from_str(&content_digest(&bytes))
+        {
             headers.insert("content-digest", digest);
         }
         let no_headers = http::HeaderMap::new();

@@ -18,10 +18,8 @@
 //!   the local service in [`PEER_ID_HEADER`]; with
 //!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
 
-use crate::authn::{PeerAllowList, PeerIdentity, WIT_HEADER, WPT_HEADER};
-use crate::client::{
-    MAX_SIGNED_RESPONSE, ProofMethod, ResponseError, SentRequest, attach, check_response,
-};
+use crate::authn::{CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
+use crate::client::{ProofMethod, SentRequest, attach, check_response, read_for_check};
 use crate::httpsig;
 use crate::layer::{WimseLayer, problem};
 use crate::metrics::Metrics;
@@ -76,14 +74,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes what the caller must not pass to the upstream: identity headers it might try
 /// to smuggle, and its credentials.
 pub fn strip_inbound(headers: &mut HeaderMap) {
-    for name in [
-        PEER_ID_HEADER,
-        PEER_METHOD_HEADER,
-        WIT_HEADER,
-        WPT_HEADER,
-        "signature",
-        "signature-input",
-    ] {
+    for name in [PEER_ID_HEADER, PEER_METHOD_HEADER]
+        .into_iter()
+        .chain(CREDENTIAL_HEADERS)
+    {
         headers.remove(name);
     }
     strip_hop_by_hop(headers);
@@ -287,15 +281,10 @@ async fn attach_and_forward(
         ),
         // The connection proves who we are; no credential travels in the request.
         OutboundProof::Mtls(_) => {
-            for name in [WIT_HEADER, WPT_HEADER, "signature", "signature-input"] {
+            for name in CREDENTIAL_HEADERS {
                 parts.headers.remove(name);
             }
-            Ok(SentRequest {
-                method: parts.method.clone(),
-                target: httpsig::request_target(&parts.uri).to_owned(),
-                nonce: None,
-                sign_response: false,
-            })
+            Ok(SentRequest::new(&parts, false))
         }
     };
     let sent = match attached {
@@ -344,10 +333,7 @@ async fn check_upstream_response(
             .headers
             .insert(PEER_METHOD_HEADER, HeaderValue::from_static("mtls"));
     }
-    if !sent.sign_response
-        && !parts.headers.contains_key("signature-input")
-        && !parts.headers.contains_key("signature")
-    {
+    if !sent.needs_check(&parts.headers) {
         return ("forwarded", Response::from_parts(parts, Body::new(body)));
     }
     // The upstream's status is named (an unsigned 400 usually means it refused the request),
@@ -365,12 +351,9 @@ async fn check_upstream_response(
             ),
         )
     };
-    let bytes = match http_body_util::Limited::new(body, MAX_SIGNED_RESPONSE)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return refused(&ResponseError::Body(e.to_string())),
+    let bytes = match read_for_check(body).await {
+        Ok(bytes) => bytes,
+        Err(e) => return refused(&e),
     };
     match check_response(
         sent,
