@@ -284,6 +284,39 @@ fn req_item(name: &str) -> Item {
     }
 }
 
+/// What a request signature must cover (profile: "Request MUST cover"), in the order
+/// this signer lists it: `@method`, `@request-target`, the WIT, then each of
+/// [`COVER_WHEN_PRESENT`] the request carries.
+fn request_coverage(headers: &HeaderMap) -> Vec<Item> {
+    let mut components: Vec<Item> = ["@method", "@request-target", WIT_FIELD]
+        .into_iter()
+        .map(string_item)
+        .collect();
+    components.extend(
+        COVER_WHEN_PRESENT
+            .into_iter()
+            .filter(|name| headers.contains_key(*name))
+            .map(string_item),
+    );
+    components
+}
+
+/// What a response signature must cover, in the order this signer lists it: `@status`,
+/// the WIT, each of [`RESPONSE_COVER_WHEN_PRESENT`] the response carries, then the
+/// request's `@method;req` and `@request-target;req`.
+fn response_coverage(headers: &HeaderMap) -> Vec<Item> {
+    let mut components = vec![string_item("@status"), string_item(WIT_FIELD)];
+    components.extend(
+        RESPONSE_COVER_WHEN_PRESENT
+            .into_iter()
+            .filter(|name| headers.contains_key(*name))
+            .map(string_item),
+    );
+    components.push(req_item("@method"));
+    components.push(req_item("@request-target"));
+    components
+}
+
 /// The parameters every signature carries, then `extra`.
 fn common_params(created: i64, lifetime: i64, nonce: &str, extra: &[(&str, BareItem)]) -> Params {
     let mut params = vec![
@@ -338,16 +371,7 @@ pub fn sign_request(
     key: &SigningKey,
     signing: &RequestSigning<'_>,
 ) -> Result<(String, String), SigError> {
-    let mut components = vec![
-        string_item("@method"),
-        string_item("@request-target"),
-        string_item(WIT_FIELD),
-    ];
-    for name in COVER_WHEN_PRESENT {
-        if req.headers.contains_key(name) {
-            components.push(string_item(name));
-        }
-    }
+    let components = request_coverage(req.headers);
     let mut extra = vec![(
         "wimse-aud",
         BareItem::String(wimse_core::token::wpt::audience_of(signing.audience).to_owned()),
@@ -390,14 +414,7 @@ pub fn sign_response(
     nonce: &str,
     req_nonce: Option<&str>,
 ) -> Result<(String, String), SigError> {
-    let mut components = vec![string_item("@status"), string_item(WIT_FIELD)];
-    for name in RESPONSE_COVER_WHEN_PRESENT {
-        if resp.headers.contains_key(name) {
-            components.push(string_item(name));
-        }
-    }
-    components.push(req_item("@method"));
-    components.push(req_item("@request-target"));
+    let components = response_coverage(resp.headers);
     let extra: Vec<(&str, BareItem)> = req_nonce
         .map(|n| ("wimse-req-nonce", BareItem::String(n.to_owned())))
         .into_iter()
@@ -514,18 +531,12 @@ pub fn verify_request(
     policy: &SigPolicy<'_>,
 ) -> Result<SignatureParams, SigError> {
     let (components, params, sig_bytes) = parse_signature(req.headers)?;
-    // Required coverage (profile §"Request MUST cover").
-    let mut required: Vec<Item> = ["@method", "@request-target", WIT_FIELD]
-        .into_iter()
-        .map(string_item)
-        .collect();
-    required.extend(
-        COVER_WHEN_PRESENT
-            .into_iter()
-            .filter(|name| req.headers.contains_key(*name))
-            .map(string_item),
-    );
-    check_coverage(&components, &required, req.headers, body)?;
+    check_coverage(
+        &components,
+        &request_coverage(req.headers),
+        req.headers,
+        body,
+    )?;
 
     let checked = parse_params(&params)?;
     if checked.req_nonce.is_some() {
@@ -574,16 +585,12 @@ pub fn verify_response(
     policy: &ResponsePolicy<'_>,
 ) -> Result<SignatureParams, SigError> {
     let (components, params, sig_bytes) = parse_signature(resp.headers)?;
-    let mut required = vec![string_item("@status"), string_item(WIT_FIELD)];
-    required.extend(
-        RESPONSE_COVER_WHEN_PRESENT
-            .into_iter()
-            .filter(|name| resp.headers.contains_key(*name))
-            .map(string_item),
-    );
-    required.push(req_item("@method"));
-    required.push(req_item("@request-target"));
-    check_coverage(&components, &required, resp.headers, body)?;
+    check_coverage(
+        &components,
+        &response_coverage(resp.headers),
+        resp.headers,
+        body,
+    )?;
 
     let checked = parse_params(&params)?;
     if checked.audience.is_some() {
