@@ -238,8 +238,14 @@ pub struct AgentRunArgs {
     #[arg(long, value_name = "FILE", required_unless_present = "config")]
     pub trust_bundle: Option<PathBuf>,
     /// Attest this node with a one-time join token from `wimse server token generate`
-    // The group covers `--x509pop-cert`; a lone `--x509pop-key` must conflict too.
-    #[arg(long, value_name = "TOKEN", conflicts_with = "x509pop_key")]
+    // The group covers `--x509pop-cert`; a lone `--x509pop-key` must conflict too. Tokens
+    // are base64url, so one in 64 starts with `-`: it is still the flag's value.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        conflicts_with = "x509pop_key",
+        allow_hyphen_values = true
+    )]
     pub join_token: Option<SecretArg>,
     /// Attest this node by proof of possession of an X.509 certificate: the certificate chain (PEM)
     #[arg(long, value_name = "FILE", requires = "x509pop_key")]

@@ -532,6 +532,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_join_token_that_starts_with_a_hyphen_is_the_flags_value() {
+        let config = agent_run_config(
+            &[
+                "agent",
+                "run",
+                "--server-address",
+                "s:1",
+                "--trust-bundle",
+                "b.pem",
+                "--join-token",
+                "-P3xq_token",
+            ],
+            &Environment::default(),
+        );
+        let wimse_agent::config::NodeAttestation::JoinToken(token) = config.attestation else {
+            panic!("not a join token");
+        };
+        assert_eq!(token.as_str(), "-P3xq_token");
+    }
+
     fn agent_run_config(args: &[&str], env: &Environment) -> wimse_agent::config::AgentConfig {
         let Command::Agent(AgentCommand::Run(args)) = parse(args).unwrap().command else {
             panic!("not agent run");
