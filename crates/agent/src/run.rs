@@ -7,7 +7,6 @@ use crate::config::AgentConfig;
 use crate::node::NodeError;
 use crate::workload_api::{WorkloadApi, check_security_header};
 use axum::Router;
-use axum::routing::get;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -142,31 +141,15 @@ pub async fn run_with(
 }
 
 fn health_router(agent: Arc<Agent>) -> Router {
-    let ready = Arc::clone(&agent);
-    let metrics = agent;
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let synced = ready.snapshot.borrow().synced;
-                async move {
-                    if synced {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "entries not synced yet",
-                        )
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let text = metrics.metrics.render();
-                async move { text }
-            }),
-        )
+    let metrics = Arc::clone(&agent);
+    wimse_server::metrics::health_router(
+        move || {
+            if agent.snapshot.borrow().synced {
+                Ok(())
+            } else {
+                Err("entries not synced yet")
+            }
+        },
+        move || metrics.metrics.render(),
+    )
 }

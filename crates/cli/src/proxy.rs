@@ -171,33 +171,16 @@ async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandErro
 /// `/healthz` (the process answers), `/readyz` (it holds a complete set of credentials
 /// from the agent) and `/metrics`.
 fn health_router(source: CredentialSource, metrics: Arc<Metrics>) -> axum::Router {
-    use axum::routing::get;
-    use http::StatusCode;
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = source.current().is_complete();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no credentials from the agent yet",
-                        )
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let text = wimse_server::metrics::render(metrics.registry());
-                async move { text }
-            }),
-        )
+    wimse_server::metrics::health_router(
+        move || {
+            if source.current().is_complete() {
+                Ok(())
+            } else {
+                Err("no credentials from the agent yet")
+            }
+        },
+        move || wimse_server::metrics::render(metrics.registry()),
+    )
 }
 
 /// Starts the health listener, if one was asked for.

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Agent, Server, TRUST_DOMAIN, my_uid_selector, wait_for};
+use common::{Agent, Server, TRUST_DOMAIN, free_port, http, my_uid_selector, wait_for};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -247,6 +247,25 @@ async fn own_wit_bundle_json(domain: &Domain) -> serde_json::Value {
     let answer = stream.next().await.unwrap().unwrap();
     let json = &answer.bundles[&format!("spiffe://{TRUST_DOMAIN}")];
     serde_json::from_str(json).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_listener_reports_readiness_and_counts_workload_api_calls() {
+    let health = free_port();
+    let domain = Domain::start_with(&["--health-bind", &format!("127.0.0.1:{health}")]);
+    domain.entry_for_me("/billing", &[]);
+    let client = domain.client().await;
+    eventually(Duration::from_secs(10), || client.fetch_x509_svid()).await;
+
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || http(health, &format!("GET {path}"), &[], ""))
+    };
+    assert_eq!(get("/healthz").await.unwrap(), (200, "ok".to_owned()));
+    assert_eq!(get("/readyz").await.unwrap(), (200, "ready".to_owned()));
+    let (status, metrics) = get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let line = r#"wimse_agent_workload_api_calls_total{method="FetchX509SVID",code="Ok"}"#;
+    assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

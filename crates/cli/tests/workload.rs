@@ -19,7 +19,9 @@
 
 mod common;
 
-use common::{Agent, Server, TRUST_DOMAIN, WIMSE, free_port, my_uid_selector, wait_for};
+use common::{
+    Agent, Server, TRUST_DOMAIN, WIMSE, free_port, http, http_full, my_uid_selector, wait_for,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -101,36 +103,6 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One HTTP/1.1 request over a fresh connection; (status, body).
-fn http(port: u16, request_line: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let (status, _, body) = http_full(port, request_line, headers, body);
-    (status, body)
-}
-
-/// One HTTP/1.1 request over a fresh connection; (status, header section, body).
-fn http_full(
-    port: u16,
-    request_line: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut text = format!("{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        text.push_str(&format!("{k}: {v}\r\n"));
-    }
-    text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(text.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// Workload 3's own service: says who called what.

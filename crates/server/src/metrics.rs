@@ -97,3 +97,73 @@ pub fn render(registry: &prometheus_client::registry::Registry) -> String {
     }
     out
 }
+
+/// The health listener of a component whose readiness is a quick, synchronous question
+/// (the agent, the proxies): `/healthz` answers `ok`; `/readyz` answers `ready`, or 503
+/// with the reason `ready` gives; `/metrics` answers what `metrics` renders.
+pub fn health_router(
+    ready: impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
+    metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let answer = match ready() {
+                    Ok(()) => (StatusCode::OK, "ready"),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                };
+                async move { answer }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics();
+                async move { text }
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tower::ServiceExt;
+
+    async fn get(router: &axum::Router, path: &str) -> (u16, String) {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_health_router_reports_readiness_as_it_changes_and_renders_metrics() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ready);
+        let router = health_router(
+            move || {
+                if flag.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("not yet")
+                }
+            },
+            || "metric 1\n".to_owned(),
+        );
+        assert_eq!(get(&router, "/healthz").await, (200, "ok".into()));
+        assert_eq!(get(&router, "/readyz").await, (503, "not yet".into()));
+        ready.store(true, Ordering::SeqCst);
+        assert_eq!(get(&router, "/readyz").await, (200, "ready".into()));
+        assert_eq!(get(&router, "/metrics").await, (200, "metric 1\n".into()));
+    }
+}

@@ -2,6 +2,8 @@
 //! killed when dropped, so that no test leaves a process behind.
 #![allow(dead_code, reason = "each test file uses its own part of the harness")]
 
+use std::fmt::Write as _;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -354,4 +356,34 @@ pub fn x509pop_ca_and_node() -> (String, Vec<Vec<u8>>, wimse_core::jose::Signing
         vec![node_cert.der().to_vec()],
         wimse_core::jose::SigningKey::from_pkcs8_der(&node_key.serialize_der()).unwrap(),
     )
+}
+
+/// One HTTP/1.1 request over a fresh connection; (status, body).
+pub fn http(port: u16, request_line: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let (status, _, body) = http_full(port, request_line, headers, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request over a fresh connection; (status, header section, body).
+pub fn http_full(
+    port: u16,
+    request_line: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut text = format!("{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        let _ = write!(text, "{k}: {v}\r\n");
+    }
+    let _ = write!(text, "Content-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
