@@ -29,6 +29,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wimse_core::WorkloadId;
+use wimse_core::token::exchange::Scope;
+use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, PeerAllowList, PeerIdentity, Policy, WimseLayer,
 };
@@ -135,18 +137,45 @@ struct Domain {
     dir: tempfile::TempDir,
     server: Server,
     agent: Agent,
+    /// The outside authorization server whose access tokens may start transactions.
+    login: wimse_core::jose::SigningKey,
 }
+
+/// The outside authorization server's issuer name, and the audience its tokens name for us.
+const LOGIN_ISSUER: &str = "https://login.example.com";
+const LOGIN_AUDIENCE: &str = "wimse";
 
 fn domain(ttl: &str) -> Domain {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"), &[]);
+    // The token service: the gateway may start transactions for the login server's users.
+    let login = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
+    let mut jwk = login.public_jwk().clone();
+    jwk.kid = Some("login-1".into());
+    let jwks = dir.path().join("login-jwks.json");
+    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[token_service]\nrequesters = [\"{gw}\"]\n\n[[token_service.issuers]]\n\
+             issuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
+             jwks_file = \"{jwks}\"\nsubject_prefix = \"user:\"\n",
+            gw = id("/gw"),
+            jwks = jwks.display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("server"),
+        &["--config", config.to_str().unwrap()],
+    );
     let (token, agent_id) = server.join_token();
     let agent = Agent::start(
         &dir.path().join("agent"),
         &server,
         &["--join-token", token.as_str()],
     );
-    for w in ["/w1", "/w2", "/w3"] {
+    for w in ["/w1", "/w2", "/w3", "/gw"] {
         server.create_entry(
             &id(w),
             &agent_id,
@@ -154,7 +183,12 @@ fn domain(ttl: &str) -> Domain {
             &["--x509-ttl", ttl, "--jwt-ttl", ttl],
         );
     }
-    Domain { dir, server, agent }
+    Domain {
+        dir,
+        server,
+        agent,
+        login,
+    }
 }
 
 fn socket_arg(d: &Domain) -> String {
@@ -499,10 +533,8 @@ async fn credentials_rotate_under_steady_traffic_without_a_failed_request() {
     );
 }
 
-/// The server's active JWT signing key and its `kid`, read from its data directory. The
-/// trust domain's token service (RFC 8693 at the server) is not built yet; until it is,
-/// this test signs Txn-Tokens with the key the service will use, which workloads trust
-/// through the JWT bundle the agent hands out.
+/// The server's active JWT signing key and its `kid`, read from its data directory: the
+/// key its token service signs with, which workloads trust through the JWT bundle.
 fn server_jwt_key(server: &Server) -> (wimse_core::jose::SigningKey, String) {
     let keys = server.dir.join("keys");
     for entry in std::fs::read_dir(&keys).unwrap() {
@@ -543,14 +575,35 @@ fn txn_token(key: &wimse_core::jose::SigningKey, kid: &str, aud: &str, scope: &s
     .unwrap()
 }
 
+/// An access token from the outside login server, for `alice`.
+fn login_token(d: &Domain, scope: &str) -> String {
+    let now = wimse_core::token::unix_now();
+    let claims = serde_json::json!({
+        "iss": LOGIN_ISSUER, "sub": "alice", "aud": LOGIN_AUDIENCE, "iat": now,
+        "exp": now + 300, "scope": scope, "client_id": "web-shop",
+    });
+    wimse_core::jose::jws::sign(&d.login, Some("at+jwt"), Some("login-1"), &claims).unwrap()
+}
+
+async fn token_service_as(d: &Domain, who: &str) -> TokenServiceClient {
+    let source = CredentialSource::connect(
+        d.agent.socket.clone(),
+        Some(WorkloadId::parse(&id(who)).unwrap()),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    TokenServiceClient::new(&source, &d.server.addr.to_string()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_transaction_token_is_verified_authorized_on_and_forwarded_unchanged() {
+async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_and_forwarded_unchanged()
+ {
     let d = domain("3600");
     let up = upstream().await;
     let (p3, p1) = (free_port(), free_port());
     let w3 = inbound(&d, p3, up, free_port());
     let _w1 = outbound(&d, "/w1", p1, "wit-wpt", free_port());
-    let (key, kid) = server_jwt_key(&d.server);
     let refund = move |txn: String| {
         tokio::task::spawn_blocking(move || {
             http(
@@ -561,10 +614,27 @@ async fn a_transaction_token_is_verified_authorized_on_and_forwarded_unchanged()
             )
         })
     };
+    let scope = |text: &str| Scope::parse(text).unwrap();
+
+    // The gateway exchanges alice's access token for a Txn-Token at the server (RFC 8693
+    // over mTLS with its X509-SVID).
+    let gateway = token_service_as(&d, "/gw").await;
+    let details = serde_json::json!({ "order": 7 }).as_object().cloned();
+    let issued = gateway
+        .start(
+            &login_token(&d, "orders refunds"),
+            &scope("orders refunds"),
+            None,
+            details,
+        )
+        .await
+        .unwrap();
+    assert_eq!(issued.scope, "orders refunds");
+    assert!(issued.expires_in > 0 && issued.expires_in <= 300);
+    let good = issued.access_token;
 
     // Workload 1 may refund only inside a transaction whose scope allows it; the token
     // reaches workload 3's service as it was sent (its WPT was bound to it by `tth`).
-    let good = txn_token(&key, &kid, TRUST_DOMAIN, "orders refunds");
     let (status, body) = refund(good.clone()).await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", w3.log());
     assert_eq!(
@@ -574,8 +644,13 @@ async fn a_transaction_token_is_verified_authorized_on_and_forwarded_unchanged()
             id("/w1")
         )
     );
-    let narrow = txn_token(&key, &kid, TRUST_DOMAIN, "orders");
-    let (status, body) = refund(narrow).await.unwrap();
+    // A replacement narrowed to `orders` keeps the transaction but loses the refund.
+    let narrow = gateway
+        .replace(&good, &scope("orders"), None)
+        .await
+        .unwrap()
+        .access_token;
+    let (status, body) = refund(narrow.clone()).await.unwrap();
     assert_eq!(status, 403, "{body}");
     let (status, _) =
         tokio::task::spawn_blocking(move || via(p1, "POST", p3, "/api/refunds", "{}"))
@@ -583,7 +658,50 @@ async fn a_transaction_token_is_verified_authorized_on_and_forwarded_unchanged()
             .unwrap();
     assert_eq!(status, 403);
 
-    // Not this trust domain's, or not signed by its token service: refused with a reason.
+    // The token service refuses, each time with an RFC 6749 error: a scope beyond the
+    // access token's, widening by replacement, a forged access token, and a workload that
+    // is not a configured requester.
+    let refused = |result: Result<_, TokenServiceError>| match result {
+        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
+        other => panic!("not refused: {other:?}"),
+    };
+    let login = login_token(&d, "orders");
+    assert_eq!(
+        refused(
+            gateway
+                .start(&login, &scope("orders refunds"), None, None)
+                .await
+        ),
+        (400, "invalid_scope".to_owned())
+    );
+    assert_eq!(
+        refused(
+            gateway
+                .replace(&narrow, &scope("orders refunds"), None)
+                .await
+        ),
+        (400, "invalid_scope".to_owned())
+    );
+    let forged = {
+        let mut parts: Vec<&str> = login.split('.').collect();
+        let other = login_token(&d, "payroll");
+        parts[2] = other.split('.').nth(2).unwrap();
+        parts.join(".")
+    };
+    assert_eq!(
+        refused(gateway.start(&forged, &scope("orders"), None, None).await),
+        (400, "invalid_request".to_owned())
+    );
+    let w1 = token_service_as(&d, "/w1").await;
+    assert_eq!(
+        refused(w1.start(&login, &scope("orders"), None, None).await),
+        (400, "unauthorized_client".to_owned())
+    );
+
+    // Not this trust domain's, or not signed by its token service: refused by workload 3
+    // with a reason. (No trust domain's service issues the first; it is signed here with
+    // this server's own key, read from its data directory, to show that `aud` decides.)
+    let (key, kid) = server_jwt_key(&d.server);
     for (token, code) in [
         (
             txn_token(&key, &kid, "other.example", "refunds"),
@@ -606,6 +724,17 @@ async fn a_transaction_token_is_verified_authorized_on_and_forwarded_unchanged()
             body.contains(&format!("urn:wimse:problem:{code}")),
             "{body}"
         );
+    }
+
+    // The server's audit trail (sealed when it stops) records each issue and refusal,
+    // never a token.
+    let audit_path = d.server.dir.join("audit.jsonl");
+    d.server.stop();
+    let audit = std::fs::read_to_string(audit_path).unwrap();
+    assert_eq!(audit.matches("\"txn_token_issued\"").count(), 2, "{audit}");
+    assert_eq!(audit.matches("\"token_exchange\"").count(), 4, "{audit}");
+    for secret in [&good, &narrow, &login] {
+        assert!(!audit.contains(secret.as_str()));
     }
 }
 

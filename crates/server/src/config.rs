@@ -18,13 +18,25 @@
 //! agent_svid_ttl = 3600                     # agents' own X509-SVIDs
 //! tombstone_retention = 86400               # how long deleted entries are remembered for sync
 //! audit_log = "/var/log/wimse/audit.jsonl"  # default: <data_dir>/audit.jsonl; "" turns it off
+//!
+//! [token_service]                           # Txn-Tokens at POST /oauth2/token (RFC 8693)
+//! txn_token_ttl = 300                       # seconds, at most 3600
+//! max_replacements = 8                      # how often one transaction's token may be replaced
+//! requesters = ["spiffe://example.org/gateway"]  # who may start transactions
+//!
+//! [[token_service.issuers]]                 # whose access tokens may start them
+//! issuer = "https://login.example.com"
+//! audience = "wimse"
+//! jwks_file = "/etc/wimse/login-jwks.json"
+//! subject_prefix = "login:"                 # default: none
 //! ```
 
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use wimse_core::TrustDomain;
+use wimse_core::token::exchange::Scope;
 use wimse_core::token::wit::WitProfile;
+use wimse_core::{TrustDomain, WorkloadId};
 
 /// Default lifetime of an agent's own X509-SVID: one hour.
 pub const DEFAULT_AGENT_SVID_TTL: u32 = 3600;
@@ -71,6 +83,106 @@ pub struct FileConfig {
     pub tombstone_retention: Option<i64>,
     /// The tamper-evident audit log of attestations and issuance (empty: none).
     pub audit_log: Option<PathBuf>,
+    /// The Transaction Token Service.
+    #[serde(default)]
+    pub token_service: TokenServiceFile,
+}
+
+/// The `[token_service]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenServiceFile {
+    /// Txn-Token lifetime, seconds (default 300, at most 3600).
+    pub txn_token_ttl: Option<i64>,
+    /// How many times one transaction's token may be replaced (default 8).
+    pub max_replacements: Option<usize>,
+    /// The workloads that may start transactions (exact IDs in this trust domain).
+    #[serde(default)]
+    pub requesters: Vec<String>,
+    /// The authorization servers whose access tokens may start them.
+    #[serde(default)]
+    pub issuers: Vec<IssuerFile>,
+}
+
+/// One `[[token_service.issuers]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// The issuer identifier, as its tokens' `iss`.
+    pub issuer: String,
+    /// The audience its tokens must name.
+    pub audience: String,
+    /// Its JWK Set, as a file.
+    pub jwks_file: PathBuf,
+    /// Prepended to its subjects.
+    #[serde(default)]
+    pub subject_prefix: String,
+    /// The widest scope a transaction it starts may have (default: what its token grants).
+    #[serde(default)]
+    pub max_scope: Option<String>,
+}
+
+/// The resolved `[token_service]` settings.
+#[derive(Clone, Debug, Default)]
+pub struct TokenServiceSettings {
+    /// Txn-Token lifetime, seconds.
+    pub txn_token_ttl: i64,
+    /// Replacements allowed per transaction.
+    pub max_replacements: usize,
+    /// The workloads that may start transactions.
+    pub requesters: Vec<WorkloadId>,
+    /// The trusted issuers (their key files are read when the server starts).
+    pub issuers: Vec<IssuerFile>,
+}
+
+impl TokenServiceFile {
+    fn resolve(self, trust_domain: &TrustDomain) -> Result<TokenServiceSettings, ConfigError> {
+        let invalid = |name, message: String| ConfigError::Invalid { name, message };
+        let txn_token_ttl = self.txn_token_ttl.unwrap_or(300);
+        if !(1..=3600).contains(&txn_token_ttl) {
+            return Err(invalid(
+                "token_service.txn_token_ttl",
+                "must be 1 to 3600 seconds (a Txn-Token lives minutes or less)".into(),
+            ));
+        }
+        let requesters = self
+            .requesters
+            .iter()
+            .map(|text| {
+                let id = WorkloadId::parse(text)
+                    .map_err(|e| invalid("token_service.requesters", format!("`{text}`: {e}")))?;
+                if id.trust_domain() != trust_domain {
+                    return Err(invalid(
+                        "token_service.requesters",
+                        format!("`{text}` is not in trust domain `{trust_domain}`"),
+                    ));
+                }
+                Ok(id)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for issuer in &self.issuers {
+            if issuer.issuer.is_empty() || issuer.audience.is_empty() {
+                return Err(invalid(
+                    "token_service.issuers",
+                    "every issuer needs a non-empty `issuer` and `audience`".into(),
+                ));
+            }
+            if let Some(scope) = &issuer.max_scope {
+                Scope::parse(scope).map_err(|e| {
+                    invalid(
+                        "token_service.issuers.max_scope",
+                        e.description().to_owned(),
+                    )
+                })?;
+            }
+        }
+        Ok(TokenServiceSettings {
+            txn_token_ttl,
+            max_replacements: self.max_replacements.unwrap_or(8),
+            requesters,
+            issuers: self.issuers,
+        })
+    }
 }
 
 /// Why the configuration is unusable.
@@ -137,6 +249,8 @@ pub struct ServerConfig {
     pub tombstone_retention: i64,
     /// The audit log file, if any.
     pub audit_log: Option<PathBuf>,
+    /// The Transaction Token Service.
+    pub token_service: TokenServiceSettings,
 }
 
 impl FileConfig {
@@ -214,7 +328,9 @@ impl FileConfig {
                 ));
             }
         };
+        let token_service = self.token_service.resolve(&trust_domain)?;
         Ok(ServerConfig {
+            token_service,
             trust_domain,
             bind: self
                 .bind
@@ -328,5 +444,46 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("datastore"));
+    }
+
+    #[test]
+    fn the_token_service_table_is_read_and_checked() {
+        let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
+        let c = parse(
+            r#"
+            trust_domain = "prod.example"
+            [token_service]
+            txn_token_ttl = 120
+            requesters = ["spiffe://prod.example/gateway"]
+            [[token_service.issuers]]
+            issuer = "https://login.example.com"
+            audience = "wimse"
+            jwks_file = "/etc/login.json"
+            max_scope = "orders refunds"
+        "#,
+        )
+        .unwrap();
+        let t = &c.token_service;
+        assert_eq!((t.txn_token_ttl, t.max_replacements), (120, 8));
+        assert_eq!(t.requesters[0].to_string(), "spiffe://prod.example/gateway");
+        assert_eq!(t.issuers[0].subject_prefix, "");
+        assert_eq!(
+            FileConfig::default()
+                .resolve()
+                .unwrap()
+                .token_service
+                .txn_token_ttl,
+            300
+        );
+        for bad in [
+            "[token_service]\ntxn_token_ttl = 7200",
+            "[token_service]\ntxn_token_ttl = 0",
+            "[token_service]\nrequesters = [\"spiffe://other.example/gw\"]",
+            "[token_service]\nrequesters = [\"not an id\"]",
+            "[[token_service.issuers]]\nissuer = \"\"\naudience = \"a\"\njwks_file = \"/j\"",
+            "[[token_service.issuers]]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/j\"\nmax_scope = \"a  b\"",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -35,4 +35,5 @@ pub mod public;
 pub mod run;
 pub mod state;
 pub mod tls;
+pub mod token_service;
 pub mod x509pop;

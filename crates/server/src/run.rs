@@ -5,7 +5,7 @@ use crate::authority::{Authorities, AuthorityError, RotationPolicy, UpstreamCa, 
 use crate::config::ServerConfig;
 use crate::state::{State, StateError};
 use crate::tls::{self, TlsError};
-use crate::{admin, agent_api, public};
+use crate::{admin, agent_api, public, token_service};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -185,7 +185,9 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
     handles.push(tokio::spawn(serve_tls(
         listener,
         acceptor,
-        public::router(Arc::clone(&state)).merge(agent_api::router(Arc::clone(&state))),
+        public::router(Arc::clone(&state))
+            .merge(agent_api::router(Arc::clone(&state)))
+            .merge(token_service::router(Arc::clone(&state))),
         stop_rx.clone(),
     )));
 

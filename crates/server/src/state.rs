@@ -35,6 +35,9 @@ pub enum StateError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditOpenError),
+    /// The token service's issuers could not be loaded.
+    #[error(transparent)]
+    TokenService(#[from] crate::token_service::TokenServiceError),
 }
 
 /// The server's own TLS credential: an X509-SVID for `spiffe://<td>/wimse/server`.
@@ -70,6 +73,8 @@ pub struct State {
     pub revision: tokio::sync::watch::Sender<i64>,
     /// The audit trail of attestations and issuance.
     pub audit: crate::audit::ServerAudit,
+    /// The Transaction Token Service's policy.
+    pub token_service: crate::token_service::TokenService,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -95,6 +100,7 @@ impl State {
             .as_deref()
             .map(crate::x509pop::X509PopCa::load)
             .transpose()?;
+        let token_service = crate::token_service::TokenService::load(&config.token_service)?;
         let store = SqlStore::connect(&config.datastore).await?;
         let bundle = TrustBundle::new(config.trust_domain.clone());
         let placeholder = ServerSvid {
@@ -126,6 +132,7 @@ impl State {
             metrics: Metrics::default(),
             revision,
             audit,
+            token_service,
         });
         state.publish_authorities(true).await?;
         state.renew_svid()?;

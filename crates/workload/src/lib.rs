@@ -23,6 +23,8 @@
 //! - [`client`]: [`WimseClientLayer`] and [`attach_proof`], the client side.
 //! - [`tls`]: mTLS verifiers, the rotating certificate resolver, and a TLS server loop.
 //! - [`proxy`]: the inbound and outbound sidecar routers.
+//! - [`token_service`]: [`token_service::TokenServiceClient`], Txn-Tokens from the trust
+//!   domain's token service (start a transaction, or narrow one).
 //!
 //! # Where to start reading
 //!
@@ -39,6 +41,7 @@ pub mod proxy;
 pub mod sf;
 pub mod source;
 pub mod tls;
+pub mod token_service;
 
 pub use authn::{
     AuthConfig, AuthError, AuthMethod, Authenticator, Methods, MtlsPeer, PeerAllowList,

@@ -6,6 +6,7 @@
 //! | Workload Proof Token | `wpt+jwt` | [`wpt`] |
 //! | JWT-SVID | `JWT`/`JOSE`/absent | [`jwt_svid`] |
 //! | Transaction Token | `txntoken+jwt` | [`txn`] |
+//! | OAuth access token (from a trusted outside issuer) | `at+jwt`/`JWT`/absent | [`access`] |
 //!
 //! Every verifier checks `typ` first, so one kind can never pass as another (cross-JWT
 //! confusion, RFC 8725 §3.11), then finds the key only in the bundle of the trust domain
@@ -13,7 +14,9 @@
 //! All times are Unix seconds; verifiers take the current time in [`Validation`] and
 //! never read the clock themselves.
 
+pub mod access;
 pub mod cache;
+pub mod exchange;
 pub mod jwt_svid;
 pub mod replay;
 pub mod txn;

@@ -1,0 +1,339 @@
+//! OAuth access tokens from issuers outside the trust domain (an organisation's
+//! authorization server), as the subject of a Txn-Token request: JWT access tokens in the
+//! RFC 9068 shape, verified against keys configured for each trusted issuer.
+//!
+//! [`verify_access_token`] reads `iss` from the unverified payload only to pick the
+//! configured issuer, then: `typ`, when present, `at+jwt` or `JWT`; the key by `kid` (or
+//! the issuer's only key when the token names none) from that issuer's configured JWK Set,
+//! never from the token; the signature, with the algorithm the key is bound to; `iss`
+//! exactly; `aud` containing the configured audience; `exp` (required), `nbf`, `iat`; a
+//! non-empty `sub`; and a scope, from `scope` (RFC 9068) or `scp`. A token whose scope
+//! cannot be determined is refused: the Txn-Token draft forbids treating it as unlimited.
+
+use super::exchange::Scope;
+use super::{Audience, TokenError, Validation};
+use crate::jose::{Algorithm, Jwk, JwkSet, Jws, PublicKey};
+use serde::Deserialize;
+
+/// An authorization server whose access tokens the token service accepts.
+#[derive(Clone, Debug)]
+pub struct TrustedIssuer {
+    /// Its issuer identifier, compared exactly with `iss`.
+    pub issuer: String,
+    /// The audience its tokens must name for us.
+    pub audience: String,
+    /// Prepended to `sub`, so that subjects of different issuers cannot collide.
+    pub subject_prefix: String,
+    keys: Vec<(Option<String>, PublicKey)>,
+}
+
+impl TrustedIssuer {
+    /// An issuer with the signing keys of `jwks` (keys with `use` other than `sig` are
+    /// left out; an RSA key without `alg` is bound to RS256). Refused when no key is usable.
+    pub fn new(
+        issuer: String,
+        audience: String,
+        subject_prefix: String,
+        jwks: &JwkSet,
+    ) -> Result<Self, TokenError> {
+        let keys: Vec<(Option<String>, PublicKey)> = jwks
+            .keys
+            .iter()
+            .filter(|jwk| jwk.key_use.as_deref().is_none_or(|u| u == "sig"))
+            .filter_map(|jwk| Some((jwk.kid.clone(), signing_key(jwk)?)))
+            .collect();
+        if keys.is_empty() {
+            return Err(TokenError::Issue(format!(
+                "no usable signing key for issuer `{issuer}`"
+            )));
+        }
+        Ok(TrustedIssuer {
+            issuer,
+            audience,
+            subject_prefix,
+            keys,
+        })
+    }
+
+    fn key(&self, kid: Option<&str>) -> Result<&PublicKey, TokenError> {
+        match (kid, self.keys.as_slice()) {
+            (Some(kid), keys) => keys
+                .iter()
+                .find(|(k, _)| k.as_deref() == Some(kid))
+                .map(|(_, key)| key)
+                .ok_or_else(|| TokenError::BadClaim {
+                    claim: "kid",
+                    reason: format!("no key `{kid}` for issuer `{}`", self.issuer),
+                }),
+            (None, [(_, only)]) => Ok(only),
+            (None, _) => Err(TokenError::MissingKid),
+        }
+    }
+}
+
+fn signing_key(jwk: &Jwk) -> Option<PublicKey> {
+    PublicKey::from_jwk(jwk)
+        .or_else(|e| match (jwk.kty(), &jwk.alg) {
+            ("RSA", None) => PublicKey::from_jwk_with_alg(jwk, Algorithm::Rs256),
+            _ => Err(e),
+        })
+        .ok()
+}
+
+/// The scope claim in either of its usual forms.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    #[serde(default, deserialize_with = "super::opt_numeric_date")]
+    exp: Option<i64>,
+    #[serde(default, deserialize_with = "super::opt_numeric_date")]
+    nbf: Option<i64>,
+    #[serde(default, deserialize_with = "super::opt_numeric_date")]
+    iat: Option<i64>,
+    #[serde(default)]
+    scope: Option<ScopeClaim>,
+    #[serde(default)]
+    scp: Option<ScopeClaim>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    amr: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct IssuerOnly {
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// A verified access token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedAccessToken {
+    /// The issuer.
+    pub iss: String,
+    /// The subject as the issuer names it.
+    pub sub: String,
+    /// The granted scope.
+    pub scope: Scope,
+    /// Expiry.
+    pub exp: i64,
+    /// The OAuth client it was issued to, if it says.
+    pub client_id: Option<String>,
+    /// How the subject authenticated (RFC 8176), if it says.
+    pub amr: Option<Vec<String>>,
+}
+
+/// Verifies an access token from one of `issuers` (see the module doc); returns the
+/// issuer it came from and its claims.
+pub fn verify_access_token<'a>(
+    token: &str,
+    issuers: &'a [TrustedIssuer],
+    validation: &Validation,
+) -> Result<(&'a TrustedIssuer, VerifiedAccessToken), TokenError> {
+    let jws = Jws::parse(token)?;
+    let header = jws.header();
+    if header.typ.is_some() && !header.typ_is("at+jwt") && !header.typ_is("JWT") {
+        return Err(TokenError::WrongType {
+            expected: "at+jwt",
+            found: header.typ.clone().unwrap_or_default(),
+        });
+    }
+    // Only to choose whose keys to try; nothing else is read before the signature checks.
+    let named: IssuerOnly = jws.claims()?;
+    let named = named.iss.ok_or(TokenError::MissingClaim("iss"))?;
+    let issuer =
+        issuers
+            .iter()
+            .find(|i| i.issuer == named)
+            .ok_or_else(|| TokenError::BadClaim {
+                claim: "iss",
+                reason: format!("`{named}` is not a trusted issuer"),
+            })?;
+    jws.verify(issuer.key(header.kid.as_deref())?)?;
+    let claims: RawClaims = jws.claims()?;
+    if claims.iss.as_deref() != Some(issuer.issuer.as_str()) {
+        return Err(TokenError::BadClaim {
+            claim: "iss",
+            reason: "changed between reads".into(),
+        });
+    }
+    let aud = claims.aud.ok_or(TokenError::MissingClaim("aud"))?;
+    if !aud.contains(&issuer.audience) {
+        return Err(TokenError::WrongAudience {
+            expected: issuer.audience.clone(),
+            found: aud.values().join(" "),
+        });
+    }
+    let exp = claims.exp.ok_or(TokenError::MissingClaim("exp"))?;
+    validation.check_exp(exp)?;
+    validation.check_nbf(claims.nbf)?;
+    validation.check_iat(claims.iat)?;
+    let sub = claims
+        .sub
+        .filter(|s| !s.is_empty())
+        .ok_or(TokenError::MissingClaim("sub"))?;
+    let scope = match claims.scope.or(claims.scp) {
+        Some(ScopeClaim::Text(text)) => Scope::parse(&text),
+        Some(ScopeClaim::List(list)) => Scope::from_tokens(list.iter().map(String::as_str)),
+        None => return Err(TokenError::MissingClaim("scope")),
+    }
+    .map_err(|e| TokenError::BadClaim {
+        claim: "scope",
+        reason: e.description().to_owned(),
+    })?;
+    Ok((
+        issuer,
+        VerifiedAccessToken {
+            iss: issuer.issuer.clone(),
+            sub,
+            scope,
+            exp,
+            client_id: claims.client_id,
+            amr: claims.amr,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::{SigningKey, jws};
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn issuer(key: &SigningKey, kid: &str) -> TrustedIssuer {
+        let mut jwk = key.public_jwk().clone();
+        jwk.kid = Some(kid.into());
+        TrustedIssuer::new(
+            "https://login.example.com".into(),
+            "wimse".into(),
+            "login:".into(),
+            &JwkSet { keys: vec![jwk] },
+        )
+        .unwrap()
+    }
+
+    fn token(
+        key: &SigningKey,
+        typ: Option<&str>,
+        kid: Option<&str>,
+        claims: &serde_json::Value,
+    ) -> String {
+        jws::sign(key, typ, kid, claims).unwrap()
+    }
+
+    fn good_claims() -> serde_json::Value {
+        json!({
+            "iss": "https://login.example.com", "sub": "alice", "aud": ["wimse", "other"],
+            "exp": NOW + 300, "iat": NOW, "scope": "orders refunds", "client_id": "web",
+            "amr": ["pwd", "otp"],
+        })
+    }
+
+    #[test]
+    fn a_good_token_verifies() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let issuers = [issuer(&key, "k1")];
+        let t = token(&key, Some("at+jwt"), Some("k1"), &good_claims());
+        let (found, claims) = verify_access_token(&t, &issuers, &Validation::at(NOW)).unwrap();
+        assert_eq!(found.subject_prefix, "login:");
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.scope.to_string(), "orders refunds");
+        assert_eq!(claims.amr.unwrap(), ["pwd", "otp"]);
+        // No kid: the issuer's only key; `scp` as a list; `typ` JWT.
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("scope");
+        c["scp"] = json!(["orders"]);
+        let t = token(&key, Some("JWT"), None, &c);
+        let (_, claims) = verify_access_token(&t, &issuers, &Validation::at(NOW)).unwrap();
+        assert_eq!(claims.scope.to_string(), "orders");
+    }
+
+    #[test]
+    fn hostile_tokens_are_refused() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let other = SigningKey::generate(Algorithm::Es256).unwrap();
+        let issuers = [issuer(&key, "k1")];
+        let v = Validation::at(NOW);
+        let with = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut c = good_claims();
+            change(&mut c);
+            token(&key, Some("at+jwt"), Some("k1"), &c)
+        };
+        let cases: Vec<(&str, String)> = vec![
+            (
+                "forged",
+                token(&other, Some("at+jwt"), Some("k1"), &good_claims()),
+            ),
+            ("unknown kid", token(&key, None, Some("k2"), &good_claims())),
+            (
+                "wrong typ",
+                token(&key, Some("wit+jwt"), Some("k1"), &good_claims()),
+            ),
+            (
+                "untrusted iss",
+                with(&|c| c["iss"] = json!("https://evil.example")),
+            ),
+            (
+                "no iss",
+                with(&|c| drop(c.as_object_mut().unwrap().remove("iss"))),
+            ),
+            ("wrong aud", with(&|c| c["aud"] = json!("someone-else"))),
+            (
+                "no aud",
+                with(&|c| drop(c.as_object_mut().unwrap().remove("aud"))),
+            ),
+            ("expired", with(&|c| c["exp"] = json!(NOW - 3600))),
+            (
+                "no exp",
+                with(&|c| drop(c.as_object_mut().unwrap().remove("exp"))),
+            ),
+            ("not yet valid", with(&|c| c["nbf"] = json!(NOW + 3600))),
+            ("empty sub", with(&|c| c["sub"] = json!(""))),
+            (
+                "no scope",
+                with(&|c| drop(c.as_object_mut().unwrap().remove("scope"))),
+            ),
+            ("bad scope", with(&|c| c["scope"] = json!("a  b"))),
+            ("scope not text", with(&|c| c["scope"] = json!(7))),
+        ];
+        for (name, t) in cases {
+            assert!(
+                verify_access_token(&t, &issuers, &v).is_err(),
+                "{name} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn an_issuer_needs_a_usable_key() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let mut jwk = key.public_jwk().clone();
+        jwk.key_use = Some("enc".into());
+        assert!(
+            TrustedIssuer::new(
+                "i".into(),
+                "a".into(),
+                String::new(),
+                &JwkSet { keys: vec![jwk] }
+            )
+            .is_err()
+        );
+        assert!(
+            TrustedIssuer::new("i".into(), "a".into(), String::new(), &JwkSet::default()).is_err()
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! OAuth 2.0 Token Exchange (RFC 8693) as the Transaction Token Service profiles it
+//! (draft-ietf-oauth-transaction-tokens §"Txn-Token Request"): the request a workload
+//! sends to `POST /oauth2/token`, its success response, the RFC 6749 §5.2 errors, and
+//! scopes (RFC 6749 §3.3).
+//!
+//! [`ExchangeRequest::parse`] is written by hand over `form_urlencoded` rather than with
+//! a serde form decoder: those keep the last of a repeated parameter, and RFC 6749 §3.2
+//! requires refusing a request that repeats one ("parameter pollution").
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// `grant_type` of a token exchange.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Token type URIs (RFC 8693 §3 and the Txn-Token draft).
+pub mod token_type {
+    /// An OAuth access token.
+    pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    /// A JWT of any kind.
+    pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    /// A Transaction Token.
+    pub const TXN_TOKEN: &str = "urn:ietf:params:oauth:token-type:txn_token";
+    /// A refresh token (never accepted as a Txn-Token's subject).
+    pub const REFRESH_TOKEN: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+}
+
+/// The largest request body accepted.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The largest `request_context` or `request_details` accepted, in bytes of JSON.
+pub const MAX_CONTEXT_BYTES: usize = 4096;
+
+/// The most scope tokens a scope may hold, and the longest one.
+const MAX_SCOPE_TOKENS: usize = 64;
+const MAX_SCOPE_TOKEN_LEN: usize = 128;
+
+/// Why a token request was refused, as an RFC 6749 §5.2 error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The request is malformed, or the subject token is invalid or unacceptable.
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// The caller did not authenticate as a workload of this trust domain.
+    #[error("invalid_client: {0}")]
+    InvalidClient(String),
+    /// The authenticated caller may not make this request.
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
+    /// The grant type is not token exchange.
+    #[error("unsupported_grant_type: {0}")]
+    UnsupportedGrantType(String),
+    /// The scope is malformed or wider than the subject token allows.
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    /// The audience is not this trust domain.
+    #[error("invalid_target: {0}")]
+    InvalidTarget(String),
+    /// The service could not issue a token it would otherwise have issued.
+    #[error("server_error: {0}")]
+    ServerError(String),
+}
+
+impl ExchangeError {
+    /// The `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient(_) => "invalid_client",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
+            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::ServerError(_) => "server_error",
+        }
+    }
+
+    /// The `error_description`.
+    pub fn description(&self) -> &str {
+        match self {
+            Self::InvalidRequest(d)
+            | Self::InvalidClient(d)
+            | Self::UnauthorizedClient(d)
+            | Self::UnsupportedGrantType(d)
+            | Self::InvalidScope(d)
+            | Self::InvalidTarget(d)
+            | Self::ServerError(d) => d,
+        }
+    }
+
+    /// The HTTP status: 500 for [`ExchangeError::ServerError`], else 400 (RFC 6749 §5.2;
+    /// the client authenticates with TLS, not an `Authorization` header, so no 401).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::ServerError(_) => 500,
+            _ => 400,
+        }
+    }
+
+    /// The JSON error body.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": self.code(), "error_description": self.description() })
+            .to_string()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ExchangeError {
+    ExchangeError::InvalidRequest(message.into())
+}
+
+/// An OAuth scope: a set of scope tokens (RFC 6749 §3.3), kept sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scope(BTreeSet<String>);
+
+impl Scope {
+    /// Parses a space-delimited scope. Every token must be 1 to 128 `NQCHAR`s
+    /// (`%x21 / %x23-5B / %x5D-7E`), separated by single spaces; at most 64 tokens.
+    pub fn parse(text: &str) -> Result<Self, ExchangeError> {
+        let scope_error = |why: &str| ExchangeError::InvalidScope(why.to_owned());
+        if text.is_empty() {
+            return Err(scope_error("the scope is empty"));
+        }
+        let mut tokens = BTreeSet::new();
+        for token in text.split(' ') {
+            if token.is_empty() {
+                return Err(scope_error("scope tokens must be separated by one space"));
+            }
+            if token.len() > MAX_SCOPE_TOKEN_LEN {
+                return Err(scope_error("a scope token is too long"));
+            }
+            if !token
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+            {
+                return Err(scope_error(
+                    "a scope token has a character RFC 6749 forbids",
+                ));
+            }
+            tokens.insert(token.to_owned());
+        }
+        if tokens.len() > MAX_SCOPE_TOKENS {
+            return Err(scope_error("the scope has too many tokens"));
+        }
+        Ok(Scope(tokens))
+    }
+
+    /// Builds a scope from separate tokens (an `scp` array), each checked as in [`Scope::parse`].
+    pub fn from_tokens<'a>(
+        tokens: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ExchangeError> {
+        let joined: Vec<&str> = tokens.into_iter().collect();
+        Self::parse(&joined.join(" "))
+    }
+
+    /// Whether every token of `self` is in `other`.
+    pub fn is_subset_of(&self, other: &Scope) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    /// The tokens `self` has that `other` lacks.
+    pub fn excess_over<'a>(&'a self, other: &'a Scope) -> impl Iterator<Item = &'a str> {
+        self.0.difference(&other.0).map(String::as_str)
+    }
+
+    /// Whether the scope holds `token`.
+    pub fn contains(&self, token: &str) -> bool {
+        self.0.contains(token)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, token) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(token)?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed token exchange request (RFC 8693 §2.1).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExchangeRequest {
+    /// `audience` values (repeatable).
+    pub audience: Vec<String>,
+    /// `resource` values (repeatable).
+    pub resource: Vec<String>,
+    /// The requested scope.
+    pub scope: Option<Scope>,
+    /// `requested_token_type`.
+    pub requested_token_type: Option<String>,
+    /// The token that represents the subject.
+    pub subject_token: String,
+    /// Its type URI.
+    pub subject_token_type: String,
+    /// The token that represents the actor, if any.
+    pub actor_token: Option<String>,
+    /// Its type URI (present exactly when `actor_token` is).
+    pub actor_token_type: Option<String>,
+    /// `request_context`: the request's environment, a JSON object.
+    pub request_context: Option<Map<String, Value>>,
+    /// `request_details`: the request's parameters, a JSON object.
+    pub request_details: Option<Map<String, Value>>,
+}
+
+impl fmt::Debug for ExchangeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The subject and actor tokens are credentials: never printed.
+        f.debug_struct("ExchangeRequest")
+            .field("audience", &self.audience)
+            .field("resource", &self.resource)
+            .field("scope", &self.scope)
+            .field("requested_token_type", &self.requested_token_type)
+            .field("subject_token_type", &self.subject_token_type)
+            .field("actor_token_type", &self.actor_token_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One single-valued parameter, refused when repeated.
+fn set_once(slot: &mut Option<String>, name: &str, value: String) -> Result<(), ExchangeError> {
+    if slot.replace(value).is_some() {
+        return Err(invalid(format!("parameter `{name}` is repeated")));
+    }
+    Ok(())
+}
+
+fn json_object(name: &str, text: &str) -> Result<Map<String, Value>, ExchangeError> {
+    if text.len() > MAX_CONTEXT_BYTES {
+        return Err(invalid(format!(
+            "`{name}` is longer than {MAX_CONTEXT_BYTES} bytes"
+        )));
+    }
+    crate::json::from_slice::<Map<String, Value>>(text.as_bytes())
+        .map_err(|e| invalid(format!("`{name}` is not a JSON object: {e}")))
+}
+
+impl ExchangeRequest {
+    /// Parses an `application/x-www-form-urlencoded` body. Refuses: a body over
+    /// [`MAX_REQUEST_BYTES`]; any single-valued parameter given twice; a `grant_type`
+    /// other than token exchange; a missing `subject_token` or `subject_token_type`; an
+    /// `actor_token` without its type or the reverse; a malformed scope; and a
+    /// `request_context`/`request_details` that is not one JSON object of at most
+    /// [`MAX_CONTEXT_BYTES`] without repeated member names. Parameters sent without a
+    /// value count as omitted, and unknown parameters are ignored (RFC 6749 §3.1).
+    pub fn parse(body: &[u8]) -> Result<Self, ExchangeError> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(invalid(format!(
+                "the request is longer than {MAX_REQUEST_BYTES} bytes"
+            )));
+        }
+        let mut grant_type = None;
+        let mut scope = None;
+        let mut requested_token_type = None;
+        let mut subject_token = None;
+        let mut subject_token_type = None;
+        let mut actor_token = None;
+        let mut actor_token_type = None;
+        let mut request_context = None;
+        let mut request_details = None;
+        let mut audience = Vec::new();
+        let mut resource = Vec::new();
+        for (name, value) in form_urlencoded::parse(body) {
+            if value.is_empty() {
+                continue;
+            }
+            let value = value.into_owned();
+            let slot = match name.as_ref() {
+                "audience" => {
+                    audience.push(value);
+                    continue;
+                }
+                "resource" => {
+                    resource.push(value);
+                    continue;
+                }
+                "grant_type" => &mut grant_type,
+                "scope" => &mut scope,
+                "requested_token_type" => &mut requested_token_type,
+                "subject_token" => &mut subject_token,
+                "subject_token_type" => &mut subject_token_type,
+                "actor_token" => &mut actor_token,
+                "actor_token_type" => &mut actor_token_type,
+                "request_context" => &mut request_context,
+                "request_details" => &mut request_details,
+                _ => continue,
+            };
+            set_once(slot, &name, value)?;
+        }
+        match grant_type.as_deref() {
+            None => return Err(invalid("parameter `grant_type` is missing")),
+            Some(GRANT_TYPE) => {}
+            Some(other) => {
+                return Err(ExchangeError::UnsupportedGrantType(format!(
+                    "grant type `{other}` is not supported; use `{GRANT_TYPE}`"
+                )));
+            }
+        }
+        let subject_token =
+            subject_token.ok_or_else(|| invalid("parameter `subject_token` is missing"))?;
+        let subject_token_type = subject_token_type
+            .ok_or_else(|| invalid("parameter `subject_token_type` is missing"))?;
+        if actor_token.is_some() != actor_token_type.is_some() {
+            return Err(invalid(
+                "`actor_token` and `actor_token_type` must come together",
+            ));
+        }
+        Ok(ExchangeRequest {
+            audience,
+            resource,
+            scope: scope.as_deref().map(Scope::parse).transpose()?,
+            requested_token_type,
+            subject_token,
+            subject_token_type,
+            actor_token,
+            actor_token_type,
+            request_context: request_context
+                .as_deref()
+                .map(|t| json_object("request_context", t))
+                .transpose()?,
+            request_details: request_details
+                .as_deref()
+                .map(|t| json_object("request_details", t))
+                .transpose()?,
+        })
+    }
+
+    /// Encodes the request as a form body (the client side).
+    pub fn to_form(&self) -> String {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", GRANT_TYPE);
+        for audience in &self.audience {
+            form.append_pair("audience", audience);
+        }
+        for resource in &self.resource {
+            form.append_pair("resource", resource);
+        }
+        if let Some(scope) = &self.scope {
+            form.append_pair("scope", &scope.to_string());
+        }
+        if let Some(t) = &self.requested_token_type {
+            form.append_pair("requested_token_type", t);
+        }
+        form.append_pair("subject_token", &self.subject_token);
+        form.append_pair("subject_token_type", &self.subject_token_type);
+        if let (Some(token), Some(kind)) = (&self.actor_token, &self.actor_token_type) {
+            form.append_pair("actor_token", token);
+            form.append_pair("actor_token_type", kind);
+        }
+        if let Some(context) = &self.request_context {
+            form.append_pair(
+                "request_context",
+                &Value::Object(context.clone()).to_string(),
+            );
+        }
+        if let Some(details) = &self.request_details {
+            form.append_pair(
+                "request_details",
+                &Value::Object(details.clone()).to_string(),
+            );
+        }
+        form.finish()
+    }
+}
+
+/// A successful token exchange response (RFC 8693 §2.2.1).
+#[derive(Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ExchangeResponse {
+    /// The issued token (a Txn-Token here, although the member is named for access tokens).
+    pub access_token: String,
+    /// Its type URI.
+    pub issued_token_type: String,
+    /// `N_A`: a Txn-Token is not an access token.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+    /// The granted scope.
+    pub scope: String,
+}
+
+impl fmt::Debug for ExchangeResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeResponse")
+            .field("issued_token_type", &self.issued_token_type)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            form.append_pair(k, v);
+        }
+        form.finish().into_bytes()
+    }
+
+    const BASE: [(&str, &str); 5] = [
+        ("grant_type", GRANT_TYPE),
+        ("audience", "example.org"),
+        ("scope", "orders.read orders.write"),
+        ("subject_token", "a.b.c"),
+        ("subject_token_type", token_type::ACCESS_TOKEN),
+    ];
+
+    #[test]
+    fn a_full_request_parses_and_round_trips() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("requested_token_type", token_type::TXN_TOKEN));
+        pairs.push(("request_context", r#"{"req_ip":"192.0.2.1"}"#));
+        pairs.push(("request_details", r#"{"order":7}"#));
+        pairs.push(("unknown", "ignored"));
+        let request = ExchangeRequest::parse(&body(&pairs)).unwrap();
+        assert_eq!(request.audience, ["example.org"]);
+        assert_eq!(
+            request.scope.as_ref().unwrap().to_string(),
+            "orders.read orders.write"
+        );
+        assert_eq!(request.request_details.as_ref().unwrap()["order"], 7);
+        assert_eq!(
+            ExchangeRequest::parse(request.to_form().as_bytes()).unwrap(),
+            request
+        );
+        assert!(!format!("{request:?}").contains("a.b.c"));
+    }
+
+    #[test]
+    fn a_repeated_single_parameter_is_refused() {
+        for name in ["grant_type", "scope", "subject_token", "subject_token_type"] {
+            let mut pairs = BASE.to_vec();
+            let again = pairs.iter().find(|(k, _)| *k == name).unwrap().1;
+            pairs.push((name, again));
+            let err = ExchangeRequest::parse(&body(&pairs)).unwrap_err();
+            assert_eq!(err, invalid(format!("parameter `{name}` is repeated")));
+        }
+        let mut pairs = BASE.to_vec();
+        pairs.push(("audience", "other.example"));
+        assert_eq!(
+            ExchangeRequest::parse(&body(&pairs))
+                .unwrap()
+                .audience
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn grant_type_and_subject_are_required() {
+        let without = |name: &str| {
+            let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
+            ExchangeRequest::parse(&body(&pairs)).unwrap_err()
+        };
+        assert_eq!(without("grant_type").code(), "invalid_request");
+        assert_eq!(without("subject_token").code(), "invalid_request");
+        assert_eq!(without("subject_token_type").code(), "invalid_request");
+        let mut pairs = BASE.to_vec();
+        pairs[0] = ("grant_type", "client_credentials");
+        assert_eq!(
+            ExchangeRequest::parse(&body(&pairs)).unwrap_err().code(),
+            "unsupported_grant_type"
+        );
+        // An empty value counts as omitted.
+        let mut pairs = BASE.to_vec();
+        pairs[3] = ("subject_token", "");
+        assert_eq!(
+            ExchangeRequest::parse(&body(&pairs)).unwrap_err(),
+            invalid("parameter `subject_token` is missing")
+        );
+    }
+
+    #[test]
+    fn actor_token_needs_its_type() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("actor_token", "x.y.z"));
+        assert_eq!(
+            ExchangeRequest::parse(&body(&pairs)).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn context_must_be_one_small_object_without_repeated_names() {
+        for bad in [
+            "[1]",
+            "\"text\"",
+            "{",
+            r#"{"a":1,"a":2}"#,
+            &format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_CONTEXT_BYTES)),
+        ] {
+            for name in ["request_context", "request_details"] {
+                let mut pairs = BASE.to_vec();
+                pairs.push((name, bad));
+                let err = ExchangeRequest::parse(&body(&pairs)).unwrap_err();
+                assert_eq!(err.code(), "invalid_request", "{name} = {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused() {
+        let big = vec![b'a'; MAX_REQUEST_BYTES + 1];
+        assert_eq!(
+            ExchangeRequest::parse(&big).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn scopes_follow_rfc_6749() {
+        let scope = Scope::parse("b a c").unwrap();
+        assert_eq!(scope.to_string(), "a b c");
+        assert!(Scope::parse("a").unwrap().is_subset_of(&scope));
+        assert!(!Scope::parse("a d").unwrap().is_subset_of(&scope));
+        let wide = Scope::parse("a d e").unwrap();
+        assert_eq!(wide.excess_over(&scope).collect::<Vec<_>>(), ["d", "e"]);
+        for bad in ["", " a", "a ", "a  b", "a\tb", "a\"b", "a\\b", "é"] {
+            assert_eq!(
+                Scope::parse(bad).unwrap_err().code(),
+                "invalid_scope",
+                "{bad:?}"
+            );
+        }
+        assert!(Scope::parse(&"a".repeat(129)).is_err());
+        let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        assert!(Scope::parse(&many.join(" ")).is_err());
+        assert_eq!(
+            Scope::from_tokens(["x", "y"]).unwrap(),
+            Scope::parse("y x").unwrap()
+        );
+    }
+
+    #[test]
+    fn errors_have_rfc_6749_bodies() {
+        let err = ExchangeError::InvalidScope("too wide".into());
+        let body: Value = serde_json::from_str(&err.body()).unwrap();
+        assert_eq!(body["error"], "invalid_scope");
+        assert_eq!(body["error_description"], "too wide");
+        assert_eq!(err.status(), 400);
+        assert_eq!(ExchangeError::ServerError(String::new()).status(), 500);
+    }
+}

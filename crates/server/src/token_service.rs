@@ -1,0 +1,812 @@
+//! The Transaction Token Service (draft-ietf-oauth-transaction-tokens) of the trust
+//! domain: `POST /oauth2/token`, an RFC 8693 token exchange that answers with a Txn-Token
+//! signed by this replica's active JWT key (the key workloads already trust for the trust
+//! domain, as `jwt-svid` authorities in its bundle).
+//!
+//! The caller authenticates with its X509-SVID in the TLS handshake (mutual
+//! authentication is required by the draft; [`crate::tls`] verifies the chain against the
+//! bundle). Two kinds of subject token are accepted:
+//!
+//! - an **access token** (`access_token` or `jwt` type) from a configured issuer, which
+//!   starts a transaction. Only the configured `requesters` (a gateway, typically) may
+//!   start one. `sub` becomes the issuer's prefix + the token's `sub`; the scope asked for
+//!   must lie within the token's scope and the issuer's `max_scope`; `request_details`
+//!   becomes `tctx` and `request_context` becomes `rctx`.
+//! - a **Txn-Token** of this trust domain, which is *replaced*: any workload of the trust
+//!   domain holding one may ask for a narrower scope or add context. `txn`, `sub`, `aud`
+//!   and every existing `tctx`/`rctx` value stay; an expired token is never replaced; the
+//!   requesters so far are kept in `rctx.req_wl_chain`, which also caps replacements.
+//!
+//! Every decision is audited (the tokens as hashes only) and counted in the metrics.
+
+use crate::audit::Event;
+use crate::config::TokenServiceSettings;
+use crate::datastore::AuthorityKind;
+use crate::state::State;
+use crate::tls::Caller;
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
+use wimse_core::bundle::BundleSet;
+use wimse_core::jose::{JwkSet, SigningKey};
+use wimse_core::token::access::{TrustedIssuer, verify_access_token};
+use wimse_core::token::exchange::{
+    ExchangeError, ExchangeRequest, ExchangeResponse, Scope, token_type,
+};
+use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token};
+use wimse_core::token::{Audience, Validation, random_jti};
+use wimse_core::{TrustDomain, WorkloadId};
+
+/// The path of the token endpoint.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+
+/// The `rctx` member that keeps the requesters of a replaced token, oldest first.
+pub const REQ_WL_CHAIN: &str = "req_wl_chain";
+
+/// Why the token service could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenServiceError {
+    /// An issuer's key file is unreadable or holds no usable key.
+    #[error("token service issuer `{issuer}`: {message}")]
+    Issuer {
+        /// The issuer.
+        issuer: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// One trusted issuer and the widest scope its tokens may start a transaction with.
+#[derive(Debug)]
+struct Issuer {
+    trusted: TrustedIssuer,
+    max_scope: Option<Scope>,
+}
+
+/// The token service's policy: who may ask, which issuers count, how long tokens live.
+#[derive(Debug, Default)]
+pub struct TokenService {
+    ttl: i64,
+    max_replacements: usize,
+    requesters: BTreeSet<WorkloadId>,
+    issuers: Vec<Issuer>,
+    trusted: Vec<TrustedIssuer>,
+}
+
+/// The signing key a token is issued with.
+pub struct TxnSigner<'a> {
+    /// The key.
+    pub key: &'a SigningKey,
+    /// Its `kid`.
+    pub kid: &'a str,
+    /// Its end of life: no token outlives it.
+    pub not_after: i64,
+}
+
+impl TokenService {
+    /// Loads the issuers' key files named in `settings`.
+    pub fn load(settings: &TokenServiceSettings) -> Result<Self, TokenServiceError> {
+        let mut issuers = Vec::new();
+        for file in &settings.issuers {
+            let error = |message: String| TokenServiceError::Issuer {
+                issuer: file.issuer.clone(),
+                message,
+            };
+            let text = std::fs::read(&file.jwks_file)
+                .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
+            let jwks: JwkSet = wimse_core::json::from_slice(&text)
+                .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
+            let trusted = TrustedIssuer::new(
+                file.issuer.clone(),
+                file.audience.clone(),
+                file.subject_prefix.clone(),
+                &jwks,
+            )
+            .map_err(|e| error(e.to_string()))?;
+            let max_scope = file
+                .max_scope
+                .as_deref()
+                .map(Scope::parse)
+                .transpose()
+                .map_err(|e| error(e.to_string()))?;
+            issuers.push((trusted, max_scope));
+        }
+        Ok(Self::new(
+            settings.txn_token_ttl,
+            settings.max_replacements,
+            settings.requesters.iter().cloned(),
+            issuers,
+        ))
+    }
+
+    /// A service issuing tokens that live `ttl` seconds, replaceable `max_replacements`
+    /// times, to `requesters`, for subjects of `issuers` (each with its widest scope).
+    pub fn new(
+        ttl: i64,
+        max_replacements: usize,
+        requesters: impl IntoIterator<Item = WorkloadId>,
+        issuers: Vec<(TrustedIssuer, Option<Scope>)>,
+    ) -> Self {
+        TokenService {
+            ttl,
+            max_replacements,
+            requesters: requesters.into_iter().collect(),
+            trusted: issuers.iter().map(|(t, _)| t.clone()).collect(),
+            issuers: issuers
+                .into_iter()
+                .map(|(trusted, max_scope)| Issuer { trusted, max_scope })
+                .collect(),
+        }
+    }
+
+    /// Decides a request from `caller` and signs the Txn-Token it earns. `bundles` must
+    /// hold this trust domain's bundle (for replacing a Txn-Token).
+    pub fn exchange(
+        &self,
+        caller: &WorkloadId,
+        request: &ExchangeRequest,
+        trust_domain: &TrustDomain,
+        bundles: &BundleSet,
+        signer: &TxnSigner<'_>,
+        now: i64,
+    ) -> Result<(String, TxnTokenClaims), ExchangeError> {
+        if caller.trust_domain() != trust_domain {
+            return Err(ExchangeError::InvalidClient(format!(
+                "`{caller}` is not in trust domain `{trust_domain}`"
+            )));
+        }
+        if let Some(t) = request
+            .requested_token_type
+            .as_deref()
+            .filter(|t| *t != token_type::TXN_TOKEN)
+        {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "this service issues only `{}`, not `{t}`",
+                token_type::TXN_TOKEN
+            )));
+        }
+        match request.audience.as_slice() {
+            [one] if one == trust_domain.as_str() => {}
+            [] => {
+                return Err(ExchangeError::InvalidRequest(
+                    "parameter `audience` (this trust domain) is missing".into(),
+                ));
+            }
+            other => {
+                return Err(ExchangeError::InvalidTarget(format!(
+                    "a Txn-Token is only for trust domain `{trust_domain}`, not `{}`",
+                    other.join(" ")
+                )));
+            }
+        }
+        if !request.resource.is_empty() {
+            return Err(ExchangeError::InvalidTarget(
+                "a Txn-Token names no `resource`".into(),
+            ));
+        }
+        if request.actor_token.is_some() {
+            return Err(ExchangeError::InvalidRequest(
+                "`actor_token` (delegation) is not supported for Txn-Tokens".into(),
+            ));
+        }
+        let scope = request
+            .scope
+            .as_ref()
+            .ok_or_else(|| ExchangeError::InvalidRequest("parameter `scope` is missing".into()))?;
+        let mut claims = match request.subject_token_type.as_str() {
+            token_type::ACCESS_TOKEN | token_type::JWT => {
+                self.start(caller, request, scope, &Validation::at(now))?
+            }
+            token_type::TXN_TOKEN => {
+                self.replace(caller, request, scope, trust_domain, bundles, now)?
+            }
+            other => {
+                return Err(ExchangeError::InvalidRequest(format!(
+                    "subject token type `{other}` is not accepted"
+                )));
+            }
+        };
+        claims.iat = now;
+        claims.exp = now.saturating_add(self.ttl).min(signer.not_after);
+        claims.aud = Audience::One(trust_domain.to_string());
+        claims.req_wl = caller.to_string();
+        if claims.exp <= now {
+            return Err(ExchangeError::ServerError(
+                "the token signing key is at its end of life".into(),
+            ));
+        }
+        let token = issue_txn_token(signer.key, signer.kid, &claims)
+            .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
+        Ok((token, claims))
+    }
+
+    /// A new transaction for the subject of an outside access token.
+    fn start(
+        &self,
+        caller: &WorkloadId,
+        request: &ExchangeRequest,
+        scope: &Scope,
+        validation: &Validation,
+    ) -> Result<TxnTokenClaims, ExchangeError> {
+        if !self.requesters.contains(caller) {
+            return Err(ExchangeError::UnauthorizedClient(format!(
+                "`{caller}` may not start transactions (not in `token_service.requesters`)"
+            )));
+        }
+        let (issuer, subject) =
+            verify_access_token(&request.subject_token, &self.trusted, validation)
+                .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        let too_wide = |limit: &Scope, whose: &str| {
+            let excess: Vec<&str> = scope.excess_over(limit).collect();
+            (!excess.is_empty()).then(|| {
+                ExchangeError::InvalidScope(format!("scope `{}` exceeds {whose}", excess.join(" ")))
+            })
+        };
+        if let Some(err) = too_wide(&subject.scope, "the subject token's scope") {
+            return Err(err);
+        }
+        let max_scope = self
+            .issuers
+            .iter()
+            .find(|i| i.trusted.issuer == issuer.issuer)
+            .and_then(|i| i.max_scope.as_ref());
+        if let Some(err) = max_scope.and_then(|max| too_wide(max, "what this issuer may grant")) {
+            return Err(err);
+        }
+        let mut rctx = request.request_context.clone().unwrap_or_default();
+        if rctx.contains_key(REQ_WL_CHAIN) {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "`request_context` may not set `{REQ_WL_CHAIN}`"
+            )));
+        }
+        if let Some(amr) = subject.amr {
+            rctx.entry("authn")
+                .or_insert_with(|| Value::from(amr.join(" ")));
+        }
+        Ok(TxnTokenClaims {
+            iss: None,
+            iat: 0,
+            aud: Audience::One(String::new()),
+            exp: 0,
+            txn: random_jti(),
+            sub: format!("{}{}", issuer.subject_prefix, subject.sub),
+            scope: scope.to_string(),
+            tctx: request.request_details.clone(),
+            rctx: (!rctx.is_empty()).then_some(rctx),
+            req_wl: String::new(),
+        })
+    }
+
+    /// A replacement for a Txn-Token of this trust domain: narrower or equal in scope,
+    /// with added context only.
+    fn replace(
+        &self,
+        caller: &WorkloadId,
+        request: &ExchangeRequest,
+        scope: &Scope,
+        trust_domain: &TrustDomain,
+        bundles: &BundleSet,
+        now: i64,
+    ) -> Result<TxnTokenClaims, ExchangeError> {
+        // No leeway: an expired token is never replaced.
+        let validation = Validation {
+            leeway: 0,
+            ..Validation::at(now)
+        };
+        let mut old = verify_txn_token(&request.subject_token, bundles, trust_domain, &validation)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        let old_scope = Scope::parse(&old.scope)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token scope: {e}")))?;
+        let excess: Vec<&str> = scope.excess_over(&old_scope).collect();
+        if !excess.is_empty() {
+            return Err(ExchangeError::InvalidScope(format!(
+                "a replacement may not add scope `{}`",
+                excess.join(" ")
+            )));
+        }
+        let mut rctx = old.rctx.take().unwrap_or_default();
+        let mut chain = match rctx.remove(REQ_WL_CHAIN) {
+            None => Vec::new(),
+            Some(Value::Array(chain)) => chain,
+            Some(_) => {
+                return Err(ExchangeError::InvalidRequest(format!(
+                    "subject token `rctx.{REQ_WL_CHAIN}` is not an array"
+                )));
+            }
+        };
+        if chain.len() >= self.max_replacements {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "transaction `{}` was already replaced {} times",
+                old.txn,
+                chain.len()
+            )));
+        }
+        chain.push(Value::from(old.req_wl.clone()));
+        if let Some(added) = &request.request_context {
+            add_only(&mut rctx, added, "request_context")?;
+        }
+        rctx.insert(REQ_WL_CHAIN.into(), Value::Array(chain));
+        let mut tctx = old.tctx.take().unwrap_or_default();
+        if let Some(added) = &request.request_details {
+            add_only(&mut tctx, added, "request_details")?;
+        }
+        tracing::debug!(txn = %old.txn, by = %caller, "Txn-Token replaced");
+        Ok(TxnTokenClaims {
+            scope: scope.to_string(),
+            tctx: (!tctx.is_empty()).then_some(tctx),
+            rctx: Some(rctx),
+            ..old
+        })
+    }
+}
+
+/// Adds the members of `added` that `context` lacks; refuses changing one it has.
+fn add_only(
+    context: &mut Map<String, Value>,
+    added: &Map<String, Value>,
+    name: &str,
+) -> Result<(), ExchangeError> {
+    for (key, value) in added {
+        if key == REQ_WL_CHAIN {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "`{name}` may not set `{REQ_WL_CHAIN}`"
+            )));
+        }
+        match context.get(key) {
+            Some(existing) if existing != value => {
+                return Err(ExchangeError::InvalidRequest(format!(
+                    "a replacement may not change `{key}` of the transaction's context"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                context.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The token endpoint's router.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route(TOKEN_PATH, axum::routing::post(token))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            wimse_core::token::exchange::MAX_REQUEST_BYTES,
+        ))
+        .with_state(state)
+}
+
+fn answer(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn token(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = std::time::Instant::now();
+    let request = form_body(&headers).and_then(|()| ExchangeRequest::parse(&body));
+    // What the caller presented, for the audit record: its hash, never the token.
+    let subject = request.as_ref().ok().map(|r| {
+        let kind = if r.subject_token_type == token_type::TXN_TOKEN {
+            CredentialKind::TxnToken
+        } else {
+            CredentialKind::AccessToken
+        };
+        CredentialRef::from_token(kind, &r.subject_token)
+    });
+    let outcome = request.and_then(|request| decide(&state, &caller, &request));
+    state.metrics.observe_issue(
+        "txn_token",
+        started.elapsed().as_secs_f64(),
+        outcome.is_ok(),
+    );
+    match outcome {
+        Ok((token, claims)) => {
+            state.audit.record(Event {
+                kind: EventKind::TxnTokenIssued,
+                method: AuthMethod::Mtls,
+                agent: caller.id.as_ref(),
+                workload: None,
+                credential: Some(CredentialRef::from_token(CredentialKind::TxnToken, &token)),
+                refusal: None,
+            });
+            let response = ExchangeResponse {
+                access_token: token,
+                issued_token_type: token_type::TXN_TOKEN.into(),
+                token_type: "N_A".into(),
+                expires_in: claims.exp - claims.iat,
+                scope: claims.scope,
+            };
+            match serde_json::to_string(&response) {
+                Ok(body) => answer(StatusCode::OK, body),
+                Err(e) => {
+                    let err = ExchangeError::ServerError(e.to_string());
+                    answer(StatusCode::INTERNAL_SERVER_ERROR, err.body())
+                }
+            }
+        }
+        Err(err) => {
+            tracing::info!(caller = ?caller.id, error = %err, "token exchange refused");
+            state.audit.record(Event {
+                kind: EventKind::TokenExchange,
+                method: AuthMethod::Mtls,
+                agent: caller.id.as_ref(),
+                workload: None,
+                credential: subject,
+                refusal: Some(err.to_string()),
+            });
+            let status =
+                StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            answer(status, err.body())
+        }
+    }
+}
+
+/// Refuses a body that is not declared as a form.
+fn form_body(headers: &HeaderMap) -> Result<(), ExchangeError> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form {
+        Ok(())
+    } else {
+        Err(ExchangeError::InvalidRequest(
+            "the body must be `application/x-www-form-urlencoded`".into(),
+        ))
+    }
+}
+
+fn decide(
+    state: &State,
+    caller: &Caller,
+    request: &ExchangeRequest,
+) -> Result<(String, TxnTokenClaims), ExchangeError> {
+    let caller = caller.id.as_ref().ok_or_else(|| {
+        ExchangeError::InvalidClient(
+            "authenticate with an X509-SVID of this trust domain (mutual TLS)".into(),
+        )
+    })?;
+    let mut bundles = BundleSet::new();
+    bundles.insert((*state.bundle()).clone());
+    let authorities = state
+        .authorities
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let slot = authorities
+        .active(AuthorityKind::Jwt)
+        .ok_or_else(|| ExchangeError::ServerError("no active JWT key".into()))?;
+    let signer = TxnSigner {
+        key: &slot.key,
+        kid: &slot.id,
+        not_after: slot.not_after,
+    };
+    state.token_service.exchange(
+        caller,
+        request,
+        &state.config.trust_domain,
+        &bundles,
+        &signer,
+        wimse_core::token::unix_now(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use wimse_core::bundle::{KeyUse, TrustBundle};
+    use wimse_core::jose::{Algorithm, jws};
+
+    const NOW: i64 = 1_800_000_000;
+    const ISSUER: &str = "https://login.example.com";
+
+    struct World {
+        td: TrustDomain,
+        idp: SigningKey,
+        jwt_key: SigningKey,
+        bundles: BundleSet,
+        service: TokenService,
+    }
+
+    fn id(path: &str) -> WorkloadId {
+        WorkloadId::parse(&format!("spiffe://example.org{path}")).unwrap()
+    }
+
+    fn world() -> World {
+        let td = TrustDomain::new("example.org").unwrap();
+        let idp = SigningKey::generate(Algorithm::Es256).unwrap();
+        let jwt_key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let mut bundle = TrustBundle::new(td.clone());
+        bundle
+            .add_authority(KeyUse::JwtSvid, "jwt-1", jwt_key.public_key().clone())
+            .unwrap();
+        let mut bundles = BundleSet::new();
+        bundles.insert(bundle);
+        let mut jwk = idp.public_jwk().clone();
+        jwk.kid = Some("idp-1".into());
+        let trusted = TrustedIssuer::new(
+            ISSUER.into(),
+            "wimse".into(),
+            "login:".into(),
+            &JwkSet { keys: vec![jwk] },
+        )
+        .unwrap();
+        let service = TokenService::new(
+            300,
+            2,
+            [id("/gateway")],
+            vec![(trusted, Some(Scope::parse("orders refunds audit").unwrap()))],
+        );
+        World {
+            td,
+            idp,
+            jwt_key,
+            bundles,
+            service,
+        }
+    }
+
+    impl World {
+        fn access_token(&self, scope: &str, exp: i64) -> String {
+            let claims = json!({
+                "iss": ISSUER, "sub": "alice", "aud": "wimse", "exp": exp, "iat": NOW,
+                "scope": scope, "amr": ["pwd", "otp"],
+            });
+            jws::sign(&self.idp, Some("at+jwt"), Some("idp-1"), &claims).unwrap()
+        }
+
+        fn request(&self, subject: String, kind: &str, scope: &str) -> ExchangeRequest {
+            ExchangeRequest {
+                audience: vec![self.td.to_string()],
+                resource: Vec::new(),
+                scope: Some(Scope::parse(scope).unwrap()),
+                requested_token_type: Some(token_type::TXN_TOKEN.into()),
+                subject_token: subject,
+                subject_token_type: kind.into(),
+                actor_token: None,
+                actor_token_type: None,
+                request_context: Some(json!({"req_ip": "192.0.2.7"}).as_object().unwrap().clone()),
+                request_details: Some(json!({"order": 7}).as_object().unwrap().clone()),
+            }
+        }
+
+        fn exchange(
+            &self,
+            caller: &str,
+            request: &ExchangeRequest,
+            now: i64,
+        ) -> Result<(String, TxnTokenClaims), ExchangeError> {
+            let signer = TxnSigner {
+                key: &self.jwt_key,
+                kid: "jwt-1",
+                not_after: NOW + 3600,
+            };
+            self.service
+                .exchange(&id(caller), request, &self.td, &self.bundles, &signer, now)
+        }
+
+        fn start(&self, scope: &str) -> (String, TxnTokenClaims) {
+            let request = self.request(
+                self.access_token("orders refunds", NOW + 600),
+                token_type::ACCESS_TOKEN,
+                scope,
+            );
+            self.exchange("/gateway", &request, NOW).unwrap()
+        }
+    }
+
+    #[test]
+    fn an_access_token_starts_a_transaction_whose_token_workloads_accept() {
+        let w = world();
+        let (token, claims) = w.start("orders");
+        assert_eq!(claims.sub, "login:alice");
+        assert_eq!(claims.scope, "orders");
+        assert_eq!(claims.req_wl, id("/gateway").to_string());
+        assert_eq!((claims.iat, claims.exp), (NOW, NOW + 300));
+        assert_eq!(claims.tctx.as_ref().unwrap()["order"], 7);
+        let rctx = claims.rctx.as_ref().unwrap();
+        assert_eq!(rctx["req_ip"], "192.0.2.7");
+        assert_eq!(rctx["authn"], "pwd otp");
+        // What a workload of the trust domain checks.
+        let verified =
+            verify_txn_token(&token, &w.bundles, &w.td, &Validation::at(NOW + 10)).unwrap();
+        assert_eq!(verified, claims);
+        // Two transactions never share an ID.
+        assert_ne!(w.start("orders").1.txn, claims.txn);
+    }
+
+    #[test]
+    fn a_transaction_is_started_only_by_a_requester_within_scope() {
+        let w = world();
+        let request = |scope: &str| {
+            w.request(
+                w.access_token("orders refunds", NOW + 600),
+                token_type::ACCESS_TOKEN,
+                scope,
+            )
+        };
+        let code = |caller: &str, request: &ExchangeRequest| {
+            w.exchange(caller, request, NOW).unwrap_err().code()
+        };
+        assert_eq!(code("/web", &request("orders")), "unauthorized_client");
+        assert_eq!(code("/gateway", &request("orders admin")), "invalid_scope");
+        // Within the token but beyond what the issuer may grant.
+        let mut wide = w.request(
+            w.access_token("orders refunds payroll", NOW + 600),
+            token_type::ACCESS_TOKEN,
+            "payroll",
+        );
+        assert_eq!(code("/gateway", &wide), "invalid_scope");
+        wide.scope = None;
+        assert_eq!(code("/gateway", &wide), "invalid_request");
+        let expired = w.request(
+            w.access_token("orders", NOW - 600),
+            token_type::ACCESS_TOKEN,
+            "orders",
+        );
+        assert_eq!(code("/gateway", &expired), "invalid_request");
+        let mut other = request("orders");
+        other.audience = vec!["other.example".into()];
+        assert_eq!(code("/gateway", &other), "invalid_target");
+        other.audience.clear();
+        assert_eq!(code("/gateway", &other), "invalid_request");
+        let mut typed = request("orders");
+        typed.requested_token_type = Some(token_type::ACCESS_TOKEN.into());
+        assert_eq!(code("/gateway", &typed), "invalid_request");
+        let mut refresh = request("orders");
+        refresh.subject_token_type = token_type::REFRESH_TOKEN.into();
+        assert_eq!(code("/gateway", &refresh), "invalid_request");
+        let mut smuggled = request("orders");
+        smuggled.request_context = Some(
+            json!({ REQ_WL_CHAIN: ["spiffe://example.org/x"] })
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert_eq!(code("/gateway", &smuggled), "invalid_request");
+        let foreign = WorkloadId::parse("spiffe://other.example/gateway").unwrap();
+        let signer = TxnSigner {
+            key: &w.jwt_key,
+            kid: "jwt-1",
+            not_after: NOW + 3600,
+        };
+        let err = w
+            .service
+            .exchange(
+                &foreign,
+                &request("orders"),
+                &w.td,
+                &w.bundles,
+                &signer,
+                NOW,
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_client");
+    }
+
+    #[test]
+    fn a_replacement_only_narrows_keeps_the_transaction_and_is_capped() {
+        let w = world();
+        let (first, original) = w.start("orders refunds");
+        let mut narrower = w.request(first.clone(), token_type::TXN_TOKEN, "orders");
+        narrower.request_context = Some(json!({"hop": "w1"}).as_object().unwrap().clone());
+        let (second, replaced) = w.exchange("/w1", &narrower, NOW + 60).unwrap();
+        assert_eq!(
+            (&replaced.txn, &replaced.sub),
+            (&original.txn, &original.sub)
+        );
+        assert_eq!(replaced.scope, "orders");
+        assert_eq!(replaced.req_wl, id("/w1").to_string());
+        let rctx = replaced.rctx.as_ref().unwrap();
+        assert_eq!(rctx["req_ip"], "192.0.2.7");
+        assert_eq!(rctx["hop"], "w1");
+        assert_eq!(rctx[REQ_WL_CHAIN], json!([id("/gateway").to_string()]));
+        assert_eq!(replaced.exp, NOW + 60 + 300);
+
+        let code = |request: &ExchangeRequest, now: i64| {
+            w.exchange("/w2", request, now).unwrap_err().code()
+        };
+        // Broadening, changing the context, and an expired token are refused.
+        assert_eq!(
+            code(
+                &w.request(second.clone(), token_type::TXN_TOKEN, "orders refunds"),
+                NOW + 60
+            ),
+            "invalid_scope"
+        );
+        let mut changed = w.request(second.clone(), token_type::TXN_TOKEN, "orders");
+        changed.request_details = Some(json!({"order": 8}).as_object().unwrap().clone());
+        assert_eq!(code(&changed, NOW + 60), "invalid_request");
+        assert_eq!(
+            code(
+                &w.request(first.clone(), token_type::TXN_TOKEN, "orders"),
+                NOW + 301
+            ),
+            "invalid_request"
+        );
+        // A token not signed by the trust domain is refused.
+        let forged = issue_txn_token(
+            &SigningKey::generate(Algorithm::Es256).unwrap(),
+            "jwt-1",
+            &original,
+        )
+        .unwrap();
+        assert_eq!(
+            code(&w.request(forged, token_type::TXN_TOKEN, "orders"), NOW),
+            "invalid_request"
+        );
+        // Two replacements are allowed here; the third is refused.
+        let (third, claims) = w
+            .exchange(
+                "/w2",
+                &w.request(second, token_type::TXN_TOKEN, "orders"),
+                NOW + 60,
+            )
+            .unwrap();
+        assert_eq!(
+            claims.rctx.unwrap()[REQ_WL_CHAIN].as_array().unwrap().len(),
+            2
+        );
+        assert_eq!(
+            code(&w.request(third, token_type::TXN_TOKEN, "orders"), NOW + 60),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn no_token_outlives_the_signing_key() {
+        let w = world();
+        let request = w.request(
+            w.access_token("orders", NOW + 600),
+            token_type::ACCESS_TOKEN,
+            "orders",
+        );
+        let signer = |not_after| TxnSigner {
+            key: &w.jwt_key,
+            kid: "jwt-1",
+            not_after,
+        };
+        let gateway = id("/gateway");
+        let (_, claims) = w
+            .service
+            .exchange(
+                &gateway,
+                &request,
+                &w.td,
+                &w.bundles,
+                &signer(NOW + 100),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(claims.exp, NOW + 100);
+        let err = w
+            .service
+            .exchange(&gateway, &request, &w.td, &w.bundles, &signer(NOW), NOW)
+            .unwrap_err();
+        assert_eq!(err.code(), "server_error");
+    }
+}

@@ -1,0 +1,199 @@
+//! The client side of the trust domain's Transaction Token Service (`POST /oauth2/token`
+//! on the server): a workload asks for a Txn-Token for an outside access token (starting a
+//! transaction, as a gateway does) or for a narrower replacement of one it holds.
+//!
+//! The request travels over mutual TLS with this workload's X509-SVID (the service's
+//! client authentication), and the server must present the X509-SVID of
+//! `spiffe://<our trust domain>/wimse/server`: the token goes to no one else.
+
+use crate::authn::PeerAllowList;
+use crate::source::CredentialSource;
+use crate::tls::{MtlsConnector, TlsError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use serde_json::{Map, Value};
+use wimse_core::WorkloadId;
+use wimse_core::token::exchange::{
+    ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, token_type,
+};
+
+/// The path of the server's SPIFFE ID, and of its token endpoint.
+const SERVER_PATH: &str = "/wimse/server";
+const TOKEN_PATH: &str = "/oauth2/token";
+
+/// Why no Txn-Token was obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenServiceError {
+    /// This workload has no identity yet.
+    #[error("this workload has no X509-SVID yet")]
+    NoIdentity,
+    /// The server address or TLS setup is unusable.
+    #[error("token service client: {0}")]
+    Setup(String),
+    /// The request could not be sent or its answer read.
+    #[error("token service unreachable: {0}")]
+    Transport(String),
+    /// The service refused, with its RFC 6749 error.
+    #[error("token service refused ({status}): {error}: {description}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The `error` code.
+        error: String,
+        /// The `error_description`.
+        description: String,
+    },
+    /// The answer is not a Txn-Token response.
+    #[error("token service answered with something else: {0}")]
+    Malformed(String),
+}
+
+impl From<TlsError> for TokenServiceError {
+    fn from(e: TlsError) -> Self {
+        TokenServiceError::Setup(e.to_string())
+    }
+}
+
+/// A client of the trust domain's token service (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct TokenServiceClient {
+    client: Client<MtlsConnector, Full<Bytes>>,
+    endpoint: http::Uri,
+    audience: String,
+}
+
+impl TokenServiceClient {
+    /// A client of the server at `server_address` (`host:port`) of this workload's trust
+    /// domain, authenticating with `source`'s X509-SVID.
+    pub fn new(source: &CredentialSource, server_address: &str) -> Result<Self, TokenServiceError> {
+        let current = source.current();
+        let own = current.id().ok_or(TokenServiceError::NoIdentity)?;
+        let trust_domain = own.trust_domain().clone();
+        let server = WorkloadId::from_parts("spiffe", &trust_domain, SERVER_PATH)
+            .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
+        let allow = PeerAllowList {
+            ids: [server].into(),
+            trust_domains: std::collections::BTreeSet::new(),
+        };
+        let endpoint = format!("https://{server_address}{TOKEN_PATH}")
+            .parse()
+            .map_err(|e| TokenServiceError::Setup(format!("server address: {e}")))?;
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(MtlsConnector::new(source, allow)?);
+        Ok(TokenServiceClient {
+            client,
+            endpoint,
+            audience: trust_domain.to_string(),
+        })
+    }
+
+    /// Starts a transaction for the subject of an outside OAuth access token, with
+    /// `scope` (within the token's) and the request's environment and details.
+    pub async fn start(
+        &self,
+        access_token: &str,
+        scope: &Scope,
+        request_context: Option<Map<String, Value>>,
+        request_details: Option<Map<String, Value>>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        self.exchange(self.request(
+            access_token,
+            token_type::ACCESS_TOKEN,
+            scope,
+            request_context,
+            request_details,
+        ))
+        .await
+    }
+
+    /// Replaces `txn_token` with one of `scope` (no wider than its own), adding
+    /// `request_context` to its context.
+    pub async fn replace(
+        &self,
+        txn_token: &str,
+        scope: &Scope,
+        request_context: Option<Map<String, Value>>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        self.exchange(self.request(
+            txn_token,
+            token_type::TXN_TOKEN,
+            scope,
+            request_context,
+            None,
+        ))
+        .await
+    }
+
+    fn request(
+        &self,
+        subject_token: &str,
+        subject_token_type: &str,
+        scope: &Scope,
+        request_context: Option<Map<String, Value>>,
+        request_details: Option<Map<String, Value>>,
+    ) -> ExchangeRequest {
+        ExchangeRequest {
+            audience: vec![self.audience.clone()],
+            resource: Vec::new(),
+            scope: Some(scope.clone()),
+            requested_token_type: Some(token_type::TXN_TOKEN.into()),
+            subject_token: subject_token.to_owned(),
+            subject_token_type: subject_token_type.to_owned(),
+            actor_token: None,
+            actor_token_type: None,
+            request_context,
+            request_details,
+        }
+    }
+
+    /// Sends any token exchange request and checks that a Txn-Token came back.
+    pub async fn exchange(
+        &self,
+        request: ExchangeRequest,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        let http_request = http::Request::post(self.endpoint.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(request.to_form())))
+            .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
+        let response = self
+            .client
+            .request(http_request)
+            .await
+            .map_err(|e| TokenServiceError::Transport(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
+            .collect()
+            .await
+            .map_err(|e| TokenServiceError::Transport(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            let error: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
+            let text = |name: &str| {
+                error
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            return Err(TokenServiceError::Refused {
+                status: status.as_u16(),
+                error: text("error"),
+                description: text("error_description"),
+            });
+        }
+        let answer: ExchangeResponse = serde_json::from_slice(&body)
+            .map_err(|e| TokenServiceError::Malformed(e.to_string()))?;
+        if answer.issued_token_type != token_type::TXN_TOKEN || answer.token_type != "N_A" {
+            return Err(TokenServiceError::Malformed(format!(
+                "issued `{}` with token type `{}`",
+                answer.issued_token_type, answer.token_type
+            )));
+        }
+        Ok(answer)
+    }
+}
