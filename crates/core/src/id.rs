@@ -336,6 +336,10 @@ pub struct WorkloadId {
     path_start: usize,
 }
 
+/// The path of a trust domain's server identity, `spiffe://<td>/wimse/server`: the
+/// X509-SVID its TLS listener presents, which agents and workloads require of it.
+pub const SERVER_PATH: &str = "/wimse/server";
+
 impl WorkloadId {
     /// Parses and validates an identifier under [`IdPolicy::default`].
     pub fn parse(input: &str) -> Result<Self, IdError> {

@@ -48,7 +48,7 @@ async fn openid_configuration(AxState(state): AxState<Arc<State>>) -> impl IntoR
     let body = serde_json::json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "token_endpoint": format!("{issuer}{}", crate::token_service::TOKEN_PATH),
+        "token_endpoint": format!("{issuer}{}", wimse_core::token::exchange::TOKEN_PATH),
         "grant_types_supported": [wimse_core::token::exchange::GRANT_TYPE],
         "token_endpoint_auth_methods_supported": ["tls_client_auth"],
         "response_types_supported": ["id_token"],

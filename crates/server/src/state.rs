@@ -110,7 +110,8 @@ impl State {
                     .map_err(|e| IssueError::Signing(e.to_string()))?,
             ),
         };
-        let spiffe_id = WorkloadId::from_parts("spiffe", &config.trust_domain, "/wimse/server")?;
+        let spiffe_id =
+            WorkloadId::from_parts("spiffe", &config.trust_domain, wimse_core::id::SERVER_PATH)?;
         let revision = tokio::sync::watch::Sender::new(store.current_revision().await?);
         let audit = match &config.audit_log {
             Some(path) => crate::audit::ServerAudit::open(

@@ -37,14 +37,11 @@ use wimse_core::bundle::BundleSet;
 use wimse_core::jose::{JwkSet, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::exchange::{
-    ExchangeError, ExchangeRequest, ExchangeResponse, Scope, token_type,
+    ExchangeError, ExchangeRequest, ExchangeResponse, Scope, TOKEN_PATH, token_type,
 };
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token};
 use wimse_core::token::{Audience, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
-
-/// The path of the token endpoint.
-pub const TOKEN_PATH: &str = "/oauth2/token";
 
 /// The `rctx` member that keeps the requesters of a replaced token, oldest first.
 pub const REQ_WL_CHAIN: &str = "req_wl_chain";

@@ -14,13 +14,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use serde_json::{Map, Value};
 use wimse_core::WorkloadId;
+use wimse_core::id::SERVER_PATH;
 use wimse_core::token::exchange::{
-    ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, token_type,
+    ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, TOKEN_PATH, token_type,
 };
-
-/// The path of the server's SPIFFE ID, and of its token endpoint.
-const SERVER_PATH: &str = "/wimse/server";
-const TOKEN_PATH: &str = "/oauth2/token";
 
 /// Why no Txn-Token was obtained.
 #[derive(Debug, thiserror::Error)]

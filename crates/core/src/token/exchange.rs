@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::fmt;
 
+/// The path of the token endpoint on the server's TLS listener.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+
 /// `grant_type` of a token exchange.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 

@@ -187,7 +187,8 @@ impl AgentApiClient {
     ) -> Result<Self, AgentClientError> {
         let trust_domain = bundle.trust_domain().clone();
         let server_id =
-            WorkloadId::from_parts("spiffe", &trust_domain, "/wimse/server").map_err(tls_error)?;
+            WorkloadId::from_parts("spiffe", &trust_domain, wimse_core::id::SERVER_PATH)
+                .map_err(tls_error)?;
         let roots = bundle
             .x509_authorities
             .iter()
