@@ -59,21 +59,13 @@ pub enum TokenServiceError {
     },
 }
 
-/// One trusted issuer and the widest scope its tokens may start a transaction with.
-#[derive(Debug)]
-struct Issuer {
-    trusted: TrustedIssuer,
-    max_scope: Option<Scope>,
-}
-
 /// The token service's policy: who may ask, which issuers count, how long tokens live.
 #[derive(Debug, Default)]
 pub struct TokenService {
     ttl: i64,
     max_replacements: usize,
     requesters: BTreeSet<WorkloadId>,
-    issuers: Vec<Issuer>,
-    trusted: Vec<TrustedIssuer>,
+    issuers: Vec<TrustedIssuer>,
 }
 
 /// The signing key a token is issued with.
@@ -99,20 +91,20 @@ impl TokenService {
                 .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
             let jwks: JwkSet = wimse_core::json::from_slice(&text)
                 .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
-            let trusted = TrustedIssuer::new(
+            let mut trusted = TrustedIssuer::new(
                 file.issuer.clone(),
                 file.audience.clone(),
                 file.subject_prefix.clone(),
                 &jwks,
             )
             .map_err(|e| error(e.to_string()))?;
-            let max_scope = file
+            trusted.max_scope = file
                 .max_scope
                 .as_deref()
                 .map(Scope::parse)
                 .transpose()
                 .map_err(|e| error(e.to_string()))?;
-            issuers.push((trusted, max_scope));
+            issuers.push(trusted);
         }
         Ok(Self::new(
             settings.txn_token_ttl,
@@ -123,22 +115,18 @@ impl TokenService {
     }
 
     /// A service issuing tokens that live `ttl` seconds, replaceable `max_replacements`
-    /// times, to `requesters`, for subjects of `issuers` (each with its widest scope).
+    /// times, to `requesters`, for subjects of `issuers`.
     pub fn new(
         ttl: i64,
         max_replacements: usize,
         requesters: impl IntoIterator<Item = WorkloadId>,
-        issuers: Vec<(TrustedIssuer, Option<Scope>)>,
+        issuers: Vec<TrustedIssuer>,
     ) -> Self {
         TokenService {
             ttl,
             max_replacements,
             requesters: requesters.into_iter().collect(),
-            trusted: issuers.iter().map(|(t, _)| t.clone()).collect(),
-            issuers: issuers
-                .into_iter()
-                .map(|(trusted, max_scope)| Issuer { trusted, max_scope })
-                .collect(),
+            issuers,
         }
     }
 
@@ -237,7 +225,7 @@ impl TokenService {
             )));
         }
         let (issuer, subject) =
-            verify_access_token(&request.subject_token, &self.trusted, validation)
+            verify_access_token(&request.subject_token, &self.issuers, validation)
                 .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let too_wide = |limit: &Scope, whose: &str| {
             let excess: Vec<&str> = scope.excess_over(limit).collect();
@@ -248,12 +236,11 @@ impl TokenService {
         if let Some(err) = too_wide(&subject.scope, "the subject token's scope") {
             return Err(err);
         }
-        let max_scope = self
-            .issuers
-            .iter()
-            .find(|i| i.trusted.issuer == issuer.issuer)
-            .and_then(|i| i.max_scope.as_ref());
-        if let Some(err) = max_scope.and_then(|max| too_wide(max, "what this issuer may grant")) {
+        if let Some(err) = issuer
+            .max_scope
+            .as_ref()
+            .and_then(|max| too_wide(max, "what this issuer may grant"))
+        {
             return Err(err);
         }
         let mut rctx = request.request_context.clone().unwrap_or_default();
@@ -545,19 +532,15 @@ mod tests {
         bundles.insert(bundle);
         let mut jwk = idp.public_jwk().clone();
         jwk.kid = Some("idp-1".into());
-        let trusted = TrustedIssuer::new(
+        let mut trusted = TrustedIssuer::new(
             ISSUER.into(),
             "wimse".into(),
             "login:".into(),
             &JwkSet { keys: vec![jwk] },
         )
         .unwrap();
-        let service = TokenService::new(
-            300,
-            2,
-            [id("/gateway")],
-            vec![(trusted, Some(Scope::parse("orders refunds audit").unwrap()))],
-        );
+        trusted.max_scope = Some(Scope::parse("orders refunds audit").unwrap());
+        let service = TokenService::new(300, 2, [id("/gateway")], vec![trusted]);
         World {
             td,
             idp,

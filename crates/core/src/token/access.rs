@@ -24,6 +24,8 @@ pub struct TrustedIssuer {
     pub audience: String,
     /// Prepended to `sub`, so that subjects of different issuers cannot collide.
     pub subject_prefix: String,
+    /// The widest scope a transaction it starts may have (`None`: what its token grants).
+    pub max_scope: Option<Scope>,
     keys: Vec<(Option<String>, PublicKey)>,
 }
 
@@ -51,6 +53,7 @@ impl TrustedIssuer {
             issuer,
             audience,
             subject_prefix,
+            max_scope: None,
             keys,
         })
     }
