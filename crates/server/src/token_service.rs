@@ -33,13 +33,13 @@ use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
-use wimse_core::bundle::BundleSet;
+use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::{JwkSet, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::exchange::{
     ExchangeError, ExchangeRequest, ExchangeResponse, Scope, TOKEN_PATH, token_type,
 };
-use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token};
+use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
 use wimse_core::token::{Audience, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
 
@@ -130,14 +130,14 @@ impl TokenService {
         }
     }
 
-    /// Decides a request from `caller` and signs the Txn-Token it earns. `bundles` must
-    /// hold this trust domain's bundle (for replacing a Txn-Token).
+    /// Decides a request from `caller` and signs the Txn-Token it earns. `bundle` is this
+    /// trust domain's (for replacing a Txn-Token).
     pub fn exchange(
         &self,
         caller: &WorkloadId,
         request: &ExchangeRequest,
         trust_domain: &TrustDomain,
-        bundles: &BundleSet,
+        bundle: &TrustBundle,
         signer: &TxnSigner<'_>,
         now: i64,
     ) -> Result<(String, TxnTokenClaims), ExchangeError> {
@@ -188,9 +188,7 @@ impl TokenService {
             token_type::ACCESS_TOKEN | token_type::JWT => {
                 self.start(caller, request, scope, &Validation::at(now))?
             }
-            token_type::TXN_TOKEN => {
-                self.replace(caller, request, scope, trust_domain, bundles, now)?
-            }
+            token_type::TXN_TOKEN => self.replace(caller, request, scope, bundle, now)?,
             other => {
                 return Err(ExchangeError::InvalidRequest(format!(
                     "subject token type `{other}` is not accepted"
@@ -274,8 +272,7 @@ impl TokenService {
         caller: &WorkloadId,
         request: &ExchangeRequest,
         scope: &Scope,
-        trust_domain: &TrustDomain,
-        bundles: &BundleSet,
+        bundle: &TrustBundle,
         now: i64,
     ) -> Result<TxnTokenClaims, ExchangeError> {
         // No leeway: an expired token is never replaced.
@@ -283,7 +280,7 @@ impl TokenService {
             leeway: 0,
             ..Validation::at(now)
         };
-        let mut old = verify_txn_token(&request.subject_token, bundles, trust_domain, &validation)
+        let mut old = verify_txn_token_in(&request.subject_token, bundle, &validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let old_scope = Scope::parse(&old.scope)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token scope: {e}")))?;
@@ -474,8 +471,6 @@ fn decide(
             "authenticate with an X509-SVID of this trust domain (mutual TLS)".into(),
         )
     })?;
-    let mut bundles = BundleSet::new();
-    bundles.insert((*state.bundle()).clone());
     let authorities = state
         .authorities
         .read()
@@ -492,7 +487,7 @@ fn decide(
         caller,
         request,
         &state.config.trust_domain,
-        &bundles,
+        &state.bundle(),
         &signer,
         wimse_core::token::unix_now(),
     )
@@ -502,8 +497,9 @@ fn decide(
 mod tests {
     use super::*;
     use serde_json::json;
-    use wimse_core::bundle::{KeyUse, TrustBundle};
+    use wimse_core::bundle::{BundleSet, KeyUse};
     use wimse_core::jose::{Algorithm, jws};
+    use wimse_core::token::txn::verify_txn_token;
 
     const NOW: i64 = 1_800_000_000;
     const ISSUER: &str = "https://login.example.com";
@@ -512,6 +508,7 @@ mod tests {
         td: TrustDomain,
         idp: SigningKey,
         jwt_key: SigningKey,
+        bundle: TrustBundle,
         bundles: BundleSet,
         service: TokenService,
     }
@@ -529,7 +526,7 @@ mod tests {
             .add_authority(KeyUse::JwtSvid, "jwt-1", jwt_key.public_key().clone())
             .unwrap();
         let mut bundles = BundleSet::new();
-        bundles.insert(bundle);
+        bundles.insert(bundle.clone());
         let mut jwk = idp.public_jwk().clone();
         jwk.kid = Some("idp-1".into());
         let mut trusted = TrustedIssuer::new(
@@ -545,6 +542,7 @@ mod tests {
             td,
             idp,
             jwt_key,
+            bundle,
             bundles,
             service,
         }
@@ -586,7 +584,7 @@ mod tests {
                 not_after: NOW + 3600,
             };
             self.service
-                .exchange(&id(caller), request, &self.td, &self.bundles, &signer, now)
+                .exchange(&id(caller), request, &self.td, &self.bundle, &signer, now)
         }
 
         fn start(&self, scope: &str) -> (String, TxnTokenClaims) {
@@ -676,14 +674,7 @@ mod tests {
         };
         let err = w
             .service
-            .exchange(
-                &foreign,
-                &request("orders"),
-                &w.td,
-                &w.bundles,
-                &signer,
-                NOW,
-            )
+            .exchange(&foreign, &request("orders"), &w.td, &w.bundle, &signer, NOW)
             .unwrap_err();
         assert_eq!(err.code(), "invalid_client");
     }
@@ -777,7 +768,7 @@ mod tests {
                 &gateway,
                 &request,
                 &w.td,
-                &w.bundles,
+                &w.bundle,
                 &signer(NOW + 100),
                 NOW,
             )
@@ -785,7 +776,7 @@ mod tests {
         assert_eq!(claims.exp, NOW + 100);
         let err = w
             .service
-            .exchange(&gateway, &request, &w.td, &w.bundles, &signer(NOW), NOW)
+            .exchange(&gateway, &request, &w.td, &w.bundle, &signer(NOW), NOW)
             .unwrap_err();
         assert_eq!(err.code(), "server_error");
     }

@@ -9,7 +9,7 @@
 
 use super::cache::{Expiring, VerifiedCache};
 use super::{Audience, TokenError, Validation, require_typ};
-use crate::bundle::{BundleSet, KeyUse};
+use crate::bundle::{BundleError, BundleSet, KeyUse, TrustBundle};
 use crate::id::TrustDomain;
 use crate::jose::{Jws, SigningKey, jws};
 use serde::{Deserialize, Serialize};
@@ -84,11 +84,25 @@ pub fn verify_txn_token(
     trust_domain: &TrustDomain,
     validation: &Validation,
 ) -> Result<TxnTokenClaims, TokenError> {
+    let bundle = bundles
+        .get(trust_domain)
+        .ok_or_else(|| BundleError::UntrustedTrustDomain(trust_domain.to_string()))?;
+    verify_txn_token_in(token, bundle, validation)
+}
+
+/// [`verify_txn_token`] against the bundle of the verifier's own trust domain (the token
+/// service, which holds just that one).
+pub fn verify_txn_token_in(
+    token: &str,
+    bundle: &TrustBundle,
+    validation: &Validation,
+) -> Result<TxnTokenClaims, TokenError> {
+    let trust_domain = bundle.trust_domain();
     let jws = Jws::parse(token)?;
     let header = jws.header();
     require_typ(header, TXN_TYP)?;
     let kid = header.kid.as_deref().ok_or(TokenError::MissingKid)?;
-    let key = bundles.jwt_authority(trust_domain, KeyUse::JwtSvid, Some(kid))?;
+    let key = bundle.authority(KeyUse::JwtSvid, Some(kid))?;
     jws.verify(key)?;
     let claims: TxnTokenClaims = jws.claims()?;
     if !claims.aud.contains(trust_domain.as_str()) {
