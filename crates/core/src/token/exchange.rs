@@ -232,14 +232,22 @@ fn set_once(slot: &mut Option<String>, name: &str, value: String) -> Result<(), 
     Ok(())
 }
 
+/// Parses a context parameter. The size limit applies to the object as it is written
+/// compactly (as it will sit in the Txn-Token and as [`ExchangeRequest::to_form`] sends
+/// it), not to the text received: numbers such as `1E15` grow when written back, and a
+/// limit on the received text alone would let an accepted object fail the same check
+/// once re-sent. The body limit bounds the parsing work.
 fn json_object(name: &str, text: &str) -> Result<Map<String, Value>, ExchangeError> {
-    if text.len() > MAX_CONTEXT_BYTES {
+    let object = crate::json::from_slice::<Map<String, Value>>(text.as_bytes())
+        .map_err(|e| invalid(format!("`{name}` is not a JSON object: {e}")))?;
+    let written = serde_json::to_vec(&object)
+        .map_err(|e| invalid(format!("`{name}` cannot be written back: {e}")))?;
+    if written.len() > MAX_CONTEXT_BYTES {
         return Err(invalid(format!(
             "`{name}` is longer than {MAX_CONTEXT_BYTES} bytes"
         )));
     }
-    crate::json::from_slice::<Map<String, Value>>(text.as_bytes())
-        .map_err(|e| invalid(format!("`{name}` is not a JSON object: {e}")))
+    Ok(object)
 }
 
 impl ExchangeRequest {
@@ -247,8 +255,8 @@ impl ExchangeRequest {
     /// [`MAX_REQUEST_BYTES`]; any single-valued parameter given twice; a `grant_type`
     /// other than token exchange; a missing `subject_token` or `subject_token_type`; an
     /// `actor_token` without its type or the reverse; a malformed scope; and a
-    /// `request_context`/`request_details` that is not one JSON object of at most
-    /// [`MAX_CONTEXT_BYTES`] without repeated member names. Parameters sent without a
+    /// `request_context`/`request_details` that is not one JSON object without repeated
+    /// member names, of at most [`MAX_CONTEXT_BYTES`] when written compactly. Parameters sent without a
     /// value count as omitted, and unknown parameters are ignored (RFC 6749 §3.1).
     pub fn parse(body: &[u8]) -> Result<Self, ExchangeError> {
         if body.len() > MAX_REQUEST_BYTES {
@@ -507,6 +515,41 @@ mod tests {
                 assert_eq!(err.code(), "invalid_request", "{name} = {bad}");
             }
         }
+    }
+
+    #[test]
+    fn context_numbers_survive_a_round_trip_exactly() {
+        // Found by the `token_request` fuzz target: without serde_json's exact float
+        // parsing, a long integer read as a float came back as a different number.
+        for text in [
+            r#"{"n":9999999999999999999999999999999999999999999999999999999999999}"#,
+            r#"{"n":0.30000000000000004,"m":2.2250738585072011e-308,"k":-0}"#,
+            r#"{"n":1E15,"m":[1e-7,123456789012345678901234567890e-10]}"#,
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("request_details", text));
+            let request = ExchangeRequest::parse(&body(&pairs)).unwrap();
+            let again = ExchangeRequest::parse(request.to_form().as_bytes()).unwrap();
+            assert_eq!(again, request, "{text}");
+            assert_eq!(again.to_form(), request.to_form(), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_context_limit_is_on_the_object_as_written_back() {
+        // `1E15` is 4 bytes received and 18 written back (`1000000000000000.0`).
+        let members: Vec<String> = (0..300).map(|i| format!(r#""{i}":1E15"#)).collect();
+        let text = format!("{{{}}}", members.join(","));
+        assert!(text.len() < MAX_CONTEXT_BYTES);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("request_context", &text));
+        let err = ExchangeRequest::parse(&body(&pairs)).unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+        // Whitespace the compact form drops does not count.
+        let spaced = format!("{{\n{}\n}}", " ".repeat(MAX_CONTEXT_BYTES) + r#""a": 1"#);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("request_context", &spaced));
+        assert!(ExchangeRequest::parse(&body(&pairs)).is_ok());
     }
 
     #[test]
