@@ -11,12 +11,6 @@ use crate::socket::EndpointSocketError;
 /// appear.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// The command is part of the CLI's contract but its body is not written yet.
-    #[error("`{command}` is not implemented yet in this build")]
-    NotImplemented {
-        /// The full command, as in `wimse server run`.
-        command: &'static str,
-    },
     /// The agent's Workload API socket could not be determined from the environment.
     #[error("cannot locate the agent's Workload API socket")]
     AgentSocket(#[from] EndpointSocketError),
@@ -86,17 +80,30 @@ pub enum CommandError {
     /// A proxy argument is invalid or its listener could not be set up.
     #[error("{0}")]
     Proxy(String),
+    /// The gateway's configuration file is unreadable or invalid.
+    #[error("gateway configuration: {0}")]
+    GatewayConfig(wimse_gateway::ConfigError),
+    /// The gateway could not be set up, or stopped with an error.
+    #[error("gateway: {0}")]
+    Gateway(String),
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
 }
 
+// By hand rather than `#[from]`: the message already says it all, and a source would
+// repeat it in the printed chain.
+impl From<wimse_gateway::ConfigError> for CommandError {
+    fn from(e: wimse_gateway::ConfigError) -> Self {
+        Self::GatewayConfig(e)
+    }
+}
+
 impl CommandError {
-    /// The process exit code for this failure: 2 for a command this build does not have (the
-    /// same code as a usage error, since the invocation cannot succeed), 1 for everything else.
+    /// The process exit code for this failure: a failed child's own status, 1 for
+    /// everything else.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::NotImplemented { .. } => ExitCode::from(2),
             Self::ChildFailed { status, .. } => ExitCode::from(*status),
             Self::AgentSocket(_)
             | Self::Admin(_)
@@ -115,12 +122,9 @@ impl CommandError {
             | Self::Policy(_)
             | Self::AuditLog(_)
             | Self::Proxy(_)
+            | Self::GatewayConfig(_)
+            | Self::Gateway(_)
             | Self::Output(_) => ExitCode::FAILURE,
         }
     }
-}
-
-/// The failure of a command whose body is not written yet; `command` is its full name.
-pub fn not_implemented(command: &'static str) -> Result<(), CommandError> {
-    Err(CommandError::NotImplemented { command })
 }

@@ -25,7 +25,7 @@ use crate::cli::Environment;
 use crate::error::CommandError;
 
 /// How long a proxy waits for its first credentials from the agent.
-const FIRST_CREDENTIALS: Duration = Duration::from_secs(60);
+pub(crate) const FIRST_CREDENTIALS: Duration = Duration::from_secs(60);
 
 /// `wimse proxy ...`
 #[derive(Debug, Subcommand)]
@@ -158,20 +158,33 @@ fn workload_id(text: Option<&str>) -> Result<Option<WorkloadId>, CommandError> {
     .transpose()
 }
 
-async fn credentials(socket: PathBuf, id: Option<&str>) -> Result<CredentialSource, CommandError> {
+pub(crate) async fn credentials(
+    socket: PathBuf,
+    id: Option<&str>,
+) -> Result<CredentialSource, CommandError> {
     Ok(CredentialSource::connect(socket, workload_id(id)?, FIRST_CREDENTIALS).await?)
 }
 
-async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandError> {
+pub(crate) async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandError> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CommandError::Proxy(format!("cannot listen on `{addr}`: {e}")))
 }
 
-/// `/healthz` (the process answers), `/readyz` (it holds a complete set of credentials
-/// from the agent) and `/metrics`.
-fn health_router(source: CredentialSource, metrics: Arc<Metrics>) -> axum::Router {
-    wimse_server::metrics::health_router(
+/// Starts the health listener on `addr`, if given: `/healthz` (the process answers),
+/// `/readyz` (it holds a complete set of credentials from the agent) and `/metrics`
+/// (what `render` writes).
+pub(crate) async fn serve_health(
+    addr: Option<SocketAddr>,
+    source: &CredentialSource,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> Result<(), CommandError> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let listener = listen(addr).await?;
+    let source = source.clone();
+    let router = wimse_server::metrics::health_router(
         move || {
             if source.current().is_complete() {
                 Ok(())
@@ -179,21 +192,8 @@ fn health_router(source: CredentialSource, metrics: Arc<Metrics>) -> axum::Route
                 Err("no credentials from the agent yet")
             }
         },
-        move || wimse_server::metrics::render(metrics.registry()),
-    )
-}
-
-/// Starts the health listener, if one was asked for.
-async fn serve_health(
-    health: &HealthArg,
-    source: &CredentialSource,
-    metrics: &Arc<Metrics>,
-) -> Result<(), CommandError> {
-    let Some(addr) = health.health_bind else {
-        return Ok(());
-    };
-    let listener = listen(addr).await?;
-    let router = health_router(source.clone(), Arc::clone(metrics));
+        render,
+    );
     tracing::info!(health = %addr, "health and metrics listener ready");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router)
@@ -204,6 +204,12 @@ async fn serve_health(
         }
     });
     Ok(())
+}
+
+/// The proxies' metrics, rendered.
+fn render(metrics: &Arc<Metrics>) -> impl Fn() -> String + Clone + Send + Sync + 'static {
+    let metrics = Arc::clone(metrics);
+    move || wimse_server::metrics::render(metrics.registry())
 }
 
 pub(crate) fn audit_log(
@@ -268,7 +274,7 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     }
     let router = wimse_workload::proxy::inbound_router(&upstream, layer);
     let listener = listen(args.listen).await?;
-    serve_health(&args.health, &source, &metrics).await?;
+    serve_health(args.health.health_bind, &source, render(&metrics)).await?;
     tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream, tls = args.tls,
         id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");
     if args.tls {
@@ -349,7 +355,7 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     let router = wimse_workload::proxy::outbound_router(source.clone(), options)
         .map_err(|e| CommandError::Proxy(e.to_string()))?;
     let listener = listen(args.listen).await?;
-    serve_health(&args.health, &source, &metrics).await?;
+    serve_health(args.health.health_bind, &source, render(&metrics)).await?;
     tracing::info!(listen = %args.listen,
         id = ?source.current().id().map(WorkloadId::as_str), "outbound proxy ready");
     axum::serve(listener, router)

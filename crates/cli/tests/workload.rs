@@ -48,14 +48,17 @@ permit(principal == Workload::"{w2}", action == Action::"POST", resource == Serv
 when {{ context.path like "/api/payments*" }};
 permit(principal == Workload::"{w1}", action == Action::"POST", resource == Service::"{w3}")
 when {{ context.path == "/api/refunds" && context has txn && context.txn.scopes.contains("refunds") }};
+permit(principal == Workload::"{gw}", action == Action::"GET", resource == Service::"{w3}")
+when {{ context.path like "/api/orders*" && context has txn && context.txn.scopes.contains("orders") }};
 "#,
         w1 = id("/w1"),
         w2 = id("/w2"),
-        w3 = id("/w3")
+        w3 = id("/w3"),
+        gw = id("/gw"),
     )
 }
 
-/// A `wimse proxy` process, killed on drop.
+/// A `wimse proxy` or `wimse gateway` process, killed on drop.
 struct Proxy {
     child: Child,
     log: std::path::PathBuf,
@@ -65,7 +68,6 @@ impl Proxy {
     fn start(dir: &Path, name: &str, args: &[&str], port: u16) -> Self {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(WIMSE)
-            .arg("proxy")
             .args(args)
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
             .stdout(Stdio::null())
@@ -81,12 +83,12 @@ impl Proxy {
             || {
                 assert!(
                     child.try_wait().unwrap().is_none(),
-                    "proxy {name} exited: {}",
+                    "{name} exited: {}",
                     read()
                 );
                 TcpStream::connect(("127.0.0.1", port)).is_ok()
             },
-            || format!("proxy {name} did not start: {}", read()),
+            || format!("{name} did not start: {}", read()),
         );
         proxy
     }
@@ -207,6 +209,7 @@ fn inbound_with(d: &Domain, port: u16, upstream: u16, health: u16, extra: &[&str
         d.dir.path(),
         "w3-inbound",
         &[
+            "proxy",
             "inbound",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -243,6 +246,7 @@ fn outbound_with(d: &Domain, who: &str, port: u16, extra: &[&str], health: u16) 
         d.dir.path(),
         &format!("{who}-outbound"),
         &[
+            "proxy",
             "outbound",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -735,6 +739,220 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
     assert_eq!(audit.matches("\"token_exchange\"").count(), 4, "{audit}");
     for secret in [&good, &narrow, &login] {
         assert!(!audit.contains(secret.as_str()));
+    }
+}
+
+/// A request refused at the gateway: (request line, headers, status, problem code, part
+/// of the `WWW-Authenticate` challenge).
+type GatewayCase<'a> = (&'a str, Vec<(String, String)>, u16, &'a str, &'a str);
+
+/// Starts `wimse gateway run` as `/gw`, routing `/api/orders` (scope `orders`) and
+/// `/api/refunds` (scope `refunds`) to workload 3's inbound proxy on `p3`.
+fn gateway(d: &Domain, port: u16, p3: u16, health: u16) -> Proxy {
+    let config = d.dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nserver_address = \"{server}\"\n\
+             agent_socket = \"{socket}\"\nspiffe_id = \"{gw}\"\n\
+             health_bind = \"127.0.0.1:{health}\"\naudit_log = \"{audit}\"\n\n\
+             [[issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
+             jwks_file = \"{jwks}\"\n\n\
+             [[routes]]\nprefix = \"/api/orders\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"orders\"\n\n\
+             [[routes]]\nprefix = \"/api/refunds\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"refunds\"\n",
+            server = d.server.addr,
+            socket = socket_arg(d),
+            gw = id("/gw"),
+            audit = d.dir.path().join("gateway-audit.jsonl").display(),
+            jwks = d.dir.path().join("login-jwks.json").display(),
+        ),
+    )
+    .unwrap();
+    Proxy::start(
+        d.dir.path(),
+        "gateway",
+        &["gateway", "run", "--config", config.to_str().unwrap()],
+        port,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_token_inward() {
+    let d = domain("3600");
+    let up = upstream().await;
+    let (p3, pg, health) = (free_port(), free_port(), free_port());
+    let _w3 = inbound(&d, p3, up, free_port());
+    let gw = gateway(&d, pg, p3, health);
+    let call = move |line: String, headers: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            http_full(pg, &line, &headers, "")
+        })
+    };
+    let bearer = |token: &str| vec![("Authorization".to_owned(), format!("Bearer {token}"))];
+    let alice = login_token(&d, "orders refunds");
+
+    // Alice's access token admits her; workload 3 sees the gateway, authenticated by its
+    // WIT and WPT, and a Txn-Token the token service issued for alice, narrowed to the
+    // route's scope, with where she called from and what she asked for.
+    let (status, head, body) = call("GET /api/orders/7?x=1".into(), bearer(&alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+    assert!(
+        body.starts_with(&format!(
+            "GET /api/orders/7 by {} via wit-wpt with txn-token ",
+            id("/gw")
+        )),
+        "{body}"
+    );
+    assert!(!head.contains("x-wimse-peer"), "{head}");
+    let forwarded = body.rsplit(' ').next().unwrap().trim();
+    let claims = wimse_core::token::txn::verify_txn_token_in(
+        forwarded,
+        &d.server.bundle(),
+        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
+    )
+    .unwrap();
+    assert_eq!(claims.sub, "user:alice");
+    assert_eq!(claims.scope, "orders");
+    assert_eq!(claims.req_wl, id("/gw"));
+    assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "127.0.0.1");
+    assert_eq!(claims.tctx.as_ref().unwrap()["path"], "/api/orders/7");
+    assert_eq!(claims.tctx.as_ref().unwrap()["method"], "GET");
+
+    // Whatever identity, credential or context the outside client sends is dropped: only
+    // the gateway's own word goes inward.
+    let mut smuggled = bearer(&alice);
+    for (name, value) in [
+        ("X-Wimse-Peer-Id", id("/w1")),
+        ("Txn-Token", forwarded.to_owned()),
+        ("Workload-Identity-Token", "e30.e30.e30".to_owned()),
+    ] {
+        smuggled.push((name.to_owned(), value));
+    }
+    let (status, _, body) = call("GET /api/orders/8".into(), smuggled).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("by {} via wit-wpt", id("/gw"))),
+        "{body}"
+    );
+    assert!(
+        !body.contains(forwarded),
+        "the client's Txn-Token went inward: {body}"
+    );
+
+    // Workload 3's own policy still decides: the gateway may not refund, even in a
+    // transaction scoped for refunds (403 from workload 3, passed through).
+    let (status, _, body) = call("GET /api/refunds".into(), bearer(&alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // Refused at the gateway, with RFC 6750 challenges for the access token.
+    let mut forged: Vec<&str> = alice.split('.').collect();
+    let other = login_token(&d, "payroll");
+    forged[1] = other.split('.').nth(1).unwrap();
+    let forged = forged.join(".");
+    let payroll_only = login_token(&d, "payroll");
+    let cases: Vec<GatewayCase> = vec![
+        (
+            "GET /api/orders/1",
+            vec![],
+            401,
+            "missing-access-token",
+            "bearer realm=\"wimse\"",
+        ),
+        (
+            "GET /api/orders/1",
+            bearer(&forged),
+            401,
+            "invalid-token",
+            "error=\"invalid_token\"",
+        ),
+        (
+            "GET /api/orders/1",
+            bearer(&payroll_only),
+            403,
+            "insufficient-scope",
+            "error=\"insufficient_scope\"",
+        ),
+        (
+            "GET /api/orders/1",
+            vec![("Authorization".into(), format!("Basic {alice}"))],
+            400,
+            "malformed-authorization",
+            "error=\"invalid_request\"",
+        ),
+        ("GET /api/payments", bearer(&alice), 404, "no-route", ""),
+        (
+            "GET /api/orders/../refunds",
+            bearer(&alice),
+            400,
+            "ambiguous-path",
+            "",
+        ),
+        (
+            "GET /api/orders/%2e%2e/refunds",
+            bearer(&alice),
+            400,
+            "ambiguous-path",
+            "",
+        ),
+    ];
+    for (line, headers, want, code, challenge) in cases {
+        let (status, head, body) = call(line.into(), headers).await.unwrap();
+        assert_eq!(status, want, "{line}: {body}");
+        assert!(
+            body.contains(&format!("urn:wimse:problem:{code}")),
+            "{line}: {body}"
+        );
+        assert!(head.contains(challenge), "{line}: {head}");
+        if challenge.is_empty() {
+            assert!(!head.contains("www-authenticate"), "{line}: {head}");
+        }
+    }
+
+    // Counted by outcome.
+    let metrics = tokio::task::spawn_blocking(move || http(health, "GET /metrics", &[], "").1)
+        .await
+        .unwrap();
+    for line in [
+        "wimse_gateway_requests_total{outcome=\"forwarded\"} 3",
+        "wimse_gateway_requests_total{outcome=\"invalid-token\"} 1",
+        "wimse_gateway_requests_total{outcome=\"ambiguous-path\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    // Its signed audit log verifies, holds one record per request, and no token.
+    assert!(gw.stop(), "the gateway did not stop cleanly on SIGTERM");
+    let audit_path = d.dir.path().join("gateway-audit.jsonl");
+    let verify = Command::new(WIMSE)
+        .args(["audit", "verify", audit_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    assert_eq!(
+        audit.matches("\"decision\":\"allow\"").count(),
+        3,
+        "{audit}"
+    );
+    assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 7, "{audit}");
+    assert!(audit.contains("user:alice"), "{audit}");
+    for secret in [&alice, &forged, &payroll_only, &forwarded.to_owned()] {
+        assert!(
+            !audit.contains(secret.as_str()),
+            "a token is in the audit log"
+        );
     }
 }
 

@@ -53,7 +53,8 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1), and those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<String> = headers
         .get_all(http::header::CONNECTION)

@@ -1,0 +1,573 @@
+//! Ingress: an outside request, admitted by its OAuth access token, goes inward with a
+//! Txn-Token and the gateway's own workload credentials.
+//!
+//! For each request, in order (the first failure answers):
+//!
+//! 1. The path must be unambiguous ([`check_path`]) and match a route (else 400 / 404).
+//! 2. One `Authorization: Bearer` access token, verified here against the configured
+//!    issuers' keys (RFC 6750: 401 with `WWW-Authenticate` when missing or invalid). This
+//!    first check keeps forged and expired tokens away from the token service.
+//! 3. Its scope must include the route's (else 403 `insufficient_scope`).
+//! 4. The token service exchanges it for a Txn-Token of exactly the route's scope, with
+//!    the client's address in `request_context` (`req_ip`) and the method and path in
+//!    `request_details`. The token service checks the access token again, and may refuse.
+//! 5. The request goes to the route's upstream with that Txn-Token in `Txn-Token` and the
+//!    gateway's WIT and proof (a WPT bound to the Txn-Token, or a message signature). The
+//!    client's `Authorization` never goes inward, nor any identity, credential or
+//!    Txn-Token header it sent: those would be taken as the gateway's word.
+//! 6. The response comes back without the inward identity and credential headers, so
+//!    outside clients never learn the internal workloads' identities.
+//!
+//! Refusals are RFC 9457 problem bodies. Every request is counted in the metrics and,
+//! with an audit log, recorded with hashes of the tokens, never the tokens.
+
+use crate::metrics::GatewayMetrics;
+use crate::route::{Route, Routes, check_path};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use wimse_audit::{AuditLog, AuditRecord, CredentialKind, CredentialRef, Decision, EventKind};
+use wimse_audit::{AuthMethod, SecurityContext};
+use wimse_core::token::Validation;
+use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
+use wimse_core::token::exchange::ExchangeResponse;
+use wimse_core::token::txn::{TXN_HEADER, TxnTokenClaims, verify_txn_token};
+use wimse_workload::authn::CREDENTIAL_HEADERS;
+use wimse_workload::client::attach;
+use wimse_workload::layer::problem;
+use wimse_workload::proxy::{
+    MAX_OUTBOUND_BODY, PEER_ID_HEADER, PEER_METHOD_HEADER, strip_hop_by_hop, strip_inbound,
+};
+use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
+use wimse_workload::{CredentialSource, ProofMethod};
+
+/// The realm named in `WWW-Authenticate`.
+const REALM: &str = "wimse";
+
+/// Why an outside request was not forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The path could be read two ways.
+    #[error("ambiguous path: {0}")]
+    BadPath(&'static str),
+    /// No route takes the path.
+    #[error("no route for this path")]
+    NoRoute,
+    /// No access token was sent.
+    #[error("an access token is required (Authorization: Bearer)")]
+    NoToken,
+    /// The `Authorization` header is not one bearer token.
+    #[error("{0}")]
+    BadAuthorization(&'static str),
+    /// The access token did not verify.
+    #[error("the access token is invalid: {0}")]
+    InvalidToken(String),
+    /// The access token lacks the route's scope.
+    #[error("the access token lacks scope `{0}`")]
+    InsufficientScope(String),
+    /// The token service refused the exchange for a reason that is the gateway's, not
+    /// the client's (for instance, the gateway is not one of its requesters).
+    #[error("the token service refused: {0}")]
+    ExchangeRefused(String),
+    /// The token service could not be reached, or the gateway has no identity yet.
+    #[error("the token service is unavailable: {0}")]
+    TokenServiceUnavailable(String),
+    /// The request body is too large or unreadable.
+    #[error("request body unreadable: {0}")]
+    Body(String),
+    /// The gateway's own credentials could not be attached.
+    #[error("cannot attach the gateway's credentials: {0}")]
+    NoCredentials(String),
+    /// The upstream did not answer.
+    #[error("upstream unavailable: {0}")]
+    Upstream(String),
+}
+
+impl Refusal {
+    /// The problem code, also the metrics' `outcome`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadPath(_) => "ambiguous-path",
+            Self::NoRoute => "no-route",
+            Self::NoToken => "missing-access-token",
+            Self::BadAuthorization(_) => "malformed-authorization",
+            Self::InvalidToken(_) => "invalid-token",
+            Self::InsufficientScope(_) => "insufficient-scope",
+            Self::ExchangeRefused(_) => "token-exchange-refused",
+            Self::TokenServiceUnavailable(_) => "token-service-unavailable",
+            Self::Body(_) => "body-unreadable",
+            Self::NoCredentials(_) => "no-credentials",
+            Self::Upstream(_) => "upstream-unavailable",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadPath(_) | Self::BadAuthorization(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Self::ExchangeRefused(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::TokenServiceUnavailable(_) | Self::NoCredentials(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3), for refusals of the access token.
+    fn challenge(&self) -> Option<String> {
+        let (error, extra) = match self {
+            Self::NoToken => return Some(format!("Bearer realm=\"{REALM}\"")),
+            Self::BadAuthorization(_) => ("invalid_request", String::new()),
+            Self::InvalidToken(_) => ("invalid_token", String::new()),
+            Self::InsufficientScope(scope) => (
+                "insufficient_scope",
+                format!(", scope=\"{}\"", quotable(scope)),
+            ),
+            _ => return None,
+        };
+        Some(format!(
+            "Bearer realm=\"{REALM}\", error=\"{error}\", error_description=\"{}\"{extra}",
+            quotable(&self.to_string())
+        ))
+    }
+
+    fn response(&self) -> Response<Body> {
+        let title = match self.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => "client authentication failed",
+            StatusCode::FORBIDDEN => "not authorized",
+            StatusCode::NOT_FOUND => "not found",
+            StatusCode::PAYLOAD_TOO_LARGE => "request body refused",
+            _ => "gateway unavailable",
+        };
+        let mut response = problem(self.status(), self.code(), title, &self.to_string());
+        if let Some(challenge) = self.challenge()
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+/// `text` as RFC 6750 allows inside a quoted `error_description`: printable ASCII without
+/// `"` and `\`.
+fn quotable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The one bearer token of `headers`.
+fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Refusal::NoToken);
+    };
+    if values.next().is_some() {
+        return Err(Refusal::BadAuthorization(
+            "send one Authorization header, not several",
+        ));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| Refusal::BadAuthorization("the Authorization header is not text"))?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(Refusal::BadAuthorization(
+            "the Authorization header must be `Bearer <access token>`",
+        )),
+    }
+}
+
+/// The gateway's ingress.
+pub struct Gateway {
+    routes: Routes,
+    issuers: Vec<TrustedIssuer>,
+    token_service: TokenServiceClient,
+    source: CredentialSource,
+    proof: ProofMethod,
+    client: Client<HttpConnector, Full<Bytes>>,
+    audit: Option<Arc<AuditLog>>,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes)
+            .field("proof", &self.proof)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is known of an admitted request, for the audit record.
+struct Admitted {
+    access: VerifiedAccessToken,
+    txn: ExchangeResponse,
+    claims: TxnTokenClaims,
+}
+
+impl Gateway {
+    /// A gateway over `routes` admitting access tokens of `issuers`, exchanging them at
+    /// `token_service`, and proving itself inward with `source`'s credentials by `proof`.
+    pub fn new(
+        routes: Routes,
+        issuers: Vec<TrustedIssuer>,
+        token_service: TokenServiceClient,
+        source: CredentialSource,
+        proof: ProofMethod,
+    ) -> Self {
+        Gateway {
+            routes,
+            issuers,
+            token_service,
+            source,
+            proof,
+            client: wimse_workload::http_client(),
+            audit: None,
+            metrics: Arc::new(GatewayMetrics::default()),
+        }
+    }
+
+    /// Records every request in `log`.
+    #[must_use]
+    pub fn with_audit(mut self, log: Arc<AuditLog>) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
+    }
+
+    /// The ingress router. Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so that the client's address
+    /// reaches the Txn-Token; without it, `req_ip` is left out.
+    pub fn router(self) -> axum::Router {
+        let gateway = Arc::new(self);
+        axum::Router::new().fallback(move |request: Request<Body>| {
+            let gateway = Arc::clone(&gateway);
+            async move { gateway.handle(request).await }
+        })
+    }
+
+    async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        // Bodies are not `Sync`: only the head is borrowed across the exchange.
+        let (parts, body) = request.into_parts();
+        let access_hash = bearer(&parts.headers)
+            .ok()
+            .map(|t| CredentialRef::from_token(CredentialKind::AccessToken, t));
+        let path = parts.uri.path().to_owned();
+        let (outcome, admitted) = match self.admit(&parts).await {
+            Ok((route, admitted)) => {
+                let forwarded = self
+                    .forward(route, &admitted.txn.access_token, parts, body)
+                    .await;
+                (forwarded, Some(admitted))
+            }
+            Err(refusal) => (Err(refusal), None),
+        };
+        let code = outcome.as_ref().map_or_else(Refusal::code, |_| "forwarded");
+        self.metrics.request(code);
+        self.record(
+            &path,
+            access_hash,
+            admitted.as_ref(),
+            outcome.as_ref().err(),
+        );
+        outcome.unwrap_or_else(|refusal| {
+            tracing::info!(path, reason = %refusal, "outside request refused");
+            refusal.response()
+        })
+    }
+
+    /// Steps 1 to 4: the route, the access token, its scope, and the Txn-Token.
+    async fn admit(&self, request: &http::request::Parts) -> Result<(&Route, Admitted), Refusal> {
+        let path = request.uri.path();
+        check_path(path).map_err(Refusal::BadPath)?;
+        let route = self.routes.find(path).ok_or(Refusal::NoRoute)?;
+        let token = bearer(&request.headers)?;
+        let now = wimse_core::token::unix_now();
+        let (_, access) = verify_access_token(token, &self.issuers, &Validation::at(now))
+            .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
+        if !route.scope().is_subset_of(&access.scope) {
+            return Err(Refusal::InsufficientScope(route.scope().to_string()));
+        }
+        let mut context = Map::new();
+        if let Some(ConnectInfo(client)) = request.extensions.get::<ConnectInfo<SocketAddr>>() {
+            context.insert("req_ip".into(), Value::String(client.ip().to_string()));
+        }
+        let details = json!({ "method": request.method.as_str(), "path": path });
+        let started = Instant::now();
+        let exchanged = self
+            .token_service
+            .start(
+                token,
+                route.scope(),
+                Some(context),
+                details.as_object().cloned(),
+            )
+            .await;
+        self.metrics.exchange(started.elapsed().as_secs_f64());
+        let txn = exchanged.map_err(|e| match e {
+            TokenServiceError::Refused {
+                error, description, ..
+            } => match error.as_str() {
+                "invalid_scope" => Refusal::InsufficientScope(route.scope().to_string()),
+                "invalid_request" | "invalid_grant" => Refusal::InvalidToken(description),
+                _ => Refusal::ExchangeRefused(format!("{error}: {description}")),
+            },
+            other => Refusal::TokenServiceUnavailable(other.to_string()),
+        })?;
+        // The answer came over mTLS from the trust domain's server; checking it anyway
+        // means nothing unverified goes inward, and gives the audit record its `txn`.
+        let creds = self.source.current();
+        let own = creds
+            .id()
+            .ok_or_else(|| Refusal::NoCredentials("no workload identity yet".into()))?;
+        let claims = verify_txn_token(
+            &txn.access_token,
+            &creds.jwt_bundles,
+            own.trust_domain(),
+            &Validation::at(now),
+        )
+        .map_err(|e| Refusal::ExchangeRefused(format!("the issued Txn-Token: {e}")))?;
+        Ok((
+            route,
+            Admitted {
+                access,
+                txn,
+                claims,
+            },
+        ))
+    }
+
+    /// Steps 5 and 6.
+    async fn forward(
+        &self,
+        route: &Route,
+        txn_token: &str,
+        mut parts: http::request::Parts,
+        body: Body,
+    ) -> Result<Response<Body>, Refusal> {
+        let body = http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
+            .collect()
+            .await
+            .map_err(|e| Refusal::Body(e.to_string()))?
+            .to_bytes();
+        let target = route.target(parts.uri.path(), parts.uri.query());
+        parts.uri = target
+            .parse()
+            .map_err(|e| Refusal::Upstream(format!("`{target}`: {e}")))?;
+        parts.headers.remove(http::header::AUTHORIZATION);
+        parts.headers.remove(TXN_HEADER);
+        strip_inbound(&mut parts.headers);
+        parts.headers.insert(
+            TXN_HEADER,
+            HeaderValue::from_str(txn_token)
+                .map_err(|e| Refusal::ExchangeRefused(format!("the issued Txn-Token: {e}")))?,
+        );
+        parts.version = http::Version::HTTP_11;
+        let creds = self.source.current();
+        attach(
+            &mut parts,
+            &body,
+            &creds,
+            self.proof,
+            false,
+            wimse_core::token::unix_now(),
+        )
+        .map_err(|e| Refusal::NoCredentials(e.to_string()))?;
+        let response = self
+            .client
+            .request(Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(|e| Refusal::Upstream(e.to_string()))?;
+        let (mut parts, body) = response.into_parts();
+        strip_outward(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    fn record(
+        &self,
+        path: &str,
+        access: Option<CredentialRef>,
+        admitted: Option<&Admitted>,
+        refusal: Option<&Refusal>,
+    ) {
+        let Some(log) = &self.audit else { return };
+        let decision = if refusal.is_some() {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        };
+        let mut record =
+            AuditRecord::new(EventKind::Authn, decision).with_method(if access.is_some() {
+                AuthMethod::OauthToken
+            } else {
+                AuthMethod::None
+            });
+        if let Some(me) = self.source.current().id() {
+            record = record.with_target(me.clone());
+        }
+        // The path is what the client asked for; an over-long one is left out, not fatal.
+        let _ = record.set_resource(path);
+        if let Some(access) = access {
+            let _ = record.add_credential(access);
+        }
+        if let Some(admitted) = admitted {
+            let _ = record.add_credential(CredentialRef::from_token(
+                CredentialKind::TxnToken,
+                &admitted.txn.access_token,
+            ));
+            record = record.with_context(SecurityContext::from_txn_token(&admitted.claims));
+            tracing::debug!(
+                sub = admitted.access.sub,
+                txn = admitted.claims.txn,
+                "admitted"
+            );
+        }
+        if let Some(refusal) = refusal
+            && record.set_reason(&refusal.to_string()).is_err()
+        {
+            // The message may quote what the record refuses; the code never does.
+            let _ = record.set_reason(refusal.code());
+        }
+        if let Err(e) = log.append(record) {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+}
+
+/// Removes from a response what must not leave the trust domain: the inward identity
+/// headers (who answered, and how), credentials, Txn-Tokens, and hop-by-hop headers.
+pub fn strip_outward(headers: &mut HeaderMap) {
+    for name in [PEER_ID_HEADER, PEER_METHOD_HEADER, TXN_HEADER]
+        .into_iter()
+        .chain(CREDENTIAL_HEADERS)
+    {
+        headers.remove(name);
+    }
+    strip_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn one_bearer_token_is_taken_and_everything_else_refused() {
+        assert_eq!(bearer(&headers(&["Bearer abc"])).unwrap(), "abc");
+        assert_eq!(bearer(&headers(&["bearer  abc "])).unwrap(), "abc");
+        assert!(matches!(bearer(&headers(&[])), Err(Refusal::NoToken)));
+        for bad in [
+            &["Basic abc"][..],
+            &["Bearer"],
+            &["Bearer "],
+            &["Bearer a", "Bearer b"],
+        ] {
+            assert!(
+                matches!(bearer(&headers(bad)), Err(Refusal::BadAuthorization(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_refusals_carry_an_rfc_6750_challenge() {
+        let cases = [
+            (Refusal::NoToken, 401, Some("Bearer realm=\"wimse\"")),
+            (
+                Refusal::InvalidToken("expired \"x\"".into()),
+                401,
+                Some("error=\"invalid_token\""),
+            ),
+            (
+                Refusal::InsufficientScope("orders".into()),
+                403,
+                Some("scope=\"orders\""),
+            ),
+            (
+                Refusal::BadAuthorization("x"),
+                400,
+                Some("error=\"invalid_request\""),
+            ),
+            (Refusal::NoRoute, 404, None),
+            (Refusal::Upstream("down".into()), 502, None),
+        ];
+        for (refusal, status, challenge) in cases {
+            let response = refusal.response();
+            assert_eq!(response.status().as_u16(), status, "{refusal}");
+            let found = response
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .map(|v| v.to_str().unwrap().to_owned());
+            match challenge {
+                Some(part) => assert!(found.unwrap().contains(part), "{refusal}"),
+                None => assert!(found.is_none(), "{refusal}"),
+            }
+            assert_eq!(
+                response.headers()[http::header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+        }
+        assert_eq!(quotable("a \"b\"\\\n"), "a ?b???");
+    }
+
+    #[test]
+    fn inward_identity_never_goes_out() {
+        let mut map = HeaderMap::new();
+        for name in [
+            PEER_ID_HEADER,
+            PEER_METHOD_HEADER,
+            TXN_HEADER,
+            "workload-identity-token",
+            "signature",
+            "connection",
+            "content-type",
+        ] {
+            map.insert(name, HeaderValue::from_static("x"));
+        }
+        strip_outward(&mut map);
+        assert_eq!(
+            map.keys().map(http::HeaderName::as_str).collect::<Vec<_>>(),
+            ["content-type"]
+        );
+    }
+}

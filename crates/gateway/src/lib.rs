@@ -1,0 +1,30 @@
+//! The gateway: the identity proxy at a trust domain's boundary (`wimse gateway run`).
+//!
+//! Outside clients call it with OAuth access tokens from an authorization server the
+//! trust domain trusts. The gateway admits them, exchanges each access token at the trust
+//! domain's token service for a Txn-Token narrowed to the route's scope (RFC 8693, over
+//! mTLS as its own workload identity), and forwards the request to the inward workload
+//! with that Txn-Token and its own WIT and proof. Inward, workloads see one caller they
+//! can authenticate (the gateway) and one security context they can verify and authorize
+//! on (the Txn-Token: who the outside subject is, what it may do, and from where).
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, checked whole when read.
+//! - [`route`]: path prefixes to upstreams and scopes, and the refusal of ambiguous paths.
+//! - [`ingress`]: [`Gateway`], the per-request steps, and its refusals.
+//! - [`metrics`]: Prometheus counters.
+//!
+//! Not here yet: egress (generalizing internal identities and obtaining outside tokens
+//! for calls leaving the trust domain), mTLS client authentication of outside clients,
+//! and TLS termination (run it behind a TLS-terminating load balancer, or on loopback).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod ingress;
+pub mod metrics;
+pub mod route;
+
+pub use config::{ConfigError, GatewayConfig};
+pub use ingress::{Gateway, Refusal};
+pub use metrics::GatewayMetrics;

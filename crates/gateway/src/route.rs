@@ -1,0 +1,268 @@
+//! Routes: which inward service an outside request goes to, and the scope its Txn-Token
+//! is narrowed to.
+//!
+//! A route's prefix matches on whole path segments (`/orders` matches `/orders` and
+//! `/orders/7`, never `/ordersx`), and the longest matching prefix wins. Paths that
+//! different servers read differently are refused before any route is chosen: dot
+//! segments (`/public/../admin`, also percent-encoded), encoded slashes and backslashes,
+//! and empty segments. Otherwise a request could be routed (and scoped) by one reading
+//! of its path and served by another.
+
+use wimse_core::token::exchange::Scope;
+
+/// Why a route cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The prefix is not a plain absolute path.
+    #[error("{0}")]
+    Prefix(String),
+    /// The upstream is not an `http://` URL without query.
+    #[error("{0}")]
+    Upstream(String),
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    prefix: String,
+    /// The upstream URL without a trailing `/`.
+    upstream: String,
+    scope: Scope,
+    strip_prefix: bool,
+}
+
+impl Route {
+    /// A route for requests under `prefix` to `upstream` (`http://host:port[/base]`),
+    /// whose Txn-Tokens get `scope`; with `strip_prefix` the prefix is cut from the
+    /// forwarded path.
+    pub fn new(
+        prefix: &str,
+        upstream: &str,
+        scope: Scope,
+        strip_prefix: bool,
+    ) -> Result<Self, RouteError> {
+        if !prefix.starts_with('/') {
+            return Err(RouteError::Prefix(format!(
+                "`{prefix}` must be an absolute path such as `/orders`"
+            )));
+        }
+        let prefix = if prefix == "/" {
+            prefix
+        } else {
+            prefix.trim_end_matches('/')
+        };
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        {
+            return Err(RouteError::Prefix(format!(
+                "`{prefix}` may hold only visible ASCII, without `?` or `#`"
+            )));
+        }
+        check_path(prefix).map_err(|why| RouteError::Prefix(format!("`{prefix}`: {why}")))?;
+        let uri: http::Uri = upstream
+            .parse()
+            .map_err(|e| RouteError::Upstream(format!("`{upstream}`: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(RouteError::Upstream(format!(
+                "`{upstream}` must be an http:// url (the gateway proves itself with a WIT; \
+                 put a `wimse proxy inbound` in front of the service)"
+            )));
+        }
+        if uri.query().is_some() || upstream.contains('#') {
+            return Err(RouteError::Upstream(format!(
+                "`{upstream}` may not have a query or fragment"
+            )));
+        }
+        Ok(Route {
+            prefix: prefix.to_owned(),
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            scope,
+            strip_prefix,
+        })
+    }
+
+    /// The path prefix (without a trailing `/`, unless it is `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The scope a request on this route needs, and its Txn-Token gets.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Whether the route takes `path`.
+    fn matches(&self, path: &str) -> bool {
+        self.prefix == "/"
+            || path
+                .strip_prefix(self.prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The upstream URL for `path_and_query` (which this route matches).
+    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+        let path = if self.strip_prefix && self.prefix != "/" {
+            path.get(self.prefix.len()..).unwrap_or_default()
+        } else {
+            path
+        };
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        match query {
+            Some(q) => format!("{}{slash}{path}?{q}", self.upstream),
+            None => format!("{}{slash}{path}", self.upstream),
+        }
+    }
+}
+
+/// Why a request path is refused, when servers could disagree on what it names.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must be absolute");
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Err("the path holds an encoded slash or a backslash");
+    }
+    let segments: Vec<&str> = lower.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() && i != last {
+            return Err("the path holds an empty segment");
+        }
+        let decoded = segment.replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err("the path holds a dot segment");
+        }
+    }
+    Ok(())
+}
+
+/// The routes, longest prefix first.
+#[derive(Debug, Clone)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// The routes; refused when two have the same prefix.
+    pub fn new(mut routes: Vec<Route>) -> Result<Self, String> {
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(a.prefix.cmp(&b.prefix))
+        });
+        if let Some(pair) = routes
+            .windows(2)
+            .find(|w| matches!(w, [a, b] if a.prefix == b.prefix))
+            && let Some(first) = pair.first()
+        {
+            return Err(format!("two routes have the prefix `{}`", first.prefix));
+        }
+        Ok(Routes(routes))
+    }
+
+    /// The route for `path`: the one with the longest prefix that matches it.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.0.iter().find(|r| r.matches(path))
+    }
+
+    /// Every route, longest prefix first.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route(prefix: &str, strip: bool) -> Route {
+        Route::new(
+            prefix,
+            "http://up:1/base/",
+            Scope::parse("s").unwrap(),
+            strip,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments_and_the_longest_wins() {
+        let routes = Routes::new(vec![
+            route("/", false),
+            route("/a", false),
+            route("/a/b/", false),
+        ])
+        .unwrap();
+        let prefix = |p: &str| routes.find(p).map(Route::prefix);
+        assert_eq!(prefix("/a/b/c"), Some("/a/b"));
+        assert_eq!(prefix("/a/b"), Some("/a/b"));
+        assert_eq!(prefix("/a/bc"), Some("/a"));
+        assert_eq!(prefix("/a"), Some("/a"));
+        assert_eq!(prefix("/ab"), Some("/"));
+        let no_root = Routes::new(vec![route("/a", false)]).unwrap();
+        assert!(no_root.find("/ab").is_none());
+        assert!(no_root.find("/").is_none());
+    }
+
+    #[test]
+    fn targets_keep_or_cut_the_prefix() {
+        assert_eq!(
+            route("/a", false).target("/a/7", Some("x=1")),
+            "http://up:1/base/a/7?x=1"
+        );
+        assert_eq!(route("/a", true).target("/a/7", None), "http://up:1/base/7");
+        assert_eq!(route("/a", true).target("/a", None), "http://up:1/base/");
+        assert_eq!(route("/", true).target("/z", None), "http://up:1/base/z");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "//a",
+            "/a//b",
+            "relative",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in ["/", "/a", "/a/", "/a/b.c", "/a/...", "/a/%41"] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn two_routes_with_one_prefix_are_refused() {
+        assert!(Routes::new(vec![route("/a", false), route("/a/", true)]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn the_chosen_route_is_the_longest_segment_prefix(
+            path in "(/[a-c]{0,2}){1,4}",
+            prefixes in proptest::collection::btree_set("(/[a-c]{1,2}){1,3}", 1..5),
+        ) {
+            let routes = Routes::new(prefixes.iter().map(|p| route(p, true)).collect()).unwrap();
+            let matching: Vec<&String> = prefixes
+                .iter()
+                .filter(|p| path == **p || path.starts_with(&format!("{p}/")))
+                .collect();
+            let longest = matching.iter().max_by_key(|p| p.len()).map(|p| p.as_str());
+            prop_assert_eq!(routes.find(&path).map(Route::prefix), longest);
+            if let Some(r) = routes.find(&path) {
+                let target = r.target(&path, None);
+                let rest = target.strip_prefix("http://up:1/base").unwrap();
+                let cut = path.get(r.prefix().len()..).unwrap_or_default();
+                prop_assert_eq!(rest, if cut.is_empty() { "/" } else { cut });
+            }
+        }
+    }
+}
