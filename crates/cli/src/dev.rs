@@ -12,6 +12,12 @@
 //! same uid: the services' entries also require the `wimse` executable's hash, and each
 //! service picks its own identity by SPIFFE ID. The user's entry has a hint, so it comes
 //! first and is the default identity of `wimse agent api fetch`.
+//!
+//! In front of `orders` runs the gateway ([`gateway`]): outside clients call it with an
+//! access token of the dev login (a stand-in for an outside authorization server), and it
+//! forwards them to `orders` with a Txn-Token from the server's token service.
+
+mod gateway;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,6 +84,8 @@ permit(principal == Workload::"spiffe://@TD@/demo/web", action == Action::"GET",
   when { context.path like "/api/orders*" };
 permit(principal == Workload::"spiffe://@TD@/demo/billing", action == Action::"POST", resource)
   when { context.path like "/api/payments*" };
+permit(principal == Workload::"spiffe://@TD@/demo/gateway", action == Action::"GET", resource)
+  when { context.path like "/api/orders*" && context has txn && context.txn.scopes.contains("orders") };
 "#,
     },
 ];
@@ -109,12 +117,16 @@ async fn dev(args: DevArgs) -> Result<(), CommandError> {
     std::fs::create_dir_all(&args.data_dir).map_err(|e| dev_error("data directory", e))?;
     let dir = std::fs::canonicalize(&args.data_dir).map_err(|e| dev_error("data directory", e))?;
 
-    // The server.
+    // The server, whose token service lets the gateway start transactions for the dev
+    // login's users.
+    let login = gateway::DevLogin::open(&dir, &args.trust_domain)?;
+    let gateway_id = format!("spiffe://{}/demo/gateway", args.trust_domain);
     let server_config = wimse_server::config::FileConfig {
         trust_domain: Some(args.trust_domain.clone()),
         data_dir: Some(dir.join("server")),
         bind: Some(args.bind),
         admin_socket: Some(dir.join(defaults::ADMIN_SOCKET_FILE)),
+        token_service: login.token_service(&gateway_id),
         ..wimse_server::config::FileConfig::default()
     }
     .resolve()?;
@@ -142,11 +154,7 @@ async fn dev(args: DevArgs) -> Result<(), CommandError> {
     let (agent_id, stop_agent, agent_task) = start_agent(agent_config).await?;
 
     // Entries: the user's uid, and each demo service (uid + the wimse executable's hash).
-    let uid = own_uid()?;
-    let exe = std::env::current_exe().map_err(|e| dev_error("own executable", e))?;
-    let exe_hash = wimse_core::digest::hex(&wimse_core::digest::sha256(
-        &std::fs::read(&exe).map_err(|e| dev_error("own executable", e))?,
-    ));
+    let (uid, selectors) = demo_selectors()?;
     let user_id = format!("spiffe://{trust_domain}/user/{uid}");
     ensure_entry(
         &admin,
@@ -159,10 +167,21 @@ async fn dev(args: DevArgs) -> Result<(), CommandError> {
     let mut services = Vec::new();
     for demo in &DEMOS {
         let id = format!("spiffe://{trust_domain}/demo/{}", demo.name);
-        let selectors = vec![format!("unix:uid:{uid}"), format!("unix:sha256:{exe_hash}")];
-        ensure_entry(&admin, &id, &agent_id, selectors, None).await?;
+        ensure_entry(&admin, &id, &agent_id, selectors.clone(), None).await?;
         services.push(start_service(demo, &id, &agent_socket, &dir, trust_domain.as_str()).await?);
     }
+    ensure_entry(&admin, &gateway_id, &agent_id, selectors, None).await?;
+    let orders = find_service(&services, "orders")?;
+    let gateway = gateway::start(
+        &gateway_id,
+        &agent_socket,
+        &dir,
+        server.local_addr,
+        orders,
+        &login,
+    )
+    .await?;
+    let access_token = login.write_access_token()?;
 
     let dev_json = serde_json::json!({
         "trust_domain": trust_domain.as_str(),
@@ -179,14 +198,12 @@ async fn dev(args: DevArgs) -> Result<(), CommandError> {
             "address": format!("http://{}", s.address),
             "audit_log": s.audit_log,
         })).collect::<Vec<_>>(),
+        "gateway": gateway.describe(&login),
     });
-    let text = serde_json::to_string_pretty(&dev_json).map_err(|e| dev_error("dev.json", e))?;
-    wimse_agent::files::write_atomic(&dir.join("dev.json"), text.as_bytes(), 0o644)
-        .map_err(|e| dev_error("dev.json", e))?;
-    print_summary(&dir, &dev_json);
+    write_dev_json(&dir, &dev_json)?;
 
     let outcome = if args.demo {
-        demo(&services).await
+        demo(&services, &gateway, &access_token).await
     } else {
         crate::runtime::shutdown_signal().await;
         Ok(())
@@ -195,12 +212,21 @@ async fn dev(args: DevArgs) -> Result<(), CommandError> {
     for service in &services {
         service.audit.close()?;
     }
+    gateway.audit.close()?;
     let _ = stop_agent.send(());
     let _ = agent_task.await;
     server_tasks.stop().await;
     server.state.audit.close();
     let _ = std::fs::remove_file(&server.admin_socket);
     outcome
+}
+
+/// The demo service called `name`.
+fn find_service<'a>(services: &'a [Service], name: &str) -> Result<&'a Service, CommandError> {
+    services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| CommandError::Dev(format!("no demo service `{name}`")))
 }
 
 /// The running agent: its ID, its stop switch and its task.
@@ -232,6 +258,20 @@ async fn start_agent(
         });
     };
     Ok((agent_id, stop_agent, agent_task))
+}
+
+/// The user's uid, and the selectors of the demo's workloads: that uid and the `wimse`
+/// executable's hash.
+fn demo_selectors() -> Result<(u32, Vec<String>), CommandError> {
+    let uid = own_uid()?;
+    let exe = std::env::current_exe().map_err(|e| dev_error("own executable", e))?;
+    let exe_hash = wimse_core::digest::hex(&wimse_core::digest::sha256(
+        &std::fs::read(&exe).map_err(|e| dev_error("own executable", e))?,
+    ));
+    Ok((
+        uid,
+        vec![format!("unix:uid:{uid}"), format!("unix:sha256:{exe_hash}")],
+    ))
 }
 
 fn own_uid() -> Result<u32, CommandError> {
@@ -318,8 +358,18 @@ async fn start_service(
                 .get::<wimse_workload::PeerIdentity>()
                 .map(|p| p.id.to_string())
                 .unwrap_or_default();
+            let transaction = request
+                .extensions()
+                .get::<wimse_workload::Transaction>()
+                .map(|t| {
+                    format!(
+                        " in transaction {} of {} (scope {})",
+                        t.0.txn, t.0.sub, t.0.scope
+                    )
+                })
+                .unwrap_or_default();
             format!(
-                "{name}: {} {} for {peer}\n",
+                "{name}: {} {} for {peer}{transaction}\n",
                 request.method(),
                 request.uri().path()
             )
@@ -340,6 +390,15 @@ async fn start_service(
     })
 }
 
+/// Writes `dev.json` and says what is where.
+fn write_dev_json(dir: &Path, dev_json: &serde_json::Value) -> Result<(), CommandError> {
+    let text = serde_json::to_string_pretty(dev_json).map_err(|e| dev_error("dev.json", e))?;
+    wimse_agent::files::write_atomic(&dir.join("dev.json"), text.as_bytes(), 0o644)
+        .map_err(|e| dev_error("dev.json", e))?;
+    print_summary(dir, dev_json);
+    Ok(())
+}
+
 fn print_summary(dir: &Path, dev: &serde_json::Value) {
     let get = |k: &str| {
         dev[k]
@@ -356,6 +415,16 @@ fn print_summary(dir: &Path, dev: &serde_json::Value) {
     );
     println!("  bundle        {}", get("bundle_path"));
     println!("  your identity {}   (entry for your uid)", get("user_id"));
+    let gateway = &dev["gateway"];
+    println!(
+        "  gateway       {}   {}",
+        gateway["address"].as_str().unwrap_or_default(),
+        gateway["id"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  access token  {}   (dev login, for the gateway)",
+        gateway["access_token_path"].as_str().unwrap_or_default()
+    );
     if let Some(services) = dev["services"].as_array() {
         for s in services {
             println!(
@@ -404,7 +473,15 @@ async fn call(
         )
         .map_err(|e| dev_error("attaching the proof", e))?;
     }
-    let request = http::Request::from_parts(parts, Full::new(bytes::Bytes::from(body)));
+    send(http::Request::from_parts(
+        parts,
+        Full::new(bytes::Bytes::from(body)),
+    ))
+    .await
+}
+
+/// Sends a demo request; (status, body).
+async fn send(request: http::Request<Full<bytes::Bytes>>) -> Result<(u16, String), CommandError> {
     let response = wimse_workload::http_client()
         .request(request)
         .await
@@ -430,13 +507,12 @@ type Step<'a> = (
 );
 
 /// The basic scenario, narrated.
-async fn demo(services: &[Service]) -> Result<(), CommandError> {
-    let find = |name: &str| {
-        services
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| CommandError::Dev(format!("no demo service `{name}`")))
-    };
+async fn demo(
+    services: &[Service],
+    gateway: &gateway::RunningGateway,
+    access_token: &str,
+) -> Result<(), CommandError> {
+    let find = |name: &str| find_service(services, name);
     let (web, billing, orders) = (find("web")?, find("billing")?, find("orders")?);
     let steps: [Step<'_>; 5] = [
         (
@@ -483,6 +559,7 @@ async fn demo(services: &[Service]) -> Result<(), CommandError> {
     println!();
     println!("The basic scenario (draft-ietf-wimse-arch §3.2.1), against the live system:");
     let mut failures = 0;
+    let steps_len = steps.len();
     for (n, (from, method, path, proof, expected, story)) in steps.into_iter().enumerate() {
         let caller = from.map_or("(no credentials)".to_owned(), |s| s.id.to_string());
         let (status, body) = call(from, orders, method.clone(), path, proof).await?;
@@ -501,22 +578,9 @@ async fn demo(services: &[Service]) -> Result<(), CommandError> {
             body.lines().next().unwrap_or_default()
         );
     }
+    failures += demo_gateway(gateway, access_token, steps_len + 1).await?;
     println!();
-    for service in services {
-        service.audit.checkpoint()?;
-        let report = wimse_audit::verify(
-            &[&service.audit_log],
-            &wimse_audit::VerifyOptions::default(),
-        )
-        .map_err(|e| dev_error("audit log", e))?;
-        println!(
-            "audit log of {:<8} {}: intact, {} records, {} checkpoints",
-            service.name,
-            service.audit_log.display(),
-            report.records,
-            report.checkpoints
-        );
-    }
+    verify_audit_logs(services, gateway)?;
     println!(
         "Read one with: wimse audit show {}",
         orders.audit_log.display()
@@ -525,6 +589,77 @@ async fn demo(services: &[Service]) -> Result<(), CommandError> {
         return Err(CommandError::Dev(format!(
             "{failures} demo step(s) did not go as expected"
         )));
+    }
+    Ok(())
+}
+
+/// The gateway's part of the demo, its steps numbered from `first`; how many did not go
+/// as expected.
+async fn demo_gateway(
+    gateway: &gateway::RunningGateway,
+    access_token: &str,
+    first: usize,
+) -> Result<usize, CommandError> {
+    println!();
+    println!("Through the gateway, as an outside client with the dev login's access token:");
+    let mut failures = 0;
+    let outside: [(Option<&str>, u16, &str); 2] = [
+        (
+            Some(access_token),
+            200,
+            "the client reads an order: the gateway trades its access token for a Txn-Token \
+             and calls orders as itself",
+        ),
+        (
+            None,
+            401,
+            "a client without an access token: refused at the gateway",
+        ),
+    ];
+    for (n, (token, expected, story)) in outside.into_iter().enumerate() {
+        let mut request = http::Request::get(format!("http://{}/api/orders/7", gateway.address));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::new()))
+            .map_err(|e| dev_error("demo request", e))?;
+        let (status, body) = send(request).await?;
+        let verdict = if status == expected {
+            "as expected"
+        } else {
+            failures += 1;
+            "UNEXPECTED"
+        };
+        println!("{}. {story}", first + n);
+        println!("   GET {}/api/orders/7", gateway.address);
+        println!(
+            "   answer {status} ({verdict}): {}",
+            body.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(failures)
+}
+
+/// Checkpoints and verifies every audit log of the demo, and says so.
+fn verify_audit_logs(
+    services: &[Service],
+    gateway: &gateway::RunningGateway,
+) -> Result<(), CommandError> {
+    let logs = services
+        .iter()
+        .map(|s| (s.name, &s.audit, &s.audit_log))
+        .chain([("gateway", &gateway.audit, &gateway.audit_log)]);
+    for (name, audit, path) in logs {
+        audit.checkpoint()?;
+        let report = wimse_audit::verify(&[path], &wimse_audit::VerifyOptions::default())
+            .map_err(|e| dev_error("audit log", e))?;
+        println!(
+            "audit log of {name:<8} {}: intact, {} records, {} checkpoints",
+            path.display(),
+            report.records,
+            report.checkpoints
+        );
     }
     Ok(())
 }

@@ -38,10 +38,19 @@ fn start_dev(dir: &Path, port: u16) -> Child {
 }
 
 fn http_get(address: &str, path: &str) -> (u16, String) {
+    http_get_with(address, path, "")
+}
+
+/// GET with `headers` (each line ending in CRLF).
+fn http_get_with(address: &str, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let host = address.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\n{headers}\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -108,6 +117,28 @@ fn dev_brings_up_a_trust_domain_that_the_readme_commands_use_and_keeps_it_across
     assert!(String::from_utf8_lossy(&out.stdout).contains("/demo/orders"));
     let bundle_before = std::fs::read_to_string(json["bundle_path"].as_str().unwrap()).unwrap();
 
+    // An outside client: the dev login's access token admits it at the gateway, which
+    // calls orders as itself within a transaction for the token's user.
+    let gateway = json["gateway"]["address"].as_str().unwrap().to_owned();
+    let token =
+        std::fs::read_to_string(json["gateway"]["access_token_path"].as_str().unwrap()).unwrap();
+    let through_gateway = |gateway: &str, token: &str| {
+        http_get_with(
+            gateway,
+            "/api/orders/7",
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+    };
+    let (status, text) = through_gateway(&gateway, &token);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("for spiffe://example.org/demo/gateway in transaction"),
+        "{text}"
+    );
+    assert!(text.contains("of user:dev-user (scope orders)"), "{text}");
+    let (status, text) = http_get(&gateway, "/api/orders/7");
+    assert_eq!(status, 401, "{text}");
+
     assert!(terminate(&mut dev), "wimse dev did not stop cleanly");
     std::fs::remove_file(dir.path().join("dev.json")).unwrap();
 
@@ -121,6 +152,13 @@ fn dev_brings_up_a_trust_domain_that_the_readme_commands_use_and_keeps_it_across
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The dev login keeps its key: the first run's access token still admits (at the
+    // gateway's address of this run: another test may hold the default port).
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev.json")).unwrap())
+            .unwrap();
+    let (status, text) = through_gateway(json["gateway"]["address"].as_str().unwrap(), &token);
+    assert_eq!(status, 200, "{text}");
     assert!(terminate(&mut again));
 }
 
@@ -144,7 +182,11 @@ fn dev_demo_runs_the_basic_scenario_and_verifies_the_audit_logs() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("as expected").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("as expected").count(), 7, "{stdout}");
+    assert!(
+        stdout.contains("gateway.jsonl: intact, 2 records"),
+        "{stdout}"
+    );
     assert!(stdout.contains("answer 403"), "{stdout}");
     assert!(stdout.contains("orders.jsonl: intact"), "{stdout}");
     // The logs verify from the command line too, and hold no secret.
