@@ -15,7 +15,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn start_dev(dir: &Path, port: u16) -> Child {
+/// A running `wimse dev`, killed on drop (so a failing test leaves nothing behind that
+/// holds the demo ports).
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_dev(dir: &Path, port: u16) -> Dev {
     let log = std::fs::File::create(dir.join("dev.log")).unwrap();
     let child = Command::new(WIMSE)
         .args(["dev", "--bind", &format!("127.0.0.1:{port}")])
@@ -25,6 +36,7 @@ fn start_dev(dir: &Path, port: u16) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
+    let dev = Dev(child);
     let deadline = Instant::now() + Duration::from_secs(90);
     while !dir.join("dev.json").exists() {
         assert!(
@@ -34,7 +46,7 @@ fn start_dev(dir: &Path, port: u16) -> Child {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    dev
 }
 
 fn http_get(address: &str, path: &str) -> (u16, String) {
@@ -139,7 +151,7 @@ fn dev_brings_up_a_trust_domain_that_the_readme_commands_use_and_keeps_it_across
     let (status, text) = http_get(&gateway, "/api/orders/7");
     assert_eq!(status, 401, "{text}");
 
-    assert!(terminate(&mut dev), "wimse dev did not stop cleanly");
+    assert!(terminate(&mut dev.0), "wimse dev did not stop cleanly");
     std::fs::remove_file(dir.path().join("dev.json")).unwrap();
 
     // Again in the same directory: the same trust domain (same roots), working again.
@@ -159,7 +171,7 @@ fn dev_brings_up_a_trust_domain_that_the_readme_commands_use_and_keeps_it_across
             .unwrap();
     let (status, text) = through_gateway(json["gateway"]["address"].as_str().unwrap(), &token);
     assert_eq!(status, 200, "{text}");
-    assert!(terminate(&mut again));
+    assert!(terminate(&mut again.0));
 }
 
 #[test]

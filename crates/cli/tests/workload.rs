@@ -928,6 +928,17 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
 
+    // Without the token service, nothing goes inward: 503, and the gateway keeps serving.
+    d.server.stop();
+    let (status, _, body) = call("GET /api/orders/9".into(), bearer(&alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("urn:wimse:problem:token-service-unavailable"),
+        "{body}"
+    );
+
     // Its signed audit log verifies, holds one record per request, and no token.
     assert!(gw.stop(), "the gateway did not stop cleanly on SIGTERM");
     let audit_path = d.dir.path().join("gateway-audit.jsonl");
@@ -946,7 +957,7 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         3,
         "{audit}"
     );
-    assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 7, "{audit}");
+    assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 8, "{audit}");
     assert!(audit.contains("user:alice"), "{audit}");
     for secret in [&alice, &forged, &payroll_only, &forwarded.to_owned()] {
         assert!(
