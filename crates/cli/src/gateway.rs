@@ -55,7 +55,7 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         CredentialSource::connect(socket, config.spiffe_id.clone(), FIRST_CREDENTIALS).await?;
     let token_service = TokenServiceClient::new(&source, &config.server_address)
         .map_err(|e| CommandError::Gateway(e.to_string()))?;
-    let routes: Vec<String> = config
+    let route_names: Vec<String> = config
         .routes
         .iter()
         .map(|r| format!("{} ({})", r.prefix(), r.scope()))
@@ -80,17 +80,25 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         wimse_server::metrics::render(metrics.registry())
     })
     .await?;
-    tracing::info!(listen = %config.listen, server = config.server_address, ?routes,
+    tracing::info!(listen = %config.listen, server = config.server_address, routes = ?route_names,
+        tls = config.tls.is_some(),
         id = ?source.current().id().map(wimse_core::WorkloadId::as_str), "gateway ready");
-    axum::serve(
-        listener,
-        gateway
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(crate::runtime::shutdown_signal())
-    .await
-    .map_err(|e| CommandError::Gateway(format!("stopped: {e}")))?;
+    let router = gateway.router();
+    if let Some(tls) = config.tls {
+        // `serve` puts the client's address where the router reads it (`req_ip`).
+        tokio::select! {
+            () = wimse_workload::tls::serve(listener, tls, router) => {}
+            () = crate::runtime::shutdown_signal() => {}
+        }
+    } else {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(crate::runtime::shutdown_signal())
+        .await
+        .map_err(|e| CommandError::Gateway(format!("stopped: {e}")))?;
+    }
     if let Some(log) = audit {
         log.close()?;
     }

@@ -749,6 +749,11 @@ type GatewayCase<'a> = (&'a str, Vec<(String, String)>, u16, &'a str, &'a str);
 /// Starts `wimse gateway run` as `/gw`, routing `/api/orders` (scope `orders`) and
 /// `/api/refunds` (scope `refunds`) to workload 3's inbound proxy on `p3`.
 fn gateway(d: &Domain, port: u16, p3: u16, health: u16) -> Proxy {
+    gateway_with(d, port, p3, health, "")
+}
+
+/// [`gateway`], with `extra` appended to its configuration file.
+fn gateway_with(d: &Domain, port: u16, p3: u16, health: u16, extra: &str) -> Proxy {
     let config = d.dir.path().join("gateway.toml");
     std::fs::write(
         &config,
@@ -759,7 +764,7 @@ fn gateway(d: &Domain, port: u16, p3: u16, health: u16) -> Proxy {
              [[issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
              jwks_file = \"{jwks}\"\n\n\
              [[routes]]\nprefix = \"/api/orders\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"orders\"\n\n\
-             [[routes]]\nprefix = \"/api/refunds\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"refunds\"\n",
+             [[routes]]\nprefix = \"/api/refunds\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"refunds\"\n{extra}",
             server = d.server.addr,
             socket = socket_arg(d),
             gw = id("/gw"),
@@ -965,6 +970,71 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
             "a token is in the audit log"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_serves_https_with_its_own_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = domain("3600");
+    let up = upstream().await;
+    let (p3, pg) = (free_port(), free_port());
+    let _w3 = inbound(&d, p3, up, free_port());
+    // An ordinary web certificate for outside clients, not an SVID.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["gateway.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (d.dir.path().join("gw.crt"), d.dir.path().join("gw.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let _gw = gateway_with(
+        &d,
+        pg,
+        p3,
+        free_port(),
+        &format!(
+            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("gateway.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "GET /api/orders/7 HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        login_token(&d, "orders")
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    let token = body.rsplit(' ').next().unwrap().trim();
+    let claims = wimse_core::token::txn::verify_txn_token_in(
+        token,
+        &d.server.bundle(),
+        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
+    )
+    .unwrap();
+    // The client's address reaches the Txn-Token over TLS too.
+    assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "127.0.0.1");
+    assert_eq!(claims.sub, "user:alice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

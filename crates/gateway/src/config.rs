@@ -9,6 +9,10 @@
 //! health_bind = "127.0.0.1:9090"       # /healthz, /readyz, /metrics
 //! audit_log = "/var/log/wimse/gateway-audit.jsonl"
 //!
+//! [tls]                                # serve HTTPS (default: plain HTTP, for behind a load balancer)
+//! cert_file = "/etc/wimse/gateway.crt" # PEM chain, leaf first
+//! key_file = "/etc/wimse/gateway.key"  # PEM private key
+//!
 //! [[issuers]]                          # outside authorization servers whose access tokens admit a client
 //! issuer = "https://login.example.com"
 //! audience = "https://api.example.com"
@@ -28,6 +32,7 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use wimse_core::WorkloadId;
 use wimse_core::jose::JwkSet;
 use wimse_core::token::access::TrustedIssuer;
@@ -97,6 +102,14 @@ struct GatewayFile {
     issuers: Vec<IssuerFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+    tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +151,8 @@ pub struct GatewayConfig {
     pub issuers: Vec<TrustedIssuer>,
     /// Where requests go.
     pub routes: Routes,
+    /// The listener's TLS configuration, when it serves HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl GatewayConfig {
@@ -201,6 +216,7 @@ impl GatewayConfig {
             routes.push(built);
         }
         let routes = Routes::new(routes).map_err(|e| error("routes", e))?;
+        let tls = file.tls.as_ref().map(load_tls).transpose()?;
         Ok(GatewayConfig {
             listen: file.listen,
             server_address: file.server_address,
@@ -211,8 +227,21 @@ impl GatewayConfig {
             audit_log: file.audit_log,
             issuers,
             routes,
+            tls,
         })
     }
+}
+
+fn load_tls(file: &TlsFile) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let read = |path: &Path, setting: &str| {
+        std::fs::read(path)
+            .map_err(|e| error(format!("tls.{setting}"), format!("{}: {e}", path.display())))
+    };
+    let chain = read(&file.cert_file, "cert_file")?;
+    let key = zeroize::Zeroizing::new(read(&file.key_file, "key_file")?);
+    wimse_workload::tls::server_config_from_pem(&chain, &key)
+        .map(Arc::new)
+        .map_err(|e| error("tls", e))
 }
 
 fn load_issuer(file: &IssuerFile) -> Result<TrustedIssuer, String> {
@@ -338,6 +367,45 @@ mod tests {
         for (text, setting) in cases {
             let err = GatewayConfig::parse(&text).unwrap_err();
             assert_eq!(err.setting, setting, "{err} for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_loaded_or_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = jwks_file(dir.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gw.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (dir.path().join("gw.crt"), dir.path().join("gw.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let with_tls = |cert: &Path, key: &Path| {
+            format!(
+                "{}[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                text(&jwks, ROUTES),
+                cert.display(),
+                key.display()
+            )
+        };
+        let config = GatewayConfig::parse(&with_tls(&cert_file, &key_file)).unwrap();
+        assert!(config.tls.is_some());
+        assert!(
+            GatewayConfig::parse(&text(&jwks, ROUTES))
+                .unwrap()
+                .tls
+                .is_none()
+        );
+        let missing = dir.path().join("missing.key");
+        for (cert, key, setting) in [
+            (&cert_file, &missing, "tls.key_file"),
+            (&missing, &key_file, "tls.cert_file"),
+            (&key_file, &cert_file, "tls"),
+        ] {
+            let err = GatewayConfig::parse(&with_tls(cert, key)).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
         }
     }
 

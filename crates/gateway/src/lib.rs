@@ -15,9 +15,11 @@
 //! - [`ingress`]: [`Gateway`], the per-request steps, and its refusals.
 //! - [`metrics`]: Prometheus counters.
 //!
+//! The listener serves plain HTTP, or HTTPS with an ordinary certificate (`[tls]`).
+//!
 //! Not here yet: egress (generalizing internal identities and obtaining outside tokens
 //! for calls leaving the trust domain), mTLS client authentication of outside clients,
-//! and TLS termination (run it behind a TLS-terminating load balancer, or on loopback).
+//! and mTLS to upstreams.
 #![forbid(unsafe_code)]
 
 pub mod config;

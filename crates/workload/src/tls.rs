@@ -11,7 +11,11 @@
 //! - [`SvidResolver`] serves the *current* SVID on each handshake, so a rotated
 //!   certificate is used from the next connection on without a restart.
 //! - [`serve`] accepts TLS connections and hands each request to a tower service with the
-//!   verified [`MtlsPeer`] in its extensions (read by [`crate::Authenticator`]).
+//!   verified [`MtlsPeer`] in its extensions (read by [`crate::Authenticator`]) and the
+//!   client's address as axum's `ConnectInfo<SocketAddr>`.
+//! - [`server_config_from_pem`] is the other kind of listener: TLS with an ordinary
+//!   certificate for clients outside the trust domain (the gateway's), no client
+//!   certificates.
 //! - [`MtlsConnector`] is the client side for hyper-util's client: it opens an mTLS
 //!   connection for any URI and names the verified server ([`MtlsServer`]) in each
 //!   response's extensions (the outbound sidecar's `--proof mtls`).
@@ -35,6 +39,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("tls configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// A certificate or key file is not what it should be.
+    #[error("tls configuration: {0}")]
+    Pem(&'static str),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -298,8 +305,30 @@ pub fn client_config(
         .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone()))))
 }
 
-/// Accepts TLS connections on `listener` forever, serving each request with `service`
-/// and the verified client identity as an [`MtlsPeer`] extension.
+/// A server configuration (TLS 1.2 and 1.3, no client certificates) from a PEM
+/// certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC 1).
+/// Errors never quote the key file.
+pub fn server_config_from_pem(chain: &[u8], key: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::Pem("the certificate file is not PEM certificates"))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem("the certificate file holds no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|_| TlsError::Pem("the key file holds no PEM private key"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts TLS connections on `listener` forever, serving each request with `service`,
+/// the verified client identity as an [`MtlsPeer`] extension (when the configuration
+/// asks for client certificates), and the client's address as axum's `ConnectInfo`.
 pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -316,7 +345,7 @@ pub async fn serve<S>(
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, address)) = listener.accept().await else {
             continue;
         };
         let acceptor = acceptor.clone();
@@ -335,6 +364,8 @@ pub async fn serve<S>(
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(address));
                     if let Some(id) = &peer {
                         req.extensions_mut().insert(MtlsPeer(id.clone()));
                     }
@@ -468,5 +499,42 @@ impl tower::Service<http::Uri> for MtlsConnector {
                 server,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn a_server_certificate_and_key_load_from_pem_and_bad_files_are_named_without_quoting_them() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gateway.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let config = server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+
+        let broken_key = key_pem.replace('A', "*");
+        for (chain, key, why) in [
+            ("", key_pem.as_str(), "no certificate"),
+            (cert_pem.as_str(), cert_pem.as_str(), "no PEM private key"),
+            (cert_pem.as_str(), broken_key.as_str(), "no PEM private key"),
+        ] {
+            let err = server_config_from_pem(chain.as_bytes(), key.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+            assert!(!err.contains("PRIVATE") && err.len() < 100, "{err}");
+        }
+        // A key that is not the certificate's is refused by rustls.
+        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        assert!(server_config_from_pem(cert_pem.as_bytes(), other.as_bytes()).is_err());
     }
 }
