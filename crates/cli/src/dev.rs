@@ -318,6 +318,23 @@ fn sorted(list: &[String]) -> Vec<String> {
     list
 }
 
+/// A loopback listener on `port` if it is free, on any port otherwise (dev.json says
+/// which), and its address.
+async fn listen_on_loopback(
+    port: u16,
+) -> Result<(tokio::net::TcpListener, SocketAddr), CommandError> {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| dev_error("listener", e))?,
+    };
+    let address = listener
+        .local_addr()
+        .map_err(|e| dev_error("listener", e))?;
+    Ok((listener, address))
+}
+
 async fn start_service(
     demo: &Demo,
     id: &str,
@@ -332,16 +349,7 @@ async fn start_service(
         CREDENTIALS_WAIT,
     )
     .await?;
-    // The demo's port if it is free, any port otherwise (dev.json says which).
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", demo.port)).await {
-        Ok(listener) => listener,
-        Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| dev_error("demo listener", e))?,
-    };
-    let address = listener
-        .local_addr()
-        .map_err(|e| dev_error("demo listener", e))?;
+    let (listener, address) = listen_on_loopback(demo.port).await?;
     let policy = Arc::new(Policy::from_text(
         &demo.policy.replace("@TD@", trust_domain),
     )?);

@@ -187,15 +187,7 @@ pub(super) async fn start(
         ProofMethod::WitWpt,
     )
     .with_audit(Arc::clone(&audit));
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", GATEWAY_PORT)).await {
-        Ok(listener) => listener,
-        Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| dev_error("gateway listener", e))?,
-    };
-    let address = listener
-        .local_addr()
-        .map_err(|e| dev_error("gateway listener", e))?;
+    let (listener, address) = super::listen_on_loopback(GATEWAY_PORT).await?;
     tokio::spawn(async move {
         let service = gateway
             .router()
