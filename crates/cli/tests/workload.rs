@@ -701,6 +701,12 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
         refused(w1.start(&login, &scope("orders"), None, None).await),
         (400, "unauthorized_client".to_owned())
     );
+    // An over-long request gets an RFC 6749 error too, not a bare 413.
+    let huge = "a".repeat(wimse_core::token::exchange::MAX_REQUEST_BYTES);
+    assert_eq!(
+        refused(gateway.start(&huge, &scope("orders"), None, None).await),
+        (400, "invalid_request".to_owned())
+    );
 
     // Not this trust domain's, or not signed by its token service: refused by workload 3
     // with a reason. (No trust domain's service issues the first; it is signed here with
@@ -736,7 +742,7 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
     d.server.stop();
     let audit = std::fs::read_to_string(audit_path).unwrap();
     assert_eq!(audit.matches("\"txn_token_issued\"").count(), 2, "{audit}");
-    assert_eq!(audit.matches("\"token_exchange\"").count(), 4, "{audit}");
+    assert_eq!(audit.matches("\"token_exchange\"").count(), 5, "{audit}");
     for secret in [&good, &narrow, &login] {
         assert!(!audit.contains(secret.as_str()));
     }

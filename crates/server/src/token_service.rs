@@ -24,7 +24,6 @@ use crate::config::TokenServiceSettings;
 use crate::datastore::AuthorityKind;
 use crate::state::State;
 use crate::tls::Caller;
-use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +36,8 @@ use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::{JwkSet, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::exchange::{
-    ExchangeError, ExchangeRequest, ExchangeResponse, Scope, TOKEN_PATH, token_type,
+    ExchangeError, ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, TOKEN_PATH,
+    token_type,
 };
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
 use wimse_core::token::{Audience, Validation, random_jti};
@@ -358,9 +358,6 @@ fn add_only(
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route(TOKEN_PATH, axum::routing::post(token))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            wimse_core::token::exchange::MAX_REQUEST_BYTES,
-        ))
         .with_state(state)
 }
 
@@ -381,10 +378,22 @@ async fn token(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let started = std::time::Instant::now();
-    let request = form_body(&headers).and_then(|()| ExchangeRequest::parse(&body));
+    // Read here rather than by an extractor, so that an over-long body gets an RFC 6749
+    // error (and an audit record) like every other refusal, not a bare 413.
+    let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|_| {
+            ExchangeError::InvalidRequest(format!(
+                "the request is unreadable or longer than {MAX_REQUEST_BYTES} bytes"
+            ))
+        });
+    let request = body.and_then(|body| {
+        form_body(&headers)?;
+        ExchangeRequest::parse(&body)
+    });
     // What the caller presented, for the audit record: its hash, never the token.
     let subject = request.as_ref().ok().map(|r| {
         let kind = if r.subject_token_type == token_type::TXN_TOKEN {
