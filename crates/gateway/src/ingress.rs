@@ -13,8 +13,9 @@
 //!    `request_details`. The token service checks the access token again, and may refuse.
 //! 5. The request goes to the route's upstream with that Txn-Token in `Txn-Token` and the
 //!    gateway's WIT and proof (a WPT bound to the Txn-Token, or a message signature). The
-//!    client's `Authorization` never goes inward, nor any identity, credential or
-//!    Txn-Token header it sent: those would be taken as the gateway's word.
+//!    client's `Authorization` never goes inward, nor any identity, credential,
+//!    Txn-Token or forwarding (`Forwarded`, `X-Forwarded-*`) header it sent: those would
+//!    be taken as the gateway's word ([`strip_inward`]).
 //! 6. The response comes back without the inward identity and credential headers, so
 //!    outside clients never learn the internal workloads' identities.
 //!
@@ -383,9 +384,7 @@ impl Gateway {
         parts.uri = target
             .parse()
             .map_err(|e| Refusal::Upstream(format!("`{target}`: {e}")))?;
-        parts.headers.remove(http::header::AUTHORIZATION);
-        parts.headers.remove(TXN_HEADER);
-        strip_inbound(&mut parts.headers);
+        strip_inward(&mut parts.headers);
         parts.headers.insert(
             TXN_HEADER,
             HeaderValue::from_str(txn_token)
@@ -461,6 +460,29 @@ impl Gateway {
             tracing::error!(error = %e, "audit append failed");
         }
     }
+}
+
+/// Headers an outside client may send that inward services could take as the gateway's
+/// word about the client: its address and the scheme and host it used. The client's
+/// address travels signed instead, as the Txn-Token's `rctx.req_ip`.
+const FORWARDING_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Removes from an outside request what must not go inward: the client's access token,
+/// any Txn-Token, workload identity or credential header, forwarding headers, and
+/// hop-by-hop headers.
+pub fn strip_inward(headers: &mut HeaderMap) {
+    headers.remove(http::header::AUTHORIZATION);
+    headers.remove(TXN_HEADER);
+    for name in FORWARDING_HEADERS {
+        headers.remove(name);
+    }
+    strip_inbound(headers);
 }
 
 /// Removes from a response what must not leave the trust domain: the inward identity
@@ -548,6 +570,31 @@ mod tests {
             );
         }
         assert_eq!(quotable("a \"b\"\\\n"), "a ?b???");
+    }
+
+    #[test]
+    fn outside_claims_never_go_in() {
+        let mut map = HeaderMap::new();
+        for name in [
+            "authorization",
+            TXN_HEADER,
+            PEER_ID_HEADER,
+            "workload-proof-token",
+            "signature-input",
+            "x-forwarded-for",
+            "forwarded",
+            "x-real-ip",
+            "host",
+            "connection",
+            "accept",
+        ] {
+            map.insert(name, HeaderValue::from_static("x"));
+        }
+        strip_inward(&mut map);
+        assert_eq!(
+            map.keys().map(http::HeaderName::as_str).collect::<Vec<_>>(),
+            ["accept"]
+        );
     }
 
     #[test]
