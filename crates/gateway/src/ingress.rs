@@ -53,6 +53,10 @@ use wimse_workload::{CredentialSource, ProofMethod};
 /// The realm named in `WWW-Authenticate`.
 const REALM: &str = "wimse";
 
+/// How long a token exchange may take by default before the request is refused (503): a
+/// token service that hangs must not pile up outside clients.
+pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why an outside request was not forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -213,6 +217,7 @@ pub struct Gateway {
     client: Client<HttpConnector, Full<Bytes>>,
     audit: Option<Arc<AuditLog>>,
     metrics: Arc<GatewayMetrics>,
+    exchange_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -250,7 +255,16 @@ impl Gateway {
             client: wimse_workload::http_client(),
             audit: None,
             metrics: Arc::new(GatewayMetrics::default()),
+            exchange_timeout: EXCHANGE_TIMEOUT,
         }
+    }
+
+    /// Refuses a request (503) whose token exchange takes longer than `timeout`
+    /// (default [`EXCHANGE_TIMEOUT`]).
+    #[must_use]
+    pub fn with_exchange_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.exchange_timeout = timeout;
+        self
     }
 
     /// Records every request in `log`.
@@ -324,15 +338,20 @@ impl Gateway {
         }
         let details = json!({ "method": request.method.as_str(), "path": path });
         let started = Instant::now();
-        let exchanged = self
-            .token_service
-            .start(
-                token,
-                route.scope(),
-                Some(context),
-                details.as_object().cloned(),
-            )
-            .await;
+        let exchange = self.token_service.start(
+            token,
+            route.scope(),
+            Some(context),
+            details.as_object().cloned(),
+        );
+        let exchanged = tokio::time::timeout(self.exchange_timeout, exchange)
+            .await
+            .map_err(|_| {
+                Refusal::TokenServiceUnavailable(format!(
+                    "no answer within {} ms",
+                    self.exchange_timeout.as_millis()
+                ))
+            })?;
         self.metrics.exchange(started.elapsed().as_secs_f64());
         let txn = exchanged.map_err(|e| match e {
             TokenServiceError::Refused {
