@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use wimse_gateway::config::EgressConfig;
+use wimse_gateway::egress::Egress;
 use wimse_gateway::{Gateway, GatewayConfig};
-use wimse_workload::CredentialSource;
 use wimse_workload::token_service::TokenServiceClient;
+use wimse_workload::{AuthConfig, Authenticator, CredentialSource, Policy, WimseLayer};
 
 use crate::cli::Environment;
 use crate::error::CommandError;
@@ -75,6 +77,9 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         gateway = gateway.with_audit(Arc::clone(log));
     }
     let metrics = Arc::clone(gateway.metrics());
+    if let Some(egress) = config.egress {
+        serve_egress(egress, &source, audit.as_ref()).await?;
+    }
     let listener = listen(config.listen).await?;
     serve_health(config.health_bind, &source, move || {
         wimse_server::metrics::render(metrics.registry())
@@ -102,5 +107,42 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
     if let Some(log) = audit {
         log.close()?;
     }
+    Ok(())
+}
+
+/// Starts the egress listener: internal callers are authenticated and authorized by the
+/// same layer every workload uses (and audited in the gateway's log), then their calls go
+/// out under the gateway's identity.
+async fn serve_egress(
+    config: EgressConfig,
+    source: &CredentialSource,
+    audit: Option<&Arc<wimse_audit::AuditLog>>,
+) -> Result<(), CommandError> {
+    let policy = Arc::new(if let Some(path) = &config.policy {
+        Policy::from_file(path)?
+    } else {
+        tracing::warn!("egress has no `policy`: every outgoing request will be denied");
+        Policy::from_text("")?
+    });
+    policy.watch();
+    let authn = Authenticator::new(AuthConfig::new(config.public_url.clone()), source.clone());
+    let mut layer = WimseLayer::new(Arc::new(authn), policy);
+    if let Some(log) = audit {
+        layer = layer.with_audit(Arc::clone(log));
+    }
+    let router = Egress::new(config.routes)
+        .map_err(|e| CommandError::Gateway(format!("egress: {e}")))?
+        .router()
+        .layer(layer);
+    let listener = listen(config.listen).await?;
+    tracing::info!(listen = %config.listen, public_url = config.public_url, "gateway egress ready");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(crate::runtime::shutdown_signal())
+            .await
+        {
+            tracing::error!(error = %e, "gateway egress stopped");
+        }
+    });
     Ok(())
 }

@@ -1043,6 +1043,167 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     assert_eq!(claims.sub, "user:alice");
 }
 
+/// The outside partner of the egress test, over HTTPS: an API that says what reached it,
+/// and its authorization server's token endpoint (client credentials for `gw-client`),
+/// which counts the tokens it issues.
+async fn partner(
+    cert: &rcgen::Certificate,
+    key: &rcgen::KeyPair,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let issued = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&issued);
+    let token = move |headers: http::HeaderMap, body: String| {
+        let count = Arc::clone(&count);
+        async move {
+            // base64("gw-client:s3cret")
+            let basic = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned());
+            if basic.as_deref() != Some("Basic Z3ctY2xpZW50OnMzY3JldA==")
+                || body != "grant_type=client_credentials&scope=orders.read"
+            {
+                return (
+                    http::StatusCode::UNAUTHORIZED,
+                    r#"{"error":"invalid_client"}"#.to_owned(),
+                );
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            (
+                http::StatusCode::OK,
+                format!(
+                    r#"{{"access_token":"partner-token-{n}","token_type":"Bearer","expires_in":3600}}"#
+                ),
+            )
+        }
+    };
+    let api = |method: http::Method, uri: http::Uri, headers: http::HeaderMap| async move {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map_or("-", |v| v.to_str().unwrap())
+                .to_owned()
+        };
+        format!(
+            "partner: {method} {} auth={} wit={} txn={} peer={} xff={}",
+            uri,
+            get("authorization"),
+            get("workload-identity-token"),
+            get("txn-token"),
+            get("x-wimse-peer-id"),
+            get("x-forwarded-for"),
+        )
+    };
+    let app = axum::Router::new()
+        .route("/oauth2/token", axum::routing::post(token))
+        .fallback(api);
+    let config = wimse_workload::tls::server_config_from_pem(
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(wimse_workload::tls::serve(listener, Arc::new(config), app));
+    (port, issued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_egress_sends_internal_calls_out_under_its_own_identity() {
+    use std::sync::atomic::Ordering;
+    let d = domain("3600");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (pp, issued) = partner(&cert, &key).await;
+    let roots = d.dir.path().join("partner-roots.pem");
+    std::fs::write(&roots, cert.pem()).unwrap();
+    let secret = d.dir.path().join("partner-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let policy = d.dir.path().join("egress.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "permit(principal == Workload::\"{}\", action == Action::\"GET\", resource)\n\
+             when {{ context.path like \"/partner/*\" }};\n",
+            id("/w1")
+        ),
+    )
+    .unwrap();
+    let (pg, pe, p1, p2) = (free_port(), free_port(), free_port(), free_port());
+    let _gw = gateway_with(
+        &d,
+        pg,
+        free_port(),
+        free_port(),
+        &format!(
+            "\n[egress]\nlisten = \"127.0.0.1:{pe}\"\npolicy = \"{policy}\"\n\n\
+             [[egress.routes]]\nprefix = \"/partner\"\nupstream = \"https://localhost:{pp}\"\n\
+             ca_file = \"{roots}\"\nstrip_prefix = true\n\
+             token_endpoint = \"https://localhost:{pp}/oauth2/token\"\nclient_id = \"gw-client\"\n\
+             client_secret_file = \"{secret}\"\ntoken_scope = \"orders.read\"\n",
+            policy = policy.display(),
+            roots = roots.display(),
+            secret = secret.display(),
+        ),
+    );
+    let _w1 = outbound(&d, "/w1", p1, "wit-wpt", free_port());
+    let _w2 = outbound(&d, "/w2", p2, "http-sig", free_port());
+    // A transaction workload 1 takes part in (verified at the egress, then kept inside).
+    let (server_key, kid) = server_jwt_key(&d.server);
+    let txn = txn_token(&server_key, &kid, TRUST_DOMAIN, "orders");
+    let call = move |proxy: u16, path: &'static str, headers: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http(
+                proxy,
+                &format!("GET http://127.0.0.1:{pe}{path}"),
+                &headers,
+                "",
+            )
+        })
+    };
+
+    // Workload 1 may call the partner: the call goes out over HTTPS with the gateway's
+    // outside token, and nothing of workload 1's identity or transaction goes with it.
+    for _ in 0..3 {
+        let (status, body) = call(
+            p1,
+            "/partner/orders/7?full=1",
+            vec![
+                ("Txn-Token", txn.clone()),
+                ("X-Forwarded-For", "10.1.2.3".to_owned()),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            "partner: GET /orders/7?full=1 auth=Bearer partner-token-1 wit=- txn=- peer=- xff=-"
+        );
+    }
+    // One outside token served all three calls.
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+
+    // Workload 2 may not; a caller without credentials is refused; unknown paths too.
+    let (status, body) = call(p2, "/partner/orders/7", vec![]).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http(pe, "GET /partner/orders/7", &[], ""))
+            .await
+            .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("missing-credentials"), "{body}");
+    let (status, body) = call(p1, "/partner/../admin", vec![]).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("urn:wimse:problem:ambiguous-path"), "{body}");
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sidecars_carry_plain_http_over_mutual_tls() {
     let d = domain("3600");

@@ -23,6 +23,21 @@
 //! upstream = "http://orders.internal:8080"
 //! scope = "orders.read"                # the Txn-Token's scope; the access token must grant it
 //! strip_prefix = false                 # forward /orders/7 as /7 when true
+//!
+//! [egress]                             # optional: internal workloads' calls to outside services
+//! listen = "127.0.0.1:8090"            # internal callers authenticate here with WIT+WPT etc.
+//! public_url = "http://gateway.internal:8090"   # their proofs' audience (default http://<listen>)
+//! policy = "/etc/wimse/egress.cedar"   # who may call which destination (default: nobody)
+//!
+//! [[egress.routes]]
+//! prefix = "/partner"
+//! upstream = "https://api.partner.example"
+//! ca_file = "/etc/wimse/partner-roots.pem"      # needed for https upstreams and token endpoints
+//! strip_prefix = true
+//! token_endpoint = "https://login.partner.example/oauth2/token"  # optional: an outside token
+//! client_id = "wimse-gateway"                   #   for the gateway (client credentials)
+//! client_secret_file = "/etc/wimse/partner-secret"
+//! token_scope = "orders.read"
 //! ```
 //!
 //! Every value is checked when the file is read; a bad one is named with its place
@@ -39,6 +54,7 @@ use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
 use wimse_workload::ProofMethod;
 
+use crate::egress::{EgressRoute, OutsideClient};
 use crate::route::{Route, RouteError, Routes};
 
 /// A setting that is missing or wrong.
@@ -103,6 +119,44 @@ struct GatewayFile {
     #[serde(default)]
     routes: Vec<RouteFile>,
     tls: Option<TlsFile>,
+    egress: Option<EgressFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressFile {
+    listen: SocketAddr,
+    public_url: Option<String>,
+    policy: Option<PathBuf>,
+    #[serde(default)]
+    routes: Vec<EgressRouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressRouteFile {
+    prefix: String,
+    upstream: String,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    strip_prefix: bool,
+    token_endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    token_scope: Option<String>,
+}
+
+/// The checked `[egress]` table.
+#[derive(Debug)]
+pub struct EgressConfig {
+    /// Where internal workloads send their outgoing calls.
+    pub listen: SocketAddr,
+    /// The audience their proofs are bound to.
+    pub public_url: String,
+    /// The Cedar policy file deciding who may call where (none: nobody may).
+    pub policy: Option<PathBuf>,
+    /// Where calls go.
+    pub routes: Vec<EgressRoute>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +185,7 @@ struct RouteFile {
 }
 
 /// A checked gateway configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GatewayConfig {
     /// Where outside clients connect.
     pub listen: SocketAddr,
@@ -153,6 +207,8 @@ pub struct GatewayConfig {
     pub routes: Routes,
     /// The listener's TLS configuration, when it serves HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The egress side, when configured.
+    pub egress: Option<EgressConfig>,
 }
 
 impl GatewayConfig {
@@ -217,6 +273,10 @@ impl GatewayConfig {
         }
         let routes = Routes::new(routes).map_err(|e| error("routes", e))?;
         let tls = file.tls.as_ref().map(load_tls).transpose()?;
+        let egress = file.egress.map(load_egress).transpose()?;
+        if egress.as_ref().is_some_and(|e| e.listen == file.listen) {
+            return Err(error("egress.listen", "must differ from `listen`"));
+        }
         Ok(GatewayConfig {
             listen: file.listen,
             server_address: file.server_address,
@@ -228,8 +288,117 @@ impl GatewayConfig {
             issuers,
             routes,
             tls,
+            egress,
         })
     }
+}
+
+fn load_egress(file: EgressFile) -> Result<EgressConfig, ConfigError> {
+    if file.routes.is_empty() {
+        return Err(error(
+            "egress.routes",
+            "name at least one `[[egress.routes]]`, or leave out `[egress]`",
+        ));
+    }
+    let public_url = file
+        .public_url
+        .unwrap_or_else(|| format!("http://{}", file.listen));
+    let routes = file
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, route)| {
+            load_egress_route(route)
+                .map_err(|(field, m)| error(format!("egress.routes[{i}]{field}"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EgressConfig {
+        listen: file.listen,
+        public_url,
+        policy: file.policy,
+        routes,
+    })
+}
+
+/// One egress route; an error names the field (as `.upstream`, or empty for the route).
+fn load_egress_route(file: EgressRouteFile) -> Result<EgressRoute, (&'static str, String)> {
+    let route =
+        Route::outward(&file.prefix, &file.upstream, file.strip_prefix).map_err(|e| match e {
+            RouteError::Prefix(m) => (".prefix", m),
+            RouteError::Upstream(m) => (".upstream", m),
+        })?;
+    let outside_client = match (file.token_endpoint, file.client_id, file.client_secret_file) {
+        (None, None, None) => {
+            if file.token_scope.is_some() {
+                return Err((".token_scope", "needs `token_endpoint`".into()));
+            }
+            None
+        }
+        (Some(endpoint), Some(client_id), Some(secret_file)) => {
+            let token_endpoint: http::Uri = endpoint
+                .parse()
+                .map_err(|e| (".token_endpoint", format!("`{endpoint}`: {e}")))?;
+            if !matches!(token_endpoint.scheme_str(), Some("http" | "https"))
+                || token_endpoint.authority().is_none()
+            {
+                return Err((
+                    ".token_endpoint",
+                    format!("`{endpoint}` must be an absolute http(s) url"),
+                ));
+            }
+            let secret = std::fs::read_to_string(&secret_file).map_err(|e| {
+                (
+                    ".client_secret_file",
+                    format!("{}: {e}", secret_file.display()),
+                )
+            })?;
+            let secret = zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_owned());
+            if secret.is_empty() || client_id.is_empty() {
+                return Err((
+                    "",
+                    "`client_id` and the client secret must not be empty".into(),
+                ));
+            }
+            Some(OutsideClient {
+                token_endpoint,
+                client_id,
+                client_secret: secret,
+                scope: file.token_scope,
+            })
+        }
+        _ => {
+            return Err((
+                "",
+                "`token_endpoint`, `client_id` and `client_secret_file` come together".into(),
+            ));
+        }
+    };
+    let needs_roots = route.is_https()
+        || outside_client
+            .as_ref()
+            .is_some_and(|c| c.token_endpoint.scheme_str() == Some("https"));
+    let tls = match (&file.ca_file, needs_roots) {
+        (Some(path), _) => {
+            let roots = std::fs::read(path)
+                .map_err(|e| (".ca_file", format!("{}: {e}", path.display())))?;
+            Some(Arc::new(
+                wimse_workload::tls::web_client_config(&roots)
+                    .map_err(|e| (".ca_file", e.to_string()))?,
+            ))
+        }
+        (None, true) => {
+            return Err((
+                ".ca_file",
+                "an https destination needs the CA roots to check it by".into(),
+            ));
+        }
+        (None, false) => None,
+    };
+    Ok(EgressRoute {
+        route,
+        tls,
+        outside_client,
+    })
 }
 
 fn load_tls(file: &TlsFile) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
@@ -407,6 +576,65 @@ mod tests {
             let err = GatewayConfig::parse(&with_tls(cert, key)).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
+    }
+
+    #[test]
+    fn the_egress_table_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = jwks_file(dir.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["partner.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, cert.pem()).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let egress = |route: &str| {
+            format!(
+                "{}[egress]\nlisten = \"127.0.0.1:8090\"\n[[egress.routes]]\nprefix = \"/p\"\n{route}",
+                text(&jwks, ROUTES)
+            )
+        };
+        let full = format!(
+            "upstream = \"https://partner.example\"\nca_file = \"{}\"\n\
+             token_endpoint = \"https://login.partner.example/token\"\nclient_id = \"gw\"\n\
+             client_secret_file = \"{}\"\ntoken_scope = \"read\"\n",
+            roots.display(),
+            secret.display()
+        );
+        let config = GatewayConfig::parse(&egress(&full)).unwrap();
+        let e = config.egress.unwrap();
+        assert_eq!(e.public_url, "http://127.0.0.1:8090");
+        let client = e.routes[0].outside_client.as_ref().unwrap();
+        assert_eq!(client.client_secret.as_str(), "s3cret");
+        assert!(!format!("{client:?}").contains("s3cret"));
+        assert!(GatewayConfig::parse(&egress("upstream = \"http://127.0.0.1:1\"\n")).is_ok());
+        for (route, setting) in [
+            (
+                "upstream = \"https://partner.example\"\n",
+                "egress.routes[0].ca_file",
+            ),
+            ("upstream = \"ftp://x\"\n", "egress.routes[0].upstream"),
+            (
+                "upstream = \"http://x:1\"\ntoken_endpoint = \"http://y:1/t\"\n",
+                "egress.routes[0]",
+            ),
+            (
+                "upstream = \"http://x:1\"\ntoken_scope = \"a\"\n",
+                "egress.routes[0].token_scope",
+            ),
+        ] {
+            let err = GatewayConfig::parse(&egress(route)).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+        }
+        let same_port = text(&jwks, ROUTES)
+            + "[egress]\nlisten = \"127.0.0.1:8080\"\n[[egress.routes]]\nprefix = \"/p\"\nupstream = \"http://x:1\"\n";
+        assert_eq!(
+            GatewayConfig::parse(&same_port).unwrap_err().setting,
+            "egress.listen"
+        );
     }
 
     #[test]

@@ -13,16 +13,18 @@
 //! - [`config`]: the TOML file, checked whole when read.
 //! - [`route`]: path prefixes to upstreams and scopes, and the refusal of ambiguous paths.
 //! - [`ingress`]: [`Gateway`], the per-request steps, and its refusals.
+//! - [`egress`]: [`egress::Egress`], internal workloads' calls to outside services, their
+//!   identity generalized to the gateway's.
 //! - [`metrics`]: Prometheus counters.
 //!
 //! The listener serves plain HTTP, or HTTPS with an ordinary certificate (`[tls]`).
 //!
-//! Not here yet: egress (generalizing internal identities and obtaining outside tokens
-//! for calls leaving the trust domain), mTLS client authentication of outside clients,
-//! and mTLS to upstreams.
+//! Not here yet: mTLS client authentication of outside clients, mTLS to inward
+//! upstreams, and identity chaining to other trust domains on egress.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod egress;
 pub mod ingress;
 pub mod metrics;
 pub mod route;

@@ -41,6 +41,39 @@ impl Route {
         scope: Scope,
         strip_prefix: bool,
     ) -> Result<Self, RouteError> {
+        Self::build(prefix, upstream, &["http"], scope, strip_prefix).map_err(|e| match e {
+            RouteError::Upstream(m) => RouteError::Upstream(format!(
+                "{m} (the gateway proves itself with a WIT; put a `wimse proxy inbound` in \
+                 front of the service)"
+            )),
+            prefix @ RouteError::Prefix(_) => prefix,
+        })
+    }
+
+    /// An egress route: requests under `prefix` go to an outside `upstream` (`http://` or
+    /// `https://`). Its scope is empty: no Txn-Token goes out.
+    pub fn outward(prefix: &str, upstream: &str, strip_prefix: bool) -> Result<Self, RouteError> {
+        Self::build(
+            prefix,
+            upstream,
+            &["http", "https"],
+            Scope::default(),
+            strip_prefix,
+        )
+    }
+
+    /// Whether the upstream is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.upstream.starts_with("https://")
+    }
+
+    fn build(
+        prefix: &str,
+        upstream: &str,
+        schemes: &[&str],
+        scope: Scope,
+        strip_prefix: bool,
+    ) -> Result<Self, RouteError> {
         if !prefix.starts_with('/') {
             return Err(RouteError::Prefix(format!(
                 "`{prefix}` must be an absolute path such as `/orders`"
@@ -63,10 +96,10 @@ impl Route {
         let uri: http::Uri = upstream
             .parse()
             .map_err(|e| RouteError::Upstream(format!("`{upstream}`: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        if !uri.scheme_str().is_some_and(|s| schemes.contains(&s)) || uri.authority().is_none() {
             return Err(RouteError::Upstream(format!(
-                "`{upstream}` must be an http:// url (the gateway proves itself with a WIT; \
-                 put a `wimse proxy inbound` in front of the service)"
+                "`{upstream}` must be an absolute {} url",
+                schemes.join(" or ")
             )));
         }
         if uri.query().is_some() || upstream.contains('#') {
@@ -87,7 +120,8 @@ impl Route {
         &self.prefix
     }
 
-    /// The scope a request on this route needs, and its Txn-Token gets.
+    /// The scope a request on this route needs, and its Txn-Token gets (empty for an
+    /// egress route).
     pub fn scope(&self) -> &Scope {
         &self.scope
     }
@@ -237,6 +271,16 @@ mod tests {
         for good in ["/", "/a", "/a/", "/a/b.c", "/a/...", "/a/%41"] {
             assert!(check_path(good).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn only_egress_routes_go_to_https() {
+        let scope = Scope::parse("s").unwrap();
+        assert!(Route::new("/a", "https://x.example", scope, false).is_err());
+        let out = Route::outward("/a", "https://x.example/v1", true).unwrap();
+        assert!(out.is_https());
+        assert_eq!(out.target("/a/b", None), "https://x.example/v1/b");
+        assert!(Route::outward("/a", "ftp://x.example", true).is_err());
     }
 
     #[test]

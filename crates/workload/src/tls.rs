@@ -326,6 +326,27 @@ pub fn server_config_from_pem(chain: &[u8], key: &[u8]) -> Result<rustls::Server
     Ok(config)
 }
 
+/// A client configuration for servers outside the trust domain (TLS 1.2 and 1.3): the
+/// server's certificate is checked against the PEM roots in `roots_pem` and its host name
+/// by the Web PKI rules; no client certificate is sent.
+pub fn web_client_config(roots_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem) {
+        let cert = cert.map_err(|_| TlsError::Pem("the roots file is not PEM certificates"))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("the roots file holds no certificate"));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Accepts TLS connections on `listener` forever, serving each request with `service`,
 /// the verified client identity as an [`MtlsPeer`] extension (when the configuration
 /// asks for client certificates), and the client's address as axum's `ConnectInfo`.
@@ -388,7 +409,9 @@ pub struct MtlsServer(pub WorkloadId);
 /// X509-SVID, whatever the URI's scheme: the outbound sidecar takes plain `http://`
 /// requests from its service and carries them over mTLS. The server's SVID is checked by
 /// [`SvidVerifier`] against the bundles and the allow-list of [`client_config`]; the server
-/// name is not used (see the module doc).
+/// name is not used (see the module doc). Built [`MtlsConnector::with_config`] from a
+/// [`web_client_config`], it opens ordinary TLS connections to servers outside the trust
+/// domain instead (the host name is then checked).
 #[derive(Clone)]
 pub struct MtlsConnector {
     tcp: hyper_util::client::legacy::connect::HttpConnector,
@@ -411,6 +434,17 @@ impl MtlsConnector {
             tcp,
             tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(source, allow)?)),
         })
+    }
+
+    /// A connector opening TLS connections as `config` says.
+    pub fn with_config(config: Arc<rustls::ClientConfig>) -> Self {
+        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        MtlsConnector {
+            tcp,
+            tls: tokio_rustls::TlsConnector::from(config),
+        }
     }
 }
 
@@ -533,6 +567,10 @@ mod tests {
             assert!(err.contains(why), "{err}");
             assert!(!err.contains("PRIVATE") && err.len() < 100, "{err}");
         }
+        // The same certificate serves as a client's root.
+        assert!(web_client_config(cert_pem.as_bytes()).is_ok());
+        assert!(web_client_config(key_pem.as_bytes()).is_err());
+        assert!(web_client_config(b"").is_err());
         // A key that is not the certificate's is refused by rustls.
         let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
         assert!(server_config_from_pem(cert_pem.as_bytes(), other.as_bytes()).is_err());

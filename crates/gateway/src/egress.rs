@@ -1,0 +1,367 @@
+//! Egress: internal workloads call outside services through the gateway, which
+//! generalizes their identity (draft-ietf-wimse-arch, "Egress Identity Generalization").
+//!
+//! The egress listener sits behind a [`wimse_workload::WimseLayer`], so an internal
+//! caller is authenticated (WIT+WPT, message signature, mTLS) and authorized by Cedar
+//! (resource: the gateway; `context.path` names the destination) exactly as any workload
+//! is, and the decision is audited with the caller's ID. What goes out is the gateway's,
+//! not the caller's:
+//!
+//! - every internal identity and context header is removed: WIT, WPT, message signatures,
+//!   `Txn-Token`, the verified-peer headers, forwarding headers, and the caller's own
+//!   `Authorization`;
+//! - when the route names an outside authorization server, an access token issued to the
+//!   gateway (OAuth client credentials, RFC 6749 §4.4, with HTTP Basic client
+//!   authentication) goes in `Authorization: Bearer`; it is fetched once and reused until
+//!   30 seconds before it expires;
+//! - `https://` destinations are reached with the route's own CA roots, the host name
+//!   checked.
+//!
+//! The outside service thus sees one client (the gateway, or its OAuth client) whatever
+//! internal workload called, and the internal deployment stays out of its view.
+
+use crate::ingress::strip_inward;
+use crate::route::{Route, Routes, check_path};
+use axum::body::Body;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wimse_workload::layer::problem;
+use wimse_workload::proxy::{MAX_OUTBOUND_BODY, strip_hop_by_hop};
+use wimse_workload::tls::MtlsConnector;
+use zeroize::Zeroizing;
+
+/// How long before its expiry a cached outside token is replaced.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// The lifetime assumed for an outside token whose response names none.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// The largest token response read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// Why an outgoing request was not forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// The path could be read two ways.
+    #[error("ambiguous path: {0}")]
+    BadPath(&'static str),
+    /// No destination takes the path.
+    #[error("no egress route for this path")]
+    NoRoute,
+    /// The request body is too large or unreadable.
+    #[error("request body unreadable: {0}")]
+    Body(String),
+    /// The outside authorization server gave no token.
+    #[error("no outside access token: {0}")]
+    OutsideToken(String),
+    /// The destination did not answer.
+    #[error("destination unavailable: {0}")]
+    Upstream(String),
+}
+
+impl EgressError {
+    /// The problem code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadPath(_) => "ambiguous-path",
+            Self::NoRoute => "no-route",
+            Self::Body(_) => "body-unreadable",
+            Self::OutsideToken(_) => "outside-token-unavailable",
+            Self::Upstream(_) => "upstream-unavailable",
+        }
+    }
+
+    fn response(&self) -> Response<Body> {
+        let (status, title) = match self {
+            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "request refused"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "not found"),
+            Self::Body(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request body refused"),
+            Self::OutsideToken(_) | Self::Upstream(_) => {
+                (StatusCode::BAD_GATEWAY, "destination unavailable")
+            }
+        };
+        problem(status, self.code(), title, &self.to_string())
+    }
+}
+
+/// An HTTP client for plain or TLS destinations.
+#[derive(Clone, Debug)]
+enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<MtlsConnector, Full<Bytes>>),
+}
+
+impl HttpClient {
+    /// A client for `https://` URLs with `tls` (roots), or for `http://` ones without.
+    fn new(tls: Option<&Arc<rustls::ClientConfig>>) -> Self {
+        match tls {
+            Some(config) => HttpClient::Tls(
+                Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(MtlsConnector::with_config(Arc::clone(config))),
+            ),
+            None => HttpClient::Plain(wimse_workload::http_client()),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<hyper::body::Incoming>, String> {
+        let https = request.uri().scheme_str() == Some("https");
+        match (self, https) {
+            (HttpClient::Plain(client), false) => client.request(request).await,
+            (HttpClient::Tls(client), true) => client.request(request).await,
+            (HttpClient::Plain(_), true) => return Err("https needs CA roots".into()),
+            (HttpClient::Tls(_), false) => return Err("this client speaks only https".into()),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// An OAuth client of an outside authorization server: the gateway's credentials there.
+#[derive(Clone)]
+pub struct OutsideClient {
+    /// The token endpoint.
+    pub token_endpoint: http::Uri,
+    /// The client ID.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: Zeroizing<String>,
+    /// The scope to ask for, if any.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for OutsideClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret is never printed.
+        f.debug_struct("OutsideClient")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cached outside access token.
+struct Cached {
+    token: Zeroizing<String>,
+    refresh_at: Instant,
+}
+
+/// Outside access tokens for one route, fetched once and reused.
+struct OutsideTokens {
+    client: OutsideClient,
+    http: HttpClient,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_in: Option<u64>,
+}
+
+impl OutsideTokens {
+    /// The current token, fetched when there is none or it is about to expire. Callers
+    /// queue behind one fetch rather than each asking the authorization server.
+    async fn get(&self) -> Result<Zeroizing<String>, EgressError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref()
+            && Instant::now() < c.refresh_at
+        {
+            return Ok(c.token.clone());
+        }
+        let (token, lifetime) =
+            tokio::time::timeout(crate::ingress::EXCHANGE_TIMEOUT, self.fetch())
+                .await
+                .map_err(|_| {
+                    EgressError::OutsideToken("the authorization server did not answer".into())
+                })??;
+        *cached = Some(Cached {
+            token: token.clone(),
+            refresh_at: Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN),
+        });
+        Ok(token)
+    }
+
+    async fn fetch(&self) -> Result<(Zeroizing<String>, Duration), EgressError> {
+        let refused = |why: String| EgressError::OutsideToken(why);
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if let Some(scope) = &self.client.scope {
+                form.append_pair("scope", scope);
+            }
+            form.finish()
+        };
+        // RFC 6749 §2.3.1: the ID and secret are form-encoded before Basic encoding.
+        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let basic = Zeroizing::new(format!(
+            "{}:{}",
+            encode(&self.client.client_id),
+            encode(&self.client.client_secret)
+        ));
+        let authorization = Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
+        ));
+        let mut authorization = HeaderValue::from_str(&authorization)
+            .map_err(|_| refused("the client credentials are not header text".into()))?;
+        authorization.set_sensitive(true);
+        let request = Request::post(self.client.token_endpoint.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| refused(e.to_string()))?;
+        let response = self.http.send(request).await.map_err(refused)?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| refused(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            // The error body is the server's RFC 6749 error; only its code is repeated.
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            return Err(refused(format!(
+                "the authorization server answered {status} {code}"
+            )));
+        }
+        let answer: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("the token response: {e}")))?;
+        if !answer.token_type.eq_ignore_ascii_case("bearer") || answer.access_token.is_empty() {
+            return Err(refused(format!(
+                "expected a bearer token, got token type `{}`",
+                answer.token_type
+            )));
+        }
+        let lifetime = answer
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        Ok((Zeroizing::new(answer.access_token), lifetime))
+    }
+}
+
+/// One egress route, as configured.
+#[derive(Debug)]
+pub struct EgressRoute {
+    /// Where requests under its prefix go.
+    pub route: Route,
+    /// CA roots for `https://` destinations and token endpoints.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The gateway's OAuth client at the destination's authorization server, if any.
+    pub outside_client: Option<OutsideClient>,
+}
+
+/// A route with its client and token cache.
+struct Destination {
+    http: HttpClient,
+    tokens: Option<OutsideTokens>,
+}
+
+/// The egress side: outgoing requests of internal workloads, authenticated in front by a
+/// `WimseLayer`.
+pub struct Egress {
+    routes: Routes,
+    /// In the order of `routes.iter()`.
+    destinations: Vec<(String, Destination)>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    /// The egress over `routes`; refused when two have the same prefix.
+    pub fn new(routes: Vec<EgressRoute>) -> Result<Self, String> {
+        let mut destinations = Vec::with_capacity(routes.len());
+        let mut plain = Vec::with_capacity(routes.len());
+        for r in routes {
+            let http = HttpClient::new(r.tls.as_ref().filter(|_| r.route.is_https()));
+            let tokens = r.outside_client.map(|client| OutsideTokens {
+                http: HttpClient::new(
+                    r.tls
+                        .as_ref()
+                        .filter(|_| client.token_endpoint.scheme_str() == Some("https")),
+                ),
+                client,
+                cached: tokio::sync::Mutex::new(None),
+            });
+            destinations.push((r.route.prefix().to_owned(), Destination { http, tokens }));
+            plain.push(r.route);
+        }
+        Ok(Egress {
+            routes: Routes::new(plain)?,
+            destinations,
+        })
+    }
+
+    /// The egress router; put a `WimseLayer` in front of it.
+    pub fn router(self) -> axum::Router {
+        let egress = Arc::new(self);
+        axum::Router::new().fallback(move |request: Request<Body>| {
+            let egress = Arc::clone(&egress);
+            async move {
+                egress.forward(request).await.unwrap_or_else(|e| {
+                    tracing::info!(reason = %e, "outgoing request refused");
+                    e.response()
+                })
+            }
+        })
+    }
+
+    async fn forward(&self, request: Request<Body>) -> Result<Response<Body>, EgressError> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path();
+        check_path(path).map_err(EgressError::BadPath)?;
+        let route = self.routes.find(path).ok_or(EgressError::NoRoute)?;
+        let destination = self
+            .destinations
+            .iter()
+            .find(|(prefix, _)| prefix == route.prefix())
+            .map(|(_, d)| d)
+            .ok_or(EgressError::NoRoute)?;
+        let target = route.target(path, parts.uri.query());
+        parts.uri = target
+            .parse()
+            .map_err(|e| EgressError::Upstream(format!("`{target}`: {e}")))?;
+        strip_inward(&mut parts.headers);
+        if let Some(tokens) = &destination.tokens {
+            let token = tokens.get().await?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
+                .map_err(|_| EgressError::OutsideToken("the token is not header text".into()))?;
+            value.set_sensitive(true);
+            parts.headers.insert(http::header::AUTHORIZATION, value);
+        }
+        parts.version = http::Version::HTTP_11;
+        let body = Limited::new(body, MAX_OUTBOUND_BODY)
+            .collect()
+            .await
+            .map_err(|e| EgressError::Body(e.to_string()))?
+            .to_bytes();
+        let response = destination
+            .http
+            .send(Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(EgressError::Upstream)?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
