@@ -17,7 +17,7 @@ use wimse_workload::{AuthConfig, Authenticator, CredentialSource, Policy, WimseL
 
 use crate::cli::Environment;
 use crate::error::CommandError;
-use crate::proxy::{FIRST_CREDENTIALS, audit_log, listen, serve_health};
+use crate::proxy::{FIRST_CREDENTIALS, audit_log, listen, serve_health, spawn_serve};
 
 /// `wimse gateway ...`
 #[derive(Debug, Subcommand)]
@@ -136,13 +136,6 @@ async fn serve_egress(
         .layer(layer);
     let listener = listen(config.listen).await?;
     tracing::info!(listen = %config.listen, public_url = config.public_url, "gateway egress ready");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(crate::runtime::shutdown_signal())
-            .await
-        {
-            tracing::error!(error = %e, "gateway egress stopped");
-        }
-    });
+    spawn_serve(listener, router, "gateway egress");
     Ok(())
 }

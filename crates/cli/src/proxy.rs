@@ -195,15 +195,25 @@ pub(crate) async fn serve_health(
         render,
     );
     tracing::info!(health = %addr, "health and metrics listener ready");
+    spawn_serve(listener, router, "health listener");
+    Ok(())
+}
+
+/// Serves `router` on `listener` in the background until SIGTERM; `what` names it in the
+/// log if it stops with an error.
+pub(crate) fn spawn_serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    what: &'static str,
+) {
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(crate::runtime::shutdown_signal())
             .await
         {
-            tracing::error!(error = %e, "health listener stopped");
+            tracing::error!(error = %e, "{what} stopped");
         }
     });
-    Ok(())
 }
 
 /// The proxies' metrics, rendered.

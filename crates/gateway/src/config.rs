@@ -447,6 +447,15 @@ mod tests {
         path
     }
 
+    fn self_signed(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert, key)
+    }
+
     fn text(jwks: &Path, routes: &str) -> String {
         format!(
             "listen = \"127.0.0.1:8080\"\nserver_address = \"127.0.0.1:8443\"\n\
@@ -543,11 +552,7 @@ mod tests {
     fn tls_files_are_loaded_or_named() {
         let dir = tempfile::tempdir().unwrap();
         let jwks = jwks_file(dir.path());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gw.example.com".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (cert, key) = self_signed("gw.example.com");
         let (cert_file, key_file) = (dir.path().join("gw.crt"), dir.path().join("gw.key"));
         std::fs::write(&cert_file, cert.pem()).unwrap();
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
@@ -582,11 +587,7 @@ mod tests {
     fn the_egress_table_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let jwks = jwks_file(dir.path());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["partner.example".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (cert, _) = self_signed("partner.example");
         let roots = dir.path().join("roots.pem");
         std::fs::write(&roots, cert.pem()).unwrap();
         let secret = dir.path().join("secret");
