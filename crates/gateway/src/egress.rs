@@ -40,6 +40,8 @@ use zeroize::Zeroizing;
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// The lifetime assumed for an outside token whose response names none.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// The longest an outside token is reused, whatever lifetime its server claims.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
@@ -166,6 +168,15 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
+/// How long to reuse a token whose response said `expires_in`: the default when it says
+/// nothing, and never more than [`MAX_TOKEN_LIFETIME`] (a huge value must not overflow
+/// the clock).
+fn lifetime(expires_in: Option<u64>) -> Duration {
+    expires_in.map_or(DEFAULT_TOKEN_LIFETIME, |s| {
+        Duration::from_secs(s).min(MAX_TOKEN_LIFETIME)
+    })
+}
+
 impl OutsideTokens {
     /// The current token, fetched when there is none or it is about to expire. Callers
     /// queue behind one fetch rather than each asking the authorization server.
@@ -247,10 +258,10 @@ impl OutsideTokens {
                 answer.token_type
             )));
         }
-        let lifetime = answer
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
-        Ok((Zeroizing::new(answer.access_token), lifetime))
+        Ok((
+            Zeroizing::new(answer.access_token),
+            lifetime(answer.expires_in),
+        ))
     }
 }
 
@@ -363,5 +374,41 @@ impl Egress {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_token_lifetimes_are_bounded() {
+        assert_eq!(lifetime(None), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime(Some(60)), Duration::from_secs(60));
+        assert_eq!(lifetime(Some(u64::MAX)), MAX_TOKEN_LIFETIME);
+        // Whatever the server says, the refresh time is a valid instant.
+        let _ = Instant::now() + lifetime(Some(u64::MAX)).saturating_sub(REFRESH_MARGIN);
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        for (e, status, code) in [
+            (EgressError::NoRoute, 404, "no-route"),
+            (EgressError::BadPath("x"), 400, "ambiguous-path"),
+            (
+                EgressError::OutsideToken("x".into()),
+                502,
+                "outside-token-unavailable",
+            ),
+            (
+                EgressError::Upstream("x".into()),
+                502,
+                "upstream-unavailable",
+            ),
+            (EgressError::Body("x".into()), 413, "body-unreadable"),
+        ] {
+            assert_eq!(e.response().status().as_u16(), status, "{e}");
+            assert_eq!(e.code(), code);
+        }
     }
 }
