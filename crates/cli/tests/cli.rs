@@ -69,14 +69,32 @@ fn entry_create_help_lists_every_flag() {
 }
 
 #[test]
-fn unimplemented_command_fails_with_one_line_naming_it() {
-    let output = wimse(&["gateway", "run", "--config", "gateway.toml"]);
-    assert_eq!(output.status.code(), Some(2));
+fn a_bad_gateway_configuration_fails_with_one_line_naming_the_setting() {
+    let output = wimse(&["gateway", "run", "--config", "/nonexistent/gateway.toml"]);
+    assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        "error: `wimse gateway run` is not implemented yet in this build\n"
+        "error: gateway configuration: cannot read `/nonexistent/gateway.toml`: \
+         No such file or directory (os error 2)\n"
     );
     assert!(output.stdout.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:8080\"\nserver_address = \"127.0.0.1:8443\"\n\
+         [[issuers]]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/nonexistent/jwks.json\"\n",
+    )
+    .unwrap();
+    let output = wimse(&["gateway", "run", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.starts_with("error: gateway configuration: issuers[0]: /nonexistent/jwks.json: "),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
 }
 
 #[test]
