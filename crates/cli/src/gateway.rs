@@ -13,7 +13,7 @@ use wimse_gateway::config::EgressConfig;
 use wimse_gateway::egress::Egress;
 use wimse_gateway::{Gateway, GatewayConfig};
 use wimse_workload::token_service::TokenServiceClient;
-use wimse_workload::{AuthConfig, Authenticator, CredentialSource, Policy, WimseLayer};
+use wimse_workload::{AuthConfig, Authenticator, CredentialSource, Metrics, Policy, WimseLayer};
 
 use crate::cli::Environment;
 use crate::error::CommandError;
@@ -77,12 +77,15 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         gateway = gateway.with_audit(Arc::clone(log));
     }
     let metrics = Arc::clone(gateway.metrics());
-    if let Some(egress) = config.egress {
-        serve_egress(egress, &source, audit.as_ref()).await?;
-    }
+    let egress_metrics = match config.egress {
+        Some(egress) => Some(serve_egress(egress, &source, audit.as_ref()).await?),
+        None => None,
+    };
     let listener = listen(config.listen).await?;
     serve_health(config.health_bind, &source, move || {
-        wimse_server::metrics::render(metrics.registry())
+        let mut registries = vec![metrics.registry()];
+        registries.extend(egress_metrics.as_ref().map(|m| m.registry()));
+        wimse_server::metrics::render_all(&registries)
     })
     .await?;
     tracing::info!(listen = %config.listen, server = config.server_address, routes = ?route_names,
@@ -112,12 +115,12 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
 
 /// Starts the egress listener: internal callers are authenticated and authorized by the
 /// same layer every workload uses (and audited in the gateway's log), then their calls go
-/// out under the gateway's identity.
+/// out under the gateway's identity. Returns its metrics (`wimse_gateway_egress_*`).
 async fn serve_egress(
     config: EgressConfig,
     source: &CredentialSource,
     audit: Option<&Arc<wimse_audit::AuditLog>>,
-) -> Result<(), CommandError> {
+) -> Result<Arc<Metrics>, CommandError> {
     let policy = Arc::new(if let Some(path) = &config.policy {
         Policy::from_file(path)?
     } else {
@@ -126,16 +129,18 @@ async fn serve_egress(
     });
     policy.watch();
     let authn = Authenticator::new(AuthConfig::new(config.public_url.clone()), source.clone());
-    let mut layer = WimseLayer::new(Arc::new(authn), policy);
+    let metrics = Arc::new(Metrics::with_prefix("wimse_gateway_egress"));
+    let mut layer = WimseLayer::new(Arc::new(authn), policy).with_metrics(Arc::clone(&metrics));
     if let Some(log) = audit {
         layer = layer.with_audit(Arc::clone(log));
     }
     let router = Egress::new(config.routes)
         .map_err(|e| CommandError::Gateway(format!("egress: {e}")))?
+        .with_metrics(Arc::clone(&metrics))
         .router()
         .layer(layer);
     let listener = listen(config.listen).await?;
     tracing::info!(listen = %config.listen, public_url = config.public_url, "gateway egress ready");
     spawn_serve(listener, router, "gateway egress");
-    Ok(())
+    Ok(metrics)
 }

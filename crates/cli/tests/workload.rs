@@ -1132,12 +1132,18 @@ async fn the_gateway_egress_sends_internal_calls_out_under_its_own_identity() {
         ),
     )
     .unwrap();
-    let (pg, pe, p1, p2) = (free_port(), free_port(), free_port(), free_port());
+    let (pg, pe, p1, p2, health) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let _gw = gateway_with(
         &d,
         pg,
         free_port(),
-        free_port(),
+        health,
         &format!(
             "\n[egress]\nlisten = \"127.0.0.1:{pe}\"\npolicy = \"{policy}\"\n\n\
              [[egress.routes]]\nprefix = \"/partner\"\nupstream = \"https://localhost:{pp}\"\n\
@@ -1202,6 +1208,23 @@ async fn the_gateway_egress_sends_internal_calls_out_under_its_own_identity() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("urn:wimse:problem:ambiguous-path"), "{body}");
     assert_eq!(issued.load(Ordering::SeqCst), 1);
+
+    // The egress listener's decisions and outcomes are in the gateway's metrics, beside
+    // the ingress's, in one exposition.
+    let metrics = tokio::task::spawn_blocking(move || http(health, "GET /metrics", &[], "").1)
+        .await
+        .unwrap();
+    for line in [
+        r#"wimse_gateway_egress_requests_total{outcome="allowed",auth_method="wit-wpt"} 4"#,
+        r#"wimse_gateway_egress_requests_total{outcome="forbidden",auth_method="http-sig"} 1"#,
+        r#"wimse_gateway_egress_requests_total{outcome="refused",auth_method="none"} 1"#,
+        r#"wimse_gateway_egress_outbound_requests_total{outcome="forwarded"} 3"#,
+        r#"wimse_gateway_egress_outbound_requests_total{outcome="ambiguous-path"} 1"#,
+        "# TYPE wimse_gateway_exchange_seconds histogram",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -286,8 +286,9 @@ struct Destination {
 /// `WimseLayer`.
 pub struct Egress {
     routes: Routes,
-    /// In the order of `routes.iter()`.
+    /// Each route's client and token cache, by prefix.
     destinations: Vec<(String, Destination)>,
+    metrics: Option<Arc<wimse_workload::Metrics>>,
 }
 
 impl std::fmt::Debug for Egress {
@@ -320,7 +321,16 @@ impl Egress {
         Ok(Egress {
             routes: Routes::new(plain)?,
             destinations,
+            metrics: None,
         })
+    }
+
+    /// Counts what becomes of each request that the layer in front let through (its
+    /// `outbound_requests` family: `forwarded` or the refusal's code).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<wimse_workload::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The egress router; put a `WimseLayer` in front of it.
@@ -329,7 +339,15 @@ impl Egress {
         axum::Router::new().fallback(move |request: Request<Body>| {
             let egress = Arc::clone(&egress);
             async move {
-                egress.forward(request).await.unwrap_or_else(|e| {
+                let outcome = egress.forward(request).await;
+                if let Some(metrics) = &egress.metrics {
+                    metrics.outbound(
+                        outcome
+                            .as_ref()
+                            .map_or_else(EgressError::code, |_| "forwarded"),
+                    );
+                }
+                outcome.unwrap_or_else(|e| {
                     tracing::info!(reason = %e, "outgoing request refused");
                     e.response()
                 })

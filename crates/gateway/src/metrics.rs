@@ -4,6 +4,11 @@
 //! | --- | --- | --- |
 //! | `wimse_gateway_requests_total` | `outcome` (`forwarded` or a refusal's code, as in `invalid-token`) | what became of each outside request |
 //! | `wimse_gateway_exchange_seconds` | — | time to get a Txn-Token from the token service |
+//!
+//! The egress listener's layer counts under `wimse_gateway_egress_*` (the workload
+//! library's `Metrics` with that prefix: admission decisions, refusals, admission time, and
+//! `outbound_requests_total{outcome}` for what became of each admitted call); the CLI
+//! renders both registries as one exposition.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -91,8 +91,19 @@ impl Metrics {
 /// `registry` in the Prometheus text format (empty if encoding fails, which writing to a
 /// `String` does not). The agent's metrics render through this too.
 pub fn render(registry: &prometheus_client::registry::Registry) -> String {
+    render_all(&[registry])
+}
+
+/// Several registries as one exposition (one `# EOF` at the end), for a component with
+/// metrics from more than one part (the gateway's ingress and egress).
+pub fn render_all(registries: &[&prometheus_client::registry::Registry]) -> String {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+    let written = registries
+        .iter()
+        .try_for_each(|r| encode_registry(&mut out, r))
+        .and_then(|()| encode_eof(&mut out));
+    if written.is_err() {
         out.clear();
     }
     out

@@ -56,7 +56,15 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("wimse_proxy");
+        Self::with_prefix("wimse_proxy")
+    }
+}
+
+impl Metrics {
+    /// The metrics with names under `prefix` instead of `wimse_proxy` (the gateway's
+    /// egress listener uses `wimse_gateway_egress`).
+    pub fn with_prefix(prefix: &str) -> Self {
+        let mut registry = Registry::with_prefix(prefix);
         let requests = Family::<DecisionLabel, Counter>::default();
         let refusals = Family::<ReasonLabel, Counter>::default();
         // 10 µs to about 5 s.
@@ -93,9 +101,7 @@ impl Default for Metrics {
             outbound,
         }
     }
-}
 
-impl Metrics {
     /// The registry, for rendering in the Prometheus text format.
     pub fn registry(&self) -> &Registry {
         &self.registry
