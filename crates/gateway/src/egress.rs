@@ -285,16 +285,15 @@ struct Destination {
 /// The egress side: outgoing requests of internal workloads, authenticated in front by a
 /// `WimseLayer`.
 pub struct Egress {
-    routes: Routes,
-    /// Each route's client and token cache, by prefix.
-    destinations: Vec<(String, Destination)>,
+    /// Each route with its client and token cache.
+    routes: Routes<Destination>,
     metrics: Option<Arc<wimse_workload::Metrics>>,
 }
 
 impl std::fmt::Debug for Egress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Egress")
-            .field("routes", &self.routes)
+            .field("routes", &self.routes.iter().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -303,7 +302,6 @@ impl Egress {
     /// The egress over `routes`; refused when two have the same prefix.
     pub fn new(routes: Vec<EgressRoute>) -> Result<Self, String> {
         let mut destinations = Vec::with_capacity(routes.len());
-        let mut plain = Vec::with_capacity(routes.len());
         for r in routes {
             let http = HttpClient::new(r.tls.as_ref().filter(|_| r.route.is_https()));
             let tokens = r.outside_client.map(|client| OutsideTokens {
@@ -315,12 +313,10 @@ impl Egress {
                 client,
                 cached: tokio::sync::Mutex::new(None),
             });
-            destinations.push((r.route.prefix().to_owned(), Destination { http, tokens }));
-            plain.push(r.route);
+            destinations.push((r.route, Destination { http, tokens }));
         }
         Ok(Egress {
-            routes: Routes::new(plain)?,
-            destinations,
+            routes: Routes::with(destinations)?,
             metrics: None,
         })
     }
@@ -359,13 +355,7 @@ impl Egress {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path();
         check_path(path).map_err(EgressError::BadPath)?;
-        let route = self.routes.find(path).ok_or(EgressError::NoRoute)?;
-        let destination = self
-            .destinations
-            .iter()
-            .find(|(prefix, _)| prefix == route.prefix())
-            .map(|(_, d)| d)
-            .ok_or(EgressError::NoRoute)?;
+        let (route, destination) = self.routes.find_with(path).ok_or(EgressError::NoRoute)?;
         let target = route.target(path, parts.uri.query());
         parts.uri = target
             .parse()

@@ -172,14 +172,22 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The routes, longest prefix first.
+/// The routes, longest prefix first, each with what its user keeps per route (`T`: the
+/// egress keeps each destination's client and token cache here).
 #[derive(Debug, Clone)]
-pub struct Routes(Vec<Route>);
+pub struct Routes<T = ()>(Vec<(Route, T)>);
 
 impl Routes {
     /// The routes; refused when two have the same prefix.
-    pub fn new(mut routes: Vec<Route>) -> Result<Self, String> {
-        routes.sort_by(|a, b| {
+    pub fn new(routes: Vec<Route>) -> Result<Self, String> {
+        Self::with(routes.into_iter().map(|r| (r, ())).collect())
+    }
+}
+
+impl<T> Routes<T> {
+    /// The routes with their values; refused when two have the same prefix.
+    pub fn with(mut routes: Vec<(Route, T)>) -> Result<Self, String> {
+        routes.sort_by(|(a, _), (b, _)| {
             b.prefix
                 .len()
                 .cmp(&a.prefix.len())
@@ -187,8 +195,8 @@ impl Routes {
         });
         if let Some(pair) = routes
             .windows(2)
-            .find(|w| matches!(w, [a, b] if a.prefix == b.prefix))
-            && let Some(first) = pair.first()
+            .find(|w| matches!(w, [(a, _), (b, _)] if a.prefix == b.prefix))
+            && let Some((first, _)) = pair.first()
         {
             return Err(format!("two routes have the prefix `{}`", first.prefix));
         }
@@ -197,12 +205,20 @@ impl Routes {
 
     /// The route for `path`: the one with the longest prefix that matches it.
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.0.iter().find(|r| r.matches(path))
+        self.find_with(path).map(|(route, _)| route)
+    }
+
+    /// [`Routes::find`], with the route's value.
+    pub fn find_with(&self, path: &str) -> Option<(&Route, &T)> {
+        self.0
+            .iter()
+            .find(|(r, _)| r.matches(path))
+            .map(|(r, value)| (r, value))
     }
 
     /// Every route, longest prefix first.
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.0.iter()
+        self.0.iter().map(|(r, _)| r)
     }
 }
 
