@@ -49,7 +49,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wimse_core::WorkloadId;
-use wimse_core::jose::JwkSet;
 use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
 use wimse_workload::ProofMethod;
@@ -419,15 +418,13 @@ fn load_issuer(file: &IssuerFile) -> Result<TrustedIssuer, String> {
     }
     let jwks_file = file.jwks_file.display();
     let text = std::fs::read(&file.jwks_file).map_err(|e| format!("{jwks_file}: {e}"))?;
-    let jwks: JwkSet =
-        wimse_core::json::from_slice(&text).map_err(|e| format!("{jwks_file}: {e}"))?;
     // The subject keeps the issuer's name for it here: the token service adds its own
     // prefix to the Txn-Token's `sub`.
-    TrustedIssuer::new(
+    TrustedIssuer::from_jwks_json(
         file.issuer.clone(),
         file.audience.clone(),
         String::new(),
-        &jwks,
+        &text,
     )
     .map_err(|e| format!("{jwks_file}: {e}"))
 }

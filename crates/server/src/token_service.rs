@@ -33,7 +33,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
 use wimse_core::bundle::TrustBundle;
-use wimse_core::jose::{JwkSet, SigningKey};
+use wimse_core::jose::SigningKey;
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::exchange::{
     ExchangeError, ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, TOKEN_PATH,
@@ -89,15 +89,13 @@ impl TokenService {
             };
             let text = std::fs::read(&file.jwks_file)
                 .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
-            let jwks: JwkSet = wimse_core::json::from_slice(&text)
-                .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
-            let mut trusted = TrustedIssuer::new(
+            let mut trusted = TrustedIssuer::from_jwks_json(
                 file.issuer.clone(),
                 file.audience.clone(),
                 file.subject_prefix.clone(),
-                &jwks,
+                &text,
             )
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
             trusted.max_scope = file
                 .max_scope
                 .as_deref()
@@ -542,7 +540,7 @@ mod tests {
             ISSUER.into(),
             "wimse".into(),
             "login:".into(),
-            &JwkSet { keys: vec![jwk] },
+            &wimse_core::jose::JwkSet { keys: vec![jwk] },
         )
         .unwrap();
         trusted.max_scope = Some(Scope::parse("orders refunds audit").unwrap());

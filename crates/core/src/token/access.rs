@@ -58,6 +58,19 @@ impl TrustedIssuer {
         })
     }
 
+    /// [`TrustedIssuer::new`] with the JWK Set as JSON text (a `jwks_file`'s content),
+    /// read strictly: a repeated member name is refused.
+    pub fn from_jwks_json(
+        issuer: String,
+        audience: String,
+        subject_prefix: String,
+        json: &[u8],
+    ) -> Result<Self, TokenError> {
+        let jwks: JwkSet = crate::json::from_slice(json)
+            .map_err(|e| TokenError::Issue(format!("the JWK Set is not valid: {e}")))?;
+        Self::new(issuer, audience, subject_prefix, &jwks)
+    }
+
     fn key(&self, kid: Option<&str>) -> Result<&PublicKey, TokenError> {
         match (kid, self.keys.as_slice()) {
             (Some(kid), keys) => keys
