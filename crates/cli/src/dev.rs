@@ -335,13 +335,11 @@ async fn listen_on_loopback(
     Ok((listener, address))
 }
 
-async fn start_service(
-    demo: &Demo,
+/// The identity `id` and its credentials from the agent at `agent_socket`.
+async fn connect_as(
     id: &str,
     agent_socket: &Path,
-    dir: &Path,
-    trust_domain: &str,
-) -> Result<Service, CommandError> {
+) -> Result<(WorkloadId, CredentialSource), CommandError> {
     let id = WorkloadId::parse(id).map_err(|e| dev_error("demo identity", e))?;
     let source = CredentialSource::connect(
         agent_socket.to_path_buf(),
@@ -349,6 +347,17 @@ async fn start_service(
         CREDENTIALS_WAIT,
     )
     .await?;
+    Ok((id, source))
+}
+
+async fn start_service(
+    demo: &Demo,
+    id: &str,
+    agent_socket: &Path,
+    dir: &Path,
+    trust_domain: &str,
+) -> Result<Service, CommandError> {
+    let (id, source) = connect_as(id, agent_socket).await?;
     let (listener, address) = listen_on_loopback(demo.port).await?;
     let policy = Arc::new(Policy::from_text(
         &demo.policy.replace("@TD@", trust_domain),

@@ -591,10 +591,19 @@ mod tests {
         assert_eq!(quotable("a \"b\"\\\n"), "a ?b???");
     }
 
+    /// What is left of headers `names` after `strip`.
+    fn kept(strip: fn(&mut HeaderMap), names: &[&'static str]) -> Vec<String> {
+        let mut map = HeaderMap::new();
+        for name in names {
+            map.insert(*name, HeaderValue::from_static("x"));
+        }
+        strip(&mut map);
+        map.keys().map(|k| k.as_str().to_owned()).collect()
+    }
+
     #[test]
     fn outside_claims_never_go_in() {
-        let mut map = HeaderMap::new();
-        for name in [
+        let names = [
             "authorization",
             TXN_HEADER,
             PEER_ID_HEADER,
@@ -606,20 +615,13 @@ mod tests {
             "host",
             "connection",
             "accept",
-        ] {
-            map.insert(name, HeaderValue::from_static("x"));
-        }
-        strip_inward(&mut map);
-        assert_eq!(
-            map.keys().map(http::HeaderName::as_str).collect::<Vec<_>>(),
-            ["accept"]
-        );
+        ];
+        assert_eq!(kept(strip_inward, &names), ["accept"]);
     }
 
     #[test]
     fn inward_identity_never_goes_out() {
-        let mut map = HeaderMap::new();
-        for name in [
+        let names = [
             PEER_ID_HEADER,
             PEER_METHOD_HEADER,
             TXN_HEADER,
@@ -627,13 +629,7 @@ mod tests {
             "signature",
             "connection",
             "content-type",
-        ] {
-            map.insert(name, HeaderValue::from_static("x"));
-        }
-        strip_outward(&mut map);
-        assert_eq!(
-            map.keys().map(http::HeaderName::as_str).collect::<Vec<_>>(),
-            ["content-type"]
-        );
+        ];
+        assert_eq!(kept(strip_outward, &names), ["content-type"]);
     }
 }

@@ -18,10 +18,10 @@ use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
 use wimse_gateway::Gateway;
 use wimse_gateway::route::{Route, Routes};
+use wimse_workload::ProofMethod;
 use wimse_workload::token_service::TokenServiceClient;
-use wimse_workload::{CredentialSource, ProofMethod};
 
-use super::{CREDENTIALS_WAIT, dev_error};
+use super::dev_error;
 use crate::error::CommandError;
 
 /// The gateway's port when it is free.
@@ -152,13 +152,7 @@ pub(super) async fn start(
     orders: &super::Service,
     login: &DevLogin,
 ) -> Result<RunningGateway, CommandError> {
-    let id = WorkloadId::parse(id).map_err(|e| dev_error("gateway identity", e))?;
-    let source = CredentialSource::connect(
-        agent_socket.to_path_buf(),
-        Some(id.clone()),
-        CREDENTIALS_WAIT,
-    )
-    .await?;
+    let (id, source) = super::connect_as(id, agent_socket).await?;
     let token_service = TokenServiceClient::new(&source, &server_address.to_string())
         .map_err(|e| dev_error("gateway", e))?;
     let scope = Scope::parse(DEV_SCOPE).map_err(|e| dev_error("gateway route", e))?;
