@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
             .expect("a bundle we wrote must parse");
         assert_eq!(again, bundle);
     }
-    let _ = BundleSet::from_map_json(data);
+    if let Ok(set) = BundleSet::from_map_json(data) {
+        let written = set.to_map_json();
+        let again = BundleSet::from_map_json(written.as_bytes()).expect("a map we wrote must parse");
+        assert_eq!(again.to_map_json(), written);
+    }
     let mut empty = TrustBundle::new(td);
     let _ = empty.add_jwks(KeyUse::JwtSvid, data);
 });

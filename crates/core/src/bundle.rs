@@ -452,6 +452,30 @@ impl BundleSet {
             .authority(key_use, kid)
     }
 
+    /// How many trust domains the set holds.
+    pub fn len(&self) -> usize {
+        self.bundles.len()
+    }
+
+    /// Whether the set holds no bundle.
+    pub fn is_empty(&self) -> bool {
+        self.bundles.is_empty()
+    }
+
+    /// The SPIFFE bundle map form, `{"trust_domains": {"<td>": <bundle>}}`, each bundle as
+    /// [`TrustBundle::to_spiffe_json`] writes it.
+    pub fn to_map_json(&self) -> String {
+        let domains: serde_json::Map<String, serde_json::Value> = self
+            .bundles
+            .iter()
+            .map(|(td, bundle)| {
+                let value = serde_json::from_str(&bundle.to_spiffe_json()).unwrap_or_default();
+                (td.to_string(), value)
+            })
+            .collect();
+        serde_json::json!({ "trust_domains": domains }).to_string()
+    }
+
     /// Parses the SPIFFE bundle map form, `{"trust_domains": {"<td>": <bundle>}}`;
     /// duplicate trust domains are refused (SPIFFE bundle §6.3).
     pub fn from_map_json(json: &[u8]) -> Result<Self, BundleError> {
@@ -463,6 +487,12 @@ impl BundleSet {
         let mut set = BundleSet::new();
         for (name, value) in domains {
             let td = TrustDomain::new(name).map_err(|e| BundleError::Json(e.to_string()))?;
+            // `example.org` and `spiffe://example.org` name one trust domain.
+            if set.get(&td).is_some() {
+                return Err(BundleError::Json(format!(
+                    "trust domain `{td}` appears twice in the bundle map"
+                )));
+            }
             let bytes = serde_json::to_vec(value).map_err(|e| BundleError::Json(e.to_string()))?;
             set.insert(TrustBundle::from_spiffe_json(td, &bytes)?);
         }
@@ -586,6 +616,28 @@ mod tests {
             .add_jwks(KeyUse::WitSvid, b.jwks_json(KeyUse::WitSvid).as_bytes())
             .unwrap();
         assert_eq!(again.wit_authorities, b.wit_authorities);
+    }
+
+    #[test]
+    fn bundle_map_round_trips_per_trust_domain() {
+        let (a, _, _) = bundle_with_keys();
+        let mut b = TrustBundle::new(td("b.test"));
+        b.sequence = 3;
+        let mut set = BundleSet::new();
+        set.insert(a.clone());
+        set.insert(b.clone());
+        let back = BundleSet::from_map_json(set.to_map_json().as_bytes()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.get(a.trust_domain()), Some(&a));
+        assert_eq!(back.get(&td("b.test")), Some(&b));
+        assert!(
+            BundleSet::from_map_json(BundleSet::new().to_map_json().as_bytes())
+                .unwrap()
+                .is_empty()
+        );
+        // One trust domain under two spellings is a duplicate too.
+        let twice = br#"{"trust_domains":{"b.test":{"keys":[]},"spiffe://b.test":{"keys":[]}}}"#;
+        assert!(BundleSet::from_map_json(twice).is_err());
     }
 
     #[test]
