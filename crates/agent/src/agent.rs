@@ -5,7 +5,8 @@
 //!   server refuses it (evicted) or it expired, where the attestation method allows;
 //! - **sync**: long-polls the server for entry changes by revision, so a change arrives
 //!   within about a second of being made, and applies them to the snapshot;
-//! - **bundle**: fetches the trust bundle every few seconds and publishes changes;
+//! - **bundle**: fetches the trust bundle and the foreign trust domains' bundles every few
+//!   seconds and publishes changes;
 //! - **mint**: mints an X509-SVID and a WIT ahead of need for every entry, and again at
 //!   half life, keeping the old one while the server cannot be reached.
 //!
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use wimse_core::bundle::TrustBundle;
+use wimse_core::bundle::{BundleSet, TrustBundle};
 use wimse_core::jose::{Algorithm, Jws, SigningKey};
 use wimse_core::token::unix_now;
 use wimse_core::x509;
@@ -368,8 +369,12 @@ impl Agent {
     /// Fetches the trust bundle now and then.
     async fn bundle_loop(self: Arc<Self>) {
         let trust_domain = self.snapshot.borrow().trust_domain.clone();
+        // The first round at once: federated bundles are not kept across restarts.
+        let mut first = true;
         loop {
-            tokio::time::sleep(BUNDLE_POLL).await;
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(BUNDLE_POLL).await;
+            }
             let fetched = self.client().bundle().await;
             match fetched {
                 Ok(json) => {
@@ -384,7 +389,34 @@ impl Agent {
                 }
                 Err(e) => tracing::debug!(error = %e, "bundle fetch failed"),
             }
+            match self.client().federated_bundles().await {
+                Ok(json) => match BundleSet::from_map_json(json.as_bytes()) {
+                    Ok(set) => self.install_federated(&set),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the server sent unusable federated bundles");
+                    }
+                },
+                Err(e) => tracing::debug!(error = %e, "federated bundle fetch failed"),
+            }
         }
+    }
+
+    /// Publishes the foreign trust domains' bundles if they differ from the current ones.
+    /// A bundle of this trust domain among them is ignored: it comes only from the server's
+    /// own bundle.
+    fn install_federated(&self, set: &BundleSet) {
+        let own = self.snapshot.borrow().trust_domain.clone();
+        let federated: BTreeMap<_, _> = set
+            .iter()
+            .filter(|b| b.trust_domain() != &own)
+            .map(|b| (b.trust_domain().clone(), b.clone()))
+            .collect();
+        if *self.snapshot.borrow().federated == federated {
+            return;
+        }
+        tracing::info!(trust_domains = federated.len(), "federated bundles updated");
+        self.snapshot
+            .send_modify(|s| s.federated = Arc::new(federated));
     }
 
     /// Mints credentials ahead of need and at half life.

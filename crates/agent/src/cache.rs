@@ -30,6 +30,8 @@ pub struct Entry {
     pub jwt_ttl: u32,
     /// The hint telling several identities apart ("" for none).
     pub hint: String,
+    /// The foreign trust domains whose bundles the workload receives.
+    pub federates_with: Box<[TrustDomain]>,
     /// The entry's revision at the server.
     pub revision: i64,
 }
@@ -49,6 +51,11 @@ impl Entry {
             x509_ttl: view.x509_ttl,
             jwt_ttl: view.jwt_ttl,
             hint: view.hint.unwrap_or_default(),
+            federates_with: view
+                .federates_with
+                .iter()
+                .map(|name| TrustDomain::new(name))
+                .collect::<Result<_, _>>()?,
             revision: view.revision,
         })
     }
@@ -176,6 +183,8 @@ pub struct Snapshot {
     pub trust_domain: TrustDomain,
     /// Its current trust bundle.
     pub bundle: Arc<TrustBundle>,
+    /// The foreign trust domains' bundles the server holds, by trust domain.
+    pub federated: Arc<BTreeMap<TrustDomain, TrustBundle>>,
     /// The entries this agent serves, by ID.
     pub entries: Arc<Entries>,
     /// Whether entries have been synced at least once since start (before that, "no
@@ -193,6 +202,7 @@ impl Snapshot {
         Self {
             trust_domain: bundle.trust_domain().clone(),
             bundle: Arc::new(bundle),
+            federated: Arc::default(),
             entries: Arc::default(),
             synced: false,
             x509: Arc::default(),
@@ -219,6 +229,21 @@ impl Snapshot {
     pub fn trust_domain_key(&self) -> String {
         self.trust_domain.spiffe_id_string()
     }
+
+    /// The foreign bundles a workload holding `entries` receives: those of every trust
+    /// domain one of the entries federates with (and whose bundle the server has), by trust
+    /// domain, never this trust domain's own.
+    pub fn federated_bundles<'a>(&'a self, entries: &[&Entry]) -> Vec<&'a TrustBundle> {
+        let wanted: BTreeSet<&TrustDomain> = entries
+            .iter()
+            .flat_map(|e| e.federates_with.iter())
+            .filter(|td| **td != self.trust_domain)
+            .collect();
+        wanted
+            .into_iter()
+            .filter_map(|td| self.federated.get(td))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +258,7 @@ mod tests {
             x509_ttl: 60,
             jwt_ttl: 60,
             hint: hint.into(),
+            federates_with: Box::default(),
             revision: 1,
         }
     }
@@ -283,6 +309,36 @@ mod tests {
             .map(|e| e.id.as_str())
             .collect();
         assert_eq!(ids, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn a_workload_gets_the_foreign_bundles_its_entries_federate_with_and_no_others() {
+        let td = |n: &str| TrustDomain::new(n).unwrap();
+        let mut snapshot = Snapshot::new(TrustBundle::new(td("own.test")));
+        snapshot.federated = Arc::new(
+            ["a.test", "b.test", "c.test"]
+                .into_iter()
+                .map(|n| (td(n), TrustBundle::new(td(n))))
+                .collect(),
+        );
+        let mut one = entry("1", "spiffe://own.test/one", &["unix:uid:1"], "");
+        one.federates_with = vec![td("b.test"), td("a.test")].into();
+        let mut two = entry("2", "spiffe://own.test/two", &["unix:uid:1"], "");
+        // Its own trust domain and one the server has no bundle of are skipped.
+        two.federates_with = vec![td("a.test"), td("own.test"), td("gone.test")].into();
+        let names = |bundles: Vec<&TrustBundle>| -> Vec<String> {
+            bundles
+                .iter()
+                .map(|b| b.trust_domain().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(snapshot.federated_bundles(&[&one, &two])),
+            ["a.test", "b.test"]
+        );
+        assert_eq!(names(snapshot.federated_bundles(&[&two])), ["a.test"]);
+        let plain = entry("3", "spiffe://own.test/three", &["unix:uid:1"], "");
+        assert!(snapshot.federated_bundles(&[&plain]).is_empty());
     }
 
     proptest::proptest! {

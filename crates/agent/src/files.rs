@@ -4,8 +4,9 @@
 //! with its final mode (0600 for keys), flushed to disk, then renamed over the old one, so
 //! a reader sees either the old or the new credential, never half of one, and never a key
 //! that was readable by others even for a moment. The names follow spire-agent's:
-//! `svid.0.pem` (chain, leaf first), `svid.0.key` (PKCS#8), `bundle.0.pem`, `jwt.0.jwt`,
-//! `wit.0.jwt` and `wit.0.key`.
+//! `svid.0.pem` (chain, leaf first), `svid.0.key` (PKCS#8), `bundle.0.pem`,
+//! `federated_bundle.0.N.pem` (the foreign trust domains' CAs, in trust domain order),
+//! `jwt.0.jwt`, `wit.0.jwt` and `wit.0.key`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -77,7 +78,8 @@ fn write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, Fil
     Ok(path)
 }
 
-/// Writes the default X509-SVID, its key and the bundle; returns the files written.
+/// Writes the default X509-SVID, its key, the bundle and the federated bundles; returns
+/// the files written.
 pub fn write_x509(dir: &Path, context: &X509Context) -> Result<Vec<PathBuf>, FilesError> {
     let svid = context
         .default_svid()
@@ -87,7 +89,7 @@ pub fn write_x509(dir: &Path, context: &X509Context) -> Result<Vec<PathBuf>, Fil
         .to_pkcs8_pem()
         .map_err(|e| FilesError::Key(e.to_string()))?;
     // The key first: a reader that sees a new certificate must find its key already there.
-    Ok(vec![
+    let mut written = vec![
         write(dir, "svid.0.key", key.as_bytes(), SECRET)?,
         write(
             dir,
@@ -101,7 +103,19 @@ pub fn write_x509(dir: &Path, context: &X509Context) -> Result<Vec<PathBuf>, Fil
             x509::certs_to_pem(&svid.bundle).as_bytes(),
             PUBLIC,
         )?,
-    ])
+    ];
+    // `federated` is ordered by trust domain, so a domain keeps its file name while the set
+    // of domains stays the same.
+    for (n, certs) in context.federated.values().enumerate() {
+        let name = format!("federated_bundle.0.{n}.pem");
+        written.push(write(
+            dir,
+            &name,
+            x509::certs_to_pem(certs).as_bytes(),
+            PUBLIC,
+        )?);
+    }
+    Ok(written)
 }
 
 /// Writes the X.509 bundles (all trust domains) as `bundle.0.pem`.

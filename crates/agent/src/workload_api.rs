@@ -20,7 +20,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
-use wimse_core::bundle::{BundleSet, KeyUse};
+use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
 use wimse_core::token::Validation;
 use wimse_core::token::jwt_svid::verify_jwt_svid;
 use wimse_core::{IdError, WorkloadId};
@@ -189,6 +189,35 @@ fn concat_der<'a>(certs: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     certs.flat_map(<[u8]>::to_vec).collect()
 }
 
+/// A bundle's X.509 authorities as the Workload API sends them: DER, concatenated.
+fn x509_der(bundle: &TrustBundle) -> Vec<u8> {
+    concat_der(bundle.x509_authorities.iter().map(Vec::as_slice))
+}
+
+/// The bundle map a caller with `selectors` receives: its own trust domain's bundle and the
+/// foreign ones its entries federate with, keyed by trust domain ID, each encoded by
+/// `encode`; or why there is none (yet). Bundles are for callers with an identity (SPIRE's
+/// default).
+fn bundle_map<T>(
+    snapshot: &Snapshot,
+    selectors: &Selectors,
+    encode: impl Fn(&TrustBundle) -> T,
+) -> Result<std::collections::HashMap<String, T>, Answer<()>> {
+    let entries = identities(snapshot, selectors)?;
+    Ok(std::iter::once(&*snapshot.bundle)
+        .chain(snapshot.federated_bundles(&entries))
+        .map(|b| (b.trust_domain().spiffe_id_string(), encode(b)))
+        .collect())
+}
+
+/// What a bundle stream answers when [`bundle_map`] has no map.
+fn no_bundles<T>(why: Answer<()>) -> Answer<T> {
+    match why {
+        Answer::Refused(status) => Answer::Refused(status),
+        _ => Answer::Pending,
+    }
+}
+
 fn x509_answer(snapshot: &Snapshot, selectors: &Selectors) -> Answer<X509svidResponse> {
     let entries = match identities(snapshot, selectors) {
         Ok(entries) => entries,
@@ -196,7 +225,7 @@ fn x509_answer(snapshot: &Snapshot, selectors: &Selectors) -> Answer<X509svidRes
         Err(_) => return Answer::Pending,
     };
     let now = wimse_core::token::unix_now();
-    let bundle = concat_der(snapshot.bundle.x509_authorities.iter().map(Vec::as_slice));
+    let bundle = x509_der(&snapshot.bundle);
     let mut seen_hints = std::collections::HashSet::new();
     let svids: Vec<X509svid> = entries
         .iter()
@@ -216,10 +245,16 @@ fn x509_answer(snapshot: &Snapshot, selectors: &Selectors) -> Answer<X509svidRes
     if svids.is_empty() {
         return Answer::Pending;
     }
+    // Workload API §4.6: the foreign bundles to validate peers of other trust domains with.
+    let federated_bundles = snapshot
+        .federated_bundles(&entries)
+        .into_iter()
+        .map(|b| (b.trust_domain().spiffe_id_string(), x509_der(b)))
+        .collect();
     Answer::Ready(X509svidResponse {
         svids,
         crl: Vec::new(),
-        federated_bundles: std::collections::HashMap::new(),
+        federated_bundles,
     })
 }
 
@@ -261,11 +296,6 @@ fn wit_answer(
     Answer::Ready(WitsvidResponse { svids })
 }
 
-/// Bundles are for callers with an identity (SPIRE's default).
-fn require_identity(snapshot: &Snapshot, selectors: &Selectors) -> Option<Answer<()>> {
-    identities(snapshot, selectors).err()
-}
-
 fn parse_wanted(id: &str) -> Result<Option<WorkloadId>, Status> {
     if id.is_empty() {
         return Ok(None);
@@ -300,16 +330,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let result = self.attest(&request).await.map(|selectors| {
             Response::new(self.watch("FetchX509Bundles", move |s| {
-                match require_identity(s, &selectors) {
-                    Some(Answer::Refused(status)) => return Answer::Refused(status),
-                    Some(_) => return Answer::Pending,
-                    None => {}
+                match bundle_map(s, &selectors, x509_der) {
+                    Ok(bundles) => Answer::Ready(X509BundlesResponse {
+                        crl: Vec::new(),
+                        bundles,
+                    }),
+                    Err(why) => no_bundles(why),
                 }
-                let der = concat_der(s.bundle.x509_authorities.iter().map(Vec::as_slice));
-                Answer::Ready(X509BundlesResponse {
-                    crl: Vec::new(),
-                    bundles: [(s.trust_domain_key(), der)].into_iter().collect(),
-                })
             }))
         });
         self.record("FetchX509Bundles", &result);
@@ -339,16 +366,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let result = self.attest(&request).await.map(|selectors| {
             Response::new(self.watch("FetchJWTBundles", move |s| {
-                match require_identity(s, &selectors) {
-                    Some(Answer::Refused(status)) => return Answer::Refused(status),
-                    Some(_) => return Answer::Pending,
-                    None => {}
-                }
                 // Workload API §6.2.2: only jwt-svid keys, as a plain JWK Set.
-                let jwks = s.bundle.jwks_json(KeyUse::JwtSvid).into_bytes();
-                Answer::Ready(JwtBundlesResponse {
-                    bundles: [(s.trust_domain_key(), jwks)].into_iter().collect(),
-                })
+                match bundle_map(s, &selectors, |b| b.jwks_json(KeyUse::JwtSvid).into_bytes()) {
+                    Ok(bundles) => Answer::Ready(JwtBundlesResponse { bundles }),
+                    Err(why) => no_bundles(why),
+                }
             }))
         });
         self.record("FetchJWTBundles", &result);
@@ -389,16 +411,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
             self.wit_profile()?;
             let selectors = self.attest(&request).await?;
             Ok(Response::new(self.watch("FetchWITBundles", move |s| {
-                match require_identity(s, &selectors) {
-                    Some(Answer::Refused(status)) => return Answer::Refused(status),
-                    Some(_) => return Answer::Pending,
-                    None => {}
-                }
                 // WIT-SVID.md: every key with `use` `wit-svid` and its `kid`.
-                let jwks = s.bundle.jwks_json_with_use(KeyUse::WitSvid);
-                Answer::Ready(WitBundlesResponse {
-                    bundles: [(s.trust_domain_key(), jwks)].into_iter().collect(),
-                })
+                match bundle_map(s, &selectors, |b| b.jwks_json_with_use(KeyUse::WitSvid)) {
+                    Ok(bundles) => Answer::Ready(WitBundlesResponse { bundles }),
+                    Err(why) => no_bundles(why),
+                }
             })))
         }
         .await;
@@ -465,7 +482,7 @@ impl WorkloadApi {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        self.attest(&request).await?;
+        let selectors = self.attest(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -474,8 +491,13 @@ impl WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let snapshot = self.snapshot();
+        // The caller's own trust domain, and the foreign ones its entries federate with.
         let mut bundles = BundleSet::new();
         bundles.insert((*snapshot.bundle).clone());
+        let entries = snapshot.identities(&selectors);
+        for foreign in snapshot.federated_bundles(&entries) {
+            bundles.insert(foreign.clone());
+        }
         let verified = verify_jwt_svid(
             &request.svid,
             &bundles,

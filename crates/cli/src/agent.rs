@@ -339,6 +339,15 @@ fn print_x509(context: &wimse_proto::workload::X509Context) {
             println!("CA #{} Valid Until:\t{}", n + 1, ca.not_after());
         }
     }
+    for (trust_domain, cas) in &context.federated {
+        for (n, ca) in cas.iter().enumerate() {
+            println!(
+                "[{trust_domain}] CA #{} Valid Until:\t{}",
+                n + 1,
+                ca.not_after()
+            );
+        }
+    }
 }
 
 async fn fetch_x509(socket: PathBuf, args: FetchArgs) -> Result<(), CommandError> {

@@ -80,7 +80,7 @@ impl From<Decision> for wimse_audit::Decision {
 }
 
 fn workload_arg(flag: &'static str, text: &str) -> Result<WorkloadId, CommandError> {
-    WorkloadId::parse(text).map_err(|source| CommandError::AuditArgument {
+    WorkloadId::parse(text).map_err(|source| CommandError::Argument {
         flag,
         reason: source.to_string(),
     })
@@ -88,7 +88,7 @@ fn workload_arg(flag: &'static str, text: &str) -> Result<WorkloadId, CommandErr
 
 /// Reads a JWK or a JWK Set.
 fn trusted_keys(path: &PathBuf) -> Result<Vec<PublicKey>, CommandError> {
-    let fail = |reason: String| CommandError::AuditArgument {
+    let fail = |reason: String| CommandError::Argument {
         flag: "trusted-key",
         reason: format!("`{}`: {reason}", path.display()),
     };
@@ -172,7 +172,7 @@ fn show(args: &ShowArgs) -> Result<(), CommandError> {
         .as_deref()
         .map(Timestamp::parse_rfc3339)
         .transpose()
-        .map_err(|e| CommandError::AuditArgument {
+        .map_err(|e| CommandError::Argument {
             flag: "since",
             reason: e.to_string(),
         })?;

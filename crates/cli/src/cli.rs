@@ -87,7 +87,10 @@ mod tests {
 
     use super::*;
     use crate::agent::{AgentCommand, ApiCommand, FetchCommand};
-    use crate::server::{BundleCommand, BundleFormat, EntryCommand, ServerCommand};
+    use crate::server::{
+        BundleCommand, BundleFormat, EndpointProfileArg, EntryCommand, FederationCommand,
+        ServerCommand,
+    };
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("wimse").chain(args.iter().copied()))
@@ -128,6 +131,85 @@ mod tests {
             "wimse server entry delete",
         ),
         (&["server", "bundle", "show"], "wimse server bundle show"),
+        (&["server", "bundle", "list"], "wimse server bundle list"),
+        (
+            &[
+                "server",
+                "bundle",
+                "set",
+                "--trust-domain",
+                "other.org",
+                "--path",
+                "b.json",
+            ],
+            "wimse server bundle set",
+        ),
+        (
+            &["server", "bundle", "delete", "--trust-domain", "other.org"],
+            "wimse server bundle delete",
+        ),
+        (
+            &[
+                "server",
+                "federation",
+                "create",
+                "--trust-domain",
+                "other.org",
+                "--bundle-endpoint-url",
+                "https://other.org/b",
+                "--profile",
+                "https_web",
+            ],
+            "wimse server federation create",
+        ),
+        (
+            &[
+                "server",
+                "federation",
+                "update",
+                "--trust-domain",
+                "other.org",
+                "--bundle-endpoint-url",
+                "https://other.org/b",
+                "--profile",
+                "https_web",
+            ],
+            "wimse server federation update",
+        ),
+        (
+            &["server", "federation", "list"],
+            "wimse server federation list",
+        ),
+        (
+            &[
+                "server",
+                "federation",
+                "show",
+                "--trust-domain",
+                "other.org",
+            ],
+            "wimse server federation show",
+        ),
+        (
+            &[
+                "server",
+                "federation",
+                "delete",
+                "--trust-domain",
+                "other.org",
+            ],
+            "wimse server federation delete",
+        ),
+        (
+            &[
+                "server",
+                "federation",
+                "refresh",
+                "--trust-domain",
+                "other.org",
+            ],
+            "wimse server federation refresh",
+        ),
         (&["server", "agent", "list"], "wimse server agent list"),
         (
             &[
@@ -352,6 +434,186 @@ mod tests {
         };
         assert_eq!(args.selector.len(), 2);
         assert_eq!(args.dns, ["a.example.org", "b.example.org"]);
+    }
+
+    #[test]
+    fn entry_create_and_update_take_repeated_federates_with() {
+        let Command::Server(ServerCommand::Entry(EntryCommand::Create(args))) = parse(&[
+            "server",
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/a",
+            "--parent-id",
+            "spiffe://example.org/agent",
+            "--selector",
+            "unix:uid:1000",
+            "--federates-with",
+            "other.org",
+            "--federates-with",
+            "third.org",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not entry create");
+        };
+        assert_eq!(args.federates_with, ["other.org", "third.org"]);
+        let Command::Server(ServerCommand::Entry(EntryCommand::Update(args))) = parse(&[
+            "server",
+            "entry",
+            "update",
+            "--entry-id",
+            "e1",
+            "--federates-with",
+            "other.org",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not entry update");
+        };
+        assert_eq!(args.federates_with, ["other.org"]);
+    }
+
+    #[test]
+    fn entry_update_without_federates_with_leaves_the_list_empty_to_keep_the_current_one() {
+        let Command::Server(ServerCommand::Entry(EntryCommand::Update(args))) =
+            parse(&["server", "entry", "update", "--entry-id", "e1"])
+                .unwrap()
+                .command
+        else {
+            panic!("not entry update");
+        };
+        assert!(args.federates_with.is_empty());
+    }
+
+    const FEDERATION_CREATE: &[&str] = &[
+        "server",
+        "federation",
+        "create",
+        "--trust-domain",
+        "other.org",
+        "--bundle-endpoint-url",
+        "https://other.org/.well-known/spiffe-bundle",
+    ];
+
+    fn federation_args(extra: &[&str]) -> crate::server::FederationArgs {
+        let Command::Server(ServerCommand::Federation(FederationCommand::Create(args))) =
+            parse(&[FEDERATION_CREATE, extra].concat()).unwrap().command
+        else {
+            panic!("not federation create");
+        };
+        args
+    }
+
+    #[test]
+    fn federation_create_https_spiffe_takes_the_endpoint_id_and_a_trust_bundle() {
+        let args = federation_args(&[
+            "--profile",
+            "https_spiffe",
+            "--endpoint-spiffe-id",
+            "spiffe://other.org/wimse/server",
+            "--trust-bundle",
+            "other.pem",
+            "--trust-bundle-format",
+            "pem",
+        ]);
+        assert_eq!(args.trust_domain, "other.org");
+        assert_eq!(
+            args.bundle_endpoint_url,
+            "https://other.org/.well-known/spiffe-bundle"
+        );
+        assert_eq!(args.profile, EndpointProfileArg::HttpsSpiffe);
+        assert_eq!(
+            args.endpoint_spiffe_id.as_deref(),
+            Some("spiffe://other.org/wimse/server")
+        );
+        assert_eq!(args.trust_bundle, Some(PathBuf::from("other.pem")));
+        assert_eq!(args.trust_bundle_format, BundleFormat::Pem);
+    }
+
+    #[test]
+    fn federation_create_https_web_needs_no_endpoint_id_and_defaults_to_spiffe_bundles() {
+        let args = federation_args(&["--profile", "https_web"]);
+        assert_eq!(args.profile, EndpointProfileArg::HttpsWeb);
+        assert_eq!(args.endpoint_spiffe_id, None);
+        assert_eq!(args.trust_bundle, None);
+        assert_eq!(args.trust_bundle_format, BundleFormat::Spiffe);
+    }
+
+    #[test]
+    fn federation_create_needs_a_known_profile() {
+        assert_eq!(
+            refusal(FEDERATION_CREATE),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            refusal(&[FEDERATION_CREATE, &["--profile", "https-web"]].concat()),
+            ErrorKind::InvalidValue
+        );
+    }
+
+    #[test]
+    fn federation_trust_bundle_format_needs_a_trust_bundle() {
+        assert_eq!(
+            refusal(
+                &[
+                    FEDERATION_CREATE,
+                    &["--profile", "https_web", "--trust-bundle-format", "pem"]
+                ]
+                .concat()
+            ),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn bundle_show_takes_an_optional_federated_trust_domain() {
+        let Command::Server(ServerCommand::Bundle(BundleCommand::Show(args))) = parse(&[
+            "server",
+            "bundle",
+            "show",
+            "--trust-domain",
+            "other.org",
+            "--format",
+            "spiffe",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not bundle show");
+        };
+        assert_eq!(args.trust_domain.as_deref(), Some("other.org"));
+        assert_eq!(args.format, BundleFormat::Spiffe);
+    }
+
+    #[test]
+    fn bundle_set_defaults_to_spiffe_and_needs_a_trust_domain_and_a_path() {
+        let Command::Server(ServerCommand::Bundle(BundleCommand::Set(args))) = parse(&[
+            "server",
+            "bundle",
+            "set",
+            "--trust-domain",
+            "other.org",
+            "--path",
+            "b.json",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not bundle set");
+        };
+        assert_eq!(args.format, BundleFormat::Spiffe);
+        assert_eq!(args.path, PathBuf::from("b.json"));
+        assert_eq!(
+            refusal(&["server", "bundle", "set", "--path", "b.json"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            refusal(&["server", "bundle", "set", "--trust-domain", "other.org"]),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

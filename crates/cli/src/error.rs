@@ -60,9 +60,9 @@ pub enum CommandError {
     /// An audit log could not be read, or is broken (the first broken entry and why).
     #[error(transparent)]
     Audit(#[from] wimse_audit::VerifyError),
-    /// An argument of an audit command is invalid.
+    /// A command-line argument is invalid (or names a file that cannot be read).
     #[error("`--{flag}`: {reason}")]
-    AuditArgument {
+    Argument {
         /// The flag, without its dashes.
         flag: &'static str,
         /// What is wrong with its value.
@@ -117,7 +117,7 @@ impl CommandError {
             | Self::Dev(_)
             | Self::Runtime(_)
             | Self::Audit(_)
-            | Self::AuditArgument { .. }
+            | Self::Argument { .. }
             | Self::WorkloadSource(_)
             | Self::Policy(_)
             | Self::AuditLog(_)

@@ -1,15 +1,19 @@
 //! `wimse server`: run the trust domain's server, and administer it over its admin socket.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::defaults;
 use crate::error::CommandError;
 use crate::values::SelectorArg;
-use wimse_server::admin::client::AdminClient;
-use wimse_server::api::{EntryRequest, EntryView};
+use wimse_core::TrustDomain;
+use wimse_core::bundle::TrustBundle;
+use wimse_server::admin::client::{AdminClient, ClientError};
+use wimse_server::api::{
+    EntryRequest, EntryView, FederatedBundleView, FederationRequest, FederationView,
+};
 
 /// `wimse server ...`
 #[derive(Debug, Subcommand)]
@@ -22,9 +26,12 @@ pub enum ServerCommand {
     /// Manage registration entries
     #[command(subcommand)]
     Entry(EntryCommand),
-    /// Show the trust bundle
+    /// Show the trust bundle, and manage the bundles of federated trust domains
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Manage federation relationships with other trust domains
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Manage attested agents
     #[command(subcommand)]
     Agent(AgentAdminCommand),
@@ -46,18 +53,8 @@ impl ServerCommand {
                 Ok(())
             }),
             Self::Entry(command) => command.run(),
-            Self::Bundle(BundleCommand::Show(args)) => crate::runtime::block_on(async move {
-                let format = match args.format {
-                    BundleFormat::Pem => "pem",
-                    BundleFormat::Spiffe => "spiffe",
-                };
-                let text = client(&args.admin).bundle(format).await?;
-                print!("{text}");
-                if !text.ends_with('\n') {
-                    println!();
-                }
-                Ok(())
-            }),
+            Self::Bundle(command) => command.run(),
+            Self::Federation(command) => command.run(),
             Self::Agent(command) => command.run(),
             Self::Healthcheck(args) => crate::runtime::block_on(async move {
                 client(&args).health().await?;
@@ -213,6 +210,7 @@ impl EntryCommand {
                         hint: args.hint,
                         admin: false,
                         downstream: false,
+                        federates_with: args.federates_with,
                     };
                     let entry = client(&args.admin).create_entry(&req).await?;
                     print_entry(&entry);
@@ -263,6 +261,11 @@ impl EntryCommand {
                         hint: args.hint.or(current.hint),
                         admin: current.admin,
                         downstream: current.downstream,
+                        federates_with: if args.federates_with.is_empty() {
+                            current.federates_with
+                        } else {
+                            args.federates_with
+                        },
                     };
                     let entry = admin.update_entry(&args.entry_id, &req).await?;
                     print_entry(&entry);
@@ -287,6 +290,9 @@ fn print_entry(e: &EntryView) {
     println!("JWT-SVID TTL     : {}", e.jwt_ttl);
     for selector in &e.selectors {
         println!("Selector         : {selector}");
+    }
+    for trust_domain in &e.federates_with {
+        println!("FederatesWith    : {trust_domain}");
     }
     for name in &e.dns_names {
         println!("DNS name         : {name}");
@@ -323,6 +329,10 @@ pub struct EntryCreateArgs {
     /// Hint passed to the workload to tell its identities apart
     #[arg(long, value_name = "HINT")]
     pub hint: Option<String>,
+    /// Foreign trust domain whose bundle the workload receives, such as `other.org`; it needs a
+    /// federation relationship or a stored bundle; repeat for several
+    #[arg(long, value_name = "TD")]
+    pub federates_with: Vec<String>,
     #[command(flatten)]
     pub admin: AdminSocketArg,
 }
@@ -374,6 +384,10 @@ pub struct EntryUpdateArgs {
     /// New hint
     #[arg(long, value_name = "HINT")]
     pub hint: Option<String>,
+    /// Foreign trust domain whose bundle the workload receives; if given at all, the given
+    /// trust domains replace all current ones
+    #[arg(long, value_name = "TD")]
+    pub federates_with: Vec<String>,
     #[command(flatten)]
     pub admin: AdminSocketArg,
 }
@@ -391,8 +405,127 @@ pub struct EntryDeleteArgs {
 /// `wimse server bundle ...`
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
-    /// Print the trust domain's bundle
+    /// Print the trust domain's bundle, or with `--trust-domain` the stored bundle of a
+    /// federated trust domain
     Show(BundleShowArgs),
+    /// List the stored bundles of federated trust domains
+    List(BundleListArgs),
+    /// Store the bundle of a federated trust domain, replacing any stored one
+    Set(BundleSetArgs),
+    /// Delete the stored bundle of a federated trust domain; refused while entries federate
+    /// with it
+    Delete(TrustDomainArgs),
+}
+
+impl BundleCommand {
+    /// Run the chosen bundle command.
+    fn run(self) -> Result<(), CommandError> {
+        crate::runtime::block_on(async move {
+            match self {
+                Self::Show(BundleShowArgs {
+                    format,
+                    trust_domain: None,
+                    admin,
+                }) => print_text(&client(&admin).bundle(format.name()).await?),
+                Self::Show(BundleShowArgs {
+                    format,
+                    trust_domain: Some(trust_domain),
+                    admin,
+                }) => {
+                    let bundle = client(&admin).show_federated_bundle(&trust_domain).await?;
+                    print_text(&federated_bundle_text(&bundle, format)?);
+                }
+                Self::List(args) => {
+                    let bundles = client(&args.admin).list_bundles().await?;
+                    if let Some(format) = args.format {
+                        for bundle in &bundles {
+                            println!("* {}", bundle.trust_domain);
+                            print_text(&federated_bundle_text(bundle, format)?);
+                            println!();
+                        }
+                    } else {
+                        println!("Found {} bundle(s)", bundles.len());
+                        for bundle in &bundles {
+                            println!();
+                            print_federated_bundle(bundle);
+                        }
+                    }
+                }
+                Self::Set(args) => {
+                    let text = read_argument_file("path", &args.path)?;
+                    let bundle = client(&args.admin)
+                        .set_bundle(&args.trust_domain, &text, args.format == BundleFormat::Pem)
+                        .await?;
+                    println!(
+                        "Bundle of {} set: {}",
+                        bundle.trust_domain,
+                        bundle_summary(&bundle)
+                    );
+                }
+                Self::Delete(args) => {
+                    let bundle = client(&args.admin)
+                        .delete_bundle(&args.trust_domain)
+                        .await?;
+                    println!("Deleted bundle of {}", bundle.trust_domain);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Prints `text`, ending it with a newline if it has none.
+fn print_text(text: &str) {
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+}
+
+/// A stored foreign bundle in `format`: its SPIFFE bundle JSON, or its X.509 authorities as PEM.
+fn federated_bundle_text(
+    bundle: &FederatedBundleView,
+    format: BundleFormat,
+) -> Result<String, CommandError> {
+    match format {
+        BundleFormat::Spiffe => Ok(bundle.bundle.clone()),
+        BundleFormat::Pem => {
+            let unexpected = |e: String| {
+                ClientError::Decode(format!("bundle of `{}`: {e}", bundle.trust_domain))
+            };
+            let trust_domain =
+                TrustDomain::new(&bundle.trust_domain).map_err(|e| unexpected(e.to_string()))?;
+            let parsed = TrustBundle::from_spiffe_json(trust_domain, bundle.bundle.as_bytes())
+                .map_err(|e| unexpected(e.to_string()))?;
+            Ok(parsed.x509_pem())
+        }
+    }
+}
+
+/// `sequence N, X x509 / J jwt / W wit authorities`
+fn bundle_summary(b: &FederatedBundleView) -> String {
+    format!(
+        "sequence {}, {} x509 / {} jwt / {} wit authorities",
+        b.sequence, b.x509_authorities, b.jwt_authorities, b.wit_authorities
+    )
+}
+
+/// Prints a stored foreign bundle's summary, aligned like `agent list`.
+fn print_federated_bundle(b: &FederatedBundleView) {
+    println!("Trust domain      : {}", b.trust_domain);
+    println!("Sequence          : {}", b.sequence);
+    println!("X.509 authorities : {}", b.x509_authorities);
+    println!("JWT authorities   : {}", b.jwt_authorities);
+    println!("WIT authorities   : {}", b.wit_authorities);
+    println!("Updated at        : {}", b.updated_at);
+}
+
+/// The text of the file an argument names; `flag` is the argument, without its dashes.
+fn read_argument_file(flag: &'static str, path: &Path) -> Result<String, CommandError> {
+    std::fs::read_to_string(path).map_err(|e| CommandError::Argument {
+        flag,
+        reason: format!("cannot read `{}`: {e}", path.display()),
+    })
 }
 
 /// `wimse server bundle show`
@@ -401,17 +534,228 @@ pub struct BundleShowArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
     pub format: BundleFormat,
+    /// Show the stored bundle of this federated trust domain instead of the server's own
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: Option<String>,
     #[command(flatten)]
     pub admin: AdminSocketArg,
 }
 
-/// How `wimse server bundle show` prints the bundle.
+/// `wimse server bundle list`
+#[derive(Debug, Args)]
+pub struct BundleListArgs {
+    /// Print each bundle in this format under a `* TD` line, instead of a summary of each
+    #[arg(long, value_enum)]
+    pub format: Option<BundleFormat>,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+/// `wimse server bundle set`
+#[derive(Debug, Args)]
+pub struct BundleSetArgs {
+    /// The federated trust domain the bundle belongs to, such as `other.org`
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: String,
+    /// File holding the bundle
+    #[arg(long, value_name = "FILE")]
+    pub path: PathBuf,
+    /// Format of the file; `pem` gives X.509 authorities only
+    #[arg(long, value_enum, default_value_t = BundleFormat::Spiffe)]
+    pub format: BundleFormat,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+/// `--trust-domain TD` and the admin socket: the commands that name one federated trust domain.
+#[derive(Debug, Args)]
+pub struct TrustDomainArgs {
+    /// The federated trust domain, such as `other.org`
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: String,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+/// A bundle's text format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BundleFormat {
     /// The X.509 roots as concatenated PEM certificates (as SPIRE)
     Pem,
     /// The SPIFFE bundle format: a JWK Set holding X.509 roots and JWT keys
     Spiffe,
+}
+
+impl BundleFormat {
+    /// The format's name in the admin API.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pem => "pem",
+            Self::Spiffe => "spiffe",
+        }
+    }
+}
+
+/// `wimse server federation ...`
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Create a federation relationship: fetch a trust domain's bundle from its bundle endpoint
+    /// and keep it for the workloads whose entries federate with it
+    Create(FederationArgs),
+    /// Replace a federation relationship
+    Update(FederationArgs),
+    /// List federation relationships
+    List(AdminSocketArg),
+    /// Show a federation relationship and the outcome of its last bundle fetch
+    Show(TrustDomainArgs),
+    /// Delete a federation relationship; its stored bundle stays until `bundle delete`
+    Delete(TrustDomainArgs),
+    /// Fetch a federated trust domain's bundle now
+    Refresh(TrustDomainArgs),
+}
+
+impl FederationCommand {
+    /// Run the chosen federation command.
+    fn run(self) -> Result<(), CommandError> {
+        crate::runtime::block_on(async move {
+            match self {
+                Self::Create(args) => {
+                    let admin = client(&args.admin);
+                    let req = federation_request(&args)?;
+                    print_federation(&admin.create_federation(&req).await?);
+                }
+                Self::Update(args) => {
+                    let admin = client(&args.admin);
+                    let req = federation_request(&args)?;
+                    print_federation(&admin.update_federation(&args.trust_domain, &req).await?);
+                }
+                Self::List(args) => {
+                    let relationships = client(&args).list_federations().await?;
+                    println!("Found {} federation relationship(s)", relationships.len());
+                    for relationship in &relationships {
+                        println!();
+                        print_federation(relationship);
+                    }
+                }
+                Self::Show(args) => {
+                    print_federation(
+                        &client(&args.admin)
+                            .show_federation(&args.trust_domain)
+                            .await?,
+                    );
+                }
+                Self::Delete(args) => {
+                    let deleted = client(&args.admin)
+                        .delete_federation(&args.trust_domain)
+                        .await?;
+                    println!(
+                        "Deleted federation relationship with {}",
+                        deleted.trust_domain
+                    );
+                }
+                Self::Refresh(args) => {
+                    let bundle = client(&args.admin)
+                        .refresh_federation(&args.trust_domain)
+                        .await?;
+                    println!(
+                        "Bundle of {} refreshed: {}",
+                        bundle.trust_domain,
+                        bundle_summary(&bundle)
+                    );
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The relationship `federation create|update` asks for, with the `--trust-bundle` inline:
+/// the server stores it only once the relationship is stored.
+fn federation_request(args: &FederationArgs) -> Result<FederationRequest, CommandError> {
+    let bundle = args
+        .trust_bundle
+        .as_ref()
+        .map(|path| read_argument_file("trust-bundle", path))
+        .transpose()?;
+    Ok(FederationRequest {
+        trust_domain: args.trust_domain.clone(),
+        bundle_endpoint_url: args.bundle_endpoint_url.clone(),
+        profile: args.profile.name().to_owned(),
+        endpoint_spiffe_id: args.endpoint_spiffe_id.clone(),
+        bundle_format: bundle
+            .is_some()
+            .then(|| args.trust_bundle_format.name().to_owned()),
+        bundle,
+    })
+}
+
+/// Prints a federation relationship, aligned like `agent list`.
+fn print_federation(f: &FederationView) {
+    println!("Trust domain      : {}", f.trust_domain);
+    println!("Bundle endpoint   : {}", f.bundle_endpoint_url);
+    println!("Profile           : {}", f.profile);
+    if let Some(id) = &f.endpoint_spiffe_id {
+        println!("Endpoint SPIFFE ID: {id}");
+    }
+    match f.bundle_sequence {
+        Some(sequence) => println!("Bundle sequence   : {sequence}"),
+        None => println!("Bundle sequence   : none"),
+    }
+    match f.last_refresh_at {
+        Some(at) => println!("Last refresh      : {at}"),
+        None => println!("Last refresh      : never"),
+    }
+    if let Some(error) = &f.last_error {
+        println!("Last error        : {error}");
+    }
+}
+
+/// `wimse server federation create|update`
+#[derive(Debug, Args)]
+pub struct FederationArgs {
+    /// The foreign trust domain, such as `other.org`
+    #[arg(long, value_name = "TD")]
+    pub trust_domain: String,
+    /// URL of its bundle endpoint, such as `https://other.org/.well-known/spiffe-bundle`
+    #[arg(long, value_name = "URL")]
+    pub bundle_endpoint_url: String,
+    /// How the bundle endpoint authenticates
+    #[arg(long, value_enum)]
+    pub profile: EndpointProfileArg,
+    /// SPIFFE ID of the bundle endpoint's server (`https_spiffe` only, and then required)
+    #[arg(long, value_name = "ID")]
+    pub endpoint_spiffe_id: Option<String>,
+    /// File holding the foreign trust domain's current bundle, which first authenticates an
+    /// `https_spiffe` endpoint
+    #[arg(long, value_name = "FILE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// Format of the `--trust-bundle` file; `pem` gives X.509 authorities only
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = BundleFormat::Spiffe,
+          requires = "trust_bundle")]
+    pub trust_bundle_format: BundleFormat,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+/// The SPIFFE Federation endpoint profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointProfileArg {
+    /// A server certificate from the Web PKI for the URL's host
+    #[value(name = "https_web")]
+    HttpsWeb,
+    /// A server certificate that is an X509-SVID of `--endpoint-spiffe-id`
+    #[value(name = "https_spiffe")]
+    HttpsSpiffe,
+}
+
+impl EndpointProfileArg {
+    /// The profile's name in the admin API.
+    fn name(self) -> &'static str {
+        match self {
+            Self::HttpsWeb => "https_web",
+            Self::HttpsSpiffe => "https_spiffe",
+        }
+    }
 }
 
 /// `wimse server agent ...`

@@ -340,6 +340,7 @@ fn new_entry(path: &str, parent: &WorkloadId) -> NewEntry {
         hint: None,
         admin: false,
         downstream: false,
+        federates_with: Vec::new(),
     }
 }
 

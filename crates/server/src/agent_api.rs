@@ -3,6 +3,11 @@
 //! renewal, incremental entry sync (long-poll) and issuance of X.509 certificates, WITs and
 //! JWT-SVIDs for the entries that descend from the agent.
 //!
+//! `GET /agent/v1/bundle` answers the trust domain's own bundle, and
+//! `GET /agent/v1/federated-bundles` the foreign bundles this server holds, as a SPIFFE bundle
+//! map (`{"trust_domains": {...}}`); an agent gives each workload only the foreign bundles
+//! its entries federate with.
+//!
 //! Who calls is decided by the TLS handshake alone ([`Caller`], verified against the
 //! current bundle by [`crate::tls`]); every call but attestation then checks that the
 //! caller is an attested agent that is neither banned nor evicted, and issuance checks
@@ -324,6 +329,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/agent/v1/svid/wit", post(svid_wit))
         .route("/agent/v1/svid/jwt", post(svid_jwt))
         .route("/agent/v1/bundle", get(bundle))
+        .route("/agent/v1/federated-bundles", get(federated_bundles))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -917,4 +923,16 @@ async fn bundle(
         state.bundle().to_spiffe_json(),
     )
         .into_response())
+}
+
+async fn federated_bundles(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, AgentApiError> {
+    agent(&state, &caller).await?;
+    let mut set = wimse_core::bundle::BundleSet::new();
+    for stored in state.store.list_federated_bundles().await? {
+        set.insert(stored.bundle);
+    }
+    Ok(([("content-type", "application/json")], set.to_map_json()).into_response())
 }

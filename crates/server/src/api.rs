@@ -26,6 +26,9 @@ pub struct EntryView {
     pub admin: bool,
     /// Whether the workload is a downstream server.
     pub downstream: bool,
+    /// The foreign trust domains whose bundles the workload receives.
+    #[serde(default)]
+    pub federates_with: Vec<String>,
     /// The revision of the last change.
     pub revision: i64,
 }
@@ -57,6 +60,10 @@ pub struct EntryRequest {
     /// Downstream flag.
     #[serde(default)]
     pub downstream: bool,
+    /// Foreign trust domains (names) whose bundles the workload receives; each needs a
+    /// federation relationship or a stored bundle.
+    #[serde(default)]
+    pub federates_with: Vec<String>,
 }
 
 /// A request for a join token.
@@ -106,6 +113,74 @@ pub struct AgentView {
 pub struct AgentRequest {
     /// Its SPIFFE ID.
     pub spiffe_id: String,
+}
+
+/// A federation relationship to create or replace (`POST /v1/federations`,
+/// `PUT /v1/federations/{trust_domain}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationRequest {
+    /// The foreign trust domain's name (`example.org`, or `spiffe://example.org`).
+    pub trust_domain: String,
+    /// Its bundle endpoint: an `https` URL without userinfo.
+    pub bundle_endpoint_url: String,
+    /// `https_web` or `https_spiffe`.
+    pub profile: String,
+    /// For `https_spiffe` only (and then required): the SPIFFE ID of the endpoint's server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_spiffe_id: Option<String>,
+    /// An initial bundle of the foreign trust domain: what a self-serving `https_spiffe`
+    /// endpoint is first authenticated with. Stored like `PUT /v1/bundles/{trust_domain}`,
+    /// once the relationship is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    /// The format of `bundle`: `spiffe` (SPIFFE bundle JSON, the default) or `pem` (X.509
+    /// authorities only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_format: Option<String>,
+}
+
+/// A federation relationship as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationView {
+    /// The foreign trust domain's name.
+    pub trust_domain: String,
+    /// Its bundle endpoint.
+    pub bundle_endpoint_url: String,
+    /// `https_web` or `https_spiffe`.
+    pub profile: String,
+    /// For `https_spiffe`: the endpoint server's SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_spiffe_id: Option<String>,
+    /// When the relationship was created, Unix seconds.
+    pub created_at: i64,
+    /// When its bundle was last fetched or a fetch last failed, Unix seconds.
+    #[serde(default)]
+    pub last_refresh_at: Option<i64>,
+    /// Why the last fetch failed (`None` after a success).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The `spiffe_sequence` of the stored bundle, if one is stored.
+    #[serde(default)]
+    pub bundle_sequence: Option<u64>,
+}
+
+/// A stored bundle of a foreign trust domain as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederatedBundleView {
+    /// The foreign trust domain's name.
+    pub trust_domain: String,
+    /// Its `spiffe_sequence`.
+    pub sequence: u64,
+    /// How many X.509 authorities it holds.
+    pub x509_authorities: usize,
+    /// How many JWT (JWT-SVID and Txn-Token) authorities it holds.
+    pub jwt_authorities: usize,
+    /// How many WIT authorities it holds.
+    pub wit_authorities: usize,
+    /// When it was stored, Unix seconds.
+    pub updated_at: i64,
+    /// The bundle, SPIFFE bundle JSON.
+    pub bundle: String,
 }
 
 /// An error answer (RFC 9457 problem details).

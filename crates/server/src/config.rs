@@ -18,6 +18,8 @@
 //! agent_svid_ttl = 3600                     # agents' own X509-SVIDs
 //! tombstone_retention = 86400               # how long deleted entries are remembered for sync
 //! audit_log = "/var/log/wimse/audit.jsonl"  # default: <data_dir>/audit.jsonl; "" turns it off
+//! federation_web_roots = "/etc/wimse/web-roots.pem"  # https_web bundle endpoints: these roots
+//!                                           # instead of the Web PKI's (a private PKI)
 //!
 //! [token_service]                           # Txn-Tokens at POST /oauth2/token (RFC 8693)
 //! txn_token_ttl = 300                       # seconds, at most 3600
@@ -76,6 +78,9 @@ pub struct FileConfig {
     pub upstream_ca_key: Option<PathBuf>,
     /// CA certificates (PEM) that agents' x509pop certificates must chain to.
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// PEM roots that `https_web` bundle endpoints are checked against instead of the Web
+    /// PKI's (Mozilla's) roots.
+    pub federation_web_roots: Option<PathBuf>,
     /// Lifetime of an agent's own X509-SVID, in seconds.
     pub agent_svid_ttl: Option<u32>,
     /// How long the tombstone of a deleted entry is kept for agents' incremental sync, in
@@ -243,6 +248,8 @@ pub struct ServerConfig {
     pub upstream_ca: Option<(PathBuf, PathBuf)>,
     /// CA bundle for x509pop node attestation.
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// PEM roots for `https_web` bundle endpoints (default: the Web PKI's).
+    pub federation_web_roots: Option<PathBuf>,
     /// Agents' own X509-SVID lifetime, seconds.
     pub agent_svid_ttl: u32,
     /// Tombstone retention, seconds.
@@ -345,6 +352,7 @@ impl FileConfig {
             wit_profile,
             upstream_ca,
             x509pop_ca_bundle: self.x509pop_ca_bundle,
+            federation_web_roots: self.federation_web_roots,
             agent_svid_ttl,
             tombstone_retention,
             audit_log: match self.audit_log {

@@ -18,6 +18,7 @@
 //!   health and metrics; [`tls`]: the listener's TLS; [`x509pop`]: x509pop node
 //!   attestation (chain policy, challenge, signature).
 //! - [`datastore`]: storage behind one type, the same SQL on both databases.
+//! - [`federation`]: relationships with other trust domains, and fetching their bundles.
 //!
 //! Start reading at [`run::start`].
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod audit;
 pub mod authority;
 pub mod config;
 pub mod datastore;
+pub mod federation;
 pub mod issuer;
 pub mod metrics;
 pub mod public;

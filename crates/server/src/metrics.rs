@@ -14,6 +14,15 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// The labels of a federated bundle fetch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FederationLabel {
+    /// The foreign trust domain.
+    pub trust_domain: String,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
 /// The server's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -29,6 +38,8 @@ pub struct Metrics {
     pub agents: Gauge,
     /// Key rotations performed by this replica.
     pub rotations: Counter,
+    /// Federated bundle fetches by this replica, by trust domain and outcome.
+    pub federation_refreshes: Family<FederationLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -42,6 +53,7 @@ impl Default for Metrics {
         let entries = Gauge::default();
         let agents = Gauge::default();
         let rotations = Counter::default();
+        let federation_refreshes = Family::<FederationLabel, Counter>::default();
         registry.register("issued", "Credentials issued", issued.clone());
         registry.register(
             "issue_errors",
@@ -56,6 +68,11 @@ impl Default for Metrics {
         registry.register("entries", "Registration entries", entries.clone());
         registry.register("agents", "Attested agents", agents.clone());
         registry.register("rotations", "Signing key rotations", rotations.clone());
+        registry.register(
+            "federation_refreshes",
+            "Fetches of federated trust domains' bundles",
+            federation_refreshes.clone(),
+        );
         Metrics {
             registry,
             issued,
@@ -64,6 +81,7 @@ impl Default for Metrics {
             entries,
             agents,
             rotations,
+            federation_refreshes,
         }
     }
 }

@@ -211,6 +211,10 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
         }
     }));
 
+    handles.push(tokio::spawn(crate::federation::run(
+        Arc::clone(&state),
+        stop_rx.clone(),
+    )));
     handles.push(tokio::spawn(maintain(Arc::clone(&state), stop_rx)));
     Ok((
         Running {
@@ -223,7 +227,7 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
 }
 
 /// Completes once shutdown has been signalled (or the signaller is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             return;

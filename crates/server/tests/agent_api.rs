@@ -365,6 +365,7 @@ async fn a_change_written_by_another_replica_reaches_the_agent_by_the_revision_p
             hint: None,
             admin: false,
             downstream: false,
+            federates_with: Vec::new(),
         })
         .await
         .unwrap();
@@ -796,6 +797,7 @@ fn new_entry(path: &str, parent: &WorkloadId) -> NewEntry {
         hint: None,
         admin: false,
         downstream: false,
+        federates_with: Vec::new(),
     }
 }
 

@@ -16,11 +16,12 @@
 
 use std::collections::BTreeSet;
 
-use wimse_core::WorkloadId;
+use wimse_core::bundle::TrustBundle;
+use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::datastore::{
-    AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EntryChange,
-    EntryChangeKind, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, SqlStore,
-    StoreError, X509PopChallenge,
+    AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EndpointProfile,
+    EntryChange, EntryChangeKind, EntryFilter, FederationRelationship, JoinToken, NewEntry,
+    RegistrationEntry, Selector, SqlStore, StoreError, X509PopChallenge,
 };
 
 /// The clock of these tests, in seconds since the Unix epoch.
@@ -56,6 +57,7 @@ fn entry(path: &str, selectors: &[&str]) -> NewEntry {
         hint: None,
         admin: false,
         downstream: false,
+        federates_with: Vec::new(),
     }
 }
 
@@ -289,6 +291,9 @@ suite! {
         x509pop_challenge_is_consumed_once_by_one_of_16_callers,
         expired_x509pop_challenge_is_refused_and_pruned,
         a_new_x509pop_challenge_replaces_the_certificates_previous_one,
+        federation_relationships_are_created_updated_listed_and_deleted,
+        federated_bundles_are_kept_per_trust_domain_and_guarded_by_entries,
+        entries_keep_their_federated_trust_domains_sorted_and_unique,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -1441,4 +1446,157 @@ async fn unreachable_postgres_is_a_database_error_without_the_password() {
         .unwrap_err();
     assert!(matches!(error, StoreError::Database(_)), "{error:?}");
     assert!(!error.to_string().contains("hunter2"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Federation
+
+fn td(name: &str) -> TrustDomain {
+    TrustDomain::new(name).unwrap()
+}
+
+fn relationship(name: &str, profile: EndpointProfile) -> FederationRelationship {
+    FederationRelationship {
+        trust_domain: td(name),
+        bundle_endpoint_url: format!("https://{name}/.well-known/spiffe-bundle"),
+        profile,
+        created_at: NOW,
+        last_refresh_at: None,
+        last_error: None,
+    }
+}
+
+async fn federation_relationships_are_created_updated_listed_and_deleted(store: &SqlStore) {
+    let spiffe = EndpointProfile::HttpsSpiffe {
+        endpoint_id: id("spiffe://b.test/wimse/server"),
+    };
+    let b = relationship("b.test", spiffe);
+    let a = relationship("a.test", EndpointProfile::HttpsWeb);
+    store.create_federation(&b).await.unwrap();
+    store.create_federation(&a).await.unwrap();
+    assert_eq!(
+        store.create_federation(&b).await,
+        Err(StoreError::DuplicateFederation("b.test".into()))
+    );
+    assert_eq!(
+        store.list_federations().await.unwrap(),
+        [a.clone(), b.clone()]
+    );
+
+    // A refresh outcome is recorded, and replaced by the next one.
+    store
+        .record_federation_refresh(&td("b.test"), NOW + 5, Some("cannot reach"))
+        .await
+        .unwrap();
+    let got = store.get_federation(&td("b.test")).await.unwrap().unwrap();
+    assert_eq!(got.last_refresh_at, Some(NOW + 5));
+    assert_eq!(got.last_error.as_deref(), Some("cannot reach"));
+    store
+        .record_federation_refresh(&td("b.test"), NOW + 9, None)
+        .await
+        .unwrap();
+    let got = store.get_federation(&td("b.test")).await.unwrap().unwrap();
+    assert_eq!((got.last_refresh_at, got.last_error), (Some(NOW + 9), None));
+
+    // An update replaces the endpoint, keeps the creation time, clears the outcome.
+    let mut moved = relationship("b.test", EndpointProfile::HttpsWeb);
+    moved.bundle_endpoint_url = "https://elsewhere.test/bundle".into();
+    moved.created_at = NOW + 100;
+    store.update_federation(&moved).await.unwrap();
+    let got = store.get_federation(&td("b.test")).await.unwrap().unwrap();
+    assert_eq!(got.bundle_endpoint_url, "https://elsewhere.test/bundle");
+    assert_eq!(got.profile, EndpointProfile::HttpsWeb);
+    assert_eq!(got.created_at, NOW);
+    assert_eq!(got.last_refresh_at, None);
+
+    store.delete_federation(&td("b.test")).await.unwrap();
+    assert_eq!(store.get_federation(&td("b.test")).await.unwrap(), None);
+    assert_eq!(
+        store.delete_federation(&td("b.test")).await,
+        Err(StoreError::FederationNotFound("b.test".into()))
+    );
+    assert_eq!(
+        store.update_federation(&moved).await,
+        Err(StoreError::FederationNotFound("b.test".into()))
+    );
+    assert_eq!(store.list_federations().await.unwrap(), [a]);
+}
+
+async fn federated_bundles_are_kept_per_trust_domain_and_guarded_by_entries(store: &SqlStore) {
+    let key = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
+    let mut b = TrustBundle::new(td("b.test"));
+    b.sequence = 7;
+    b.refresh_hint = Some(60);
+    b.add_authority(
+        wimse_core::bundle::KeyUse::JwtSvid,
+        "k1",
+        key.public_key().clone(),
+    )
+    .unwrap();
+    let c = TrustBundle::new(td("c_c.test"));
+    store.put_federated_bundle(&b, NOW).await.unwrap();
+    store.put_federated_bundle(&c, NOW).await.unwrap();
+    let got = store
+        .get_federated_bundle(&td("b.test"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.bundle.clone(), got.updated_at), (b.clone(), NOW));
+
+    // A newer bundle replaces the stored one.
+    let mut newer = b.clone();
+    newer.sequence = 8;
+    store.put_federated_bundle(&newer, NOW + 1).await.unwrap();
+    let listed = store.list_federated_bundles().await.unwrap();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|f| f.bundle.trust_domain().to_string())
+        .collect();
+    assert_eq!(names, ["b.test", "c_c.test"]);
+    assert_eq!(listed[0].bundle, newer);
+    assert_eq!(listed[0].updated_at, NOW + 1);
+
+    // While an entry federates with b.test, its bundle stays. A name that LIKE's `_` would
+    // match (`cXc.test` for `c_c.test`) does not hold back another trust domain's bundle.
+    let mut e = entry("/fed", &["unix:uid:1"]);
+    e.federates_with = vec![td("b.test"), td("cxc.test")];
+    let created = store.create_entry(e).await.unwrap();
+    assert_eq!(
+        store.delete_federated_bundle(&td("b.test")).await,
+        Err(StoreError::BundleInUse {
+            trust_domain: "b.test".into(),
+            entries: 1
+        })
+    );
+    store
+        .delete_federated_bundle(&td("c_c.test"))
+        .await
+        .unwrap();
+    store.delete_entry(&created.id).await.unwrap();
+    store.delete_federated_bundle(&td("b.test")).await.unwrap();
+    assert_eq!(
+        store.get_federated_bundle(&td("b.test")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.delete_federated_bundle(&td("b.test")).await,
+        Err(StoreError::BundleNotFound("b.test".into()))
+    );
+}
+
+async fn entries_keep_their_federated_trust_domains_sorted_and_unique(store: &SqlStore) {
+    let mut e = entry("/fed", &["unix:uid:1"]);
+    e.federates_with = vec![td("z.test"), td("a.test"), td("z.test")];
+    let created = store.create_entry(e.clone()).await.unwrap();
+    assert_eq!(created.federates_with, [td("a.test"), td("z.test")]);
+    let read = store.get_entry(&created.id).await.unwrap().unwrap();
+    assert_eq!(read.federates_with, [td("a.test"), td("z.test")]);
+    e.federates_with = vec![td("m.test")];
+    let updated = store.update_entry(&created.id, e).await.unwrap();
+    assert_eq!(updated.federates_with, [td("m.test")]);
+    let (changes, _) = store.entry_changes_since(0, 10).await.unwrap();
+    let Some(EntryChangeKind::Upsert(synced)) = changes.last().map(|c| &c.kind) else {
+        panic!("no upsert in {changes:?}");
+    };
+    assert_eq!(synced.federates_with, [td("m.test")]);
 }

@@ -60,6 +60,8 @@ pub struct Server {
     pub dir: PathBuf,
     /// Its TLS listener.
     pub addr: SocketAddr,
+    /// Its trust domain.
+    pub trust_domain: String,
 }
 
 impl Server {
@@ -70,6 +72,11 @@ impl Server {
 
     /// Starts a server on `port`.
     pub fn start_at(dir: &Path, port: u16, extra: &[&str]) -> Self {
+        Self::start_for(TRUST_DOMAIN, dir, port, extra)
+    }
+
+    /// Starts a server of `trust_domain` on `port`.
+    pub fn start_for(trust_domain: &str, dir: &Path, port: u16, extra: &[&str]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::OpenOptions::new()
@@ -78,7 +85,7 @@ impl Server {
             .open(dir.join("server.log"))
             .unwrap();
         let child = Command::new(WIMSE)
-            .args(["server", "run", "--trust-domain", TRUST_DOMAIN, "--bind"])
+            .args(["server", "run", "--trust-domain", trust_domain, "--bind"])
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(dir)
@@ -91,6 +98,7 @@ impl Server {
             child,
             dir: dir.to_owned(),
             addr,
+            trust_domain: trust_domain.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !(server.socket().exists() && TcpStream::connect(addr).is_ok()) {
@@ -149,8 +157,11 @@ impl Server {
     /// The published bundle.
     pub fn bundle(&self) -> TrustBundle {
         let json = self.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
-        TrustBundle::from_spiffe_json(TrustDomain::new(TRUST_DOMAIN).unwrap(), json.as_bytes())
-            .unwrap()
+        TrustBundle::from_spiffe_json(
+            TrustDomain::new(&self.trust_domain).unwrap(),
+            json.as_bytes(),
+        )
+        .unwrap()
     }
 
     /// Writes the X.509 roots as PEM (an agent's bootstrap bundle) into `path`.

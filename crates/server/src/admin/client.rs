@@ -2,7 +2,8 @@
 //! admin unix socket.
 
 use crate::api::{
-    AgentRequest, AgentView, EntryRequest, EntryView, Problem, TokenRequest, TokenResponse,
+    AgentRequest, AgentView, EntryRequest, EntryView, FederatedBundleView, FederationRequest,
+    FederationView, Problem, TokenRequest, TokenResponse,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -38,6 +39,15 @@ pub enum ClientError {
     /// The answer could not be read.
     #[error("unexpected admin API answer: {0}")]
     Decode(String),
+    /// A trust domain name that would change the request's path or query if put in it.
+    #[error("`{0}` is not a trust domain name: it is empty or holds `/`, `?`, `#` or `%`")]
+    TrustDomainName(String),
+}
+
+/// A request body and its media type.
+struct Body {
+    content_type: &'static str,
+    bytes: Vec<u8>,
 }
 
 /// A client of one server's admin socket.
@@ -75,7 +85,7 @@ impl AdminClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<Body>,
     ) -> Result<Bytes, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -87,12 +97,19 @@ impl AdminClient {
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
         tokio::spawn(connection);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "wimse-admin")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .header("host", "wimse-admin");
+        let bytes = match body {
+            Some(body) => {
+                request = request.header("content-type", body.content_type);
+                body.bytes
+            }
+            None => Vec::new(),
+        };
+        let request = request
+            .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -127,9 +144,12 @@ impl AdminClient {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let bytes = self.call(method, path, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .map(|bytes| Body {
+                content_type: "application/json",
+                bytes,
+            });
+        decode(&self.call(method, path, body).await?)
     }
 
     /// Creates an entry.
@@ -240,12 +260,170 @@ impl AdminClient {
             .map(|_| ())
     }
 
+    /// Creates a federation relationship (storing its initial bundle first, if it has one).
+    pub async fn create_federation(
+        &self,
+        req: &FederationRequest,
+    ) -> Result<FederationView, ClientError> {
+        self.json(Method::POST, "/v1/federations", Some(req)).await
+    }
+
+    /// Lists federation relationships.
+    pub async fn list_federations(&self) -> Result<Vec<FederationView>, ClientError> {
+        self.json(Method::GET, "/v1/federations", None::<&()>).await
+    }
+
+    /// Shows the federation relationship with `trust_domain`.
+    pub async fn show_federation(&self, trust_domain: &str) -> Result<FederationView, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/federations/{}", trust_domain_segment(trust_domain)?),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Replaces the federation relationship with `trust_domain`.
+    pub async fn update_federation(
+        &self,
+        trust_domain: &str,
+        req: &FederationRequest,
+    ) -> Result<FederationView, ClientError> {
+        self.json(
+            Method::PUT,
+            &format!("/v1/federations/{}", trust_domain_segment(trust_domain)?),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Deletes the federation relationship with `trust_domain`, returning what it was.
+    pub async fn delete_federation(
+        &self,
+        trust_domain: &str,
+    ) -> Result<FederationView, ClientError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/federations/{}", trust_domain_segment(trust_domain)?),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Fetches the bundle of `trust_domain` from its endpoint now; the stored bundle, or why
+    /// the fetch failed.
+    pub async fn refresh_federation(
+        &self,
+        trust_domain: &str,
+    ) -> Result<FederatedBundleView, ClientError> {
+        self.json(
+            Method::POST,
+            &format!(
+                "/v1/federations/{}/refresh",
+                trust_domain_segment(trust_domain)?
+            ),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Lists the stored bundles of foreign trust domains.
+    pub async fn list_bundles(&self) -> Result<Vec<FederatedBundleView>, ClientError> {
+        self.json(Method::GET, "/v1/bundles", None::<&()>).await
+    }
+
+    /// Shows the stored bundle of the foreign `trust_domain`.
+    pub async fn show_federated_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> Result<FederatedBundleView, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/bundles/{}", trust_domain_segment(trust_domain)?),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Stores `text` as the bundle of the foreign `trust_domain`: SPIFFE bundle JSON, or PEM
+    /// certificates if `pem`.
+    pub async fn set_bundle(
+        &self,
+        trust_domain: &str,
+        text: &str,
+        pem: bool,
+    ) -> Result<FederatedBundleView, ClientError> {
+        let (format, content_type) = if pem {
+            ("pem", "application/x-pem-file")
+        } else {
+            ("spiffe", "application/json")
+        };
+        let path = format!(
+            "/v1/bundles/{}{}",
+            trust_domain_segment(trust_domain)?,
+            encode(&[("format", format)])
+        );
+        let body = Body {
+            content_type,
+            bytes: text.as_bytes().to_vec(),
+        };
+        decode(&self.call(Method::PUT, &path, Some(body)).await?)
+    }
+
+    /// Deletes the stored bundle of the foreign `trust_domain`, returning what it was.
+    pub async fn delete_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> Result<FederatedBundleView, ClientError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/bundles/{}", trust_domain_segment(trust_domain)?),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// Asks whether the server is up.
     pub async fn health(&self) -> Result<(), ClientError> {
         self.call(Method::GET, "/v1/health", None).await.map(|_| ())
     }
 }
 
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// A trust domain name as a path segment. The server checks the name itself; here only what
+/// would make the path name another resource (`/`, `?`, `#`, an escape) is refused.
+fn trust_domain_segment(name: &str) -> Result<String, ClientError> {
+    if name.is_empty() || name.contains(['/', '?', '#', '%']) {
+        return Err(ClientError::TrustDomainName(name.to_owned()));
+    }
+    Ok(encode_segment(name))
+}
+
 fn encode_segment(value: &str) -> String {
     encode(&[("", value)]).trim_start_matches("?=").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_domain_names_that_would_change_the_path_are_refused() {
+        for name in ["", "a/b", "../entries", "a?format=pem", "a#b", "a%2Fb"] {
+            assert!(
+                matches!(
+                    trust_domain_segment(name),
+                    Err(ClientError::TrustDomainName(_))
+                ),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            trust_domain_segment("other-1.test_x").unwrap(),
+            "other-1.test_x"
+        );
+    }
 }

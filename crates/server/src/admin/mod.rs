@@ -1,6 +1,7 @@
-//! The admin API: registration entries, join tokens, the bundle and agents, served as
-//! JSON over HTTP on a unix socket with mode 0600 (only the server's user may call it).
-//! `wimse server entry|token|bundle|agent|healthcheck` are its clients ([`client`]).
+//! The admin API: registration entries, join tokens, the bundle, agents and federation
+//! ([`federation`]), served as JSON over HTTP on a unix socket with mode 0600 (only the
+//! server's user may call it). `wimse server entry|token|bundle|agent|federation|healthcheck`
+//! are its clients ([`client`]).
 
 use crate::api::{
     AgentRequest, AgentView, EntryRequest, EntryView, Problem, TokenRequest, TokenResponse,
@@ -16,11 +17,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
-use wimse_core::WorkloadId;
 use wimse_core::jose::b64;
 use wimse_core::token::unix_now;
+use wimse_core::{TrustDomain, WorkloadId};
 
 pub mod client;
+mod federation;
 
 /// The largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -37,6 +39,9 @@ pub enum AdminError {
     /// The request conflicts with what exists (duplicate entry).
     #[error("{0}")]
     Conflict(String),
+    /// Something the server depends on failed (a foreign bundle endpoint).
+    #[error("{0}")]
+    Upstream(String),
     /// The server failed.
     #[error("{0}")]
     Internal(String),
@@ -44,13 +49,19 @@ pub enum AdminError {
 
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
-        match e {
+        match &e {
             StoreError::DuplicateEntry => AdminError::Conflict(
                 "an entry with this SPIFFE ID, parent and selectors exists".into(),
             ),
             StoreError::EntryNotFound(id) => AdminError::NotFound(format!("no entry `{id}`")),
             StoreError::AgentNotFound(id) => AdminError::NotFound(format!("no agent `{id}`")),
-            other => AdminError::Internal(other.to_string()),
+            StoreError::FederationNotFound(_) | StoreError::BundleNotFound(_) => {
+                AdminError::NotFound(e.to_string())
+            }
+            StoreError::DuplicateFederation(_) | StoreError::BundleInUse { .. } => {
+                AdminError::Conflict(e.to_string())
+            }
+            _ => AdminError::Internal(e.to_string()),
         }
     }
 }
@@ -61,6 +72,7 @@ impl IntoResponse for AdminError {
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid request"),
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not found"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream failure"),
             AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server error"),
         };
         let problem = Problem {
@@ -93,6 +105,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/agents/ban", post(ban_agent))
         .route("/v1/agents/evict", post(evict_agent))
         .route("/v1/health", get(|| async { "ok" }))
+        .merge(federation::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -118,6 +131,7 @@ pub(crate) fn view(e: &RegistrationEntry) -> EntryView {
         hint: e.hint.clone(),
         admin: e.admin,
         downstream: e.downstream,
+        federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
         revision: e.revision,
     }
 }
@@ -194,7 +208,9 @@ async fn new_entry(state: &State, req: EntryRequest) -> Result<NewEntry, AdminEr
         Some(v) => Ok(v),
         None => Ok(default),
     };
+    let federates_with = federates_with(state, &req.federates_with).await?;
     Ok(NewEntry {
+        federates_with,
         x509_ttl: ttl("x509_ttl", req.x509_ttl, state.config.default_x509_ttl)?,
         jwt_ttl: ttl("jwt_ttl", req.jwt_ttl, state.config.default_jwt_ttl)?,
         spiffe_id,
@@ -205,6 +221,34 @@ async fn new_entry(state: &State, req: EntryRequest) -> Result<NewEntry, AdminEr
         admin: req.admin,
         downstream: req.downstream,
     })
+}
+
+/// The trust domains an entry federates with: foreign, and each with a federation
+/// relationship or a stored bundle (else its workloads would wait for a bundle that never
+/// comes).
+async fn federates_with(state: &State, names: &[String]) -> Result<Vec<TrustDomain>, AdminError> {
+    let mut domains = Vec::with_capacity(names.len());
+    for name in names {
+        let td = TrustDomain::new(name)
+            .map_err(|e| AdminError::BadRequest(format!("`federates_with` `{name}`: {e}")))?;
+        if td == state.config.trust_domain {
+            return Err(AdminError::BadRequest(format!(
+                "`federates_with` `{td}` is this server's own trust domain"
+            )));
+        }
+        if state.store.get_federation(&td).await?.is_none()
+            && state.store.get_federated_bundle(&td).await?.is_none()
+        {
+            return Err(AdminError::BadRequest(format!(
+                "`federates_with` `{td}`: no federation relationship with it and no bundle of \
+                 it: create one first (`wimse server federation create`)"
+            )));
+        }
+        domains.push(td);
+    }
+    domains.sort();
+    domains.dedup();
+    Ok(domains)
 }
 
 /// A parent is the server, an agent (attested, or named by a join token's agent path),

@@ -96,16 +96,38 @@ impl std::fmt::Debug for AgentApiClient {
     }
 }
 
-/// Accepts only an X509-SVID of `spiffe://<td>/wimse/server` that chains to the bundle.
+/// Accepts only an X509-SVID of one SPIFFE ID that chains to the X.509 authorities of that
+/// ID's trust domain; host names are not looked at. The agent API client expects
+/// `spiffe://<td>/wimse/server`; a federation client, an `https_spiffe` bundle endpoint's ID.
 #[derive(Debug)]
-struct ServerIdVerifier {
+pub(crate) struct SpiffeIdVerifier {
     trust_domain: TrustDomain,
     server_id: WorkloadId,
     roots: Vec<Certificate>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ServerIdVerifier {
+impl SpiffeIdVerifier {
+    /// Expects `server_id`, chained to `roots` (DER CA certificates of its trust domain).
+    pub(crate) fn new(
+        server_id: WorkloadId,
+        roots: &[Vec<u8>],
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Result<Self, x509::X509Error> {
+        let roots = roots
+            .iter()
+            .map(|der| Certificate::from_der(der.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            trust_domain: server_id.trust_domain().clone(),
+            server_id,
+            roots,
+            algorithms,
+        })
+    }
+}
+
+impl ServerCertVerifier for SpiffeIdVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -134,13 +156,12 @@ impl ServerCertVerifier for ServerIdVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        // Reached only by a client that offers TLS 1.2 (federation; the agent API is 1.3 only).
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -189,18 +210,13 @@ impl AgentApiClient {
         let server_id =
             WorkloadId::from_parts("spiffe", &trust_domain, wimse_core::id::SERVER_PATH)
                 .map_err(tls_error)?;
-        let roots = bundle
-            .x509_authorities
-            .iter()
-            .map(|der| Certificate::from_der(der.clone()).map_err(tls_error))
-            .collect::<Result<Vec<_>, _>>()?;
         let provider = Arc::new(aws_lc_rs::default_provider());
-        let verifier = ServerIdVerifier {
-            trust_domain,
+        let verifier = SpiffeIdVerifier::new(
             server_id,
-            roots,
-            algorithms: provider.signature_verification_algorithms,
-        };
+            &bundle.x509_authorities,
+            provider.signature_verification_algorithms,
+        )
+        .map_err(tls_error)?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_error)?
@@ -494,6 +510,11 @@ impl AgentApiClient {
     /// The trust bundle, SPIFFE bundle JSON.
     pub async fn bundle(&self) -> Result<String, AgentClientError> {
         self.get_text("/agent/v1/bundle").await
+    }
+
+    /// The foreign trust domains' bundles, SPIFFE bundle map JSON.
+    pub async fn federated_bundles(&self) -> Result<String, AgentClientError> {
+        self.get_text("/agent/v1/federated-bundles").await
     }
 
     /// A GET of any path on the server's listener (e.g. `/.well-known/spiffe-bundle`),

@@ -14,6 +14,9 @@
 //! - [`EntryChange`]: one step of the incremental entry sync that agents follow by revision.
 //! - [`X509PopChallenge`]: a one-time nonce handed to an agent proving possession of an
 //!   x509pop certificate's key; stored as a hash, so any replica can check and consume it.
+//! - [`FederationRelationship`]: where a foreign trust domain publishes its bundle, and how its
+//!   endpoint authenticates; [`FederatedBundle`]: that trust domain's latest bundle, kept apart
+//!   from this trust domain's own (bundles are never merged across trust domains).
 //!
 //! # Revisions
 //!
@@ -34,7 +37,8 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 
-use wimse_core::WorkloadId;
+use wimse_core::bundle::TrustBundle;
+use wimse_core::{TrustDomain, WorkloadId};
 
 pub use sql::SqlStore;
 
@@ -168,6 +172,9 @@ pub struct RegistrationEntry {
     pub admin: bool,
     /// Whether the identity belongs to a downstream server (a nested CA).
     pub downstream: bool,
+    /// The foreign trust domains whose bundles matching workloads receive; sorted and without
+    /// duplicates.
+    pub federates_with: Vec<TrustDomain>,
     /// The store-wide revision of the entry's last change (see the [module docs](self)).
     pub revision: i64,
     /// When the entry was created, in seconds since the Unix epoch.
@@ -196,6 +203,9 @@ pub struct NewEntry {
     pub admin: bool,
     /// Whether the identity belongs to a downstream server.
     pub downstream: bool,
+    /// The foreign trust domains whose bundles matching workloads receive; the store sorts
+    /// them and drops duplicates.
+    pub federates_with: Vec<TrustDomain>,
 }
 
 /// Which entries [`Datastore::list_entries`] returns: those matching every field that is set.
@@ -382,6 +392,57 @@ pub struct Authority {
     pub created_at: i64,
 }
 
+/// How a bundle endpoint authenticates itself to the servers that fetch from it (SPIFFE
+/// Federation §5.2).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum EndpointProfile {
+    /// `https_web`: a certificate from a Web PKI authority, for the URL's host.
+    HttpsWeb,
+    /// `https_spiffe`: an X509-SVID of `endpoint_id`, checked against the bundle of that ID's
+    /// trust domain (for a self-serving endpoint, the very bundle it serves).
+    HttpsSpiffe {
+        /// The SPIFFE ID the endpoint's server certificate must carry.
+        endpoint_id: WorkloadId,
+    },
+}
+
+impl EndpointProfile {
+    /// The profile's name in SPIFFE Federation: `https_web` or `https_spiffe`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndpointProfile::HttpsWeb => "https_web",
+            EndpointProfile::HttpsSpiffe { .. } => "https_spiffe",
+        }
+    }
+}
+
+/// A one-way federation relationship: this trust domain trusts `trust_domain`'s credentials,
+/// with the bundle fetched from `bundle_endpoint_url`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct FederationRelationship {
+    /// The foreign trust domain.
+    pub trust_domain: TrustDomain,
+    /// Its bundle endpoint, an `https` URL.
+    pub bundle_endpoint_url: String,
+    /// How the endpoint authenticates.
+    pub profile: EndpointProfile,
+    /// When the relationship was created, in seconds since the Unix epoch.
+    pub created_at: i64,
+    /// When the bundle was last fetched (or a fetch last failed), if ever.
+    pub last_refresh_at: Option<i64>,
+    /// Why the last fetch failed; `None` after a success or before the first fetch.
+    pub last_error: Option<String>,
+}
+
+/// The latest bundle of a foreign trust domain.
+#[derive(Clone, PartialEq, Debug)]
+pub struct FederatedBundle {
+    /// The bundle; its trust domain is the foreign one.
+    pub bundle: TrustBundle,
+    /// When it was stored, in seconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
 /// Why a datastore operation failed. Messages never contain a token or a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -418,6 +479,23 @@ pub enum StoreError {
     /// cannot be stored.
     #[error("invalid data in the datastore: {0}")]
     InvalidData(String),
+    /// A federation relationship with this trust domain already exists.
+    #[error("a federation relationship with `{0}` already exists")]
+    DuplicateFederation(String),
+    /// No federation relationship with this trust domain exists.
+    #[error("no federation relationship with `{0}`")]
+    FederationNotFound(String),
+    /// No bundle of this trust domain is stored.
+    #[error("no bundle of trust domain `{0}` is stored")]
+    BundleNotFound(String),
+    /// The bundle cannot be deleted while entries federate with its trust domain.
+    #[error("{entries} registration entries federate with `{trust_domain}`: update them first")]
+    BundleInUse {
+        /// The trust domain.
+        trust_domain: String,
+        /// How many entries name it.
+        entries: i64,
+    },
     /// The datastore URL names no supported database.
     #[error("unsupported datastore url scheme `{0}`: expected `sqlite:` or `postgres://`")]
     UnsupportedUrl(String),
@@ -638,6 +716,71 @@ pub trait Datastore: Send + Sync {
 
     /// Increments the bundle sequence number atomically and returns the new value.
     fn bump_bundle_sequence(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Stores a new federation relationship; [`StoreError::DuplicateFederation`] when one
+    /// with the same trust domain exists. Its refresh outcome starts empty.
+    fn create_federation(
+        &self,
+        relationship: &FederationRelationship,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces the endpoint URL and profile of an existing relationship (keeping its creation
+    /// time, and clearing its refresh outcome).
+    fn update_federation(
+        &self,
+        relationship: &FederationRelationship,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The relationship with `trust_domain`, if there is one.
+    fn get_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> impl Future<Output = Result<Option<FederationRelationship>, StoreError>> + Send;
+
+    /// Every relationship, by trust domain.
+    fn list_federations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<FederationRelationship>, StoreError>> + Send;
+
+    /// Deletes the relationship with `trust_domain`. Its bundle stays (delete it on its own),
+    /// so that workloads keep trusting the foreign domain until the operator says otherwise.
+    fn delete_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the outcome of a bundle fetch for `trust_domain` (`error` `None`: it worked).
+    fn record_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        at: i64,
+        error: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores `bundle` as its trust domain's latest, replacing any earlier one.
+    fn put_federated_bundle(
+        &self,
+        bundle: &TrustBundle,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The stored bundle of `trust_domain`, if any.
+    fn get_federated_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> impl Future<Output = Result<Option<FederatedBundle>, StoreError>> + Send;
+
+    /// Every stored foreign bundle, by trust domain.
+    fn list_federated_bundles(
+        &self,
+    ) -> impl Future<Output = Result<Vec<FederatedBundle>, StoreError>> + Send;
+
+    /// Deletes the bundle of `trust_domain`: [`StoreError::BundleInUse`] while an entry
+    /// federates with it, [`StoreError::BundleNotFound`] when there is none.
+    fn delete_federated_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 pub(crate) use wimse_core::digest::hex;

@@ -22,12 +22,13 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
-use wimse_core::WorkloadId;
+use wimse_core::bundle::TrustBundle;
+use wimse_core::{TrustDomain, WorkloadId};
 
 use super::{
-    AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EntryChange,
-    EntryChangeKind, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, StoreError,
-    X509PopChallenge, canonical_selectors, hex,
+    AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EndpointProfile,
+    EntryChange, EntryChangeKind, EntryFilter, FederatedBundle, FederationRelationship, JoinToken,
+    NewEntry, RegistrationEntry, Selector, StoreError, X509PopChallenge, canonical_selectors, hex,
 };
 
 /// How long a SQLite connection waits for another one's write lock before giving up.
@@ -45,6 +46,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "x509pop and tombstone retention",
         include_str!("../../migrations/sqlite/0002_x509pop_and_tombstone_retention.sql"),
     ),
+    (
+        3,
+        "federation",
+        include_str!("../../migrations/sqlite/0003_federation.sql"),
+    ),
 ];
 
 /// The schema for PostgreSQL, as (version, description, SQL); same versions as SQLite's.
@@ -58,6 +64,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "x509pop and tombstone retention",
         include_str!("../../migrations/postgres/0002_x509pop_and_tombstone_retention.sql"),
+    ),
+    (
+        3,
+        "federation",
+        include_str!("../../migrations/postgres/0003_federation.sql"),
     ),
 ];
 
@@ -161,7 +172,7 @@ const BUMP_COUNTER: &str = "UPDATE counters SET value = value + $2 WHERE name = 
 macro_rules! entry_columns {
     () => {
         "id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, hint, admin, \
-         downstream, revision, created_at"
+         downstream, revision, created_at, federates_with"
     };
 }
 
@@ -179,6 +190,7 @@ type EntryRow = (
     bool,
     i64,
     i64,
+    String,
 );
 
 /// The columns of `agents` in the order of [`AgentRow`].
@@ -225,8 +237,9 @@ impl Datastore for SqlStore {
             for (revision, p) in (last - count + 1..).zip(&params) {
                 sqlx::query(
                     "INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_set, \
-                     x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, revision, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     x509_ttl, jwt_ttl, dns_names, hint, admin, downstream, revision, created_at, \
+                     federates_with) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(&p.id)
                 .bind(p.entry.spiffe_id.as_str())
@@ -241,6 +254,7 @@ impl Datastore for SqlStore {
                 .bind(p.entry.downstream)
                 .bind(revision)
                 .bind(created_at)
+                .bind(&p.federates_with_json)
                 .execute(&mut *tx)
                 .await
                 .map_err(entry_write_error)?;
@@ -354,7 +368,8 @@ impl Datastore for SqlStore {
             let updated: Option<EntryRow> = sqlx::query_as(concat!(
                 "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, \
                  selector_set = $5, x509_ttl = $6, jwt_ttl = $7, dns_names = $8, hint = $9, \
-                 admin = $10, downstream = $11, revision = $12 WHERE id = $1 RETURNING ",
+                 admin = $10, downstream = $11, revision = $12, federates_with = $13 \
+                 WHERE id = $1 RETURNING ",
                 entry_columns!()
             ))
             .bind(&p.id)
@@ -369,6 +384,7 @@ impl Datastore for SqlStore {
             .bind(p.entry.admin)
             .bind(p.entry.downstream)
             .bind(revision)
+            .bind(&p.federates_with_json)
             .fetch_optional(&mut *tx)
             .await
             .map_err(entry_write_error)?;
@@ -899,6 +915,230 @@ impl Datastore for SqlStore {
         });
         Ok(value)
     }
+
+    async fn create_federation(
+        &self,
+        relationship: &FederationRelationship,
+    ) -> Result<(), StoreError> {
+        let endpoint_id = endpoint_id_of(&relationship.profile);
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO federation_relationships (trust_domain, bundle_endpoint_url, \
+                 profile, endpoint_spiffe_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(relationship.trust_domain.as_str())
+            .bind(&relationship.bundle_endpoint_url)
+            .bind(relationship.profile.name())
+            .bind(endpoint_id)
+            .bind(relationship.created_at)
+            .execute(pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::DuplicateFederation(relationship.trust_domain.to_string())
+                } else {
+                    db_error(e)
+                }
+            })?;
+        });
+        Ok(())
+    }
+
+    async fn update_federation(
+        &self,
+        relationship: &FederationRelationship,
+    ) -> Result<(), StoreError> {
+        let endpoint_id = endpoint_id_of(&relationship.profile);
+        let changed = on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE federation_relationships SET bundle_endpoint_url = $2, profile = $3, \
+                 endpoint_spiffe_id = $4, last_refresh_at = NULL, last_error = NULL \
+                 WHERE trust_domain = $1",
+            )
+            .bind(relationship.trust_domain.as_str())
+            .bind(&relationship.bundle_endpoint_url)
+            .bind(relationship.profile.name())
+            .bind(endpoint_id)
+            .execute(pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::FederationNotFound(
+                relationship.trust_domain.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn get_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<FederationRelationship>, StoreError> {
+        let row: Option<FederationRow> = on_pool!(self, |pool| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                federation_columns!(),
+                " FROM federation_relationships WHERE trust_domain = $1"
+            ))
+            .bind(trust_domain.as_str())
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?
+        });
+        row.map(federation_from_row).transpose()
+    }
+
+    async fn list_federations(&self) -> Result<Vec<FederationRelationship>, StoreError> {
+        let rows: Vec<FederationRow> = on_pool!(self, |pool| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                federation_columns!(),
+                " FROM federation_relationships ORDER BY trust_domain"
+            ))
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+        });
+        rows.into_iter().map(federation_from_row).collect()
+    }
+
+    async fn delete_federation(&self, trust_domain: &TrustDomain) -> Result<(), StoreError> {
+        let deleted = on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = $1")
+                .bind(trust_domain.as_str())
+                .execute(pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected()
+        });
+        if deleted == 0 {
+            return Err(StoreError::FederationNotFound(trust_domain.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn record_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        at: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE federation_relationships SET last_refresh_at = $2, last_error = $3 \
+                 WHERE trust_domain = $1",
+            )
+            .bind(trust_domain.as_str())
+            .bind(at)
+            .bind(error)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+        });
+        Ok(())
+    }
+
+    async fn put_federated_bundle(&self, bundle: &TrustBundle, now: i64) -> Result<(), StoreError> {
+        let sequence = i64::try_from(bundle.sequence).map_err(|_| {
+            StoreError::InvalidData(format!(
+                "bundle of `{}`: sequence {} is out of range",
+                bundle.trust_domain(),
+                bundle.sequence
+            ))
+        })?;
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO federated_bundles (trust_domain, bundle, sequence, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (trust_domain) DO UPDATE SET \
+                 bundle = excluded.bundle, sequence = excluded.sequence, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(bundle.trust_domain().as_str())
+            .bind(bundle.to_spiffe_json())
+            .bind(sequence)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+        });
+        Ok(())
+    }
+
+    async fn get_federated_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<FederatedBundle>, StoreError> {
+        let row: Option<(String, String, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT trust_domain, bundle, updated_at FROM federated_bundles \
+                 WHERE trust_domain = $1",
+            )
+            .bind(trust_domain.as_str())
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?
+        });
+        row.map(federated_bundle_from_row).transpose()
+    }
+
+    async fn list_federated_bundles(&self) -> Result<Vec<FederatedBundle>, StoreError> {
+        let rows: Vec<(String, String, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT trust_domain, bundle, updated_at FROM federated_bundles \
+                 ORDER BY trust_domain",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+        });
+        rows.into_iter().map(federated_bundle_from_row).collect()
+    }
+
+    async fn delete_federated_bundle(&self, trust_domain: &TrustDomain) -> Result<(), StoreError> {
+        // LIKE narrows the rows to read; the JSON arrays are then compared exactly (a `_` in a
+        // trust domain name is a LIKE wildcard, so LIKE alone could match another name).
+        let pattern = format!("%\"{}\"%", trust_domain.as_str());
+        let name = trust_domain.as_str().to_owned();
+        let outcome: Result<(), StoreError> = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            let candidates: Vec<String> = sqlx::query_scalar(
+                "SELECT federates_with FROM entries WHERE federates_with LIKE $1",
+            )
+            .bind(&pattern)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let entries = candidates
+                .iter()
+                .filter(|json| {
+                    serde_json::from_str::<Vec<String>>(json)
+                        .is_ok_and(|names| names.contains(&name))
+                })
+                .count();
+            if entries > 0 {
+                tx.rollback().await.map_err(db_error)?;
+                return Err(StoreError::BundleInUse {
+                    trust_domain: name,
+                    entries: i64::try_from(entries).unwrap_or(i64::MAX),
+                });
+            }
+            let deleted = sqlx::query("DELETE FROM federated_bundles WHERE trust_domain = $1")
+                .bind(trust_domain.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+            if deleted == 0 {
+                tx.rollback().await.map_err(db_error)?;
+                return Err(StoreError::BundleNotFound(name));
+            }
+            tx.commit().await.map_err(db_error)?;
+            Ok(())
+        });
+        outcome
+    }
 }
 
 impl SqlStore {
@@ -1010,6 +1250,8 @@ struct EntryParams {
     selector_set: String,
     /// The DNS names as a JSON array.
     dns_names_json: String,
+    /// The federated trust domains as a JSON array.
+    federates_with_json: String,
 }
 
 impl EntryParams {
@@ -1021,6 +1263,10 @@ impl EntryParams {
         let selector_set = hex(&wimse_core::digest::sha256(selectors_json.as_bytes()));
         let dns_names_json = serde_json::to_string(&entry.dns_names)
             .map_err(|e| StoreError::InvalidData(format!("dns names: {e}")))?;
+        entry.federates_with.sort();
+        entry.federates_with.dedup();
+        let federates_with_json = serde_json::to_string(&entry.federates_with)
+            .map_err(|e| StoreError::InvalidData(format!("federates with: {e}")))?;
         Ok(Self {
             id,
             entry,
@@ -1028,6 +1274,7 @@ impl EntryParams {
             selectors_json,
             selector_set,
             dns_names_json,
+            federates_with_json,
         })
     }
 
@@ -1043,6 +1290,7 @@ impl EntryParams {
             hint,
             admin,
             downstream,
+            federates_with,
         } = self.entry;
         RegistrationEntry {
             id: self.id,
@@ -1055,6 +1303,7 @@ impl EntryParams {
             hint,
             admin,
             downstream,
+            federates_with,
             revision,
             created_at,
         }
@@ -1089,6 +1338,7 @@ fn entry_from_row(row: EntryRow) -> Result<RegistrationEntry, StoreError> {
         downstream,
         revision,
         created_at,
+        federates_with,
     ) = row;
     let context = |column: &str| format!("entry `{id}`, column `{column}`");
     Ok(RegistrationEntry {
@@ -1099,6 +1349,8 @@ fn entry_from_row(row: EntryRow) -> Result<RegistrationEntry, StoreError> {
         jwt_ttl: stored_ttl(jwt_ttl, || context("jwt_ttl"))?,
         dns_names: serde_json::from_str(&dns_names)
             .map_err(|e| StoreError::InvalidData(format!("{}: {e}", context("dns_names"))))?,
+        federates_with: serde_json::from_str(&federates_with)
+            .map_err(|e| StoreError::InvalidData(format!("{}: {e}", context("federates_with"))))?,
         hint,
         admin,
         downstream,
@@ -1106,6 +1358,78 @@ fn entry_from_row(row: EntryRow) -> Result<RegistrationEntry, StoreError> {
         created_at,
         id,
     })
+}
+
+/// The columns of `federation_relationships` in the order of [`FederationRow`].
+macro_rules! federation_columns {
+    () => {
+        "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, created_at, \
+         last_refresh_at, last_error"
+    };
+}
+use federation_columns;
+
+/// A `federation_relationships` row as read back, in the order of [`federation_columns!`].
+type FederationRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+
+/// The `endpoint_spiffe_id` column for `profile`.
+fn endpoint_id_of(profile: &EndpointProfile) -> Option<&str> {
+    match profile {
+        EndpointProfile::HttpsWeb => None,
+        EndpointProfile::HttpsSpiffe { endpoint_id } => Some(endpoint_id.as_str()),
+    }
+}
+
+/// Reads a `federation_relationships` row back into the model.
+fn federation_from_row(row: FederationRow) -> Result<FederationRelationship, StoreError> {
+    let (td, url, profile, endpoint_id, created_at, last_refresh_at, last_error) = row;
+    let context = |column: &str| format!("federation with `{td}`, column `{column}`");
+    let profile = match (profile.as_str(), endpoint_id) {
+        ("https_web", None) => EndpointProfile::HttpsWeb,
+        ("https_spiffe", Some(id)) => EndpointProfile::HttpsSpiffe {
+            endpoint_id: stored_id(&id, || context("endpoint_spiffe_id"))?,
+        },
+        (other, _) => {
+            return Err(StoreError::InvalidData(format!(
+                "{}: `{other}` with or without an endpoint ID that it does not take",
+                context("profile")
+            )));
+        }
+    };
+    Ok(FederationRelationship {
+        trust_domain: stored_trust_domain(&td, || context("trust_domain"))?,
+        bundle_endpoint_url: url,
+        profile,
+        created_at,
+        last_refresh_at,
+        last_error,
+    })
+}
+
+/// Reads a `federated_bundles` row (trust domain, bundle JSON, update time) back.
+fn federated_bundle_from_row(row: (String, String, i64)) -> Result<FederatedBundle, StoreError> {
+    let (td, json, updated_at) = row;
+    let context = |column: &str| format!("federated bundle of `{td}`, column `{column}`");
+    let trust_domain = stored_trust_domain(&td, || context("trust_domain"))?;
+    let bundle = TrustBundle::from_spiffe_json(trust_domain, json.as_bytes())
+        .map_err(|e| StoreError::InvalidData(format!("{}: {e}", context("bundle"))))?;
+    Ok(FederatedBundle { bundle, updated_at })
+}
+
+/// Parses a stored trust domain name; `context` names where it came from.
+fn stored_trust_domain(
+    value: &str,
+    context: impl Fn() -> String,
+) -> Result<TrustDomain, StoreError> {
+    TrustDomain::new(value).map_err(|e| StoreError::InvalidData(format!("{}: {e}", context())))
 }
 
 /// Reads an `agents` row back into the model.
