@@ -754,11 +754,8 @@ type GatewayCase<'a> = (&'a str, Vec<(String, String)>, u16, &'a str, &'a str);
 
 /// Starts `wimse gateway run` as `/gw`, routing `/api/orders` (scope `orders`) and
 /// `/api/refunds` (scope `refunds`) to workload 3's inbound proxy on `p3`.
-fn gateway(d: &Domain, port: u16, p3: u16, health: u16) -> Proxy {
-    gateway_with(d, port, p3, health, "")
-}
-
-/// [`gateway`], with `extra` appended to its configuration file.
+/// A gateway in front of workload 3 (orders and refunds), with `extra` appended to its
+/// configuration file.
 fn gateway_with(d: &Domain, port: u16, p3: u16, health: u16, extra: &str) -> Proxy {
     let config = d.dir.path().join("gateway.toml");
     std::fs::write(
@@ -793,7 +790,25 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
     let up = upstream().await;
     let (p3, pg, health) = (free_port(), free_port(), free_port());
     let _w3 = inbound(&d, p3, up, free_port());
-    let gw = gateway(&d, pg, p3, health);
+    // One more route, to a service that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let gw = gateway_with(
+        &d,
+        pg,
+        p3,
+        health,
+        &format!(
+            "\n[[routes]]\nprefix = \"/api/slow\"\nupstream = \"http://127.0.0.1:{silent_port}\"\n\
+             scope = \"orders\"\ntimeout = 1\n"
+        ),
+    );
     let call = move |line: String, headers: Vec<(String, String)>| {
         tokio::task::spawn_blocking(move || {
             let headers: Vec<(&str, &str)> = headers
@@ -862,6 +877,12 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         .await
         .unwrap();
     assert_eq!(status, 403, "{body}");
+
+    // An upstream that does not answer within its route's timeout costs the client a 504,
+    // not a hung connection.
+    let (status, _, body) = call("GET /api/slow".into(), bearer(&alice)).await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("upstream-timeout"), "{body}");
 
     // Refused at the gateway, with RFC 6750 challenges for the access token.
     let mut forged: Vec<&str> = alice.split('.').collect();
@@ -968,7 +989,9 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         3,
         "{audit}"
     );
-    assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 8, "{audit}");
+    // (The timed-out request is one of the refusals, with its reason.)
+    assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 9, "{audit}");
+    assert!(audit.contains("did not answer within 1s"), "{audit}");
     assert!(audit.contains("user:alice"), "{audit}");
     for secret in [&alice, &forged, &payroll_only, &forwarded.to_owned()] {
         assert!(

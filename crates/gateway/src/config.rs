@@ -23,6 +23,7 @@
 //! upstream = "http://orders.internal:8080"
 //! scope = "orders.read"                # the Txn-Token's scope; the access token must grant it
 //! strip_prefix = false                 # forward /orders/7 as /7 when true
+//! timeout = 30                         # seconds the upstream may take to answer (else 504)
 //!
 //! [egress]                             # optional: internal workloads' calls to outside services
 //! listen = "127.0.0.1:8090"            # internal callers authenticate here with WIT+WPT etc.
@@ -34,6 +35,7 @@
 //! upstream = "https://api.partner.example"
 //! ca_file = "/etc/wimse/partner-roots.pem"      # needed for https upstreams and token endpoints
 //! strip_prefix = true
+//! timeout = 30                                  # seconds, as for [[routes]]
 //! token_endpoint = "https://login.partner.example/oauth2/token"  # optional: an outside token
 //! client_id = "wimse-gateway"                   #   for the gateway (client credentials)
 //! client_secret_file = "/etc/wimse/partner-secret"
@@ -139,6 +141,7 @@ struct EgressRouteFile {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     strip_prefix: bool,
+    timeout: Option<u64>,
     token_endpoint: Option<String>,
     client_id: Option<String>,
     client_secret_file: Option<PathBuf>,
@@ -181,6 +184,7 @@ struct RouteFile {
     scope: String,
     #[serde(default)]
     strip_prefix: bool,
+    timeout: Option<u64>,
 }
 
 /// A checked gateway configuration.
@@ -268,7 +272,8 @@ impl GatewayConfig {
                     RouteError::Prefix(m) => error(place("prefix"), m),
                     RouteError::Upstream(m) => error(place("upstream"), m),
                 })?;
-            routes.push(built);
+            let timeout = route_timeout(route.timeout).map_err(|m| error(place("timeout"), m))?;
+            routes.push(built.with_timeout(timeout));
         }
         let routes = Routes::new(routes).map_err(|e| error("routes", e))?;
         let tls = file.tls.as_ref().map(load_tls).transpose()?;
@@ -289,6 +294,20 @@ impl GatewayConfig {
             tls,
             egress,
         })
+    }
+}
+
+/// The longest upstream timeout a route may set: an hour.
+const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// A route's `timeout` setting (seconds, default [`crate::route::DEFAULT_TIMEOUT`]).
+fn route_timeout(seconds: Option<u64>) -> Result<std::time::Duration, String> {
+    match seconds {
+        None => Ok(crate::route::DEFAULT_TIMEOUT),
+        Some(s) if (1..=MAX_TIMEOUT_SECS).contains(&s) => Ok(std::time::Duration::from_secs(s)),
+        Some(s) => Err(format!(
+            "{s} is not a number of seconds from 1 to {MAX_TIMEOUT_SECS}"
+        )),
     }
 }
 
@@ -326,6 +345,7 @@ fn load_egress_route(file: EgressRouteFile) -> Result<EgressRoute, (&'static str
             RouteError::Prefix(m) => (".prefix", m),
             RouteError::Upstream(m) => (".upstream", m),
         })?;
+    let route = route.with_timeout(route_timeout(file.timeout).map_err(|m| (".timeout", m))?);
     let outside_client = match (file.token_endpoint, file.client_id, file.client_secret_file) {
         (None, None, None) => {
             if file.token_scope.is_some() {
@@ -479,6 +499,11 @@ mod tests {
         assert_eq!(route.prefix(), "/orders");
         assert!(route.scope().contains("orders.read"));
         assert_eq!(config.routes.find("/other").unwrap().prefix(), "/");
+        assert_eq!(route.timeout(), crate::route::DEFAULT_TIMEOUT);
+        let slow = ROUTES.replace("scope = \"web\"", "scope = \"web\"\ntimeout = 2");
+        let config = GatewayConfig::parse(&text(&jwks_file(dir.path()), &slow)).unwrap();
+        let route = config.routes.find("/other").unwrap();
+        assert_eq!(route.timeout(), std::time::Duration::from_secs(2));
     }
 
     #[test]
@@ -538,6 +563,17 @@ mod tests {
                 "issuers",
             ),
             (text(&jwks, ROUTES) + "spiffe_id = \"not an id\"\n", ""),
+            (
+                text(&jwks, &(route("/o", "http://a:1", "s") + "timeout = 0\n")),
+                "routes[0].timeout",
+            ),
+            (
+                text(
+                    &jwks,
+                    &(route("/o", "http://a:1", "s") + "timeout = 3601\n"),
+                ),
+                "routes[0].timeout",
+            ),
         ];
         for (text, setting) in cases {
             let err = GatewayConfig::parse(&text).unwrap_err();

@@ -63,6 +63,9 @@ pub enum EgressError {
     /// The destination did not answer.
     #[error("destination unavailable: {0}")]
     Upstream(String),
+    /// The destination did not start answering within the route's timeout.
+    #[error("the destination did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl EgressError {
@@ -74,6 +77,7 @@ impl EgressError {
             Self::Body(_) => "body-unreadable",
             Self::OutsideToken(_) => "outside-token-unavailable",
             Self::Upstream(_) => "upstream-unavailable",
+            Self::Timeout(_) => "upstream-timeout",
         }
     }
 
@@ -85,6 +89,7 @@ impl EgressError {
             Self::OutsideToken(_) | Self::Upstream(_) => {
                 (StatusCode::BAD_GATEWAY, "destination unavailable")
             }
+            Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "destination unavailable"),
         };
         problem(status, self.code(), title, &self.to_string())
     }
@@ -374,10 +379,12 @@ impl Egress {
             .await
             .map_err(|e| EgressError::Body(e.to_string()))?
             .to_bytes();
-        let response = destination
+        let sent = destination
             .http
-            .send(Request::from_parts(parts, Full::new(body)))
+            .send(Request::from_parts(parts, Full::new(body)));
+        let response = tokio::time::timeout(route.timeout(), sent)
             .await
+            .map_err(|_| EgressError::Timeout(route.timeout()))?
             .map_err(EgressError::Upstream)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -398,6 +405,53 @@ mod tests {
         let _ = Instant::now() + lifetime(Some(u64::MAX)).saturating_sub(REFRESH_MARGIN);
     }
 
+    /// A listener that accepts connections and never answers; its port.
+    async fn silent() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_destination_that_never_answers_costs_a_504_after_the_routes_timeout() {
+        use tower::ServiceExt;
+        let port = silent().await;
+        let route = Route::outward("/slow", &format!("http://127.0.0.1:{port}"), false)
+            .unwrap()
+            .with_timeout(Duration::from_millis(300));
+        let egress = Egress::new(vec![EgressRoute {
+            route,
+            tls: None,
+            outside_client: None,
+        }])
+        .unwrap();
+        let started = Instant::now();
+        let response = egress
+            .router()
+            .oneshot(Request::get("/slow/x").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        // Not before the timeout, and not much after it (the bound is loose: a slow machine).
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(20), "{waited:?}");
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("upstream-timeout"),
+            "{body:?}"
+        );
+    }
+
     #[test]
     fn refusals_name_their_reason() {
         for (e, status, code) in [
@@ -414,6 +468,11 @@ mod tests {
                 "upstream-unavailable",
             ),
             (EgressError::Body("x".into()), 413, "body-unreadable"),
+            (
+                EgressError::Timeout(Duration::from_secs(1)),
+                504,
+                "upstream-timeout",
+            ),
         ] {
             assert_eq!(e.response().status().as_u16(), status, "{e}");
             assert_eq!(e.code(), code);

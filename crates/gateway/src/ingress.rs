@@ -94,6 +94,9 @@ pub enum Refusal {
     /// The upstream did not answer.
     #[error("upstream unavailable: {0}")]
     Upstream(String),
+    /// The upstream did not start answering within the route's timeout.
+    #[error("the upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
 }
 
 impl Refusal {
@@ -111,6 +114,7 @@ impl Refusal {
             Self::Body(_) => "body-unreadable",
             Self::NoCredentials(_) => "no-credentials",
             Self::Upstream(_) => "upstream-unavailable",
+            Self::UpstreamTimeout(_) => "upstream-timeout",
         }
     }
 
@@ -126,6 +130,7 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -420,10 +425,12 @@ impl Gateway {
             wimse_core::token::unix_now(),
         )
         .map_err(|e| Refusal::NoCredentials(e.to_string()))?;
-        let response = self
+        let sent = self
             .client
-            .request(Request::from_parts(parts, Full::new(body)))
+            .request(Request::from_parts(parts, Full::new(body)));
+        let response = tokio::time::timeout(route.timeout(), sent)
             .await
+            .map_err(|_| Refusal::UpstreamTimeout(route.timeout()))?
             .map_err(|e| Refusal::Upstream(e.to_string()))?;
         let (mut parts, body) = response.into_parts();
         strip_outward(&mut parts.headers);

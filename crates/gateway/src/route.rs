@@ -8,7 +8,11 @@
 //! and empty segments. Otherwise a request could be routed (and scoped) by one reading
 //! of its path and served by another.
 
+use std::time::Duration;
 use wimse_core::token::exchange::Scope;
+
+/// How long a route's upstream may take to start answering, unless the route says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a route cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +33,8 @@ pub struct Route {
     upstream: String,
     scope: Scope,
     strip_prefix: bool,
+    /// How long the upstream may take to send its response head.
+    timeout: Duration,
 }
 
 impl Route {
@@ -112,7 +118,21 @@ impl Route {
             upstream: upstream.trim_end_matches('/').to_owned(),
             scope,
             strip_prefix,
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// The route with another upstream timeout: how long the upstream may take to send its
+    /// response head before the caller gets 504 (the body then streams without a limit).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long the upstream may take to send its response head.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The path prefix (without a trailing `/`, unless it is `/`).
