@@ -14,61 +14,12 @@
 
 mod common;
 
-use common::{Agent, Server, TRUST_DOMAIN, WIMSE, free_port, http_full, my_uid_selector, wait_for};
-use std::net::TcpStream;
+use common::{Agent, Proxy, Server, TRUST_DOMAIN, free_port, http_full, my_uid_selector};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The second trust domain.
 const PARTNER: &str = "partner.example";
-
-/// A `wimse proxy` process, killed on drop.
-struct Proxy {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Proxy {
-    fn start(dir: &Path, name: &str, args: &[&str], port: u16) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(WIMSE)
-            .args(args)
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut proxy = Proxy { child, log };
-        let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
-        let log = proxy.log.clone();
-        let child = &mut proxy.child;
-        wait_for(
-            Duration::from_secs(60),
-            || {
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "{name} exited: {}",
-                    read(&log)
-                );
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            },
-            || format!("{name} did not start: {}", read(&log)),
-        );
-        proxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One trust domain: a server, an agent, and the agent's ID.
 struct Domain {

@@ -20,12 +20,11 @@
 mod common;
 
 use common::{
-    Agent, Server, TRUST_DOMAIN, WIMSE, free_port, http, http_full, my_uid_selector, wait_for,
+    Agent, Proxy, Server, TRUST_DOMAIN, WIMSE, free_port, http, http_full, my_uid_selector,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wimse_core::WorkloadId;
@@ -56,57 +55,6 @@ when {{ context.path like "/api/orders*" && context has txn && context.txn.scope
         w3 = id("/w3"),
         gw = id("/gw"),
     )
-}
-
-/// A `wimse proxy` or `wimse gateway` process, killed on drop.
-struct Proxy {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Proxy {
-    fn start(dir: &Path, name: &str, args: &[&str], port: u16) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(WIMSE)
-            .args(args)
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut proxy = Proxy { child, log };
-        let log = proxy.log.clone();
-        let read = move || std::fs::read_to_string(&log).unwrap_or_default();
-        let child = &mut proxy.child;
-        wait_for(
-            Duration::from_secs(60),
-            || {
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "{name} exited: {}",
-                    read()
-                );
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
-            },
-            || format!("{name} did not start: {}", read()),
-        );
-        proxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> bool {
-        common::terminate(&mut self.child)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Workload 3's own service: says who called what.

@@ -398,3 +398,57 @@ pub fn http_full(
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// A `wimse proxy` or `wimse gateway` process, killed on drop.
+pub struct Proxy {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts `wimse ARGS`, logging to `DIR/NAME.log`, and waits until `port` accepts.
+    pub fn start(dir: &Path, name: &str, args: &[&str], port: u16) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(WIMSE)
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy { child, log };
+        let log = proxy.log.clone();
+        let read = move || std::fs::read_to_string(&log).unwrap_or_default();
+        let child = &mut proxy.child;
+        wait_for(
+            Duration::from_secs(60),
+            || {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "{name} exited: {}",
+                    read()
+                );
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
+            || format!("{name} did not start: {}", read()),
+        );
+        proxy
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        terminate(&mut self.child)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
