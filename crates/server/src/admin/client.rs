@@ -260,7 +260,7 @@ impl AdminClient {
             .map(|_| ())
     }
 
-    /// Creates a federation relationship (storing its initial bundle first, if it has one).
+    /// Creates a federation relationship, and stores its initial bundle if it has one.
     pub async fn create_federation(
         &self,
         req: &FederationRequest,
