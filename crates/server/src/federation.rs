@@ -232,35 +232,39 @@ pub fn operator_bundle(
         bundle.add_x509_pem(text).map_err(bad)?;
         Ok(bundle)
     } else {
-        TrustBundle::from_spiffe_json(trust_domain.clone(), text.as_bytes()).map_err(bad)
+        spiffe_bundle(trust_domain, text.as_bytes())
     }
 }
 
-/// Fetches the bundle of `relationship`'s trust domain from its endpoint and checks it.
-pub async fn fetch(
+/// Parses SPIFFE bundle JSON as the bundle of `trust_domain`, whatever the text says.
+fn spiffe_bundle(trust_domain: &TrustDomain, json: &[u8]) -> Result<TrustBundle, FederationError> {
+    TrustBundle::from_spiffe_json(trust_domain.clone(), json).map_err(|source| {
+        FederationError::Bundle {
+            trust_domain: trust_domain.clone(),
+            source,
+        }
+    })
+}
+
+/// Fetches the bundle of `relationship`'s trust domain from its endpoint and checks it
+/// against `stored`, the bundle of that trust domain held now.
+async fn fetch(
     state: &State,
     relationship: &FederationRelationship,
+    stored: Option<&TrustBundle>,
 ) -> Result<TrustBundle, FederationError> {
     let url = &relationship.bundle_endpoint_url;
-    let tls = client_config(state, relationship).await?;
+    let tls = client_config(state, relationship, stored).await?;
     let body = tokio::time::timeout(FETCH_TIMEOUT, get(url, tls))
         .await
         .map_err(|_| FederationError::Timeout(url.clone()))??;
-    let bundle = TrustBundle::from_spiffe_json(relationship.trust_domain.clone(), &body).map_err(
-        |source| FederationError::Bundle {
-            trust_domain: relationship.trust_domain.clone(),
-            source,
-        },
-    )?;
-    if let Some(stored) = state
-        .store
-        .get_federated_bundle(&relationship.trust_domain)
-        .await?
-        && bundle.sequence < stored.bundle.sequence
+    let bundle = spiffe_bundle(&relationship.trust_domain, &body)?;
+    if let Some(stored) = stored
+        && bundle.sequence < stored.sequence
     {
         return Err(FederationError::SequenceWentBack {
             trust_domain: relationship.trust_domain.clone(),
-            stored: stored.bundle.sequence,
+            stored: stored.sequence,
             fetched: bundle.sequence,
         });
     }
@@ -275,7 +279,12 @@ pub async fn refresh(
 ) -> Result<TrustBundle, FederationError> {
     let td = &relationship.trust_domain;
     let now = unix_now();
-    let fetched = fetch(state, relationship).await;
+    let stored = state
+        .store
+        .get_federated_bundle(td)
+        .await?
+        .map(|b| b.bundle);
+    let fetched = fetch(state, relationship, stored.as_ref()).await;
     let outcome = if fetched.is_ok() { "ok" } else { "error" };
     state
         .metrics
@@ -287,12 +296,7 @@ pub async fn refresh(
         .inc();
     match fetched {
         Ok(bundle) => {
-            let changed = state
-                .store
-                .get_federated_bundle(td)
-                .await?
-                .is_none_or(|stored| stored.bundle != bundle);
-            if changed {
+            if stored.as_ref() != Some(&bundle) {
                 state.store.put_federated_bundle(&bundle, now).await?;
                 tracing::info!(trust_domain = %td, sequence = bundle.sequence, "federated bundle updated");
             }
@@ -371,10 +375,12 @@ pub(crate) async fn run(state: Arc<State>, mut stop: tokio::sync::watch::Receive
     }
 }
 
-/// The TLS client configuration for `relationship`'s endpoint.
+/// The TLS client configuration for `relationship`'s endpoint; `stored` is the bundle held
+/// now of the relationship's trust domain (what a self-serving endpoint is checked against).
 async fn client_config(
     state: &State,
     relationship: &FederationRelationship,
+    stored: Option<&TrustBundle>,
 ) -> Result<rustls::ClientConfig, FederationError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let tls_error = |e: rustls::Error| FederationError::Connect {
@@ -389,6 +395,11 @@ async fn client_config(
             let endpoint_td = endpoint_id.trust_domain();
             let roots = if endpoint_td == &state.config.trust_domain {
                 state.bundle().x509_authorities.clone()
+            } else if endpoint_td == &relationship.trust_domain {
+                stored
+                    .ok_or_else(|| FederationError::NoEndpointBundle(endpoint_td.clone()))?
+                    .x509_authorities
+                    .clone()
             } else {
                 state
                     .store

@@ -151,14 +151,6 @@ async fn store_initial_bundle(
     Ok(())
 }
 
-/// Fetches the relationship's bundle now, in the background (its outcome is recorded).
-fn refresh_soon(state: &Arc<State>, relationship: FederationRelationship) {
-    let state = Arc::clone(state);
-    tokio::spawn(async move {
-        let _ = federation::refresh(&state, &relationship).await;
-    });
-}
-
 async fn create_federation(
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<FederationRequest>,
@@ -184,9 +176,10 @@ async fn create_federation(
         profile = relationship.profile.name(),
         "federation relationship created"
     );
-    let view = stored_federation(&state, &relationship.trust_domain).await?;
-    refresh_soon(&state, relationship);
-    Ok(Json(view))
+    // The refresher fetches the new relationship's bundle within a second.
+    Ok(Json(
+        stored_federation(&state, &relationship.trust_domain).await?,
+    ))
 }
 
 async fn update_federation(
@@ -206,9 +199,8 @@ async fn update_federation(
     state.store.update_federation(&relationship).await?;
     store_initial_bundle(&state, bundle).await?;
     tracing::info!(trust_domain = %td, "federation relationship updated");
-    let view = stored_federation(&state, &td).await?;
-    refresh_soon(&state, relationship);
-    Ok(Json(view))
+    // Its refresh outcome is cleared, so the refresher fetches it again within a second.
+    Ok(Json(stored_federation(&state, &td).await?))
 }
 
 async fn list_federations(AxState(state): AxState<Arc<State>>) -> AdminResult<Vec<FederationView>> {
