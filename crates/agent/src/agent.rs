@@ -370,11 +370,7 @@ impl Agent {
     async fn bundle_loop(self: Arc<Self>) {
         let trust_domain = self.snapshot.borrow().trust_domain.clone();
         // The first round at once: federated bundles are not kept across restarts.
-        let mut first = true;
         loop {
-            if !std::mem::take(&mut first) {
-                tokio::time::sleep(BUNDLE_POLL).await;
-            }
             let fetched = self.client().bundle().await;
             match fetched {
                 Ok(json) => {
@@ -398,6 +394,7 @@ impl Agent {
                 },
                 Err(e) => tracing::debug!(error = %e, "federated bundle fetch failed"),
             }
+            tokio::time::sleep(BUNDLE_POLL).await;
         }
     }
 
