@@ -246,8 +246,7 @@ async fn federates_with(state: &State, names: &[String]) -> Result<Vec<TrustDoma
         }
         domains.push(td);
     }
-    domains.sort();
-    domains.dedup();
+    // The store keeps them sorted and without repeats.
     Ok(domains)
 }
 
