@@ -74,6 +74,13 @@ impl Server {
         federation::refresh(&self.running.state, relationship).await
     }
 
+    /// The bundle of `trust_domain` this server holds.
+    async fn stored_bundle(&self, trust_domain: &str) -> Option<TrustBundle> {
+        let store = &self.running.state.store;
+        let stored = store.get_federated_bundle(&td(trust_domain)).await.unwrap();
+        stored.map(|s| s.bundle)
+    }
+
     async fn stored_error(&self, trust_domain: &TrustDomain) -> Option<String> {
         let store = &self.running.state.store;
         store
@@ -124,14 +131,10 @@ async fn a_self_serving_https_spiffe_endpoint_is_fetched_after_a_bootstrap_bundl
         .unwrap();
     let fetched = a.refresh(&relationship).await.unwrap();
     assert_eq!(fetched, b.bundle());
-    let stored = store
-        .get_federated_bundle(&td("b.test"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.bundle, b.bundle());
-    assert!(!stored.bundle.jwt_authorities.is_empty());
-    assert!(!stored.bundle.wit_authorities.is_empty());
+    let stored = a.stored_bundle("b.test").await.unwrap();
+    assert_eq!(stored, b.bundle());
+    assert!(!stored.jwt_authorities.is_empty());
+    assert!(!stored.wit_authorities.is_empty());
     assert_eq!(a.stored_error(&td("b.test")).await, None);
     assert_eq!(a.bundle().trust_domain(), &td("a.test"));
     let metrics = a.running.state.metrics.render();
@@ -186,12 +189,7 @@ async fn an_endpoint_with_another_identity_or_other_roots_is_refused() {
         "{refused}"
     );
     // Nothing of the impostor was stored.
-    let stored = store
-        .get_federated_bundle(&td("b.test"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.bundle, bootstrap);
+    assert_eq!(a.stored_bundle("b.test").await, Some(bootstrap));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,12 +210,7 @@ async fn a_bundle_older_than_the_stored_one_is_refused_as_a_replay() {
         matches!(refused, FederationError::SequenceWentBack { .. }),
         "{refused}"
     );
-    let stored = store
-        .get_federated_bundle(&td("b.test"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.bundle, newer);
+    assert_eq!(a.stored_bundle("b.test").await, Some(newer));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,10 +233,7 @@ async fn the_refresher_fetches_a_new_relationship_by_itself_and_admin_entries_ma
     req.trust_domain = "b.test".into();
     assert!(admin.update_federation("b.test", &req).await.is_err());
     let store = &a.running.state.store;
-    assert_eq!(
-        store.get_federated_bundle(&td("b.test")).await.unwrap(),
-        None
-    );
+    assert_eq!(a.stored_bundle("b.test").await, None);
     // Nor does a create whose bundle is not in the format it names.
     req.bundle_format = Some("pem".into());
     assert!(admin.create_federation(&req).await.is_err());
