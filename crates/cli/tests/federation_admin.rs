@@ -339,49 +339,41 @@ fn federating_with_the_own_trust_domain_or_naming_an_https_web_endpoints_id_is_r
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
 
-    let refused = server.admin_err(&[
-        "server",
-        "federation",
-        "create",
-        "--trust-domain",
-        TRUST_DOMAIN,
-        "--bundle-endpoint-url",
-        "https://127.0.0.1:1/.well-known/spiffe-bundle",
-        "--profile",
-        "https_web",
-    ]);
-    assert!(refused.contains("own trust domain"), "{refused}");
+    // `federation create` of `td` with `profile` and `extra`, refused; its one error line.
+    let refused = |td: &str, profile: &str, extra: &[&str]| {
+        let mut args = vec![
+            "server",
+            "federation",
+            "create",
+            "--trust-domain",
+            td,
+            "--bundle-endpoint-url",
+            UNREACHABLE_URL,
+            "--profile",
+            profile,
+        ];
+        args.extend(extra);
+        server.admin_err(&args)
+    };
 
-    let refused = server.admin_err(&[
-        "server",
-        "federation",
-        "create",
-        "--trust-domain",
+    let refused_own = refused(TRUST_DOMAIN, "https_web", &[]);
+    assert!(refused_own.contains("own trust domain"), "{refused_own}");
+
+    let refused_id = refused(
         OTHER,
-        "--bundle-endpoint-url",
-        "https://127.0.0.1:1/.well-known/spiffe-bundle",
-        "--profile",
         "https_web",
-        "--endpoint-spiffe-id",
-        OTHER_SERVER_ID,
-    ]);
+        &["--endpoint-spiffe-id", OTHER_SERVER_ID],
+    );
     assert!(
-        refused.contains("`endpoint_spiffe_id` is for `https_spiffe` only"),
-        "{refused}"
+        refused_id.contains("`endpoint_spiffe_id` is for `https_spiffe` only"),
+        "{refused_id}"
     );
 
-    let refused = server.admin_err(&[
-        "server",
-        "federation",
-        "create",
-        "--trust-domain",
-        OTHER,
-        "--bundle-endpoint-url",
-        "https://127.0.0.1:1/.well-known/spiffe-bundle",
-        "--profile",
-        "https_spiffe",
-    ]);
-    assert!(refused.contains("needs `endpoint_spiffe_id`"), "{refused}");
+    let refused_no_id = refused(OTHER, "https_spiffe", &[]);
+    assert!(
+        refused_no_id.contains("needs `endpoint_spiffe_id`"),
+        "{refused_no_id}"
+    );
 
     let listed = server.admin_ok(&["server", "federation", "list"]);
     assert!(
