@@ -50,6 +50,10 @@ pub enum EventKind {
     WorkloadAttested,
     /// An RFC 8693 token exchange.
     TokenExchange,
+    /// A JWT authorization grant for another trust domain was issued (identity chaining).
+    GrantIssued,
+    /// An access token was issued for another trust domain's grant (identity chaining).
+    AccessTokenIssued,
     /// A registration entry, join token or agent was changed by an administrator.
     Admin,
 }
@@ -67,6 +71,8 @@ impl EventKind {
             Self::AgentAttested => "agent_attested",
             Self::WorkloadAttested => "workload_attested",
             Self::TokenExchange => "token_exchange",
+            Self::GrantIssued => "grant_issued",
+            Self::AccessTokenIssued => "access_token_issued",
             Self::Admin => "admin",
         }
     }
@@ -150,6 +156,8 @@ pub enum CredentialKind {
     TxnToken,
     /// An OAuth access token.
     AccessToken,
+    /// A JWT authorization grant (identity chaining).
+    AuthorizationGrant,
     /// An X509-SVID (the fingerprint is of the leaf certificate's DER).
     X509Svid,
     /// A join token (the fingerprint matches the server datastore's token hash).
@@ -167,6 +175,7 @@ impl CredentialKind {
             Self::JwtSvid => "jwt_svid",
             Self::TxnToken => "txn_token",
             Self::AccessToken => "access_token",
+            Self::AuthorizationGrant => "authorization_grant",
             Self::X509Svid => "x509_svid",
             Self::JoinToken => "join_token",
             Self::PublicKey => "public_key",

@@ -69,6 +69,9 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         source.clone(),
         config.proof.into(),
     );
+    if config.accept_chained {
+        gateway = gateway.with_chained_tokens();
+    }
     let audit = match &config.audit_log {
         Some(path) => Some(audit_log(path, &source)?),
         None => None,

@@ -13,6 +13,10 @@
 //! cert_file = "/etc/wimse/gateway.crt" # PEM chain, leaf first
 //! key_file = "/etc/wimse/gateway.key"  # PEM private key
 //!
+//! accept_chained = false               # also admit access tokens this trust domain's token
+//!                                      # service issued for other domains' grants (identity
+//!                                      # chaining); their keys come from the agent's bundle
+//!
 //! [[issuers]]                          # outside authorization servers whose access tokens admit a client
 //! issuer = "https://login.example.com"
 //! audience = "https://api.example.com"
@@ -116,6 +120,8 @@ struct GatewayFile {
     health_bind: Option<SocketAddr>,
     audit_log: Option<PathBuf>,
     #[serde(default)]
+    accept_chained: bool,
+    #[serde(default)]
     issuers: Vec<IssuerFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
@@ -206,6 +212,8 @@ pub struct GatewayConfig {
     pub audit_log: Option<PathBuf>,
     /// The outside authorization servers whose access tokens are accepted.
     pub issuers: Vec<TrustedIssuer>,
+    /// Whether the trust domain's own chained access tokens are accepted too.
+    pub accept_chained: bool,
     /// Where requests go.
     pub routes: Routes,
     /// The listener's TLS configuration, when it serves HTTPS.
@@ -245,10 +253,11 @@ impl GatewayConfig {
             .map(WorkloadId::parse)
             .transpose()
             .map_err(|e| error("spiffe_id", e))?;
-        if file.issuers.is_empty() {
+        if file.issuers.is_empty() && !file.accept_chained {
             return Err(error(
                 "issuers",
-                "name at least one `[[issuers]]`: without one no client can be admitted",
+                "name at least one `[[issuers]]` or set `accept_chained`: without either no \
+                 client can be admitted",
             ));
         }
         let issuers = file
@@ -290,6 +299,7 @@ impl GatewayConfig {
             health_bind: file.health_bind,
             audit_log: file.audit_log,
             issuers,
+            accept_chained: file.accept_chained,
             routes,
             tls,
             egress,

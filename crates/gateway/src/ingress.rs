@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use wimse_audit::{AuditLog, AuditRecord, CredentialKind, CredentialRef, Decision, EventKind};
 use wimse_audit::{AuthMethod, SecurityContext};
+use wimse_core::WorkloadId;
 use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
@@ -216,6 +217,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
 pub struct Gateway {
     routes: Routes,
     issuers: Vec<TrustedIssuer>,
+    accept_chained: bool,
     token_service: TokenServiceClient,
     source: CredentialSource,
     proof: ProofMethod,
@@ -254,6 +256,7 @@ impl Gateway {
         Gateway {
             routes,
             issuers,
+            accept_chained: false,
             token_service,
             source,
             proof,
@@ -269,6 +272,15 @@ impl Gateway {
     #[must_use]
     pub fn with_exchange_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.exchange_timeout = timeout;
+        self
+    }
+
+    /// Also admits the access tokens this trust domain's token service issues for other
+    /// domains' grants (identity chaining), verified with the trust domain's current
+    /// `jwt-svid` keys as the agent hands them out.
+    #[must_use]
+    pub fn with_chained_tokens(mut self) -> Self {
+        self.accept_chained = true;
         self
     }
 
@@ -325,6 +337,26 @@ impl Gateway {
         })
     }
 
+    /// The issuers whose access tokens are admitted now: the configured ones, and with
+    /// [`Gateway::with_chained_tokens`] this trust domain's token service, built from the
+    /// current bundle so that its key rotation needs nothing more.
+    fn issuers(&self) -> std::borrow::Cow<'_, [TrustedIssuer]> {
+        let current = self.source.current();
+        let own = self
+            .accept_chained
+            .then(|| current.id().map(WorkloadId::trust_domain))
+            .flatten()
+            .and_then(|td| current.jwt_bundles.get(td));
+        match own {
+            Some(bundle) => {
+                let mut issuers = self.issuers.clone();
+                issuers.push(TrustedIssuer::token_service_of(bundle));
+                std::borrow::Cow::Owned(issuers)
+            }
+            None => std::borrow::Cow::Borrowed(&self.issuers),
+        }
+    }
+
     /// Steps 1 to 4: the route, the access token, its scope, and the Txn-Token.
     async fn admit(&self, request: &http::request::Parts) -> Result<(&Route, Admitted), Refusal> {
         let path = request.uri.path();
@@ -332,7 +364,7 @@ impl Gateway {
         let route = self.routes.find(path).ok_or(Refusal::NoRoute)?;
         let token = bearer(&request.headers)?;
         let now = wimse_core::token::unix_now();
-        let (_, access) = verify_access_token(token, &self.issuers, &Validation::at(now))
+        let (_, access) = verify_access_token(token, &self.issuers(), &Validation::at(now))
             .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
         if !route.scope().is_subset_of(&access.scope) {
             return Err(Refusal::InsufficientScope(route.scope().to_string()));

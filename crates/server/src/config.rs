@@ -31,7 +31,23 @@
 //! audience = "wimse"
 //! jwks_file = "/etc/wimse/login-jwks.json"
 //! subject_prefix = "login:"                 # default: none
+//!
+//! # Identity chaining (draft-ietf-oauth-identity-chaining): carrying a transaction's
+//! # subject into another trust domain, whose bundle the server holds (federation).
+//! [[token_service.chain_to]]                # grants this domain issues for another
+//! trust_domain = "partner.example"
+//! requesters = ["spiffe://example.org/gateway"]  # who may ask (required)
+//! max_scope = "orders"                      # default: the Txn-Token's scope
+//!
+//! [[token_service.chain_from]]              # grants from another domain accepted here
+//! trust_domain = "partner.example"
+//! subject_prefix = "partner.example/"       # the default: the trust domain and a slash
+//! max_scope = "orders"                      # default: the grant's scope
+//! clients = ["spiffe://partner.example/gateway"]  # default: any workload of that domain
 //! ```
+//!
+//! `[token_service]` also takes `grant_ttl` (seconds a grant lives, default 60, at most
+//! 300) and `access_token_ttl` (for chained access tokens, default 300, at most 3600).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -107,6 +123,70 @@ pub struct TokenServiceFile {
     /// The authorization servers whose access tokens may start them.
     #[serde(default)]
     pub issuers: Vec<IssuerFile>,
+    /// Lifetime of a JWT authorization grant, seconds (default 60, at most 300).
+    pub grant_ttl: Option<i64>,
+    /// Lifetime of an access token issued for a grant, seconds (default 300, at most 3600).
+    pub access_token_ttl: Option<i64>,
+    /// The trust domains this one issues grants for.
+    #[serde(default)]
+    pub chain_to: Vec<ChainToFile>,
+    /// The trust domains whose grants this one accepts.
+    #[serde(default)]
+    pub chain_from: Vec<ChainFromFile>,
+}
+
+/// One `[[token_service.chain_to]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainToFile {
+    /// The trust domain a grant is for.
+    pub trust_domain: String,
+    /// The workloads of this trust domain that may ask for one.
+    pub requesters: Vec<String>,
+    /// The widest scope a grant may carry.
+    #[serde(default)]
+    pub max_scope: Option<String>,
+}
+
+/// One `[[token_service.chain_from]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainFromFile {
+    /// The trust domain whose grants are accepted.
+    pub trust_domain: String,
+    /// Prepended to a grant's subject (default: `<trust_domain>/`).
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
+    /// The widest scope an access token for its grants may carry.
+    #[serde(default)]
+    pub max_scope: Option<String>,
+    /// The workloads of that domain that may present grants (default: any).
+    #[serde(default)]
+    pub clients: Option<Vec<String>>,
+}
+
+/// A resolved `[[token_service.chain_to]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainTo {
+    /// The trust domain a grant is for.
+    pub trust_domain: TrustDomain,
+    /// Who may ask.
+    pub requesters: Vec<WorkloadId>,
+    /// The widest scope.
+    pub max_scope: Option<Scope>,
+}
+
+/// A resolved `[[token_service.chain_from]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainFrom {
+    /// The trust domain whose grants are accepted.
+    pub trust_domain: TrustDomain,
+    /// Prepended to a grant's subject.
+    pub subject_prefix: String,
+    /// The widest scope.
+    pub max_scope: Option<Scope>,
+    /// Who may present grants (`None`: any workload of the domain).
+    pub clients: Option<Vec<WorkloadId>>,
 }
 
 /// One `[[token_service.issuers]]` entry.
@@ -138,6 +218,14 @@ pub struct TokenServiceSettings {
     pub requesters: Vec<WorkloadId>,
     /// The trusted issuers (their key files are read when the server starts).
     pub issuers: Vec<IssuerFile>,
+    /// Grant lifetime, seconds.
+    pub grant_ttl: i64,
+    /// Chained access token lifetime, seconds.
+    pub access_token_ttl: i64,
+    /// Where grants may go.
+    pub chain_to: Vec<ChainTo>,
+    /// Whose grants are accepted.
+    pub chain_from: Vec<ChainFrom>,
 }
 
 impl TokenServiceFile {
@@ -150,21 +238,7 @@ impl TokenServiceFile {
                 "must be 1 to 3600 seconds (a Txn-Token lives minutes or less)".into(),
             ));
         }
-        let requesters = self
-            .requesters
-            .iter()
-            .map(|text| {
-                let id = WorkloadId::parse(text)
-                    .map_err(|e| invalid("token_service.requesters", format!("`{text}`: {e}")))?;
-                if id.trust_domain() != trust_domain {
-                    return Err(invalid(
-                        "token_service.requesters",
-                        format!("`{text}` is not in trust domain `{trust_domain}`"),
-                    ));
-                }
-                Ok(id)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let requesters = workloads_of(&self.requesters, trust_domain, "token_service.requesters")?;
         for issuer in &self.issuers {
             if issuer.issuer.is_empty() || issuer.audience.is_empty() {
                 return Err(invalid(
@@ -172,22 +246,129 @@ impl TokenServiceFile {
                     "every issuer needs a non-empty `issuer` and `audience`".into(),
                 ));
             }
-            if let Some(scope) = &issuer.max_scope {
-                Scope::parse(scope).map_err(|e| {
-                    invalid(
-                        "token_service.issuers.max_scope",
-                        e.description().to_owned(),
-                    )
-                })?;
+            scope_of(
+                issuer.max_scope.as_deref(),
+                "token_service.issuers.max_scope",
+            )?;
+        }
+        let ttl = |value: Option<i64>, default: i64, max: i64, name: &'static str| {
+            let value = value.unwrap_or(default);
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(invalid(name, format!("must be 1 to {max} seconds")))
             }
+        };
+        let grant_ttl = ttl(self.grant_ttl, 60, 300, "token_service.grant_ttl")?;
+        let access_token_ttl = ttl(
+            self.access_token_ttl,
+            300,
+            3600,
+            "token_service.access_token_ttl",
+        )?;
+        let mut chain_to: Vec<ChainTo> = Vec::new();
+        for file in self.chain_to {
+            let name = "token_service.chain_to";
+            let other = foreign_domain(&file.trust_domain, trust_domain, name)?;
+            if chain_to.iter().any(|c| c.trust_domain == other) {
+                return Err(invalid(name, format!("`{other}` is named twice")));
+            }
+            if file.requesters.is_empty() {
+                return Err(invalid(
+                    "token_service.chain_to.requesters",
+                    format!("name who may ask for grants for `{other}`"),
+                ));
+            }
+            chain_to.push(ChainTo {
+                trust_domain: other,
+                requesters: workloads_of(
+                    &file.requesters,
+                    trust_domain,
+                    "token_service.chain_to.requesters",
+                )?,
+                max_scope: scope_of(
+                    file.max_scope.as_deref(),
+                    "token_service.chain_to.max_scope",
+                )?,
+            });
+        }
+        let mut chain_from: Vec<ChainFrom> = Vec::new();
+        for file in self.chain_from {
+            let name = "token_service.chain_from";
+            let other = foreign_domain(&file.trust_domain, trust_domain, name)?;
+            if chain_from.iter().any(|c| c.trust_domain == other) {
+                return Err(invalid(name, format!("`{other}` is named twice")));
+            }
+            chain_from.push(ChainFrom {
+                subject_prefix: file.subject_prefix.unwrap_or_else(|| format!("{other}/")),
+                max_scope: scope_of(
+                    file.max_scope.as_deref(),
+                    "token_service.chain_from.max_scope",
+                )?,
+                clients: file
+                    .clients
+                    .map(|c| workloads_of(&c, &other, "token_service.chain_from.clients"))
+                    .transpose()?,
+                trust_domain: other,
+            });
         }
         Ok(TokenServiceSettings {
             txn_token_ttl,
             max_replacements: self.max_replacements.unwrap_or(8),
             requesters,
             issuers: self.issuers,
+            grant_ttl,
+            access_token_ttl,
+            chain_to,
+            chain_from,
         })
     }
+}
+
+/// Workload IDs, each of `trust_domain`.
+fn workloads_of(
+    texts: &[String],
+    trust_domain: &TrustDomain,
+    name: &'static str,
+) -> Result<Vec<WorkloadId>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { name, message };
+    texts
+        .iter()
+        .map(|text| {
+            let id = WorkloadId::parse(text).map_err(|e| invalid(format!("`{text}`: {e}")))?;
+            if id.trust_domain() != trust_domain {
+                return Err(invalid(format!(
+                    "`{text}` is not in trust domain `{trust_domain}`"
+                )));
+            }
+            Ok(id)
+        })
+        .collect()
+}
+
+/// Another trust domain than `own`.
+fn foreign_domain(
+    text: &str,
+    own: &TrustDomain,
+    name: &'static str,
+) -> Result<TrustDomain, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { name, message };
+    let other = TrustDomain::new(text).map_err(|e| invalid(format!("`{text}`: {e}")))?;
+    if &other == own {
+        return Err(invalid(format!(
+            "`{text}` is this server's own trust domain"
+        )));
+    }
+    Ok(other)
+}
+
+fn scope_of(text: Option<&str>, name: &'static str) -> Result<Option<Scope>, ConfigError> {
+    text.map(Scope::parse)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid {
+            name,
+            message: e.description().to_owned(),
+        })
 }
 
 /// Why the configuration is unusable.
@@ -475,6 +656,27 @@ mod tests {
         assert_eq!((t.txn_token_ttl, t.max_replacements), (120, 8));
         assert_eq!(t.requesters[0].to_string(), "spiffe://prod.example/gateway");
         assert_eq!(t.issuers[0].subject_prefix, "");
+        assert_eq!((t.grant_ttl, t.access_token_ttl), (60, 300));
+        let c = parse(
+            r#"
+            trust_domain = "prod.example"
+            [[token_service.chain_to]]
+            trust_domain = "b.example"
+            requesters = ["spiffe://prod.example/gateway"]
+            max_scope = "orders"
+            [[token_service.chain_from]]
+            trust_domain = "b.example"
+        "#,
+        )
+        .unwrap();
+        let t = &c.token_service;
+        assert_eq!(t.chain_to[0].trust_domain.as_str(), "b.example");
+        assert_eq!(
+            t.chain_to[0].max_scope,
+            Some(Scope::parse("orders").unwrap())
+        );
+        assert_eq!(t.chain_from[0].subject_prefix, "b.example/");
+        assert_eq!(t.chain_from[0].clients, None);
         assert_eq!(
             FileConfig::default()
                 .resolve()
@@ -490,6 +692,14 @@ mod tests {
             "[token_service]\nrequesters = [\"not an id\"]",
             "[[token_service.issuers]]\nissuer = \"\"\naudience = \"a\"\njwks_file = \"/j\"",
             "[[token_service.issuers]]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/j\"\nmax_scope = \"a  b\"",
+            "[token_service]\ngrant_ttl = 301",
+            "[token_service]\naccess_token_ttl = 0",
+            "[[token_service.chain_to]]\ntrust_domain = \"b.example\"\nrequesters = []",
+            "[[token_service.chain_to]]\ntrust_domain = \"prod.example\"\nrequesters = [\"spiffe://prod.example/gw\"]",
+            "[[token_service.chain_to]]\ntrust_domain = \"b.example\"\nrequesters = [\"spiffe://b.example/gw\"]",
+            "[[token_service.chain_from]]\ntrust_domain = \"b.example\"\nclients = [\"spiffe://prod.example/gw\"]",
+            "[[token_service.chain_from]]\ntrust_domain = \"b.example\"\n[[token_service.chain_from]]\ntrust_domain = \"b.example\"",
+            "[[token_service.chain_from]]\ntrust_domain = \"B..example\"",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -28,6 +28,7 @@ pub mod agent_api;
 pub mod api;
 pub mod audit;
 pub mod authority;
+pub mod chaining;
 pub mod config;
 pub mod datastore;
 pub mod federation;

@@ -49,7 +49,13 @@ async fn openid_configuration(AxState(state): AxState<Arc<State>>) -> impl IntoR
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "token_endpoint": format!("{issuer}{}", wimse_core::token::exchange::TOKEN_PATH),
-        "grant_types_supported": [wimse_core::token::exchange::GRANT_TYPE],
+        "grant_types_supported": [
+            wimse_core::token::exchange::GRANT_TYPE,
+            wimse_core::token::chain::JWT_BEARER,
+        ],
+        "identity_chaining_requested_token_types_supported": [
+            wimse_core::token::exchange::token_type::JWT,
+        ],
         "token_endpoint_auth_methods_supported": ["tls_client_auth"],
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],

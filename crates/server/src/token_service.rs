@@ -17,11 +17,17 @@
 //!   and every existing `tctx`/`rctx` value stay; an expired token is never replaced; the
 //!   requesters so far are kept in `rctx.req_wl_chain`, which also caps replacements.
 //!
+//! The same endpoint carries identity chaining to and from other trust domains: a
+//! Txn-Token exchanged for a JWT authorization grant, and another domain's grant
+//! presented for an access token ([`crate::chaining`]). A domain that accepts grants also
+//! accepts its own chained access tokens as the subject that starts a transaction.
+//!
 //! Every decision is audited (the tokens as hashes only) and counted in the metrics.
 
 use crate::audit::Event;
+use crate::chaining::Chaining;
 use crate::config::TokenServiceSettings;
-use crate::datastore::AuthorityKind;
+use crate::datastore::{AuthorityKind, Datastore as _};
 use crate::state::State;
 use crate::tls::Caller;
 use axum::extract::State as AxState;
@@ -36,8 +42,8 @@ use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::SigningKey;
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::exchange::{
-    ExchangeError, ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, TOKEN_PATH,
-    token_type,
+    ExchangeError, ExchangeRequest, ExchangeResponse, JwtBearerRequest, MAX_REQUEST_BYTES, Scope,
+    TOKEN_PATH, TokenRequest, token_type,
 };
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
 use wimse_core::token::{Audience, Validation, random_jti};
@@ -66,6 +72,7 @@ pub struct TokenService {
     max_replacements: usize,
     requesters: BTreeSet<WorkloadId>,
     issuers: Vec<TrustedIssuer>,
+    chaining: Chaining,
 }
 
 /// The signing key a token is issued with.
@@ -109,7 +116,14 @@ impl TokenService {
             settings.max_replacements,
             settings.requesters.iter().cloned(),
             issuers,
-        ))
+        )
+        .with_chaining(Chaining::new(settings)))
+    }
+
+    /// This service with identity chaining by `chaining`.
+    #[must_use]
+    pub fn with_chaining(self, chaining: Chaining) -> Self {
+        TokenService { chaining, ..self }
     }
 
     /// A service issuing tokens that live `ttl` seconds, replaceable `max_replacements`
@@ -125,6 +139,7 @@ impl TokenService {
             max_replacements,
             requesters: requesters.into_iter().collect(),
             issuers,
+            chaining: Chaining::default(),
         }
     }
 
@@ -184,7 +199,7 @@ impl TokenService {
             .ok_or_else(|| ExchangeError::InvalidRequest("parameter `scope` is missing".into()))?;
         let mut claims = match request.subject_token_type.as_str() {
             token_type::ACCESS_TOKEN | token_type::JWT => {
-                self.start(caller, request, scope, &Validation::at(now))?
+                self.start(caller, request, scope, bundle, &Validation::at(now))?
             }
             token_type::TXN_TOKEN => self.replace(caller, request, scope, bundle, now)?,
             other => {
@@ -213,6 +228,7 @@ impl TokenService {
         caller: &WorkloadId,
         request: &ExchangeRequest,
         scope: &Scope,
+        bundle: &TrustBundle,
         validation: &Validation,
     ) -> Result<TxnTokenClaims, ExchangeError> {
         if !self.requesters.contains(caller) {
@@ -220,9 +236,21 @@ impl TokenService {
                 "`{caller}` may not start transactions (not in `token_service.requesters`)"
             )));
         }
-        let (issuer, subject) =
-            verify_access_token(&request.subject_token, &self.issuers, validation)
-                .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        // Access tokens this service issued for other domains' grants, beside the
+        // configured issuers': built from the current bundle, so key rotation follows.
+        let own;
+        let issuers = if self.chaining.accepts_grants() {
+            own = [
+                self.issuers.as_slice(),
+                &[TrustedIssuer::token_service_of(bundle)],
+            ]
+            .concat();
+            own.as_slice()
+        } else {
+            self.issuers.as_slice()
+        };
+        let (issuer, subject) = verify_access_token(&request.subject_token, issuers, validation)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let too_wide = |limit: &Scope, whose: &str| {
             let excess: Vec<&str> = scope.excess_over(limit).collect();
             (!excess.is_empty()).then(|| {
@@ -372,6 +400,33 @@ fn answer(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+/// A token the endpoint minted, and how to answer and audit it.
+struct Minted {
+    token: String,
+    issued_token_type: &'static str,
+    /// `Bearer`, or `N_A` for what is not an access token.
+    token_type: &'static str,
+    expires_in: i64,
+    scope: String,
+    event: EventKind,
+    credential: CredentialKind,
+    /// The workload it was issued to.
+    client: WorkloadId,
+}
+
+/// What a request asks for, as the metrics name it.
+fn metric_kind(request: &Result<TokenRequest, ExchangeError>) -> &'static str {
+    match request {
+        Ok(TokenRequest::JwtBearer(_)) => "chained_access_token",
+        Ok(TokenRequest::Exchange(r))
+            if r.requested_token_type.as_deref() == Some(token_type::JWT) =>
+        {
+            "authorization_grant"
+        }
+        _ => "txn_token",
+    }
+}
+
 async fn token(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
@@ -390,39 +445,55 @@ async fn token(
         });
     let request = body.and_then(|body| {
         form_body(&headers)?;
-        ExchangeRequest::parse(&body)
+        TokenRequest::parse(&body)
     });
     // What the caller presented, for the audit record: its hash, never the token.
-    let subject = request.as_ref().ok().map(|r| {
-        let kind = if r.subject_token_type == token_type::TXN_TOKEN {
-            CredentialKind::TxnToken
-        } else {
-            CredentialKind::AccessToken
-        };
-        CredentialRef::from_token(kind, &r.subject_token)
-    });
-    let outcome = request.and_then(|request| decide(&state, &caller, &request));
-    state.metrics.observe_issue(
-        "txn_token",
-        started.elapsed().as_secs_f64(),
-        outcome.is_ok(),
-    );
+    let (subject, method) = match &request {
+        Ok(TokenRequest::Exchange(r)) => {
+            let kind = if r.subject_token_type == token_type::TXN_TOKEN {
+                CredentialKind::TxnToken
+            } else {
+                CredentialKind::AccessToken
+            };
+            (
+                Some(CredentialRef::from_token(kind, &r.subject_token)),
+                AuthMethod::Mtls,
+            )
+        }
+        Ok(TokenRequest::JwtBearer(r)) => (
+            Some(CredentialRef::from_token(
+                CredentialKind::AuthorizationGrant,
+                &r.assertion,
+            )),
+            AuthMethod::JwtSvid,
+        ),
+        Err(_) => (None, AuthMethod::Mtls),
+    };
+    let kind = metric_kind(&request);
+    let outcome = match request {
+        Ok(TokenRequest::Exchange(request)) => decide(&state, &caller, &request),
+        Ok(TokenRequest::JwtBearer(request)) => redeem(&state, &request).await,
+        Err(e) => Err(e),
+    };
+    state
+        .metrics
+        .observe_issue(kind, started.elapsed().as_secs_f64(), outcome.is_ok());
     match outcome {
-        Ok((token, claims)) => {
+        Ok(issued) => {
             state.audit.record(Event {
-                kind: EventKind::TxnTokenIssued,
-                method: AuthMethod::Mtls,
-                agent: caller.id.as_ref(),
+                kind: issued.event,
+                method,
+                agent: Some(&issued.client),
                 workload: None,
-                credential: Some(CredentialRef::from_token(CredentialKind::TxnToken, &token)),
+                credential: Some(CredentialRef::from_token(issued.credential, &issued.token)),
                 refusal: None,
             });
             let response = ExchangeResponse {
-                access_token: token,
-                issued_token_type: token_type::TXN_TOKEN.into(),
-                token_type: "N_A".into(),
-                expires_in: claims.exp - claims.iat,
-                scope: claims.scope,
+                access_token: issued.token,
+                issued_token_type: issued.issued_token_type.into(),
+                token_type: issued.token_type.into(),
+                expires_in: issued.expires_in,
+                scope: issued.scope,
             };
             match serde_json::to_string(&response) {
                 Ok(body) => answer(StatusCode::OK, body),
@@ -433,10 +504,10 @@ async fn token(
             }
         }
         Err(err) => {
-            tracing::info!(caller = ?caller.id, error = %err, "token exchange refused");
+            tracing::info!(caller = ?caller.id, error = %err, "token request refused");
             state.audit.record(Event {
                 kind: EventKind::TokenExchange,
-                method: AuthMethod::Mtls,
+                method,
                 agent: caller.id.as_ref(),
                 workload: None,
                 credential: subject,
@@ -468,16 +539,11 @@ fn form_body(headers: &HeaderMap) -> Result<(), ExchangeError> {
     }
 }
 
-fn decide(
+/// Runs `sign` with this replica's active JWT key.
+fn with_signer<T>(
     state: &State,
-    caller: &Caller,
-    request: &ExchangeRequest,
-) -> Result<(String, TxnTokenClaims), ExchangeError> {
-    let caller = caller.id.as_ref().ok_or_else(|| {
-        ExchangeError::InvalidClient(
-            "authenticate with an X509-SVID of this trust domain (mutual TLS)".into(),
-        )
-    })?;
+    sign: impl FnOnce(&TxnSigner<'_>) -> Result<T, ExchangeError>,
+) -> Result<T, ExchangeError> {
     let authorities = state
         .authorities
         .read()
@@ -485,19 +551,106 @@ fn decide(
     let slot = authorities
         .active(AuthorityKind::Jwt)
         .ok_or_else(|| ExchangeError::ServerError("no active JWT key".into()))?;
-    let signer = TxnSigner {
+    sign(&TxnSigner {
         key: &slot.key,
         kid: &slot.id,
         not_after: slot.not_after,
+    })
+}
+
+/// A token exchange from a workload of this trust domain: a Txn-Token, or a grant for
+/// another trust domain.
+fn decide(
+    state: &State,
+    caller: &Caller,
+    request: &ExchangeRequest,
+) -> Result<Minted, ExchangeError> {
+    let caller = caller.id.as_ref().ok_or_else(|| {
+        ExchangeError::InvalidClient(
+            "authenticate with an X509-SVID of this trust domain (mutual TLS)".into(),
+        )
+    })?;
+    let now = wimse_core::token::unix_now();
+    let bundle = state.bundle();
+    if request.requested_token_type.as_deref() == Some(token_type::JWT) {
+        let (token, claims) = with_signer(state, |signer| {
+            state
+                .token_service
+                .chaining
+                .grant(caller, request, &bundle, signer, now)
+        })?;
+        return Ok(Minted {
+            token,
+            issued_token_type: token_type::JWT,
+            token_type: "N_A",
+            expires_in: claims.exp - claims.iat,
+            scope: claims.scope,
+            event: EventKind::GrantIssued,
+            credential: CredentialKind::AuthorizationGrant,
+            client: caller.clone(),
+        });
+    }
+    let (token, claims) = with_signer(state, |signer| {
+        state.token_service.exchange(
+            caller,
+            request,
+            &state.config.trust_domain,
+            &bundle,
+            signer,
+            now,
+        )
+    })?;
+    Ok(Minted {
+        token,
+        issued_token_type: token_type::TXN_TOKEN,
+        token_type: "N_A",
+        expires_in: claims.exp - claims.iat,
+        scope: claims.scope,
+        event: EventKind::TxnTokenIssued,
+        credential: CredentialKind::TxnToken,
+        client: caller.clone(),
+    })
+}
+
+/// Another trust domain's grant, presented for an access token of this one.
+async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, ExchangeError> {
+    let chaining = &state.token_service.chaining;
+    // The issuer named in the grant only chooses which federated bundle to load; the
+    // grant is verified against it before anything in it is believed.
+    let issuer = wimse_core::token::chain::grant_issuer(&request.assertion)
+        .map_err(|e| ExchangeError::InvalidGrant(format!("the grant: {e}")))?;
+    let bundle = if chaining.accepted_from(&issuer) {
+        state
+            .store
+            .get_federated_bundle(&issuer)
+            .await
+            .map_err(|e| ExchangeError::ServerError(e.to_string()))?
+            .map(|f| f.bundle)
+    } else {
+        None
     };
-    state.token_service.exchange(
-        caller,
-        request,
-        &state.config.trust_domain,
-        &state.bundle(),
-        &signer,
-        wimse_core::token::unix_now(),
-    )
+    let now = wimse_core::token::unix_now();
+    let (token, claims) = with_signer(state, |signer| {
+        chaining.redeem(
+            request,
+            &state.config.trust_domain,
+            bundle.as_ref(),
+            signer,
+            now,
+        )
+    })?;
+    let client = WorkloadId::parse(&claims.client_id)
+        .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
+    Ok(Minted {
+        token,
+        issued_token_type: token_type::ACCESS_TOKEN,
+        token_type: "Bearer",
+        expires_in: claims.exp - claims.iat,
+        scope: claims.scope,
+        event: EventKind::AccessTokenIssued,
+        credential: CredentialKind::AccessToken,
+        client,
+    })
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ struct Inner {
     task: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// The last connection or stream error (for the "not ready" message).
     last_error: std::sync::Mutex<Option<String>>,
+    /// The agent's socket, for credentials fetched on demand (`None` for a fixed source).
+    socket: Option<PathBuf>,
 }
 
 impl Drop for Inner {
@@ -115,6 +117,7 @@ impl CredentialSource {
                 changed,
                 task: std::sync::OnceLock::new(),
                 last_error: std::sync::Mutex::new(None),
+                socket: None,
             }),
         }
     }
@@ -133,6 +136,7 @@ impl CredentialSource {
             changed,
             task: std::sync::OnceLock::new(),
             last_error: std::sync::Mutex::new(None),
+            socket: Some(socket.clone()),
         });
         // Spawned only once `inner` exists, so the task's first upgrade cannot fail.
         let task = tokio::spawn(follow(Arc::downgrade(&inner), socket.clone(), id));
@@ -189,6 +193,43 @@ impl CredentialSource {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()
     }
+
+    /// A fresh JWT-SVID of this workload for `audience`, from the agent (JWT-SVIDs are
+    /// bearer tokens for one audience, so they are fetched when needed, not followed).
+    pub async fn jwt_svid(&self, audience: &str) -> Result<String, JwtSvidError> {
+        let socket = self.inner.socket.as_ref().ok_or(JwtSvidError::NoAgent)?;
+        let id = self
+            .current()
+            .id()
+            .cloned()
+            .ok_or(JwtSvidError::NoIdentity)?;
+        let mut client = Workload::connect(socket)
+            .await
+            .map_err(|e| JwtSvidError::Agent(e.to_string()))?;
+        let svids = client
+            .jwt_svids(&[audience.to_owned()], Some(id.as_str()))
+            .await
+            .map_err(|e| JwtSvidError::Agent(e.to_string()))?;
+        svids
+            .into_iter()
+            .find(|svid| svid.id == id)
+            .map(|svid| svid.token)
+            .ok_or_else(|| JwtSvidError::Agent(format!("no JWT-SVID for `{id}`")))
+    }
+}
+
+/// Why no JWT-SVID was fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtSvidError {
+    /// The source does not follow an agent.
+    #[error("this credential source has no agent to ask")]
+    NoAgent,
+    /// This workload has no identity yet.
+    #[error("this workload has no identity yet")]
+    NoIdentity,
+    /// The agent refused or could not be reached.
+    #[error("the agent gave no JWT-SVID: {0}")]
+    Agent(String),
 }
 
 fn update(inner: &Inner, f: impl FnOnce(&mut Credentials)) {

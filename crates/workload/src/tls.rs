@@ -305,6 +305,21 @@ pub fn client_config(
         .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone()))))
 }
 
+/// A TLS 1.3 client configuration that presents no certificate and accepts servers
+/// `allow` lists, checked against `source`'s bundles: for servers of another trust
+/// domain that would not accept this workload's certificate (a federated domain's
+/// token service).
+pub fn server_auth_config(
+    source: &CredentialSource,
+    allow: PeerAllowList,
+) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
+        .with_no_client_auth())
+}
+
 /// A server configuration (TLS 1.2 and 1.3, no client certificates) from a PEM
 /// certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC 1).
 /// Errors never quote the key file.

@@ -5,6 +5,9 @@
 //! The request travels over mutual TLS with this workload's X509-SVID (the service's
 //! client authentication), and the server must present the X509-SVID of
 //! `spiffe://<our trust domain>/wimse/server`: the token goes to no one else.
+//!
+//! [`ChainClient`] carries a transaction into another trust domain (identity chaining):
+//! a grant from this domain's token service, redeemed at the other's for an access token.
 
 use crate::authn::PeerAllowList;
 use crate::source::CredentialSource;
@@ -13,11 +16,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use serde_json::{Map, Value};
-use wimse_core::WorkloadId;
 use wimse_core::id::SERVER_PATH;
+use wimse_core::token::chain::service_id;
 use wimse_core::token::exchange::{
-    ExchangeRequest, ExchangeResponse, MAX_REQUEST_BYTES, Scope, TOKEN_PATH, token_type,
+    ExchangeRequest, ExchangeResponse, JwtBearerRequest, MAX_REQUEST_BYTES, Scope, TOKEN_PATH,
+    token_type,
 };
+use wimse_core::{TrustDomain, WorkloadId};
 
 /// Why no Txn-Token was obtained.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +72,8 @@ impl TokenServiceClient {
         let current = source.current();
         let own = current.id().ok_or(TokenServiceError::NoIdentity)?;
         let trust_domain = own.trust_domain().clone();
-        let server = WorkloadId::from_parts("spiffe", &trust_domain, SERVER_PATH)
-            .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
         let allow = PeerAllowList {
-            ids: [server].into(),
+            ids: [server_id(&trust_domain)?].into(),
             trust_domains: std::collections::BTreeSet::new(),
         };
         let endpoint = format!("https://{server_address}{TOKEN_PATH}")
@@ -144,53 +147,186 @@ impl TokenServiceClient {
         }
     }
 
+    /// Exchanges `txn_token` for a JWT authorization grant for `trust_domain`'s token
+    /// service (identity chaining), of `scope` or, with `None`, the Txn-Token's scope.
+    /// Only workloads the server names in `[[token_service.chain_to]]` may ask.
+    pub async fn grant(
+        &self,
+        txn_token: &str,
+        trust_domain: &TrustDomain,
+        scope: Option<&Scope>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        let request = ExchangeRequest {
+            audience: vec![trust_domain.to_string()],
+            resource: Vec::new(),
+            scope: scope.cloned(),
+            requested_token_type: Some(token_type::JWT.into()),
+            subject_token: txn_token.to_owned(),
+            subject_token_type: token_type::TXN_TOKEN.into(),
+            actor_token: None,
+            actor_token_type: None,
+            request_context: None,
+            request_details: None,
+        };
+        let answer = post_form(&self.client, &self.endpoint, request.to_form()).await?;
+        expect_type(answer, token_type::JWT, "N_A")
+    }
+
     /// Sends any token exchange request and checks that a Txn-Token came back.
     pub async fn exchange(
         &self,
         request: ExchangeRequest,
     ) -> Result<ExchangeResponse, TokenServiceError> {
-        let http_request = http::Request::post(self.endpoint.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(request.to_form())))
+        let answer = post_form(&self.client, &self.endpoint, request.to_form()).await?;
+        expect_type(answer, token_type::TXN_TOKEN, "N_A")
+    }
+}
+
+/// Refuses an answer that did not issue `issued` with token type `token_type`.
+fn expect_type(
+    answer: ExchangeResponse,
+    issued: &str,
+    token_type: &str,
+) -> Result<ExchangeResponse, TokenServiceError> {
+    if answer.issued_token_type != issued || !answer.token_type.eq_ignore_ascii_case(token_type) {
+        return Err(TokenServiceError::Malformed(format!(
+            "issued `{}` with token type `{}`",
+            answer.issued_token_type, answer.token_type
+        )));
+    }
+    Ok(answer)
+}
+
+/// Posts a form to a token endpoint and reads its RFC 6749 answer.
+async fn post_form(
+    client: &Client<MtlsConnector, Full<Bytes>>,
+    endpoint: &http::Uri,
+    form: String,
+) -> Result<ExchangeResponse, TokenServiceError> {
+    let http_request = http::Request::post(endpoint.clone())
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
+    let response = client
+        .request(http_request)
+        .await
+        .map_err(|e| TokenServiceError::Transport(e.to_string()))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| TokenServiceError::Transport(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        let error: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
+        let text = |name: &str| {
+            error
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        return Err(TokenServiceError::Refused {
+            status: status.as_u16(),
+            error: text("error"),
+            description: text("error_description"),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| TokenServiceError::Malformed(e.to_string()))
+}
+
+/// The ID of `trust_domain`'s server, which alone may answer for its token service.
+fn server_id(trust_domain: &TrustDomain) -> Result<WorkloadId, TokenServiceError> {
+    WorkloadId::from_parts("spiffe", trust_domain, SERVER_PATH)
+        .map_err(|e| TokenServiceError::Setup(e.to_string()))
+}
+
+/// Identity chaining from this workload's trust domain into another
+/// (draft-ietf-oauth-identity-chaining): a Txn-Token of this domain becomes an access
+/// token of the other, for the same subject.
+///
+/// [`ChainClient::access_token`] asks this domain's token service for a grant, then
+/// presents it to the other domain's token service with a JWT-SVID of this workload as
+/// the client assertion. That server is reached without a client certificate (it does
+/// not take this domain's) and must present the X509-SVID of
+/// `spiffe://<other trust domain>/wimse/server`, checked against the other domain's
+/// bundle, which this workload holds when its entry federates with that domain.
+#[derive(Clone, Debug)]
+pub struct ChainClient {
+    home: TokenServiceClient,
+    source: CredentialSource,
+    trust_domain: TrustDomain,
+    client: Client<MtlsConnector, Full<Bytes>>,
+    endpoint: http::Uri,
+}
+
+impl ChainClient {
+    /// A client chaining from the trust domain of `source` (its server at
+    /// `home_server`) into `trust_domain` (its server at `other_server`), both
+    /// `host:port`.
+    pub fn new(
+        source: &CredentialSource,
+        home_server: &str,
+        trust_domain: TrustDomain,
+        other_server: &str,
+    ) -> Result<Self, TokenServiceError> {
+        let allow = PeerAllowList {
+            ids: [server_id(&trust_domain)?].into(),
+            trust_domains: std::collections::BTreeSet::new(),
+        };
+        let endpoint = format!("https://{other_server}{TOKEN_PATH}")
+            .parse()
+            .map_err(|e| TokenServiceError::Setup(format!("server address: {e}")))?;
+        let config = crate::tls::server_auth_config(source, allow)?;
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(MtlsConnector::with_config(std::sync::Arc::new(config)));
+        Ok(ChainClient {
+            home: TokenServiceClient::new(source, home_server)?,
+            source: source.clone(),
+            trust_domain,
+            client,
+            endpoint,
+        })
+    }
+
+    /// The trust domain this client chains into.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// An access token of the other trust domain for the subject of `txn_token`, of
+    /// `scope` or, with `None`, the scope the grant carries.
+    pub async fn access_token(
+        &self,
+        txn_token: &str,
+        scope: Option<&Scope>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        let grant = self
+            .home
+            .grant(txn_token, &self.trust_domain, scope)
+            .await?;
+        let me = self
+            .source
+            .current()
+            .id()
+            .cloned()
+            .ok_or(TokenServiceError::NoIdentity)?;
+        let assertion = self
+            .source
+            .jwt_svid(&service_id(&self.trust_domain))
+            .await
             .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
-        let response = self
-            .client
-            .request(http_request)
-            .await
-            .map_err(|e| TokenServiceError::Transport(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_REQUEST_BYTES)
-            .collect()
-            .await
-            .map_err(|e| TokenServiceError::Transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let error: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
-            let text = |name: &str| {
-                error
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            return Err(TokenServiceError::Refused {
-                status: status.as_u16(),
-                error: text("error"),
-                description: text("error_description"),
-            });
-        }
-        let answer: ExchangeResponse = serde_json::from_slice(&body)
-            .map_err(|e| TokenServiceError::Malformed(e.to_string()))?;
-        if answer.issued_token_type != token_type::TXN_TOKEN || answer.token_type != "N_A" {
-            return Err(TokenServiceError::Malformed(format!(
-                "issued `{}` with token type `{}`",
-                answer.issued_token_type, answer.token_type
-            )));
-        }
-        Ok(answer)
+        let request = JwtBearerRequest {
+            assertion: grant.access_token,
+            scope: scope.cloned(),
+            client_assertion: Some(assertion),
+            client_id: Some(me.to_string()),
+        };
+        let answer = post_form(&self.client, &self.endpoint, request.to_form()).await?;
+        expect_type(answer, token_type::ACCESS_TOKEN, "Bearer")
     }
 }

@@ -12,6 +12,7 @@
 
 use super::exchange::Scope;
 use super::{Audience, TokenError, Validation};
+use crate::bundle::{KeyUse, TrustBundle};
 use crate::jose::{Algorithm, Jwk, JwkSet, Jws, PublicKey};
 use serde::Deserialize;
 
@@ -27,6 +28,8 @@ pub struct TrustedIssuer {
     /// The widest scope a transaction it starts may have (`None`: what its token grants).
     pub max_scope: Option<Scope>,
     keys: Vec<(Option<String>, PublicKey)>,
+    /// Whether its tokens must say `typ` `at+jwt` (our own token service's do).
+    typed: bool,
 }
 
 impl TrustedIssuer {
@@ -55,7 +58,29 @@ impl TrustedIssuer {
             subject_prefix,
             max_scope: None,
             keys,
+            typed: false,
         })
+    }
+
+    /// The token service of `bundle`'s trust domain, as the issuer of the access tokens
+    /// it grants for chained identities ([`super::chain`]): `iss` its service ID, `aud`
+    /// the trust domain's name, its `jwt-svid` keys, `typ` `at+jwt` required, and the
+    /// subject kept as issued (it was mapped when the grant was accepted). Built from the
+    /// current bundle, so key rotation needs nothing more.
+    pub fn token_service_of(bundle: &TrustBundle) -> Self {
+        let trust_domain = bundle.trust_domain();
+        TrustedIssuer {
+            issuer: super::chain::service_id(trust_domain),
+            audience: trust_domain.to_string(),
+            subject_prefix: String::new(),
+            max_scope: None,
+            keys: bundle
+                .authorities(KeyUse::JwtSvid)
+                .iter()
+                .map(|a| (Some(a.kid.clone()), a.key.clone()))
+                .collect(),
+            typed: true,
+        }
     }
 
     /// [`TrustedIssuer::new`] with the JWK Set as JSON text (a `jwks_file`'s content),
@@ -177,6 +202,15 @@ pub fn verify_access_token<'a>(
                 claim: "iss",
                 reason: format!("`{named}` is not a trusted issuer"),
             })?;
+    if issuer.typed {
+        if !header.typ_is("at+jwt") {
+            return Err(TokenError::WrongType {
+                expected: "at+jwt",
+                found: header.typ.clone().unwrap_or_default(),
+            });
+        }
+        header.kid.as_ref().ok_or(TokenError::MissingKid)?;
+    }
     jws.verify(issuer.key(header.kid.as_deref())?)?;
     let claims: RawClaims = jws.claims()?;
     if claims.iss.as_deref() != Some(issuer.issuer.as_str()) {

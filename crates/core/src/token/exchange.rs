@@ -61,6 +61,9 @@ pub enum ExchangeError {
     /// The audience is not this trust domain.
     #[error("invalid_target: {0}")]
     InvalidTarget(String),
+    /// A presented grant (RFC 7523) is invalid, expired, replayed or not for this caller.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
     /// The service could not issue a token it would otherwise have issued.
     #[error("server_error: {0}")]
     ServerError(String),
@@ -76,6 +79,7 @@ impl ExchangeError {
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
+            Self::InvalidGrant(_) => "invalid_grant",
             Self::ServerError(_) => "server_error",
         }
     }
@@ -89,6 +93,7 @@ impl ExchangeError {
             | Self::UnsupportedGrantType(d)
             | Self::InvalidScope(d)
             | Self::InvalidTarget(d)
+            | Self::InvalidGrant(d)
             | Self::ServerError(d) => d,
         }
     }
@@ -307,7 +312,8 @@ impl ExchangeRequest {
             Some(GRANT_TYPE) => {}
             Some(other) => {
                 return Err(ExchangeError::UnsupportedGrantType(format!(
-                    "grant type `{other}` is not supported; use `{GRANT_TYPE}`"
+                    "grant type `{other}` is not supported; use `{GRANT_TYPE}` or `{}`",
+                    super::chain::JWT_BEARER
                 )));
             }
         }
@@ -378,6 +384,134 @@ impl ExchangeRequest {
     }
 }
 
+/// A request to the token endpoint: a token exchange, or a grant presented under RFC 7523.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRequest {
+    /// `grant_type` token exchange (RFC 8693).
+    Exchange(Box<ExchangeRequest>),
+    /// `grant_type` jwt-bearer (RFC 7523 §2.1).
+    JwtBearer(JwtBearerRequest),
+}
+
+impl TokenRequest {
+    /// Parses a form body by its `grant_type`; every refusal of
+    /// [`ExchangeRequest::parse`] and [`JwtBearerRequest::parse`] applies.
+    pub fn parse(body: &[u8]) -> Result<Self, ExchangeError> {
+        let jwt_bearer = form_urlencoded::parse(body)
+            .find(|(name, _)| name == "grant_type")
+            .is_some_and(|(_, value)| value == super::chain::JWT_BEARER);
+        if jwt_bearer {
+            JwtBearerRequest::parse(body).map(Self::JwtBearer)
+        } else {
+            ExchangeRequest::parse(body).map(|r| Self::Exchange(Box::new(r)))
+        }
+    }
+}
+
+/// A JWT authorization grant presented for an access token (RFC 7523 §2.1), with the
+/// client authenticated by a JWT-SVID (draft-ietf-oauth-spiffe-client-auth).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtBearerRequest {
+    /// The grant.
+    pub assertion: String,
+    /// The scope asked for (default: the grant's).
+    pub scope: Option<Scope>,
+    /// The client's JWT-SVID, when it authenticates by one.
+    pub client_assertion: Option<String>,
+    /// `client_id`, when sent: must name the authenticated client.
+    pub client_id: Option<String>,
+}
+
+impl fmt::Debug for JwtBearerRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The grant and the client assertion are credentials: never printed.
+        f.debug_struct("JwtBearerRequest")
+            .field("scope", &self.scope)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtBearerRequest {
+    /// Parses a form body: `grant_type` jwt-bearer, one `assertion`, an optional scope,
+    /// and client authentication by `client_assertion_type` jwt-spiffe with one
+    /// `client_assertion` (both or neither). Any single-valued parameter given twice is
+    /// refused, as in [`ExchangeRequest::parse`].
+    pub fn parse(body: &[u8]) -> Result<Self, ExchangeError> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(invalid(format!(
+                "the request is longer than {MAX_REQUEST_BYTES} bytes"
+            )));
+        }
+        let mut grant_type = None;
+        let mut assertion = None;
+        let mut scope = None;
+        let mut assertion_type = None;
+        let mut client_assertion = None;
+        let mut client_id = None;
+        for (name, value) in form_urlencoded::parse(body) {
+            if value.is_empty() {
+                continue;
+            }
+            let slot = match name.as_ref() {
+                "grant_type" => &mut grant_type,
+                "assertion" => &mut assertion,
+                "scope" => &mut scope,
+                "client_assertion_type" => &mut assertion_type,
+                "client_assertion" => &mut client_assertion,
+                "client_id" => &mut client_id,
+                _ => continue,
+            };
+            set_once(slot, &name, value.into_owned())?;
+        }
+        if grant_type.as_deref() != Some(super::chain::JWT_BEARER) {
+            return Err(ExchangeError::UnsupportedGrantType(format!(
+                "expected grant type `{}`",
+                super::chain::JWT_BEARER
+            )));
+        }
+        let assertion = assertion.ok_or_else(|| invalid("parameter `assertion` is missing"))?;
+        match (assertion_type.as_deref(), &client_assertion) {
+            (None, None) | (Some(super::chain::JWT_SPIFFE_ASSERTION), Some(_)) => {}
+            (Some(other), Some(_)) => {
+                return Err(ExchangeError::InvalidClient(format!(
+                    "client assertion type `{other}` is not supported; use `{}`",
+                    super::chain::JWT_SPIFFE_ASSERTION
+                )));
+            }
+            _ => {
+                return Err(invalid(
+                    "`client_assertion` and `client_assertion_type` must come together",
+                ));
+            }
+        }
+        Ok(JwtBearerRequest {
+            assertion,
+            scope: scope.as_deref().map(Scope::parse).transpose()?,
+            client_assertion,
+            client_id,
+        })
+    }
+
+    /// Encodes the request as a form body (the client side).
+    pub fn to_form(&self) -> String {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", super::chain::JWT_BEARER);
+        form.append_pair("assertion", &self.assertion);
+        if let Some(scope) = &self.scope {
+            form.append_pair("scope", &scope.to_string());
+        }
+        if let Some(assertion) = &self.client_assertion {
+            form.append_pair("client_assertion_type", super::chain::JWT_SPIFFE_ASSERTION);
+            form.append_pair("client_assertion", assertion);
+        }
+        if let Some(id) = &self.client_id {
+            form.append_pair("client_id", id);
+        }
+        form.finish()
+    }
+}
+
 /// A successful token exchange response (RFC 8693 §2.2.1).
 #[derive(Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExchangeResponse {
@@ -423,6 +557,55 @@ mod tests {
         ("subject_token", "a.b.c"),
         ("subject_token_type", token_type::ACCESS_TOKEN),
     ];
+
+    #[test]
+    fn a_jwt_bearer_request_parses_round_trips_and_is_told_apart() {
+        use crate::token::chain::{JWT_BEARER, JWT_SPIFFE_ASSERTION};
+        let pairs = [
+            ("grant_type", JWT_BEARER),
+            ("assertion", "g.g.g"),
+            ("scope", "orders"),
+            ("client_assertion_type", JWT_SPIFFE_ASSERTION),
+            ("client_assertion", "c.c.c"),
+            ("client_id", "spiffe://a.example/egress"),
+        ];
+        let TokenRequest::JwtBearer(request) = TokenRequest::parse(&body(&pairs)).unwrap() else {
+            panic!("not a jwt-bearer request");
+        };
+        assert_eq!(request.assertion, "g.g.g");
+        assert_eq!(request.client_assertion.as_deref(), Some("c.c.c"));
+        assert_eq!(
+            JwtBearerRequest::parse(request.to_form().as_bytes()).unwrap(),
+            request
+        );
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("g.g.g") && !shown.contains("c.c.c"),
+            "{shown}"
+        );
+        assert!(matches!(
+            TokenRequest::parse(&body(&BASE)).unwrap(),
+            TokenRequest::Exchange(_)
+        ));
+        let code = |pairs: &[(&str, &str)]| TokenRequest::parse(&body(pairs)).unwrap_err().code();
+        assert_eq!(code(&pairs[..1]), "invalid_request");
+        assert_eq!(code(&[pairs[0], pairs[1], pairs[1]]), "invalid_request");
+        assert_eq!(code(&[pairs[0], pairs[1], pairs[0]]), "invalid_request");
+        assert_eq!(code(&[pairs[0], pairs[1], pairs[4]]), "invalid_request");
+        assert_eq!(
+            code(&[
+                pairs[0],
+                pairs[1],
+                ("client_assertion_type", "urn:x"),
+                pairs[4]
+            ]),
+            "invalid_client"
+        );
+        assert_eq!(
+            code(&[("grant_type", "password")]),
+            "unsupported_grant_type"
+        );
+    }
 
     #[test]
     fn a_full_request_parses_and_round_trips() {

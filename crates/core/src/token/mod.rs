@@ -7,6 +7,8 @@
 //! | JWT-SVID | `JWT`/`JOSE`/absent | [`jwt_svid`] |
 //! | Transaction Token | `txntoken+jwt` | [`txn`] |
 //! | OAuth access token (from a trusted outside issuer) | `at+jwt`/`JWT`/absent | [`access`] |
+//! | OAuth access token (our own, for a chained grant) | `at+jwt` | [`chain`], [`access`] |
+//! | JWT authorization grant (identity chaining) | `authorization-grant+jwt` | [`chain`] |
 //!
 //! Every verifier checks `typ` first, so one kind can never pass as another (cross-JWT
 //! confusion, RFC 8725 §3.11), then finds the key only in the bundle of the trust domain
@@ -16,6 +18,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod chain;
 pub mod exchange;
 pub mod jwt_svid;
 pub mod replay;
