@@ -47,29 +47,6 @@ fn id(trust_domain: &str, path: &str) -> String {
     format!("spiffe://{trust_domain}{path}")
 }
 
-/// `server` trusts `other`'s trust domain: the operator copies `other`'s bundle once, and
-/// from then on `server` fetches it from `other`'s bundle endpoint.
-fn federate(server: &Server, other: &Server, dir: &Path) {
-    let bundle = dir.join(format!("{}-bundle.json", other.trust_domain));
-    let json = other.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
-    std::fs::write(&bundle, json).unwrap();
-    server.admin_ok(&[
-        "server",
-        "federation",
-        "create",
-        "--trust-domain",
-        &other.trust_domain,
-        "--bundle-endpoint-url",
-        &format!("https://{}/.well-known/spiffe-bundle", other.addr),
-        "--profile",
-        "https_spiffe",
-        "--endpoint-spiffe-id",
-        &id(&other.trust_domain, "/wimse/server"),
-        "--trust-bundle",
-        bundle.to_str().unwrap(),
-    ]);
-}
-
 /// The partner's service: says who called what.
 async fn service() -> u16 {
     let app = axum::Router::new().fallback(
@@ -189,8 +166,8 @@ async fn a_workload_calls_a_service_of_a_federated_trust_domain() {
     );
 
     // Federate both ways, and let the two workloads receive each other's bundles.
-    federate(&partner.server, &home.server, tmp.path());
-    federate(&home.server, &partner.server, tmp.path());
+    partner.server.federate_with(&home.server, tmp.path());
+    home.server.federate_with(&partner.server, tmp.path());
     partner.server.admin_ok(&[
         "server",
         "entry",

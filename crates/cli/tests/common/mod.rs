@@ -208,6 +208,30 @@ impl Server {
             .to_owned()
     }
 
+    /// This server trusts `other`'s trust domain: the operator copies `other`'s bundle
+    /// once (into `dir`), and from then on this server fetches it from `other`'s bundle
+    /// endpoint (`https_spiffe`).
+    pub fn federate_with(&self, other: &Server, dir: &Path) {
+        let bundle = dir.join(format!("{}-bundle.json", other.trust_domain));
+        let json = other.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
+        std::fs::write(&bundle, json).unwrap();
+        self.admin_ok(&[
+            "server",
+            "federation",
+            "create",
+            "--trust-domain",
+            &other.trust_domain,
+            "--bundle-endpoint-url",
+            &format!("https://{}/.well-known/spiffe-bundle", other.addr),
+            "--profile",
+            "https_spiffe",
+            "--endpoint-spiffe-id",
+            &format!("spiffe://{}/wimse/server", other.trust_domain),
+            "--trust-bundle",
+            bundle.to_str().unwrap(),
+        ]);
+    }
+
     /// SIGTERM, a clean exit, and no admin socket left behind.
     pub fn stop(mut self) {
         assert!(
