@@ -81,7 +81,9 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
     }
     let metrics = Arc::clone(gateway.metrics());
     let egress_metrics = match config.egress {
-        Some(egress) => Some(serve_egress(egress, &source, audit.as_ref()).await?),
+        Some(egress) => {
+            Some(serve_egress(egress, &source, &config.server_address, audit.as_ref()).await?)
+        }
         None => None,
     };
     let listener = listen(config.listen).await?;
@@ -122,6 +124,7 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
 async fn serve_egress(
     config: EgressConfig,
     source: &CredentialSource,
+    server_address: &str,
     audit: Option<&Arc<wimse_audit::AuditLog>>,
 ) -> Result<Arc<Metrics>, CommandError> {
     let policy = Arc::new(if let Some(path) = &config.policy {
@@ -137,7 +140,7 @@ async fn serve_egress(
     if let Some(log) = audit {
         layer = layer.with_audit(Arc::clone(log));
     }
-    let router = Egress::new(config.routes)
+    let router = Egress::new(config.routes, Some((source, server_address)))
         .map_err(|e| CommandError::Gateway(format!("egress: {e}")))?
         .with_metrics(Arc::clone(&metrics))
         .router()

@@ -120,7 +120,8 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
             "[token_service]\nrequesters = [\"{gw}\"]\n\n\
              [[token_service.issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"wimse\"\n\
              jwks_file = \"{jwks}\"\nsubject_prefix = \"user:\"\n\n\
-             [[token_service.chain_to]]\ntrust_domain = \"{PARTNER}\"\nrequesters = [\"{egress}\"]\n",
+             [[token_service.chain_to]]\ntrust_domain = \"{PARTNER}\"\n\
+             requesters = [\"{egress}\", \"{gw}\"]\n",
             jwks = jwks.display(),
         ),
     );
@@ -306,6 +307,97 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     let (status, _, body) = call(format!("Bearer {txn}")).await.unwrap();
     assert_eq!(status, 401, "{body}");
 
+    // The same through home's gateway egress, for a workload that knows nothing of
+    // chaining: workload 1 sends its call with its transaction through its outbound
+    // proxy; the egress (as /gw) carries the transaction to the partner and calls the
+    // partner's gateway with the access token it gets.
+    let (p_home_gw, p_egress, p_w1) = (free_port(), free_port(), free_port());
+    let egress_policy = tmp.path().join("egress.cedar");
+    std::fs::write(
+        &egress_policy,
+        format!(
+            "permit(principal == Workload::\"{w1}\", action == Action::\"GET\", resource) \
+             when {{ context.path like \"/partner/*\" }};\n"
+        ),
+    )
+    .unwrap();
+    let home_gateway_config = tmp.path().join("home-gateway.toml");
+    std::fs::write(
+        &home_gateway_config,
+        format!(
+            "listen = \"127.0.0.1:{p_home_gw}\"\nserver_address = \"{home_server}\"\n\
+             agent_socket = \"{socket}\"\nspiffe_id = \"{gw}\"\n\n\
+             [[issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"wimse\"\njwks_file = \"{jwks}\"\n\n\
+             [[routes]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\nscope = \"orders\"\n\n\
+             [egress]\nlisten = \"127.0.0.1:{p_egress}\"\npolicy = \"{policy}\"\n\n\
+             [[egress.routes]]\nprefix = \"/partner\"\nupstream = \"http://127.0.0.1:{p_gw}\"\n\
+             strip_prefix = true\nchain_to = \"{PARTNER}\"\nchain_server = \"{partner_server}\"\n\
+             token_scope = \"orders\"\n",
+            socket = home.agent.socket.display(),
+            jwks = jwks.display(),
+            policy = egress_policy.display(),
+        ),
+    )
+    .unwrap();
+    let home_gateway = Proxy::start(
+        tmp.path(),
+        "home-gateway",
+        &[
+            "gateway",
+            "run",
+            "--config",
+            home_gateway_config.to_str().unwrap(),
+        ],
+        p_home_gw,
+    );
+    let home_socket = home.agent.socket.display().to_string();
+    let _w1_out = Proxy::start(
+        tmp.path(),
+        "w1-outbound",
+        &[
+            "proxy",
+            "outbound",
+            "--listen",
+            &format!("127.0.0.1:{p_w1}"),
+            "--socket",
+            &home_socket,
+            "--spiffe-id",
+            &w1,
+            "--proof",
+            "wit-wpt",
+        ],
+        p_w1,
+    );
+    let via_egress = move |txn: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<(&str, &str)> =
+                txn.iter().map(|t| ("Txn-Token", t.as_str())).collect();
+            http_full(
+                p_w1,
+                &format!("GET http://127.0.0.1:{p_egress}/partner/api/orders/8"),
+                &headers,
+                "",
+            )
+        })
+    };
+    for _ in 0..2 {
+        let (status, _, body) = via_egress(Some(txn.clone())).await.unwrap();
+        assert_eq!(status, 200, "{body}\n{}", home_gateway.log());
+        let claims = wimse_core::token::txn::verify_txn_token_in(
+            body.trim(),
+            &partner.server.bundle(),
+            &Validation::at(unix_now()),
+        )
+        .unwrap();
+        assert_eq!(claims.sub, format!("{TRUST_DOMAIN}/user:alice"));
+        assert_eq!(claims.scope, "orders");
+    }
+    // Without a transaction there is nothing to carry.
+    let (status, _, body) = via_egress(None).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("txn-token-required"), "{body}");
+    assert!(home_gateway.stop(), "the home gateway stops cleanly");
+
     // Both servers audited their half, with hashes of the tokens only (read after a clean
     // stop, which writes out what the log still held).
     let audit = |d: Domain| {
@@ -315,8 +407,10 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     };
     let (home_audit, partner_audit) = (audit(home), audit(partner));
     assert!(home_audit.contains("\"grant_issued\""), "{home_audit}");
-    assert!(
-        partner_audit.contains("\"access_token_issued\""),
+    // One access token for the direct chain, one for the egress's two calls (reused).
+    assert_eq!(
+        partner_audit.matches("\"access_token_issued\"").count(),
+        2,
         "{partner_audit}"
     );
     for log in [&home_audit, &partner_audit] {

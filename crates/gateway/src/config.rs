@@ -44,6 +44,14 @@
 //! client_id = "wimse-gateway"                   #   for the gateway (client credentials)
 //! client_secret_file = "/etc/wimse/partner-secret"
 //! token_scope = "orders.read"
+//!
+//! [[egress.routes]]                             # identity chaining into a federated trust domain:
+//! prefix = "/partner-orders"                    #   the caller's Txn-Token becomes an access token
+//! upstream = "https://gateway.partner.example"  #   of partner.example for the same subject
+//! ca_file = "/etc/wimse/partner-roots.pem"
+//! chain_to = "partner.example"                  # the trust domain (its bundle held by federation)
+//! chain_server = "wimse.partner.example:8443"   # its server (token service), host:port
+//! token_scope = "orders"                        # optional: the scope asked for
 //! ```
 //!
 //! Every value is checked when the file is read; a bad one is named with its place
@@ -54,12 +62,12 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use wimse_core::WorkloadId;
 use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
+use wimse_core::{TrustDomain, WorkloadId};
 use wimse_workload::ProofMethod;
 
-use crate::egress::{EgressRoute, OutsideClient};
+use crate::egress::{ChainRoute, EgressRoute, OutsideClient};
 use crate::route::{Route, RouteError, Routes};
 
 /// A setting that is missing or wrong.
@@ -152,6 +160,8 @@ struct EgressRouteFile {
     client_id: Option<String>,
     client_secret_file: Option<PathBuf>,
     token_scope: Option<String>,
+    chain_to: Option<String>,
+    chain_server: Option<String>,
 }
 
 /// The checked `[egress]` table.
@@ -356,10 +366,24 @@ fn load_egress_route(file: EgressRouteFile) -> Result<EgressRoute, (&'static str
             RouteError::Upstream(m) => (".upstream", m),
         })?;
     let route = route.with_timeout(route_timeout(file.timeout).map_err(|m| (".timeout", m))?);
+    let chain = load_chain(
+        file.chain_to,
+        file.chain_server,
+        file.token_scope.as_deref(),
+    )?;
+    if chain.is_some() && file.token_endpoint.is_some() {
+        return Err((
+            ".chain_to",
+            "a route gets its token by `chain_to` or by `token_endpoint`, not both".into(),
+        ));
+    }
     let outside_client = match (file.token_endpoint, file.client_id, file.client_secret_file) {
         (None, None, None) => {
-            if file.token_scope.is_some() {
-                return Err((".token_scope", "needs `token_endpoint`".into()));
+            if file.token_scope.is_some() && chain.is_none() {
+                return Err((
+                    ".token_scope",
+                    "needs `token_endpoint` or `chain_to`".into(),
+                ));
             }
             None
         }
@@ -427,7 +451,39 @@ fn load_egress_route(file: EgressRouteFile) -> Result<EgressRoute, (&'static str
         route,
         tls,
         outside_client,
+        chain,
     })
+}
+
+/// A route's identity chaining settings: `chain_to` and `chain_server` together.
+fn load_chain(
+    chain_to: Option<String>,
+    chain_server: Option<String>,
+    scope: Option<&str>,
+) -> Result<Option<ChainRoute>, (&'static str, String)> {
+    match (chain_to, chain_server) {
+        (None, None) => Ok(None),
+        (Some(td), Some(server)) => {
+            let trust_domain =
+                TrustDomain::new(&td).map_err(|e| (".chain_to", format!("`{td}`: {e}")))?;
+            if server.trim().is_empty() || !server.contains(':') || server.contains('/') {
+                return Err((
+                    ".chain_server",
+                    format!("`{server}`: give the other trust domain's server as `host:port`"),
+                ));
+            }
+            let scope = scope
+                .map(Scope::parse)
+                .transpose()
+                .map_err(|e| (".token_scope", e.to_string()))?;
+            Ok(Some(ChainRoute {
+                trust_domain,
+                server_address: server,
+                scope,
+            }))
+        }
+        _ => Err(("", "`chain_to` and `chain_server` come together".into())),
+    }
 }
 
 fn load_tls(file: &TlsFile) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
@@ -655,7 +711,33 @@ mod tests {
         assert_eq!(client.client_secret.as_str(), "s3cret");
         assert!(!format!("{client:?}").contains("s3cret"));
         assert!(GatewayConfig::parse(&egress("upstream = \"http://127.0.0.1:1\"\n")).is_ok());
+        let chained = GatewayConfig::parse(&egress(
+            "upstream = \"http://x:1\"\nchain_to = \"partner.example\"\n\
+             chain_server = \"partner:8443\"\ntoken_scope = \"orders\"\n",
+        ))
+        .unwrap();
+        let chain = chained.egress.unwrap().routes[0].chain.clone().unwrap();
+        assert_eq!(chain.trust_domain.as_str(), "partner.example");
+        assert_eq!(chain.server_address, "partner:8443");
+        assert_eq!(chain.scope.unwrap().to_string(), "orders");
         for (route, setting) in [
+            (
+                "upstream = \"http://x:1\"\nchain_to = \"partner.example\"\n",
+                "egress.routes[0]",
+            ),
+            (
+                "upstream = \"http://x:1\"\nchain_to = \"partner example\"\nchain_server = \"p:1\"\n",
+                "egress.routes[0].chain_to",
+            ),
+            (
+                "upstream = \"http://x:1\"\nchain_to = \"partner.example\"\nchain_server = \"https://p:1/x\"\n",
+                "egress.routes[0].chain_server",
+            ),
+            (
+                "upstream = \"http://x:1\"\nchain_to = \"partner.example\"\nchain_server = \"p:1\"\n\
+                 token_endpoint = \"http://y:1/t\"\n",
+                "egress.routes[0].chain_to",
+            ),
             (
                 "upstream = \"https://partner.example\"\n",
                 "egress.routes[0].ca_file",

@@ -14,6 +14,13 @@
 //!   gateway (OAuth client credentials, RFC 6749 §4.4, with HTTP Basic client
 //!   authentication) goes in `Authorization: Bearer`; it is fetched once and reused until
 //!   30 seconds before it expires;
+//! - when the route chains into another trust domain (`chain_to`), the caller's
+//!   Txn-Token is carried there by identity chaining instead
+//!   ([`wimse_workload::token_service::ChainClient`]): this trust domain's token service
+//!   grants it for the gateway, the other domain's token service redeems the grant for an
+//!   access token of that domain, and that goes in `Authorization: Bearer`. The outside
+//!   service learns the transaction's subject (alice) and the gateway, not the internal
+//!   caller. Tokens are reused per transaction until 30 seconds before they expire;
 //! - `https://` destinations are reached with the route's own CA roots, the host name
 //!   checked.
 //!
@@ -29,11 +36,17 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wimse_core::TrustDomain;
+use wimse_core::token::exchange::Scope;
+use wimse_core::token::txn::TXN_HEADER;
+use wimse_workload::CredentialSource;
 use wimse_workload::layer::problem;
 use wimse_workload::proxy::{MAX_OUTBOUND_BODY, strip_hop_by_hop};
 use wimse_workload::tls::MtlsConnector;
+use wimse_workload::token_service::{ChainClient, TokenServiceError};
 use zeroize::Zeroizing;
 
 /// How long before its expiry a cached outside token is replaced.
@@ -66,6 +79,12 @@ pub enum EgressError {
     /// The destination did not start answering within the route's timeout.
     #[error("the destination did not answer within {0:?}")]
     Timeout(Duration),
+    /// A chaining route was called without a Txn-Token to carry.
+    #[error("this destination is reached by identity chaining: send the call's Txn-Token")]
+    NoTransaction,
+    /// A token service refused to carry the transaction into the other trust domain.
+    #[error("identity chaining refused: {0}")]
+    ChainRefused(String),
 }
 
 impl EgressError {
@@ -78,6 +97,8 @@ impl EgressError {
             Self::OutsideToken(_) => "outside-token-unavailable",
             Self::Upstream(_) => "upstream-unavailable",
             Self::Timeout(_) => "upstream-timeout",
+            Self::NoTransaction => "txn-token-required",
+            Self::ChainRefused(_) => "chaining-refused",
         }
     }
 
@@ -90,6 +111,8 @@ impl EgressError {
                 (StatusCode::BAD_GATEWAY, "destination unavailable")
             }
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "destination unavailable"),
+            Self::NoTransaction => (StatusCode::BAD_REQUEST, "request refused"),
+            Self::ChainRefused(_) => (StatusCode::FORBIDDEN, "request refused"),
         };
         problem(status, self.code(), title, &self.to_string())
     }
@@ -270,6 +293,66 @@ impl OutsideTokens {
     }
 }
 
+/// Identity chaining for one route: where the caller's transaction is carried.
+#[derive(Clone, Debug)]
+pub struct ChainRoute {
+    /// The destination's trust domain (federated with this one).
+    pub trust_domain: TrustDomain,
+    /// Its server (token service), `host:port`.
+    pub server_address: String,
+    /// The scope to ask for (default: what the grant carries).
+    pub scope: Option<Scope>,
+}
+
+/// The most transactions whose chained tokens are kept at once.
+const MAX_CHAINED: usize = 4096;
+
+/// Access tokens of another trust domain for one route, per transaction.
+struct ChainedTokens {
+    client: ChainClient,
+    scope: Option<Scope>,
+    /// SHA-256 of the Txn-Token → its access token there.
+    cached: tokio::sync::Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+impl ChainedTokens {
+    async fn get(&self, txn_token: &str) -> Result<Zeroizing<String>, EgressError> {
+        let key = wimse_core::digest::sha256(txn_token.as_bytes());
+        if let Some(c) = self.cached.lock().await.get(&key)
+            && Instant::now() < c.refresh_at
+        {
+            return Ok(c.token.clone());
+        }
+        let answer = tokio::time::timeout(
+            crate::ingress::EXCHANGE_TIMEOUT,
+            self.client.access_token(txn_token, self.scope.as_ref()),
+        )
+        .await
+        .map_err(|_| EgressError::OutsideToken("a token service did not answer".into()))?
+        .map_err(|e| match e {
+            TokenServiceError::Refused {
+                error, description, ..
+            } => EgressError::ChainRefused(format!("{error}: {description}")),
+            other => EgressError::OutsideToken(other.to_string()),
+        })?;
+        let token = Zeroizing::new(answer.access_token);
+        let lifetime = lifetime(u64::try_from(answer.expires_in).ok());
+        let now = Instant::now();
+        let mut cached = self.cached.lock().await;
+        cached.retain(|_, c| now < c.refresh_at);
+        if cached.len() < MAX_CHAINED {
+            cached.insert(
+                key,
+                Cached {
+                    token: token.clone(),
+                    refresh_at: now + lifetime.saturating_sub(REFRESH_MARGIN),
+                },
+            );
+        }
+        Ok(token)
+    }
+}
+
 /// One egress route, as configured.
 #[derive(Debug)]
 pub struct EgressRoute {
@@ -279,12 +362,15 @@ pub struct EgressRoute {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The gateway's OAuth client at the destination's authorization server, if any.
     pub outside_client: Option<OutsideClient>,
+    /// Identity chaining into the destination's trust domain, if the route does that.
+    pub chain: Option<ChainRoute>,
 }
 
 /// A route with its client and token cache.
 struct Destination {
     http: HttpClient,
     tokens: Option<OutsideTokens>,
+    chained: Option<ChainedTokens>,
 }
 
 /// The egress side: outgoing requests of internal workloads, authenticated in front by a
@@ -304,10 +390,35 @@ impl std::fmt::Debug for Egress {
 }
 
 impl Egress {
-    /// The egress over `routes`; refused when two have the same prefix.
-    pub fn new(routes: Vec<EgressRoute>) -> Result<Self, String> {
+    /// The egress over `routes`; refused when two have the same prefix. Routes that chain
+    /// into another trust domain need `identity`: the gateway's credentials and its own
+    /// server's address (`host:port`).
+    pub fn new(
+        routes: Vec<EgressRoute>,
+        identity: Option<(&CredentialSource, &str)>,
+    ) -> Result<Self, String> {
         let mut destinations = Vec::with_capacity(routes.len());
         for r in routes {
+            let chained = match (&r.chain, identity) {
+                (None, _) => None,
+                (Some(chain), Some((source, home))) => Some(ChainedTokens {
+                    client: ChainClient::new(
+                        source,
+                        home,
+                        chain.trust_domain.clone(),
+                        &chain.server_address,
+                    )
+                    .map_err(|e| e.to_string())?,
+                    scope: chain.scope.clone(),
+                    cached: tokio::sync::Mutex::new(HashMap::new()),
+                }),
+                (Some(_), None) => {
+                    return Err(format!(
+                        "route `{}` chains into another trust domain and needs the gateway's identity",
+                        r.route.prefix()
+                    ));
+                }
+            };
             let http = HttpClient::new(r.tls.as_ref().filter(|_| r.route.is_https()));
             let tokens = r.outside_client.map(|client| OutsideTokens {
                 http: HttpClient::new(
@@ -318,7 +429,14 @@ impl Egress {
                 client,
                 cached: tokio::sync::Mutex::new(None),
             });
-            destinations.push((r.route, Destination { http, tokens }));
+            destinations.push((
+                r.route,
+                Destination {
+                    http,
+                    tokens,
+                    chained,
+                },
+            ));
         }
         Ok(Egress {
             routes: Routes::with(destinations)?,
@@ -365,9 +483,23 @@ impl Egress {
         parts.uri = target
             .parse()
             .map_err(|e| EgressError::Upstream(format!("`{target}`: {e}")))?;
+        // Read before the inward headers go: the transaction a chaining route carries.
+        let txn_token = parts
+            .headers
+            .get(TXN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         strip_inward(&mut parts.headers);
-        if let Some(tokens) = &destination.tokens {
-            let token = tokens.get().await?;
+        let token = match (&destination.tokens, &destination.chained) {
+            (Some(tokens), _) => Some(tokens.get().await?),
+            (None, Some(chained)) => Some(
+                chained
+                    .get(&txn_token.ok_or(EgressError::NoTransaction)?)
+                    .await?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(token) = token {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
                 .map_err(|_| EgressError::OutsideToken("the token is not header text".into()))?;
             value.set_sensitive(true);
@@ -425,11 +557,15 @@ mod tests {
         let route = Route::outward("/slow", &format!("http://127.0.0.1:{port}"), false)
             .unwrap()
             .with_timeout(Duration::from_millis(300));
-        let egress = Egress::new(vec![EgressRoute {
-            route,
-            tls: None,
-            outside_client: None,
-        }])
+        let egress = Egress::new(
+            vec![EgressRoute {
+                route,
+                tls: None,
+                outside_client: None,
+                chain: None,
+            }],
+            None,
+        )
         .unwrap();
         let started = Instant::now();
         let response = egress

@@ -699,7 +699,7 @@ mod tests {
             "[[token_service.chain_to]]\ntrust_domain = \"b.example\"\nrequesters = [\"spiffe://b.example/gw\"]",
             "[[token_service.chain_from]]\ntrust_domain = \"b.example\"\nclients = [\"spiffe://prod.example/gw\"]",
             "[[token_service.chain_from]]\ntrust_domain = \"b.example\"\n[[token_service.chain_from]]\ntrust_domain = \"b.example\"",
-            "[[token_service.chain_from]]\ntrust_domain = \"B..example\"",
+            "[[token_service.chain_from]]\ntrust_domain = \"b example\"",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
