@@ -104,14 +104,13 @@ impl EgressError {
 
     fn response(&self) -> Response<Body> {
         let (status, title) = match self {
-            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "request refused"),
+            Self::BadPath(_) | Self::NoTransaction => (StatusCode::BAD_REQUEST, "request refused"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "not found"),
             Self::Body(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request body refused"),
             Self::OutsideToken(_) | Self::Upstream(_) => {
                 (StatusCode::BAD_GATEWAY, "destination unavailable")
             }
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "destination unavailable"),
-            Self::NoTransaction => (StatusCode::BAD_REQUEST, "request refused"),
             Self::ChainRefused(_) => (StatusCode::FORBIDDEN, "request refused"),
         };
         problem(status, self.code(), title, &self.to_string())
@@ -604,6 +603,12 @@ mod tests {
                 "upstream-unavailable",
             ),
             (EgressError::Body("x".into()), 413, "body-unreadable"),
+            (EgressError::NoTransaction, 400, "txn-token-required"),
+            (
+                EgressError::ChainRefused("x".into()),
+                403,
+                "chaining-refused",
+            ),
             (
                 EgressError::Timeout(Duration::from_secs(1)),
                 504,
