@@ -24,7 +24,8 @@
 //! - [`tls`]: mTLS verifiers, the rotating certificate resolver, and a TLS server loop.
 //! - [`proxy`]: the inbound and outbound sidecar routers.
 //! - [`token_service`]: [`token_service::TokenServiceClient`], Txn-Tokens from the trust
-//!   domain's token service (start a transaction, or narrow one).
+//!   domain's token service (start a transaction, or narrow one), and
+//!   [`token_service::ChainClient`], a transaction carried into a federated trust domain.
 //!
 //! # Where to start reading
 //!
