@@ -1,6 +1,7 @@
 //! Fuzzes the strict compact-JWS reader and the token verifiers behind it: no input may
-//! panic, and no arbitrary input may verify as a WIT, WPT-bearing request, JWT-SVID or
-//! Txn-Token against trust anchors whose private keys the fuzzer never sees.
+//! panic, and no arbitrary input may verify as a WIT, WPT-bearing request, JWT-SVID,
+//! Txn-Token or identity-chaining grant against trust anchors whose private keys the
+//! fuzzer never sees.
 
 #![no_main]
 
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
 use wimse_core::jose::{Algorithm, Jws, SigningKey};
 use wimse_core::token::wit::{WitProfile, verify_wit};
-use wimse_core::token::{Validation, jwt_svid, txn};
+use wimse_core::token::{Validation, chain, jwt_svid, txn};
 use wimse_core::TrustDomain;
 
 fn anchors() -> &'static BundleSet {
@@ -43,4 +44,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(verify_wit(token, anchors(), WitProfile::Wimse, &v).is_err());
     assert!(jwt_svid::verify_jwt_svid(token, anchors(), "aud", &v).is_err());
     assert!(txn::verify_txn_token(token, anchors(), &td, &v).is_err());
+    let _ = chain::grant_issuer(token);
+    if let Some(bundle) = anchors().get(&td) {
+        assert!(chain::verify_grant(token, bundle, "spiffe://partner.example", &v).is_err());
+    }
 });

@@ -1,7 +1,7 @@
-//! Fuzzes the token service's input: the RFC 8693 form reader (no input may panic; what
-//! it accepts must survive a round trip through the client's encoder) and the outside
-//! access-token verifier (no arbitrary input may verify against an issuer whose private
-//! key the fuzzer never sees).
+//! Fuzzes the token service's input: the form reader for RFC 8693 exchanges and RFC 7523
+//! jwt-bearer grants (no input may panic; what it accepts must survive a round trip
+//! through the client's encoder) and the outside access-token verifier (no arbitrary
+//! input may verify against an issuer whose private key the fuzzer never sees).
 
 #![no_main]
 
@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use wimse_core::jose::{Algorithm, JwkSet, SigningKey};
 use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
-use wimse_core::token::exchange::ExchangeRequest;
+use wimse_core::token::exchange::{ExchangeRequest, JwtBearerRequest, TokenRequest};
 
 fn issuers() -> &'static [TrustedIssuer] {
     static ISSUERS: OnceLock<Vec<TrustedIssuer>> = OnceLock::new();
@@ -30,9 +30,16 @@ fn issuers() -> &'static [TrustedIssuer] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = ExchangeRequest::parse(data) {
-        let again = ExchangeRequest::parse(request.to_form().as_bytes());
-        assert!(again.as_ref() == Ok(&request), "round trip changed the request");
+    match TokenRequest::parse(data) {
+        Ok(TokenRequest::Exchange(request)) => {
+            let again = ExchangeRequest::parse(request.to_form().as_bytes());
+            assert!(again.as_ref() == Ok(&*request), "round trip changed the request");
+        }
+        Ok(TokenRequest::JwtBearer(request)) => {
+            let again = JwtBearerRequest::parse(request.to_form().as_bytes());
+            assert!(again.as_ref() == Ok(&request), "round trip changed the request");
+        }
+        Err(_) => {}
     }
     if let Ok(token) = std::str::from_utf8(data) {
         let v = Validation::at(1_800_000_000);
