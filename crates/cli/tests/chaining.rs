@@ -21,6 +21,7 @@ use std::time::Duration;
 use wimse_core::TrustDomain;
 use wimse_core::WorkloadId;
 use wimse_core::token::exchange::{Scope, token_type};
+use wimse_core::token::txn::TxnTokenClaims;
 use wimse_core::token::{Validation, unix_now};
 use wimse_workload::CredentialSource;
 use wimse_workload::token_service::{ChainClient, TokenServiceClient, TokenServiceError};
@@ -32,6 +33,13 @@ fn id(trust_domain: &str, path: &str) -> String {
     format!("spiffe://{trust_domain}{path}")
 }
 
+/// `dir/name`, written with `text`.
+fn written(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A trust domain's server (with `config` as its file), agent, and the agent's ID.
 struct Domain {
     server: Server,
@@ -41,8 +49,7 @@ struct Domain {
 
 fn domain(dir: &Path, trust_domain: &str, config: &str) -> Domain {
     std::fs::create_dir_all(dir).unwrap();
-    let file = dir.join("server.toml");
-    std::fs::write(&file, config).unwrap();
+    let file = written(dir, "server.toml", config);
     let server = Server::start_for(
         trust_domain,
         &dir.join("server"),
@@ -84,6 +91,20 @@ async fn service() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
+}
+
+/// The Txn-Token the partner's service answered with: one of the partner's trust domain,
+/// for home's alice, of scope `orders`.
+fn alices_partner_txn(body: &str, partner: &Domain) -> TxnTokenClaims {
+    let claims = wimse_core::token::txn::verify_txn_token_in(
+        body.trim(),
+        &partner.server.bundle(),
+        &Validation::at(unix_now()),
+    )
+    .unwrap();
+    assert_eq!(claims.sub, format!("{TRUST_DOMAIN}/user:alice"));
+    assert_eq!(claims.scope, "orders");
+    claims
 }
 
 fn refused_code(result: Result<impl std::fmt::Debug, TokenServiceError>) -> (String, String) {
@@ -151,15 +172,14 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     // orders), and the partner's gateway admitting chained access tokens.
     let up = service().await;
     let (p_svc, p_gw) = (free_port(), free_port());
-    let policy = tmp.path().join("svc.cedar");
-    std::fs::write(
-        &policy,
-        format!(
+    let policy = written(
+        tmp.path(),
+        "svc.cedar",
+        &format!(
             "permit(principal == Workload::\"{partner_gw}\", action == Action::\"GET\", resource) \
              when {{ context.path like \"/api/orders*\" && context has txn }};\n"
         ),
-    )
-    .unwrap();
+    );
     let socket = partner.agent.socket.display().to_string();
     let _svc = Proxy::start(
         tmp.path(),
@@ -180,17 +200,16 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
         ],
         p_svc,
     );
-    let gateway_config = tmp.path().join("partner-gateway.toml");
-    std::fs::write(
-        &gateway_config,
-        format!(
+    let gateway_config = written(
+        tmp.path(),
+        "partner-gateway.toml",
+        &format!(
             "listen = \"127.0.0.1:{p_gw}\"\nserver_address = \"{server}\"\n\
              agent_socket = \"{socket}\"\nspiffe_id = \"{partner_gw}\"\naccept_chained = true\n\n\
              [[routes]]\nprefix = \"/api/orders\"\nupstream = \"http://127.0.0.1:{p_svc}\"\nscope = \"orders\"\n",
             server = partner.server.addr,
         ),
-    )
-    .unwrap();
+    );
     let partner_gateway = Proxy::start(
         tmp.path(),
         "partner-gateway",
@@ -294,15 +313,7 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     };
     let (status, _, body) = call(bearer).await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", partner_gateway.log());
-    let claims = wimse_core::token::txn::verify_txn_token_in(
-        body.trim(),
-        &partner.server.bundle(),
-        &Validation::at(unix_now()),
-    )
-    .unwrap();
-    assert_eq!(claims.sub, format!("{TRUST_DOMAIN}/user:alice"));
-    assert_eq!(claims.scope, "orders");
-    assert_eq!(claims.req_wl, partner_gw);
+    assert_eq!(alices_partner_txn(&body, &partner).req_wl, partner_gw);
     // Home's own Txn-Token is no access token at the partner.
     let (status, _, body) = call(format!("Bearer {txn}")).await.unwrap();
     assert_eq!(status, 401, "{body}");
@@ -312,19 +323,18 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     // proxy; the egress (as /gw) carries the transaction to the partner and calls the
     // partner's gateway with the access token it gets.
     let (p_home_gw, p_egress, p_w1) = (free_port(), free_port(), free_port());
-    let egress_policy = tmp.path().join("egress.cedar");
-    std::fs::write(
-        &egress_policy,
-        format!(
+    let egress_policy = written(
+        tmp.path(),
+        "egress.cedar",
+        &format!(
             "permit(principal == Workload::\"{w1}\", action == Action::\"GET\", resource) \
              when {{ context.path like \"/partner/*\" }};\n"
         ),
-    )
-    .unwrap();
-    let home_gateway_config = tmp.path().join("home-gateway.toml");
-    std::fs::write(
-        &home_gateway_config,
-        format!(
+    );
+    let home_gateway_config = written(
+        tmp.path(),
+        "home-gateway.toml",
+        &format!(
             "listen = \"127.0.0.1:{p_home_gw}\"\nserver_address = \"{home_server}\"\n\
              agent_socket = \"{socket}\"\nspiffe_id = \"{gw}\"\n\n\
              [[issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"wimse\"\njwks_file = \"{jwks}\"\n\n\
@@ -337,8 +347,7 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
             jwks = jwks.display(),
             policy = egress_policy.display(),
         ),
-    )
-    .unwrap();
+    );
     let home_gateway = Proxy::start(
         tmp.path(),
         "home-gateway",
@@ -383,14 +392,7 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     for _ in 0..2 {
         let (status, _, body) = via_egress(Some(txn.clone())).await.unwrap();
         assert_eq!(status, 200, "{body}\n{}", home_gateway.log());
-        let claims = wimse_core::token::txn::verify_txn_token_in(
-            body.trim(),
-            &partner.server.bundle(),
-            &Validation::at(unix_now()),
-        )
-        .unwrap();
-        assert_eq!(claims.sub, format!("{TRUST_DOMAIN}/user:alice"));
-        assert_eq!(claims.scope, "orders");
+        alices_partner_txn(&body, &partner);
     }
     // Without a transaction there is nothing to carry.
     let (status, _, body) = via_egress(None).await.unwrap();

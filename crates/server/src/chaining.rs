@@ -189,7 +189,7 @@ impl Chaining {
             iss: service_id(trust_domain),
             sub: txn.sub,
             aud: service_id(&target.trust_domain),
-            exp: now.saturating_add(self.grant_ttl).min(signer.not_after),
+            exp: signer.expiry(now, self.grant_ttl)?,
             iat: now,
             jti: random_jti(),
             scope: scope.to_string(),
@@ -198,11 +198,6 @@ impl Chaining {
             },
             txn: Some(txn.txn),
         };
-        if claims.exp <= now {
-            return Err(ExchangeError::ServerError(
-                "the token signing key is at its end of life".into(),
-            ));
-        }
         let grant = issue_grant(signer.key, signer.kid, &claims)
             .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
         Ok((grant, claims))
@@ -296,11 +291,6 @@ impl Chaining {
                 iss: grant.iss,
             },
         };
-        if claims.exp <= now {
-            return Err(ExchangeError::ServerError(
-                "the token signing key is at its end of life".into(),
-            ));
-        }
         let token = issue_access_token(signer.key, signer.kid, &claims)
             .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
         Ok((token, claims))

@@ -85,6 +85,20 @@ pub struct TxnSigner<'a> {
     pub not_after: i64,
 }
 
+impl TxnSigner<'_> {
+    /// The expiry of a token issued at `now` to live `ttl` seconds: never past the key's
+    /// end of life, and refused when that leaves it no life at all.
+    pub fn expiry(&self, now: i64, ttl: i64) -> Result<i64, ExchangeError> {
+        let exp = now.saturating_add(ttl).min(self.not_after);
+        if exp <= now {
+            return Err(ExchangeError::ServerError(
+                "the token signing key is at its end of life".into(),
+            ));
+        }
+        Ok(exp)
+    }
+}
+
 impl TokenService {
     /// Loads the issuers' key files named in `settings`.
     pub fn load(settings: &TokenServiceSettings) -> Result<Self, TokenServiceError> {
@@ -209,14 +223,9 @@ impl TokenService {
             }
         };
         claims.iat = now;
-        claims.exp = now.saturating_add(self.ttl).min(signer.not_after);
+        claims.exp = signer.expiry(now, self.ttl)?;
         claims.aud = Audience::One(trust_domain.to_string());
         claims.req_wl = caller.to_string();
-        if claims.exp <= now {
-            return Err(ExchangeError::ServerError(
-                "the token signing key is at its end of life".into(),
-            ));
-        }
         let token = issue_txn_token(signer.key, signer.kid, &claims)
             .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
         Ok((token, claims))

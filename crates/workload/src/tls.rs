@@ -298,11 +298,20 @@ pub fn client_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(verifying_servers(source, allow)?
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone()))))
+}
+
+/// The TLS 1.3 client builder that accepts servers `allow` lists, by `source`'s bundles.
+fn verifying_servers(
+    source: &CredentialSource,
+    allow: PeerAllowList,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
-        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone()))))
+        .with_custom_certificate_verifier(Arc::new(SvidVerifier::new(source.clone(), allow))))
 }
 
 /// A TLS 1.3 client configuration that presents no certificate and accepts servers
@@ -313,11 +322,7 @@ pub fn server_auth_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
-        .with_no_client_auth())
+    Ok(verifying_servers(source, allow)?.with_no_client_auth())
 }
 
 /// A server configuration (TLS 1.2 and 1.3, no client certificates) from a PEM
