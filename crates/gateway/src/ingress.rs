@@ -6,7 +6,10 @@
 //! 1. The path must be unambiguous ([`check_path`]) and match a route (else 400 / 404).
 //! 2. One `Authorization: Bearer` access token, verified here against the configured
 //!    issuers' keys (RFC 6750: 401 with `WWW-Authenticate` when missing or invalid). This
-//!    first check keeps forged and expired tokens away from the token service.
+//!    first check keeps forged and expired tokens away from the token service. With
+//!    [`Gateway::with_chained_tokens`] the trust domain's own token service counts as one
+//!    more issuer: the access tokens it grants for other domains' transactions
+//!    (identity chaining) admit their clients here.
 //! 3. Its scope must include the route's (else 403 `insufficient_scope`).
 //! 4. The token service exchanges it for a Txn-Token of exactly the route's scope, with
 //!    the client's address in `request_context` (`req_ip`) and the method and path in

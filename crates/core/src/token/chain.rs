@@ -160,7 +160,8 @@ pub fn grant_issuer(grant: &str) -> Result<TrustDomain, TokenError> {
 /// Verifies a grant addressed to `audience` (the verifier's [`service_id`]) against
 /// `bundle`, the bundle of the trust domain [`grant_issuer`] named: `typ`, `kid`, the
 /// signature with that domain's `jwt-svid` key, `iss` exactly that domain's service, one
-/// `aud` exactly `audience`, `exp` (and no more than [`MAX_GRANT_LIFETIME`] ahead), `iat`,
+/// `aud` exactly `audience`, `exp` (and no more than [`MAX_GRANT_LIFETIME`] plus the
+/// leeway ahead), `iat`,
 /// and an actor that is a workload of the issuing domain.
 pub fn verify_grant(
     grant: &str,
@@ -189,7 +190,12 @@ pub fn verify_grant(
     }
     validation.check_exp(claims.exp)?;
     validation.check_iat(Some(claims.iat))?;
-    if claims.exp > validation.now.saturating_add(MAX_GRANT_LIFETIME) {
+    // The two token services' clocks may differ by the leeway.
+    let latest = validation
+        .now
+        .saturating_add(MAX_GRANT_LIFETIME)
+        .saturating_add(validation.leeway);
+    if claims.exp > latest {
         return Err(TokenError::LifetimeTooLong {
             exp: claims.exp,
             now: validation.now,
@@ -295,7 +301,7 @@ mod tests {
         c.exp = NOW - 61;
         assert!(matches!(refused(c), TokenError::Expired { .. }));
         let mut c = claims();
-        c.exp = NOW + MAX_GRANT_LIFETIME + 1;
+        c.exp = NOW + MAX_GRANT_LIFETIME + 61;
         assert!(matches!(refused(c), TokenError::LifetimeTooLong { .. }));
         let mut c = claims();
         c.act.sub = "spiffe://b.example/egress".into();
