@@ -314,8 +314,9 @@ pub async fn refresh(
     }
 }
 
-/// Refreshes every relationship that is due at `now`.
-pub async fn refresh_due(state: &State, now: i64) -> Result<(), StoreError> {
+/// Refreshes every relationship that is due at `now`, all at once: an endpoint that hangs
+/// until the fetch timeout delays no other domain's refresh.
+pub async fn refresh_due(state: &Arc<State>, now: i64) -> Result<(), StoreError> {
     let relationships = state.store.list_federations().await?;
     if relationships.is_empty() {
         return Ok(());
@@ -327,15 +328,20 @@ pub async fn refresh_due(state: &State, now: i64) -> Result<(), StoreError> {
         .into_iter()
         .map(|b| (b.bundle.trust_domain().clone(), b))
         .collect();
+    let mut fetches = tokio::task::JoinSet::new();
     for relationship in relationships {
         let hint = bundles
             .get(&relationship.trust_domain)
             .and_then(|b| b.bundle.refresh_hint);
         if is_due(&relationship, hint, now) {
+            let state = Arc::clone(state);
             // The outcome is recorded with the relationship and logged.
-            let _ = refresh(state, &relationship).await;
+            fetches.spawn(async move {
+                let _ = refresh(&state, &relationship).await;
+            });
         }
     }
+    while fetches.join_next().await.is_some() {}
     Ok(())
 }
 

@@ -424,3 +424,62 @@ async fn attested_agent(server: &Server) -> AgentApiClient {
     };
     AgentApiClient::new(server.running.local_addr, &server.bundle(), Some(&identity)).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_hangs_delays_no_other_domains_refresh() {
+    let a = server("a.test", FileConfig::default()).await;
+    let b = server("b.test", FileConfig::default()).await;
+    let store = &a.running.state.store;
+    // A bundle endpoint that accepts connections and never answers, for a trust domain
+    // listed before b.test.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!(
+        "https://{}/.well-known/spiffe-bundle",
+        silent.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    store
+        .create_federation(&FederationRelationship {
+            trust_domain: td("a-hanging.test"),
+            bundle_endpoint_url: silent_url,
+            profile: EndpointProfile::HttpsWeb,
+            created_at: unix_now(),
+            last_refresh_at: None,
+            last_error: None,
+        })
+        .await
+        .unwrap();
+    store
+        .create_federation(&relationship_with(&b, b.server_id()))
+        .await
+        .unwrap();
+    let mut bootstrap = TrustBundle::new(td("b.test"));
+    bootstrap.x509_authorities = b.bundle().x509_authorities;
+    store
+        .put_federated_bundle(&bootstrap, unix_now())
+        .await
+        .unwrap();
+
+    // One scan: b.test's bundle arrives while the hanging endpoint still holds its fetch
+    // (which ends only at the 10 s fetch timeout).
+    let state = Arc::clone(&a.running.state);
+    let scan = tokio::spawn(async move { federation::refresh_due(&state, unix_now()).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while a.stored_bundle("b.test").await != Some(b.bundle()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b.test was not refreshed while another endpoint hung"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!scan.is_finished(), "the hanging fetch had already ended");
+    scan.await.unwrap().unwrap();
+    let hung = a.stored_error(&td("a-hanging.test")).await.unwrap();
+    assert!(!hung.is_empty());
+    assert_eq!(a.stored_error(&td("b.test")).await, None);
+}
