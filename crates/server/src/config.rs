@@ -44,6 +44,16 @@
 //! subject_prefix = "partner.example/"       # the default: the trust domain and a slash
 //! max_scope = "orders"                      # default: the grant's scope
 //! clients = ["spiffe://partner.example/gateway"]  # default: any workload of that domain
+//!
+//! # Federation relationships kept as declared here (created or updated at start; the same
+//! # fields as `wimse server federation create`)
+//! [[federation]]
+//! trust_domain = "partner.example"
+//! bundle_endpoint_url = "https://wimse.partner.example:8443/.well-known/spiffe-bundle"
+//! profile = "https_spiffe"                  # or "https_web"
+//! endpoint_spiffe_id = "spiffe://partner.example/wimse/server"
+//! trust_bundle = "/etc/wimse/partner-bundle.json"  # first bundle, stored while none is held
+//! trust_bundle_format = "spiffe"            # or "pem"
 //! ```
 //!
 //! `[token_service]` also takes `grant_ttl` (seconds a grant lives, default 60, at most
@@ -107,6 +117,30 @@ pub struct FileConfig {
     /// The Transaction Token Service.
     #[serde(default)]
     pub token_service: TokenServiceFile,
+    /// Federation relationships kept as the file declares them (`[[federation]]`).
+    #[serde(default)]
+    pub federation: Vec<FederationFile>,
+}
+
+/// One `[[federation]]` entry: the same fields as `wimse server federation create`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationFile {
+    /// The foreign trust domain.
+    pub trust_domain: String,
+    /// Its bundle endpoint.
+    pub bundle_endpoint_url: String,
+    /// `https_web` or `https_spiffe`.
+    pub profile: String,
+    /// For `https_spiffe`: the endpoint server's SPIFFE ID.
+    #[serde(default)]
+    pub endpoint_spiffe_id: Option<String>,
+    /// A first bundle of that trust domain, stored while none is held.
+    #[serde(default)]
+    pub trust_bundle: Option<PathBuf>,
+    /// Its format: `spiffe` (default) or `pem`.
+    #[serde(default)]
+    pub trust_bundle_format: Option<String>,
 }
 
 /// The `[token_service]` table.
@@ -325,6 +359,39 @@ impl TokenServiceFile {
     }
 }
 
+/// A `[[federation]]` entry as the request the admin API would take, its bundle file
+/// read, checked as the admin API checks one.
+fn federation_request(
+    index: usize,
+    file: FederationFile,
+    own: &TrustDomain,
+) -> Result<crate::api::FederationRequest, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: "federation",
+        message: format!("[{index}]: {message}"),
+    };
+    let bundle = file
+        .trust_bundle
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|e| invalid(format!("{}: {e}", path.display())))
+        })
+        .transpose()?;
+    let request = crate::api::FederationRequest {
+        trust_domain: file.trust_domain,
+        bundle_endpoint_url: file.bundle_endpoint_url,
+        profile: file.profile,
+        endpoint_spiffe_id: file.endpoint_spiffe_id,
+        bundle,
+        bundle_format: file.trust_bundle_format,
+    };
+    let relationship =
+        crate::federation::relationship(&request, own, 0).map_err(|e| invalid(e.to_string()))?;
+    crate::federation::initial_bundle(&relationship, &request)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(request)
+}
+
 /// Workload IDs, each of `trust_domain`.
 fn workloads_of(
     texts: &[String],
@@ -405,6 +472,8 @@ pub enum ConfigError {
 pub struct ServerConfig {
     /// The trust domain.
     pub trust_domain: TrustDomain,
+    /// The federation relationships the file declares.
+    pub federation: Vec<crate::api::FederationRequest>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The TLS listener's address.
@@ -517,8 +586,15 @@ impl FileConfig {
             }
         };
         let token_service = self.token_service.resolve(&trust_domain)?;
+        let federation = self
+            .federation
+            .into_iter()
+            .enumerate()
+            .map(|(i, file)| federation_request(i, file, &trust_domain))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             token_service,
+            federation,
             trust_domain,
             bind: self
                 .bind
@@ -677,6 +753,13 @@ mod tests {
         );
         assert_eq!(t.chain_from[0].subject_prefix, "b.example/");
         assert_eq!(t.chain_from[0].clients, None);
+        let c = parse(
+            "[[federation]]\ntrust_domain = \"b.example\"\n\
+             bundle_endpoint_url = \"https://b:1/.well-known/spiffe-bundle\"\nprofile = \"https_web\"",
+        )
+        .unwrap();
+        assert_eq!(c.federation[0].trust_domain, "b.example");
+        assert_eq!(c.federation[0].bundle, None);
         assert_eq!(
             FileConfig::default()
                 .resolve()
@@ -700,6 +783,10 @@ mod tests {
             "[[token_service.chain_from]]\ntrust_domain = \"b.example\"\nclients = [\"spiffe://prod.example/gw\"]",
             "[[token_service.chain_from]]\ntrust_domain = \"b.example\"\n[[token_service.chain_from]]\ntrust_domain = \"b.example\"",
             "[[token_service.chain_from]]\ntrust_domain = \"b example\"",
+            "[[federation]]\ntrust_domain = \"b.example\"\nbundle_endpoint_url = \"https://b:1/x\"\nprofile = \"https_spiffe\"",
+            "[[federation]]\ntrust_domain = \"b.example\"\nbundle_endpoint_url = \"http://b:1/x\"\nprofile = \"https_web\"",
+            "[[federation]]\ntrust_domain = \"b.example\"\nbundle_endpoint_url = \"https://b:1/x\"\nprofile = \"https_web\"\ntrust_bundle = \"/nonexistent/b.json\"",
+            "[[federation]]\ntrust_domain = \"b.example\"\nbundle_endpoint_url = \"https://b:1/x\"\nprofile = \"https_web\"\ntrust_bundle_format = \"pem\"",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -236,6 +236,69 @@ pub fn operator_bundle(
     }
 }
 
+/// Parses the initial bundle a relationship request carries, if any (checked before
+/// anything is stored).
+pub fn initial_bundle(
+    relationship: &FederationRelationship,
+    req: &FederationRequest,
+) -> Result<Option<TrustBundle>, FederationError> {
+    let Some(text) = &req.bundle else {
+        if req.bundle_format.is_some() {
+            return Err(FederationError::Invalid(
+                "`bundle_format` without a `bundle`".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let pem = bundle_format_is_pem(req.bundle_format.as_deref())?;
+    operator_bundle(&relationship.trust_domain, text, pem).map(Some)
+}
+
+/// Whether a bundle format named in a request (default `spiffe`) is `pem`.
+pub fn bundle_format_is_pem(format: Option<&str>) -> Result<bool, FederationError> {
+    match format.unwrap_or("spiffe") {
+        "spiffe" => Ok(false),
+        "pem" => Ok(true),
+        other => Err(FederationError::Invalid(format!(
+            "unknown bundle format `{other}`, expected `spiffe` or `pem`"
+        ))),
+    }
+}
+
+/// Keeps the relationships the configuration file declares (`[[federation]]`), at start:
+/// one not stored is created; one stored differently (endpoint or profile) is updated,
+/// which restarts its refresh; one stored alike is left alone. A declared first bundle is
+/// stored only while no bundle of that trust domain is held, so a restart never puts an
+/// old bootstrap bundle over a fetched one.
+pub async fn declare(state: &State, declared: &[FederationRequest]) -> Result<(), FederationError> {
+    let now = unix_now();
+    for request in declared {
+        let relationship = relationship(request, &state.config.trust_domain, now)?;
+        let bundle = initial_bundle(&relationship, request)?;
+        let td = &relationship.trust_domain;
+        match state.store.get_federation(td).await? {
+            None => {
+                state.store.create_federation(&relationship).await?;
+                tracing::info!(trust_domain = %td, "federation relationship created from the configuration");
+            }
+            Some(stored)
+                if stored.bundle_endpoint_url != relationship.bundle_endpoint_url
+                    || stored.profile != relationship.profile =>
+            {
+                state.store.update_federation(&relationship).await?;
+                tracing::info!(trust_domain = %td, "federation relationship updated from the configuration");
+            }
+            Some(_) => {}
+        }
+        if let Some(bundle) = bundle
+            && state.store.get_federated_bundle(td).await?.is_none()
+        {
+            state.store.put_federated_bundle(&bundle, now).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Parses SPIFFE bundle JSON as the bundle of `trust_domain`, whatever the text says.
 fn spiffe_bundle(trust_domain: &TrustDomain, json: &[u8]) -> Result<TrustBundle, FederationError> {
     TrustBundle::from_spiffe_json(trust_domain.clone(), json).map_err(|source| {

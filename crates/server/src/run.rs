@@ -54,6 +54,9 @@ pub enum ServerError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A declared federation relationship could not be stored.
+    #[error("federation in the configuration: {0}")]
+    Federation(#[from] crate::federation::FederationError),
 }
 
 fn io(
@@ -172,6 +175,7 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
         unix_now(),
     )?;
     let state = State::open(config, authorities, server_id).await?;
+    crate::federation::declare(&state, &state.config.federation).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
 

@@ -18,7 +18,7 @@ use wimse_core::token::unix_now;
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::agent_api::client::{AgentApiClient, AgentIdentity, decode_chain};
 use wimse_server::api::{EntryRequest, FederationRequest};
-use wimse_server::config::FileConfig;
+use wimse_server::config::{FederationFile, FileConfig};
 use wimse_server::datastore::{Datastore, EndpointProfile, FederationRelationship};
 use wimse_server::federation::{self, FederationError};
 use wimse_server::run::{Running, Tasks, start};
@@ -482,4 +482,100 @@ async fn an_endpoint_that_hangs_delays_no_other_domains_refresh() {
     let hung = a.stored_error(&td("a-hanging.test")).await.unwrap();
     assert!(!hung.is_empty());
     assert_eq!(a.stored_error(&td("b.test")).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relationships_declared_in_the_configuration_are_kept_as_declared() {
+    let b = server("b.test", FileConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("b-bundle.json");
+    let mut first = TrustBundle::new(td("b.test"));
+    first.x509_authorities = b.bundle().x509_authorities;
+    std::fs::write(&bootstrap, first.to_spiffe_json()).unwrap();
+    let declared = FederationFile {
+        trust_domain: "b.test".into(),
+        bundle_endpoint_url: b.endpoint(),
+        profile: "https_spiffe".into(),
+        endpoint_spiffe_id: Some(b.server_id().to_string()),
+        trust_bundle: Some(bootstrap),
+        trust_bundle_format: None,
+    };
+    let a = server(
+        "a.test",
+        FileConfig {
+            federation: vec![declared.clone()],
+            ..FileConfig::default()
+        },
+    )
+    .await;
+
+    // At start the relationship and its first bundle are stored, and the refresher then
+    // fetches what b.test publishes.
+    let store = &a.running.state.store;
+    let stored = store.get_federation(&td("b.test")).await.unwrap().unwrap();
+    assert_eq!(stored.bundle_endpoint_url, b.endpoint());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while a.stored_bundle("b.test").await != Some(b.bundle()) {
+        assert!(std::time::Instant::now() < deadline, "b.test never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Declared again (a restart): alike, nothing changes, and the fetched bundle is not
+    // replaced by the bootstrap one; with another endpoint, the relationship is updated.
+    let request = |file: &FederationFile| {
+        let text = std::fs::read_to_string(file.trust_bundle.as_ref().unwrap()).unwrap();
+        FederationRequest {
+            trust_domain: file.trust_domain.clone(),
+            bundle_endpoint_url: file.bundle_endpoint_url.clone(),
+            profile: file.profile.clone(),
+            endpoint_spiffe_id: file.endpoint_spiffe_id.clone(),
+            bundle: Some(text),
+            bundle_format: None,
+        }
+    };
+    let refreshed = stored_refresh(&a).await;
+    assert!(refreshed.is_some());
+    federation::declare(&a.running.state, &[request(&declared)])
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_refresh(&a).await,
+        refreshed,
+        "an unchanged declaration keeps the schedule"
+    );
+    assert_eq!(a.stored_bundle("b.test").await, Some(b.bundle()));
+    let moved = FederationFile {
+        bundle_endpoint_url: "https://127.0.0.1:1/.well-known/spiffe-bundle".into(),
+        ..declared
+    };
+    federation::declare(&a.running.state, &[request(&moved)])
+        .await
+        .unwrap();
+    let updated = store.get_federation(&td("b.test")).await.unwrap().unwrap();
+    assert_eq!(updated.bundle_endpoint_url, moved.bundle_endpoint_url);
+
+    // A declaration the admin API would refuse stops the server from starting.
+    let own = FederationFile {
+        trust_domain: "a.test".into(),
+        ..moved
+    };
+    let refused = FileConfig {
+        trust_domain: Some("a.test".into()),
+        federation: vec![own],
+        ..FileConfig::default()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(refused.to_string().contains("federation"), "{refused}");
+}
+
+/// When `a` last refreshed its relationship with b.test.
+async fn stored_refresh(a: &Server) -> Option<i64> {
+    let store = &a.running.state.store;
+    store
+        .get_federation(&td("b.test"))
+        .await
+        .unwrap()
+        .unwrap()
+        .last_refresh_at
 }

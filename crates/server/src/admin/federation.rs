@@ -105,36 +105,9 @@ async fn stored_federation(state: &State, td: &TrustDomain) -> Result<Federation
     ))
 }
 
-/// Parses the initial bundle a request carries, if any (checked before anything is stored).
-fn initial_bundle(
-    relationship: &FederationRelationship,
-    req: &FederationRequest,
-) -> Result<Option<TrustBundle>, AdminError> {
-    let Some(text) = &req.bundle else {
-        if req.bundle_format.is_some() {
-            return Err(AdminError::BadRequest(
-                "`bundle_format` without a `bundle`".into(),
-            ));
-        }
-        return Ok(None);
-    };
-    let pem = bundle_format_is_pem(req.bundle_format.as_deref())?;
-    Ok(Some(federation::operator_bundle(
-        &relationship.trust_domain,
-        text,
-        pem,
-    )?))
-}
-
 /// Whether a bundle format named in a request (default `spiffe`) is `pem`.
 fn bundle_format_is_pem(format: Option<&str>) -> Result<bool, AdminError> {
-    match format.unwrap_or("spiffe") {
-        "spiffe" => Ok(false),
-        "pem" => Ok(true),
-        other => Err(AdminError::BadRequest(format!(
-            "unknown bundle format `{other}`, expected `spiffe` or `pem`"
-        ))),
-    }
+    Ok(federation::bundle_format_is_pem(format)?)
 }
 
 /// Stores the initial bundle, once its relationship is stored.
@@ -167,7 +140,7 @@ async fn create_federation(
             relationship.trust_domain
         )));
     }
-    let bundle = initial_bundle(&relationship, &req)?;
+    let bundle = federation::initial_bundle(&relationship, &req)?;
     state.store.create_federation(&relationship).await?;
     store_initial_bundle(&state, bundle).await?;
     tracing::info!(
@@ -195,7 +168,7 @@ async fn update_federation(
             relationship.trust_domain
         )));
     }
-    let bundle = initial_bundle(&relationship, &req)?;
+    let bundle = federation::initial_bundle(&relationship, &req)?;
     state.store.update_federation(&relationship).await?;
     store_initial_bundle(&state, bundle).await?;
     tracing::info!(trust_domain = %td, "federation relationship updated");
