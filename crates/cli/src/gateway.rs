@@ -44,6 +44,9 @@ impl GatewayCommand {
     }
 }
 
+/// How often the HTTPS certificate's files are checked for a change.
+const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `wimse gateway run`
 #[derive(Debug, Args)]
 pub struct GatewayRunArgs {
@@ -97,7 +100,12 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         tls = config.tls.is_some(),
         id = ?source.current().id().map(wimse_core::WorkloadId::as_str), "gateway ready");
     let router = gateway.router();
-    if let Some(tls) = config.tls {
+    if let Some(certificate) = config.tls {
+        certificate.watch(CERTIFICATE_CHECK);
+        let tls = Arc::new(
+            wimse_workload::tls::web_server_config(certificate)
+                .map_err(|e| CommandError::Gateway(e.to_string()))?,
+        );
         // `serve` puts the client's address where the router reads it (`req_ip`).
         tokio::select! {
             () = wimse_workload::tls::serve(listener, tls, router) => {}

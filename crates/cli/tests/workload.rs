@@ -977,29 +977,35 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         ),
     );
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg))
+    // A client that trusts only `cert`; the response to one request, or the TLS error.
+    let fetch = |cert: rustls_pki_types::CertificateDer<'static>, token: String| async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("gateway.test").unwrap();
+        let mut tls = connector.connect(name, tcp).await?;
+        let request = format!(
+            "GET /api/orders/7 HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        tls.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = fetch(cert.der().clone(), login_token(&d, "orders"))
         .await
         .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("gateway.test").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let request = format!(
-        "GET /api/orders/7 HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {}\r\n\
-         Connection: close\r\n\r\n",
-        login_token(&d, "orders")
-    );
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tls.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let body = response.split_once("\r\n\r\n").unwrap().1;
     let token = body.rsplit(' ').next().unwrap().trim();
@@ -1012,6 +1018,36 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     // The client's address reaches the Txn-Token over TLS too.
     assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "127.0.0.1");
     assert_eq!(claims.sub, "user:alice");
+
+    // The certificate is renewed in place (new key, same files): within seconds the
+    // gateway presents it, with no restart.
+    let renewed_key = rcgen::KeyPair::generate().unwrap();
+    let renewed = rcgen::CertificateParams::new(vec!["gateway.test".into()])
+        .unwrap()
+        .self_signed(&renewed_key)
+        .unwrap();
+    std::fs::write(&key_file, renewed_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_file, renewed.pem()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match fetch(renewed.der().clone(), login_token(&d, "orders")).await {
+            Ok(response) => {
+                assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the renewed certificate was never presented: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A client that trusts only the old certificate is now refused.
+    assert!(
+        fetch(cert.der().clone(), login_token(&d, "orders"))
+            .await
+            .is_err()
+    );
 }
 
 /// The outside partner of the egress test, over HTTPS: an API that says what reached it,

@@ -9,7 +9,8 @@
 //! health_bind = "127.0.0.1:9090"       # /healthz, /readyz, /metrics
 //! audit_log = "/var/log/wimse/gateway-audit.jsonl"
 //!
-//! [tls]                                # serve HTTPS (default: plain HTTP, for behind a load balancer)
+//! [tls]                                # serve HTTPS (default: plain HTTP, for behind a load balancer);
+//!                                      # the files are re-read within 5 s of a change, no restart
 //! cert_file = "/etc/wimse/gateway.crt" # PEM chain, leaf first
 //! key_file = "/etc/wimse/gateway.key"  # PEM private key
 //!
@@ -66,6 +67,7 @@ use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_workload::ProofMethod;
+use wimse_workload::tls::FileCertificate;
 
 use crate::egress::{ChainRoute, EgressRoute, OutsideClient};
 use crate::route::{Route, RouteError, Routes};
@@ -226,8 +228,8 @@ pub struct GatewayConfig {
     pub accept_chained: bool,
     /// Where requests go.
     pub routes: Routes,
-    /// The listener's TLS configuration, when it serves HTTPS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listener's certificate, when it serves HTTPS (re-read when its files change).
+    pub tls: Option<Arc<FileCertificate>>,
     /// The egress side, when configured.
     pub egress: Option<EgressConfig>,
 }
@@ -486,15 +488,12 @@ fn load_chain(
     }
 }
 
-fn load_tls(file: &TlsFile) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    let read = |path: &Path, setting: &str| {
-        std::fs::read(path)
-            .map_err(|e| error(format!("tls.{setting}"), format!("{}: {e}", path.display())))
-    };
-    let chain = read(&file.cert_file, "cert_file")?;
-    let key = zeroize::Zeroizing::new(read(&file.key_file, "key_file")?);
-    wimse_workload::tls::server_config_from_pem(&chain, &key)
-        .map(Arc::new)
+fn load_tls(file: &TlsFile) -> Result<Arc<FileCertificate>, ConfigError> {
+    for (path, setting) in [(&file.cert_file, "cert_file"), (&file.key_file, "key_file")] {
+        std::fs::File::open(path)
+            .map_err(|e| error(format!("tls.{setting}"), format!("{}: {e}", path.display())))?;
+    }
+    FileCertificate::load(file.cert_file.clone(), file.key_file.clone())
         .map_err(|e| error("tls", e))
 }
 

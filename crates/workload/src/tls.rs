@@ -42,6 +42,9 @@ pub enum TlsError {
     /// A certificate or key file is not what it should be.
     #[error("tls configuration: {0}")]
     Pem(&'static str),
+    /// A certificate or key file could not be read.
+    #[error("tls configuration: {0}")]
+    File(String),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -329,6 +332,36 @@ pub fn server_auth_config(
 /// certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC 1).
 /// Errors never quote the key file.
 pub fn server_config_from_pem(chain: &[u8], key: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+    web_server_config(Arc::new(FixedCertificate(certified_key_from_pem(
+        chain, key,
+    )?)))
+}
+
+/// One certificate for every handshake.
+#[derive(Debug)]
+struct FixedCertificate(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// A server configuration (TLS 1.2 and 1.3, no client certificates) presenting what
+/// `certificates` resolves: [`FileCertificate`] for one re-read when its files change.
+pub fn web_server_config(
+    certificates: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A certificate chain and key from PEM, checked to belong together.
+fn certified_key_from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     let chain = CertificateDer::pem_slice_iter(chain)
         .collect::<Result<Vec<_>, _>>()
@@ -338,12 +371,121 @@ pub fn server_config_from_pem(chain: &[u8], key: &[u8]) -> Result<rustls::Server
     }
     let key = PrivateKeyDer::from_pem_slice(key)
         .map_err(|_| TlsError::Pem("the key file holds no PEM private key"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
+}
+
+/// A web server certificate kept in two PEM files (chain, key) and re-read when either
+/// file changes (as cert-manager or an ACME client replaces them), with no restart and
+/// no dropped connection: handshakes after the change present the new certificate. A
+/// pair that does not load (half written, or a key that does not match) is refused with
+/// a warning, and the last good certificate stays in use.
+#[derive(Debug)]
+pub struct FileCertificate {
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    current: std::sync::RwLock<(Arc<CertifiedKey>, FileStamp)>,
+}
+
+/// When the two files were last changed, and how long they were.
+type FileStamp = [Option<(std::time::SystemTime, u64)>; 2];
+
+fn stamp(files: [&std::path::Path; 2]) -> FileStamp {
+    files.map(|f| {
+        std::fs::metadata(f)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+}
+
+impl FileCertificate {
+    /// Reads the pair; an error names the file that could not be read, never the key.
+    pub fn load(
+        cert_file: std::path::PathBuf,
+        key_file: std::path::PathBuf,
+    ) -> Result<Arc<Self>, TlsError> {
+        let (certified, stamp) = Self::read(&cert_file, &key_file)?;
+        Ok(Arc::new(FileCertificate {
+            cert_file,
+            key_file,
+            current: std::sync::RwLock::new((certified, stamp)),
+        }))
+    }
+
+    fn read(
+        cert_file: &std::path::Path,
+        key_file: &std::path::Path,
+    ) -> Result<(Arc<CertifiedKey>, FileStamp), TlsError> {
+        let before = stamp([cert_file, key_file]);
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| TlsError::File(format!("{}: {e}", path.display())))
+        };
+        let chain = read(cert_file)?;
+        let key = zeroize::Zeroizing::new(read(key_file)?);
+        Ok((certified_key_from_pem(&chain, &key)?, before))
+    }
+
+    /// Re-reads the pair if either file changed since it was last read; whether the
+    /// certificate in use changed.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamp([&self.cert_file, &self.key_file]);
+        let last = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1;
+        if now == last {
+            return Ok(false);
+        }
+        let (certified, stamp) = Self::read(&self.cert_file, &self.key_file)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (certified, stamp);
+        Ok(true)
+    }
+
+    /// Checks the files every `period` until the last handle is dropped.
+    pub fn watch(self: &Arc<Self>, period: std::time::Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                match this.reload_if_changed() {
+                    Ok(true) => tracing::info!(
+                        cert_file = %this.cert_file.display(),
+                        "server certificate reloaded"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "server certificate files changed but do not load; keeping the last good pair"
+                    ),
+                }
+            }
+        });
+    }
+}
+
+impl FileCertificate {
+    /// The certificate presented now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0,
+        )
+    }
+}
+
+impl rustls::server::ResolvesServerCert for FileCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
 }
 
 /// A client configuration for servers outside the trust domain (TLS 1.2 and 1.3): the
@@ -560,6 +702,50 @@ impl tower::Service<http::Uri> for MtlsConnector {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+
+    fn self_signed(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_file_certificate_follows_its_files_and_keeps_the_last_good_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let write = |(cert, key): &(String, String)| {
+            std::fs::write(&cert_file, cert).unwrap();
+            std::fs::write(&key_file, key).unwrap();
+        };
+        let first = self_signed("one.example");
+        write(&first);
+        let certificate = FileCertificate::load(cert_file.clone(), key_file.clone()).unwrap();
+        let leaf = |c: &FileCertificate| c.current().cert[0].to_vec();
+        let served = leaf(&certificate);
+        assert!(!certificate.reload_if_changed().unwrap());
+
+        // A new pair (a different length, so the change shows even within one mtime tick).
+        let second = self_signed("second-name.example");
+        write(&second);
+        assert!(certificate.reload_if_changed().unwrap());
+        let renewed = leaf(&certificate);
+        assert_ne!(renewed, served);
+
+        // A certificate whose key is not its own is refused; the last good pair stays.
+        std::fs::write(&key_file, format!("{}\n", first.1)).unwrap();
+        let err = certificate.reload_if_changed().unwrap_err();
+        assert!(matches!(err, TlsError::Config(_)), "{err}");
+        assert_eq!(leaf(&certificate), renewed);
+        assert!(
+            FileCertificate::load(dir.path().join("missing"), key_file.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+    }
 
     #[test]
     fn a_server_certificate_and_key_load_from_pem_and_bad_files_are_named_without_quoting_them() {
