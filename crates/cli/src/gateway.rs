@@ -75,6 +75,7 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
     if config.accept_chained {
         gateway = gateway.with_chained_tokens();
     }
+    gateway = gateway.with_trusted_proxies(config.trusted_proxies);
     let audit = match &config.audit_log {
         Some(path) => Some(audit_log(path, &source)?),
         None => None,

@@ -705,11 +705,16 @@ type GatewayCase<'a> = (&'a str, Vec<(String, String)>, u16, &'a str, &'a str);
 /// A gateway in front of workload 3 (orders and refunds), with `extra` appended to its
 /// configuration file.
 fn gateway_with(d: &Domain, port: u16, p3: u16, health: u16, extra: &str) -> Proxy {
+    gateway_full(d, port, p3, health, "", extra)
+}
+
+/// [`gateway_with`], with `top` among the file's top-level settings.
+fn gateway_full(d: &Domain, port: u16, p3: u16, health: u16, top: &str, extra: &str) -> Proxy {
     let config = d.dir.path().join("gateway.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nserver_address = \"{server}\"\n\
+            "{top}listen = \"127.0.0.1:{port}\"\nserver_address = \"{server}\"\n\
              agent_socket = \"{socket}\"\nspiffe_id = \"{gw}\"\n\
              health_bind = \"127.0.0.1:{health}\"\naudit_log = \"{audit}\"\n\n\
              [[issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
@@ -965,11 +970,13 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     let (cert_file, key_file) = (d.dir.path().join("gw.crt"), d.dir.path().join("gw.key"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let _gw = gateway_with(
+    // Behind a load balancer on loopback, whose X-Forwarded-For is believed.
+    let _gw = gateway_full(
         &d,
         pg,
         p3,
         free_port(),
+        "trusted_proxies = [\"127.0.0.0/8\"]\n",
         &format!(
             "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             cert_file.display(),
@@ -996,7 +1003,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         let mut tls = connector.connect(name, tcp).await?;
         let request = format!(
             "GET /api/orders/7 HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
-             Connection: close\r\n\r\n"
+             X-Forwarded-For: 192.0.2.66, 198.51.100.7, 127.0.0.9\r\nConnection: close\r\n\r\n"
         );
         tls.write_all(request.as_bytes()).await?;
         let mut response = String::new();
@@ -1015,8 +1022,10 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
     )
     .unwrap();
-    // The client's address reaches the Txn-Token over TLS too.
-    assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "127.0.0.1");
+    // The client's address reaches the Txn-Token over TLS too: the balancer (127.0.0.1)
+    // and the proxy before it (127.0.0.9) are trusted, so the client is the hop they
+    // report; what the client itself wrote further left is not believed.
+    assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "198.51.100.7");
     assert_eq!(claims.sub, "user:alice");
 
     // The certificate is renewed in place (new key, same files): within seconds the

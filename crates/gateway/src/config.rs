@@ -14,6 +14,8 @@
 //! cert_file = "/etc/wimse/gateway.crt" # PEM chain, leaf first
 //! key_file = "/etc/wimse/gateway.key"  # PEM private key
 //!
+//! trusted_proxies = ["10.0.0.0/8"]    # load balancers whose X-Forwarded-For names the client
+//!                                      # (req_ip); default: none, the TCP peer is the client
 //! accept_chained = false               # also admit access tokens this trust domain's token
 //!                                      # service issued for other domains' grants (identity
 //!                                      # chaining); their keys come from the agent's bundle
@@ -69,6 +71,7 @@ use wimse_core::{TrustDomain, WorkloadId};
 use wimse_workload::ProofMethod;
 use wimse_workload::tls::FileCertificate;
 
+use crate::client_ip::TrustedProxies;
 use crate::egress::{ChainRoute, EgressRoute, OutsideClient};
 use crate::route::{Route, RouteError, Routes};
 
@@ -129,6 +132,8 @@ struct GatewayFile {
     proof: ProofSetting,
     health_bind: Option<SocketAddr>,
     audit_log: Option<PathBuf>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     #[serde(default)]
     accept_chained: bool,
     #[serde(default)]
@@ -226,6 +231,8 @@ pub struct GatewayConfig {
     pub issuers: Vec<TrustedIssuer>,
     /// Whether the trust domain's own chained access tokens are accepted too.
     pub accept_chained: bool,
+    /// The proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// Where requests go.
     pub routes: Routes,
     /// The listener's certificate, when it serves HTTPS (re-read when its files change).
@@ -312,6 +319,8 @@ impl GatewayConfig {
             audit_log: file.audit_log,
             issuers,
             accept_chained: file.accept_chained,
+            trusted_proxies: TrustedProxies::parse(&file.trusted_proxies)
+                .map_err(|e| error("trusted_proxies", e))?,
             routes,
             tls,
             egress,

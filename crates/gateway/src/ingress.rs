@@ -12,7 +12,8 @@
 //!    (identity chaining) admit their clients here.
 //! 3. Its scope must include the route's (else 403 `insufficient_scope`).
 //! 4. The token service exchanges it for a Txn-Token of exactly the route's scope, with
-//!    the client's address in `request_context` (`req_ip`) and the method and path in
+//!    the client's address in `request_context` (`req_ip`: the TCP peer, or what trusted
+//!    proxies say in `X-Forwarded-For`, [`crate::client_ip`]) and the method and path in
 //!    `request_details`. The token service checks the access token again, and may refuse.
 //! 5. The request goes to the route's upstream with that Txn-Token in `Txn-Token` and the
 //!    gateway's WIT and proof (a WPT bound to the Txn-Token, or a message signature). The
@@ -25,6 +26,7 @@
 //! Refusals are RFC 9457 problem bodies. Every request is counted in the metrics and,
 //! with an audit log, recorded with hashes of the tokens, never the tokens.
 
+use crate::client_ip::TrustedProxies;
 use crate::metrics::GatewayMetrics;
 use crate::route::{Route, Routes, check_path};
 use axum::body::Body;
@@ -221,6 +223,7 @@ pub struct Gateway {
     routes: Routes,
     issuers: Vec<TrustedIssuer>,
     accept_chained: bool,
+    trusted_proxies: TrustedProxies,
     token_service: TokenServiceClient,
     source: CredentialSource,
     proof: ProofMethod,
@@ -260,6 +263,7 @@ impl Gateway {
             routes,
             issuers,
             accept_chained: false,
+            trusted_proxies: TrustedProxies::default(),
             token_service,
             source,
             proof,
@@ -284,6 +288,14 @@ impl Gateway {
     #[must_use]
     pub fn with_chained_tokens(mut self) -> Self {
         self.accept_chained = true;
+        self
+    }
+
+    /// Takes the client's address (`req_ip`) from the `X-Forwarded-For` of `proxies`
+    /// (see [`TrustedProxies::client`]).
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
         self
     }
 
@@ -373,8 +385,9 @@ impl Gateway {
             return Err(Refusal::InsufficientScope(route.scope().to_string()));
         }
         let mut context = Map::new();
-        if let Some(ConnectInfo(client)) = request.extensions.get::<ConnectInfo<SocketAddr>>() {
-            context.insert("req_ip".into(), Value::String(client.ip().to_string()));
+        if let Some(ConnectInfo(peer)) = request.extensions.get::<ConnectInfo<SocketAddr>>() {
+            let client = self.trusted_proxies.client(peer.ip(), &request.headers);
+            context.insert("req_ip".into(), Value::String(client.to_string()));
         }
         let details = json!({ "method": request.method.as_str(), "path": path });
         let started = Instant::now();

@@ -23,6 +23,7 @@
 //! upstreams, and identity chaining to other trust domains on egress.
 #![forbid(unsafe_code)]
 
+pub mod client_ip;
 pub mod config;
 pub mod egress;
 pub mod ingress;
