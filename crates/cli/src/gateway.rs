@@ -101,10 +101,10 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         tls = config.tls.is_some(),
         id = ?source.current().id().map(wimse_core::WorkloadId::as_str), "gateway ready");
     let router = gateway.router();
-    if let Some(certificate) = config.tls {
-        certificate.watch(CERTIFICATE_CHECK);
+    if let Some(settings) = config.tls {
+        settings.certificate.watch(CERTIFICATE_CHECK);
         let tls = Arc::new(
-            wimse_workload::tls::web_server_config(certificate)
+            wimse_workload::tls::web_server_config(settings.certificate, settings.clients)
                 .map_err(|e| CommandError::Gateway(e.to_string()))?,
         );
         // `serve` puts the client's address where the router reads it (`req_ip`).

@@ -970,6 +970,28 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     let (cert_file, key_file) = (d.dir.path().join("gw.crt"), d.dir.path().join("gw.key"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    // Outside clients may present certificates of their own CA (mutual TLS, optional).
+    let client_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    client_ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let client_ca_cert = client_ca.self_signed(&client_ca_key).unwrap();
+    let client_ca_file = d.dir.path().join("client-ca.pem");
+    std::fs::write(&client_ca_file, client_ca_cert.pem()).unwrap();
+    let client_issuer = rcgen::Issuer::new(client_ca, client_ca_key);
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["shop.test".into()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params
+        .signed_by(&client_key, &client_issuer)
+        .unwrap();
+    let client_identity = (
+        vec![client_cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(client_key.serialize_der().into()),
+    );
     // Behind a load balancer on loopback, whose X-Forwarded-For is believed.
     let _gw = gateway_full(
         &d,
@@ -978,23 +1000,34 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         free_port(),
         "trusted_proxies = [\"127.0.0.0/8\"]\n",
         &format!(
-            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
             cert_file.display(),
-            key_file.display()
+            key_file.display(),
+            client_ca_file.display(),
         ),
     );
 
-    // A client that trusts only `cert`; the response to one request, or the TLS error.
-    let fetch = |cert: rustls_pki_types::CertificateDer<'static>, token: String| async move {
+    // A client that trusts only `cert`, presenting `identity` if given; the response to
+    // one request, or the TLS error.
+    type Identity = (
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    );
+    let fetch_as = |cert: rustls_pki_types::CertificateDer<'static>,
+                    token: String,
+                    identity: Option<Identity>| async move {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let config = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg))
             .await
@@ -1010,6 +1043,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         tls.read_to_string(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
+    let fetch = |cert, token| fetch_as(cert, token, None);
     let response = fetch(cert.der().clone(), login_token(&d, "orders"))
         .await
         .unwrap();
@@ -1027,6 +1061,41 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     // report; what the client itself wrote further left is not believed.
     assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "198.51.100.7");
     assert_eq!(claims.sub, "user:alice");
+
+    // An access token bound to the client's certificate (RFC 8705 `cnf.x5t#S256`) admits
+    // only a connection that presents that certificate.
+    let now = wimse_core::token::unix_now();
+    let bound = wimse_core::jose::jws::sign(
+        &d.login,
+        Some("at+jwt"),
+        Some("login-1"),
+        &serde_json::json!({
+            "iss": LOGIN_ISSUER, "sub": "alice", "aud": LOGIN_AUDIENCE, "iat": now,
+            "exp": now + 300, "scope": "orders",
+            "cnf": { "x5t#S256": wimse_core::digest::sha256_b64(client_cert.der()) },
+        }),
+    )
+    .unwrap();
+    let with_cert = fetch_as(
+        cert.der().clone(),
+        bound.clone(),
+        Some((client_identity.0.clone(), client_identity.1.clone_key())),
+    )
+    .await
+    .unwrap();
+    assert!(with_cert.starts_with("HTTP/1.1 200"), "{with_cert}");
+    let without = fetch(cert.der().clone(), bound).await.unwrap();
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+    assert!(without.contains("invalid_token"), "{without}");
+    // An unbound token still works with a client certificate too.
+    let unbound = fetch_as(
+        cert.der().clone(),
+        login_token(&d, "orders"),
+        Some(client_identity),
+    )
+    .await
+    .unwrap();
+    assert!(unbound.starts_with("HTTP/1.1 200"), "{unbound}");
 
     // The certificate is renewed in place (new key, same files): within seconds the
     // gateway presents it, with no restart.

@@ -11,6 +11,9 @@
 //!
 //! [tls]                                # serve HTTPS (default: plain HTTP, for behind a load balancer);
 //!                                      # the files are re-read within 5 s of a change, no restart
+//! client_ca_file = "/etc/wimse/client-cas.pem"  # optional: outside clients may present certificates
+//! client_auth = "optional"             # or "required"; access tokens bound to a certificate
+//!                                      # (RFC 8705 `cnf.x5t#S256`) need the one they name
 //! cert_file = "/etc/wimse/gateway.crt" # PEM chain, leaf first
 //! key_file = "/etc/wimse/gateway.key"  # PEM private key
 //!
@@ -189,6 +192,26 @@ pub struct EgressConfig {
 struct TlsFile {
     cert_file: PathBuf,
     key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    client_auth: Option<String>,
+}
+
+/// The HTTPS listener's settings.
+#[derive(Clone)]
+pub struct GatewayTls {
+    /// Its certificate (re-read when its files change).
+    pub certificate: Arc<FileCertificate>,
+    /// The verifier of outside clients' certificates, when they may present one.
+    pub clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for GatewayTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayTls")
+            .field("certificate", &self.certificate)
+            .field("client_certificates", &self.clients.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,8 +258,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: TrustedProxies,
     /// Where requests go.
     pub routes: Routes,
-    /// The listener's certificate, when it serves HTTPS (re-read when its files change).
-    pub tls: Option<Arc<FileCertificate>>,
+    /// The listener's TLS settings, when it serves HTTPS.
+    pub tls: Option<GatewayTls>,
     /// The egress side, when configured.
     pub egress: Option<EgressConfig>,
 }
@@ -497,13 +520,44 @@ fn load_chain(
     }
 }
 
-fn load_tls(file: &TlsFile) -> Result<Arc<FileCertificate>, ConfigError> {
+fn load_tls(file: &TlsFile) -> Result<GatewayTls, ConfigError> {
     for (path, setting) in [(&file.cert_file, "cert_file"), (&file.key_file, "key_file")] {
         std::fs::File::open(path)
             .map_err(|e| error(format!("tls.{setting}"), format!("{}: {e}", path.display())))?;
     }
-    FileCertificate::load(file.cert_file.clone(), file.key_file.clone())
-        .map_err(|e| error("tls", e))
+    let certificate = FileCertificate::load(file.cert_file.clone(), file.key_file.clone())
+        .map_err(|e| error("tls", e))?;
+    let required = match file.client_auth.as_deref() {
+        None | Some("optional") => false,
+        Some("required") => true,
+        Some(other) => {
+            return Err(error(
+                "tls.client_auth",
+                format!("`{other}` is neither `optional` nor `required`"),
+            ));
+        }
+    };
+    let clients = match &file.client_ca_file {
+        Some(path) => {
+            let roots = std::fs::read(path)
+                .map_err(|e| error("tls.client_ca_file", format!("{}: {e}", path.display())))?;
+            Some(
+                wimse_workload::tls::web_client_verifier(&roots, required)
+                    .map_err(|e| error("tls.client_ca_file", e))?,
+            )
+        }
+        None if file.client_auth.is_some() => {
+            return Err(error(
+                "tls.client_auth",
+                "needs `client_ca_file`, the CAs client certificates are checked against",
+            ));
+        }
+        None => None,
+    };
+    Ok(GatewayTls {
+        certificate,
+        clients,
+    })
 }
 
 fn load_issuer(file: &IssuerFile) -> Result<TrustedIssuer, String> {
@@ -686,6 +740,37 @@ mod tests {
             (&key_file, &cert_file, "tls"),
         ] {
             let err = GatewayConfig::parse(&with_tls(cert, key)).unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+        }
+        // Client certificates: checked against the named CAs, optional unless required.
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let with_clients = |more: &str| format!("{}{more}\n", with_tls(&cert_file, &key_file));
+        let config = GatewayConfig::parse(&with_clients(&format!(
+            "client_ca_file = \"{}\"\nclient_auth = \"required\"",
+            ca.display()
+        )))
+        .unwrap();
+        assert!(config.tls.unwrap().clients.is_some());
+        for (more, setting) in [
+            ("client_auth = \"required\"".to_owned(), "tls.client_auth"),
+            (
+                format!(
+                    "client_ca_file = \"{}\"\nclient_auth = \"maybe\"",
+                    ca.display()
+                ),
+                "tls.client_auth",
+            ),
+            (
+                format!("client_ca_file = \"{}\"", missing.display()),
+                "tls.client_ca_file",
+            ),
+            (
+                format!("client_ca_file = \"{}\"", key_file.display()),
+                "tls.client_ca_file",
+            ),
+        ] {
+            let err = GatewayConfig::parse(&with_clients(&more)).unwrap_err();
             assert_eq!(err.setting, setting, "{err}");
         }
     }

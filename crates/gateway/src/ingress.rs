@@ -53,6 +53,7 @@ use wimse_workload::layer::problem;
 use wimse_workload::proxy::{
     MAX_OUTBOUND_BODY, PEER_ID_HEADER, PEER_METHOD_HEADER, strip_hop_by_hop, strip_inbound,
 };
+use wimse_workload::tls::ClientCertificate;
 use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
 use wimse_workload::{CredentialSource, ProofMethod};
 
@@ -381,6 +382,7 @@ impl Gateway {
         let now = wimse_core::token::unix_now();
         let (_, access) = verify_access_token(token, &self.issuers(), &Validation::at(now))
             .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
+        check_binding(&access, request.extensions.get::<ClientCertificate>())?;
         if !route.scope().is_subset_of(&access.scope) {
             return Err(Refusal::InsufficientScope(route.scope().to_string()));
         }
@@ -536,6 +538,30 @@ impl Gateway {
     }
 }
 
+/// Refuses a bound access token (RFC 7800 `cnf`) unless the connection proves it: a token
+/// bound to a certificate (RFC 8705 `x5t#S256`) needs that very certificate presented in
+/// the TLS handshake. A binding of another kind (a proof-of-possession key for `DPoP`, say) cannot be checked here,
+/// so its token is refused rather than taken as a bearer token.
+fn check_binding(
+    access: &VerifiedAccessToken,
+    presented: Option<&ClientCertificate>,
+) -> Result<(), Refusal> {
+    if access.cnf.is_none() {
+        return Ok(());
+    }
+    let bound = |why: &str| Refusal::InvalidToken(why.to_owned());
+    let expected = access.certificate_thumbprint().ok_or_else(|| {
+        bound("it is bound by a method this gateway cannot check (only `x5t#S256`)")
+    })?;
+    let presented = presented.ok_or_else(|| {
+        bound("it is bound to a client certificate; connect with that certificate (mutual TLS)")
+    })?;
+    if wimse_core::digest::sha256_b64(&presented.0) != expected {
+        return Err(bound("it is bound to another client certificate"));
+    }
+    Ok(())
+}
+
 /// Headers an outside client may send that inward services could take as the gateway's
 /// word about the client: its address and the scheme and host it used. The client's
 /// address travels signed instead, as the Txn-Token's `rctx.req_ip`.
@@ -575,6 +601,37 @@ pub fn strip_outward(headers: &mut HeaderMap) {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+
+    #[test]
+    fn a_certificate_bound_token_needs_its_certificate() {
+        use std::sync::Arc;
+        let cert = |der: &[u8]| ClientCertificate(Arc::from(der));
+        let token = |cnf: Option<serde_json::Value>| VerifiedAccessToken {
+            iss: "https://login.example.com".into(),
+            sub: "alice".into(),
+            scope: wimse_core::token::exchange::Scope::parse("orders").unwrap(),
+            exp: 0,
+            client_id: None,
+            amr: None,
+            cnf: cnf.map(|v| v.as_object().unwrap().clone()),
+        };
+        let mine = wimse_core::digest::sha256_b64(b"mine");
+        let bound = token(Some(json!({ "x5t#S256": mine })));
+        assert!(check_binding(&bound, Some(&cert(b"mine"))).is_ok());
+        for (presented, why) in [
+            (None, "connect with that certificate"),
+            (Some(cert(b"theirs")), "another client certificate"),
+        ] {
+            let err = check_binding(&bound, presented.as_ref()).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+            assert_eq!(err.code(), "invalid-token");
+        }
+        // A DPoP-bound token cannot be checked here: refused, even with a certificate.
+        let dpop = token(Some(json!({ "jkt": "abc" })));
+        assert!(check_binding(&dpop, Some(&cert(b"mine"))).is_err());
+        // An unbound token needs nothing.
+        assert!(check_binding(&token(None), None).is_ok());
+    }
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();

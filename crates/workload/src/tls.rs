@@ -332,9 +332,10 @@ pub fn server_auth_config(
 /// certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC 1).
 /// Errors never quote the key file.
 pub fn server_config_from_pem(chain: &[u8], key: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
-    web_server_config(Arc::new(FixedCertificate(certified_key_from_pem(
-        chain, key,
-    )?)))
+    web_server_config(
+        Arc::new(FixedCertificate(certified_key_from_pem(chain, key)?)),
+        None,
+    )
 }
 
 /// One certificate for every handshake.
@@ -347,18 +348,57 @@ impl rustls::server::ResolvesServerCert for FixedCertificate {
     }
 }
 
-/// A server configuration (TLS 1.2 and 1.3, no client certificates) presenting what
-/// `certificates` resolves: [`FileCertificate`] for one re-read when its files change.
+/// A server configuration (TLS 1.2 and 1.3) presenting what `certificates` resolves
+/// ([`FileCertificate`] for one re-read when its files change), and checking client
+/// certificates with `clients` when given ([`web_client_verifier`]).
 pub fn web_server_config(
     certificates: Arc<dyn rustls::server::ResolvesServerCert>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(certificates);
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(certificates);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// A verifier of outside clients' certificates (the Web PKI rules, client use) against
+/// the PEM CA certificates in `roots_pem`; with `required` false a client may also
+/// connect without one.
+pub fn web_client_verifier(
+    roots_pem: &[u8],
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem) {
+        let cert = cert.map_err(|_| TlsError::Pem("the client CA file is not PEM certificates"))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("the client CA file holds no certificate"));
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))
+}
+
+/// The leaf certificate (DER) a TLS client presented and the server's verifier accepted;
+/// [`serve`] puts it in every request's extensions (RFC 8705 certificate-bound tokens are
+/// checked against it).
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub Arc<[u8]>);
 
 /// A certificate chain and key from PEM, checked to belong together.
 fn certified_key_from_pem(chain: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -538,12 +578,13 @@ pub async fn serve<S>(
                 return;
             };
             // The verifier already checked the chain; read the ID it accepted.
-            let peer = tls
+            let leaf = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| spiffe_id_of(c).ok());
+                .map(|c| ClientCertificate(Arc::from(c.as_ref())));
+            let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut req = req.map(axum::body::Body::new);
@@ -551,6 +592,9 @@ pub async fn serve<S>(
                         .insert(axum::extract::ConnectInfo(address));
                     if let Some(id) = &peer {
                         req.extensions_mut().insert(MtlsPeer(id.clone()));
+                    }
+                    if let Some(leaf) = &leaf {
+                        req.extensions_mut().insert(leaf.clone());
                     }
                     tower::ServiceExt::oneshot(service.clone(), req)
                 });

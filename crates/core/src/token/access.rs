@@ -151,6 +151,8 @@ struct RawClaims {
     client_id: Option<String>,
     #[serde(default)]
     amr: Option<Vec<String>>,
+    #[serde(default)]
+    cnf: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +176,20 @@ pub struct VerifiedAccessToken {
     pub client_id: Option<String>,
     /// How the subject authenticated (RFC 8176), if it says.
     pub amr: Option<Vec<String>>,
+    /// What the token is bound to (RFC 7800 `cnf`), if anything: a resource server must
+    /// then see the client prove it (RFC 8705 `x5t#S256`: the client's TLS certificate).
+    pub cnf: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl VerifiedAccessToken {
+    /// The SHA-256 thumbprint (base64url) of the client certificate the token is bound to
+    /// (RFC 8705 §3.1), if it names one.
+    pub fn certificate_thumbprint(&self) -> Option<&str> {
+        self.cnf
+            .as_ref()
+            .and_then(|c| c.get("x5t#S256"))
+            .and_then(serde_json::Value::as_str)
+    }
 }
 
 /// Verifies an access token from one of `issuers` (see the module doc); returns the
@@ -252,6 +268,7 @@ pub fn verify_access_token<'a>(
             exp,
             client_id: claims.client_id,
             amr: claims.amr,
+            cnf: claims.cnf,
         },
     ))
 }
