@@ -954,6 +954,12 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
     }
 }
 
+/// A TLS client's certificate chain and key.
+type ClientIdentity = (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_serves_https_with_its_own_certificate() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1009,13 +1015,9 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
 
     // A client that trusts only `cert`, presenting `identity` if given; the response to
     // one request, or the TLS error.
-    type Identity = (
-        Vec<rustls_pki_types::CertificateDer<'static>>,
-        rustls_pki_types::PrivateKeyDer<'static>,
-    );
     let fetch_as = |cert: rustls_pki_types::CertificateDer<'static>,
                     token: String,
-                    identity: Option<Identity>| async move {
+                    identity: Option<ClientIdentity>| async move {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
