@@ -965,8 +965,31 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let d = domain("3600");
     let up = upstream().await;
-    let (p3, pg) = (free_port(), free_port());
+    let (p3, p3_tls, pg) = (free_port(), free_port(), free_port());
     let _w3 = inbound(&d, p3, up, free_port());
+    // Workload 3 also behind a mutual-TLS inbound proxy, which the gateway reaches over
+    // `https://` with its X509-SVID.
+    let policy = d.dir.path().join("policy.cedar");
+    let _w3_tls = Proxy::start(
+        d.dir.path(),
+        "w3-inbound-tls",
+        &[
+            "proxy",
+            "inbound",
+            "--tls",
+            "--listen",
+            &format!("127.0.0.1:{p3_tls}"),
+            "--upstream",
+            &format!("http://127.0.0.1:{up}"),
+            "--socket",
+            &socket_arg(&d),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--spiffe-id",
+            &id("/w3"),
+        ],
+        p3_tls,
+    );
     // An ordinary web certificate for outside clients, not an SVID.
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["gateway.test".into()])
@@ -1006,7 +1029,9 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         free_port(),
         "trusted_proxies = [\"127.0.0.0/8\"]\n",
         &format!(
-            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+            "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n\n\
+             [[routes]]\nprefix = \"/api/orders-tls\"\nupstream = \"https://127.0.0.1:{p3_tls}\"\n\
+             scope = \"orders\"\n",
             cert_file.display(),
             key_file.display(),
             client_ca_file.display(),
@@ -1015,7 +1040,8 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
 
     // A client that trusts only `cert`, presenting `identity` if given; the response to
     // one request, or the TLS error.
-    let fetch_as = |cert: rustls_pki_types::CertificateDer<'static>,
+    let fetch_at = |path: &'static str,
+                    cert: rustls_pki_types::CertificateDer<'static>,
                     token: String,
                     identity: Option<ClientIdentity>| async move {
         let mut roots = rustls::RootCertStore::empty();
@@ -1037,7 +1063,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         let name = rustls_pki_types::ServerName::try_from("gateway.test").unwrap();
         let mut tls = connector.connect(name, tcp).await?;
         let request = format!(
-            "GET /api/orders/7 HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
+            "GET {path} HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {token}\r\n\
              X-Forwarded-For: 192.0.2.66, 198.51.100.7, 127.0.0.9\r\nConnection: close\r\n\r\n"
         );
         tls.write_all(request.as_bytes()).await?;
@@ -1045,6 +1071,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         tls.read_to_string(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
+    let fetch_as = |cert, token, identity| fetch_at("/api/orders/7", cert, token, identity);
     let fetch = |cert, token| fetch_as(cert, token, None);
     let response = fetch(cert.der().clone(), login_token(&d, "orders"))
         .await
@@ -1063,6 +1090,24 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     // report; what the client itself wrote further left is not believed.
     assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "198.51.100.7");
     assert_eq!(claims.sub, "user:alice");
+
+    // To the mutual-TLS upstream the gateway proves itself by its X509-SVID alone.
+    let over_mtls = fetch_at(
+        "/api/orders-tls/7",
+        cert.der().clone(),
+        login_token(&d, "orders"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(over_mtls.starts_with("HTTP/1.1 200"), "{over_mtls}");
+    assert!(
+        over_mtls.contains(&format!(
+            "GET /api/orders-tls/7 by {} via mtls with txn-token ",
+            id("/gw")
+        )),
+        "{over_mtls}"
+    );
 
     // An access token bound to the client's certificate (RFC 8705 `cnf.x5t#S256`) admits
     // only a connection that presents that certificate.

@@ -47,13 +47,14 @@ use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
 use wimse_core::token::txn::{TXN_HEADER, TxnTokenClaims, verify_txn_token};
+use wimse_workload::PeerAllowList;
 use wimse_workload::authn::CREDENTIAL_HEADERS;
 use wimse_workload::client::attach;
 use wimse_workload::layer::problem;
 use wimse_workload::proxy::{
     MAX_OUTBOUND_BODY, PEER_ID_HEADER, PEER_METHOD_HEADER, strip_hop_by_hop, strip_inbound,
 };
-use wimse_workload::tls::ClientCertificate;
+use wimse_workload::tls::{ClientCertificate, MtlsConnector};
 use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
 use wimse_workload::{CredentialSource, ProofMethod};
 
@@ -229,6 +230,9 @@ pub struct Gateway {
     source: CredentialSource,
     proof: ProofMethod,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// For `https://` upstreams: mutual TLS with the gateway's X509-SVID, accepting only
+    /// servers of the gateway's own trust domain (`None` while it has no identity).
+    mtls_client: Option<Client<MtlsConnector, Full<Bytes>>>,
     audit: Option<Arc<AuditLog>>,
     metrics: Arc<GatewayMetrics>,
     exchange_timeout: std::time::Duration,
@@ -261,6 +265,7 @@ impl Gateway {
         proof: ProofMethod,
     ) -> Self {
         Gateway {
+            mtls_client: mtls_client(&source),
             routes,
             issuers,
             accept_chained: false,
@@ -465,20 +470,27 @@ impl Gateway {
                 .map_err(|e| Refusal::ExchangeRefused(format!("the issued Txn-Token: {e}")))?,
         );
         parts.version = http::Version::HTTP_11;
-        let creds = self.source.current();
-        attach(
-            &mut parts,
-            &body,
-            &creds,
-            self.proof,
-            false,
-            wimse_core::token::unix_now(),
-        )
-        .map_err(|e| Refusal::NoCredentials(e.to_string()))?;
-        let sent = self
-            .client
-            .request(Request::from_parts(parts, Full::new(body)));
-        let response = tokio::time::timeout(route.timeout(), sent)
+        let request = if route.is_https() {
+            // Mutual TLS is the proof: the upstream authenticates the gateway's X509-SVID.
+            let client = self.mtls_client.as_ref().ok_or_else(|| {
+                Refusal::NoCredentials("the gateway has no X509-SVID for mutual TLS".into())
+            })?;
+            client.request(Request::from_parts(parts, Full::new(body)))
+        } else {
+            let creds = self.source.current();
+            attach(
+                &mut parts,
+                &body,
+                &creds,
+                self.proof,
+                false,
+                wimse_core::token::unix_now(),
+            )
+            .map_err(|e| Refusal::NoCredentials(e.to_string()))?;
+            self.client
+                .request(Request::from_parts(parts, Full::new(body)))
+        };
+        let response = tokio::time::timeout(route.timeout(), request)
             .await
             .map_err(|_| Refusal::UpstreamTimeout(route.timeout()))?
             .map_err(|e| Refusal::Upstream(e.to_string()))?;
@@ -536,6 +548,18 @@ impl Gateway {
             tracing::error!(error = %e, "audit append failed");
         }
     }
+}
+
+/// The mutual TLS client for `https://` upstreams: the gateway's X509-SVID, and servers
+/// of its own trust domain only.
+fn mtls_client(source: &CredentialSource) -> Option<Client<MtlsConnector, Full<Bytes>>> {
+    let own = source.current().id()?.trust_domain().clone();
+    let allow = PeerAllowList {
+        ids: std::collections::BTreeSet::new(),
+        trust_domains: [own].into(),
+    };
+    let connector = MtlsConnector::new(source, allow).ok()?;
+    Some(Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }
 
 /// Refuses a bound access token (RFC 7800 `cnf`) unless the connection proves it: a token

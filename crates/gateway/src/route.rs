@@ -38,19 +38,19 @@ pub struct Route {
 }
 
 impl Route {
-    /// A route for requests under `prefix` to `upstream` (`http://host:port[/base]`),
-    /// whose Txn-Tokens get `scope`; with `strip_prefix` the prefix is cut from the
-    /// forwarded path.
+    /// A route for requests under `prefix` to `upstream` (`http://host:port[/base]`, or
+    /// `https://` for mutual TLS with the gateway's X509-SVID), whose Txn-Tokens get
+    /// `scope`; with `strip_prefix` the prefix is cut from the forwarded path.
     pub fn new(
         prefix: &str,
         upstream: &str,
         scope: Scope,
         strip_prefix: bool,
     ) -> Result<Self, RouteError> {
-        Self::build(prefix, upstream, &["http"], scope, strip_prefix).map_err(|e| match e {
+        Self::build(prefix, upstream, &["http", "https"], scope, strip_prefix).map_err(|e| match e {
             RouteError::Upstream(m) => RouteError::Upstream(format!(
-                "{m} (the gateway proves itself with a WIT; put a `wimse proxy inbound` in \
-                 front of the service)"
+                "{m} (the gateway proves itself with a WIT, or by mutual TLS to `https://`; put \
+                 a `wimse proxy inbound` in front of the service)"
             )),
             prefix @ RouteError::Prefix(_) => prefix,
         })
@@ -310,9 +310,10 @@ mod tests {
     }
 
     #[test]
-    fn only_egress_routes_go_to_https() {
+    fn inward_routes_take_http_or_https_and_egress_routes_too() {
         let scope = Scope::parse("s").unwrap();
-        assert!(Route::new("/a", "https://x.example", scope, false).is_err());
+        assert!(Route::new("/a", "https://x.example", scope.clone(), false).is_ok());
+        assert!(Route::new("/a", "ftp://x.example", scope, false).is_err());
         let out = Route::outward("/a", "https://x.example/v1", true).unwrap();
         assert!(out.is_https());
         assert_eq!(out.target("/a/b", None), "https://x.example/v1/b");
