@@ -1040,10 +1040,10 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
 
     // A client that trusts only `cert`, presenting `identity` if given; the response to
     // one request, or the TLS error.
-    let fetch_at = |path: &'static str,
-                    cert: rustls_pki_types::CertificateDer<'static>,
-                    token: String,
-                    identity: Option<ClientIdentity>| async move {
+    let request_at = |path: &'static str,
+                      cert: rustls_pki_types::CertificateDer<'static>,
+                      token: String,
+                      identity: Option<ClientIdentity>| async move {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -1071,7 +1071,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
         tls.read_to_string(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
-    let fetch_as = |cert, token, identity| fetch_at("/api/orders/7", cert, token, identity);
+    let fetch_as = |cert, token, identity| request_at("/api/orders/7", cert, token, identity);
     let fetch = |cert, token| fetch_as(cert, token, None);
     let response = fetch(cert.der().clone(), login_token(&d, "orders"))
         .await
@@ -1092,7 +1092,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     assert_eq!(claims.sub, "user:alice");
 
     // To the mutual-TLS upstream the gateway proves itself by its X509-SVID alone.
-    let over_mtls = fetch_at(
+    let over_mtls = request_at(
         "/api/orders-tls/7",
         cert.der().clone(),
         login_token(&d, "orders"),

@@ -654,7 +654,7 @@ mod tests {
                 "routes[0].prefix",
             ),
             (
-                text(&jwks, &route("/o", "https://a:1", "s")),
+                text(&jwks, &route("/o", "ftp://a:1", "s")),
                 "routes[0].upstream",
             ),
             (
