@@ -16,7 +16,8 @@
 //!    proxies say in `X-Forwarded-For`, [`crate::client_ip`]) and the method and path in
 //!    `request_details`. The token service checks the access token again, and may refuse.
 //! 5. The request goes to the route's upstream with that Txn-Token in `Txn-Token` and the
-//!    gateway's WIT and proof (a WPT bound to the Txn-Token, or a message signature). The
+//!    gateway's WIT and proof (a WPT bound to the Txn-Token, or a message signature), or,
+//!    to an `https://` upstream, over mutual TLS with the gateway's X509-SVID. The
 //!    client's `Authorization` never goes inward, nor any identity, credential,
 //!    Txn-Token or forwarding (`Forwarded`, `X-Forwarded-*`) header it sent: those would
 //!    be taken as the gateway's word ([`strip_inward`]).
