@@ -280,6 +280,18 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     );
     assert_eq!(answer.expires_in, 300);
 
+    // A grant is redeemed once: presented again, it is refused.
+    let home_client = TokenServiceClient::new(&egress_source, &home_server).unwrap();
+    let grant = home_client
+        .grant(&txn, &partner_td, Some(&orders))
+        .await
+        .unwrap()
+        .access_token;
+    assert!(chain.redeem(&grant, None).await.is_ok());
+    let (error, description) = refused_code(chain.redeem(&grant, None).await);
+    assert_eq!(error, "invalid_grant");
+    assert!(description.contains("already used"), "{description}");
+
     // Refusals: scope the partner does not take from home; a workload home does not let
     // chain; and a grant for a trust domain home does not chain to.
     let (error, _) = refused_code(chain.access_token(&txn, None).await);
@@ -293,7 +305,6 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     .unwrap();
     let (error, _) = refused_code(w1_chain.access_token(&txn, Some(&orders)).await);
     assert_eq!(error, "unauthorized_client");
-    let home_client = TokenServiceClient::new(&egress_source, &home_server).unwrap();
     let elsewhere = TrustDomain::new("elsewhere.example").unwrap();
     let (error, _) = refused_code(home_client.grant(&txn, &elsewhere, None).await);
     assert_eq!(error, "invalid_target");
@@ -409,10 +420,11 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     };
     let (home_audit, partner_audit) = (audit(home), audit(partner));
     assert!(home_audit.contains("\"grant_issued\""), "{home_audit}");
-    // One access token for the direct chain, one for the egress's two calls (reused).
+    // One access token for the direct chain, one for the grant redeemed once, one for the
+    // egress's two calls (reused).
     assert_eq!(
         partner_audit.matches("\"access_token_issued\"").count(),
-        2,
+        3,
         "{partner_audit}"
     );
     for log in [&home_audit, &partner_audit] {

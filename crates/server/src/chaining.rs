@@ -18,9 +18,10 @@
 //!   of this domain for the subject under the entry's `subject_prefix`, which the
 //!   gateway admits and the token service turns into a Txn-Token like any other.
 //!
-//! The grant's `jti` is remembered in memory until the grant expires: replicas on one
-//! database each keep their own memory, so a grant could be redeemed once per replica
-//! within its minute. The grant is bound to its client, which narrows what a replay buys.
+//! A grant is accepted once by the whole trust domain: its `jti` is recorded in the
+//! datastore ([`crate::datastore::Datastore::redeem_grant`]) after every other check, so
+//! replicas on one PostgreSQL database share the record, and a refused request does not
+//! use the grant up.
 
 use crate::config::{ChainFrom, ChainTo, TokenServiceSettings};
 use crate::token_service::TxnSigner;
@@ -33,22 +34,17 @@ use wimse_core::token::exchange::{
     ExchangeError, ExchangeRequest, JwtBearerRequest, Scope, token_type,
 };
 use wimse_core::token::jwt_svid::verify_jwt_svid;
-use wimse_core::token::replay::{ReplayCache, ReplayError};
 use wimse_core::token::txn::verify_txn_token_in;
 use wimse_core::token::{Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
 
-/// How many unexpired grants are remembered: a minute of a busy partner's traffic.
-const GRANT_MEMORY: usize = 100_000;
-
-/// Who may chain to and from which trust domains, and the grants already redeemed.
+/// Who may chain to and from which trust domains.
 #[derive(Debug)]
 pub struct Chaining {
     grant_ttl: i64,
     access_token_ttl: i64,
     to: Vec<ChainTo>,
     from: Vec<ChainFrom>,
-    redeemed: ReplayCache,
 }
 
 impl Default for Chaining {
@@ -98,7 +94,6 @@ impl Chaining {
             access_token_ttl: settings.access_token_ttl,
             to: settings.chain_to.clone(),
             from: settings.chain_from.clone(),
-            redeemed: ReplayCache::new(GRANT_MEMORY),
         }
     }
 
@@ -203,17 +198,19 @@ impl Chaining {
         Ok((grant, claims))
     }
 
-    /// Signs an access token of trust domain `own` for a presented grant (this domain is
-    /// B; see the module doc). `issuer` is the bundle of the domain the grant names as
-    /// its issuer, `None` when this server holds none.
-    pub fn redeem(
+    /// Checks a presented grant and its client (this domain is B; see the module doc):
+    /// everything but whether the grant was used before, which the caller asks the
+    /// datastore about with [`Accepted::issuer`], [`Accepted::jti`] and
+    /// [`Accepted::remember_until`] before [`Chaining::access_token`] signs. `issuer` is
+    /// the bundle of the domain the grant names as its issuer, `None` when this server
+    /// holds none.
+    pub fn accept(
         &self,
         request: &JwtBearerRequest,
         own: &TrustDomain,
         issuer: Option<&TrustBundle>,
-        signer: &TxnSigner<'_>,
         now: i64,
-    ) -> Result<(String, AccessTokenClaims), ExchangeError> {
+    ) -> Result<Accepted, ExchangeError> {
         let grant_error = |e: wimse_core::token::TokenError| {
             ExchangeError::InvalidGrant(format!("the grant: {e}"))
         };
@@ -259,41 +256,66 @@ impl Chaining {
             "the grant's scope",
             from.max_scope.as_ref(),
         )?;
-        // Last, so that a refused request does not use the grant up.
-        self.redeemed
-            .check_and_insert(
-                from_td.as_str(),
-                &grant.jti,
-                grant.exp.saturating_add(validation.leeway),
-                now,
-            )
-            .map_err(|e| match e {
-                ReplayError::Replayed => {
-                    ExchangeError::InvalidGrant("the grant was already used".into())
-                }
-                ReplayError::Full => ExchangeError::ServerError(
-                    "too many grants are being redeemed; try again shortly".into(),
-                ),
-            })?;
+        Ok(Accepted {
+            remember_until: grant.exp.saturating_add(validation.leeway),
+            subject: format!("{}{}", from.subject_prefix, grant.sub),
+            issuer: from_td,
+            grant,
+            client,
+            scope,
+        })
+    }
+
+    /// Signs the access token of trust domain `own` for a grant [`Chaining::accept`]
+    /// accepted and the datastore recorded as redeemed now.
+    pub fn access_token(
+        &self,
+        accepted: &Accepted,
+        own: &TrustDomain,
+        signer: &TxnSigner<'_>,
+        now: i64,
+    ) -> Result<(String, AccessTokenClaims), ExchangeError> {
         let claims = AccessTokenClaims {
-            iss: me,
-            sub: format!("{}{}", from.subject_prefix, grant.sub),
+            iss: service_id(own),
+            sub: accepted.subject.clone(),
             aud: own.to_string(),
-            exp: now
-                .saturating_add(self.access_token_ttl)
-                .min(signer.not_after),
+            exp: signer.expiry(now, self.access_token_ttl)?,
             iat: now,
             jti: random_jti(),
-            client_id: client.to_string(),
-            scope: scope.to_string(),
+            client_id: accepted.client.to_string(),
+            scope: accepted.scope.to_string(),
             act: ChainedActor {
-                sub: client.to_string(),
-                iss: grant.iss,
+                sub: accepted.client.to_string(),
+                iss: accepted.grant.iss.clone(),
             },
         };
         let token = issue_access_token(signer.key, signer.kid, &claims)
             .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
         Ok((token, claims))
+    }
+}
+
+/// A grant that passed every check but the one for reuse.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The trust domain that issued it.
+    pub issuer: TrustDomain,
+    /// Its claims.
+    pub grant: GrantClaims,
+    /// The workload that presented it.
+    pub client: WorkloadId,
+    /// The scope the access token gets.
+    pub scope: Scope,
+    /// The subject as this trust domain names it.
+    pub subject: String,
+    /// Until when its use must be remembered: past that it is refused as expired anyway.
+    pub remember_until: i64,
+}
+
+impl Accepted {
+    /// The grant's `jti`.
+    pub fn jti(&self) -> &str {
+        &self.grant.jti
     }
 }
 
@@ -411,10 +433,14 @@ mod tests {
 
     impl Domain {
         fn signer(&self) -> TxnSigner<'_> {
+            self.signer_until(NOW + 86_400)
+        }
+
+        fn signer_until(&self, not_after: i64) -> TxnSigner<'_> {
             TxnSigner {
                 key: &self.key,
                 kid: self.bundle.authorities(KeyUse::JwtSvid)[0].kid.as_str(),
-                not_after: NOW + 86_400,
+                not_after,
             }
         }
 
@@ -459,8 +485,10 @@ mod tests {
             request: &JwtBearerRequest,
             issuer: Option<&TrustBundle>,
         ) -> Result<(String, AccessTokenClaims), ExchangeError> {
+            let accepted = self.chaining.accept(request, &self.td, issuer, NOW)?;
+            assert_eq!(accepted.remember_until, accepted.grant.exp + 60);
             self.chaining
-                .redeem(request, &self.td, issuer, &self.signer(), NOW)
+                .access_token(&accepted, &self.td, &self.signer(), NOW)
         }
     }
 
@@ -601,7 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_is_redeemed_once_by_its_own_client_with_a_proper_assertion() {
+    fn a_grant_is_redeemed_only_by_its_own_client_with_a_proper_assertion() {
         let (a, b) = worlds();
         let request = grant_request(a.txn_token("orders", NOW + 300), "b.example", None);
         let (grant, _) = a.grant("spiffe://a.example/egress", &request).unwrap();
@@ -654,19 +682,44 @@ mod tests {
         );
         // No bundle of a.example held here.
         assert_eq!(code(bearer(&grant, good(), None), None), "invalid_grant");
-        // None of the refusals used the grant up; it works once, then never again.
+        // The right client, within scope, with the bundle: accepted. (That a grant is
+        // accepted only once is the datastore's record: `redeem_grant`.)
         assert!(
             b.redeem(&bearer(&grant, good(), None), Some(&a.bundle))
                 .is_ok()
         );
-        let replayed = b
-            .redeem(&bearer(&grant, good(), None), Some(&a.bundle))
+    }
+
+    #[test]
+    fn no_grant_or_access_token_outlives_the_signing_key() {
+        let (a, b) = worlds();
+        let request = grant_request(a.txn_token("orders", NOW + 300), "b.example", None);
+        let caller = id("spiffe://a.example/egress");
+        let short = a
+            .chaining
+            .grant(&caller, &request, &a.bundle, &a.signer_until(NOW + 10), NOW)
+            .unwrap();
+        assert_eq!(short.1.exp, NOW + 10);
+        let ended = a
+            .chaining
+            .grant(&caller, &request, &a.bundle, &a.signer_until(NOW), NOW)
             .unwrap_err();
-        assert_eq!(replayed.code(), "invalid_grant");
-        assert!(
-            replayed.description().contains("already used"),
-            "{replayed}"
-        );
+        assert_eq!(ended.code(), "server_error");
+        let assertion = a.svid("/egress", one("spiffe://b.example"));
+        let accepted = b
+            .chaining
+            .accept(
+                &bearer(&short.0, Some(assertion), None),
+                &b.td,
+                Some(&a.bundle),
+                NOW,
+            )
+            .unwrap();
+        let ended = b
+            .chaining
+            .access_token(&accepted, &b.td, &b.signer_until(NOW), NOW)
+            .unwrap_err();
+        assert_eq!(ended.code(), "server_error");
     }
 
     #[test]

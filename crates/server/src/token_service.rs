@@ -639,14 +639,22 @@ async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, Exc
         None
     };
     let now = wimse_core::token::unix_now();
+    let own = &state.config.trust_domain;
+    let accepted = chaining.accept(request, own, bundle.as_ref(), now)?;
+    // Last, so that a refused request does not use the grant up; in the datastore, so that
+    // every replica of the trust domain sees it.
+    let fresh = state
+        .store
+        .redeem_grant(&accepted.issuer, accepted.jti(), accepted.remember_until)
+        .await
+        .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
+    if !fresh {
+        return Err(ExchangeError::InvalidGrant(
+            "the grant was already used".into(),
+        ));
+    }
     let (token, claims) = with_signer(state, |signer| {
-        chaining.redeem(
-            request,
-            &state.config.trust_domain,
-            bundle.as_ref(),
-            signer,
-            now,
-        )
+        chaining.access_token(&accepted, own, signer, now)
     })?;
     let client = WorkloadId::parse(&claims.client_id)
         .map_err(|e| ExchangeError::ServerError(e.to_string()))?;

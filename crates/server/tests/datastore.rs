@@ -294,6 +294,7 @@ suite! {
         federation_relationships_are_created_updated_listed_and_deleted,
         federated_bundles_are_kept_per_trust_domain_and_guarded_by_entries,
         entries_keep_their_federated_trust_domains_sorted_and_unique,
+        a_grant_is_redeemed_by_exactly_one_of_16_concurrent_callers_until_pruned,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -771,6 +772,37 @@ async fn join_token_is_consumed_by_exactly_one_of_16_concurrent_callers(store: &
         }
     }
     assert_eq!(wins, 1);
+}
+
+async fn a_grant_is_redeemed_by_exactly_one_of_16_concurrent_callers_until_pruned(
+    store: &SqlStore,
+) {
+    let partner = TrustDomain::new("partner.example").unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, partner) = (store.clone(), partner.clone());
+            tokio::spawn(async move { store.redeem_grant(&partner, "j-1", NOW + 60).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1);
+    // The same `jti` of another trust domain is another grant.
+    let other = TrustDomain::new("other.example").unwrap();
+    assert!(store.redeem_grant(&other, "j-1", NOW + 60).await.unwrap());
+    // Forgotten once expired.
+    assert_eq!(store.prune_redeemed_grants(NOW + 59).await.unwrap(), 0);
+    assert_eq!(store.prune_redeemed_grants(NOW + 60).await.unwrap(), 2);
+    assert!(
+        store
+            .redeem_grant(&partner, "j-1", NOW + 120)
+            .await
+            .unwrap()
+    );
 }
 
 async fn expired_join_token_is_refused_and_removed(store: &SqlStore) {

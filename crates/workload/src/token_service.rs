@@ -309,6 +309,16 @@ impl ChainClient {
             .home
             .grant(txn_token, &self.trust_domain, scope)
             .await?;
+        self.redeem(&grant.access_token, scope).await
+    }
+
+    /// Presents `grant` (from [`TokenServiceClient::grant`]) to the other trust domain's
+    /// token service for an access token of `scope` or, with `None`, of the grant's scope.
+    pub async fn redeem(
+        &self,
+        grant: &str,
+        scope: Option<&Scope>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
         let me = self
             .source
             .current()
@@ -321,7 +331,7 @@ impl ChainClient {
             .await
             .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
         let request = JwtBearerRequest {
-            assertion: grant.access_token,
+            assertion: grant.to_owned(),
             scope: scope.cloned(),
             client_assertion: Some(assertion),
             client_id: Some(me.to_string()),

@@ -634,6 +634,22 @@ pub trait Datastore: Send + Sync {
     /// Removes the join tokens that expired at or before `now`; returns how many.
     fn prune_join_tokens(&self, now: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Records that the identity-chaining grant `jti` of trust domain `issuer` was redeemed,
+    /// until `expires_at`; false when it already was (a replay). Atomic: of any number of
+    /// concurrent callers, on any replica, one gets true.
+    fn redeem_grant(
+        &self,
+        issuer: &TrustDomain,
+        jti: &str,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Forgets the redeemed grants that expired at or before `now`; returns how many.
+    fn prune_redeemed_grants(
+        &self,
+        now: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Stores an x509pop challenge's hash, certificate fingerprint and expiry, replacing any
     /// earlier challenge of the same certificate: certificates are often public, so whoever
     /// asks for challenges for one cannot make more than one row of it.

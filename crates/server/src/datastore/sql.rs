@@ -51,6 +51,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "federation",
         include_str!("../../migrations/sqlite/0003_federation.sql"),
     ),
+    (
+        4,
+        "redeemed grants",
+        include_str!("../../migrations/sqlite/0004_redeemed_grants.sql"),
+    ),
 ];
 
 /// The schema for PostgreSQL, as (version, description, SQL); same versions as SQLite's.
@@ -69,6 +74,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "federation",
         include_str!("../../migrations/postgres/0003_federation.sql"),
+    ),
+    (
+        4,
+        "redeemed grants",
+        include_str!("../../migrations/postgres/0004_redeemed_grants.sql"),
     ),
 ];
 
@@ -675,6 +685,43 @@ impl Datastore for SqlStore {
     async fn prune_join_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let result = on_pool!(self, |pool| {
             sqlx::query("DELETE FROM join_tokens WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected()
+        });
+        Ok(result)
+    }
+
+    async fn redeem_grant(
+        &self,
+        issuer: &TrustDomain,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let jti_hash = hex(&wimse_core::digest::sha256(jti.as_bytes()));
+        // One statement: of two replicas redeeming the same grant at once, the second's
+        // insert conflicts with the first's row and adds none.
+        let added = on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO redeemed_grants (issuer, jti_hash, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (issuer, jti_hash) DO NOTHING",
+            )
+            .bind(issuer.as_str())
+            .bind(&jti_hash)
+            .bind(expires_at)
+            .execute(pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected()
+        });
+        Ok(added == 1)
+    }
+
+    async fn prune_redeemed_grants(&self, now: i64) -> Result<u64, StoreError> {
+        let result = on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM redeemed_grants WHERE expires_at <= $1")
                 .bind(now)
                 .execute(pool)
                 .await
