@@ -56,6 +56,14 @@ impl Server {
         (*self.running.state.bundle()).clone()
     }
 
+    /// What an operator copies out of band to bootstrap an `https_spiffe` relationship
+    /// with this server: its X.509 authorities.
+    fn first_bundle(&self) -> TrustBundle {
+        let mut first = TrustBundle::new(self.bundle().trust_domain().clone());
+        first.x509_authorities = self.bundle().x509_authorities;
+        first
+    }
+
     fn endpoint(&self) -> String {
         format!(
             "https://{}/.well-known/spiffe-bundle",
@@ -123,10 +131,8 @@ async fn a_self_serving_https_spiffe_endpoint_is_fetched_after_a_bootstrap_bundl
 
     // The operator gives the first bundle (as read out of band); the fetch then works and
     // stores what b.test publishes, under b.test, apart from a.test's own bundle.
-    let mut bootstrap = TrustBundle::new(td("b.test"));
-    bootstrap.x509_authorities = b.bundle().x509_authorities;
     store
-        .put_federated_bundle(&bootstrap, unix_now())
+        .put_federated_bundle(&b.first_bundle(), unix_now())
         .await
         .unwrap();
     let fetched = a.refresh(&relationship).await.unwrap();
@@ -159,10 +165,8 @@ async fn an_endpoint_with_another_identity_or_other_roots_is_refused() {
     let b = server("b.test", FileConfig::default()).await;
     let impostor = server("b.test", FileConfig::default()).await;
     let store = &a.running.state.store;
-    let mut bootstrap = TrustBundle::new(td("b.test"));
-    bootstrap.x509_authorities = b.bundle().x509_authorities;
     store
-        .put_federated_bundle(&bootstrap, unix_now())
+        .put_federated_bundle(&b.first_bundle(), unix_now())
         .await
         .unwrap();
 
@@ -189,7 +193,7 @@ async fn an_endpoint_with_another_identity_or_other_roots_is_refused() {
         "{refused}"
     );
     // Nothing of the impostor was stored.
-    assert_eq!(a.stored_bundle("b.test").await, Some(bootstrap));
+    assert_eq!(a.stored_bundle("b.test").await, Some(b.first_bundle()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -458,10 +462,8 @@ async fn an_endpoint_that_hangs_delays_no_other_domains_refresh() {
         .create_federation(&relationship_with(&b, b.server_id()))
         .await
         .unwrap();
-    let mut bootstrap = TrustBundle::new(td("b.test"));
-    bootstrap.x509_authorities = b.bundle().x509_authorities;
     store
-        .put_federated_bundle(&bootstrap, unix_now())
+        .put_federated_bundle(&b.first_bundle(), unix_now())
         .await
         .unwrap();
 
@@ -489,9 +491,7 @@ async fn relationships_declared_in_the_configuration_are_kept_as_declared() {
     let b = server("b.test", FileConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = dir.path().join("b-bundle.json");
-    let mut first = TrustBundle::new(td("b.test"));
-    first.x509_authorities = b.bundle().x509_authorities;
-    std::fs::write(&bootstrap, first.to_spiffe_json()).unwrap();
+    std::fs::write(&bootstrap, b.first_bundle().to_spiffe_json()).unwrap();
     let declared = FederationFile {
         trust_domain: "b.test".into(),
         bundle_endpoint_url: b.endpoint(),

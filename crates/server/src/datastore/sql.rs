@@ -82,6 +82,26 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The tables whose rows carry an `expires_at` and are pruned by it.
+#[derive(Clone, Copy)]
+enum Expiring {
+    JoinTokens,
+    RedeemedGrants,
+    X509PopChallenges,
+}
+
+impl Expiring {
+    /// The statement removing the rows expired at or before `$1` (table names are fixed
+    /// here, never taken from input).
+    fn delete(self) -> &'static str {
+        match self {
+            Self::JoinTokens => "DELETE FROM join_tokens WHERE expires_at <= $1",
+            Self::RedeemedGrants => "DELETE FROM redeemed_grants WHERE expires_at <= $1",
+            Self::X509PopChallenges => "DELETE FROM x509pop_challenges WHERE expires_at <= $1",
+        }
+    }
+}
+
 /// The [`Datastore`] on a SQL database: SQLite (a file, or memory for tests) or PostgreSQL.
 ///
 /// Cloning is cheap and shares the connection pool.
@@ -112,6 +132,18 @@ macro_rules! on_pool {
 }
 
 impl SqlStore {
+    /// Removes the rows of `table` that expired at or before `now`; returns how many.
+    async fn delete_expired(&self, table: Expiring, now: i64) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query(table.delete())
+                .bind(now)
+                .execute(pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected()
+        }))
+    }
+
     /// Opens the datastore at `url` and brings its schema up to date.
     ///
     /// - `sqlite://PATH?mode=rwc` (create the file if missing), `sqlite://PATH`, or
@@ -683,15 +715,7 @@ impl Datastore for SqlStore {
     }
 
     async fn prune_join_tokens(&self, now: i64) -> Result<u64, StoreError> {
-        let result = on_pool!(self, |pool| {
-            sqlx::query("DELETE FROM join_tokens WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await
-                .map_err(db_error)?
-                .rows_affected()
-        });
-        Ok(result)
+        self.delete_expired(Expiring::JoinTokens, now).await
     }
 
     async fn redeem_grant(
@@ -720,15 +744,7 @@ impl Datastore for SqlStore {
     }
 
     async fn prune_redeemed_grants(&self, now: i64) -> Result<u64, StoreError> {
-        let result = on_pool!(self, |pool| {
-            sqlx::query("DELETE FROM redeemed_grants WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await
-                .map_err(db_error)?
-                .rows_affected()
-        });
-        Ok(result)
+        self.delete_expired(Expiring::RedeemedGrants, now).await
     }
 
     async fn create_x509pop_challenge(
@@ -783,15 +799,7 @@ impl Datastore for SqlStore {
     }
 
     async fn prune_x509pop_challenges(&self, now: i64) -> Result<u64, StoreError> {
-        let result = on_pool!(self, |pool| {
-            sqlx::query("DELETE FROM x509pop_challenges WHERE expires_at <= $1")
-                .bind(now)
-                .execute(pool)
-                .await
-                .map_err(db_error)?
-                .rows_affected()
-        });
-        Ok(result)
+        self.delete_expired(Expiring::X509PopChallenges, now).await
     }
 
     async fn upsert_agent(&self, agent: &AttestedAgent) -> Result<(), StoreError> {
