@@ -43,7 +43,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use wimse_audit::{AuditLog, AuditRecord, CredentialKind, CredentialRef, Decision, EventKind};
 use wimse_audit::{AuthMethod, SecurityContext};
-use wimse_core::WorkloadId;
 use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
@@ -359,24 +358,18 @@ impl Gateway {
         })
     }
 
-    /// The issuers whose access tokens are admitted now: the configured ones, and with
-    /// [`Gateway::with_chained_tokens`] this trust domain's token service, built from the
-    /// current bundle so that its key rotation needs nothing more.
-    fn issuers(&self) -> std::borrow::Cow<'_, [TrustedIssuer]> {
-        let current = self.source.current();
-        let own = self
-            .accept_chained
-            .then(|| current.id().map(WorkloadId::trust_domain))
-            .flatten()
-            .and_then(|td| current.jwt_bundles.get(td));
-        match own {
-            Some(bundle) => {
-                let mut issuers = self.issuers.clone();
-                issuers.push(TrustedIssuer::token_service_of(bundle));
-                std::borrow::Cow::Owned(issuers)
-            }
-            None => std::borrow::Cow::Borrowed(&self.issuers),
+    /// With [`Gateway::with_chained_tokens`], this trust domain's token service as an
+    /// issuer, built from the current bundle so that its key rotation needs nothing more.
+    fn own_token_service(&self) -> Option<TrustedIssuer> {
+        if !self.accept_chained {
+            return None;
         }
+        let current = self.source.current();
+        let td = current.id()?.trust_domain();
+        current
+            .jwt_bundles
+            .get(td)
+            .map(TrustedIssuer::token_service_of)
     }
 
     /// Steps 1 to 4: the route, the access token, its scope, and the Txn-Token.
@@ -386,7 +379,9 @@ impl Gateway {
         let route = self.routes.find(path).ok_or(Refusal::NoRoute)?;
         let token = bearer(&request.headers)?;
         let now = wimse_core::token::unix_now();
-        let (_, access) = verify_access_token(token, &self.issuers(), &Validation::at(now))
+        let own = self.own_token_service();
+        let issuers = self.issuers.iter().chain(own.as_ref());
+        let (_, access) = verify_access_token(token, issuers, &Validation::at(now))
             .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
         check_binding(&access, request.extensions.get::<ClientCertificate>())?;
         if !route.scope().is_subset_of(&access.scope) {

@@ -247,17 +247,11 @@ impl TokenService {
         }
         // Access tokens this service issued for other domains' grants, beside the
         // configured issuers': built from the current bundle, so key rotation follows.
-        let own;
-        let issuers = if self.chaining.accepts_grants() {
-            own = [
-                self.issuers.as_slice(),
-                &[TrustedIssuer::token_service_of(bundle)],
-            ]
-            .concat();
-            own.as_slice()
-        } else {
-            self.issuers.as_slice()
-        };
+        let own = self
+            .chaining
+            .accepts_grants()
+            .then(|| TrustedIssuer::token_service_of(bundle));
+        let issuers = self.issuers.iter().chain(own.as_ref());
         let (issuer, subject) = verify_access_token(&request.subject_token, issuers, validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let too_wide = |limit: &Scope, whose: &str| {

@@ -196,7 +196,7 @@ impl VerifiedAccessToken {
 /// issuer it came from and its claims.
 pub fn verify_access_token<'a>(
     token: &str,
-    issuers: &'a [TrustedIssuer],
+    issuers: impl IntoIterator<Item = &'a TrustedIssuer>,
     validation: &Validation,
 ) -> Result<(&'a TrustedIssuer, VerifiedAccessToken), TokenError> {
     let jws = Jws::parse(token)?;
@@ -210,14 +210,13 @@ pub fn verify_access_token<'a>(
     // Only to choose whose keys to try; nothing else is read before the signature checks.
     let named: IssuerOnly = jws.claims()?;
     let named = named.iss.ok_or(TokenError::MissingClaim("iss"))?;
-    let issuer =
-        issuers
-            .iter()
-            .find(|i| i.issuer == named)
-            .ok_or_else(|| TokenError::BadClaim {
-                claim: "iss",
-                reason: format!("`{named}` is not a trusted issuer"),
-            })?;
+    let issuer = issuers
+        .into_iter()
+        .find(|i| i.issuer == named)
+        .ok_or_else(|| TokenError::BadClaim {
+            claim: "iss",
+            reason: format!("`{named}` is not a trusted issuer"),
+        })?;
     if issuer.typed {
         if !header.typ_is("at+jwt") {
             return Err(TokenError::WrongType {
