@@ -200,32 +200,32 @@ impl Chaining {
 
     /// Checks a presented grant and its client (this domain is B; see the module doc):
     /// everything but whether the grant was used before, which the caller asks the
-    /// datastore about with [`Accepted::issuer`], [`Accepted::jti`] and
-    /// [`Accepted::remember_until`] before [`Chaining::access_token`] signs. `issuer` is
-    /// the bundle of the domain the grant names as its issuer, `None` when this server
-    /// holds none.
+    /// datastore about (the grant's `jti` until [`Accepted::remember_until`]) before
+    /// [`Chaining::access_token`] signs. `issuer` is the trust domain the grant names as
+    /// its issuer ([`wimse_core::token::chain::grant_issuer`]), and `bundle` that
+    /// domain's bundle, `None` when this server holds none.
     pub fn accept(
         &self,
         request: &JwtBearerRequest,
         own: &TrustDomain,
-        issuer: Option<&TrustBundle>,
+        issuer: &TrustDomain,
+        bundle: Option<&TrustBundle>,
         now: i64,
     ) -> Result<Accepted, ExchangeError> {
         let grant_error = |e: wimse_core::token::TokenError| {
             ExchangeError::InvalidGrant(format!("the grant: {e}"))
         };
-        let from_td =
-            wimse_core::token::chain::grant_issuer(&request.assertion).map_err(grant_error)?;
+        let from_td = issuer;
         let from = self
             .from
             .iter()
-            .find(|f| f.trust_domain == from_td)
+            .find(|f| &f.trust_domain == from_td)
             .ok_or_else(|| {
                 ExchangeError::InvalidGrant(format!(
                     "grants of trust domain `{from_td}` are not accepted here"
                 ))
             })?;
-        let bundle = issuer.ok_or_else(|| {
+        let bundle = bundle.ok_or_else(|| {
             ExchangeError::InvalidGrant(format!(
                 "this server holds no bundle of trust domain `{from_td}` (federate with it)"
             ))
@@ -259,7 +259,6 @@ impl Chaining {
         Ok(Accepted {
             remember_until: grant.exp.saturating_add(validation.leeway),
             subject: format!("{}{}", from.subject_prefix, grant.sub),
-            issuer: from_td,
             grant,
             client,
             scope,
@@ -298,8 +297,6 @@ impl Chaining {
 /// A grant that passed every check but the one for reuse.
 #[derive(Clone, Debug)]
 pub struct Accepted {
-    /// The trust domain that issued it.
-    pub issuer: TrustDomain,
     /// Its claims.
     pub grant: GrantClaims,
     /// The workload that presented it.
@@ -310,13 +307,6 @@ pub struct Accepted {
     pub subject: String,
     /// Until when its use must be remembered: past that it is refused as expired anyway.
     pub remember_until: i64,
-}
-
-impl Accepted {
-    /// The grant's `jti`.
-    pub fn jti(&self) -> &str {
-        &self.grant.jti
-    }
 }
 
 /// The client presenting a grant, from its JWT-SVID client assertion: signed by the
@@ -485,7 +475,11 @@ mod tests {
             request: &JwtBearerRequest,
             issuer: Option<&TrustBundle>,
         ) -> Result<(String, AccessTokenClaims), ExchangeError> {
-            let accepted = self.chaining.accept(request, &self.td, issuer, NOW)?;
+            let named = wimse_core::token::chain::grant_issuer(&request.assertion)
+                .map_err(|e| ExchangeError::InvalidGrant(e.to_string()))?;
+            let accepted = self
+                .chaining
+                .accept(request, &self.td, &named, issuer, NOW)?;
             assert_eq!(accepted.remember_until, accepted.grant.exp + 60);
             self.chaining
                 .access_token(&accepted, &self.td, &self.signer(), NOW)
@@ -711,6 +705,7 @@ mod tests {
             .accept(
                 &bearer(&short.0, Some(assertion), None),
                 &b.td,
+                &a.td,
                 Some(&a.bundle),
                 NOW,
             )

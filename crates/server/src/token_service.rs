@@ -634,12 +634,12 @@ async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, Exc
     };
     let now = wimse_core::token::unix_now();
     let own = &state.config.trust_domain;
-    let accepted = chaining.accept(request, own, bundle.as_ref(), now)?;
+    let accepted = chaining.accept(request, own, &issuer, bundle.as_ref(), now)?;
     // Last, so that a refused request does not use the grant up; in the datastore, so that
     // every replica of the trust domain sees it.
     let fresh = state
         .store
-        .redeem_grant(&accepted.issuer, accepted.jti(), accepted.remember_until)
+        .redeem_grant(&issuer, &accepted.grant.jti, accepted.remember_until)
         .await
         .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
     if !fresh {
@@ -650,8 +650,6 @@ async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, Exc
     let (token, claims) = with_signer(state, |signer| {
         chaining.access_token(&accepted, own, signer, now)
     })?;
-    let client = WorkloadId::parse(&claims.client_id)
-        .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
     Ok(Minted {
         token,
         issued_token_type: token_type::ACCESS_TOKEN,
@@ -660,7 +658,7 @@ async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, Exc
         scope: claims.scope,
         event: EventKind::AccessTokenIssued,
         credential: CredentialKind::AccessToken,
-        client,
+        client: accepted.client,
     })
 }
 
