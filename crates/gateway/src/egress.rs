@@ -482,10 +482,12 @@ impl Egress {
         parts.uri = target
             .parse()
             .map_err(|e| EgressError::Upstream(format!("`{target}`: {e}")))?;
-        // Read before the inward headers go: the transaction a chaining route carries.
-        let txn_token = parts
-            .headers
-            .get(TXN_HEADER)
+        // Read before the inward headers go, on chaining routes only: the transaction the
+        // route carries.
+        let txn_token = destination
+            .chained
+            .as_ref()
+            .and_then(|_| parts.headers.get(TXN_HEADER))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         strip_inward(&mut parts.headers);

@@ -38,23 +38,14 @@ use wimse_core::token::txn::verify_txn_token_in;
 use wimse_core::token::{Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
 
-/// Who may chain to and from which trust domains.
-#[derive(Debug)]
+/// Who may chain to and from which trust domains (by default, none: no grant is issued
+/// or accepted).
+#[derive(Debug, Default)]
 pub struct Chaining {
     grant_ttl: i64,
     access_token_ttl: i64,
     to: Vec<ChainTo>,
     from: Vec<ChainFrom>,
-}
-
-impl Default for Chaining {
-    fn default() -> Self {
-        Self::new(&TokenServiceSettings {
-            grant_ttl: 60,
-            access_token_ttl: 300,
-            ..TokenServiceSettings::default()
-        })
-    }
 }
 
 /// Where a scope request stands against the limits that apply.

@@ -293,7 +293,12 @@ impl TokenServiceFile {
                 Err(invalid(name, format!("must be 1 to {max} seconds")))
             }
         };
-        let grant_ttl = ttl(self.grant_ttl, 60, 300, "token_service.grant_ttl")?;
+        let grant_ttl = ttl(
+            self.grant_ttl,
+            60,
+            wimse_core::token::chain::MAX_GRANT_LIFETIME,
+            "token_service.grant_ttl",
+        )?;
         let access_token_ttl = ttl(
             self.access_token_ttl,
             300,

@@ -105,11 +105,6 @@ async fn stored_federation(state: &State, td: &TrustDomain) -> Result<Federation
     ))
 }
 
-/// Whether a bundle format named in a request (default `spiffe`) is `pem`.
-fn bundle_format_is_pem(format: Option<&str>) -> Result<bool, AdminError> {
-    Ok(federation::bundle_format_is_pem(format)?)
-}
-
 /// Stores the initial bundle, once its relationship is stored.
 async fn store_initial_bundle(
     state: &State,
@@ -272,7 +267,7 @@ async fn set_bundle(
             "`{td}` is this server's own trust domain: its bundle is built from its own keys"
         )));
     }
-    let pem = bundle_format_is_pem(q.format.as_deref())?;
+    let pem = federation::bundle_format_is_pem(q.format.as_deref())?;
     let bundle = federation::operator_bundle(&td, &body, pem)?;
     state
         .store
