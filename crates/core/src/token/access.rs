@@ -41,6 +41,27 @@ impl TrustedIssuer {
         subject_prefix: String,
         jwks: &JwkSet,
     ) -> Result<Self, TokenError> {
+        Self::awaiting_keys(issuer, audience, subject_prefix).with_jwks(jwks)
+    }
+
+    /// An issuer whose keys are not known yet (they are fetched from its JWKS URL):
+    /// every token of it is refused until [`TrustedIssuer::with_jwks`] gives them.
+    pub fn awaiting_keys(issuer: String, audience: String, subject_prefix: String) -> Self {
+        TrustedIssuer {
+            issuer,
+            audience,
+            subject_prefix,
+            max_scope: None,
+            keys: Vec::new(),
+            typed: false,
+        }
+    }
+
+    /// The same issuer with the signing keys of `jwks` in place of the ones it had (keys
+    /// with `use` other than `sig` are left out; an RSA key without `alg` is bound to
+    /// RS256). Refused when no key is usable, so that a broken JWK Set never leaves an
+    /// issuer without keys.
+    pub fn with_jwks(&self, jwks: &JwkSet) -> Result<Self, TokenError> {
         let keys: Vec<(Option<String>, PublicKey)> = jwks
             .keys
             .iter()
@@ -49,17 +70,32 @@ impl TrustedIssuer {
             .collect();
         if keys.is_empty() {
             return Err(TokenError::Issue(format!(
-                "no usable signing key for issuer `{issuer}`"
+                "no usable signing key for issuer `{}`",
+                self.issuer
             )));
         }
         Ok(TrustedIssuer {
-            issuer,
-            audience,
-            subject_prefix,
-            max_scope: None,
             keys,
-            typed: false,
+            ..self.clone()
         })
+    }
+
+    /// [`TrustedIssuer::with_jwks`] with the JWK Set as JSON text, read strictly: a
+    /// repeated member name is refused.
+    pub fn with_jwks_json(&self, json: &[u8]) -> Result<Self, TokenError> {
+        let jwks: JwkSet = crate::json::from_slice(json)
+            .map_err(|e| TokenError::Issue(format!("the JWK Set is not valid: {e}")))?;
+        self.with_jwks(&jwks)
+    }
+
+    /// Whether a token naming `kid` (or none) would find its key here.
+    pub fn holds_key(&self, kid: Option<&str>) -> bool {
+        self.key(kid).is_ok()
+    }
+
+    /// How many signing keys are held.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
     }
 
     /// The token service of `bundle`'s trust domain, as the issuer of the access tokens
@@ -91,13 +127,15 @@ impl TrustedIssuer {
         subject_prefix: String,
         json: &[u8],
     ) -> Result<Self, TokenError> {
-        let jwks: JwkSet = crate::json::from_slice(json)
-            .map_err(|e| TokenError::Issue(format!("the JWK Set is not valid: {e}")))?;
-        Self::new(issuer, audience, subject_prefix, &jwks)
+        Self::awaiting_keys(issuer, audience, subject_prefix).with_jwks_json(json)
     }
 
     fn key(&self, kid: Option<&str>) -> Result<&PublicKey, TokenError> {
         match (kid, self.keys.as_slice()) {
+            (_, []) => Err(TokenError::BadClaim {
+                claim: "kid",
+                reason: format!("no key of issuer `{}` is held yet", self.issuer),
+            }),
             (Some(kid), keys) => keys
                 .iter()
                 .find(|(k, _)| k.as_deref() == Some(kid))
@@ -190,6 +228,16 @@ impl VerifiedAccessToken {
             .and_then(|c| c.get("x5t#S256"))
             .and_then(serde_json::Value::as_str)
     }
+}
+
+/// The issuer a token names and the key it names (`iss` and `kid`), read without
+/// verifying anything: only to decide whose keys to look at (or fetch) before
+/// [`verify_access_token`] checks it.
+pub fn named_issuer_and_key(token: &str) -> Result<(String, Option<String>), TokenError> {
+    let jws = Jws::parse(token)?;
+    let named: IssuerOnly = jws.claims()?;
+    let issuer = named.iss.ok_or(TokenError::MissingClaim("iss"))?;
+    Ok((issuer, jws.header().kid.clone()))
 }
 
 /// Verifies an access token from one of `issuers` (see the module doc); returns the
@@ -401,5 +449,47 @@ mod tests {
         assert!(
             TrustedIssuer::new("i".into(), "a".into(), String::new(), &JwkSet::default()).is_err()
         );
+    }
+
+    #[test]
+    fn an_issuer_awaiting_keys_refuses_every_token_until_it_has_them() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let waiting = TrustedIssuer::awaiting_keys(
+            "https://login.example.com".into(),
+            "wimse".into(),
+            "login:".into(),
+        );
+        let t = token(&key, Some("at+jwt"), Some("k1"), &good_claims());
+        let refused = verify_access_token(&t, [&waiting], &Validation::at(NOW)).unwrap_err();
+        assert!(
+            refused.to_string().contains("no key of issuer"),
+            "{refused}"
+        );
+        assert!(!waiting.holds_key(Some("k1")) && !waiting.holds_key(None));
+        // The keys arrive; everything else about the issuer stays.
+        let mut jwk = key.public_jwk().clone();
+        jwk.kid = Some("k1".into());
+        let json = json!({ "keys": [jwk] }).to_string();
+        let ready = waiting.with_jwks_json(json.as_bytes()).unwrap();
+        assert!(ready.holds_key(Some("k1")) && ready.holds_key(None));
+        assert!(!ready.holds_key(Some("k2")));
+        let (found, _) = verify_access_token(&t, [&ready], &Validation::at(NOW)).unwrap();
+        assert_eq!(found.subject_prefix, "login:");
+        // A set with no usable key, or a repeated member, changes nothing.
+        assert!(ready.with_jwks(&JwkSet::default()).is_err());
+        assert!(ready.with_jwks_json(br#"{"keys":[],"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn the_named_issuer_and_key_are_read_without_verifying() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let t = token(&key, Some("at+jwt"), Some("k9"), &good_claims());
+        let (iss, kid) = named_issuer_and_key(&t).unwrap();
+        assert_eq!(iss, "https://login.example.com");
+        assert_eq!(kid.as_deref(), Some("k9"));
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("iss");
+        assert!(named_issuer_and_key(&token(&key, None, None, &c)).is_err());
+        assert!(named_issuer_and_key("not.a.jwt").is_err());
     }
 }
