@@ -1,11 +1,14 @@
-//! Fuzzes the SPIFFE trust bundle parsers (single bundle and bundle map): no input may
-//! panic, and an accepted bundle must read back identical from its own serialization.
+//! Fuzzes the parsers of fetched trust material: SPIFFE trust bundles (single bundle and
+//! bundle map), an outside issuer's JWK Set, and the `Cache-Control` that schedules the
+//! next fetch. No input may panic, and an accepted bundle must read back identical from
+//! its own serialization.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
 use wimse_core::TrustDomain;
+use wimse_core::token::access::TrustedIssuer;
 
 fuzz_target!(|data: &[u8]| {
     let td = TrustDomain::new("example.org").unwrap();
@@ -21,4 +24,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut empty = TrustBundle::new(td);
     let _ = empty.add_jwks(KeyUse::JwtSvid, data);
+    let issuer = TrustedIssuer::awaiting_keys("https://login.test".into(), "a".into(), String::new());
+    if let Ok(ready) = issuer.with_jwks_json(data) {
+        assert!(ready.key_count() > 0, "an issuer is never left without keys");
+    }
+    let _ = wimse_remote::fetch::max_age(&String::from_utf8_lossy(data));
 });

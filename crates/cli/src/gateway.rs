@@ -65,6 +65,8 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         .iter()
         .map(|r| format!("{} ({})", r.prefix(), r.scope()))
         .collect();
+    // Issuers' JWK Sets named by URL: fetched now, then kept fresh.
+    config.issuers.watch();
     let mut gateway = Gateway::new(
         config.routes,
         config.issuers,

@@ -26,6 +26,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wimse_core::WorkloadId;
 use wimse_core::token::exchange::Scope;
@@ -89,6 +90,8 @@ struct Domain {
     agent: Agent,
     /// The outside authorization server whose access tokens may start transactions.
     login: wimse_core::jose::SigningKey,
+    /// The TOML naming where its keys are (`jwks_file` or `jwks_uri`).
+    login_keys: String,
 }
 
 /// The outside authorization server's issuer name, and the audience its tokens name for us.
@@ -96,22 +99,30 @@ const LOGIN_ISSUER: &str = "https://login.example.com";
 const LOGIN_AUDIENCE: &str = "wimse";
 
 fn domain(ttl: &str) -> Domain {
+    let login = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
+    domain_with_login(ttl, login, None)
+}
+
+/// A domain whose token service accepts the access tokens `login` signs as `login-1`,
+/// taking its keys from `keys` (the TOML naming them), or from `login-jwks.json` in the
+/// domain's directory.
+fn domain_with_login(ttl: &str, login: wimse_core::jose::SigningKey, keys: Option<&str>) -> Domain {
     let dir = tempfile::tempdir().unwrap();
     // The token service: the gateway may start transactions for the login server's users.
-    let login = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
-    let mut jwk = login.public_jwk().clone();
-    jwk.kid = Some("login-1".into());
     let jwks = dir.path().join("login-jwks.json");
-    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    std::fs::write(&jwks, login_jwks(&[(&login, "login-1")])).unwrap();
+    let keys = keys.map_or_else(
+        || format!("jwks_file = \"{}\"", jwks.display()),
+        str::to_owned,
+    );
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
         format!(
             "[token_service]\nrequesters = [\"{gw}\"]\n\n[[token_service.issuers]]\n\
              issuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
-             jwks_file = \"{jwks}\"\nsubject_prefix = \"user:\"\n",
+             {keys}\nsubject_prefix = \"user:\"\n",
             gw = id("/gw"),
-            jwks = jwks.display(),
         ),
     )
     .unwrap();
@@ -138,7 +149,21 @@ fn domain(ttl: &str) -> Domain {
         server,
         agent,
         login,
+        login_keys: keys,
     }
+}
+
+/// The login server's JWK Set publishing `keys` under their `kid`s.
+fn login_jwks(keys: &[(&wimse_core::jose::SigningKey, &str)]) -> String {
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|(key, kid)| {
+            let mut jwk = key.public_jwk().clone();
+            jwk.kid = Some((*kid).into());
+            jwk
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
 }
 
 fn socket_arg(d: &Domain) -> String {
@@ -529,12 +554,17 @@ fn txn_token(key: &wimse_core::jose::SigningKey, kid: &str, aud: &str, scope: &s
 
 /// An access token from the outside login server, for `alice`.
 fn login_token(d: &Domain, scope: &str) -> String {
+    login_token_by(&d.login, "login-1", scope)
+}
+
+/// An access token for `alice` signed with the login server's `key` named `kid`.
+fn login_token_by(key: &wimse_core::jose::SigningKey, kid: &str, scope: &str) -> String {
     let now = wimse_core::token::unix_now();
     let claims = serde_json::json!({
         "iss": LOGIN_ISSUER, "sub": "alice", "aud": LOGIN_AUDIENCE, "iat": now,
         "exp": now + 300, "scope": scope, "client_id": "web-shop",
     });
-    wimse_core::jose::jws::sign(&d.login, Some("at+jwt"), Some("login-1"), &claims).unwrap()
+    wimse_core::jose::jws::sign(key, Some("at+jwt"), Some(kid), &claims).unwrap()
 }
 
 async fn token_service_as(d: &Domain, who: &str) -> TokenServiceClient {
@@ -718,14 +748,14 @@ fn gateway_full(d: &Domain, port: u16, p3: u16, health: u16, top: &str, extra: &
              agent_socket = \"{socket}\"\nspiffe_id = \"{gw}\"\n\
              health_bind = \"127.0.0.1:{health}\"\naudit_log = \"{audit}\"\n\n\
              [[issuers]]\nissuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
-             jwks_file = \"{jwks}\"\n\n\
+             {keys}\n\n\
              [[routes]]\nprefix = \"/api/orders\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"orders\"\n\n\
              [[routes]]\nprefix = \"/api/refunds\"\nupstream = \"http://127.0.0.1:{p3}\"\nscope = \"refunds\"\n{extra}",
             server = d.server.addr,
             socket = socket_arg(d),
             gw = id("/gw"),
             audit = d.dir.path().join("gateway-audit.jsonl").display(),
-            jwks = d.dir.path().join("login-jwks.json").display(),
+            keys = d.login_keys,
         ),
     )
     .unwrap();
@@ -959,6 +989,122 @@ type ClientIdentity = (
     Vec<rustls_pki_types::CertificateDer<'static>>,
     rustls_pki_types::PrivateKeyDer<'static>,
 );
+
+/// The outside login server's JWKS endpoint over HTTPS (a certificate of its own, whose
+/// PEM is written to `dir`): answers with what `published` holds now and counts the
+/// fetches. Returns its URL and the certificate's file.
+async fn jwks_endpoint(
+    dir: &std::path::Path,
+    published: Arc<std::sync::Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+) -> (String, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let ca = dir.join("login-ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let tls = wimse_workload::tls::server_config_from_pem(
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let (published, fetches) = (Arc::clone(&published), Arc::clone(&fetches));
+            async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body = published.lock().unwrap().clone();
+                ([("content-type", "application/json")], body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(wimse_workload::tls::serve(listener, Arc::new(tls), app));
+    (
+        format!("https://127.0.0.1:{port}/.well-known/jwks.json"),
+        ca,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_and_token_service_follow_a_login_servers_rotating_jwks_uri() {
+    use wimse_core::jose::{Algorithm, SigningKey};
+    let login_dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (
+        SigningKey::generate(Algorithm::Es256).unwrap(),
+        SigningKey::generate(Algorithm::Es256).unwrap(),
+    );
+    let published = Arc::new(std::sync::Mutex::new(login_jwks(&[(&k1, "login-1")])));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (url, ca) = jwks_endpoint(
+        login_dir.path(),
+        Arc::clone(&published),
+        Arc::clone(&fetches),
+    )
+    .await;
+    let keys = format!("jwks_uri = \"{url}\"\njwks_ca_file = \"{}\"", ca.display());
+    // Both the token service and the gateway name the login server's keys by URL only.
+    let d = domain_with_login("3600", k1, Some(&keys));
+    let up = upstream().await;
+    let (p3, pg) = (free_port(), free_port());
+    let _w3 = inbound(&d, p3, up, free_port());
+    let gw = gateway_with(&d, pg, p3, free_port(), "");
+    // Each fetches the set once at start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetches.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "{}", gw.log());
+    let get = move |token: String| {
+        tokio::task::spawn_blocking(move || {
+            http_full(
+                pg,
+                "GET /api/orders/7",
+                &[("Authorization", &format!("Bearer {token}"))],
+                "",
+            )
+        })
+    };
+    let (status, _, body) = get(login_token(&d, "orders")).await.unwrap();
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+
+    // The login server rotates: login-2 is published and signs at once. Neither the
+    // gateway nor the token service is restarted or told; each fetches the set again when
+    // it first sees the new key.
+    *published.lock().unwrap() = login_jwks(&[(&d.login, "login-1"), (&k2, "login-2")]);
+    let (status, _, body) = get(login_token_by(&k2, "login-2", "orders")).await.unwrap();
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+    assert!(body.contains("with txn-token "), "{body}");
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+
+    // Tokens naming keys the login server never published are refused, and however many
+    // arrive they make no fetch within the cooldown: no amplification against it.
+    let attacker = SigningKey::generate(Algorithm::Es256).unwrap();
+    for i in 0..5 {
+        let (status, _, body) = get(login_token_by(
+            &attacker,
+            &format!("login-{}", 3 + i),
+            "orders",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("invalid-token"), "{body}");
+    }
+    // Nor is a known `kid` on a forged signature accepted.
+    let (status, _, _) = get(login_token_by(&attacker, "login-2", "orders"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+    // The old key still works while it is published.
+    let (status, _, _) = get(login_token(&d, "orders")).await.unwrap();
+    assert_eq!(status, 200);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_serves_https_with_its_own_certificate() {

@@ -26,7 +26,9 @@
 //! [[issuers]]                          # outside authorization servers whose access tokens admit a client
 //! issuer = "https://login.example.com"
 //! audience = "https://api.example.com"
-//! jwks_file = "/etc/wimse/login-jwks.json"
+//! jwks_uri = "https://login.example.com/.well-known/jwks.json"  # fetched and kept fresh
+//! # jwks_file = "/etc/wimse/login-jwks.json"  # or a file read at start
+//! # jwks_ca_file = "/etc/wimse/login-ca.pem"   # jwks_uri's server: default Mozilla's roots
 //!
 //! [[routes]]                           # which requests go where, with which scope
 //! prefix = "/orders"                   # matches /orders and /orders/..., not /ordersx
@@ -71,6 +73,7 @@ use std::sync::Arc;
 use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
 use wimse_core::{TrustDomain, WorkloadId};
+use wimse_remote::issuers::{IssuerKeys, IssuerSource};
 use wimse_workload::ProofMethod;
 use wimse_workload::tls::FileCertificate;
 
@@ -219,7 +222,9 @@ impl std::fmt::Debug for GatewayTls {
 struct IssuerFile {
     issuer: String,
     audience: String,
-    jwks_file: PathBuf,
+    jwks_file: Option<PathBuf>,
+    jwks_uri: Option<String>,
+    jwks_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,8 +255,9 @@ pub struct GatewayConfig {
     pub health_bind: Option<SocketAddr>,
     /// Where to append audit records, if anywhere.
     pub audit_log: Option<PathBuf>,
-    /// The outside authorization servers whose access tokens are accepted.
-    pub issuers: Vec<TrustedIssuer>,
+    /// The outside authorization servers whose access tokens are accepted (watch it, so
+    /// that keys named by `jwks_uri` are fetched).
+    pub issuers: Arc<IssuerKeys>,
     /// Whether the trust domain's own chained access tokens are accepted too.
     pub accept_chained: bool,
     /// The proxies whose `X-Forwarded-For` names the client.
@@ -307,7 +313,8 @@ impl GatewayConfig {
             .iter()
             .enumerate()
             .map(|(i, issuer)| load_issuer(issuer).map_err(|e| error(format!("issuers[{i}]"), e)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map(|sources| Arc::new(IssuerKeys::new(sources)))?;
         if file.routes.is_empty() {
             return Err(error(
                 "routes",
@@ -560,21 +567,21 @@ fn load_tls(file: &TlsFile) -> Result<GatewayTls, ConfigError> {
     })
 }
 
-fn load_issuer(file: &IssuerFile) -> Result<TrustedIssuer, String> {
+fn load_issuer(file: &IssuerFile) -> Result<IssuerSource, String> {
     if file.issuer.is_empty() || file.audience.is_empty() {
         return Err("`issuer` and `audience` must not be empty".into());
     }
-    let jwks_file = file.jwks_file.display();
-    let text = std::fs::read(&file.jwks_file).map_err(|e| format!("{jwks_file}: {e}"))?;
     // The subject keeps the issuer's name for it here: the token service adds its own
     // prefix to the Txn-Token's `sub`.
-    TrustedIssuer::from_jwks_json(
-        file.issuer.clone(),
-        file.audience.clone(),
-        String::new(),
-        &text,
+    let issuer =
+        TrustedIssuer::awaiting_keys(file.issuer.clone(), file.audience.clone(), String::new());
+    IssuerSource::configured(
+        issuer,
+        file.jwks_file.as_deref(),
+        file.jwks_uri.as_deref(),
+        file.jwks_ca_file.as_deref(),
     )
-    .map_err(|e| format!("{jwks_file}: {e}"))
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -621,8 +628,17 @@ mod tests {
         let config = GatewayConfig::parse(&text(&jwks_file(dir.path()), ROUTES)).unwrap();
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.proof, ProofSetting::HttpSig);
-        assert_eq!(config.issuers.len(), 1);
-        assert_eq!(config.issuers[0].issuer, "https://login.example.com");
+        let issuers = config.issuers.current();
+        assert_eq!(issuers.len(), 1);
+        assert_eq!(issuers[0].issuer, "https://login.example.com");
+        assert!(issuers[0].holds_key(None));
+        // A `jwks_uri` issuer has no keys until they are fetched.
+        let remote = text(&jwks_file(dir.path()), ROUTES).replace(
+            &format!("jwks_file = \"{}\"", jwks_file(dir.path()).display()),
+            "jwks_uri = \"https://login.example.com/jwks\"",
+        );
+        let config = GatewayConfig::parse(&remote).unwrap();
+        assert!(!config.issuers.current()[0].holds_key(None));
         let route = config.routes.find("/orders/7").unwrap();
         assert_eq!(route.prefix(), "/orders");
         assert!(route.scope().contains("orders.read"));
@@ -681,6 +697,11 @@ mod tests {
                 "server_address",
             ),
             (text(&dir.path().join("missing.json"), ROUTES), "issuers[0]"),
+            (
+                text(&jwks, ROUTES)
+                    .replace("jwks_file", "jwks_uri = \"http://login.test/k\"\njwks_file"),
+                "issuers[0]",
+            ),
             (
                 text(&jwks, ROUTES).replace("proof = \"http-sig\"", "proof = \"bearer\""),
                 "",

@@ -47,6 +47,7 @@ use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
 use wimse_core::token::txn::{TXN_HEADER, TxnTokenClaims, verify_txn_token};
+use wimse_remote::issuers::IssuerKeys;
 use wimse_workload::PeerAllowList;
 use wimse_workload::authn::CREDENTIAL_HEADERS;
 use wimse_workload::client::attach;
@@ -223,7 +224,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
 /// The gateway's ingress.
 pub struct Gateway {
     routes: Routes,
-    issuers: Vec<TrustedIssuer>,
+    issuers: Arc<IssuerKeys>,
     accept_chained: bool,
     trusted_proxies: TrustedProxies,
     token_service: TokenServiceClient,
@@ -259,7 +260,7 @@ impl Gateway {
     /// `token_service`, and proving itself inward with `source`'s credentials by `proof`.
     pub fn new(
         routes: Routes,
-        issuers: Vec<TrustedIssuer>,
+        issuers: Arc<IssuerKeys>,
         token_service: TokenServiceClient,
         source: CredentialSource,
         proof: ProofMethod,
@@ -379,8 +380,11 @@ impl Gateway {
         let route = self.routes.find(path).ok_or(Refusal::NoRoute)?;
         let token = bearer(&request.headers)?;
         let now = wimse_core::token::unix_now();
+        // A login server's new key is fetched before its first token is refused.
+        self.issuers.prepare(token).await;
         let own = self.own_token_service();
-        let issuers = self.issuers.iter().chain(own.as_ref());
+        let held = self.issuers.current();
+        let issuers = held.iter().chain(own.as_ref());
         let (_, access) = verify_access_token(token, issuers, &Validation::at(now))
             .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
         check_binding(&access, request.extensions.get::<ClientCertificate>())?;

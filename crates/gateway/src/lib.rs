@@ -33,3 +33,4 @@ pub mod route;
 pub use config::{ConfigError, GatewayConfig};
 pub use ingress::{Gateway, Refusal};
 pub use metrics::GatewayMetrics;
+pub use wimse_remote::issuers::IssuerKeys;

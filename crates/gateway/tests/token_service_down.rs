@@ -48,7 +48,7 @@ fn gateway(server: &str, timeout: Duration) -> (Gateway, String) {
     let tts = TokenServiceClient::new(&source, server).unwrap();
     let gateway = Gateway::new(
         Routes::new(vec![route]).unwrap(),
-        vec![issuer],
+        std::sync::Arc::new(wimse_gateway::IssuerKeys::fixed(vec![issuer])),
         tts,
         source,
         ProofMethod::WitWpt,

@@ -29,7 +29,8 @@
 //! [[token_service.issuers]]                 # whose access tokens may start them
 //! issuer = "https://login.example.com"
 //! audience = "wimse"
-//! jwks_file = "/etc/wimse/login-jwks.json"
+//! jwks_uri = "https://login.example.com/.well-known/jwks.json"  # or jwks_file = "/etc/..."
+//! jwks_ca_file = "/etc/wimse/login-ca.pem"  # jwks_uri's server: default Mozilla's roots
 //! subject_prefix = "login:"                 # default: none
 //!
 //! # Identity chaining (draft-ietf-oauth-identity-chaining): carrying a transaction's
@@ -231,8 +232,16 @@ pub struct IssuerFile {
     pub issuer: String,
     /// The audience its tokens must name.
     pub audience: String,
-    /// Its JWK Set, as a file.
-    pub jwks_file: PathBuf,
+    /// Its JWK Set, as a file read at start.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Its JWK Set, as a URL fetched at start and kept fresh (`wimse_remote::issuers`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The PEM roots the `jwks_uri` server's certificate is checked against (default:
+    /// Mozilla's).
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Prepended to its subjects.
     #[serde(default)]
     pub subject_prefix: String,

@@ -34,19 +34,14 @@ use crate::datastore::{
     Datastore, EndpointProfile, FederatedBundle, FederationRelationship, StoreError,
 };
 use crate::state::State;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
 use rustls::crypto::aws_lc_rs;
-use rustls_pki_types::ServerName;
-use rustls_pki_types::pem::PemObject;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use wimse_core::bundle::{BundleError, TrustBundle};
 use wimse_core::token::unix_now;
 use wimse_core::{TrustDomain, WorkloadId};
+use wimse_remote::fetch::{self, FetchError};
 
 /// The longest a bundle fetch may take, connection and TLS handshake included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,33 +80,10 @@ pub enum FederationError {
          `wimse server bundle set` (or `federation create --trust-bundle`)"
     )]
     NoEndpointBundle(TrustDomain),
-    /// The endpoint could not be reached, or the TLS handshake failed.
-    #[error("cannot reach `{url}`: {message}")]
-    Connect {
-        /// The endpoint URL.
-        url: String,
-        /// Why.
-        message: String,
-    },
-    /// The fetch took longer than [`FETCH_TIMEOUT`].
-    #[error("`{0}` did not answer within {FETCH_TIMEOUT:?}")]
-    Timeout(String),
-    /// The endpoint answered with a status other than 200.
-    #[error("`{url}` answered HTTP {status}")]
-    Status {
-        /// The endpoint URL.
-        url: String,
-        /// The status.
-        status: u16,
-    },
-    /// The answer was larger than [`MAX_BUNDLE_BYTES`] or broke off.
-    #[error("`{url}`: {message}")]
-    Body {
-        /// The endpoint URL.
-        url: String,
-        /// Why.
-        message: String,
-    },
+    /// The endpoint could not be fetched from: unreachable, refused TLS, not 200 within
+    /// [`FETCH_TIMEOUT`], or more than [`MAX_BUNDLE_BYTES`].
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     /// The answer is not a valid SPIFFE bundle.
     #[error("the bundle of `{trust_domain}` is invalid: {source}")]
     Bundle {
@@ -194,26 +166,10 @@ pub fn relationship(
 }
 
 /// Parses a bundle endpoint URL: `https`, a host, no userinfo, no fragment.
-fn endpoint_uri(url: &str) -> Result<Uri, FederationError> {
-    let invalid =
-        |why: &str| FederationError::Invalid(format!("`bundle_endpoint_url` `{url}` {why}"));
-    if url.contains('#') {
-        return Err(invalid("has a fragment"));
-    }
-    let uri: Uri = url.parse().map_err(|_| invalid("is not a URL"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(invalid("is not an `https` URL"));
-    }
-    let Some(authority) = uri.authority() else {
-        return Err(invalid("has no host"));
-    };
-    if authority.as_str().contains('@') {
-        return Err(invalid("has userinfo"));
-    }
-    if authority.host().is_empty() {
-        return Err(invalid("has no host"));
-    }
-    Ok(uri)
+fn endpoint_uri(url: &str) -> Result<(), FederationError> {
+    fetch::https_uri(url)
+        .map(drop)
+        .map_err(|e| FederationError::Invalid(format!("`bundle_endpoint_url` {e}")))
 }
 
 /// Parses a bundle of `trust_domain` given by an operator: SPIFFE bundle JSON, or PEM
@@ -318,10 +274,8 @@ async fn fetch(
 ) -> Result<TrustBundle, FederationError> {
     let url = &relationship.bundle_endpoint_url;
     let tls = client_config(state, relationship, stored).await?;
-    let body = tokio::time::timeout(FETCH_TIMEOUT, get(url, tls))
-        .await
-        .map_err(|_| FederationError::Timeout(url.clone()))??;
-    let bundle = spiffe_bundle(&relationship.trust_domain, &body)?;
+    let fetched = fetch::get(url, Arc::new(tls), MAX_BUNDLE_BYTES, FETCH_TIMEOUT).await?;
+    let bundle = spiffe_bundle(&relationship.trust_domain, &fetched.body)?;
     if let Some(stored) = stored
         && bundle.sequence < stored.sequence
     {
@@ -452,9 +406,11 @@ async fn client_config(
     stored: Option<&TrustBundle>,
 ) -> Result<rustls::ClientConfig, FederationError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
-    let tls_error = |e: rustls::Error| FederationError::Connect {
-        url: relationship.bundle_endpoint_url.clone(),
-        message: e.to_string(),
+    let tls_error = |e: rustls::Error| {
+        FederationError::Fetch(FetchError::Connect {
+            url: relationship.bundle_endpoint_url.clone(),
+            message: e.to_string(),
+        })
     };
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -495,96 +451,13 @@ async fn client_config(
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_no_client_auth()
         }
-        EndpointProfile::HttpsWeb => builder
-            .with_root_certificates(web_roots(state)?)
-            .with_no_client_auth(),
+        EndpointProfile::HttpsWeb => {
+            return fetch::web_client_config(state.config.federation_web_roots.as_deref())
+                .map_err(|e| FederationError::Config(format!("`federation_web_roots`: {e}")));
+        }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// The roots `https_web` endpoints are checked against.
-fn web_roots(state: &State) -> Result<rustls::RootCertStore, FederationError> {
-    let Some(path) = &state.config.federation_web_roots else {
-        return Ok(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        });
-    };
-    let invalid = |why: String| {
-        FederationError::Config(format!(
-            "`federation_web_roots` `{}`: {why}",
-            path.display()
-        ))
-    };
-    let text = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&text) {
-        let cert = cert.map_err(|e| invalid(e.to_string()))?;
-        roots.add(cert).map_err(|e| invalid(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(invalid("holds no certificate".into()));
-    }
-    Ok(roots)
-}
-
-/// `GET url` over TLS with `tls`; the body of a 200 answer.
-async fn get(url: &str, tls: rustls::ClientConfig) -> Result<Bytes, FederationError> {
-    let uri = endpoint_uri(url)?;
-    let connect = |message: String| FederationError::Connect {
-        url: url.to_owned(),
-        message,
-    };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| connect("no host".into()))?
-        .clone();
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(443);
-    let server_name =
-        ServerName::try_from(host.to_owned()).map_err(|e| connect(format!("host: {e}")))?;
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = Request::get(path)
-        .header(hyper::header::HOST, authority.as_str())
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| connect(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    if response.status() != StatusCode::OK {
-        return Err(FederationError::Status {
-            url: url.to_owned(),
-            status: response.status().as_u16(),
-        });
-    }
-    let body = Limited::new(response.into_body(), MAX_BUNDLE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| FederationError::Body {
-            url: url.to_owned(),
-            message: format!(
-                "reading the bundle failed or it exceeds {MAX_BUNDLE_BYTES} bytes: {e}"
-            ),
-        })?;
-    Ok(body.to_bytes())
 }
 
 #[cfg(test)]

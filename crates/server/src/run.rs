@@ -215,6 +215,8 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
         }
     }));
 
+    // Outside issuers' JWK Sets named by URL: fetched now, then kept fresh.
+    state.token_service.issuers().watch();
     handles.push(tokio::spawn(crate::federation::run(
         Arc::clone(&state),
         stop_rx.clone(),

@@ -48,6 +48,7 @@ use wimse_core::token::exchange::{
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
 use wimse_core::token::{Audience, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
+use wimse_remote::issuers::{IssuerKeys, IssuerSource};
 
 /// The `rctx` member that keeps the requesters of a replaced token, oldest first.
 pub const REQ_WL_CHAIN: &str = "req_wl_chain";
@@ -71,7 +72,7 @@ pub struct TokenService {
     ttl: i64,
     max_replacements: usize,
     requesters: BTreeSet<WorkloadId>,
-    issuers: Vec<TrustedIssuer>,
+    issuers: Arc<IssuerKeys>,
     chaining: Chaining,
 }
 
@@ -100,38 +101,49 @@ impl TxnSigner<'_> {
 }
 
 impl TokenService {
-    /// Loads the issuers' key files named in `settings`.
+    /// Reads the issuers' key files named in `settings`; issuers with a `jwks_uri` have
+    /// their keys fetched once [`TokenService::issuers`] is watched.
     pub fn load(settings: &TokenServiceSettings) -> Result<Self, TokenServiceError> {
-        let mut issuers = Vec::new();
+        let mut sources = Vec::new();
         for file in &settings.issuers {
             let error = |message: String| TokenServiceError::Issuer {
                 issuer: file.issuer.clone(),
                 message,
             };
-            let text = std::fs::read(&file.jwks_file)
-                .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
-            let mut trusted = TrustedIssuer::from_jwks_json(
+            let mut issuer = TrustedIssuer::awaiting_keys(
                 file.issuer.clone(),
                 file.audience.clone(),
                 file.subject_prefix.clone(),
-                &text,
-            )
-            .map_err(|e| error(format!("{}: {e}", file.jwks_file.display())))?;
-            trusted.max_scope = file
+            );
+            issuer.max_scope = file
                 .max_scope
                 .as_deref()
                 .map(Scope::parse)
                 .transpose()
                 .map_err(|e| error(e.to_string()))?;
-            issuers.push(trusted);
+            let source = IssuerSource::configured(
+                issuer,
+                file.jwks_file.as_deref(),
+                file.jwks_uri.as_deref(),
+                file.jwks_ca_file.as_deref(),
+            )
+            .map_err(|e| error(e.to_string()))?;
+            sources.push(source);
         }
-        Ok(Self::new(
+        let mut service = Self::new(
             settings.txn_token_ttl,
             settings.max_replacements,
             settings.requesters.iter().cloned(),
-            issuers,
+            Vec::new(),
         )
-        .with_chaining(Chaining::new(settings)))
+        .with_chaining(Chaining::new(settings));
+        service.issuers = Arc::new(IssuerKeys::new(sources));
+        Ok(service)
+    }
+
+    /// The outside issuers whose access tokens may start transactions, with their keys.
+    pub fn issuers(&self) -> &Arc<IssuerKeys> {
+        &self.issuers
     }
 
     /// This service with identity chaining by `chaining`.
@@ -152,7 +164,7 @@ impl TokenService {
             ttl,
             max_replacements,
             requesters: requesters.into_iter().collect(),
-            issuers,
+            issuers: Arc::new(IssuerKeys::fixed(issuers)),
             chaining: Chaining::default(),
         }
     }
@@ -251,7 +263,8 @@ impl TokenService {
             .chaining
             .accepts_grants()
             .then(|| TrustedIssuer::token_service_of(bundle));
-        let issuers = self.issuers.iter().chain(own.as_ref());
+        let held = self.issuers.current();
+        let issuers = held.iter().chain(own.as_ref());
         let (issuer, subject) = verify_access_token(&request.subject_token, issuers, validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let too_wide = |limit: &Scope, whose: &str| {
@@ -474,7 +487,20 @@ async fn token(
     };
     let kind = metric_kind(&request);
     let outcome = match request {
-        Ok(TokenRequest::Exchange(request)) => decide(&state, &caller, &request),
+        Ok(TokenRequest::Exchange(request)) => {
+            if matches!(
+                request.subject_token_type.as_str(),
+                token_type::ACCESS_TOKEN | token_type::JWT
+            ) {
+                // A login server's new key is fetched before its first token is refused.
+                state
+                    .token_service
+                    .issuers
+                    .prepare(&request.subject_token)
+                    .await;
+            }
+            decide(&state, &caller, &request)
+        }
         Ok(TokenRequest::JwtBearer(request)) => redeem(&state, &request).await,
         Err(e) => Err(e),
     };

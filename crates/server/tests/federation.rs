@@ -16,6 +16,7 @@ use wimse_core::bundle::{BundleSet, TrustBundle};
 use wimse_core::jose::SigningKey;
 use wimse_core::token::unix_now;
 use wimse_core::{TrustDomain, WorkloadId};
+use wimse_remote::fetch::FetchError;
 use wimse_server::agent_api::client::{AgentApiClient, AgentIdentity, decode_chain};
 use wimse_server::api::{EntryRequest, FederationRequest};
 use wimse_server::config::{FederationFile, FileConfig};
@@ -176,7 +177,7 @@ async fn an_endpoint_with_another_identity_or_other_roots_is_refused() {
     store.create_federation(&relationship).await.unwrap();
     let refused = a.refresh(&relationship).await.unwrap_err();
     assert!(
-        matches!(refused, FederationError::Connect { .. }),
+        matches!(refused, FederationError::Fetch(FetchError::Connect { .. })),
         "{refused}"
     );
     assert!(
@@ -189,7 +190,7 @@ async fn an_endpoint_with_another_identity_or_other_roots_is_refused() {
     store.update_federation(&relationship).await.unwrap();
     let refused = a.refresh(&relationship).await.unwrap_err();
     assert!(
-        matches!(refused, FederationError::Connect { .. }),
+        matches!(refused, FederationError::Fetch(FetchError::Connect { .. })),
         "{refused}"
     );
     // Nothing of the impostor was stored.
@@ -362,7 +363,10 @@ async fn an_https_web_endpoint_is_checked_against_the_web_roots() {
     let public = server("a.test", FileConfig::default()).await;
     let refused = public.refresh(&web_relationship(port)).await;
     assert!(
-        matches!(refused, Err(FederationError::Connect { .. })),
+        matches!(
+            refused,
+            Err(FederationError::Fetch(FetchError::Connect { .. }))
+        ),
         "{refused:?}"
     );
 
@@ -394,7 +398,13 @@ async fn an_https_web_endpoint_is_checked_against_the_web_roots() {
     let refused = private.refresh(&web_relationship(port)).await;
     // The roots file is read per fetch, so the new CA applies at once.
     assert!(
-        matches!(refused, Err(FederationError::Status { status: 404, .. })),
+        matches!(
+            refused,
+            Err(FederationError::Fetch(FetchError::Status {
+                status: 404,
+                ..
+            }))
+        ),
         "{refused:?}"
     );
     let (port, ca_pem) = web_endpoint((200, "{\"keys\": 7}".into())).await;
@@ -408,7 +418,10 @@ async fn an_https_web_endpoint_is_checked_against_the_web_roots() {
     std::fs::write(dir.path().join("roots.pem"), &ca_pem).unwrap();
     let refused = private.refresh(&web_relationship(port)).await;
     assert!(
-        matches!(refused, Err(FederationError::Body { .. })),
+        matches!(
+            refused,
+            Err(FederationError::Fetch(FetchError::Body { .. }))
+        ),
         "{refused:?}"
     );
 }

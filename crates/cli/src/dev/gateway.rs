@@ -16,8 +16,8 @@ use wimse_core::WorkloadId;
 use wimse_core::jose::{Algorithm, JwkSet, SigningKey};
 use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
-use wimse_gateway::Gateway;
 use wimse_gateway::route::{Route, Routes};
+use wimse_gateway::{Gateway, IssuerKeys};
 use wimse_workload::ProofMethod;
 use wimse_workload::token_service::TokenServiceClient;
 
@@ -91,7 +91,9 @@ impl DevLogin {
             issuers: vec![wimse_server::config::IssuerFile {
                 issuer: self.issuer.clone(),
                 audience: self.audience.clone(),
-                jwks_file: self.jwks_file.clone(),
+                jwks_file: Some(self.jwks_file.clone()),
+                jwks_uri: None,
+                jwks_ca_file: None,
                 subject_prefix: "user:".into(),
                 max_scope: None,
             }],
@@ -175,7 +177,7 @@ pub(super) async fn start(
     let audit = crate::proxy::audit_log(&audit_log, &source)?;
     let gateway = Gateway::new(
         routes,
-        vec![issuer],
+        Arc::new(IssuerKeys::fixed(vec![issuer])),
         token_service,
         source,
         ProofMethod::WitWpt,

@@ -1,0 +1,646 @@
+//! The signing keys of the outside authorization servers whose access tokens are accepted
+//! (the gateway's `[[issuers]]`, the token service's `[[token_service.issuers]]`).
+//!
+//! An issuer's keys come from a `jwks_file`, read once at start, or from a `jwks_uri`,
+//! which login servers (Okta, Entra ID, Keycloak, ...) rotate: a new key is published
+//! before tokens are signed with it, an old one removed after its tokens expire. For those:
+//!
+//! - the JWK Set is fetched at start ([`IssuerKeys::watch`]) and again when it is due: after
+//!   the answer's `Cache-Control: max-age`, or [`RefreshPolicy::default_interval`] when it
+//!   gives none, clamped to [`RefreshPolicy::min_interval`]..[`RefreshPolicy::max_interval`];
+//!   after a failure, [`RefreshPolicy::retry`] later;
+//! - a token naming a key that is not held makes [`IssuerKeys::prepare`] fetch the set
+//!   again before the token is verified, so the first tokens signed with a new key are not
+//!   refused. The `kid` is read from the unverified token, so anyone can ask for this:
+//!   fetches caused this way are at most one per [`RefreshPolicy::refetch_cooldown`] per
+//!   issuer, and concurrent callers wait for the same fetch;
+//! - a failed fetch, or a set with no usable key, keeps the keys held (the issuer's tokens
+//!   keep verifying while its endpoint is down); an issuer whose set was never fetched
+//!   has no keys, and every token of it is refused (fail closed).
+//!
+//! Keys are only ever taken from the configured URL, never from a token (`jku`, `x5u`).
+//! Verification itself stays one synchronous function
+//! (`wimse_core::token::access::verify_access_token`) over [`IssuerKeys::current`].
+
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use wimse_core::token::access::{TrustedIssuer, named_issuer_and_key};
+
+use crate::fetch::{self, FetchError};
+
+/// The largest JWK Set accepted from an issuer.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Why an issuer's keys could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerKeysError {
+    /// The `jwks_file` could not be read or holds no usable key.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The `jwks_uri` or its roots file is unusable.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The settings name no key source, or more than one.
+    #[error("{0}")]
+    Settings(&'static str),
+}
+
+/// When remote JWK Sets are fetched.
+#[derive(Clone, Copy, Debug)]
+pub struct RefreshPolicy {
+    /// The interval when the answer says nothing of how long it may be kept.
+    pub default_interval: Duration,
+    /// The shortest interval, whatever the answer says.
+    pub min_interval: Duration,
+    /// The longest interval, whatever the answer says.
+    pub max_interval: Duration,
+    /// The wait after a failed fetch.
+    pub retry: Duration,
+    /// The least time between fetches caused by tokens naming unknown keys.
+    pub refetch_cooldown: Duration,
+    /// The longest a fetch may take.
+    pub timeout: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            default_interval: Duration::from_secs(300),
+            min_interval: Duration::from_secs(60),
+            max_interval: Duration::from_secs(24 * 3600),
+            retry: Duration::from_secs(30),
+            refetch_cooldown: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where one issuer's keys come from.
+#[derive(Debug)]
+pub struct IssuerSource {
+    issuer: TrustedIssuer,
+    remote: Option<Endpoint>,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    url: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuerSource {
+    /// An issuer whose keys are given and never change.
+    pub fn fixed(issuer: TrustedIssuer) -> Self {
+        IssuerSource {
+            issuer,
+            remote: None,
+        }
+    }
+
+    /// `issuer` (its keys ignored) with the JWK Set in the file at `path`, read now.
+    pub fn file(issuer: &TrustedIssuer, path: &Path) -> Result<Self, IssuerKeysError> {
+        let invalid = |message: String| IssuerKeysError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+        let issuer = issuer
+            .with_jwks_json(&text)
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self::fixed(issuer))
+    }
+
+    /// `issuer`, whose JWK Set is fetched from `url` (checked against the PEM roots in
+    /// `roots`, or Mozilla's when `None`). Until the first fetch it has no keys.
+    pub fn url(
+        issuer: TrustedIssuer,
+        url: &str,
+        roots: Option<&Path>,
+    ) -> Result<Self, IssuerKeysError> {
+        fetch::https_uri(url)?;
+        let tls = Arc::new(fetch::web_client_config(roots)?);
+        Ok(IssuerSource {
+            issuer,
+            remote: Some(Endpoint {
+                url: url.to_owned(),
+                tls,
+            }),
+        })
+    }
+
+    /// The source a configuration file names: exactly one of `jwks_file` and `jwks_uri`;
+    /// `jwks_ca_file` only with `jwks_uri`.
+    pub fn configured(
+        issuer: TrustedIssuer,
+        jwks_file: Option<&Path>,
+        jwks_uri: Option<&str>,
+        jwks_ca_file: Option<&Path>,
+    ) -> Result<Self, IssuerKeysError> {
+        match (jwks_file, jwks_uri) {
+            (Some(path), None) if jwks_ca_file.is_none() => Self::file(&issuer, path),
+            (Some(_), None) => Err(IssuerKeysError::Settings(
+                "`jwks_ca_file` checks the server of a `jwks_uri`; a `jwks_file` needs none",
+            )),
+            (None, Some(url)) => Self::url(issuer, url, jwks_ca_file),
+            (Some(_), Some(_)) => Err(IssuerKeysError::Settings(
+                "name either `jwks_file` or `jwks_uri`, not both",
+            )),
+            (None, None) => Err(IssuerKeysError::Settings(
+                "name the issuer's keys: `jwks_file` or `jwks_uri`",
+            )),
+        }
+    }
+}
+
+/// The issuers whose access tokens are accepted, with their current keys (by default
+/// none).
+#[derive(Debug, Default)]
+pub struct IssuerKeys {
+    held: RwLock<Arc<Vec<TrustedIssuer>>>,
+    remote: Vec<Remote>,
+    policy: RefreshPolicy,
+}
+
+#[derive(Debug)]
+struct Remote {
+    /// Its place in `held`.
+    index: usize,
+    /// Its `iss`.
+    issuer: String,
+    endpoint: Endpoint,
+    /// Held across a fetch, so that concurrent callers wait for one fetch.
+    schedule: Mutex<Schedule>,
+}
+
+#[derive(Debug, Default)]
+struct Schedule {
+    /// The last fetch a token naming an unknown key caused.
+    last_demand: Option<Instant>,
+    /// `None`: at once.
+    due: Option<Instant>,
+}
+
+impl IssuerKeys {
+    /// The issuers of `sources`, in order; remote ones have no keys until fetched.
+    pub fn new(sources: Vec<IssuerSource>) -> Self {
+        let mut held = Vec::with_capacity(sources.len());
+        let mut remote = Vec::new();
+        for (index, source) in sources.into_iter().enumerate() {
+            if let Some(endpoint) = source.remote {
+                remote.push(Remote {
+                    index,
+                    issuer: source.issuer.issuer.clone(),
+                    endpoint,
+                    schedule: Mutex::new(Schedule::default()),
+                });
+            }
+            held.push(source.issuer);
+        }
+        IssuerKeys {
+            held: RwLock::new(Arc::new(held)),
+            remote,
+            policy: RefreshPolicy::default(),
+        }
+    }
+
+    /// Issuers whose keys are given and never change.
+    pub fn fixed(issuers: Vec<TrustedIssuer>) -> Self {
+        Self::new(issuers.into_iter().map(IssuerSource::fixed).collect())
+    }
+
+    /// Fetches on `policy` instead of [`RefreshPolicy::default`].
+    #[must_use]
+    pub fn with_policy(mut self, policy: RefreshPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The issuers with the keys held now, to verify a token with.
+    pub fn current(&self) -> Arc<Vec<TrustedIssuer>> {
+        Arc::clone(&self.held.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether there are no issuers at all.
+    pub fn is_empty(&self) -> bool {
+        self.current().is_empty()
+    }
+
+    /// Before `token` is verified: when it names a remote issuer and a key of it that is
+    /// not held, fetches that issuer's JWK Set again, unless such a fetch started less than
+    /// [`RefreshPolicy::refetch_cooldown`] ago (see the module doc). Never fails: the
+    /// verification that follows decides.
+    pub async fn prepare(&self, token: &str) {
+        if self.remote.is_empty() {
+            return;
+        }
+        let Ok((issuer, kid)) = named_issuer_and_key(token) else {
+            return;
+        };
+        let Some(remote) = self.remote.iter().find(|r| r.issuer == issuer) else {
+            return;
+        };
+        let held = |this: &Self| {
+            this.current()
+                .get(remote.index)
+                .is_some_and(|i| i.holds_key(kid.as_deref()))
+        };
+        if held(self) {
+            return;
+        }
+        let mut schedule = remote.schedule.lock().await;
+        // Another caller may have fetched it while this one waited.
+        if held(self)
+            || schedule
+                .last_demand
+                .is_some_and(|t| t.elapsed() < self.policy.refetch_cooldown)
+        {
+            return;
+        }
+        tracing::info!(
+            issuer,
+            kid,
+            "a token names a key not held: fetching the issuer's keys"
+        );
+        schedule.last_demand = Some(Instant::now());
+        self.fetch(remote, &mut schedule).await;
+    }
+
+    /// Fetches every remote JWK Set that is due, concurrently.
+    pub async fn refresh_due(self: &Arc<Self>) {
+        let mut fetches = tokio::task::JoinSet::new();
+        for position in 0..self.remote.len() {
+            let this = Arc::clone(self);
+            fetches.spawn(async move {
+                let Some(remote) = this.remote.get(position) else {
+                    return;
+                };
+                let mut schedule = remote.schedule.lock().await;
+                if schedule.due.is_none_or(|due| due <= Instant::now()) {
+                    this.fetch(remote, &mut schedule).await;
+                }
+            });
+        }
+        while fetches.join_next().await.is_some() {}
+    }
+
+    /// Keeps the remote JWK Sets fresh in the background, fetching each at once and then
+    /// when due, until the last handle to `self` is dropped.
+    pub fn watch(self: &Arc<Self>) {
+        if self.remote.is_empty() {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                this.refresh_due().await;
+                let next = this.next_due().await;
+                drop(this);
+                tokio::time::sleep_until(next.min(Instant::now() + Duration::from_secs(1))).await;
+            }
+        });
+    }
+
+    /// The earliest time a remote set is due.
+    async fn next_due(&self) -> Instant {
+        let mut next = Instant::now() + self.policy.max_interval;
+        for remote in &self.remote {
+            if let Some(due) = remote.schedule.lock().await.due {
+                next = next.min(due);
+            }
+        }
+        next
+    }
+
+    /// One fetch of `remote`'s JWK Set; on success its keys replace the held ones.
+    async fn fetch(&self, remote: &Remote, schedule: &mut Schedule) {
+        let started = Instant::now();
+        let url = &remote.endpoint.url;
+        let fetched = fetch::get(
+            url,
+            Arc::clone(&remote.endpoint.tls),
+            MAX_JWKS_BYTES,
+            self.policy.timeout,
+        )
+        .await;
+        let outcome = fetched.map_err(|e| e.to_string()).and_then(|fetched| {
+            let current = self.current();
+            let template = current
+                .get(remote.index)
+                .ok_or_else(|| "the issuer is gone".to_owned())?;
+            let issuer = template
+                .with_jwks_json(&fetched.body)
+                .map_err(|e| e.to_string())?;
+            Ok((issuer, fetched.max_age))
+        });
+        match outcome {
+            Ok((issuer, max_age)) => {
+                let keys = issuer.key_count();
+                self.replace(remote.index, issuer);
+                let interval = max_age
+                    .map_or(self.policy.default_interval, Duration::from_secs)
+                    .clamp(self.policy.min_interval, self.policy.max_interval);
+                schedule.due = Some(started + interval);
+                tracing::debug!(issuer = remote.issuer, url, keys, next_in = ?interval,
+                    "issuer keys fetched");
+            }
+            Err(error) => {
+                schedule.due = Some(started + self.policy.retry);
+                tracing::warn!(
+                    issuer = remote.issuer,
+                    url,
+                    error,
+                    "fetching the issuer's keys failed; keeping the keys held"
+                );
+            }
+        }
+    }
+
+    fn replace(&self, index: usize, issuer: TrustedIssuer) {
+        let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = Vec::clone(&held);
+        if let Some(slot) = next.get_mut(index) {
+            *slot = issuer;
+        }
+        *held = Arc::new(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wimse_core::jose::{Algorithm, SigningKey, jws};
+    use wimse_core::token::Validation;
+    use wimse_core::token::access::verify_access_token;
+
+    const ISSUER: &str = "https://login.example.com";
+
+    /// What the JWKS endpoint answers: status, body, `Cache-Control`.
+    type Answer = (u16, String, Option<String>);
+
+    /// An HTTPS JWKS endpoint on 127.0.0.1 with a certificate of its own CA; counts the
+    /// requests it answers.
+    struct Endpoint {
+        url: String,
+        roots: std::path::PathBuf,
+        answer: Arc<std::sync::Mutex<Answer>>,
+        requests: Arc<AtomicUsize>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn endpoint(keys: &[(&SigningKey, &str)]) -> Endpoint {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = Arc::new(std::sync::Mutex::new((200, jwks(keys), None)));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (Arc::clone(&answer), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, answer, requests) =
+                    (acceptor.clone(), Arc::clone(&a), Arc::clone(&r));
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let (status, body, cache) = answer.lock().unwrap().clone();
+                    let cache = cache.map_or(String::new(), |c| format!("Cache-Control: {c}\r\n"));
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{cache}\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Endpoint {
+            url: format!("https://127.0.0.1:{port}/jwks.json"),
+            roots,
+            answer,
+            requests,
+            _dir: dir,
+        }
+    }
+
+    fn jwks(keys: &[(&SigningKey, &str)]) -> String {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|(key, kid)| {
+                let mut jwk = key.public_jwk().clone();
+                jwk.kid = Some((*kid).into());
+                jwk
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn token(key: &SigningKey, kid: &str) -> String {
+        let now = wimse_core::token::unix_now();
+        let claims = json!({
+            "iss": ISSUER, "sub": "alice", "aud": "wimse", "exp": now + 300, "iat": now,
+            "scope": "orders",
+        });
+        jws::sign(key, Some("at+jwt"), Some(kid), &claims).unwrap()
+    }
+
+    fn verifies(keys: &IssuerKeys, token: &str) -> bool {
+        let now = wimse_core::token::unix_now();
+        verify_access_token(token, keys.current().iter(), &Validation::at(now)).is_ok()
+    }
+
+    fn remote_keys(endpoint: &Endpoint, policy: RefreshPolicy) -> Arc<IssuerKeys> {
+        let issuer = TrustedIssuer::awaiting_keys(ISSUER.into(), "wimse".into(), String::new());
+        let source = IssuerSource::url(issuer, &endpoint.url, Some(&endpoint.roots)).unwrap();
+        Arc::new(IssuerKeys::new(vec![source]).with_policy(policy))
+    }
+
+    fn quick() -> RefreshPolicy {
+        RefreshPolicy {
+            default_interval: Duration::from_secs(300),
+            min_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(300),
+            retry: Duration::from_millis(100),
+            refetch_cooldown: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_fetched_and_a_new_key_is_fetched_when_a_token_names_it() {
+        let (k1, k2) = (
+            SigningKey::generate(Algorithm::Es256).unwrap(),
+            SigningKey::generate(Algorithm::Es256).unwrap(),
+        );
+        let endpoint = endpoint(&[(&k1, "k1")]).await;
+        let keys = remote_keys(&endpoint, quick());
+        // Nothing held before the first fetch: refused, not trusted by default.
+        assert!(!verifies(&keys, &token(&k1, "k1")));
+        keys.refresh_due().await;
+        assert!(verifies(&keys, &token(&k1, "k1")));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 1);
+        // A token of a held key fetches nothing.
+        keys.prepare(&token(&k1, "k1")).await;
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 1);
+        // The login server rotates: k2 is published and used at once.
+        endpoint.answer.lock().unwrap().1 = jwks(&[(&k1, "k1"), (&k2, "k2")]);
+        let rotated = token(&k2, "k2");
+        assert!(!verifies(&keys, &rotated));
+        keys.prepare(&rotated).await;
+        assert!(verifies(&keys, &rotated));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn tokens_naming_unknown_keys_cause_at_most_one_fetch_per_cooldown() {
+        let k1 = SigningKey::generate(Algorithm::Es256).unwrap();
+        let endpoint = endpoint(&[(&k1, "k1")]).await;
+        let keys = remote_keys(&endpoint, quick());
+        keys.refresh_due().await;
+        let mut callers = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let (keys, forged) = (Arc::clone(&keys), token(&k1, &format!("bogus-{i}")));
+            callers.spawn(async move { keys.prepare(&forged).await });
+        }
+        while callers.join_next().await.is_some() {}
+        // The first fetch at start, and one for all fifty.
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 2);
+        // Tokens of other issuers, or no JWT at all, fetch nothing.
+        let mut other = json!({ "iss": "https://elsewhere.example", "sub": "x" });
+        other["aud"] = json!("wimse");
+        keys.prepare(&jws::sign(&k1, None, Some("zz"), &other).unwrap())
+            .await;
+        keys.prepare("garbage").await;
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 2);
+        assert!(verifies(&keys, &token(&k1, "k1")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_empty_fetch_keeps_the_keys_and_a_removed_key_goes_when_due() {
+        let (k1, k2) = (
+            SigningKey::generate(Algorithm::Es256).unwrap(),
+            SigningKey::generate(Algorithm::Es256).unwrap(),
+        );
+        let endpoint = endpoint(&[(&k1, "k1")]).await;
+        endpoint.answer.lock().unwrap().2 = Some("max-age=0".into());
+        let keys = remote_keys(&endpoint, quick());
+        keys.refresh_due().await;
+        let old = token(&k1, "k1");
+        assert!(verifies(&keys, &old));
+        // The endpoint fails, then serves a set with no usable key: k1 stays.
+        *endpoint.answer.lock().unwrap() = (503, "down".into(), None);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        keys.refresh_due().await;
+        assert!(verifies(&keys, &old));
+        *endpoint.answer.lock().unwrap() = (200, json!({ "keys": [] }).to_string(), None);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        keys.refresh_due().await;
+        assert!(verifies(&keys, &old));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 3);
+        // Not due yet: nothing is fetched.
+        keys.refresh_due().await;
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 3);
+        // k1 is retired: once the set is due again, its tokens are refused.
+        *endpoint.answer.lock().unwrap() = (200, jwks(&[(&k2, "k2")]), None);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        keys.refresh_due().await;
+        assert!(!verifies(&keys, &old));
+        assert!(verifies(&keys, &token(&k2, "k2")));
+    }
+
+    #[tokio::test]
+    async fn watching_fetches_at_start_and_an_untrusted_server_gives_no_keys() {
+        let k1 = SigningKey::generate(Algorithm::Es256).unwrap();
+        let endpoint = endpoint(&[(&k1, "k1")]).await;
+        let keys = remote_keys(&endpoint, quick());
+        keys.watch();
+        for _ in 0..100 {
+            if verifies(&keys, &token(&k1, "k1")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(verifies(&keys, &token(&k1, "k1")));
+        // The same endpoint checked against Mozilla's roots: the handshake fails.
+        let issuer = TrustedIssuer::awaiting_keys(ISSUER.into(), "wimse".into(), String::new());
+        let untrusted = Arc::new(IssuerKeys::new(vec![
+            IssuerSource::url(issuer, &endpoint.url, None).unwrap(),
+        ]));
+        untrusted.refresh_due().await;
+        assert!(!verifies(&untrusted, &token(&k1, "k1")));
+    }
+
+    #[test]
+    fn a_configuration_names_exactly_one_key_source() {
+        let issuer = TrustedIssuer::awaiting_keys(ISSUER.into(), "wimse".into(), String::new());
+        let file = Path::new("/nonexistent/jwks.json");
+        let url = "https://login.example.com/jwks";
+        for (jwks_file, jwks_uri, ca, expected) in [
+            (None, None, None, "name the issuer's keys"),
+            (Some(file), Some(url), None, "not both"),
+            (Some(file), None, Some(file), "needs none"),
+            (Some(file), None, None, "/nonexistent/jwks.json: "),
+            (
+                None,
+                Some("http://login.example.com/jwks"),
+                None,
+                "not an `https` URL",
+            ),
+            (None, Some(url), Some(file), "/nonexistent/jwks.json"),
+        ] {
+            let refused =
+                IssuerSource::configured(issuer.clone(), jwks_file, jwks_uri, ca).unwrap_err();
+            assert!(refused.to_string().contains(expected), "{refused}");
+        }
+        assert!(IssuerSource::configured(issuer, None, Some(url), None).is_ok());
+    }
+}
