@@ -28,6 +28,7 @@
 //! audience = "https://api.example.com"
 //! jwks_uri = "https://login.example.com/.well-known/jwks.json"  # fetched and kept fresh
 //! # jwks_file = "/etc/wimse/login-jwks.json"  # or a file read at start
+//! # oidc_discovery = true                      # or the jwks_uri <issuer>/.well-known/openid-configuration names
 //! # jwks_ca_file = "/etc/wimse/login-ca.pem"   # jwks_uri's server: default Mozilla's roots
 //!
 //! [[routes]]                           # which requests go where, with which scope
@@ -73,7 +74,7 @@ use std::sync::Arc;
 use wimse_core::token::access::TrustedIssuer;
 use wimse_core::token::exchange::Scope;
 use wimse_core::{TrustDomain, WorkloadId};
-use wimse_remote::issuers::{IssuerKeys, IssuerSource};
+use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 use wimse_workload::ProofMethod;
 use wimse_workload::tls::FileCertificate;
 
@@ -225,6 +226,8 @@ struct IssuerFile {
     jwks_file: Option<PathBuf>,
     jwks_uri: Option<String>,
     jwks_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    oidc_discovery: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,13 +578,13 @@ fn load_issuer(file: &IssuerFile) -> Result<IssuerSource, String> {
     // prefix to the Txn-Token's `sub`.
     let issuer =
         TrustedIssuer::awaiting_keys(file.issuer.clone(), file.audience.clone(), String::new());
-    IssuerSource::configured(
-        issuer,
-        file.jwks_file.as_deref(),
-        file.jwks_uri.as_deref(),
-        file.jwks_ca_file.as_deref(),
-    )
-    .map_err(|e| e.to_string())
+    let keys = KeySettings {
+        jwks_file: file.jwks_file.as_deref(),
+        jwks_uri: file.jwks_uri.as_deref(),
+        jwks_ca_file: file.jwks_ca_file.as_deref(),
+        oidc_discovery: file.oidc_discovery,
+    };
+    IssuerSource::configured(issuer, &keys).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

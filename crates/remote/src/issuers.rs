@@ -3,7 +3,11 @@
 //!
 //! An issuer's keys come from a `jwks_file`, read once at start, or from a `jwks_uri`,
 //! which login servers (Okta, Entra ID, Keycloak, ...) rotate: a new key is published
-//! before tokens are signed with it, an old one removed after its tokens expire. For those:
+//! before tokens are signed with it, an old one removed after its tokens expire. With
+//! `oidc_discovery`, the `jwks_uri` is the one the issuer's OpenID Provider metadata
+//! (`<issuer>/.well-known/openid-configuration`, OpenID Connect Discovery 1.0 §4) names,
+//! read again at every fetch, and only if the metadata's `issuer` is exactly the configured
+//! one (§4.3: it must be, or the metadata is someone else's). For remote sets:
 //!
 //! - the JWK Set is fetched at start ([`IssuerKeys::watch`]) and again when it is due: after
 //!   the answer's `Cache-Control: max-age`, or [`RefreshPolicy::default_interval`] when it
@@ -32,8 +36,11 @@ use wimse_core::token::access::{TrustedIssuer, named_issuer_and_key};
 
 use crate::fetch::{self, FetchError};
 
-/// The largest JWK Set accepted from an issuer.
+/// The largest JWK Set (or OpenID Provider metadata) accepted from an issuer.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Where OpenID Provider metadata is, under the issuer (OpenID Connect Discovery 1.0 §4).
+pub const OIDC_DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
 /// Why an issuer's keys could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +100,9 @@ pub struct IssuerSource {
 
 #[derive(Clone)]
 struct Endpoint {
+    /// The JWK Set's URL, or with `discovery` the OpenID Provider metadata's.
     url: String,
+    discovery: bool,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -101,6 +110,7 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("url", &self.url)
+            .field("discovery", &self.discovery)
             .finish_non_exhaustive()
     }
 }
@@ -134,39 +144,80 @@ impl IssuerSource {
         url: &str,
         roots: Option<&Path>,
     ) -> Result<Self, IssuerKeysError> {
+        Self::remote(issuer, url, false, roots)
+    }
+
+    /// `issuer`, whose JWK Set is fetched from the `jwks_uri` its OpenID Provider metadata
+    /// names (see the module doc); the issuer identifier must be an `https` URL.
+    pub fn discovered(
+        issuer: TrustedIssuer,
+        roots: Option<&Path>,
+    ) -> Result<Self, IssuerKeysError> {
+        let url = format!(
+            "{}{OIDC_DISCOVERY_PATH}",
+            issuer.issuer.trim_end_matches('/')
+        );
+        Self::remote(issuer, &url, true, roots)
+    }
+
+    fn remote(
+        issuer: TrustedIssuer,
+        url: &str,
+        discovery: bool,
+        roots: Option<&Path>,
+    ) -> Result<Self, IssuerKeysError> {
         fetch::https_uri(url)?;
         let tls = Arc::new(fetch::web_client_config(roots)?);
         Ok(IssuerSource {
             issuer,
             remote: Some(Endpoint {
                 url: url.to_owned(),
+                discovery,
                 tls,
             }),
         })
     }
 
-    /// The source a configuration file names: exactly one of `jwks_file` and `jwks_uri`;
-    /// `jwks_ca_file` only with `jwks_uri`.
+    /// The source a configuration file names (see [`KeySettings`]).
     pub fn configured(
         issuer: TrustedIssuer,
-        jwks_file: Option<&Path>,
-        jwks_uri: Option<&str>,
-        jwks_ca_file: Option<&Path>,
+        settings: &KeySettings<'_>,
     ) -> Result<Self, IssuerKeysError> {
-        match (jwks_file, jwks_uri) {
-            (Some(path), None) if jwks_ca_file.is_none() => Self::file(&issuer, path),
-            (Some(_), None) => Err(IssuerKeysError::Settings(
+        let roots = settings.jwks_ca_file;
+        match (
+            settings.jwks_file,
+            settings.jwks_uri,
+            settings.oidc_discovery,
+        ) {
+            (Some(path), None, false) if roots.is_none() => Self::file(&issuer, path),
+            (Some(_), None, false) => Err(IssuerKeysError::Settings(
                 "`jwks_ca_file` checks the server of a `jwks_uri`; a `jwks_file` needs none",
             )),
-            (None, Some(url)) => Self::url(issuer, url, jwks_ca_file),
-            (Some(_), Some(_)) => Err(IssuerKeysError::Settings(
-                "name either `jwks_file` or `jwks_uri`, not both",
+            (None, Some(url), false) => Self::url(issuer, url, roots),
+            (None, None, true) => Self::discovered(issuer, roots),
+            (None, None, false) => Err(IssuerKeysError::Settings(
+                "name the issuer's keys: `jwks_file`, `jwks_uri` or `oidc_discovery = true`",
             )),
-            (None, None) => Err(IssuerKeysError::Settings(
-                "name the issuer's keys: `jwks_file` or `jwks_uri`",
+            _ => Err(IssuerKeysError::Settings(
+                "name the issuer's keys one way only: `jwks_file`, `jwks_uri` or `oidc_discovery`",
             )),
         }
     }
+}
+
+/// How a configuration file names an issuer's keys: exactly one of `jwks_file`,
+/// `jwks_uri` and `oidc_discovery`; `jwks_ca_file` (the PEM roots the server is checked
+/// against, default Mozilla's) only with the last two.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeySettings<'a> {
+    /// A JWK Set file read at start.
+    pub jwks_file: Option<&'a Path>,
+    /// A JWK Set URL kept fresh.
+    pub jwks_uri: Option<&'a str>,
+    /// The roots for the server of `jwks_uri` or of the discovery.
+    pub jwks_ca_file: Option<&'a Path>,
+    /// Whether the JWK Set URL is found by OpenID Connect Discovery from the issuer.
+    pub oidc_discovery: bool,
 }
 
 /// The issuers whose access tokens are accepted, with their current keys (by default
@@ -333,14 +384,18 @@ impl IssuerKeys {
     async fn fetch(&self, remote: &Remote, schedule: &mut Schedule) {
         let started = Instant::now();
         let url = &remote.endpoint.url;
-        let fetched = fetch::get(
-            url,
-            Arc::clone(&remote.endpoint.tls),
-            MAX_JWKS_BYTES,
-            self.policy.timeout,
-        )
-        .await;
-        let outcome = fetched.map_err(|e| e.to_string()).and_then(|fetched| {
+        let fetched = match self.jwks_uri(remote).await {
+            Ok(jwks_uri) => fetch::get(
+                &jwks_uri,
+                Arc::clone(&remote.endpoint.tls),
+                MAX_JWKS_BYTES,
+                self.policy.timeout,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let outcome = fetched.and_then(|fetched| {
             let current = self.current();
             let template = current
                 .get(remote.index)
@@ -373,6 +428,33 @@ impl IssuerKeys {
         }
     }
 
+    /// Where `remote`'s JWK Set is: its URL, or the one its OpenID Provider metadata names.
+    async fn jwks_uri(&self, remote: &Remote) -> Result<String, String> {
+        let endpoint = &remote.endpoint;
+        if !endpoint.discovery {
+            return Ok(endpoint.url.clone());
+        }
+        let fetched = fetch::get(
+            &endpoint.url,
+            Arc::clone(&endpoint.tls),
+            MAX_JWKS_BYTES,
+            self.policy.timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let metadata: ProviderMetadata = wimse_core::json::from_slice(&fetched.body)
+            .map_err(|e| format!("the OpenID Provider metadata is not valid: {e}"))?;
+        // Discovery §4.3: the metadata is the issuer's own only if it names that issuer.
+        if metadata.issuer != remote.issuer {
+            return Err(format!(
+                "the OpenID Provider metadata names issuer `{}`, not `{}`",
+                metadata.issuer, remote.issuer
+            ));
+        }
+        fetch::https_uri(&metadata.jwks_uri).map_err(|e| format!("its `jwks_uri` {e}"))?;
+        Ok(metadata.jwks_uri)
+    }
+
     fn replace(&self, index: usize, issuer: TrustedIssuer) {
         let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = Vec::clone(&held);
@@ -381,6 +463,13 @@ impl IssuerKeys {
         }
         *held = Arc::new(next);
     }
+}
+
+/// The members of OpenID Provider metadata read here (others are ignored).
+#[derive(serde::Deserialize)]
+struct ProviderMetadata {
+    issuer: String,
+    jwks_uri: String,
 }
 
 #[cfg(test)]
@@ -398,12 +487,16 @@ mod tests {
     /// What the JWKS endpoint answers: status, body, `Cache-Control`.
     type Answer = (u16, String, Option<String>);
 
-    /// An HTTPS JWKS endpoint on 127.0.0.1 with a certificate of its own CA; counts the
-    /// requests it answers.
+    /// An HTTPS login server on 127.0.0.1 with a certificate of its own: its JWK Set at
+    /// `url`, and at the discovery path what `metadata` holds (404 when nothing); counts
+    /// the requests it answers.
     struct Endpoint {
         url: String,
+        /// `https://127.0.0.1:<port>`, the issuer identifier for discovery.
+        origin: String,
         roots: std::path::PathBuf,
         answer: Arc<std::sync::Mutex<Answer>>,
+        metadata: Arc<std::sync::Mutex<Option<String>>>,
         requests: Arc<AtomicUsize>,
         _dir: tempfile::TempDir,
     }
@@ -432,12 +525,21 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let answer = Arc::new(std::sync::Mutex::new((200, jwks(keys), None)));
+        let metadata = Arc::new(std::sync::Mutex::new(None::<String>));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (a, r) = (Arc::clone(&answer), Arc::clone(&requests));
+        let (a, m, r) = (
+            Arc::clone(&answer),
+            Arc::clone(&metadata),
+            Arc::clone(&requests),
+        );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, answer, requests) =
-                    (acceptor.clone(), Arc::clone(&a), Arc::clone(&r));
+                let (acceptor, answer, metadata, requests) = (
+                    acceptor.clone(),
+                    Arc::clone(&a),
+                    Arc::clone(&m),
+                    Arc::clone(&r),
+                );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -451,7 +553,17 @@ mod tests {
                         head.push(byte[0]);
                     }
                     requests.fetch_add(1, Ordering::SeqCst);
-                    let (status, body, cache) = answer.lock().unwrap().clone();
+                    let discovery =
+                        head.starts_with(format!("GET {OIDC_DISCOVERY_PATH} ").as_bytes());
+                    let (status, body, cache) = if discovery {
+                        metadata
+                            .lock()
+                            .unwrap()
+                            .clone()
+                            .map_or((404, String::new(), None), |m| (200, m, None))
+                    } else {
+                        answer.lock().unwrap().clone()
+                    };
                     let cache = cache.map_or(String::new(), |c| format!("Cache-Control: {c}\r\n"));
                     let response = format!(
                         "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{cache}\
@@ -465,8 +577,10 @@ mod tests {
         });
         Endpoint {
             url: format!("https://127.0.0.1:{port}/jwks.json"),
+            origin: format!("https://127.0.0.1:{port}"),
             roots,
             answer,
+            metadata,
             requests,
             _dir: dir,
         }
@@ -485,9 +599,13 @@ mod tests {
     }
 
     fn token(key: &SigningKey, kid: &str) -> String {
+        token_of(ISSUER, key, kid)
+    }
+
+    fn token_of(issuer: &str, key: &SigningKey, kid: &str) -> String {
         let now = wimse_core::token::unix_now();
         let claims = json!({
-            "iss": ISSUER, "sub": "alice", "aud": "wimse", "exp": now + 300, "iat": now,
+            "iss": issuer, "sub": "alice", "aud": "wimse", "exp": now + 300, "iat": now,
             "scope": "orders",
         });
         jws::sign(key, Some("at+jwt"), Some(kid), &claims).unwrap()
@@ -619,28 +737,83 @@ mod tests {
         assert!(!verifies(&untrusted, &token(&k1, "k1")));
     }
 
+    #[tokio::test]
+    async fn oidc_discovery_finds_the_jwks_uri_and_only_for_the_issuer_it_names() {
+        let k1 = SigningKey::generate(Algorithm::Es256).unwrap();
+        let endpoint = endpoint(&[(&k1, "k1")]).await;
+        let issuer =
+            |iss: &str| TrustedIssuer::awaiting_keys(iss.into(), "wimse".into(), String::new());
+        let discovered = |iss: &str| {
+            let source = IssuerSource::discovered(issuer(iss), Some(&endpoint.roots)).unwrap();
+            Arc::new(IssuerKeys::new(vec![source]).with_policy(quick()))
+        };
+        // No metadata published: nothing is fetched beyond the discovery document.
+        let keys = discovered(&endpoint.origin);
+        keys.refresh_due().await;
+        assert!(!verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 1);
+        // Metadata naming this issuer and its JWK Set.
+        *endpoint.metadata.lock().unwrap() =
+            Some(json!({ "issuer": endpoint.origin, "jwks_uri": endpoint.url }).to_string());
+        let keys = discovered(&endpoint.origin);
+        keys.refresh_due().await;
+        assert!(verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 3);
+        // Metadata that names another issuer is someone else's: no keys from it.
+        *endpoint.metadata.lock().unwrap() =
+            Some(json!({ "issuer": "https://evil.example", "jwks_uri": endpoint.url }).to_string());
+        let keys = discovered(&endpoint.origin);
+        keys.refresh_due().await;
+        assert!(!verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
+        // Nor from a plain-HTTP `jwks_uri`.
+        *endpoint.metadata.lock().unwrap() = Some(
+            json!({ "issuer": endpoint.origin, "jwks_uri": "http://127.0.0.1:1/jwks" }).to_string(),
+        );
+        let keys = discovered(&endpoint.origin);
+        keys.refresh_due().await;
+        assert!(!verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 5);
+        // The issuer identifier itself must be an https URL to discover from.
+        assert!(IssuerSource::discovered(issuer("login.example"), None).is_err());
+    }
+
     #[test]
     fn a_configuration_names_exactly_one_key_source() {
         let issuer = TrustedIssuer::awaiting_keys(ISSUER.into(), "wimse".into(), String::new());
         let file = Path::new("/nonexistent/jwks.json");
         let url = "https://login.example.com/jwks";
-        for (jwks_file, jwks_uri, ca, expected) in [
-            (None, None, None, "name the issuer's keys"),
-            (Some(file), Some(url), None, "not both"),
-            (Some(file), None, Some(file), "needs none"),
-            (Some(file), None, None, "/nonexistent/jwks.json: "),
+        let settings = |jwks_file, jwks_uri, jwks_ca_file, oidc_discovery| KeySettings {
+            jwks_file,
+            jwks_uri,
+            jwks_ca_file,
+            oidc_discovery,
+        };
+        for (given, expected) in [
+            (settings(None, None, None, false), "name the issuer's keys"),
+            (settings(Some(file), Some(url), None, false), "one way only"),
+            (settings(None, Some(url), None, true), "one way only"),
+            (settings(Some(file), None, None, true), "one way only"),
+            (settings(Some(file), None, Some(file), false), "needs none"),
             (
-                None,
-                Some("http://login.example.com/jwks"),
-                None,
+                settings(Some(file), None, None, false),
+                "/nonexistent/jwks.json: ",
+            ),
+            (
+                settings(None, Some("http://login.example.com/jwks"), None, false),
                 "not an `https` URL",
             ),
-            (None, Some(url), Some(file), "/nonexistent/jwks.json"),
+            (
+                settings(None, Some(url), Some(file), false),
+                "/nonexistent/jwks.json",
+            ),
         ] {
-            let refused =
-                IssuerSource::configured(issuer.clone(), jwks_file, jwks_uri, ca).unwrap_err();
+            let refused = IssuerSource::configured(issuer.clone(), &given).unwrap_err();
             assert!(refused.to_string().contains(expected), "{refused}");
         }
-        assert!(IssuerSource::configured(issuer, None, Some(url), None).is_ok());
+        assert!(
+            IssuerSource::configured(issuer.clone(), &settings(None, Some(url), None, false))
+                .is_ok()
+        );
+        assert!(IssuerSource::configured(issuer, &settings(None, None, None, true)).is_ok());
     }
 }

@@ -31,6 +31,7 @@
 //! audience = "wimse"
 //! jwks_uri = "https://login.example.com/.well-known/jwks.json"  # or jwks_file = "/etc/..."
 //! jwks_ca_file = "/etc/wimse/login-ca.pem"  # jwks_uri's server: default Mozilla's roots
+//! # oidc_discovery = true                   # instead of jwks_uri: the one its OIDC metadata names
 //! subject_prefix = "login:"                 # default: none
 //!
 //! # Identity chaining (draft-ietf-oauth-identity-chaining): carrying a transaction's
@@ -242,6 +243,9 @@ pub struct IssuerFile {
     /// Mozilla's).
     #[serde(default)]
     pub jwks_ca_file: Option<PathBuf>,
+    /// Whether its JWK Set URL is the `jwks_uri` its OpenID Provider metadata names.
+    #[serde(default)]
+    pub oidc_discovery: bool,
     /// Prepended to its subjects.
     #[serde(default)]
     pub subject_prefix: String,

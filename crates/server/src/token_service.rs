@@ -48,7 +48,7 @@ use wimse_core::token::exchange::{
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
 use wimse_core::token::{Audience, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
-use wimse_remote::issuers::{IssuerKeys, IssuerSource};
+use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 
 /// The `rctx` member that keeps the requesters of a replaced token, oldest first.
 pub const REQ_WL_CHAIN: &str = "req_wl_chain";
@@ -121,13 +121,14 @@ impl TokenService {
                 .map(Scope::parse)
                 .transpose()
                 .map_err(|e| error(e.to_string()))?;
-            let source = IssuerSource::configured(
-                issuer,
-                file.jwks_file.as_deref(),
-                file.jwks_uri.as_deref(),
-                file.jwks_ca_file.as_deref(),
-            )
-            .map_err(|e| error(e.to_string()))?;
+            let keys = KeySettings {
+                jwks_file: file.jwks_file.as_deref(),
+                jwks_uri: file.jwks_uri.as_deref(),
+                jwks_ca_file: file.jwks_ca_file.as_deref(),
+                oidc_discovery: file.oidc_discovery,
+            };
+            let source =
+                IssuerSource::configured(issuer, &keys).map_err(|e| error(e.to_string()))?;
             sources.push(source);
         }
         let mut service = Self::new(

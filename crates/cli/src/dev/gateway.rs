@@ -94,6 +94,7 @@ impl DevLogin {
                 jwks_file: Some(self.jwks_file.clone()),
                 jwks_uri: None,
                 jwks_ca_file: None,
+                oidc_discovery: false,
                 subject_prefix: "user:".into(),
                 max_scope: None,
             }],
