@@ -1050,9 +1050,9 @@ async fn the_gateway_and_token_service_follow_a_login_servers_rotating_jwks_uri(
     // Both the token service and the gateway name the login server's keys by URL only.
     let d = domain_with_login("3600", k1, Some(&keys));
     let up = upstream().await;
-    let (p3, pg) = (free_port(), free_port());
+    let (p3, pg, health) = (free_port(), free_port(), free_port());
     let _w3 = inbound(&d, p3, up, free_port());
-    let gw = gateway_with(&d, pg, p3, free_port(), "");
+    let gw = gateway_with(&d, pg, p3, health, "");
     // Each fetches the set once at start.
     let deadline = Instant::now() + Duration::from_secs(20);
     while fetches.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
@@ -1104,6 +1104,18 @@ async fn the_gateway_and_token_service_follow_a_login_servers_rotating_jwks_uri(
     // The old key still works while it is published.
     let (status, _, _) = get(login_token(&d, "orders")).await.unwrap();
     assert_eq!(status, 200);
+    // Operators see the fetches and the keys held.
+    let metrics = tokio::task::spawn_blocking(move || http(health, "GET /metrics", &[], "").1)
+        .await
+        .unwrap();
+    for line in [
+        format!(
+            "wimse_gateway_issuer_key_fetches_total{{issuer=\"{LOGIN_ISSUER}\",outcome=\"ok\"}} 2"
+        ),
+        format!("wimse_gateway_issuer_keys{{issuer=\"{LOGIN_ISSUER}\"}} 2"),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -265,6 +265,7 @@ impl Gateway {
         source: CredentialSource,
         proof: ProofMethod,
     ) -> Self {
+        let metrics = Arc::new(GatewayMetrics::default().with_issuers(&issuers));
         Gateway {
             mtls_client: mtls_client(&source),
             routes,
@@ -276,7 +277,7 @@ impl Gateway {
             proof,
             client: wimse_workload::http_client(),
             audit: None,
-            metrics: Arc::new(GatewayMetrics::default()),
+            metrics,
             exchange_timeout: EXCHANGE_TIMEOUT,
         }
     }

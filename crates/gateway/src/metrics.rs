@@ -4,6 +4,8 @@
 //! | --- | --- | --- |
 //! | `wimse_gateway_requests_total` | `outcome` (`forwarded` or a refusal's code, as in `invalid-token`) | what became of each outside request |
 //! | `wimse_gateway_exchange_seconds` | — | time to get a Txn-Token from the token service |
+//! | `wimse_gateway_issuer_key_fetches_total` | `issuer`, `outcome` (`ok`, `error`) | fetches of `jwks_uri` issuers' keys |
+//! | `wimse_gateway_issuer_keys` | `issuer` | keys held of each `jwks_uri` issuer (0: none fetched yet, its tokens refused) |
 //!
 //! The egress listener's layer counts under `wimse_gateway_egress_*` (the workload
 //! library's `Metrics` with that prefix: admission decisions, refusals, admission time, and
@@ -55,6 +57,13 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
+    /// Also counts the fetches of `issuers`' keys.
+    #[must_use]
+    pub fn with_issuers(mut self, issuers: &wimse_remote::issuers::IssuerKeys) -> Self {
+        issuers.register_metrics(self.registry.sub_registry_with_prefix("wimse_gateway"));
+        self
+    }
+
     /// The registry, to render.
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -30,6 +30,11 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use wimse_core::token::access::{TrustedIssuer, named_issuer_and_key};
@@ -227,6 +232,24 @@ pub struct IssuerKeys {
     held: RwLock<Arc<Vec<TrustedIssuer>>>,
     remote: Vec<Remote>,
     policy: RefreshPolicy,
+    /// Fetches of remote sets, by issuer and outcome.
+    fetches: Family<FetchLabels, Counter>,
+    /// Keys held now, by remote issuer (0: none fetched yet).
+    keys: Family<IssuerLabel, Gauge>,
+}
+
+/// The labels of one fetch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    issuer: String,
+    /// `ok` or `error`.
+    outcome: &'static str,
+}
+
+/// The label of an issuer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabel {
+    issuer: String,
 }
 
 #[derive(Debug)]
@@ -264,11 +287,36 @@ impl IssuerKeys {
             }
             held.push(source.issuer);
         }
+        let keys = Family::<IssuerLabel, Gauge>::default();
+        for r in &remote {
+            keys.get_or_create(&IssuerLabel {
+                issuer: r.issuer.clone(),
+            })
+            .set(0);
+        }
         IssuerKeys {
             held: RwLock::new(Arc::new(held)),
             remote,
             policy: RefreshPolicy::default(),
+            fetches: Family::default(),
+            keys,
         }
+    }
+
+    /// Adds this set's metrics to `registry`: `issuer_key_fetches_total{issuer,outcome}`
+    /// and `issuer_keys{issuer}`, the keys held now of each issuer named by URL (0 while
+    /// none were ever fetched: every token of it is refused).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "issuer_key_fetches",
+            "Fetches of outside issuers' JWK Sets, by issuer and outcome",
+            self.fetches.clone(),
+        );
+        registry.register(
+            "issuer_keys",
+            "Signing keys held of each outside issuer whose JWK Set is fetched",
+            self.keys.clone(),
+        );
     }
 
     /// Issuers whose keys are given and never change.
@@ -408,6 +456,7 @@ impl IssuerKeys {
         match outcome {
             Ok((issuer, max_age)) => {
                 let keys = issuer.key_count();
+                self.count(remote, "ok", Some(keys));
                 self.replace(remote.index, issuer);
                 let interval = max_age
                     .map_or(self.policy.default_interval, Duration::from_secs)
@@ -417,6 +466,7 @@ impl IssuerKeys {
                     "issuer keys fetched");
             }
             Err(error) => {
+                self.count(remote, "error", None);
                 schedule.due = Some(started + self.policy.retry);
                 tracing::warn!(
                     issuer = remote.issuer,
@@ -453,6 +503,20 @@ impl IssuerKeys {
         }
         fetch::https_uri(&metadata.jwks_uri).map_err(|e| format!("its `jwks_uri` {e}"))?;
         Ok(metadata.jwks_uri)
+    }
+
+    fn count(&self, remote: &Remote, outcome: &'static str, keys: Option<usize>) {
+        let issuer = remote.issuer.clone();
+        if let Some(keys) = keys {
+            self.keys
+                .get_or_create(&IssuerLabel {
+                    issuer: issuer.clone(),
+                })
+                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        }
+        self.fetches
+            .get_or_create(&FetchLabels { issuer, outcome })
+            .inc();
     }
 
     fn replace(&self, index: usize, issuer: TrustedIssuer) {
@@ -704,6 +768,18 @@ mod tests {
         keys.refresh_due().await;
         assert!(verifies(&keys, &old));
         assert_eq!(endpoint.requests.load(Ordering::SeqCst), 3);
+        let mut registry = Registry::default();
+        keys.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let issuer = format!("issuer=\"{ISSUER}\"");
+        for line in [
+            format!("issuer_key_fetches_total{{{issuer},outcome=\"ok\"}} 1"),
+            format!("issuer_key_fetches_total{{{issuer},outcome=\"error\"}} 2"),
+            format!("issuer_keys{{{issuer}}} 1"),
+        ] {
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
         // Not due yet: nothing is fetched.
         keys.refresh_due().await;
         assert_eq!(endpoint.requests.load(Ordering::SeqCst), 3);

@@ -87,6 +87,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Also counts the fetches of the token service's outside issuers' keys
+    /// (`wimse_server_issuer_key_fetches_total`, `wimse_server_issuer_keys`).
+    #[must_use]
+    pub fn with_issuers(mut self, issuers: &wimse_remote::issuers::IssuerKeys) -> Self {
+        issuers.register_metrics(&mut self.registry);
+        self
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         render(&self.registry)

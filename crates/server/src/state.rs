@@ -130,7 +130,7 @@ impl State {
             authorities: RwLock::new(authorities),
             bundle: RwLock::new(Arc::new(bundle)),
             svid: RwLock::new(Arc::new(placeholder)),
-            metrics: Metrics::default(),
+            metrics: Metrics::default().with_issuers(token_service.issuers()),
             revision,
             audit,
             token_service,
