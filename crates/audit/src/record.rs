@@ -158,6 +158,8 @@ pub enum CredentialKind {
     AccessToken,
     /// A JWT authorization grant (identity chaining).
     AuthorizationGrant,
+    /// A self-signed subject token (a workload starting a transaction itself).
+    SelfSigned,
     /// An X509-SVID (the fingerprint is of the leaf certificate's DER).
     X509Svid,
     /// A join token (the fingerprint matches the server datastore's token hash).
@@ -176,6 +178,7 @@ impl CredentialKind {
             Self::TxnToken => "txn_token",
             Self::AccessToken => "access_token",
             Self::AuthorizationGrant => "authorization_grant",
+            Self::SelfSigned => "self_signed",
             Self::X509Svid => "x509_svid",
             Self::JoinToken => "join_token",
             Self::PublicKey => "public_key",

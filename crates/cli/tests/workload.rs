@@ -121,8 +121,11 @@ fn domain_with_login(ttl: &str, login: wimse_core::jose::SigningKey, keys: Optio
         format!(
             "[token_service]\nrequesters = [\"{gw}\"]\n\n[[token_service.issuers]]\n\
              issuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
-             {keys}\nsubject_prefix = \"user:\"\n",
+             {keys}\nsubject_prefix = \"user:\"\n\n\
+             [[token_service.self_signed]]\nrequester = \"{w2}\"\nmax_scope = \"reports orders\"\n\
+             subjects = [\"nightly-report\"]\n",
             gw = id("/gw"),
+            w2 = id("/w2"),
         ),
     )
     .unwrap();
@@ -724,6 +727,78 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
     for secret in [&good, &narrow, &login] {
         assert!(!audit.contains(secret.as_str()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token() {
+    let d = domain("3600");
+    let scope = |text: &str| Scope::parse(text).unwrap();
+    let refused = |result: Result<_, TokenServiceError>| match result {
+        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
+        other => panic!("not refused: {other:?}"),
+    };
+    // Workload 2 (a batch job, say) may start transactions for itself or for
+    // `nightly-report`, up to `reports orders`: it signs the subject token with its
+    // X509-SVID key and sends it over mutual TLS with that very certificate.
+    let w2 = token_service_as(&d, "/w2").await;
+    let details = serde_json::json!({ "run": 42 }).as_object().cloned();
+    let issued = w2
+        .start_self_signed("nightly-report", &scope("reports"), None, details)
+        .await
+        .unwrap();
+    let claims = wimse_core::token::txn::verify_txn_token_in(
+        &issued.access_token,
+        &d.server.bundle(),
+        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
+    )
+    .unwrap();
+    assert_eq!(claims.sub, "nightly-report");
+    assert_eq!(claims.scope, "reports");
+    assert_eq!(claims.req_wl, id("/w2"));
+    assert_eq!(claims.tctx.unwrap()["run"], 42);
+    let own = w2
+        .start_self_signed(&id("/w2"), &scope("orders"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(own.scope, "orders");
+
+    // Refused: a subject its entry does not name, a scope beyond it, and a workload
+    // without an entry.
+    assert_eq!(
+        refused(
+            w2.start_self_signed("alice", &scope("reports"), None, None)
+                .await
+        ),
+        (400, "invalid_request".to_owned())
+    );
+    assert_eq!(
+        refused(
+            w2.start_self_signed("nightly-report", &scope("refunds"), None, None)
+                .await
+        ),
+        (400, "invalid_scope".to_owned())
+    );
+    let w1 = token_service_as(&d, "/w1").await;
+    assert_eq!(
+        refused(
+            w1.start_self_signed(&id("/w1"), &scope("reports"), None, None)
+                .await
+        ),
+        (400, "unauthorized_client".to_owned())
+    );
+
+    // The audit trail records both issues and each refusal with the refused subject
+    // token's kind and hash, never a token.
+    let audit_path = d.server.dir.join("audit.jsonl");
+    d.server.stop();
+    let audit = std::fs::read_to_string(audit_path).unwrap();
+    assert_eq!(audit.matches("\"txn_token_issued\"").count(), 2, "{audit}");
+    assert_eq!(
+        audit.matches("\"kind\":\"self_signed\"").count(),
+        3,
+        "{audit}"
+    );
+    assert!(!audit.contains(issued.access_token.as_str()));
 }
 
 /// A request refused at the gateway: (request line, headers, status, problem code, part

@@ -370,7 +370,7 @@ fn x509_jwk(der: &[u8]) -> Option<serde_json::Value> {
     serde_json::to_value(spki_jwk(cert.public_key())?).ok()
 }
 
-fn spki_jwk(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<Jwk> {
+pub(crate) fn spki_jwk(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<Jwk> {
     use crate::jose::KeyParams;
     use x509_parser::public_key::PublicKey as P;
     let params = match spki.parsed().ok()? {

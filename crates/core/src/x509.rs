@@ -411,6 +411,16 @@ impl Certificate {
         self.spki.clone()
     }
 
+    /// The certificate's public key as a JOSE verification key, bound to the one
+    /// algorithm its curve allows (EC and Ed25519 keys; `None` for others, RSA included,
+    /// whose algorithm the key alone does not fix).
+    pub fn public_key(&self) -> Option<crate::jose::PublicKey> {
+        use x509_parser::prelude::FromDer;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&self.spki).ok()?;
+        let jwk = crate::bundle::spki_jwk(&spki)?;
+        crate::jose::PublicKey::from_jwk(&jwk).ok()
+    }
+
     /// Whether basic constraints say `cA=TRUE`.
     pub fn is_ca(&self) -> bool {
         matches!(self.basic_constraints, Some((true, _)))

@@ -47,6 +47,11 @@
 //! max_scope = "orders"                      # default: the grant's scope
 //! clients = ["spiffe://partner.example/gateway"]  # default: any workload of that domain
 //!
+//! [[token_service.self_signed]]             # workloads starting transactions themselves
+//! requester = "spiffe://example.org/batch"  # with a subject token signed by its X509-SVID key
+//! max_scope = "reports"                     # required
+//! subjects = ["nightly-report"]             # besides its own ID (default: none)
+//!
 //! # Federation relationships kept as declared here (created or updated at start; the same
 //! # fields as `wimse server federation create`)
 //! [[federation]]
@@ -62,6 +67,7 @@
 //! 300) and `access_token_ttl` (for chained access tokens, default 300, at most 3600).
 
 use serde::Deserialize;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use wimse_core::token::exchange::Scope;
@@ -169,6 +175,33 @@ pub struct TokenServiceFile {
     /// The trust domains whose grants this one accepts.
     #[serde(default)]
     pub chain_from: Vec<ChainFromFile>,
+    /// The workloads that may start transactions with self-signed subject tokens.
+    #[serde(default)]
+    pub self_signed: Vec<SelfSignedFile>,
+}
+
+/// One `[[token_service.self_signed]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfSignedFile {
+    /// The workload (an exact ID of this trust domain).
+    pub requester: String,
+    /// The widest scope it may start (required: its tokens state their own scope).
+    pub max_scope: String,
+    /// The subjects it may name besides itself.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+/// One `[[token_service.self_signed]]` rule, resolved.
+#[derive(Clone, Debug)]
+pub struct SelfSignedRule {
+    /// The workload that may start transactions with self-signed subject tokens.
+    pub requester: WorkloadId,
+    /// The widest scope it may start.
+    pub max_scope: Scope,
+    /// The subjects it may name besides itself.
+    pub subjects: BTreeSet<String>,
 }
 
 /// One `[[token_service.chain_to]]` entry.
@@ -273,6 +306,8 @@ pub struct TokenServiceSettings {
     pub chain_to: Vec<ChainTo>,
     /// Whose grants are accepted.
     pub chain_from: Vec<ChainFrom>,
+    /// Who may start transactions with self-signed subject tokens.
+    pub self_signed: Vec<SelfSignedRule>,
 }
 
 impl TokenServiceFile {
@@ -364,6 +399,7 @@ impl TokenServiceFile {
                 trust_domain: other,
             });
         }
+        let self_signed = self_signed_rules(self.self_signed, trust_domain)?;
         Ok(TokenServiceSettings {
             txn_token_ttl,
             max_replacements: self.max_replacements.unwrap_or(8),
@@ -373,6 +409,7 @@ impl TokenServiceFile {
             access_token_ttl,
             chain_to,
             chain_from,
+            self_signed,
         })
     }
 }
@@ -408,6 +445,43 @@ fn federation_request(
     crate::federation::initial_bundle(&relationship, &request)
         .map_err(|e| invalid(e.to_string()))?;
     Ok(request)
+}
+
+/// The `[[token_service.self_signed]]` entries, checked: workloads of this trust domain,
+/// each named once, with a valid `max_scope` and no empty subject.
+fn self_signed_rules(
+    files: Vec<SelfSignedFile>,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<SelfSignedRule>, ConfigError> {
+    let invalid = |name, message: String| ConfigError::Invalid { name, message };
+    let mut self_signed: Vec<SelfSignedRule> = Vec::new();
+    for file in files {
+        let name = "token_service.self_signed";
+        let requester = workloads_of(
+            std::slice::from_ref(&file.requester),
+            trust_domain,
+            "token_service.self_signed.requester",
+        )?
+        .into_iter()
+        .next()
+        .ok_or_else(|| invalid(name, "`requester` is missing".into()))?;
+        if self_signed.iter().any(|r| r.requester == requester) {
+            return Err(invalid(name, format!("`{requester}` is named twice")));
+        }
+        if file.subjects.iter().any(String::is_empty) {
+            return Err(invalid(
+                "token_service.self_signed.subjects",
+                "a subject must not be empty".into(),
+            ));
+        }
+        self_signed.push(SelfSignedRule {
+            requester,
+            max_scope: scope_of(Some(&file.max_scope), "token_service.self_signed.max_scope")?
+                .ok_or_else(|| invalid(name, "`max_scope` is missing".into()))?,
+            subjects: file.subjects.into_iter().collect(),
+        });
+    }
+    Ok(self_signed)
 }
 
 /// Workload IDs, each of `trust_domain`.
@@ -772,6 +846,23 @@ mod tests {
         assert_eq!(t.chain_from[0].subject_prefix, "b.example/");
         assert_eq!(t.chain_from[0].clients, None);
         let c = parse(
+            r#"
+            trust_domain = "prod.example"
+            [[token_service.self_signed]]
+            requester = "spiffe://prod.example/batch"
+            max_scope = "reports"
+            subjects = ["nightly-report"]
+        "#,
+        )
+        .unwrap();
+        let rule = &c.token_service.self_signed[0];
+        assert_eq!(rule.requester.as_str(), "spiffe://prod.example/batch");
+        assert!(rule.subjects.contains("nightly-report"));
+        assert!(
+            parse("[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"r\"")
+                .is_ok()
+        );
+        let c = parse(
             "[[federation]]\ntrust_domain = \"b.example\"\n\
              bundle_endpoint_url = \"https://b:1/.well-known/spiffe-bundle\"\nprofile = \"https_web\"",
         )
@@ -794,6 +885,10 @@ mod tests {
             "[[token_service.issuers]]\nissuer = \"\"\naudience = \"a\"\njwks_file = \"/j\"",
             "[[token_service.issuers]]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/j\"\nmax_scope = \"a  b\"",
             "[token_service]\ngrant_ttl = 301",
+            "[[token_service.self_signed]]\nrequester = \"spiffe://other.example/b\"\nmax_scope = \"r\"",
+            "[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"a  b\"",
+            "[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"r\"\nsubjects = [\"\"]",
+            "[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"r\"\n[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"r\"",
             "[token_service]\naccess_token_ttl = 0",
             "[[token_service.chain_to]]\ntrust_domain = \"b.example\"\nrequesters = []",
             "[[token_service.chain_to]]\ntrust_domain = \"prod.example\"\nrequesters = [\"spiffe://prod.example/gw\"]",

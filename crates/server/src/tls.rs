@@ -27,6 +27,8 @@ pub struct Caller {
     pub id: Option<WorkloadId>,
     /// The leaf's serial number, hex.
     pub serial: Option<String>,
+    /// The leaf itself (its key checks self-signed subject tokens).
+    pub certificate: Option<Arc<Certificate>>,
 }
 
 /// Why a TLS configuration could not be built.
@@ -226,5 +228,6 @@ pub fn caller_of(peer_certificates: Option<&[CertificateDer<'_>]>) -> Caller {
             .next()
             .and_then(|uri| WorkloadId::parse(&uri).ok()),
         serial: Some(leaf.serial_hex()),
+        certificate: Some(Arc::new(leaf)),
     }
 }

@@ -26,6 +26,7 @@
 
 use crate::audit::Event;
 use crate::chaining::Chaining;
+use crate::config::SelfSignedRule;
 use crate::config::TokenServiceSettings;
 use crate::datastore::{AuthorityKind, Datastore as _};
 use crate::state::State;
@@ -39,12 +40,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
 use wimse_core::bundle::TrustBundle;
-use wimse_core::jose::SigningKey;
+use wimse_core::jose::{PublicKey, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
+use wimse_core::token::chain::service_id;
 use wimse_core::token::exchange::{
     ExchangeError, ExchangeRequest, ExchangeResponse, JwtBearerRequest, MAX_REQUEST_BYTES, Scope,
     TOKEN_PATH, TokenRequest, token_type,
 };
+use wimse_core::token::self_signed::verify_self_signed;
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
 use wimse_core::token::{Audience, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
@@ -52,6 +55,48 @@ use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 
 /// The `rctx` member that keeps the requesters of a replaced token, oldest first.
 pub const REQ_WL_CHAIN: &str = "req_wl_chain";
+
+/// The workload asking for a token, as its mutual-TLS connection shows it.
+#[derive(Clone, Debug)]
+pub struct Requester<'a> {
+    /// Its ID.
+    pub id: &'a WorkloadId,
+    /// Its X509-SVID's public key, when known.
+    pub key: Option<PublicKey>,
+}
+
+/// The claims of a new transaction for `sub`: the scope asked for, `request_details` as
+/// `tctx`, `request_context` as `rctx` (which may not forge the requester chain), and
+/// how the subject authenticated (`amr`) as `rctx.authn` unless the request says.
+fn new_transaction(
+    sub: String,
+    scope: &Scope,
+    request: &ExchangeRequest,
+    amr: Option<Vec<String>>,
+) -> Result<TxnTokenClaims, ExchangeError> {
+    let mut rctx = request.request_context.clone().unwrap_or_default();
+    if rctx.contains_key(REQ_WL_CHAIN) {
+        return Err(ExchangeError::InvalidRequest(format!(
+            "`request_context` may not set `{REQ_WL_CHAIN}`"
+        )));
+    }
+    if let Some(amr) = amr {
+        rctx.entry("authn")
+            .or_insert_with(|| Value::from(amr.join(" ")));
+    }
+    Ok(TxnTokenClaims {
+        iss: None,
+        iat: 0,
+        aud: Audience::One(String::new()),
+        exp: 0,
+        txn: random_jti(),
+        sub,
+        scope: scope.to_string(),
+        tctx: request.request_details.clone(),
+        rctx: (!rctx.is_empty()).then_some(rctx),
+        req_wl: String::new(),
+    })
+}
 
 /// Why the token service could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +118,7 @@ pub struct TokenService {
     max_replacements: usize,
     requesters: BTreeSet<WorkloadId>,
     issuers: Arc<IssuerKeys>,
+    self_signed: Vec<SelfSignedRule>,
     chaining: Chaining,
 }
 
@@ -137,7 +183,8 @@ impl TokenService {
             settings.requesters.iter().cloned(),
             Vec::new(),
         )
-        .with_chaining(Chaining::new(settings));
+        .with_chaining(Chaining::new(settings))
+        .with_self_signed(settings.self_signed.clone());
         service.issuers = Arc::new(IssuerKeys::new(sources));
         Ok(service)
     }
@@ -166,7 +213,17 @@ impl TokenService {
             max_replacements,
             requesters: requesters.into_iter().collect(),
             issuers: Arc::new(IssuerKeys::fixed(issuers)),
+            self_signed: Vec::new(),
             chaining: Chaining::default(),
+        }
+    }
+
+    /// Lets the workloads of `rules` start transactions with self-signed subject tokens.
+    #[must_use]
+    pub fn with_self_signed(self, rules: Vec<SelfSignedRule>) -> Self {
+        TokenService {
+            self_signed: rules,
+            ..self
         }
     }
 
@@ -181,6 +238,31 @@ impl TokenService {
         signer: &TxnSigner<'_>,
         now: i64,
     ) -> Result<(String, TxnTokenClaims), ExchangeError> {
+        self.exchange_as(
+            &Requester {
+                id: caller,
+                key: None,
+            },
+            request,
+            trust_domain,
+            bundle,
+            signer,
+            now,
+        )
+    }
+
+    /// [`TokenService::exchange`] for a caller whose certificate's key is known, as a
+    /// self-signed subject token needs.
+    pub fn exchange_as(
+        &self,
+        requester: &Requester<'_>,
+        request: &ExchangeRequest,
+        trust_domain: &TrustDomain,
+        bundle: &TrustBundle,
+        signer: &TxnSigner<'_>,
+        now: i64,
+    ) -> Result<(String, TxnTokenClaims), ExchangeError> {
+        let caller = requester.id;
         if caller.trust_domain() != trust_domain {
             return Err(ExchangeError::InvalidClient(format!(
                 "`{caller}` is not in trust domain `{trust_domain}`"
@@ -229,6 +311,9 @@ impl TokenService {
                 self.start(caller, request, scope, bundle, &Validation::at(now))?
             }
             token_type::TXN_TOKEN => self.replace(caller, request, scope, bundle, now)?,
+            token_type::SELF_SIGNED => {
+                self.start_self_signed(requester, request, scope, trust_domain, now)?
+            }
             other => {
                 return Err(ExchangeError::InvalidRequest(format!(
                     "subject token type `{other}` is not accepted"
@@ -284,28 +369,72 @@ impl TokenService {
         {
             return Err(err);
         }
-        let mut rctx = request.request_context.clone().unwrap_or_default();
-        if rctx.contains_key(REQ_WL_CHAIN) {
+        new_transaction(
+            format!("{}{}", issuer.subject_prefix, subject.sub),
+            scope,
+            request,
+            subject.amr,
+        )
+    }
+
+    /// A new transaction whose subject the requesting workload states itself, in a token
+    /// signed with its X509-SVID's key ([`wimse_core::token::self_signed`]), within what
+    /// its `[[token_service.self_signed]]` entry allows.
+    fn start_self_signed(
+        &self,
+        requester: &Requester<'_>,
+        request: &ExchangeRequest,
+        scope: &Scope,
+        trust_domain: &TrustDomain,
+        now: i64,
+    ) -> Result<TxnTokenClaims, ExchangeError> {
+        let caller = requester.id;
+        let rule = self
+            .self_signed
+            .iter()
+            .find(|r| &r.requester == caller)
+            .ok_or_else(|| {
+                ExchangeError::UnauthorizedClient(format!(
+                    "`{caller}` may not start transactions with self-signed subject tokens \
+                     (not in `token_service.self_signed`)"
+                ))
+            })?;
+        let key = requester.key.as_ref().ok_or_else(|| {
+            ExchangeError::InvalidClient(
+                "a self-signed subject token is checked with the key of the X509-SVID the \
+                 request is made with (mutual TLS)"
+                    .into(),
+            )
+        })?;
+        let subject = verify_self_signed(
+            &request.subject_token,
+            caller,
+            key,
+            &service_id(trust_domain),
+            &Validation::at(now),
+        )
+        .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        if subject.sub != caller.as_str() && !rule.subjects.contains(&subject.sub) {
             return Err(ExchangeError::InvalidRequest(format!(
-                "`request_context` may not set `{REQ_WL_CHAIN}`"
+                "subject token: `{caller}` may not name subject `{}`",
+                subject.sub
             )));
         }
-        if let Some(amr) = subject.amr {
-            rctx.entry("authn")
-                .or_insert_with(|| Value::from(amr.join(" ")));
+        let stated = Scope::parse(&subject.scope)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        for (limit, whose) in [
+            (&stated, "the subject token's scope"),
+            (&rule.max_scope, "what this workload may start"),
+        ] {
+            let excess: Vec<&str> = scope.excess_over(limit).collect();
+            if !excess.is_empty() {
+                return Err(ExchangeError::InvalidScope(format!(
+                    "scope `{}` exceeds {whose}",
+                    excess.join(" ")
+                )));
+            }
         }
-        Ok(TxnTokenClaims {
-            iss: None,
-            iat: 0,
-            aud: Audience::One(String::new()),
-            exp: 0,
-            txn: random_jti(),
-            sub: format!("{}{}", issuer.subject_prefix, subject.sub),
-            scope: scope.to_string(),
-            tctx: request.request_details.clone(),
-            rctx: (!rctx.is_empty()).then_some(rctx),
-            req_wl: String::new(),
-        })
+        new_transaction(subject.sub, scope, request, None)
     }
 
     /// A replacement for a Txn-Token of this trust domain: narrower or equal in scope,
@@ -467,10 +596,10 @@ async fn token(
     // What the caller presented, for the audit record: its hash, never the token.
     let (subject, method) = match &request {
         Ok(TokenRequest::Exchange(r)) => {
-            let kind = if r.subject_token_type == token_type::TXN_TOKEN {
-                CredentialKind::TxnToken
-            } else {
-                CredentialKind::AccessToken
+            let kind = match r.subject_token_type.as_str() {
+                token_type::TXN_TOKEN => CredentialKind::TxnToken,
+                token_type::SELF_SIGNED => CredentialKind::SelfSigned,
+                _ => CredentialKind::AccessToken,
             };
             (
                 Some(CredentialRef::from_token(kind, &r.subject_token)),
@@ -595,6 +724,7 @@ fn decide(
     caller: &Caller,
     request: &ExchangeRequest,
 ) -> Result<Minted, ExchangeError> {
+    let certificate = &caller.certificate;
     let caller = caller.id.as_ref().ok_or_else(|| {
         ExchangeError::InvalidClient(
             "authenticate with an X509-SVID of this trust domain (mutual TLS)".into(),
@@ -620,9 +750,15 @@ fn decide(
             client: caller.clone(),
         });
     }
+    let requester = Requester {
+        id: caller,
+        key: (request.subject_token_type == token_type::SELF_SIGNED)
+            .then(|| certificate.as_ref().and_then(|c| c.public_key()))
+            .flatten(),
+    };
     let (token, claims) = with_signer(state, |signer| {
-        state.token_service.exchange(
-            caller,
+        state.token_service.exchange_as(
+            &requester,
             request,
             &state.config.trust_domain,
             &bundle,
@@ -790,6 +926,121 @@ mod tests {
                 scope,
             );
             self.exchange("/gateway", &request, NOW).unwrap()
+        }
+    }
+
+    #[test]
+    #[expect(clippy::too_many_lines, reason = "one table of refusals")]
+    fn a_workload_starts_its_own_transaction_with_a_self_signed_token_within_its_rule() {
+        use wimse_core::token::self_signed::{SelfSignedClaims, issue_self_signed};
+        let mut w = world();
+        w.service = std::mem::take(&mut w.service).with_self_signed(vec![SelfSignedRule {
+            requester: id("/batch"),
+            max_scope: Scope::parse("reports reports.read").unwrap(),
+            subjects: ["nightly-report".to_owned()].into(),
+        }]);
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let public = PublicKey::from_jwk(key.public_jwk()).unwrap();
+        let token = |sub: &str, scope: &str| {
+            let claims = SelfSignedClaims {
+                iss: id("/batch").to_string(),
+                sub: sub.into(),
+                aud: "spiffe://example.org".into(),
+                iat: NOW,
+                exp: NOW + 60,
+                scope: scope.into(),
+            };
+            issue_self_signed(&key, &claims).unwrap()
+        };
+        let signer = TxnSigner {
+            key: &w.jwt_key,
+            kid: "jwt-1",
+            not_after: NOW + 3600,
+        };
+        let ask = |caller: &str, key: Option<PublicKey>, subject: String, scope: &str| {
+            let request = w.request(subject, token_type::SELF_SIGNED, scope);
+            let requester = Requester {
+                id: &id(caller),
+                key,
+            };
+            w.service
+                .exchange_as(&requester, &request, &w.td, &w.bundle, &signer, NOW)
+        };
+        // Itself or a subject its rule names, within both scopes.
+        let (_, claims) = ask(
+            "/batch",
+            Some(public.clone()),
+            token("nightly-report", "reports"),
+            "reports",
+        )
+        .unwrap();
+        assert_eq!(claims.sub, "nightly-report");
+        assert_eq!(claims.req_wl, id("/batch").to_string());
+        assert_eq!(
+            claims.tctx,
+            Some(json!({"order": 7}).as_object().unwrap().clone())
+        );
+        let (_, claims) = ask(
+            "/batch",
+            Some(public.clone()),
+            token(id("/batch").as_str(), "reports.read"),
+            "reports.read",
+        )
+        .unwrap();
+        assert_eq!(claims.sub, id("/batch").to_string());
+        let other =
+            PublicKey::from_jwk(SigningKey::generate(Algorithm::Es256).unwrap().public_jwk())
+                .unwrap();
+        for (caller, key, subject, scope, code) in [
+            // A workload without a rule; one with no certificate key at hand.
+            (
+                "/gateway",
+                Some(public.clone()),
+                token("nightly-report", "reports"),
+                "reports",
+                "unauthorized_client",
+            ),
+            (
+                "/batch",
+                None,
+                token("nightly-report", "reports"),
+                "reports",
+                "invalid_client",
+            ),
+            // Signed by another key than the connection's certificate.
+            (
+                "/batch",
+                Some(other),
+                token("nightly-report", "reports"),
+                "reports",
+                "invalid_request",
+            ),
+            // A subject its rule does not name.
+            (
+                "/batch",
+                Some(public.clone()),
+                token("alice", "reports"),
+                "reports",
+                "invalid_request",
+            ),
+            // Wider than the token states, or than the rule allows.
+            (
+                "/batch",
+                Some(public.clone()),
+                token("nightly-report", "reports.read"),
+                "reports",
+                "invalid_scope",
+            ),
+            (
+                "/batch",
+                Some(public.clone()),
+                token("nightly-report", "reports admin"),
+                "admin",
+                "invalid_scope",
+            ),
+        ] {
+            let refused = ask(caller, key, subject, scope).unwrap_err();
+            assert_eq!(refused.code(), code, "{refused}");
         }
     }
 

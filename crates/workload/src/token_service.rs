@@ -22,7 +22,11 @@ use wimse_core::token::exchange::{
     ExchangeRequest, ExchangeResponse, JwtBearerRequest, MAX_REQUEST_BYTES, Scope, TOKEN_PATH,
     token_type,
 };
+use wimse_core::token::self_signed::{SelfSignedClaims, issue_self_signed};
 use wimse_core::{TrustDomain, WorkloadId};
+
+/// How long a self-signed subject token lives: it is sent at once.
+const SELF_SIGNED_TTL: i64 = 60;
 
 /// Why no Txn-Token was obtained.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,11 @@ impl From<TlsError> for TokenServiceError {
 #[derive(Clone, Debug)]
 pub struct TokenServiceClient {
     client: Client<MtlsConnector, Full<Bytes>>,
+    /// The same without keep-alive: a self-signed subject token must be signed with the
+    /// key of the certificate its connection presents, so it never rides a connection
+    /// opened with an earlier certificate.
+    fresh: Client<MtlsConnector, Full<Bytes>>,
+    source: CredentialSource,
     endpoint: http::Uri,
     audience: String,
 }
@@ -79,10 +88,15 @@ impl TokenServiceClient {
         let endpoint = format!("https://{server_address}{TOKEN_PATH}")
             .parse()
             .map_err(|e| TokenServiceError::Setup(format!("server address: {e}")))?;
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(MtlsConnector::new(source, allow)?);
+        let connector = MtlsConnector::new(source, allow)?;
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector.clone());
+        let fresh = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
         Ok(TokenServiceClient {
             client,
+            fresh,
+            source: source.clone(),
             endpoint,
             audience: trust_domain.to_string(),
         })
@@ -105,6 +119,49 @@ impl TokenServiceClient {
             request_details,
         ))
         .await
+    }
+
+    /// Starts a transaction for `subject` (this workload's own ID, or one its
+    /// `[[token_service.self_signed]]` entry names) stated in a self-signed subject token
+    /// signed with this workload's X509-SVID key; `scope` may not exceed the entry's.
+    pub async fn start_self_signed(
+        &self,
+        subject: &str,
+        scope: &Scope,
+        request_context: Option<Map<String, Value>>,
+        request_details: Option<Map<String, Value>>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        let mut retried = false;
+        loop {
+            let current = self.source.current();
+            let svid = current.x509.as_ref().ok_or(TokenServiceError::NoIdentity)?;
+            let now = wimse_core::token::unix_now();
+            let claims = SelfSignedClaims {
+                iss: svid.id.to_string(),
+                sub: subject.to_owned(),
+                aud: service_id(svid.id.trust_domain()),
+                iat: now,
+                exp: now + SELF_SIGNED_TTL,
+                scope: scope.to_string(),
+            };
+            let token = issue_self_signed(&svid.key, &claims)
+                .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
+            let request = self.request(
+                &token,
+                token_type::SELF_SIGNED,
+                scope,
+                request_context.clone(),
+                request_details.clone(),
+            );
+            let answer = post_form(&self.fresh, &self.endpoint, request.to_form()).await;
+            // The certificate rotated between signing and the handshake: sign again.
+            if answer.is_err() && !retried && self.source.current().generation != current.generation
+            {
+                retried = true;
+                continue;
+            }
+            return expect_type(answer?, token_type::TXN_TOKEN, "N_A");
+        }
     }
 
     /// Replaces `txn_token` with one of `scope` (no wider than its own), adding

@@ -26,6 +26,8 @@ pub mod token_type {
     pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
     /// A Transaction Token.
     pub const TXN_TOKEN: &str = "urn:ietf:params:oauth:token-type:txn_token";
+    /// A JWT the requesting workload signed itself ([`super::super::self_signed`]).
+    pub const SELF_SIGNED: &str = "urn:ietf:params:oauth:token-type:self_signed";
     /// A refresh token (never accepted as a Txn-Token's subject).
     pub const REFRESH_TOKEN: &str = "urn:ietf:params:oauth:token-type:refresh_token";
 }

@@ -22,6 +22,7 @@ pub mod chain;
 pub mod exchange;
 pub mod jwt_svid;
 pub mod replay;
+pub mod self_signed;
 pub mod txn;
 pub mod wit;
 pub mod wpt;
