@@ -336,11 +336,6 @@ impl IssuerKeys {
         Arc::clone(&self.held.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Whether there are no issuers at all.
-    pub fn is_empty(&self) -> bool {
-        self.current().is_empty()
-    }
-
     /// Before `token` is verified: when it names a remote issuer and a key of it that is
     /// not held, fetches that issuer's JWK Set again, unless such a fetch started less than
     /// [`RefreshPolicy::refetch_cooldown`] ago (see the module doc). Never fails: the
@@ -410,20 +405,25 @@ impl IssuerKeys {
             loop {
                 let Some(this) = weak.upgrade() else { return };
                 this.refresh_due().await;
+                // Every fetch sets its set's next due time, so this is always ahead.
                 let next = this.next_due().await;
                 drop(this);
-                tokio::time::sleep_until(next.min(Instant::now() + Duration::from_secs(1))).await;
+                tokio::time::sleep_until(next).await;
             }
         });
     }
 
-    /// The earliest time a remote set is due.
+    /// The earliest time a remote set is due (never fetched: now).
     async fn next_due(&self) -> Instant {
         let mut next = Instant::now() + self.policy.max_interval;
         for remote in &self.remote {
-            if let Some(due) = remote.schedule.lock().await.due {
-                next = next.min(due);
-            }
+            let due = remote
+                .schedule
+                .lock()
+                .await
+                .due
+                .unwrap_or_else(Instant::now);
+            next = next.min(due);
         }
         next
     }
