@@ -191,17 +191,7 @@ pub fn verify_grant(
     validation.check_exp(claims.exp)?;
     validation.check_iat(Some(claims.iat))?;
     // The two token services' clocks may differ by the leeway.
-    let latest = validation
-        .now
-        .saturating_add(MAX_GRANT_LIFETIME)
-        .saturating_add(validation.leeway);
-    if claims.exp > latest {
-        return Err(TokenError::LifetimeTooLong {
-            exp: claims.exp,
-            now: validation.now,
-            max: MAX_GRANT_LIFETIME,
-        });
-    }
+    validation.check_lifetime(claims.exp, MAX_GRANT_LIFETIME)?;
     for (claim, value) in [
         ("sub", &claims.sub),
         ("jti", &claims.jti),

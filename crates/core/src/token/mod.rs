@@ -76,6 +76,19 @@ impl Validation {
         }
     }
 
+    /// Refuses an `exp` further ahead than `max` seconds (with leeway, for the issuer's
+    /// clock): for tokens made just before they are sent, whatever they claim.
+    pub fn check_lifetime(&self, exp: i64, max: i64) -> Result<(), TokenError> {
+        if exp > self.now.saturating_add(max).saturating_add(self.leeway) {
+            return Err(TokenError::LifetimeTooLong {
+                exp,
+                now: self.now,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses an `iat` in the future (with leeway).
     pub fn check_iat(&self, iat: Option<i64>) -> Result<(), TokenError> {
         match iat {

@@ -85,17 +85,7 @@ pub fn verify_self_signed(
     }
     validation.check_exp(claims.exp)?;
     validation.check_iat(Some(claims.iat))?;
-    let latest = validation
-        .now
-        .saturating_add(MAX_SELF_SIGNED_LIFETIME)
-        .saturating_add(validation.leeway);
-    if claims.exp > latest {
-        return Err(TokenError::LifetimeTooLong {
-            exp: claims.exp,
-            now: validation.now,
-            max: MAX_SELF_SIGNED_LIFETIME,
-        });
-    }
+    validation.check_lifetime(claims.exp, MAX_SELF_SIGNED_LIFETIME)?;
     if claims.sub.is_empty() {
         return Err(TokenError::BadClaim {
             claim: "sub",

@@ -142,17 +142,7 @@ pub fn verify_wpt(
         });
     }
     validation.check_exp(claims.exp)?;
-    if claims.exp
-        > validation
-            .now
-            .saturating_add(validation.max_proof_lifetime + validation.leeway)
-    {
-        return Err(TokenError::LifetimeTooLong {
-            exp: claims.exp,
-            now: validation.now,
-            max: validation.max_proof_lifetime,
-        });
-    }
+    validation.check_lifetime(claims.exp, validation.max_proof_lifetime)?;
     if claims.wth != wit.wth {
         return Err(TokenError::BindingMismatch("wth".into()));
     }
