@@ -227,33 +227,10 @@ impl TokenService {
         }
     }
 
-    /// Decides a request from `caller` and signs the Txn-Token it earns. `bundle` is this
-    /// trust domain's (for replacing a Txn-Token).
+    /// Decides a request from `requester` and signs the Txn-Token it earns. `bundle` is
+    /// this trust domain's (for replacing a Txn-Token); the requester's certificate key
+    /// is needed only for a self-signed subject token.
     pub fn exchange(
-        &self,
-        caller: &WorkloadId,
-        request: &ExchangeRequest,
-        trust_domain: &TrustDomain,
-        bundle: &TrustBundle,
-        signer: &TxnSigner<'_>,
-        now: i64,
-    ) -> Result<(String, TxnTokenClaims), ExchangeError> {
-        self.exchange_as(
-            &Requester {
-                id: caller,
-                key: None,
-            },
-            request,
-            trust_domain,
-            bundle,
-            signer,
-            now,
-        )
-    }
-
-    /// [`TokenService::exchange`] for a caller whose certificate's key is known, as a
-    /// self-signed subject token needs.
-    pub fn exchange_as(
         &self,
         requester: &Requester<'_>,
         request: &ExchangeRequest,
@@ -757,7 +734,7 @@ fn decide(
             .flatten(),
     };
     let (token, claims) = with_signer(state, |signer| {
-        state.token_service.exchange_as(
+        state.token_service.exchange(
             &requester,
             request,
             &state.config.trust_domain,
@@ -845,6 +822,10 @@ mod tests {
         service: TokenService,
     }
 
+    fn without_key(id: &WorkloadId) -> Requester<'_> {
+        Requester { id, key: None }
+    }
+
     fn id(path: &str) -> WorkloadId {
         WorkloadId::parse(&format!("spiffe://example.org{path}")).unwrap()
     }
@@ -915,8 +896,14 @@ mod tests {
                 kid: "jwt-1",
                 not_after: NOW + 3600,
             };
-            self.service
-                .exchange(&id(caller), request, &self.td, &self.bundle, &signer, now)
+            self.service.exchange(
+                &without_key(&id(caller)),
+                request,
+                &self.td,
+                &self.bundle,
+                &signer,
+                now,
+            )
         }
 
         fn start(&self, scope: &str) -> (String, TxnTokenClaims) {
@@ -964,7 +951,7 @@ mod tests {
                 key,
             };
             w.service
-                .exchange_as(&requester, &request, &w.td, &w.bundle, &signer, NOW)
+                .exchange(&requester, &request, &w.td, &w.bundle, &signer, NOW)
         };
         // Itself or a subject its rule names, within both scopes.
         let (_, claims) = ask(
@@ -1121,7 +1108,14 @@ mod tests {
         };
         let err = w
             .service
-            .exchange(&foreign, &request("orders"), &w.td, &w.bundle, &signer, NOW)
+            .exchange(
+                &without_key(&foreign),
+                &request("orders"),
+                &w.td,
+                &w.bundle,
+                &signer,
+                NOW,
+            )
             .unwrap_err();
         assert_eq!(err.code(), "invalid_client");
     }
@@ -1212,7 +1206,7 @@ mod tests {
         let (_, claims) = w
             .service
             .exchange(
-                &gateway,
+                &without_key(&gateway),
                 &request,
                 &w.td,
                 &w.bundle,
@@ -1223,7 +1217,14 @@ mod tests {
         assert_eq!(claims.exp, NOW + 100);
         let err = w
             .service
-            .exchange(&gateway, &request, &w.td, &w.bundle, &signer(NOW), NOW)
+            .exchange(
+                &without_key(&gateway),
+                &request,
+                &w.td,
+                &w.bundle,
+                &signer(NOW),
+                NOW,
+            )
             .unwrap_err();
         assert_eq!(err.code(), "server_error");
     }
