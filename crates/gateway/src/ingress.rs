@@ -43,10 +43,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use wimse_audit::{AuditLog, AuditRecord, CredentialKind, CredentialRef, Decision, EventKind};
 use wimse_audit::{AuthMethod, SecurityContext};
-use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
 use wimse_core::token::txn::{TXN_HEADER, TxnTokenClaims, verify_txn_token};
+use wimse_core::token::{TokenError, Validation};
 use wimse_remote::issuers::IssuerKeys;
 use wimse_workload::PeerAllowList;
 use wimse_workload::authn::CREDENTIAL_HEADERS;
@@ -381,13 +381,21 @@ impl Gateway {
         let route = self.routes.find(path).ok_or(Refusal::NoRoute)?;
         let token = bearer(&request.headers)?;
         let now = wimse_core::token::unix_now();
-        // A login server's new key is fetched before its first token is refused.
-        self.issuers.prepare(token).await;
         let own = self.own_token_service();
-        let held = self.issuers.current();
-        let issuers = held.iter().chain(own.as_ref());
-        let (_, access) = verify_access_token(token, issuers, &Validation::at(now))
-            .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
+        let verify = || {
+            let held = self.issuers.current();
+            verify_access_token(token, held.iter().chain(own.as_ref()), &Validation::at(now))
+                .map(|(_, access)| access)
+        };
+        let mut verified = verify();
+        // A login server's key not held yet (it may have rotated): fetched, and the token
+        // verified once more, before its first token is refused.
+        if matches!(verified, Err(TokenError::UnknownKey { .. }))
+            && self.issuers.prepare(token).await
+        {
+            verified = verify();
+        }
+        let access = verified.map_err(|e| Refusal::InvalidToken(e.to_string()))?;
         check_binding(&access, request.extensions.get::<ClientCertificate>())?;
         if !route.scope().is_subset_of(&access.scope) {
             return Err(Refusal::InsufficientScope(route.scope().to_string()));

@@ -14,8 +14,9 @@
 //!   gives none, clamped to [`RefreshPolicy::min_interval`]..[`RefreshPolicy::max_interval`];
 //!   after a failure, [`RefreshPolicy::retry`] later;
 //! - a token naming a key that is not held makes [`IssuerKeys::prepare`] fetch the set
-//!   again before the token is verified, so the first tokens signed with a new key are not
-//!   refused. The `kid` is read from the unverified token, so anyone can ask for this:
+//!   again before the token is refused, so the first tokens signed with a new key are
+//!   admitted (the gateway calls it only after verification failed with
+//!   `TokenError::UnknownKey`, so a token of a held key is read once); The `kid` is read from the unverified token, so anyone can ask for this:
 //!   fetches caused this way are at most one per [`RefreshPolicy::refetch_cooldown`] per
 //!   issuer, and concurrent callers wait for the same fetch;
 //! - a failed fetch, or a set with no usable key, keeps the keys held (the issuer's tokens
@@ -336,19 +337,20 @@ impl IssuerKeys {
         Arc::clone(&self.held.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Before `token` is verified: when it names a remote issuer and a key of it that is
-    /// not held, fetches that issuer's JWK Set again, unless such a fetch started less than
-    /// [`RefreshPolicy::refetch_cooldown`] ago (see the module doc). Never fails: the
-    /// verification that follows decides.
-    pub async fn prepare(&self, token: &str) {
+    /// When `token` names a remote issuer and a key of it that is not held, fetches that
+    /// issuer's JWK Set again, unless such a fetch started less than
+    /// [`RefreshPolicy::refetch_cooldown`] ago (see the module doc). Returns whether the
+    /// key is held now, so that verifying (again) may succeed. Never fails: the
+    /// verification decides.
+    pub async fn prepare(&self, token: &str) -> bool {
         if self.remote.is_empty() {
-            return;
+            return false;
         }
         let Ok((issuer, kid)) = named_issuer_and_key(token) else {
-            return;
+            return false;
         };
         let Some(remote) = self.remote.iter().find(|r| r.issuer == issuer) else {
-            return;
+            return false;
         };
         let held = |this: &Self| {
             this.current()
@@ -356,16 +358,18 @@ impl IssuerKeys {
                 .is_some_and(|i| i.holds_key(kid.as_deref()))
         };
         if held(self) {
-            return;
+            return true;
         }
         let mut schedule = remote.schedule.lock().await;
         // Another caller may have fetched it while this one waited.
-        if held(self)
-            || schedule
-                .last_demand
-                .is_some_and(|t| t.elapsed() < self.policy.refetch_cooldown)
+        if held(self) {
+            return true;
+        }
+        if schedule
+            .last_demand
+            .is_some_and(|t| t.elapsed() < self.policy.refetch_cooldown)
         {
-            return;
+            return false;
         }
         tracing::info!(
             issuer,
@@ -374,6 +378,7 @@ impl IssuerKeys {
         );
         schedule.last_demand = Some(Instant::now());
         self.fetch(remote, &mut schedule).await;
+        held(self)
     }
 
     /// Fetches every remote JWK Set that is due, concurrently.

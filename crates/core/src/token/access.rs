@@ -132,16 +132,14 @@ impl TrustedIssuer {
 
     fn key(&self, kid: Option<&str>) -> Result<&PublicKey, TokenError> {
         match (kid, self.keys.as_slice()) {
-            (_, []) => Err(TokenError::BadClaim {
-                claim: "kid",
+            (_, []) => Err(TokenError::UnknownKey {
                 reason: format!("no key of issuer `{}` is held yet", self.issuer),
             }),
             (Some(kid), keys) => keys
                 .iter()
                 .find(|(k, _)| k.as_deref() == Some(kid))
                 .map(|(_, key)| key)
-                .ok_or_else(|| TokenError::BadClaim {
-                    claim: "kid",
+                .ok_or_else(|| TokenError::UnknownKey {
                     reason: format!("no key `{kid}` for issuer `{}`", self.issuer),
                 }),
             (None, [(_, only)]) => Ok(only),

@@ -121,6 +121,13 @@ pub enum TokenError {
         /// What the token had (empty if none).
         found: String,
     },
+    /// The issuer's keys held here include none the token names (keys named by URL may
+    /// have rotated since they were fetched).
+    #[error("token claim `kid` is invalid: {reason}")]
+    UnknownKey {
+        /// Which key of which issuer.
+        reason: String,
+    },
     /// The header has `kid` missing where the profile requires it.
     #[error("token header lacks `kid`")]
     MissingKid,
