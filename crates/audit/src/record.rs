@@ -54,6 +54,8 @@ pub enum EventKind {
     GrantIssued,
     /// An access token was issued for another trust domain's grant (identity chaining).
     AccessTokenIssued,
+    /// A transaction was delegated to a workload that finishes it later.
+    DelegationIssued,
     /// A registration entry, join token or agent was changed by an administrator.
     Admin,
 }
@@ -73,6 +75,7 @@ impl EventKind {
             Self::TokenExchange => "token_exchange",
             Self::GrantIssued => "grant_issued",
             Self::AccessTokenIssued => "access_token_issued",
+            Self::DelegationIssued => "delegation_issued",
             Self::Admin => "admin",
         }
     }
@@ -160,6 +163,8 @@ pub enum CredentialKind {
     AuthorizationGrant,
     /// A self-signed subject token (a workload starting a transaction itself).
     SelfSigned,
+    /// A delegation of a transaction to a workload (asynchronous work).
+    Delegation,
     /// An X509-SVID (the fingerprint is of the leaf certificate's DER).
     X509Svid,
     /// A join token (the fingerprint matches the server datastore's token hash).
@@ -179,6 +184,7 @@ impl CredentialKind {
             Self::AccessToken => "access_token",
             Self::AuthorizationGrant => "authorization_grant",
             Self::SelfSigned => "self_signed",
+            Self::Delegation => "delegation",
             Self::X509Svid => "x509_svid",
             Self::JoinToken => "join_token",
             Self::PublicKey => "public_key",

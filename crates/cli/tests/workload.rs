@@ -550,6 +550,7 @@ fn txn_token(key: &wimse_core::jose::SigningKey, kid: &str, aud: &str, scope: &s
             tctx: None,
             rctx: None,
             req_wl: id("/gateway"),
+            act: None,
         },
     )
     .unwrap()

@@ -895,6 +895,7 @@ fn txn_claims() -> TxnTokenClaims {
         tctx: Some(serde_json::from_value(json!({"action": "BUY", "ticker": "MSFT"})).unwrap()),
         rctx: None,
         req_wl: "spiffe://example.org/gateway".into(),
+        act: None,
     }
 }
 

@@ -25,6 +25,7 @@
 
 use crate::config::{ChainFrom, ChainTo, TokenServiceSettings};
 use crate::token_service::TxnSigner;
+use crate::token_service::within_limits;
 use wimse_core::bundle::{BundleSet, TrustBundle};
 use wimse_core::token::chain::{
     AccessTokenClaims, Actor, ChainedActor, GrantClaims, issue_access_token, issue_grant,
@@ -56,19 +57,13 @@ fn narrowed(
     max: Option<&Scope>,
 ) -> Result<Scope, ExchangeError> {
     let scope = asked.unwrap_or(held);
-    for (limit, whose) in [
-        (Some(held), held_by),
-        (max, "what this trust domain allows"),
-    ] {
-        let Some(limit) = limit else { continue };
-        let excess: Vec<&str> = scope.excess_over(limit).collect();
-        if !excess.is_empty() {
-            return Err(ExchangeError::InvalidScope(format!(
-                "scope `{}` exceeds {whose}",
-                excess.join(" ")
-            )));
-        }
-    }
+    within_limits(
+        scope,
+        &[
+            (Some(held), held_by),
+            (max, "what this trust domain allows"),
+        ],
+    )?;
     Ok(scope.clone())
 }
 
@@ -179,9 +174,7 @@ impl Chaining {
             iat: now,
             jti: random_jti(),
             scope: scope.to_string(),
-            act: Actor {
-                sub: caller.to_string(),
-            },
+            act: Actor::after(caller.to_string(), txn.act.as_ref()),
             txn: Some(txn.txn),
         };
         let grant = issue_grant(signer.key, signer.kid, &claims)
@@ -437,6 +430,7 @@ mod tests {
                 tctx: None,
                 rctx: None,
                 req_wl: format!("spiffe://{}/gateway", self.td),
+                act: None,
             };
             issue_txn_token(&self.key, self.signer().kid, &claims).unwrap()
         }
@@ -725,9 +719,7 @@ mod tests {
             iat: NOW,
             jti: "j".into(),
             scope: "orders".into(),
-            act: Actor {
-                sub: "spiffe://c.example/egress".into(),
-            },
+            act: Actor::new("spiffe://c.example/egress"),
             txn: None,
         };
         let grant = issue_grant(&c.key, c.signer().kid, &claims).unwrap();
@@ -740,9 +732,7 @@ mod tests {
         let to_d = GrantClaims {
             iss: "spiffe://a.example".into(),
             aud: "spiffe://d.example".into(),
-            act: Actor {
-                sub: "spiffe://a.example/egress".into(),
-            },
+            act: Actor::new("spiffe://a.example/egress"),
             ..claims
         };
         let grant = issue_grant(&a.key, a.signer().kid, &to_d).unwrap();

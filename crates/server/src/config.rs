@@ -52,6 +52,11 @@
 //! max_scope = "reports"                     # required
 //! subjects = ["nightly-report"]             # besides its own ID (default: none)
 //!
+//! [[token_service.delegation]]              # workloads finishing transactions later
+//! actor = "spiffe://example.org/worker"     # exchanges a job's Txn-Token for a delegation
+//! max_scope = "orders.read"                 # required
+//! lifetime = 3600                           # seconds a delegation lasts (default 3600, at most 86400)
+//!
 //! # Federation relationships kept as declared here (created or updated at start; the same
 //! # fields as `wimse server federation create`)
 //! [[federation]]
@@ -70,6 +75,7 @@ use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use wimse_core::token::delegation::MAX_DELEGATION_LIFETIME;
 use wimse_core::token::exchange::Scope;
 use wimse_core::token::wit::WitProfile;
 use wimse_core::{TrustDomain, WorkloadId};
@@ -178,6 +184,32 @@ pub struct TokenServiceFile {
     /// The workloads that may start transactions with self-signed subject tokens.
     #[serde(default)]
     pub self_signed: Vec<SelfSignedFile>,
+    /// The workloads that may take over transactions to finish them later.
+    #[serde(default)]
+    pub delegation: Vec<DelegationFile>,
+}
+
+/// One `[[token_service.delegation]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationFile {
+    /// The workload (an exact ID of this trust domain).
+    pub actor: String,
+    /// The widest scope a delegation to it may carry.
+    pub max_scope: String,
+    /// Seconds a delegation lasts (default 3600, at most 86400).
+    pub lifetime: Option<i64>,
+}
+
+/// One `[[token_service.delegation]]` rule, resolved.
+#[derive(Clone, Debug)]
+pub struct DelegationRule {
+    /// The workload that may take over transactions.
+    pub actor: WorkloadId,
+    /// The widest scope a delegation to it may carry.
+    pub max_scope: Scope,
+    /// Seconds a delegation lasts.
+    pub lifetime: i64,
 }
 
 /// One `[[token_service.self_signed]]` entry.
@@ -308,6 +340,8 @@ pub struct TokenServiceSettings {
     pub chain_from: Vec<ChainFrom>,
     /// Who may start transactions with self-signed subject tokens.
     pub self_signed: Vec<SelfSignedRule>,
+    /// Who may take over transactions to finish them later.
+    pub delegation: Vec<DelegationRule>,
 }
 
 impl TokenServiceFile {
@@ -399,7 +433,6 @@ impl TokenServiceFile {
                 trust_domain: other,
             });
         }
-        let self_signed = self_signed_rules(self.self_signed, trust_domain)?;
         Ok(TokenServiceSettings {
             txn_token_ttl,
             max_replacements: self.max_replacements.unwrap_or(8),
@@ -409,7 +442,8 @@ impl TokenServiceFile {
             access_token_ttl,
             chain_to,
             chain_from,
-            self_signed,
+            self_signed: self_signed_rules(self.self_signed, trust_domain)?,
+            delegation: delegation_rules(self.delegation, trust_domain)?,
         })
     }
 }
@@ -482,6 +516,44 @@ fn self_signed_rules(
         });
     }
     Ok(self_signed)
+}
+
+/// The `[[token_service.delegation]]` entries, checked: workloads of this trust domain,
+/// each named once, with a valid `max_scope` and a lifetime of 60 s to a day.
+fn delegation_rules(
+    files: Vec<DelegationFile>,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<DelegationRule>, ConfigError> {
+    let invalid = |name, message: String| ConfigError::Invalid { name, message };
+    let mut rules: Vec<DelegationRule> = Vec::new();
+    for file in files {
+        let name = "token_service.delegation";
+        let actor = workloads_of(
+            std::slice::from_ref(&file.actor),
+            trust_domain,
+            "token_service.delegation.actor",
+        )?
+        .into_iter()
+        .next()
+        .ok_or_else(|| invalid(name, "`actor` is missing".into()))?;
+        if rules.iter().any(|r| r.actor == actor) {
+            return Err(invalid(name, format!("`{actor}` is named twice")));
+        }
+        let lifetime = file.lifetime.unwrap_or(3600);
+        if !(60..=MAX_DELEGATION_LIFETIME).contains(&lifetime) {
+            return Err(invalid(
+                "token_service.delegation.lifetime",
+                format!("must be 60 to {MAX_DELEGATION_LIFETIME} seconds"),
+            ));
+        }
+        rules.push(DelegationRule {
+            actor,
+            max_scope: scope_of(Some(&file.max_scope), "token_service.delegation.max_scope")?
+                .ok_or_else(|| invalid(name, "`max_scope` is missing".into()))?,
+            lifetime,
+        });
+    }
+    Ok(rules)
 }
 
 /// Workload IDs, each of `trust_domain`.
@@ -801,6 +873,37 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("datastore"));
+    }
+
+    #[test]
+    fn delegation_rules_are_read_and_checked() {
+        let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
+        let c = parse(
+            r#"
+            [[token_service.delegation]]
+            actor = "spiffe://example.org/worker"
+            max_scope = "orders.read"
+            [[token_service.delegation]]
+            actor = "spiffe://example.org/nightly"
+            max_scope = "reports"
+            lifetime = 86400
+        "#,
+        )
+        .unwrap();
+        let rules = &c.token_service.delegation;
+        assert_eq!(rules[0].actor.as_str(), "spiffe://example.org/worker");
+        assert_eq!(rules[0].lifetime, 3600);
+        assert_eq!(rules[1].max_scope, Scope::parse("reports").unwrap());
+        assert_eq!(rules[1].lifetime, 86400);
+        for bad in [
+            "[[token_service.delegation]]\nactor = \"spiffe://other.example/w\"\nmax_scope = \"r\"",
+            "[[token_service.delegation]]\nactor = \"spiffe://example.org/w\"\nmax_scope = \"a  b\"",
+            "[[token_service.delegation]]\nactor = \"spiffe://example.org/w\"\nmax_scope = \"r\"\nlifetime = 86401",
+            "[[token_service.delegation]]\nactor = \"spiffe://example.org/w\"\nmax_scope = \"r\"\nlifetime = 59",
+            "[[token_service.delegation]]\nactor = \"spiffe://example.org/w\"\nmax_scope = \"r\"\n[[token_service.delegation]]\nactor = \"spiffe://example.org/w\"\nmax_scope = \"r\"",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

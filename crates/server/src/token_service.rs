@@ -17,6 +17,13 @@
 //!   and every existing `tctx`/`rctx` value stay; an expired token is never replaced; the
 //!   requesters so far are kept in `rctx.req_wl_chain`, which also caps replacements.
 //!
+//! A workload that takes on a job to finish later (asynchronous and batch work) exchanges
+//! the job's Txn-Token, while it is valid, for a **delegation**
+//! ([`wimse_core::token::delegation`]) that names it as the actor and lives up to a day;
+//! presenting the delegation later earns it a fresh Txn-Token of the same transaction
+//! with `act` naming it. Only the workloads of `[[token_service.delegation]]` may do
+//! either, each delegation only for the workload it names.
+//!
 //! The same endpoint carries identity chaining to and from other trust domains: a
 //! Txn-Token exchanged for a JWT authorization grant, and another domain's grant
 //! presented for an access token ([`crate::chaining`]). A domain that accepts grants also
@@ -26,8 +33,8 @@
 
 use crate::audit::Event;
 use crate::chaining::Chaining;
-use crate::config::SelfSignedRule;
 use crate::config::TokenServiceSettings;
+use crate::config::{DelegationRule, SelfSignedRule};
 use crate::datastore::{AuthorityKind, Datastore as _};
 use crate::state::State;
 use crate::tls::Caller;
@@ -42,7 +49,10 @@ use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
 use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::{PublicKey, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
-use wimse_core::token::chain::service_id;
+use wimse_core::token::chain::{Actor, service_id};
+use wimse_core::token::delegation::{
+    DelegationClaims, MAX_ACTORS, issue_delegation, verify_delegation,
+};
 use wimse_core::token::exchange::{
     ExchangeError, ExchangeRequest, ExchangeResponse, JwtBearerRequest, MAX_REQUEST_BYTES, Scope,
     TOKEN_PATH, TokenRequest, token_type,
@@ -95,6 +105,7 @@ fn new_transaction(
         tctx: request.request_details.clone(),
         rctx: (!rctx.is_empty()).then_some(rctx),
         req_wl: String::new(),
+        act: None,
     })
 }
 
@@ -119,7 +130,60 @@ pub struct TokenService {
     requesters: BTreeSet<WorkloadId>,
     issuers: Arc<IssuerKeys>,
     self_signed: Vec<SelfSignedRule>,
+    delegation: Vec<DelegationRule>,
     chaining: Chaining,
+}
+
+/// Refuses `scope` where it exceeds one of `limits`, each named by whose limit it is.
+pub(crate) fn within_limits(
+    scope: &Scope,
+    limits: &[(Option<&Scope>, &str)],
+) -> Result<(), ExchangeError> {
+    for (limit, whose) in limits {
+        let Some(limit) = limit else { continue };
+        let excess: Vec<&str> = scope.excess_over(limit).collect();
+        if !excess.is_empty() {
+            return Err(ExchangeError::InvalidScope(format!(
+                "scope `{}` exceeds {whose}",
+                excess.join(" ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a caller outside `trust_domain`, and a request not addressed to the trust
+/// domain's token service itself (one `audience`, the trust domain; no `resource`).
+fn local_request(
+    caller: &WorkloadId,
+    request: &ExchangeRequest,
+    trust_domain: &TrustDomain,
+) -> Result<(), ExchangeError> {
+    if caller.trust_domain() != trust_domain {
+        return Err(ExchangeError::InvalidClient(format!(
+            "`{caller}` is not in trust domain `{trust_domain}`"
+        )));
+    }
+    match request.audience.as_slice() {
+        [one] if one == trust_domain.as_str() => {}
+        [] => {
+            return Err(ExchangeError::InvalidRequest(
+                "parameter `audience` (this trust domain) is missing".into(),
+            ));
+        }
+        other => {
+            return Err(ExchangeError::InvalidTarget(format!(
+                "a Txn-Token is only for trust domain `{trust_domain}`, not `{}`",
+                other.join(" ")
+            )));
+        }
+    }
+    if !request.resource.is_empty() {
+        return Err(ExchangeError::InvalidTarget(
+            "a Txn-Token names no `resource`".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The signing key a token is issued with.
@@ -184,7 +248,8 @@ impl TokenService {
             Vec::new(),
         )
         .with_chaining(Chaining::new(settings))
-        .with_self_signed(settings.self_signed.clone());
+        .with_self_signed(settings.self_signed.clone())
+        .with_delegation(settings.delegation.clone());
         service.issuers = Arc::new(IssuerKeys::new(sources));
         Ok(service)
     }
@@ -214,6 +279,7 @@ impl TokenService {
             requesters: requesters.into_iter().collect(),
             issuers: Arc::new(IssuerKeys::fixed(issuers)),
             self_signed: Vec::new(),
+            delegation: Vec::new(),
             chaining: Chaining::default(),
         }
     }
@@ -225,6 +291,125 @@ impl TokenService {
             self_signed: rules,
             ..self
         }
+    }
+
+    /// Lets the workloads of `rules` take over transactions to finish them later.
+    #[must_use]
+    pub fn with_delegation(self, rules: Vec<DelegationRule>) -> Self {
+        TokenService {
+            delegation: rules,
+            ..self
+        }
+    }
+
+    /// The delegation rule of `caller`, which it needs to be delegated a transaction and
+    /// to redeem a delegation.
+    fn delegation_rule(&self, caller: &WorkloadId) -> Result<&DelegationRule, ExchangeError> {
+        self.delegation
+            .iter()
+            .find(|r| &r.actor == caller)
+            .ok_or_else(|| {
+                ExchangeError::UnauthorizedClient(format!(
+                    "`{caller}` may not take over transactions (not in \
+                     `token_service.delegation`)"
+                ))
+            })
+    }
+
+    /// Delegates the transaction of the Txn-Token `request` presents to `caller`, which
+    /// finishes it later: a delegation of the same subject, transaction and context,
+    /// naming `caller` as the actor after any actor the Txn-Token names, of the scope
+    /// asked for (default the Txn-Token's) within its `[[token_service.delegation]]`
+    /// entry, for that entry's lifetime.
+    pub fn delegate(
+        &self,
+        caller: &WorkloadId,
+        request: &ExchangeRequest,
+        trust_domain: &TrustDomain,
+        bundle: &TrustBundle,
+        signer: &TxnSigner<'_>,
+        now: i64,
+    ) -> Result<(String, DelegationClaims), ExchangeError> {
+        local_request(caller, request, trust_domain)?;
+        if request.actor_token.is_some() {
+            return Err(ExchangeError::InvalidRequest(
+                "`actor_token` is not taken: the caller is the actor".into(),
+            ));
+        }
+        if request.subject_token_type != token_type::TXN_TOKEN {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "a delegation's subject token is a `{}`",
+                token_type::TXN_TOKEN
+            )));
+        }
+        let rule = self.delegation_rule(caller)?;
+        // No leeway: an expired transaction is not handed on.
+        let validation = Validation {
+            leeway: 0,
+            ..Validation::at(now)
+        };
+        let mut txn = verify_txn_token_in(&request.subject_token, bundle, &validation)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        let held = Scope::parse(&txn.scope)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token scope: {e}")))?;
+        let scope = request.scope.as_ref().unwrap_or(&held);
+        within_limits(
+            scope,
+            &[
+                (Some(&held), "the Txn-Token's scope"),
+                (Some(&rule.max_scope), "what this workload may be delegated"),
+            ],
+        )?;
+        let act = Actor::after(caller.to_string(), txn.act.as_ref());
+        if act.chain().count() > MAX_ACTORS {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "transaction `{}` already names {MAX_ACTORS} actors",
+                txn.txn
+            )));
+        }
+        let rctx = self.chain_on(&mut txn)?;
+        let claims = DelegationClaims {
+            iss: service_id(trust_domain),
+            aud: service_id(trust_domain),
+            sub: txn.sub,
+            iat: now,
+            exp: signer.expiry(now, rule.lifetime)?,
+            jti: random_jti(),
+            txn: txn.txn,
+            scope: scope.to_string(),
+            act,
+            tctx: txn.tctx,
+            rctx: Some(rctx),
+        };
+        let token = issue_delegation(signer.key, signer.kid, &claims)
+            .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
+        tracing::debug!(txn = %claims.txn, to = %caller, "transaction delegated");
+        Ok((token, claims))
+    }
+
+    /// `old`'s request context with its requester appended to [`REQ_WL_CHAIN`], refused
+    /// once the chain holds `max_replacements` requesters.
+    fn chain_on(&self, old: &mut TxnTokenClaims) -> Result<Map<String, Value>, ExchangeError> {
+        let mut rctx = old.rctx.take().unwrap_or_default();
+        let mut chain = match rctx.remove(REQ_WL_CHAIN) {
+            None => Vec::new(),
+            Some(Value::Array(chain)) => chain,
+            Some(_) => {
+                return Err(ExchangeError::InvalidRequest(format!(
+                    "subject token `rctx.{REQ_WL_CHAIN}` is not an array"
+                )));
+            }
+        };
+        if chain.len() >= self.max_replacements {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "transaction `{}` was already replaced {} times",
+                old.txn,
+                chain.len()
+            )));
+        }
+        chain.push(Value::from(std::mem::take(&mut old.req_wl)));
+        rctx.insert(REQ_WL_CHAIN.into(), Value::Array(chain));
+        Ok(rctx)
     }
 
     /// Decides a request from `requester` and signs the Txn-Token it earns. `bundle` is
@@ -240,11 +425,7 @@ impl TokenService {
         now: i64,
     ) -> Result<(String, TxnTokenClaims), ExchangeError> {
         let caller = requester.id;
-        if caller.trust_domain() != trust_domain {
-            return Err(ExchangeError::InvalidClient(format!(
-                "`{caller}` is not in trust domain `{trust_domain}`"
-            )));
-        }
+        local_request(caller, request, trust_domain)?;
         if let Some(t) = request
             .requested_token_type
             .as_deref()
@@ -254,25 +435,6 @@ impl TokenService {
                 "this service issues only `{}`, not `{t}`",
                 token_type::TXN_TOKEN
             )));
-        }
-        match request.audience.as_slice() {
-            [one] if one == trust_domain.as_str() => {}
-            [] => {
-                return Err(ExchangeError::InvalidRequest(
-                    "parameter `audience` (this trust domain) is missing".into(),
-                ));
-            }
-            other => {
-                return Err(ExchangeError::InvalidTarget(format!(
-                    "a Txn-Token is only for trust domain `{trust_domain}`, not `{}`",
-                    other.join(" ")
-                )));
-            }
-        }
-        if !request.resource.is_empty() {
-            return Err(ExchangeError::InvalidTarget(
-                "a Txn-Token names no `resource`".into(),
-            ));
         }
         if request.actor_token.is_some() {
             return Err(ExchangeError::InvalidRequest(
@@ -291,6 +453,7 @@ impl TokenService {
             token_type::SELF_SIGNED => {
                 self.start_self_signed(requester, request, scope, trust_domain, now)?
             }
+            token_type::DELEGATION => self.resume(caller, request, scope, bundle, now)?,
             other => {
                 return Err(ExchangeError::InvalidRequest(format!(
                     "subject token type `{other}` is not accepted"
@@ -330,22 +493,13 @@ impl TokenService {
         let issuers = held.iter().chain(own.as_ref());
         let (issuer, subject) = verify_access_token(&request.subject_token, issuers, validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
-        let too_wide = |limit: &Scope, whose: &str| {
-            let excess: Vec<&str> = scope.excess_over(limit).collect();
-            (!excess.is_empty()).then(|| {
-                ExchangeError::InvalidScope(format!("scope `{}` exceeds {whose}", excess.join(" ")))
-            })
-        };
-        if let Some(err) = too_wide(&subject.scope, "the subject token's scope") {
-            return Err(err);
-        }
-        if let Some(err) = issuer
-            .max_scope
-            .as_ref()
-            .and_then(|max| too_wide(max, "what this issuer may grant"))
-        {
-            return Err(err);
-        }
+        within_limits(
+            scope,
+            &[
+                (Some(&subject.scope), "the subject token's scope"),
+                (issuer.max_scope.as_ref(), "what this issuer may grant"),
+            ],
+        )?;
         new_transaction(
             format!("{}{}", issuer.subject_prefix, subject.sub),
             scope,
@@ -399,18 +553,13 @@ impl TokenService {
         }
         let stated = Scope::parse(&subject.scope)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
-        for (limit, whose) in [
-            (&stated, "the subject token's scope"),
-            (&rule.max_scope, "what this workload may start"),
-        ] {
-            let excess: Vec<&str> = scope.excess_over(limit).collect();
-            if !excess.is_empty() {
-                return Err(ExchangeError::InvalidScope(format!(
-                    "scope `{}` exceeds {whose}",
-                    excess.join(" ")
-                )));
-            }
-        }
+        within_limits(
+            scope,
+            &[
+                (Some(&stated), "the subject token's scope"),
+                (Some(&rule.max_scope), "what this workload may start"),
+            ],
+        )?;
         new_transaction(subject.sub, scope, request, None)
     }
 
@@ -440,32 +589,9 @@ impl TokenService {
                 excess.join(" ")
             )));
         }
-        let mut rctx = old.rctx.take().unwrap_or_default();
-        let mut chain = match rctx.remove(REQ_WL_CHAIN) {
-            None => Vec::new(),
-            Some(Value::Array(chain)) => chain,
-            Some(_) => {
-                return Err(ExchangeError::InvalidRequest(format!(
-                    "subject token `rctx.{REQ_WL_CHAIN}` is not an array"
-                )));
-            }
-        };
-        if chain.len() >= self.max_replacements {
-            return Err(ExchangeError::InvalidRequest(format!(
-                "transaction `{}` was already replaced {} times",
-                old.txn,
-                chain.len()
-            )));
-        }
-        chain.push(Value::from(old.req_wl.clone()));
-        if let Some(added) = &request.request_context {
-            add_only(&mut rctx, added, "request_context")?;
-        }
-        rctx.insert(REQ_WL_CHAIN.into(), Value::Array(chain));
+        let mut rctx = self.chain_on(&mut old)?;
         let mut tctx = old.tctx.take().unwrap_or_default();
-        if let Some(added) = &request.request_details {
-            add_only(&mut tctx, added, "request_details")?;
-        }
+        added_context(request, &mut rctx, &mut tctx)?;
         tracing::debug!(txn = %old.txn, by = %caller, "Txn-Token replaced");
         Ok(TxnTokenClaims {
             scope: scope.to_string(),
@@ -474,6 +600,76 @@ impl TokenService {
             ..old
         })
     }
+
+    /// A fresh Txn-Token of a delegated transaction for the workload it was delegated
+    /// to, naming it as the actor: of the scope asked for, within the delegation's and
+    /// what the workload's `[[token_service.delegation]]` entry allows now, with added
+    /// context only.
+    fn resume(
+        &self,
+        caller: &WorkloadId,
+        request: &ExchangeRequest,
+        scope: &Scope,
+        bundle: &TrustBundle,
+        now: i64,
+    ) -> Result<TxnTokenClaims, ExchangeError> {
+        let rule = self.delegation_rule(caller)?;
+        // No leeway: an expired delegation is over.
+        let validation = Validation {
+            leeway: 0,
+            ..Validation::at(now)
+        };
+        let delegation = verify_delegation(&request.subject_token, bundle, &validation)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        if delegation.act.sub != caller.as_str() {
+            return Err(ExchangeError::InvalidRequest(format!(
+                "subject token: the delegation is for `{}`, not `{caller}`",
+                delegation.act.sub
+            )));
+        }
+        let delegated = Scope::parse(&delegation.scope)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token scope: {e}")))?;
+        within_limits(
+            scope,
+            &[
+                (Some(&delegated), "the delegation's scope"),
+                (Some(&rule.max_scope), "what this workload may be delegated"),
+            ],
+        )?;
+        let mut rctx = delegation.rctx.unwrap_or_default();
+        let mut tctx = delegation.tctx.unwrap_or_default();
+        added_context(request, &mut rctx, &mut tctx)?;
+        tracing::debug!(txn = %delegation.txn, by = %caller, "delegated transaction resumed");
+        Ok(TxnTokenClaims {
+            iss: None,
+            iat: 0,
+            aud: Audience::One(String::new()),
+            exp: 0,
+            txn: delegation.txn,
+            sub: delegation.sub,
+            scope: scope.to_string(),
+            tctx: (!tctx.is_empty()).then_some(tctx),
+            rctx: (!rctx.is_empty()).then_some(rctx),
+            req_wl: String::new(),
+            act: Some(delegation.act),
+        })
+    }
+}
+
+/// Adds a request's `request_context` and `request_details` to a transaction's contexts,
+/// never changing what they hold.
+fn added_context(
+    request: &ExchangeRequest,
+    rctx: &mut Map<String, Value>,
+    tctx: &mut Map<String, Value>,
+) -> Result<(), ExchangeError> {
+    if let Some(added) = &request.request_context {
+        add_only(rctx, added, "request_context")?;
+    }
+    if let Some(added) = &request.request_details {
+        add_only(tctx, added, "request_details")?;
+    }
+    Ok(())
 }
 
 /// Adds the members of `added` that `context` lacks; refuses changing one it has.
@@ -541,11 +737,12 @@ struct Minted {
 fn metric_kind(request: &Result<TokenRequest, ExchangeError>) -> &'static str {
     match request {
         Ok(TokenRequest::JwtBearer(_)) => "chained_access_token",
-        Ok(TokenRequest::Exchange(r))
-            if r.requested_token_type.as_deref() == Some(token_type::JWT) =>
-        {
-            "authorization_grant"
-        }
+        Ok(TokenRequest::Exchange(r)) => match r.requested_token_type.as_deref() {
+            Some(token_type::JWT) => "authorization_grant",
+            Some(token_type::DELEGATION) => "delegation",
+            _ if r.subject_token_type == token_type::DELEGATION => "delegated_txn_token",
+            _ => "txn_token",
+        },
         _ => "txn_token",
     }
 }
@@ -576,6 +773,7 @@ async fn token(
             let kind = match r.subject_token_type.as_str() {
                 token_type::TXN_TOKEN => CredentialKind::TxnToken,
                 token_type::SELF_SIGNED => CredentialKind::SelfSigned,
+                token_type::DELEGATION => CredentialKind::Delegation,
                 _ => CredentialKind::AccessToken,
             };
             (
@@ -694,8 +892,8 @@ fn with_signer<T>(
     })
 }
 
-/// A token exchange from a workload of this trust domain: a Txn-Token, or a grant for
-/// another trust domain.
+/// A token exchange from a workload of this trust domain: a Txn-Token, a delegation, or a
+/// grant for another trust domain.
 fn decide(
     state: &State,
     caller: &Caller,
@@ -724,6 +922,28 @@ fn decide(
             scope: claims.scope,
             event: EventKind::GrantIssued,
             credential: CredentialKind::AuthorizationGrant,
+            client: caller.clone(),
+        });
+    }
+    if request.requested_token_type.as_deref() == Some(token_type::DELEGATION) {
+        let (token, claims) = with_signer(state, |signer| {
+            state.token_service.delegate(
+                caller,
+                request,
+                &state.config.trust_domain,
+                &bundle,
+                signer,
+                now,
+            )
+        })?;
+        return Ok(Minted {
+            token,
+            issued_token_type: token_type::DELEGATION,
+            token_type: "N_A",
+            expires_in: claims.exp - claims.iat,
+            scope: claims.scope,
+            event: EventKind::DelegationIssued,
+            credential: CredentialKind::Delegation,
             client: caller.clone(),
         });
     }
@@ -1187,6 +1407,188 @@ mod tests {
             code(&w.request(third, token_type::TXN_TOKEN, "orders"), NOW + 60),
             "invalid_request"
         );
+    }
+
+    #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one story with its table of refusals"
+    )]
+    fn a_delegated_transaction_is_resumed_by_its_actor_after_its_txn_token_expired() {
+        let mut w = world();
+        let rule = |actor: &str, scope: &str| DelegationRule {
+            actor: id(actor),
+            max_scope: Scope::parse(scope).unwrap(),
+            lifetime: 3600,
+        };
+        w.service = std::mem::take(&mut w.service).with_delegation(vec![
+            rule("/worker", "orders refunds"),
+            rule("/auditor", "orders"),
+            rule("/narrow", "refunds"),
+        ]);
+        let signer = TxnSigner {
+            key: &w.jwt_key,
+            kid: "jwt-1",
+            not_after: NOW + 7200,
+        };
+        let delegate = |caller: &str, txn: &str, scope: Option<&str>, now: i64| {
+            let mut request = w.request(txn.to_owned(), token_type::TXN_TOKEN, "orders");
+            request.scope = scope.map(|s| Scope::parse(s).unwrap());
+            request.requested_token_type = Some(token_type::DELEGATION.into());
+            request.request_context = None;
+            request.request_details = None;
+            w.service
+                .delegate(&id(caller), &request, &w.td, &w.bundle, &signer, now)
+        };
+        let resume = |caller: &str, delegation: &str, scope: &str, now: i64| {
+            let request = w.request(delegation.to_owned(), token_type::DELEGATION, scope);
+            w.exchange(caller, &request, now)
+        };
+        let (txn, started) = w.start("orders refunds");
+
+        // The worker takes the job while its Txn-Token is valid; the delegation keeps the
+        // subject, transaction and context, names the worker and outlives the Txn-Token.
+        let (delegation, claims) = delegate("/worker", &txn, None, NOW + 10).unwrap();
+        assert_eq!(claims.sub, "login:alice");
+        assert_eq!(claims.txn, started.txn);
+        assert_eq!(claims.scope, "orders refunds");
+        assert_eq!(claims.act, Actor::new(id("/worker").to_string()));
+        assert_eq!(claims.exp, NOW + 10 + 3600);
+        assert_eq!(claims.tctx, started.tctx);
+        assert_eq!(
+            claims.rctx.as_ref().unwrap()[REQ_WL_CHAIN],
+            json!([id("/gateway").to_string()])
+        );
+
+        // An hour later the Txn-Token is long expired and cannot be replaced, but the
+        // delegation earns a fresh one that names the worker as the actor.
+        let later = NOW + 1800;
+        let refused = w
+            .exchange(
+                "/worker",
+                &w.request(txn.clone(), token_type::TXN_TOKEN, "orders"),
+                later,
+            )
+            .unwrap_err();
+        assert!(refused.description().contains("expired"), "{refused}");
+        let (resumed, claims) = resume("/worker", &delegation, "orders", later).unwrap();
+        assert_eq!(claims.iat, later);
+        let verified = verify_txn_token(
+            &resumed,
+            &w.bundles,
+            &w.td,
+            &wimse_core::token::Validation::at(later),
+        )
+        .unwrap();
+        assert_eq!(verified, claims);
+        assert_eq!(verified.txn, started.txn);
+        assert_eq!(verified.sub, "login:alice");
+        assert_eq!(verified.scope, "orders");
+        assert_eq!(verified.req_wl, id("/worker").to_string());
+        assert_eq!(verified.act, Some(Actor::new(id("/worker").to_string())));
+        assert_eq!(verified.rctx.as_ref().unwrap()["req_ip"], "192.0.2.7");
+
+        // Handed on again: the next actor comes first, the worker after it.
+        let (_, onward) = delegate("/auditor", &resumed, Some("orders"), later).unwrap();
+        assert_eq!(
+            onward.act.chain().collect::<Vec<_>>(),
+            [id("/auditor").as_str(), id("/worker").as_str()]
+        );
+
+        let refusals: Vec<(&str, ExchangeError, &str)> = vec![
+            (
+                "a workload without a rule delegates",
+                delegate("/web", &txn, None, NOW).unwrap_err(),
+                "unauthorized_client",
+            ),
+            (
+                "beyond the actor's rule",
+                delegate("/narrow", &txn, None, NOW).unwrap_err(),
+                "invalid_scope",
+            ),
+            (
+                "beyond the Txn-Token",
+                delegate("/worker", &w.start("orders").0, Some("refunds"), NOW).unwrap_err(),
+                "invalid_scope",
+            ),
+            (
+                "an expired Txn-Token",
+                delegate("/worker", &txn, None, NOW + 301).unwrap_err(),
+                "invalid_request",
+            ),
+            (
+                "an access token as subject",
+                delegate("/worker", &w.access_token("orders", NOW + 600), None, NOW).unwrap_err(),
+                "invalid_request",
+            ),
+            (
+                "another workload redeems it",
+                resume("/auditor", &delegation, "orders", later).unwrap_err(),
+                "invalid_request",
+            ),
+            (
+                "a wider scope than delegated",
+                resume("/worker", &onward_delegation(&w, &signer), "refunds", later).unwrap_err(),
+                "invalid_scope",
+            ),
+            (
+                "after it ended",
+                resume("/worker", &delegation, "orders", NOW + 10 + 3600).unwrap_err(),
+                "invalid_request",
+            ),
+            (
+                "a Txn-Token passed off as a delegation",
+                resume("/worker", &txn, "orders", NOW).unwrap_err(),
+                "invalid_request",
+            ),
+            (
+                "a delegation passed off as a Txn-Token",
+                w.exchange(
+                    "/worker",
+                    &w.request(delegation.clone(), token_type::TXN_TOKEN, "orders"),
+                    later,
+                )
+                .unwrap_err(),
+                "invalid_request",
+            ),
+        ];
+        for (name, refused, code) in refusals {
+            assert_eq!(refused.code(), code, "{name}: {refused}");
+        }
+        let mut with_actor = w.request(txn.clone(), token_type::TXN_TOKEN, "orders");
+        with_actor.requested_token_type = Some(token_type::DELEGATION.into());
+        with_actor.actor_token = Some("t".into());
+        with_actor.actor_token_type = Some(token_type::JWT.into());
+        let refused = w
+            .service
+            .delegate(&id("/worker"), &with_actor, &w.td, &w.bundle, &signer, NOW)
+            .unwrap_err();
+        assert!(refused.description().contains("actor_token"), "{refused}");
+
+        // Taking the worker's rule away ends what it was delegated.
+        let ruleless = TokenService::new(300, 2, [id("/gateway")], Vec::new());
+        let refused = ruleless
+            .exchange(
+                &without_key(&id("/worker")),
+                &w.request(delegation, token_type::DELEGATION, "orders"),
+                &w.td,
+                &w.bundle,
+                &signer,
+                later,
+            )
+            .unwrap_err();
+        assert_eq!(refused.code(), "unauthorized_client", "{refused}");
+    }
+
+    /// A delegation of scope `orders` to `/worker`.
+    fn onward_delegation(w: &World, signer: &TxnSigner<'_>) -> String {
+        let (txn, _) = w.start("orders");
+        let mut request = w.request(txn, token_type::TXN_TOKEN, "orders");
+        request.requested_token_type = Some(token_type::DELEGATION.into());
+        w.service
+            .delegate(&id("/worker"), &request, &w.td, &w.bundle, signer, NOW)
+            .unwrap()
+            .0
     }
 
     #[test]

@@ -546,6 +546,7 @@ fn txn_token(signer: &Domain, aud: &str, exp_in: i64, scope: &str) -> String {
             tctx: None,
             rctx: None,
             req_wl: "spiffe://good.test/gateway".into(),
+            act: None,
         },
     )
     .unwrap()

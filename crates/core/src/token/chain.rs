@@ -43,11 +43,39 @@ pub fn service_id(trust_domain: &TrustDomain) -> String {
     trust_domain.spiffe_id_string()
 }
 
-/// The acting party (RFC 8693 §4.1): the workload a token was issued to.
+/// The acting party (RFC 8693 §4.1): the workload a token was issued to, and the actors
+/// before it, most recent outermost.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// Its SPIFFE ID.
     pub sub: String,
+    /// The actor before it (informational only: access control looks at the current
+    /// actor alone, RFC 8693 §4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// `sub` acting, with no actor before it.
+    pub fn new(sub: impl Into<String>) -> Self {
+        Actor {
+            sub: sub.into(),
+            act: None,
+        }
+    }
+
+    /// `sub` acting now, after the actors of `prior` (if any).
+    pub fn after(sub: impl Into<String>, prior: Option<&Actor>) -> Self {
+        Actor {
+            sub: sub.into(),
+            act: prior.map(|p| Box::new(p.clone())),
+        }
+    }
+
+    /// Every actor's `sub`, current first.
+    pub fn chain(&self) -> impl Iterator<Item = &str> {
+        std::iter::successors(Some(self), |a| a.act.as_deref()).map(|a| a.sub.as_str())
+    }
 }
 
 /// The claims of a JWT authorization grant.
@@ -253,9 +281,7 @@ mod tests {
             iat: NOW,
             jti: "j1".into(),
             scope: "orders".into(),
-            act: Actor {
-                sub: "spiffe://a.example/egress".into(),
-            },
+            act: Actor::new("spiffe://a.example/egress"),
             txn: Some("t1".into()),
         }
     }

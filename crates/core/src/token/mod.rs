@@ -9,6 +9,8 @@
 //! | OAuth access token (from a trusted outside issuer) | `at+jwt`/`JWT`/absent | [`access`] |
 //! | OAuth access token (our own, for a chained grant) | `at+jwt` | [`chain`], [`access`] |
 //! | JWT authorization grant (identity chaining) | `authorization-grant+jwt` | [`chain`] |
+//! | Delegation of a transaction (asynchronous work) | `delegation+jwt` | [`delegation`] |
+//! | Self-signed subject token | `JWT`/absent | [`self_signed`] |
 //!
 //! Every verifier checks `typ` first, so one kind can never pass as another (cross-JWT
 //! confusion, RFC 8725 §3.11), then finds the key only in the bundle of the trust domain
@@ -19,6 +21,7 @@
 pub mod access;
 pub mod cache;
 pub mod chain;
+pub mod delegation;
 pub mod exchange;
 pub mod jwt_svid;
 pub mod replay;

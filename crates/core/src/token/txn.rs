@@ -8,6 +8,7 @@
 //! the required claims `iat`, `txn`, `sub`, `scope`, `req_wl`.
 
 use super::cache::{Expiring, VerifiedCache};
+use super::chain::Actor;
 use super::{Audience, TokenError, Validation, require_typ};
 use crate::bundle::{BundleError, BundleSet, KeyUse, TrustBundle};
 use crate::id::TrustDomain;
@@ -49,6 +50,11 @@ pub struct TxnTokenClaims {
     pub rctx: Option<serde_json::Map<String, serde_json::Value>>,
     /// The workload that requested the token.
     pub req_wl: String,
+    /// The workload acting for `sub` when the token was redeemed from a delegation
+    /// ([`super::delegation`]), with the actors before it (RFC 8693 §4.1). Absent for a
+    /// transaction carried out on the subject's own request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
 }
 
 impl TxnTokenClaims {
