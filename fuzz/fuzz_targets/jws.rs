@@ -1,6 +1,6 @@
 //! Fuzzes the strict compact-JWS reader and the token verifiers behind it: no input may
 //! panic, and no arbitrary input may verify as a WIT, WPT-bearing request, JWT-SVID,
-//! Txn-Token, identity-chaining grant or self-signed subject token against trust anchors
+//! Txn-Token, identity-chaining grant, delegation or self-signed subject token against trust anchors
 //! and keys whose private halves the fuzzer never sees.
 
 #![no_main]
@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
 use wimse_core::jose::{Algorithm, Jws, SigningKey};
 use wimse_core::token::wit::{WitProfile, verify_wit};
-use wimse_core::token::{Validation, chain, jwt_svid, self_signed, txn};
+use wimse_core::token::{Validation, chain, delegation, jwt_svid, self_signed, txn};
 use wimse_core::{TrustDomain, WorkloadId};
 
 fn anchors() -> &'static BundleSet {
@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = chain::grant_issuer(token);
     if let Some(bundle) = anchors().get(&td) {
         assert!(chain::verify_grant(token, bundle, "spiffe://partner.example", &v).is_err());
+        assert!(delegation::verify_delegation(token, bundle, &v).is_err());
         let requester = WorkloadId::parse("spiffe://example.org/batch").unwrap();
         if let Ok(key) = bundle.authority(KeyUse::JwtSvid, Some("jwt-1")) {
             assert!(self_signed::verify_self_signed(token, &requester, key, "spiffe://example.org", &v).is_err());

@@ -554,6 +554,30 @@ impl AuditRecord {
         self
     }
 
+    /// Sets the security context of a verified Txn-Token and, when its transaction was
+    /// delegated, the delegation (its `act` chain, current actor first). An actor chain
+    /// that is too long or names something other than workloads is left out rather than
+    /// failing the record.
+    #[must_use]
+    pub fn with_transaction(self, claims: &wimse_core::token::txn::TxnTokenClaims) -> Self {
+        let record = self.with_context(SecurityContext::from_txn_token(claims));
+        let Some(act) = &claims.act else {
+            return record;
+        };
+        let actors: Option<Vec<WorkloadId>> =
+            act.chain().map(|a| WorkloadId::parse(a).ok()).collect();
+        match actors {
+            Some(actors) if actors.len() <= MAX_ACTORS => Self {
+                delegation: Some(Delegation {
+                    mode: DelegationMode::Delegation,
+                    actors,
+                }),
+                ..record
+            },
+            _ => record,
+        }
+    }
+
     /// Sets the delegation metadata; refused beyond [`MAX_ACTORS`] actors.
     pub fn with_delegation(mut self, delegation: Delegation) -> Result<Self, RecordError> {
         if delegation.actors.len() > MAX_ACTORS {
@@ -686,6 +710,56 @@ mod tests {
         assert!(record.involves(&a));
         assert!(record.involves(&b));
         assert!(!record.involves(&c));
+    }
+
+    #[test]
+    fn a_delegated_transaction_records_its_actors_current_first() {
+        use wimse_core::token::chain::Actor;
+        let mut claims = wimse_core::token::txn::TxnTokenClaims {
+            iss: None,
+            iat: 0,
+            aud: wimse_core::token::Audience::One("example.org".into()),
+            exp: 0,
+            txn: "t-1".into(),
+            sub: "alice".into(),
+            scope: "orders".into(),
+            tctx: None,
+            rctx: None,
+            req_wl: "spiffe://example.org/worker".into(),
+            act: None,
+        };
+        let own = AuditRecord::new(EventKind::Authz, Decision::Allow).with_transaction(&claims);
+        assert_eq!(
+            own.context
+                .as_ref()
+                .unwrap()
+                .txn
+                .as_ref()
+                .unwrap()
+                .to_string(),
+            "t-1"
+        );
+        assert_eq!(own.delegation, None);
+        claims.act = Some(Actor::after(
+            "spiffe://example.org/worker",
+            Some(&Actor::new("spiffe://example.org/intake")),
+        ));
+        let delegated =
+            AuditRecord::new(EventKind::Authz, Decision::Allow).with_transaction(&claims);
+        assert_eq!(
+            delegated.delegation,
+            Some(Delegation {
+                mode: DelegationMode::Delegation,
+                actors: vec![
+                    id("spiffe://example.org/worker"),
+                    id("spiffe://example.org/intake")
+                ],
+            })
+        );
+        // Not workloads: the context is kept, the delegation left out.
+        claims.act = Some(Actor::new("alice"));
+        let odd = AuditRecord::new(EventKind::Authz, Decision::Allow).with_transaction(&claims);
+        assert!(odd.context.is_some() && odd.delegation.is_none());
     }
 
     #[test]

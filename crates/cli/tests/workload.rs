@@ -50,6 +50,9 @@ permit(principal == Workload::"{w1}", action == Action::"POST", resource == Serv
 when {{ context.path == "/api/refunds" && context has txn && context.txn.scopes.contains("refunds") }};
 permit(principal == Workload::"{gw}", action == Action::"GET", resource == Service::"{w3}")
 when {{ context.path like "/api/orders*" && context has txn && context.txn.scopes.contains("orders") }};
+permit(principal == Workload::"{w2}", action == Action::"GET", resource == Service::"{w3}")
+when {{ context.path like "/api/orders*" && context has txn && context.txn has act
+        && context.txn.act == "{w2}" && context.txn.scopes.contains("orders") }};
 "#,
         w1 = id("/w1"),
         w2 = id("/w2"),
@@ -107,6 +110,16 @@ fn domain(ttl: &str) -> Domain {
 /// taking its keys from `keys` (the TOML naming them), or from `login-jwks.json` in the
 /// domain's directory.
 fn domain_with_login(ttl: &str, login: wimse_core::jose::SigningKey, keys: Option<&str>) -> Domain {
+    domain_configured(ttl, login, keys, 300)
+}
+
+/// [`domain_with_login`] with Txn-Tokens that live `txn_token_ttl` seconds.
+fn domain_configured(
+    ttl: &str,
+    login: wimse_core::jose::SigningKey,
+    keys: Option<&str>,
+    txn_token_ttl: u32,
+) -> Domain {
     let dir = tempfile::tempdir().unwrap();
     // The token service: the gateway may start transactions for the login server's users.
     let jwks = dir.path().join("login-jwks.json");
@@ -119,12 +132,16 @@ fn domain_with_login(ttl: &str, login: wimse_core::jose::SigningKey, keys: Optio
     std::fs::write(
         &config,
         format!(
-            "[token_service]\nrequesters = [\"{gw}\"]\n\n[[token_service.issuers]]\n\
+            "[token_service]\nrequesters = [\"{gw}\"]\ntxn_token_ttl = {txn_token_ttl}\n\n\
+             [[token_service.issuers]]\n\
              issuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
              {keys}\nsubject_prefix = \"user:\"\n\n\
              [[token_service.self_signed]]\nrequester = \"{w2}\"\nmax_scope = \"reports orders\"\n\
-             subjects = [\"nightly-report\"]\n",
+             subjects = [\"nightly-report\"]\n\n\
+             [[token_service.delegation]]\nactor = \"{w2}\"\nmax_scope = \"orders\"\nlifetime = 600\n\n\
+             [[token_service.delegation]]\nactor = \"{w1}\"\nmax_scope = \"orders\"\n",
             gw = id("/gw"),
+            w1 = id("/w1"),
             w2 = id("/w2"),
         ),
     )
@@ -800,6 +817,151 @@ async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token(
         "{audit}"
     );
     assert!(!audit.contains(issued.access_token.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() {
+    // Txn-Tokens live 3 s here, so that the job outlives the token it came with.
+    let login = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
+    let d = domain_configured("3600", login, None, 3);
+    let up = upstream().await;
+    let (p3, p2) = (free_port(), free_port());
+    let w3 = inbound(&d, p3, up, free_port());
+    let _w2 = outbound(&d, "/w2", p2, "wit-wpt", free_port());
+    let orders = move |txn: String| {
+        tokio::task::spawn_blocking(move || {
+            http(
+                p2,
+                &format!("GET http://127.0.0.1:{p3}/api/orders/7"),
+                &[("Txn-Token", &txn)],
+                "",
+            )
+        })
+    };
+    let scope = |text: &str| Scope::parse(text).unwrap();
+    let refused = |result: Result<_, TokenServiceError>| match result {
+        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
+        other => panic!("not refused: {other:?}"),
+    };
+    let now = || wimse_core::token::Validation::at(wimse_core::token::unix_now());
+
+    // Alice's request becomes a job for workload 2, with its Txn-Token. Workload 3 lets
+    // workload 2 read orders only for a transaction delegated to it, not on the job's
+    // token as it came.
+    let gateway = token_service_as(&d, "/gw").await;
+    let details = serde_json::json!({ "order": 7 }).as_object().cloned();
+    let job = gateway
+        .start(
+            &login_token(&d, "orders refunds"),
+            &scope("orders refunds"),
+            None,
+            details,
+        )
+        .await
+        .unwrap()
+        .access_token;
+    let started =
+        wimse_core::token::txn::verify_txn_token_in(&job, &d.server.bundle(), &now()).unwrap();
+    let (status, body) = orders(job.clone()).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // Workload 2 takes the job on while its token is valid: the transaction is delegated
+    // to it, narrowed to `orders`, for its entry's 600 s.
+    let w2 = token_service_as(&d, "/w2").await;
+    let delegated = w2.delegate(&job, Some(&scope("orders"))).await.unwrap();
+    assert_eq!(delegated.scope, "orders");
+    assert_eq!(delegated.expires_in, 600);
+    let delegation = delegated.access_token;
+    let claims =
+        wimse_core::token::delegation::verify_delegation(&delegation, &d.server.bundle(), &now())
+            .unwrap();
+    assert_eq!(claims.sub, "user:alice");
+    assert_eq!(claims.txn, started.txn);
+    assert_eq!(claims.act.chain().collect::<Vec<_>>(), [id("/w2")]);
+
+    // Later, the job's token has expired: it can be neither replaced nor delegated, but
+    // the delegation earns a fresh Txn-Token of the same transaction naming workload 2
+    // as the actor, which workload 3 authorizes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        refused(w2.replace(&job, &scope("orders"), None).await),
+        (400, "invalid_request".to_owned())
+    );
+    assert_eq!(
+        refused(w2.delegate(&job, None).await),
+        (400, "invalid_request".to_owned())
+    );
+    let resumed = w2
+        .resume(&delegation, &scope("orders"), None)
+        .await
+        .unwrap()
+        .access_token;
+    let claims =
+        wimse_core::token::txn::verify_txn_token_in(&resumed, &d.server.bundle(), &now()).unwrap();
+    assert_eq!(claims.txn, started.txn);
+    assert_eq!(claims.sub, "user:alice");
+    assert_eq!(claims.scope, "orders");
+    assert_eq!(claims.req_wl, id("/w2"));
+    assert_eq!(claims.tctx.unwrap()["order"], 7);
+    assert_eq!(
+        claims
+            .act
+            .map(|a| a.chain().map(str::to_owned).collect::<Vec<_>>()),
+        Some(vec![id("/w2")])
+    );
+    let (status, body) = orders(resumed.clone()).await.unwrap();
+    assert_eq!(status, 200, "{body}\n{}", w3.log());
+    assert_eq!(
+        body,
+        format!(
+            "GET /api/orders/7 by {} via wit-wpt with txn-token {resumed}",
+            id("/w2")
+        )
+    );
+
+    // Refused: the delegation presented by another workload (even one that may be
+    // delegated to), beyond its scope, and a delegation asked for by a workload without
+    // an entry.
+    let w1 = token_service_as(&d, "/w1").await;
+    assert_eq!(
+        refused(w1.resume(&delegation, &scope("orders"), None).await),
+        (400, "invalid_request".to_owned())
+    );
+    assert_eq!(
+        refused(w2.resume(&delegation, &scope("orders refunds"), None).await),
+        (400, "invalid_scope".to_owned())
+    );
+    let fresh = gateway
+        .start(&login_token(&d, "orders"), &scope("orders"), None, None)
+        .await
+        .unwrap()
+        .access_token;
+    let w3_client = token_service_as(&d, "/w3").await;
+    assert_eq!(
+        refused(w3_client.delegate(&fresh, None).await),
+        (400, "unauthorized_client".to_owned())
+    );
+
+    // The server's audit trail has the delegation issued and the two refused
+    // presentations of it, each by kind and hash; workload 3's has who acted for whom.
+    let audit_path = d.server.dir.join("audit.jsonl");
+    d.server.stop();
+    let audit = std::fs::read_to_string(audit_path).unwrap();
+    assert_eq!(audit.matches("\"delegation_issued\"").count(), 1, "{audit}");
+    assert_eq!(
+        audit.matches("\"kind\":\"delegation\"").count(),
+        3,
+        "{audit}"
+    );
+    assert!(!audit.contains(delegation.as_str()));
+    let w3_audit = std::fs::read_to_string(d.dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        w3_audit.contains(&format!(
+            "\"delegation\":{{\"mode\":\"delegation\",\"actors\":[\"{}\"]}}",
+            id("/w2")
+        )),
+        "{w3_audit}"
+    );
 }
 
 /// A request refused at the gateway: (request line, headers, status, problem code, part

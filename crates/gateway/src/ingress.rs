@@ -41,8 +41,8 @@ use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use wimse_audit::AuthMethod;
 use wimse_audit::{AuditLog, AuditRecord, CredentialKind, CredentialRef, Decision, EventKind};
-use wimse_audit::{AuthMethod, SecurityContext};
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
 use wimse_core::token::txn::{TXN_HEADER, TxnTokenClaims, verify_txn_token};
@@ -540,7 +540,7 @@ impl Gateway {
                 CredentialKind::TxnToken,
                 &admitted.txn.access_token,
             ));
-            record = record.with_context(SecurityContext::from_txn_token(&admitted.claims));
+            record = record.with_transaction(&admitted.claims);
             tracing::debug!(
                 sub = admitted.access.sub,
                 txn = admitted.claims.txn,

@@ -13,7 +13,7 @@
 //! | `context.auth_method` | `"wit-wpt"`, `"http-sig"`, `"mtls"` or `"jwt-svid"` |
 //! | `context.trust_domain` | the caller's trust domain (String) |
 //! | `context.time` | Unix seconds (Long) |
-//! | `context.txn` | only when the request carries a valid Txn-Token: a record of its `txn` (String), `sub` (String), `scope` (String), `scopes` (Set of String, `scope` split at spaces) and `req_wl` (String) |
+//! | `context.txn` | only when the request carries a valid Txn-Token: a record of its `txn` (String), `sub` (String), `scope` (String), `scopes` (Set of String, `scope` split at spaces), `req_wl` (String), and `act` (String: the workload acting for `sub`, the current actor only) when the transaction was delegated |
 //!
 //! So "workload 1 may GET /api/orders and below" is
 //!
@@ -316,16 +316,21 @@ impl Policy {
 /// `context.txn`: the claims of a verified Txn-Token a policy may look at.
 fn transaction_record(txn: &TxnTokenClaims) -> Result<RestrictedExpression, String> {
     let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-    RestrictedExpression::new_record([
-        ("txn".to_owned(), string(&txn.txn)),
-        ("sub".to_owned(), string(&txn.sub)),
-        ("scope".to_owned(), string(&txn.scope)),
-        (
-            "scopes".to_owned(),
-            RestrictedExpression::new_set(txn.scope.split_ascii_whitespace().map(string)),
-        ),
-        ("req_wl".to_owned(), string(&txn.req_wl)),
-    ])
+    RestrictedExpression::new_record(
+        [
+            ("txn".to_owned(), string(&txn.txn)),
+            ("sub".to_owned(), string(&txn.sub)),
+            ("scope".to_owned(), string(&txn.scope)),
+            (
+                "scopes".to_owned(),
+                RestrictedExpression::new_set(txn.scope.split_ascii_whitespace().map(string)),
+            ),
+            ("req_wl".to_owned(), string(&txn.req_wl)),
+        ]
+        .into_iter()
+        // The current actor alone: prior actors are informational (RFC 8693 §4.1).
+        .chain(txn.act.as_ref().map(|a| ("act".to_owned(), string(&a.sub)))),
+    )
     .map_err(|e| format!("cannot build the policy context: {e}"))
 }
 
@@ -372,6 +377,63 @@ mod tests {
             "GET",
             "/api/orders"
         ));
+    }
+
+    #[test]
+    fn a_policy_tells_a_delegated_transaction_by_its_current_actor() {
+        use wimse_core::token::Audience;
+        use wimse_core::token::chain::Actor;
+        let p = Policy::from_text(
+            r#"
+            permit(principal, action == Action::"GET", resource)
+            when { context has txn && context.txn.sub == "alice" && !(context.txn has act) };
+            permit(principal, action == Action::"GET", resource)
+            when { context has txn && context.txn has act
+                   && context.txn.act == "spiffe://example.org/worker"
+                   && context.path like "/api/reports*" };
+        "#,
+        )
+        .unwrap();
+        let txn = |act: Option<Actor>| TxnTokenClaims {
+            iss: None,
+            iat: 0,
+            aud: Audience::One("example.org".into()),
+            exp: 0,
+            txn: "t".into(),
+            sub: "alice".into(),
+            scope: "orders".into(),
+            tctx: None,
+            rctx: None,
+            req_wl: "spiffe://example.org/gateway".into(),
+            act,
+        };
+        let principal = WorkloadId::parse("spiffe://example.org/w1").unwrap();
+        let ask = |claims: &TxnTokenClaims, path: &str| {
+            p.authorize(&AuthzRequest {
+                principal: &principal,
+                method: "GET",
+                path,
+                service: &principal,
+                auth_method: "wit-wpt",
+                time: 0,
+                transaction: Some(claims),
+            })
+            .allowed
+        };
+        let own = txn(None);
+        let worker = txn(Some(Actor::after(
+            "spiffe://example.org/worker",
+            Some(&Actor::new("spiffe://example.org/intake")),
+        )));
+        let other = txn(Some(Actor::after(
+            "spiffe://example.org/intake",
+            Some(&Actor::new("spiffe://example.org/worker")),
+        )));
+        assert!(ask(&own, "/api/orders"));
+        assert!(!ask(&worker, "/api/orders"));
+        assert!(ask(&worker, "/api/reports/1"));
+        // A prior actor is no standing for the policy.
+        assert!(!ask(&other, "/api/reports/1"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind, SecurityContext};
+use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind};
 
 /// The largest body read to check a message signature's `Content-Digest`.
 pub const MAX_SIGNED_BODY: usize = 16 * 1024 * 1024;
@@ -408,7 +408,7 @@ impl Shared {
                     let _ = r.add_credential(CredentialRef::from_sha256(kind, hash, None));
                 }
                 if let Some(Transaction(claims)) = &a.transaction {
-                    r = r.with_context(SecurityContext::from_txn_token(claims));
+                    r = r.with_transaction(claims);
                 }
                 r
             }
@@ -449,7 +449,7 @@ impl Shared {
             .with_target(service.clone())
             .with_method(peer.method.audit());
         if let Some(Transaction(claims)) = &authenticated.transaction {
-            record = record.with_context(SecurityContext::from_txn_token(claims));
+            record = record.with_transaction(claims);
         }
         let _ = record.set_reason(reason);
         if let Err(e) = log.append(record) {

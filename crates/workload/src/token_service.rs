@@ -6,6 +6,11 @@
 //! client authentication), and the server must present the X509-SVID of
 //! `spiffe://<our trust domain>/wimse/server`: the token goes to no one else.
 //!
+//! A workload that finishes a transaction later (a queue consumer, a batch worker) has
+//! its Txn-Token [delegated](TokenServiceClient::delegate) to it while that is valid, and
+//! [resumes](TokenServiceClient::resume) the transaction with the delegation whenever it
+//! needs a Txn-Token again, hours later if its `[[token_service.delegation]]` entry allows.
+//!
 //! [`ChainClient`] carries a transaction into another trust domain (identity chaining):
 //! a grant from this domain's token service, redeemed at the other's for an access token.
 
@@ -182,6 +187,45 @@ impl TokenServiceClient {
         .await
     }
 
+    /// Has the transaction of `txn_token` delegated to this workload, to finish later:
+    /// the answer's `access_token` is the delegation, of `scope` or, with `None`, the
+    /// Txn-Token's. Only workloads the server names in `[[token_service.delegation]]` may
+    /// ask, while the Txn-Token is valid.
+    pub async fn delegate(
+        &self,
+        txn_token: &str,
+        scope: Option<&Scope>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        let request = txn_token_for(
+            txn_token,
+            self.audience.clone(),
+            scope,
+            token_type::DELEGATION,
+        );
+        let answer = post_form(&self.client, &self.endpoint, request.to_form()).await?;
+        expect_type(answer, token_type::DELEGATION, "N_A")
+    }
+
+    /// A fresh Txn-Token of the transaction `delegation` (from
+    /// [`TokenServiceClient::delegate`]) delegated to this workload, of `scope` (no wider
+    /// than the delegation's), naming this workload as the actor, with
+    /// `request_context` added to its context.
+    pub async fn resume(
+        &self,
+        delegation: &str,
+        scope: &Scope,
+        request_context: Option<Map<String, Value>>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        self.exchange(self.request(
+            delegation,
+            token_type::DELEGATION,
+            scope,
+            request_context,
+            None,
+        ))
+        .await
+    }
+
     fn request(
         &self,
         subject_token: &str,
@@ -213,18 +257,7 @@ impl TokenServiceClient {
         trust_domain: &TrustDomain,
         scope: Option<&Scope>,
     ) -> Result<ExchangeResponse, TokenServiceError> {
-        let request = ExchangeRequest {
-            audience: vec![trust_domain.to_string()],
-            resource: Vec::new(),
-            scope: scope.cloned(),
-            requested_token_type: Some(token_type::JWT.into()),
-            subject_token: txn_token.to_owned(),
-            subject_token_type: token_type::TXN_TOKEN.into(),
-            actor_token: None,
-            actor_token_type: None,
-            request_context: None,
-            request_details: None,
-        };
+        let request = txn_token_for(txn_token, trust_domain.to_string(), scope, token_type::JWT);
         let answer = post_form(&self.client, &self.endpoint, request.to_form()).await?;
         expect_type(answer, token_type::JWT, "N_A")
     }
@@ -236,6 +269,28 @@ impl TokenServiceClient {
     ) -> Result<ExchangeResponse, TokenServiceError> {
         let answer = post_form(&self.client, &self.endpoint, request.to_form()).await?;
         expect_type(answer, token_type::TXN_TOKEN, "N_A")
+    }
+}
+
+/// A request to exchange `txn_token` for a token of type `requested` for `audience`, of
+/// `scope` or, with `None`, the Txn-Token's.
+fn txn_token_for(
+    txn_token: &str,
+    audience: String,
+    scope: Option<&Scope>,
+    requested: &str,
+) -> ExchangeRequest {
+    ExchangeRequest {
+        audience: vec![audience],
+        resource: Vec::new(),
+        scope: scope.cloned(),
+        requested_token_type: Some(requested.into()),
+        subject_token: txn_token.to_owned(),
+        subject_token_type: token_type::TXN_TOKEN.into(),
+        actor_token: None,
+        actor_token_type: None,
+        request_context: None,
+        request_details: None,
     }
 }
 
