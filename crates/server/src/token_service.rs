@@ -320,7 +320,7 @@ impl TokenService {
     /// finishes it later: a delegation of the same subject, transaction and context,
     /// naming `caller` as the actor after any actor the Txn-Token names, of the scope
     /// asked for (default the Txn-Token's) within its `[[token_service.delegation]]`
-    /// entry, for that entry's lifetime.
+    /// entry, for that entry's lifetime, with the request's context added.
     pub fn delegate(
         &self,
         caller: &WorkloadId,
@@ -367,7 +367,9 @@ impl TokenService {
                 txn.txn
             )));
         }
-        let rctx = self.chain_on(&mut txn)?;
+        let mut rctx = self.chain_on(&mut txn)?;
+        let mut tctx = txn.tctx.take().unwrap_or_default();
+        added_context(request, &mut rctx, &mut tctx)?;
         let claims = DelegationClaims {
             iss: service_id(trust_domain),
             aud: service_id(trust_domain),
@@ -378,7 +380,7 @@ impl TokenService {
             txn: txn.txn,
             scope: scope.to_string(),
             act,
-            tctx: txn.tctx,
+            tctx: (!tctx.is_empty()).then_some(tctx),
             rctx: Some(rctx),
         };
         let token = issue_delegation(signer.key, signer.kid, &claims)
@@ -1435,7 +1437,8 @@ mod tests {
             let mut request = w.request(txn.to_owned(), token_type::TXN_TOKEN, "orders");
             request.scope = scope.map(|s| Scope::parse(s).unwrap());
             request.requested_token_type = Some(token_type::DELEGATION.into());
-            request.request_context = None;
+            request.request_context =
+                Some(json!({"queue": "nightly"}).as_object().unwrap().clone());
             request.request_details = None;
             w.service
                 .delegate(&id(caller), &request, &w.td, &w.bundle, &signer, now)
@@ -1487,6 +1490,7 @@ mod tests {
         assert_eq!(verified.req_wl, id("/worker").to_string());
         assert_eq!(verified.act, Some(Actor::new(id("/worker").to_string())));
         assert_eq!(verified.rctx.as_ref().unwrap()["req_ip"], "192.0.2.7");
+        assert_eq!(verified.rctx.as_ref().unwrap()["queue"], "nightly");
 
         // Handed on again: the next actor comes first, the worker after it.
         let (_, onward) = delegate("/auditor", &resumed, Some("orders"), later).unwrap();
