@@ -316,8 +316,9 @@ impl GatewayConfig {
             .iter()
             .enumerate()
             .map(|(i, issuer)| load_issuer(issuer).map_err(|e| error(format!("issuers[{i}]"), e)))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|sources| Arc::new(IssuerKeys::new(sources)))?;
+            .collect::<Result<Vec<_>, _>>()?;
+        IssuerSource::distinct(&issuers).map_err(|e| error("issuers", e.to_string()))?;
+        let issuers = Arc::new(IssuerKeys::new(issuers));
         if file.routes.is_empty() {
             return Err(error(
                 "routes",
@@ -700,6 +701,18 @@ mod tests {
                 "server_address",
             ),
             (text(&dir.path().join("missing.json"), ROUTES), "issuers[0]"),
+            (
+                text(&jwks, ROUTES).replacen(
+                    "[[routes]]",
+                    &format!(
+                        "[[issuers]]\nissuer = \"https://login.example.com\"\n\
+                         audience = \"other\"\njwks_file = \"{}\"\n[[routes]]",
+                        jwks.display()
+                    ),
+                    1,
+                ),
+                "issuers",
+            ),
             (
                 text(&jwks, ROUTES)
                     .replace("jwks_file", "jwks_uri = \"http://login.test/k\"\njwks_file"),

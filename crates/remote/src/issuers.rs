@@ -65,6 +65,9 @@ pub enum IssuerKeysError {
     /// The settings name no key source, or more than one.
     #[error("{0}")]
     Settings(&'static str),
+    /// Two entries name the same issuer: only the first would ever be used.
+    #[error("issuer `{0}` is named twice: give each issuer one entry")]
+    Duplicate(String),
 }
 
 /// When remote JWK Sets are fetched.
@@ -122,6 +125,19 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl IssuerSource {
+    /// Refuses `sources` where two name the same issuer: a token is checked against the
+    /// first entry of its `iss` only, so a second one (another audience, say) would be
+    /// silently dead.
+    pub fn distinct(sources: &[IssuerSource]) -> Result<(), IssuerKeysError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for source in sources {
+            if !seen.insert(source.issuer.issuer.as_str()) {
+                return Err(IssuerKeysError::Duplicate(source.issuer.issuer.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// An issuer whose keys are given and never change.
     pub fn fixed(issuer: TrustedIssuer) -> Self {
         IssuerSource {
@@ -856,6 +872,20 @@ mod tests {
         assert_eq!(endpoint.requests.load(Ordering::SeqCst), 5);
         // The issuer identifier itself must be an https URL to discover from.
         assert!(IssuerSource::discovered(issuer("login.example"), None).is_err());
+    }
+
+    #[test]
+    fn an_issuer_named_twice_is_refused() {
+        let issuer = |aud: &str| {
+            IssuerSource::fixed(TrustedIssuer::awaiting_keys(
+                "https://login.test".into(),
+                aud.into(),
+                String::new(),
+            ))
+        };
+        assert!(IssuerSource::distinct(&[issuer("a")]).is_ok());
+        let refused = IssuerSource::distinct(&[issuer("a"), issuer("b")]).unwrap_err();
+        assert!(refused.to_string().contains("named twice"), "{refused}");
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub enum TokenServiceError {
         /// What was wrong.
         message: String,
     },
+    /// The issuers, taken together, are unusable (one named twice).
+    #[error("token service issuers: {0}")]
+    Issuers(wimse_remote::issuers::IssuerKeysError),
 }
 
 /// The token service's policy: who may ask, which issuers count, how long tokens live.
@@ -241,6 +244,7 @@ impl TokenService {
                 IssuerSource::configured(issuer, &keys).map_err(|e| error(e.to_string()))?;
             sources.push(source);
         }
+        IssuerSource::distinct(&sources).map_err(TokenServiceError::Issuers)?;
         let mut service = Self::new(
             settings.txn_token_ttl,
             settings.max_replacements,
@@ -1593,6 +1597,26 @@ mod tests {
             .delegate(&id("/worker"), &request, &w.td, &w.bundle, signer, NOW)
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn an_issuer_named_twice_stops_the_start() {
+        let config = |second: &str| {
+            let text = format!(
+                "[[token_service.issuers]]\nissuer = \"{ISSUER}\"\naudience = \"wimse\"\n\
+                 jwks_uri = \"https://login.test/jwks\"\n\
+                 [[token_service.issuers]]\nissuer = \"{second}\"\naudience = \"other\"\n\
+                 jwks_uri = \"https://login.test/jwks\"\n"
+            );
+            toml::from_str::<crate::config::FileConfig>(&text)
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .token_service
+        };
+        assert!(TokenService::load(&config("https://other.example")).is_ok());
+        let refused = TokenService::load(&config(ISSUER)).unwrap_err();
+        assert!(refused.to_string().contains("named twice"), "{refused}");
     }
 
     #[test]
