@@ -367,13 +367,29 @@ impl SecurityContext {
             txn: Label::new(claims.txn.clone()).ok(),
             subject: Label::new(claims.sub.clone()).ok(),
             scope: Label::new(claims.scope.clone()).ok(),
-            purpose: claims
-                .tctx
-                .as_ref()
-                .and_then(|t| t.get("purpose"))
-                .and_then(serde_json::Value::as_str)
-                .and_then(|p| Label::new(p).ok()),
+            purpose: purpose(claims.tctx.as_ref()),
             requesting_workload: WorkloadId::parse(&claims.req_wl).ok(),
+        }
+    }
+}
+
+/// `tctx.purpose`, when it is a valid label.
+fn purpose(tctx: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<Label> {
+    tctx.and_then(|t| t.get("purpose"))
+        .and_then(serde_json::Value::as_str)
+        .and_then(|p| Label::new(p).ok())
+}
+
+impl SecurityContext {
+    /// The auditable part of a delegation: its transaction, subject and scope, and the
+    /// workload it was delegated to as the requesting workload.
+    pub fn from_delegation(claims: &wimse_core::token::delegation::DelegationClaims) -> Self {
+        Self {
+            txn: Label::new(claims.txn.clone()).ok(),
+            subject: Label::new(claims.sub.clone()).ok(),
+            scope: Label::new(claims.scope.clone()).ok(),
+            purpose: purpose(claims.tctx.as_ref()),
+            requesting_workload: WorkloadId::parse(&claims.act.sub).ok(),
         }
     }
 }
@@ -397,6 +413,21 @@ pub struct Delegation {
     /// The actor chain, current actor first (RFC 8693 §4.1: the outermost `act` is the
     /// current actor, nested ones are prior actors). At most [`MAX_ACTORS`].
     pub actors: Vec<WorkloadId>,
+}
+
+impl Delegation {
+    /// The delegation an RFC 8693 `act` chain states, current actor first; `None` when
+    /// it names more than [`MAX_ACTORS`] or something other than workloads.
+    pub fn of_actor(act: &wimse_core::token::chain::Actor) -> Option<Self> {
+        let actors: Vec<WorkloadId> = act
+            .chain()
+            .map(|a| WorkloadId::parse(a).ok())
+            .collect::<Option<_>>()?;
+        (actors.len() <= MAX_ACTORS).then_some(Delegation {
+            mode: DelegationMode::Delegation,
+            actors,
+        })
+    }
 }
 
 /// One audit record. Build it with [`AuditRecord::new`] and the `with_*` methods.
@@ -560,26 +591,21 @@ impl AuditRecord {
     /// failing the record.
     #[must_use]
     pub fn with_transaction(self, claims: &wimse_core::token::txn::TxnTokenClaims) -> Self {
-        let record = self.with_context(SecurityContext::from_txn_token(claims));
-        let Some(act) = &claims.act else {
-            return record;
-        };
-        let actors: Option<Vec<WorkloadId>> =
-            act.chain().map(|a| WorkloadId::parse(a).ok()).collect();
-        match actors {
-            Some(actors) if actors.len() <= MAX_ACTORS => Self {
-                delegation: Some(Delegation {
-                    mode: DelegationMode::Delegation,
-                    actors,
-                }),
-                ..record
-            },
-            _ => record,
+        Self {
+            delegation: claims.act.as_ref().and_then(Delegation::of_actor),
+            ..self.with_context(SecurityContext::from_txn_token(claims))
         }
     }
 
     /// Sets the delegation metadata; refused beyond [`MAX_ACTORS`] actors.
     pub fn with_delegation(mut self, delegation: Delegation) -> Result<Self, RecordError> {
+        self.set_delegation(delegation)?;
+        Ok(self)
+    }
+
+    /// Sets the delegation metadata; refused beyond [`MAX_ACTORS`] actors, leaving the
+    /// record as it was.
+    pub fn set_delegation(&mut self, delegation: Delegation) -> Result<(), RecordError> {
         if delegation.actors.len() > MAX_ACTORS {
             return Err(RecordError::TooMany {
                 field: "delegation.actors",
@@ -587,7 +613,7 @@ impl AuditRecord {
             });
         }
         self.delegation = Some(delegation);
-        Ok(self)
+        Ok(())
     }
 
     /// Adds a credential reference; refused beyond [`MAX_CREDENTIALS`].

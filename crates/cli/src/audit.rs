@@ -56,6 +56,10 @@ pub struct ShowArgs {
     /// Show only records with this authorization decision
     #[arg(long, value_enum)]
     pub decision: Option<Decision>,
+    /// Show only records of this transaction (its Txn-Token's `txn`), to follow one call
+    /// chain through the logs of every workload and the server
+    #[arg(long, value_name = "TXN")]
+    pub txn: Option<String>,
     /// Show only records at or after this time (RFC 3339, such as 2025-01-31T12:00:00Z)
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
@@ -186,6 +190,14 @@ fn show(args: &ShowArgs) -> Result<(), CommandError> {
         })
         .filter(|(_, r)| workload.as_ref().is_none_or(|w| r.involves(w)))
         .filter(|(_, r)| decision.is_none_or(|d| r.decision == d))
+        .filter(|(_, r)| {
+            args.txn.as_deref().is_none_or(|txn| {
+                r.context
+                    .as_ref()
+                    .and_then(|c| c.txn.as_ref())
+                    .is_some_and(|t| t.as_str() == txn)
+            })
+        })
         .filter(|(_, r)| since.is_none_or(|t| r.time >= t))
         .map(|(index, record)| describe(index, record))
         .collect();

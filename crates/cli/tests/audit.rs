@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use wimse_audit::{
     AuditConfig, AuditLog, AuditRecord, AuthMethod, CredentialKind, CredentialRef, Decision,
-    EventKind, FsyncPolicy, Timestamp, scan_for_secrets,
+    EventKind, FsyncPolicy, Label, SecurityContext, Timestamp, scan_for_secrets,
 };
 use wimse_core::WorkloadId;
 use wimse_core::jose::{Algorithm, SigningKey};
@@ -41,7 +41,8 @@ fn id(text: &str) -> WorkloadId {
     WorkloadId::parse(text).unwrap()
 }
 
-/// Six records, one every hour from 2025-01-31T10:00Z: web allowed, batch denied, in turn.
+/// Six records, one every hour from 2025-01-31T10:00Z: web allowed, batch denied, in turn,
+/// two of each transaction `txn-0`, `txn-1`, `txn-2`.
 fn write_log(dir: &Path, key: Arc<SigningKey>) -> PathBuf {
     let path = dir.join("audit.jsonl");
     let mut config = AuditConfig::new(id(SIGNER), key).with_file(&path);
@@ -66,7 +67,11 @@ fn write_log(dir: &Path, key: Arc<SigningKey>) -> PathBuf {
             .with_resource(&format!("GET /orders/{n}"))
             .unwrap()
             .with_credential(CredentialRef::from_token(CredentialKind::Wit, TOKEN))
-            .unwrap();
+            .unwrap()
+            .with_context(SecurityContext {
+                txn: Some(Label::new(format!("txn-{}", n / 2)).unwrap()),
+                ..SecurityContext::default()
+            });
         log.append(record).unwrap();
     }
     log.close().unwrap();
@@ -204,7 +209,7 @@ fn show_prints_every_record_on_one_line() {
 }
 
 #[test]
-fn show_filters_by_workload_decision_and_time() {
+fn show_filters_by_workload_decision_transaction_and_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_log(dir.path(), key());
     let path = path.to_str().unwrap();
@@ -216,6 +221,9 @@ fn show_filters_by_workload_decision_and_time() {
         text(&output.stdout).lines().count()
     };
     assert_eq!(count(&["--decision", "deny"]), 3);
+    assert_eq!(count(&["--txn", "txn-1"]), 2);
+    assert_eq!(count(&["--txn", "txn-1", "--decision", "deny"]), 1);
+    assert_eq!(count(&["--txn", "txn-9"]), 0);
     assert_eq!(count(&["--workload", WEB]), 3);
     assert_eq!(count(&["--workload", SIGNER]), 6);
     assert_eq!(count(&["--since", "2025-01-31T13:00:00Z"]), 3);

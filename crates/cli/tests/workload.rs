@@ -954,14 +954,34 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         "{audit}"
     );
     assert!(!audit.contains(delegation.as_str()));
-    let w3_audit = std::fs::read_to_string(d.dir.path().join("audit.jsonl")).unwrap();
-    assert!(
-        w3_audit.contains(&format!(
-            "\"delegation\":{{\"mode\":\"delegation\",\"actors\":[\"{}\"]}}",
-            id("/w2")
-        )),
-        "{w3_audit}"
+    // Each issue names its transaction; the delegation and the Txn-Token resumed from it
+    // also name the actor.
+    let actors = format!(
+        "\"delegation\":{{\"mode\":\"delegation\",\"actors\":[\"{}\"]}}",
+        id("/w2")
     );
+    let issued = |event: &str| -> Vec<&str> {
+        audit
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+            .collect()
+    };
+    let delegation_issued = issued("delegation_issued");
+    assert!(
+        delegation_issued[0].contains(&format!("\"txn\":\"{}\"", started.txn))
+            && delegation_issued[0].contains(&actors),
+        "{audit}"
+    );
+    let txn_issued = issued("txn_token_issued");
+    assert_eq!(txn_issued.len(), 3, "{audit}");
+    assert!(txn_issued.iter().all(|l| l.contains("\"txn\":")), "{audit}");
+    assert_eq!(
+        txn_issued.iter().filter(|l| l.contains(&actors)).count(),
+        1,
+        "{audit}"
+    );
+    let w3_audit = std::fs::read_to_string(d.dir.path().join("audit.jsonl")).unwrap();
+    assert!(w3_audit.contains(&actors), "{w3_audit}");
 }
 
 /// A request refused at the gateway: (request line, headers, status, problem code, part

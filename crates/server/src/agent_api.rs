@@ -482,6 +482,8 @@ async fn attest(
             Err(_) => presented,
         },
         refusal: outcome.as_ref().err().map(ToString::to_string),
+        context: None,
+        delegation: None,
     });
     Ok(Json(outcome?))
 }
@@ -839,6 +841,8 @@ async fn audited_issue<T>(
         workload: workload.as_ref(),
         credential: outcome.as_ref().ok().and_then(credential),
         refusal: outcome.as_ref().err().map(ToString::to_string),
+        context: None,
+        delegation: None,
     });
     outcome
 }

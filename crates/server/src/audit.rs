@@ -15,7 +15,8 @@
 use std::path::Path;
 use std::sync::Arc;
 use wimse_audit::{
-    AuditConfig, AuditLog, AuditRecord, AuthMethod, CredentialRef, Decision, EventKind,
+    AuditConfig, AuditLog, AuditRecord, AuthMethod, CredentialRef, Decision, Delegation, EventKind,
+    SecurityContext,
 };
 use wimse_core::WorkloadId;
 use wimse_core::jose::{Algorithm, SigningKey};
@@ -63,6 +64,10 @@ pub struct Event<'a> {
     pub credential: Option<CredentialRef>,
     /// Why it was refused, if it was.
     pub refusal: Option<String>,
+    /// The transaction the credential carries (Txn-Tokens, delegations).
+    pub context: Option<SecurityContext>,
+    /// Who acts for the transaction's subject, when it was delegated.
+    pub delegation: Option<Delegation>,
 }
 
 impl ServerAudit {
@@ -109,6 +114,13 @@ impl ServerAudit {
         }
         if let Some(workload) = event.workload {
             record = record.with_target(workload.clone());
+        }
+        if let Some(context) = event.context {
+            record = record.with_context(context);
+        }
+        if let Some(delegation) = event.delegation {
+            // Built from a verified `act` chain, which has no more actors than a record.
+            let _ = record.set_delegation(delegation);
         }
         if let Some(credential) = event.credential {
             // The record's first credential: the limit cannot refuse it.

@@ -45,7 +45,9 @@ use axum::{Extension, Router};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use wimse_audit::{AuthMethod, CredentialKind, CredentialRef, EventKind};
+use wimse_audit::{
+    AuthMethod, CredentialKind, CredentialRef, Delegation, EventKind, SecurityContext,
+};
 use wimse_core::bundle::TrustBundle;
 use wimse_core::jose::{PublicKey, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
@@ -737,6 +739,10 @@ struct Minted {
     credential: CredentialKind,
     /// The workload it was issued to.
     client: WorkloadId,
+    /// The transaction it carries, for the audit record.
+    context: Option<SecurityContext>,
+    /// Who acts for the transaction's subject, when it was delegated.
+    delegation: Option<Delegation>,
 }
 
 /// What a request asks for, as the metrics name it.
@@ -827,6 +833,8 @@ async fn token(
                 workload: None,
                 credential: Some(CredentialRef::from_token(issued.credential, &issued.token)),
                 refusal: None,
+                context: issued.context,
+                delegation: issued.delegation,
             });
             let response = ExchangeResponse {
                 access_token: issued.token,
@@ -852,6 +860,8 @@ async fn token(
                 workload: None,
                 credential: subject,
                 refusal: Some(err.to_string()),
+                context: None,
+                delegation: None,
             });
             let status =
                 StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -929,6 +939,8 @@ fn decide(
             event: EventKind::GrantIssued,
             credential: CredentialKind::AuthorizationGrant,
             client: caller.clone(),
+            context: None,
+            delegation: None,
         });
     }
     if request.requested_token_type.as_deref() == Some(token_type::DELEGATION) {
@@ -947,6 +959,8 @@ fn decide(
             issued_token_type: token_type::DELEGATION,
             token_type: "N_A",
             expires_in: claims.exp - claims.iat,
+            context: Some(SecurityContext::from_delegation(&claims)),
+            delegation: Delegation::of_actor(&claims.act),
             scope: claims.scope,
             event: EventKind::DelegationIssued,
             credential: CredentialKind::Delegation,
@@ -974,6 +988,8 @@ fn decide(
         issued_token_type: token_type::TXN_TOKEN,
         token_type: "N_A",
         expires_in: claims.exp - claims.iat,
+        context: Some(SecurityContext::from_txn_token(&claims)),
+        delegation: claims.act.as_ref().and_then(Delegation::of_actor),
         scope: claims.scope,
         event: EventKind::TxnTokenIssued,
         credential: CredentialKind::TxnToken,
@@ -1025,6 +1041,8 @@ async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, Exc
         event: EventKind::AccessTokenIssued,
         credential: CredentialKind::AccessToken,
         client: accepted.client,
+        context: None,
+        delegation: None,
     })
 }
 
