@@ -745,6 +745,33 @@ struct Minted {
     delegation: Option<Delegation>,
 }
 
+/// What the caller presented, for the audit record (its hash, never the token), and how
+/// it authenticated.
+fn presented(request: &Result<TokenRequest, ExchangeError>) -> (Option<CredentialRef>, AuthMethod) {
+    match request {
+        Ok(TokenRequest::Exchange(r)) => {
+            let kind = match r.subject_token_type.as_str() {
+                token_type::TXN_TOKEN => CredentialKind::TxnToken,
+                token_type::SELF_SIGNED => CredentialKind::SelfSigned,
+                token_type::DELEGATION => CredentialKind::Delegation,
+                _ => CredentialKind::AccessToken,
+            };
+            (
+                Some(CredentialRef::from_token(kind, &r.subject_token)),
+                AuthMethod::Mtls,
+            )
+        }
+        Ok(TokenRequest::JwtBearer(r)) => (
+            Some(CredentialRef::from_token(
+                CredentialKind::AuthorizationGrant,
+                &r.assertion,
+            )),
+            AuthMethod::JwtSvid,
+        ),
+        Err(_) => (None, AuthMethod::Mtls),
+    }
+}
+
 /// What a request asks for, as the metrics name it.
 fn metric_kind(request: &Result<TokenRequest, ExchangeError>) -> &'static str {
     match request {
@@ -779,29 +806,7 @@ async fn token(
         form_body(&headers)?;
         TokenRequest::parse(&body)
     });
-    // What the caller presented, for the audit record: its hash, never the token.
-    let (subject, method) = match &request {
-        Ok(TokenRequest::Exchange(r)) => {
-            let kind = match r.subject_token_type.as_str() {
-                token_type::TXN_TOKEN => CredentialKind::TxnToken,
-                token_type::SELF_SIGNED => CredentialKind::SelfSigned,
-                token_type::DELEGATION => CredentialKind::Delegation,
-                _ => CredentialKind::AccessToken,
-            };
-            (
-                Some(CredentialRef::from_token(kind, &r.subject_token)),
-                AuthMethod::Mtls,
-            )
-        }
-        Ok(TokenRequest::JwtBearer(r)) => (
-            Some(CredentialRef::from_token(
-                CredentialKind::AuthorizationGrant,
-                &r.assertion,
-            )),
-            AuthMethod::JwtSvid,
-        ),
-        Err(_) => (None, AuthMethod::Mtls),
-    };
+    let (subject, method) = presented(&request);
     let kind = metric_kind(&request);
     let outcome = match request {
         Ok(TokenRequest::Exchange(request)) => {
