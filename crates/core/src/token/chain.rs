@@ -76,6 +76,47 @@ impl Actor {
     pub fn chain(&self) -> impl Iterator<Item = &str> {
         std::iter::successors(Some(self), |a| a.act.as_deref()).map(|a| a.sub.as_str())
     }
+
+    /// Refuses a chain of more than [`MAX_ACTORS`], or a current actor that is not a
+    /// workload of `trust_domain` (the domain whose token service named it).
+    pub fn check(&self, trust_domain: &TrustDomain) -> Result<(), TokenError> {
+        let bad = |reason: String| TokenError::BadClaim {
+            claim: "act",
+            reason,
+        };
+        if self.chain().count() > MAX_ACTORS {
+            return Err(bad(format!("more than {MAX_ACTORS} actors")));
+        }
+        let actor = WorkloadId::parse(&self.sub).map_err(TokenError::Subject)?;
+        if actor.trust_domain() != trust_domain || actor.is_trust_domain_id() {
+            return Err(bad(format!(
+                "`{actor}` is not a workload of trust domain `{trust_domain}`"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The most actors a token may name.
+pub const MAX_ACTORS: usize = 16;
+
+/// Refuses a token whose required string `claims` (name, value) include an empty one, or
+/// whose `scope` is not a valid OAuth scope.
+pub(crate) fn require_claims(
+    claims: &[(&'static str, &str)],
+    scope: &str,
+) -> Result<(), TokenError> {
+    if let Some((claim, _)) = claims.iter().find(|(_, value)| value.is_empty()) {
+        return Err(TokenError::BadClaim {
+            claim,
+            reason: "empty".into(),
+        });
+    }
+    Scope::parse(scope).map_err(|e| TokenError::BadClaim {
+        claim: "scope",
+        reason: e.description().to_owned(),
+    })?;
+    Ok(())
 }
 
 /// The claims of a JWT authorization grant.
@@ -220,32 +261,15 @@ pub fn verify_grant(
     validation.check_iat(Some(claims.iat))?;
     // The two token services' clocks may differ by the leeway.
     validation.check_lifetime(claims.exp, MAX_GRANT_LIFETIME)?;
-    for (claim, value) in [
-        ("sub", &claims.sub),
-        ("jti", &claims.jti),
-        ("scope", &claims.scope),
-    ] {
-        if value.is_empty() {
-            return Err(TokenError::BadClaim {
-                claim,
-                reason: "empty".into(),
-            });
-        }
-    }
-    Scope::parse(&claims.scope).map_err(|e| TokenError::BadClaim {
-        claim: "scope",
-        reason: e.description().to_owned(),
-    })?;
-    let actor = WorkloadId::parse(&claims.act.sub).map_err(TokenError::Subject)?;
-    if actor.trust_domain() != bundle.trust_domain() || actor.is_trust_domain_id() {
-        return Err(TokenError::BadClaim {
-            claim: "act",
-            reason: format!(
-                "`{actor}` is not a workload of trust domain `{}`",
-                bundle.trust_domain()
-            ),
-        });
-    }
+    require_claims(
+        &[
+            ("sub", &claims.sub),
+            ("jti", &claims.jti),
+            ("scope", &claims.scope),
+        ],
+        &claims.scope,
+    )?;
+    claims.act.check(bundle.trust_domain())?;
     Ok(claims)
 }
 

@@ -24,11 +24,9 @@
 //!
 //! [`token_type::DELEGATION`]: super::exchange::token_type::DELEGATION
 
-use super::chain::{Actor, service_id};
-use super::exchange::Scope;
+use super::chain::{Actor, require_claims, service_id};
 use super::{TokenError, Validation, require_typ};
 use crate::bundle::{KeyUse, TrustBundle};
-use crate::id::WorkloadId;
 use crate::jose::{Jws, SigningKey, jws};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,8 +35,7 @@ use serde_json::{Map, Value};
 pub const DELEGATION_TYP: &str = "delegation+jwt";
 /// The longest a delegation may live, whatever it says.
 pub const MAX_DELEGATION_LIFETIME: i64 = 86_400;
-/// The most actors a delegation (and so a Txn-Token redeemed from it) may name.
-pub const MAX_ACTORS: usize = 16;
+pub use super::chain::MAX_ACTORS;
 
 /// The claims of a delegation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,37 +124,16 @@ pub fn verify_delegation(
     validation.check_exp(claims.exp)?;
     validation.check_iat(Some(claims.iat))?;
     validation.check_lifetime(claims.exp, MAX_DELEGATION_LIFETIME)?;
-    for (claim, value) in [
-        ("sub", &claims.sub),
-        ("jti", &claims.jti),
-        ("txn", &claims.txn),
-        ("scope", &claims.scope),
-    ] {
-        if value.is_empty() {
-            return Err(TokenError::BadClaim {
-                claim,
-                reason: "empty".into(),
-            });
-        }
-    }
-    Scope::parse(&claims.scope).map_err(|e| TokenError::BadClaim {
-        claim: "scope",
-        reason: e.description().to_owned(),
-    })?;
-    let bad_actor = |reason: String| TokenError::BadClaim {
-        claim: "act",
-        reason,
-    };
-    if claims.act.chain().count() > MAX_ACTORS {
-        return Err(bad_actor(format!("more than {MAX_ACTORS} actors")));
-    }
-    let actor = WorkloadId::parse(&claims.act.sub).map_err(TokenError::Subject)?;
-    if actor.trust_domain() != bundle.trust_domain() || actor.is_trust_domain_id() {
-        return Err(bad_actor(format!(
-            "`{actor}` is not a workload of trust domain `{}`",
-            bundle.trust_domain()
-        )));
-    }
+    require_claims(
+        &[
+            ("sub", &claims.sub),
+            ("jti", &claims.jti),
+            ("txn", &claims.txn),
+            ("scope", &claims.scope),
+        ],
+        &claims.scope,
+    )?;
+    claims.act.check(bundle.trust_domain())?;
     Ok(claims)
 }
 
