@@ -25,7 +25,7 @@
 
 use crate::config::{ChainFrom, ChainTo, TokenServiceSettings};
 use crate::token_service::TxnSigner;
-use crate::token_service::within_limits;
+use crate::token_service::{no_actor_token, within_limits};
 use wimse_core::bundle::{BundleSet, TrustBundle};
 use wimse_core::token::chain::{
     AccessTokenClaims, Actor, ChainedActor, GrantClaims, issue_access_token, issue_grant,
@@ -146,11 +146,7 @@ impl Chaining {
                 token_type::TXN_TOKEN
             )));
         }
-        if request.actor_token.is_some() {
-            return Err(ExchangeError::InvalidRequest(
-                "`actor_token` is not taken: the caller is the actor".into(),
-            ));
-        }
+        no_actor_token(request)?;
         // No leeway: an expired transaction is not carried anywhere.
         let validation = Validation {
             leeway: 0,

@@ -157,6 +157,17 @@ pub(crate) fn within_limits(
     Ok(())
 }
 
+/// Refuses an `actor_token`: the workload that asks, authenticated by its connection, is
+/// always the actor (a delegation names it so).
+pub(crate) fn no_actor_token(request: &ExchangeRequest) -> Result<(), ExchangeError> {
+    if request.actor_token.is_some() {
+        return Err(ExchangeError::InvalidRequest(
+            "`actor_token` is not taken: the caller is the actor".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a caller outside `trust_domain`, and a request not addressed to the trust
 /// domain's token service itself (one `audience`, the trust domain; no `resource`).
 fn local_request(
@@ -178,7 +189,7 @@ fn local_request(
         }
         other => {
             return Err(ExchangeError::InvalidTarget(format!(
-                "a Txn-Token is only for trust domain `{trust_domain}`, not `{}`",
+                "this token service issues only for trust domain `{trust_domain}`, not `{}`",
                 other.join(" ")
             )));
         }
@@ -337,11 +348,7 @@ impl TokenService {
         now: i64,
     ) -> Result<(String, DelegationClaims), ExchangeError> {
         local_request(caller, request, trust_domain)?;
-        if request.actor_token.is_some() {
-            return Err(ExchangeError::InvalidRequest(
-                "`actor_token` is not taken: the caller is the actor".into(),
-            ));
-        }
+        no_actor_token(request)?;
         if request.subject_token_type != token_type::TXN_TOKEN {
             return Err(ExchangeError::InvalidRequest(format!(
                 "a delegation's subject token is a `{}`",
@@ -444,11 +451,7 @@ impl TokenService {
                 token_type::TXN_TOKEN
             )));
         }
-        if request.actor_token.is_some() {
-            return Err(ExchangeError::InvalidRequest(
-                "`actor_token` (delegation) is not supported for Txn-Tokens".into(),
-            ));
-        }
+        no_actor_token(request)?;
         let scope = request
             .scope
             .as_ref()
