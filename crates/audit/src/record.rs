@@ -371,16 +371,7 @@ impl SecurityContext {
             requesting_workload: WorkloadId::parse(&claims.req_wl).ok(),
         }
     }
-}
 
-/// `tctx.purpose`, when it is a valid label.
-fn purpose(tctx: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<Label> {
-    tctx.and_then(|t| t.get("purpose"))
-        .and_then(serde_json::Value::as_str)
-        .and_then(|p| Label::new(p).ok())
-}
-
-impl SecurityContext {
     /// The auditable part of a delegation: its transaction, subject and scope, and the
     /// workload it was delegated to as the requesting workload.
     pub fn from_delegation(claims: &wimse_core::token::delegation::DelegationClaims) -> Self {
@@ -392,6 +383,13 @@ impl SecurityContext {
             requesting_workload: WorkloadId::parse(&claims.act.sub).ok(),
         }
     }
+}
+
+/// `tctx.purpose`, when it is a valid label.
+fn purpose(tctx: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<Label> {
+    tctx.and_then(|t| t.get("purpose"))
+        .and_then(serde_json::Value::as_str)
+        .and_then(|p| Label::new(p).ok())
 }
 
 /// Delegation or impersonation (RFC 8693 `act` / `may_act`).

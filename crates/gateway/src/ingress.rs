@@ -41,8 +41,9 @@ use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use wimse_audit::AuthMethod;
-use wimse_audit::{AuditLog, AuditRecord, CredentialKind, CredentialRef, Decision, EventKind};
+use wimse_audit::{
+    AuditLog, AuditRecord, AuthMethod, CredentialKind, CredentialRef, Decision, EventKind,
+};
 use wimse_core::token::access::{TrustedIssuer, VerifiedAccessToken, verify_access_token};
 use wimse_core::token::exchange::ExchangeResponse;
 use wimse_core::token::txn::{TXN_HEADER, TxnTokenClaims, verify_txn_token};
