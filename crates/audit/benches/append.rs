@@ -66,7 +66,7 @@ fn record() -> AuditRecord {
             })
             .with_delegation(Delegation {
                 mode: DelegationMode::Delegation,
-                actors: vec![id("spiffe://example.org/gateway")],
+                actors: vec![label("spiffe://example.org/gateway")],
             })?
             .with_credential(CredentialRef::from_token(CredentialKind::Wit, token))?
             .with_credential(CredentialRef::from_token(CredentialKind::TxnToken, token))

@@ -409,17 +409,19 @@ pub struct Delegation {
     /// Delegation or impersonation.
     pub mode: DelegationMode,
     /// The actor chain, current actor first (RFC 8693 §4.1: the outermost `act` is the
-    /// current actor, nested ones are prior actors). At most [`MAX_ACTORS`].
-    pub actors: Vec<WorkloadId>,
+    /// current actor, nested ones are prior actors). At most [`MAX_ACTORS`]. Workload
+    /// IDs, or the names an outside authorization server gave a delegate it issued an
+    /// access token to (an agent acting for a user).
+    pub actors: Vec<Label>,
 }
 
 impl Delegation {
     /// The delegation an RFC 8693 `act` chain states, current actor first; `None` when
-    /// it names more than [`MAX_ACTORS`] or something other than workloads.
+    /// it names more than [`MAX_ACTORS`] or an actor that is no valid label.
     pub fn of_actor(act: &wimse_core::token::chain::Actor) -> Option<Self> {
-        let actors: Vec<WorkloadId> = act
+        let actors: Vec<Label> = act
             .chain()
-            .map(|a| WorkloadId::parse(a).ok())
+            .map(|a| Label::new(a).ok())
             .collect::<Option<_>>()?;
         (actors.len() <= MAX_ACTORS).then_some(Delegation {
             mode: DelegationMode::Delegation,
@@ -646,7 +648,7 @@ impl AuditRecord {
             || self
                 .delegation
                 .as_ref()
-                .is_some_and(|d| d.actors.contains(id))
+                .is_some_and(|d| d.actors.iter().any(|a| a.as_str() == id.as_str()))
     }
 }
 
@@ -728,7 +730,7 @@ mod tests {
             .with_source(a.clone())
             .with_delegation(Delegation {
                 mode: DelegationMode::Delegation,
-                actors: vec![b.clone()],
+                actors: vec![Label::new(b.as_str()).unwrap()],
             })
             .unwrap();
         assert!(record.involves(&a));
@@ -775,13 +777,20 @@ mod tests {
             Some(Delegation {
                 mode: DelegationMode::Delegation,
                 actors: vec![
-                    id("spiffe://example.org/worker"),
-                    id("spiffe://example.org/intake")
+                    Label::new("spiffe://example.org/worker").unwrap(),
+                    Label::new("spiffe://example.org/intake").unwrap()
                 ],
             })
         );
-        // Not workloads: the context is kept, the delegation left out.
-        claims.act = Some(Actor::new("alice"));
+        // An outside delegate is recorded by its name; one that looks like a secret is
+        // left out, and the context kept.
+        claims.act = Some(Actor::new("login:assistant"));
+        let outside = AuditRecord::new(EventKind::Authz, Decision::Allow).with_transaction(&claims);
+        assert_eq!(
+            outside.delegation.unwrap().actors,
+            [Label::new("login:assistant").unwrap()]
+        );
+        claims.act = Some(Actor::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"));
         let odd = AuditRecord::new(EventKind::Authz, Decision::Allow).with_transaction(&claims);
         assert!(odd.context.is_some() && odd.delegation.is_none());
     }

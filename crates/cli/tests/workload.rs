@@ -1090,6 +1090,33 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
     assert_eq!(claims.rctx.as_ref().unwrap()["req_ip"], "127.0.0.1");
     assert_eq!(claims.tctx.as_ref().unwrap()["path"], "/api/orders/7");
     assert_eq!(claims.tctx.as_ref().unwrap()["method"], "GET");
+    assert_eq!(claims.act, None);
+
+    // An assistant acting for alice, whose access token says so (`act`), is admitted too,
+    // and the transaction keeps saying who acts, for workload 3's policy and audit.
+    let assistant = {
+        let now = wimse_core::token::unix_now();
+        let claims = serde_json::json!({
+            "iss": LOGIN_ISSUER, "sub": "alice", "aud": LOGIN_AUDIENCE, "iat": now,
+            "exp": now + 300, "scope": "orders", "act": { "sub": "shopping-assistant" },
+        });
+        wimse_core::jose::jws::sign(&d.login, Some("at+jwt"), Some("login-1"), &claims).unwrap()
+    };
+    let (status, _, body) = call("GET /api/orders/9".into(), bearer(&assistant))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let claims = wimse_core::token::txn::verify_txn_token_in(
+        body.rsplit(' ').next().unwrap().trim(),
+        &d.server.bundle(),
+        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
+    )
+    .unwrap();
+    assert_eq!(claims.sub, "user:alice");
+    assert_eq!(
+        claims.act.map(|a| a.sub).as_deref(),
+        Some("user:shopping-assistant")
+    );
 
     // Whatever identity, credential or context the outside client sends is dropped: only
     // the gateway's own word goes inward.
@@ -1194,7 +1221,7 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         .await
         .unwrap();
     for line in [
-        "wimse_gateway_requests_total{outcome=\"forwarded\"} 3",
+        "wimse_gateway_requests_total{outcome=\"forwarded\"} 4",
         "wimse_gateway_requests_total{outcome=\"invalid-token\"} 1",
         "wimse_gateway_requests_total{outcome=\"ambiguous-path\"} 2",
     ] {
@@ -1227,14 +1254,29 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
     let audit = std::fs::read_to_string(&audit_path).unwrap();
     assert_eq!(
         audit.matches("\"decision\":\"allow\"").count(),
-        3,
+        4,
+        "{audit}"
+    );
+    assert_eq!(
+        audit
+            .matches(
+                "\"delegation\":{\"mode\":\"delegation\",\"actors\":[\"user:shopping-assistant\"]}"
+            )
+            .count(),
+        1,
         "{audit}"
     );
     // (The timed-out request is one of the refusals, with its reason.)
     assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 9, "{audit}");
     assert!(audit.contains("did not answer within 1s"), "{audit}");
     assert!(audit.contains("user:alice"), "{audit}");
-    for secret in [&alice, &forged, &payroll_only, &forwarded.to_owned()] {
+    for secret in [
+        &alice,
+        &assistant,
+        &forged,
+        &payroll_only,
+        &forwarded.to_owned(),
+    ] {
         assert!(
             !audit.contains(secret.as_str()),
             "a token is in the audit log"

@@ -648,6 +648,7 @@ mod tests {
             client_id: None,
             amr: None,
             cnf: cnf.map(|v| v.as_object().unwrap().clone()),
+            act: None,
         };
         let mine = wimse_core::digest::sha256_b64(b"mine");
         let bound = token(Some(json!({ "x5t#S256": mine })));

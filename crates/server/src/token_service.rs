@@ -11,7 +11,8 @@
 //!   starts a transaction. Only the configured `requesters` (a gateway, typically) may
 //!   start one. `sub` becomes the issuer's prefix + the token's `sub`; the scope asked for
 //!   must lie within the token's scope and the issuer's `max_scope`; `request_details`
-//!   becomes `tctx` and `request_context` becomes `rctx`.
+//!   becomes `tctx` and `request_context` becomes `rctx`. The token's actors (`act`, when
+//!   the issuer gave it to a delegate), prefixed like `sub`, become the Txn-Token's.
 //! - a **Txn-Token** of this trust domain, which is *replaced*: any workload of the trust
 //!   domain holding one may ask for a narrower scope or add context. `txn`, `sub`, `aud`
 //!   and every existing `tctx`/`rctx` value stay; an expired token is never replaced; the
@@ -77,11 +78,13 @@ pub struct Requester<'a> {
     pub key: Option<PublicKey>,
 }
 
-/// The claims of a new transaction for `sub`: the scope asked for, `request_details` as
-/// `tctx`, `request_context` as `rctx` (which may not forge the requester chain), and
-/// how the subject authenticated (`amr`) as `rctx.authn` unless the request says.
+/// The claims of a new transaction for `sub`, with `act` acting for it if a delegate
+/// started it: the scope asked for, `request_details` as `tctx`, `request_context` as
+/// `rctx` (which may not forge the requester chain), and how the subject authenticated
+/// (`amr`) as `rctx.authn` unless the request says.
 fn new_transaction(
     sub: String,
+    act: Option<Actor>,
     scope: &Scope,
     request: &ExchangeRequest,
     amr: Option<Vec<String>>,
@@ -107,7 +110,7 @@ fn new_transaction(
         tctx: request.request_details.clone(),
         rctx: (!rctx.is_empty()).then_some(rctx),
         req_wl: String::new(),
-        act: None,
+        act,
     })
 }
 
@@ -511,8 +514,11 @@ impl TokenService {
                 (issuer.max_scope.as_ref(), "what this issuer may grant"),
             ],
         )?;
+        // A delegate's token (an agent acting for a user) keeps saying so: its actors,
+        // in the issuer's namespace like the subject, become the transaction's.
         new_transaction(
             format!("{}{}", issuer.subject_prefix, subject.sub),
+            subject.act.map(|act| act.prefixed(&issuer.subject_prefix)),
             scope,
             request,
             subject.amr,
@@ -571,7 +577,7 @@ impl TokenService {
                 (Some(&rule.max_scope), "what this workload may start"),
             ],
         )?;
-        new_transaction(subject.sub, scope, request, None)
+        new_transaction(subject.sub, None, scope, request, None)
     }
 
     /// A replacement for a Txn-Token of this trust domain: narrower or equal in scope,
@@ -1301,6 +1307,27 @@ mod tests {
         assert_eq!(verified, claims);
         // Two transactions never share an ID.
         assert_ne!(w.start("orders").1.txn, claims.txn);
+        assert_eq!(claims.act, None);
+
+        // A delegate's token (an assistant acting for alice, after a planner) keeps
+        // saying so, its actors in the issuer's namespace like the subject.
+        let delegate = jws::sign(
+            &w.idp,
+            Some("at+jwt"),
+            Some("idp-1"),
+            &json!({
+                "iss": ISSUER, "sub": "alice", "aud": "wimse", "exp": NOW + 600, "iat": NOW,
+                "scope": "orders", "act": {"sub": "assistant", "act": {"sub": "planner"}},
+            }),
+        )
+        .unwrap();
+        let request = w.request(delegate, token_type::ACCESS_TOKEN, "orders");
+        let (_, claims) = w.exchange("/gateway", &request, NOW).unwrap();
+        assert_eq!(claims.sub, "login:alice");
+        assert_eq!(
+            claims.act.unwrap().chain().collect::<Vec<_>>(),
+            ["login:assistant", "login:planner"]
+        );
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn record(n: u64) -> AuditRecord {
         })
         .with_delegation(Delegation {
             mode: DelegationMode::Delegation,
-            actors: vec![id("spiffe://example.org/ns/shop/sa/frontend")],
+            actors: vec![Label::new("spiffe://example.org/ns/shop/sa/frontend").unwrap()],
         })
         .unwrap()
         .with_credential(CredentialRef::from_token(CredentialKind::Wit, TOKEN))

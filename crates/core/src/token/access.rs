@@ -10,6 +10,7 @@
 //! non-empty `sub`; and a scope, from `scope` (RFC 9068) or `scp`. A token whose scope
 //! cannot be determined is refused: the Txn-Token draft forbids treating it as unlimited.
 
+use super::chain::Actor;
 use super::exchange::Scope;
 use super::{Audience, TokenError, Validation};
 use crate::bundle::{KeyUse, TrustBundle};
@@ -189,6 +190,8 @@ struct RawClaims {
     amr: Option<Vec<String>>,
     #[serde(default)]
     cnf: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    act: Option<Actor>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +218,10 @@ pub struct VerifiedAccessToken {
     /// What the token is bound to (RFC 7800 `cnf`), if anything: a resource server must
     /// then see the client prove it (RFC 8705 `x5t#S256`: the client's TLS certificate).
     pub cnf: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Who acts for the subject (RFC 8693 `act`), as the issuer names them, when the
+    /// token was issued to a delegate (an agent acting for a user, say) rather than to
+    /// the subject's own client.
+    pub act: Option<Actor>,
 }
 
 impl VerifiedAccessToken {
@@ -304,6 +311,9 @@ pub fn verify_access_token<'a>(
         claim: "scope",
         reason: e.description().to_owned(),
     })?;
+    if let Some(act) = &claims.act {
+        act.check_names()?;
+    }
     Ok((
         issuer,
         VerifiedAccessToken {
@@ -314,6 +324,7 @@ pub fn verify_access_token<'a>(
             client_id: claims.client_id,
             amr: claims.amr,
             cnf: claims.cnf,
+            act: claims.act,
         },
     ))
 }
@@ -322,6 +333,7 @@ pub fn verify_access_token<'a>(
 mod tests {
     use super::*;
     use crate::jose::{SigningKey, jws};
+    use crate::token::chain::MAX_ACTORS;
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;
@@ -372,6 +384,43 @@ mod tests {
         let t = token(&key, Some("JWT"), None, &c);
         let (_, claims) = verify_access_token(&t, &issuers, &Validation::at(NOW)).unwrap();
         assert_eq!(claims.scope.to_string(), "orders");
+    }
+
+    #[test]
+    fn a_delegates_token_names_its_actors_and_a_malformed_act_is_refused() {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let issuers = [issuer(&key, "k1")];
+        let v = Validation::at(NOW);
+        let with_act = |act: serde_json::Value| {
+            let mut c = good_claims();
+            c["act"] = act;
+            token(&key, Some("at+jwt"), Some("k1"), &c)
+        };
+        let t = with_act(
+            json!({"sub": "assistant", "iss": "https://login.example.com",
+                                "act": {"sub": "planner"}}),
+        );
+        let (_, claims) = verify_access_token(&t, &issuers, &v).unwrap();
+        let act = claims.act.unwrap();
+        assert_eq!(act.chain().collect::<Vec<_>>(), ["assistant", "planner"]);
+        let t = token(&key, Some("at+jwt"), Some("k1"), &good_claims());
+        assert_eq!(verify_access_token(&t, &issuers, &v).unwrap().1.act, None);
+        let mut deep = json!({"sub": "a0"});
+        for i in 1..=MAX_ACTORS {
+            deep = json!({"sub": format!("a{i}"), "act": deep});
+        }
+        for act in [
+            json!("assistant"),
+            json!({"client": "assistant"}),
+            json!({"sub": ""}),
+            json!({"sub": "a", "act": {"sub": ""}}),
+            deep,
+        ] {
+            assert!(
+                verify_access_token(&with_act(act.clone()), &issuers, &v).is_err(),
+                "{act}"
+            );
+        }
     }
 
     #[test]

@@ -77,9 +77,18 @@ impl Actor {
         std::iter::successors(Some(self), |a| a.act.as_deref()).map(|a| a.sub.as_str())
     }
 
-    /// Refuses a chain of more than [`MAX_ACTORS`], or a current actor that is not a
-    /// workload of `trust_domain` (the domain whose token service named it).
-    pub fn check(&self, trust_domain: &TrustDomain) -> Result<(), TokenError> {
+    /// The same chain with `prefix` before every `sub` (an outside issuer's subject
+    /// namespace, as its subjects get). Recursive: call it on a checked chain.
+    #[must_use]
+    pub fn prefixed(&self, prefix: &str) -> Actor {
+        Actor {
+            sub: format!("{prefix}{}", self.sub),
+            act: self.act.as_ref().map(|a| Box::new(a.prefixed(prefix))),
+        }
+    }
+
+    /// Refuses a chain of more than [`MAX_ACTORS`] or with an empty `sub`.
+    pub fn check_names(&self) -> Result<(), TokenError> {
         let bad = |reason: String| TokenError::BadClaim {
             claim: "act",
             reason,
@@ -87,6 +96,20 @@ impl Actor {
         if self.chain().count() > MAX_ACTORS {
             return Err(bad(format!("more than {MAX_ACTORS} actors")));
         }
+        if self.chain().any(str::is_empty) {
+            return Err(bad("an actor with an empty `sub`".into()));
+        }
+        Ok(())
+    }
+
+    /// [`Actor::check_names`], and refuses a current actor that is not a workload of
+    /// `trust_domain` (the domain whose token service named it).
+    pub fn check(&self, trust_domain: &TrustDomain) -> Result<(), TokenError> {
+        self.check_names()?;
+        let bad = |reason: String| TokenError::BadClaim {
+            claim: "act",
+            reason,
+        };
         let actor = WorkloadId::parse(&self.sub).map_err(TokenError::Subject)?;
         if actor.trust_domain() != trust_domain || actor.is_trust_domain_id() {
             return Err(bad(format!(
