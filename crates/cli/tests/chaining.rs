@@ -324,7 +324,13 @@ async fn a_transaction_is_carried_into_a_federated_trust_domain_by_identity_chai
     };
     let (status, _, body) = call(bearer).await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", partner_gateway.log());
-    assert_eq!(alices_partner_txn(&body, &partner).req_wl, partner_gw);
+    let partner_txn = alices_partner_txn(&body, &partner);
+    assert_eq!(partner_txn.req_wl, partner_gw);
+    // It says that home's egress workload acts for her (the chained token's `act`).
+    assert_eq!(
+        partner_txn.act.map(|a| a.sub),
+        Some(egress.as_str().to_owned())
+    );
     // Home's own Txn-Token is no access token at the partner.
     let (status, _, body) = call(format!("Bearer {txn}")).await.unwrap();
     assert_eq!(status, 401, "{body}");
