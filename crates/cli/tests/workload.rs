@@ -821,9 +821,9 @@ async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() {
-    // Txn-Tokens live 3 s here, so that the job outlives the token it came with.
+    // Txn-Tokens live 5 s here, so that the job outlives the token it came with.
     let login = wimse_core::jose::SigningKey::generate(wimse_core::jose::Algorithm::Es256).unwrap();
-    let d = domain_configured("3600", login, None, 3);
+    let d = domain_configured("3600", login, None, 5);
     let up = upstream().await;
     let (p3, p2) = (free_port(), free_port());
     let w3 = inbound(&d, p3, up, free_port());
@@ -845,10 +845,11 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
     };
     let now = || wimse_core::token::Validation::at(wimse_core::token::unix_now());
 
-    // Alice's request becomes a job for workload 2, with its Txn-Token. Workload 3 lets
-    // workload 2 read orders only for a transaction delegated to it, not on the job's
-    // token as it came.
+    // Alice's request becomes a job for workload 2, with its Txn-Token, and workload 2
+    // takes it on while that token is valid: the transaction is delegated to it, narrowed
+    // to `orders`, for its entry's 600 s.
     let gateway = token_service_as(&d, "/gw").await;
+    let w2 = token_service_as(&d, "/w2").await;
     let details = serde_json::json!({ "order": 7 }).as_object().cloned();
     let job = gateway
         .start(
@@ -860,15 +861,9 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         .await
         .unwrap()
         .access_token;
+    let delegated = w2.delegate(&job, Some(&scope("orders"))).await.unwrap();
     let started =
         wimse_core::token::txn::verify_txn_token_in(&job, &d.server.bundle(), &now()).unwrap();
-    let (status, body) = orders(job.clone()).await.unwrap();
-    assert_eq!(status, 403, "{body}");
-
-    // Workload 2 takes the job on while its token is valid: the transaction is delegated
-    // to it, narrowed to `orders`, for its entry's 600 s.
-    let w2 = token_service_as(&d, "/w2").await;
-    let delegated = w2.delegate(&job, Some(&scope("orders"))).await.unwrap();
     assert_eq!(delegated.scope, "orders");
     assert_eq!(delegated.expires_in, 600);
     let delegation = delegated.access_token;
@@ -878,11 +873,17 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
     assert_eq!(claims.sub, "user:alice");
     assert_eq!(claims.txn, started.txn);
     assert_eq!(claims.act.chain().collect::<Vec<_>>(), [id("/w2")]);
+    // Workload 3 lets workload 2 read orders only for a transaction delegated to it, not
+    // on the job's token as it came.
+    let (status, body) = orders(job.clone()).await.unwrap();
+    assert_eq!(status, 403, "{body}");
 
     // Later, the job's token has expired: it can be neither replaced nor delegated, but
     // the delegation earns a fresh Txn-Token of the same transaction naming workload 2
     // as the actor, which workload 3 authorizes.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    while wimse_core::token::unix_now() <= started.exp {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         refused(w2.replace(&job, &scope("orders"), None).await),
         (400, "invalid_request".to_owned())
@@ -980,6 +981,8 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         1,
         "{audit}"
     );
+    // (Stopped first: its log is sealed and flushed at SIGTERM.)
+    assert!(w3.stop(), "workload 3's proxy did not stop cleanly");
     let w3_audit = std::fs::read_to_string(d.dir.path().join("audit.jsonl")).unwrap();
     assert!(w3_audit.contains(&actors), "{w3_audit}");
 }
