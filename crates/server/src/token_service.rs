@@ -474,8 +474,16 @@ impl TokenService {
                 )));
             }
         };
+        // An `exp` the decision set is a bound (a delegation's end): never passed.
+        let bound = TxnSigner {
+            not_after: match claims.exp {
+                0 => signer.not_after,
+                end => end.min(signer.not_after),
+            },
+            ..*signer
+        };
         claims.iat = now;
-        claims.exp = signer.expiry(now, self.ttl)?;
+        claims.exp = bound.expiry(now, self.ttl)?;
         claims.aud = Audience::One(trust_domain.to_string());
         claims.req_wl = caller.to_string();
         let token = issue_txn_token(signer.key, signer.kid, &claims)
@@ -614,6 +622,8 @@ impl TokenService {
             scope: scope.to_string(),
             tctx: (!tctx.is_empty()).then_some(tctx),
             rctx: Some(rctx),
+            // A replacement may live as long as a new token.
+            exp: 0,
             ..old
         })
     }
@@ -621,7 +631,8 @@ impl TokenService {
     /// A fresh Txn-Token of a delegated transaction for the workload it was delegated
     /// to, naming it as the actor: of the scope asked for, within the delegation's and
     /// what the workload's `[[token_service.delegation]]` entry allows now, with added
-    /// context only.
+    /// context only, and never outliving the delegation (its `exp` is returned as that
+    /// bound).
     fn resume(
         &self,
         caller: &WorkloadId,
@@ -661,7 +672,7 @@ impl TokenService {
             iss: None,
             iat: 0,
             aud: Audience::One(String::new()),
-            exp: 0,
+            exp: delegation.exp,
             txn: delegation.txn,
             sub: delegation.sub,
             scope: scope.to_string(),
@@ -1532,7 +1543,20 @@ mod tests {
             .unwrap_err();
         assert!(refused.description().contains("expired"), "{refused}");
         let (resumed, claims) = resume("/worker", &delegation, "orders", later).unwrap();
-        assert_eq!(claims.iat, later);
+        assert_eq!((claims.iat, claims.exp), (later, later + 300));
+        // No Txn-Token outlives the delegation it came from.
+        let (_, near_end) = w
+            .service
+            .exchange(
+                &without_key(&id("/worker")),
+                &w.request(delegation.clone(), token_type::DELEGATION, "orders"),
+                &w.td,
+                &w.bundle,
+                &signer,
+                NOW + 10 + 3600 - 60,
+            )
+            .unwrap();
+        assert_eq!(near_end.exp, NOW + 10 + 3600);
         let verified = verify_txn_token(
             &resumed,
             &w.bundles,
