@@ -29,6 +29,14 @@
 //! when { context has txn && context.txn.scopes.contains("payments.write") };
 //! ```
 //!
+//! and "no payment is made by a delegate (an assistant acting for the user, a worker
+//! finishing a job later), only on the user's own request" is
+//!
+//! ```cedar
+//! forbid(principal, action == Action::"POST", resource)
+//! when { context.path like "/api/payments*" && context has txn && context.txn has act };
+//! ```
+//!
 //! Cedar denies when no `permit` applies (deny by default) and when any `forbid` applies.
 //! A [`Policy`] loaded from a file is re-read when the file's modification time changes
 //! ([`Policy::watch`] polls every second); a file that fails to parse leaves the previous
