@@ -1677,6 +1677,43 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_counted_by_what_they_ask_for() {
+        let form = |subject_type: &str, requested: &str| {
+            let mut text = format!(
+                "grant_type={}&subject_token=t&subject_token_type={}&audience=example.org",
+                wimse_core::token::exchange::GRANT_TYPE,
+                subject_type
+            );
+            if !requested.is_empty() {
+                text.push_str(&format!("&requested_token_type={requested}"));
+            }
+            TokenRequest::parse(text.as_bytes())
+        };
+        for (request, kind) in [
+            (
+                form(token_type::ACCESS_TOKEN, token_type::TXN_TOKEN),
+                "txn_token",
+            ),
+            (form(token_type::TXN_TOKEN, ""), "txn_token"),
+            (
+                form(token_type::TXN_TOKEN, token_type::JWT),
+                "authorization_grant",
+            ),
+            (
+                form(token_type::TXN_TOKEN, token_type::DELEGATION),
+                "delegation",
+            ),
+            (
+                form(token_type::DELEGATION, token_type::TXN_TOKEN),
+                "delegated_txn_token",
+            ),
+            (TokenRequest::parse(b"grant_type=password"), "txn_token"),
+        ] {
+            assert_eq!(metric_kind(&request), kind, "{request:?}");
+        }
+    }
+
+    #[test]
     fn an_issuer_named_twice_stops_the_start() {
         let config = |second: &str| {
             let text = format!(
