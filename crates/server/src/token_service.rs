@@ -1685,7 +1685,8 @@ mod tests {
                 subject_type
             );
             if !requested.is_empty() {
-                text.push_str(&format!("&requested_token_type={requested}"));
+                text.push_str("&requested_token_type=");
+                text.push_str(requested);
             }
             TokenRequest::parse(text.as_bytes())
         };
