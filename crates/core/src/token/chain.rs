@@ -123,6 +123,59 @@ impl Actor {
 /// The most actors a token may name.
 pub const MAX_ACTORS: usize = 16;
 
+/// The claims of a token `bundle`'s trust domain's token service signed, once its `typ`
+/// is `typ` and its signature verifies with the `jwt-svid` key its `kid` names.
+pub(crate) fn signed_by_service<T: serde::de::DeserializeOwned>(
+    token: &str,
+    typ: &'static str,
+    bundle: &TrustBundle,
+) -> Result<T, TokenError> {
+    let jws = Jws::parse(token)?;
+    let header = jws.header();
+    require_typ(header, typ)?;
+    let kid = header.kid.as_deref().ok_or(TokenError::MissingKid)?;
+    jws.verify(bundle.authority(KeyUse::JwtSvid, Some(kid))?)?;
+    Ok(jws.claims()?)
+}
+
+/// Who issued a token service's token, for whom and when.
+pub(crate) struct ServiceEnvelope<'a> {
+    pub(crate) iss: &'a str,
+    pub(crate) aud: &'a str,
+    pub(crate) iat: i64,
+    pub(crate) exp: i64,
+}
+
+impl ServiceEnvelope<'_> {
+    /// Refuses an `iss` other than `bundle`'s trust domain's token service, an `aud`
+    /// other than `audience`, an `exp` passed or more than `max_lifetime` ahead, and an
+    /// `iat` in the future.
+    pub(crate) fn check(
+        &self,
+        bundle: &TrustBundle,
+        audience: &str,
+        max_lifetime: i64,
+        validation: &Validation,
+    ) -> Result<(), TokenError> {
+        let issuer = service_id(bundle.trust_domain());
+        if self.iss != issuer {
+            return Err(TokenError::BadClaim {
+                claim: "iss",
+                reason: format!("`{}` is not `{issuer}`", self.iss),
+            });
+        }
+        if self.aud != audience {
+            return Err(TokenError::WrongAudience {
+                expected: audience.to_owned(),
+                found: self.aud.to_owned(),
+            });
+        }
+        validation.check_exp(self.exp)?;
+        validation.check_iat(Some(self.iat))?;
+        validation.check_lifetime(self.exp, max_lifetime)
+    }
+}
+
 /// Refuses a token whose required string `claims` (name, value) include an empty one, or
 /// whose `scope` is not a valid OAuth scope.
 pub(crate) fn require_claims(
@@ -261,29 +314,15 @@ pub fn verify_grant(
     audience: &str,
     validation: &Validation,
 ) -> Result<GrantClaims, TokenError> {
-    let jws = Jws::parse(grant)?;
-    let header = jws.header();
-    require_typ(header, GRANT_TYP)?;
-    let kid = header.kid.as_deref().ok_or(TokenError::MissingKid)?;
-    jws.verify(bundle.authority(KeyUse::JwtSvid, Some(kid))?)?;
-    let claims: GrantClaims = jws.claims()?;
-    let issuer = service_id(bundle.trust_domain());
-    if claims.iss != issuer {
-        return Err(TokenError::BadClaim {
-            claim: "iss",
-            reason: format!("`{}` is not `{issuer}`", claims.iss),
-        });
-    }
-    if claims.aud != audience {
-        return Err(TokenError::WrongAudience {
-            expected: audience.to_owned(),
-            found: claims.aud,
-        });
-    }
-    validation.check_exp(claims.exp)?;
-    validation.check_iat(Some(claims.iat))?;
+    let claims: GrantClaims = signed_by_service(grant, GRANT_TYP, bundle)?;
     // The two token services' clocks may differ by the leeway.
-    validation.check_lifetime(claims.exp, MAX_GRANT_LIFETIME)?;
+    ServiceEnvelope {
+        iss: &claims.iss,
+        aud: &claims.aud,
+        iat: claims.iat,
+        exp: claims.exp,
+    }
+    .check(bundle, audience, MAX_GRANT_LIFETIME, validation)?;
     require_claims(
         &[
             ("sub", &claims.sub),

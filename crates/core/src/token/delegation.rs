@@ -24,10 +24,10 @@
 //!
 //! [`token_type::DELEGATION`]: super::exchange::token_type::DELEGATION
 
-use super::chain::{Actor, require_claims, service_id};
-use super::{TokenError, Validation, require_typ};
-use crate::bundle::{KeyUse, TrustBundle};
-use crate::jose::{Jws, SigningKey, jws};
+use super::chain::{Actor, ServiceEnvelope, require_claims, service_id, signed_by_service};
+use super::{TokenError, Validation};
+use crate::bundle::TrustBundle;
+use crate::jose::{SigningKey, jws};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -102,28 +102,19 @@ pub fn verify_delegation(
     bundle: &TrustBundle,
     validation: &Validation,
 ) -> Result<DelegationClaims, TokenError> {
-    let jws = Jws::parse(token)?;
-    let header = jws.header();
-    require_typ(header, DELEGATION_TYP)?;
-    let kid = header.kid.as_deref().ok_or(TokenError::MissingKid)?;
-    jws.verify(bundle.authority(KeyUse::JwtSvid, Some(kid))?)?;
-    let claims: DelegationClaims = jws.claims()?;
-    let service = service_id(bundle.trust_domain());
-    if claims.iss != service {
-        return Err(TokenError::BadClaim {
-            claim: "iss",
-            reason: format!("`{}` is not `{service}`", claims.iss),
-        });
+    let claims: DelegationClaims = signed_by_service(token, DELEGATION_TYP, bundle)?;
+    ServiceEnvelope {
+        iss: &claims.iss,
+        aud: &claims.aud,
+        iat: claims.iat,
+        exp: claims.exp,
     }
-    if claims.aud != service {
-        return Err(TokenError::WrongAudience {
-            expected: service,
-            found: claims.aud,
-        });
-    }
-    validation.check_exp(claims.exp)?;
-    validation.check_iat(Some(claims.iat))?;
-    validation.check_lifetime(claims.exp, MAX_DELEGATION_LIFETIME)?;
+    .check(
+        bundle,
+        &service_id(bundle.trust_domain()),
+        MAX_DELEGATION_LIFETIME,
+        validation,
+    )?;
     require_claims(
         &[
             ("sub", &claims.sub),
@@ -140,6 +131,7 @@ pub fn verify_delegation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::KeyUse;
     use crate::id::TrustDomain;
     use crate::jose::Algorithm;
     use crate::token::Audience;
