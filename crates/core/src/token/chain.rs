@@ -43,11 +43,12 @@ pub fn service_id(trust_domain: &TrustDomain) -> String {
     trust_domain.spiffe_id_string()
 }
 
-/// The acting party (RFC 8693 §4.1): the workload a token was issued to, and the actors
-/// before it, most recent outermost.
+/// The acting party (RFC 8693 §4.1): who a token was issued to act for its subject, and
+/// the actors before it, most recent outermost.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
-    /// Its SPIFFE ID.
+    /// Its ID: a workload's SPIFFE ID, or the name an outside authorization server gave a
+    /// delegate (an agent acting for a user).
     pub sub: String,
     /// The actor before it (informational only: access control looks at the current
     /// actor alone, RFC 8693 §4.1).
