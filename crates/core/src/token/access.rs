@@ -423,6 +423,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any chain of actors, of any depth and with any names (empty ones included), is
+        /// accepted exactly when it has at most `MAX_ACTORS` actors and none is unnamed,
+        /// and then read back as it was sent.
+        #[test]
+        fn an_actor_chain_is_kept_exactly_or_refused(
+            names in proptest::collection::vec("[a-z:/.-]{0,12}", 1..=MAX_ACTORS + 3)
+        ) {
+            let key = SigningKey::generate(Algorithm::Es256).unwrap();
+            let issuers = [issuer(&key, "k1")];
+            let mut act = json!({"sub": names[names.len() - 1]});
+            for name in names.iter().rev().skip(1) {
+                act = json!({"sub": name, "act": act});
+            }
+            let mut claims = good_claims();
+            claims["act"] = act;
+            let t = token(&key, Some("at+jwt"), Some("k1"), &claims);
+            let verified = verify_access_token(&t, &issuers, &Validation::at(NOW));
+            let acceptable = names.len() <= MAX_ACTORS && names.iter().all(|n| !n.is_empty());
+            proptest::prop_assert_eq!(verified.is_ok(), acceptable);
+            if let Ok((_, claims)) = verified {
+                let chain: Vec<String> = claims.act.unwrap().chain().map(str::to_owned).collect();
+                proptest::prop_assert_eq!(chain, names);
+            }
+        }
+    }
+
     #[test]
     fn hostile_tokens_are_refused() {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
