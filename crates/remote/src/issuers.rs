@@ -15,8 +15,9 @@
 //!   after a failure, [`RefreshPolicy::retry`] later;
 //! - a token naming a key that is not held makes [`IssuerKeys::prepare`] fetch the set
 //!   again before the token is refused, so the first tokens signed with a new key are
-//!   admitted (the gateway calls it only after verification failed with
-//!   `TokenError::UnknownKey`, so a token of a held key is read once); The `kid` is read from the unverified token, so anyone can ask for this:
+//!   admitted (the gateway and the token service call it only after verification failed
+//!   for want of the key, so a token of a held key is read once). The `kid` is read from
+//!   the unverified token, so anyone can ask for this:
 //!   fetches caused this way are at most one per [`RefreshPolicy::refetch_cooldown`] per
 //!   issuer, and concurrent callers wait for the same fetch;
 //! - a failed fetch, or a set with no usable key, keeps the keys held (the issuer's tokens

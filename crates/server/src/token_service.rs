@@ -62,7 +62,7 @@ use wimse_core::token::exchange::{
 };
 use wimse_core::token::self_signed::verify_self_signed;
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
-use wimse_core::token::{Audience, Validation, random_jti};
+use wimse_core::token::{Audience, TokenError, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 
@@ -514,7 +514,13 @@ impl TokenService {
         let held = self.issuers.current();
         let issuers = held.iter().chain(own.as_ref());
         let (issuer, subject) = verify_access_token(&request.subject_token, issuers, validation)
-            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+            .map_err(|e| {
+                let description = format!("subject token: {e}");
+                match e {
+                    TokenError::UnknownKey { .. } => ExchangeError::UnknownSubjectKey(description),
+                    _ => ExchangeError::InvalidRequest(description),
+                }
+            })?;
         within_limits(
             scope,
             &[
@@ -830,18 +836,20 @@ async fn token(
     let kind = metric_kind(&request);
     let outcome = match request {
         Ok(TokenRequest::Exchange(request)) => {
-            if matches!(
-                request.subject_token_type.as_str(),
-                token_type::ACCESS_TOKEN | token_type::JWT
-            ) {
-                // A login server's new key is fetched before its first token is refused.
-                state
+            let decided = decide(&state, &caller, &request);
+            // A login server's new key is fetched before its first token is refused; a
+            // token of a held key is read once.
+            if matches!(decided, Err(ExchangeError::UnknownSubjectKey(_)))
+                && state
                     .token_service
                     .issuers
                     .prepare(&request.subject_token)
-                    .await;
+                    .await
+            {
+                decide(&state, &caller, &request)
+            } else {
+                decided
             }
-            decide(&state, &caller, &request)
         }
         Ok(TokenRequest::JwtBearer(request)) => redeem(&state, &request).await,
         Err(e) => Err(e),

@@ -52,6 +52,11 @@ pub enum ExchangeError {
     /// The request is malformed, or the subject token is invalid or unacceptable.
     #[error("invalid_request: {0}")]
     InvalidRequest(String),
+    /// The subject token names a key of its issuer that is not held (a key the issuer
+    /// may have just published): `invalid_request` to the client, and for the service a
+    /// cue to fetch the issuer's keys and decide once more.
+    #[error("invalid_request: {0}")]
+    UnknownSubjectKey(String),
     /// The caller did not authenticate as a workload of this trust domain.
     #[error("invalid_client: {0}")]
     InvalidClient(String),
@@ -79,7 +84,7 @@ impl ExchangeError {
     /// The `error` code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::UnknownSubjectKey(_) => "invalid_request",
             Self::InvalidClient(_) => "invalid_client",
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
@@ -94,6 +99,7 @@ impl ExchangeError {
     pub fn description(&self) -> &str {
         match self {
             Self::InvalidRequest(d)
+            | Self::UnknownSubjectKey(d)
             | Self::InvalidClient(d)
             | Self::UnauthorizedClient(d)
             | Self::UnsupportedGrantType(d)
