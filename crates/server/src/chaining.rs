@@ -148,10 +148,7 @@ impl Chaining {
         }
         no_actor_token(request)?;
         // No leeway: an expired transaction is not carried anywhere.
-        let validation = Validation {
-            leeway: 0,
-            ..Validation::at(now)
-        };
+        let validation = Validation::strict_at(now);
         let txn = verify_txn_token_in(&request.subject_token, own, &validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let held = Scope::parse(&txn.scope)

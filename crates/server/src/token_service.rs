@@ -360,10 +360,7 @@ impl TokenService {
         }
         let rule = self.delegation_rule(caller)?;
         // No leeway: an expired transaction is not handed on.
-        let validation = Validation {
-            leeway: 0,
-            ..Validation::at(now)
-        };
+        let validation = Validation::strict_at(now);
         let mut txn = verify_txn_token_in(&request.subject_token, bundle, &validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let held = Scope::parse(&txn.scope)
@@ -605,10 +602,7 @@ impl TokenService {
         now: i64,
     ) -> Result<TxnTokenClaims, ExchangeError> {
         // No leeway: an expired token is never replaced.
-        let validation = Validation {
-            leeway: 0,
-            ..Validation::at(now)
-        };
+        let validation = Validation::strict_at(now);
         let mut old = verify_txn_token_in(&request.subject_token, bundle, &validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         let old_scope = Scope::parse(&old.scope)
@@ -649,10 +643,7 @@ impl TokenService {
     ) -> Result<TxnTokenClaims, ExchangeError> {
         let rule = self.delegation_rule(caller)?;
         // No leeway: an expired delegation is over.
-        let validation = Validation {
-            leeway: 0,
-            ..Validation::at(now)
-        };
+        let validation = Validation::strict_at(now);
         let delegation = verify_delegation(&request.subject_token, bundle, &validation)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
         if delegation.act.sub != caller.as_str() {
