@@ -17,6 +17,9 @@
 //!
 //! A plain harness (no criterion), in the style of `crates/core/benches/verify.rs`.
 
+mod support;
+use support::{OrFail, fail};
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,21 +37,6 @@ use wimse_server::run::{Running, start};
 /// How long each throughput case runs after its warm-up.
 const MEASURE: Duration = Duration::from_secs(4);
 const WARM_UP: Duration = Duration::from_millis(500);
-
-fn fail(e: &dyn std::fmt::Display) -> ! {
-    eprintln!("benchmark failed: {e}");
-    std::process::exit(1)
-}
-
-trait OrFail<T> {
-    fn or_fail(self) -> T;
-}
-
-impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
-    fn or_fail(self) -> T {
-        self.unwrap_or_else(|e| fail(&e))
-    }
-}
 
 #[allow(clippy::cast_precision_loss, reason = "benchmark arithmetic")]
 fn per_second(count: u64, elapsed: Duration) -> f64 {

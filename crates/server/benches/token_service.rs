@@ -15,6 +15,9 @@
 //!
 //! A plain harness (no criterion), in the style of `crates/core/benches/verify.rs`.
 
+mod support;
+use support::OrFail;
+
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,21 +33,6 @@ use wimse_server::token_service::{Requester, TokenService, TxnSigner};
 const MEASURE: Duration = Duration::from_secs(2);
 const WARM_UP: Duration = Duration::from_millis(300);
 const ISSUER: &str = "https://login.example.com";
-
-fn fail(e: &dyn std::fmt::Display) -> ! {
-    eprintln!("benchmark failed: {e}");
-    std::process::exit(1)
-}
-
-trait OrFail<T> {
-    fn or_fail(self) -> T;
-}
-
-impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
-    fn or_fail(self) -> T {
-        self.unwrap_or_else(|e| fail(&e))
-    }
-}
 
 /// Runs `op` for [`MEASURE`] after a warm-up; operations per second.
 fn rate(mut op: impl FnMut()) -> f64 {
