@@ -588,6 +588,28 @@ fn login_token_by(key: &wimse_core::jose::SigningKey, kid: &str, scope: &str) ->
     wimse_core::jose::jws::sign(key, Some("at+jwt"), Some(kid), &claims).unwrap()
 }
 
+fn scope(text: &str) -> Scope {
+    Scope::parse(text).unwrap()
+}
+
+/// The status and RFC 6749 `error` of a token service refusal.
+fn refused<T: std::fmt::Debug>(result: Result<T, TokenServiceError>) -> (u16, String) {
+    match result {
+        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+/// The claims of a Txn-Token `d`'s server issued, verified with its bundle now.
+fn issued_txn(d: &Domain, token: &str) -> wimse_core::token::txn::TxnTokenClaims {
+    wimse_core::token::txn::verify_txn_token_in(
+        token,
+        &d.server.bundle(),
+        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
+    )
+    .unwrap()
+}
+
 async fn token_service_as(d: &Domain, who: &str) -> TokenServiceClient {
     let source = CredentialSource::connect(
         d.agent.socket.clone(),
@@ -617,7 +639,6 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
             )
         })
     };
-    let scope = |text: &str| Scope::parse(text).unwrap();
 
     // The gateway exchanges alice's access token for a Txn-Token at the server (RFC 8693
     // over mTLS with its X509-SVID).
@@ -664,10 +685,6 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
     // The token service refuses, each time with an RFC 6749 error: a scope beyond the
     // access token's, widening by replacement, a forged access token, and a workload that
     // is not a configured requester.
-    let refused = |result: Result<_, TokenServiceError>| match result {
-        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
-        other => panic!("not refused: {other:?}"),
-    };
     let login = login_token(&d, "orders");
     assert_eq!(
         refused(
@@ -750,11 +767,6 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token() {
     let d = domain("3600");
-    let scope = |text: &str| Scope::parse(text).unwrap();
-    let refused = |result: Result<_, TokenServiceError>| match result {
-        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
-        other => panic!("not refused: {other:?}"),
-    };
     // Workload 2 (a batch job, say) may start transactions for itself or for
     // `nightly-report`, up to `reports orders`: it signs the subject token with its
     // X509-SVID key and sends it over mutual TLS with that very certificate.
@@ -764,12 +776,7 @@ async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token(
         .start_self_signed("nightly-report", &scope("reports"), None, details)
         .await
         .unwrap();
-    let claims = wimse_core::token::txn::verify_txn_token_in(
-        &issued.access_token,
-        &d.server.bundle(),
-        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
-    )
-    .unwrap();
+    let claims = issued_txn(&d, &issued.access_token);
     assert_eq!(claims.sub, "nightly-report");
     assert_eq!(claims.scope, "reports");
     assert_eq!(claims.req_wl, id("/w2"));
@@ -838,11 +845,6 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
             )
         })
     };
-    let scope = |text: &str| Scope::parse(text).unwrap();
-    let refused = |result: Result<_, TokenServiceError>| match result {
-        Err(TokenServiceError::Refused { status, error, .. }) => (status, error),
-        other => panic!("not refused: {other:?}"),
-    };
     let now = || wimse_core::token::Validation::at(wimse_core::token::unix_now());
 
     // Alice's request becomes a job for workload 2, with its Txn-Token, and workload 2
@@ -862,8 +864,7 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         .unwrap()
         .access_token;
     let delegated = w2.delegate(&job, Some(&scope("orders"))).await.unwrap();
-    let started =
-        wimse_core::token::txn::verify_txn_token_in(&job, &d.server.bundle(), &now()).unwrap();
+    let started = issued_txn(&d, &job);
     assert_eq!(delegated.scope, "orders");
     assert_eq!(delegated.expires_in, 600);
     let delegation = delegated.access_token;
@@ -897,8 +898,7 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         .await
         .unwrap()
         .access_token;
-    let claims =
-        wimse_core::token::txn::verify_txn_token_in(&resumed, &d.server.bundle(), &now()).unwrap();
+    let claims = issued_txn(&d, &resumed);
     assert_eq!(claims.txn, started.txn);
     assert_eq!(claims.sub, "user:alice");
     assert_eq!(claims.scope, "orders");
@@ -1081,12 +1081,7 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
     );
     assert!(!head.contains("x-wimse-peer"), "{head}");
     let forwarded = body.rsplit(' ').next().unwrap().trim();
-    let claims = wimse_core::token::txn::verify_txn_token_in(
-        forwarded,
-        &d.server.bundle(),
-        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
-    )
-    .unwrap();
+    let claims = issued_txn(&d, forwarded);
     assert_eq!(claims.sub, "user:alice");
     assert_eq!(claims.scope, "orders");
     assert_eq!(claims.req_wl, id("/gw"));
@@ -1109,12 +1104,7 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    let claims = wimse_core::token::txn::verify_txn_token_in(
-        body.rsplit(' ').next().unwrap().trim(),
-        &d.server.bundle(),
-        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
-    )
-    .unwrap();
+    let claims = issued_txn(&d, body.rsplit(' ').next().unwrap().trim());
     assert_eq!(claims.sub, "user:alice");
     assert_eq!(
         claims.act.map(|a| a.sub).as_deref(),
@@ -1540,12 +1530,7 @@ async fn the_gateway_serves_https_with_its_own_certificate() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let body = response.split_once("\r\n\r\n").unwrap().1;
     let token = body.rsplit(' ').next().unwrap().trim();
-    let claims = wimse_core::token::txn::verify_txn_token_in(
-        token,
-        &d.server.bundle(),
-        &wimse_core::token::Validation::at(wimse_core::token::unix_now()),
-    )
-    .unwrap();
+    let claims = issued_txn(&d, token);
     // The client's address reaches the Txn-Token over TLS too: the balancer (127.0.0.1)
     // and the proxy before it (127.0.0.9) are trusted, so the client is the hop they
     // report; what the client itself wrote further left is not believed.
