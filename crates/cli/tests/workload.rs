@@ -610,6 +610,13 @@ fn issued_txn(d: &Domain, token: &str) -> wimse_core::token::txn::TxnTokenClaims
     .unwrap()
 }
 
+/// The server's audit trail, sealed: the server is stopped first.
+fn server_audit(server: Server) -> String {
+    let path = server.dir.join("audit.jsonl");
+    server.stop();
+    std::fs::read_to_string(path).unwrap()
+}
+
 async fn token_service_as(d: &Domain, who: &str) -> TokenServiceClient {
     let source = CredentialSource::connect(
         d.agent.socket.clone(),
@@ -754,9 +761,7 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
 
     // The server's audit trail (sealed when it stops) records each issue and refusal,
     // never a token.
-    let audit_path = d.server.dir.join("audit.jsonl");
-    d.server.stop();
-    let audit = std::fs::read_to_string(audit_path).unwrap();
+    let audit = server_audit(d.server);
     assert_eq!(audit.matches("\"txn_token_issued\"").count(), 2, "{audit}");
     assert_eq!(audit.matches("\"token_exchange\"").count(), 5, "{audit}");
     for secret in [&good, &narrow, &login] {
@@ -814,9 +819,7 @@ async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token(
 
     // The audit trail records both issues and each refusal with the refused subject
     // token's kind and hash, never a token.
-    let audit_path = d.server.dir.join("audit.jsonl");
-    d.server.stop();
-    let audit = std::fs::read_to_string(audit_path).unwrap();
+    let audit = server_audit(d.server);
     assert_eq!(audit.matches("\"txn_token_issued\"").count(), 2, "{audit}");
     assert_eq!(
         audit.matches("\"kind\":\"self_signed\"").count(),
@@ -945,9 +948,7 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
 
     // The server's audit trail has the delegation issued and the two refused
     // presentations of it, each by kind and hash; workload 3's has who acted for whom.
-    let audit_path = d.server.dir.join("audit.jsonl");
-    d.server.stop();
-    let audit = std::fs::read_to_string(audit_path).unwrap();
+    let audit = server_audit(d.server);
     assert_eq!(audit.matches("\"delegation_issued\"").count(), 1, "{audit}");
     assert_eq!(
         audit.matches("\"kind\":\"delegation\"").count(),
