@@ -263,6 +263,7 @@ impl Chaining {
             act: ChainedActor {
                 sub: accepted.client.to_string(),
                 iss: accepted.grant.iss.clone(),
+                act: accepted.grant.act.act.clone(),
             },
         };
         let token = issue_access_token(signer.key, signer.kid, &claims)
@@ -412,6 +413,10 @@ mod tests {
         }
 
         fn txn_token(&self, scope: &str, exp: i64) -> String {
+            self.txn_token_by(scope, exp, None)
+        }
+
+        fn txn_token_by(&self, scope: &str, exp: i64, act: Option<Actor>) -> String {
             let claims = TxnTokenClaims {
                 iss: None,
                 iat: NOW - 10,
@@ -423,7 +428,7 @@ mod tests {
                 tctx: None,
                 rctx: None,
                 req_wl: format!("spiffe://{}/gateway", self.td),
-                act: None,
+                act,
             };
             issue_txn_token(&self.key, self.signer().kid, &claims).unwrap()
         }
@@ -530,6 +535,35 @@ mod tests {
         // ...and not with a.example's keys.
         let theirs = [TrustedIssuer::token_service_of(&a.bundle)];
         assert!(verify_access_token(&token, &theirs, &Validation::at(NOW)).is_err());
+    }
+
+    #[test]
+    fn the_actors_of_the_transaction_come_along_after_the_egress_workload() {
+        let (a, b) = worlds();
+        // A transaction a worker resumed, for an assistant acting for the user.
+        let prior = Actor::after(
+            "spiffe://a.example/worker",
+            Some(&Actor::new("user:assistant")),
+        );
+        let txn = a.txn_token_by("orders", NOW + 300, Some(prior));
+        let request = grant_request(txn, "b.example", None);
+        let (grant, claims) = a.grant("spiffe://a.example/egress", &request).unwrap();
+        let expected = [
+            "spiffe://a.example/egress",
+            "spiffe://a.example/worker",
+            "user:assistant",
+        ];
+        assert_eq!(claims.act.chain().collect::<Vec<_>>(), expected);
+
+        let assertion = a.svid("/egress", one("spiffe://b.example"));
+        let (token, access) = b
+            .redeem(&bearer(&grant, Some(assertion), None), Some(&a.bundle))
+            .unwrap();
+        assert_eq!(access.act.sub, "spiffe://a.example/egress");
+        let issuers = [TrustedIssuer::token_service_of(&b.bundle)];
+        let (_, verified) = verify_access_token(&token, &issuers, &Validation::at(NOW)).unwrap();
+        let actors: Vec<&str> = verified.act.as_ref().map(|a| a.chain().collect()).unwrap();
+        assert_eq!(actors, expected);
     }
 
     #[test]

@@ -246,13 +246,19 @@ pub struct AccessTokenClaims {
     pub act: ChainedActor,
 }
 
-/// The actor of a chained access token: who acts, and which token service vouched.
+/// The actor of a chained access token: who acts, which token service vouched, and the
+/// actors before it in the other trust domain (the grant's prior actors, such as the
+/// worker a transaction was delegated to, or an outside delegate; informational only,
+/// RFC 8693 §4.1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainedActor {
     /// The workload's SPIFFE ID.
     pub sub: String,
     /// The token service of the workload's trust domain.
     pub iss: String,
+    /// The actor before it, as the grant names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
 }
 
 /// Signs a grant with `kid`, a `jwt-svid` authority of the issuer's trust domain.
@@ -464,6 +470,7 @@ mod tests {
             act: ChainedActor {
                 sub: "spiffe://b.example/egress".into(),
                 iss: "spiffe://b.example".into(),
+                act: Some(Box::new(Actor::new("spiffe://b.example/worker"))),
             },
         };
         let issuers = [TrustedIssuer::token_service_of(&w.bundle)];
@@ -474,6 +481,12 @@ mod tests {
         assert_eq!(
             verified.client_id.as_deref(),
             Some("spiffe://b.example/egress")
+        );
+        // The prior actors of the other domain come along, after the presenting client.
+        let actors: Vec<&str> = verified.act.as_ref().map(|a| a.chain().collect()).unwrap();
+        assert_eq!(
+            actors,
+            ["spiffe://b.example/egress", "spiffe://b.example/worker"]
         );
         // A JWT-SVID or an untyped token of the same keys and claims is refused.
         for typ in [Some("JWT"), None] {
