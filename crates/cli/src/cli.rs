@@ -231,6 +231,14 @@ mod tests {
             ],
             "wimse server agent evict",
         ),
+        (
+            &["server", "transaction", "revoke", "--txn", "t-1"],
+            "wimse server transaction revoke",
+        ),
+        (
+            &["server", "transaction", "list-revoked"],
+            "wimse server transaction list-revoked",
+        ),
         (&["server", "healthcheck"], "wimse server healthcheck"),
         (
             &["agent", "run", "--config", "agent.toml"],

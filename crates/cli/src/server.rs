@@ -35,6 +35,9 @@ pub enum ServerCommand {
     /// Manage attested agents
     #[command(subcommand)]
     Agent(AgentAdminCommand),
+    /// Revoke transactions at the token service
+    #[command(subcommand)]
+    Transaction(TransactionCommand),
     /// Check that the server is up and serving
     Healthcheck(AdminSocketArg),
 }
@@ -56,6 +59,7 @@ impl ServerCommand {
             Self::Bundle(command) => command.run(),
             Self::Federation(command) => command.run(),
             Self::Agent(command) => command.run(),
+            Self::Transaction(command) => command.run(),
             Self::Healthcheck(args) => crate::runtime::block_on(async move {
                 client(&args).health().await?;
                 println!("Server is healthy.");
@@ -797,6 +801,57 @@ impl AgentAdminCommand {
                 Self::Evict(args) => {
                     client(&args.admin).evict_agent(&args.spiffe_id).await?;
                     println!("Agent {} evicted", args.spiffe_id);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `wimse server transaction ...`
+#[derive(Debug, Subcommand)]
+pub enum TransactionCommand {
+    /// Revoke a transaction: the token service issues nothing more for it (no replacement,
+    /// delegation, resumption or grant), which ends a delegated job for good
+    Revoke(TransactionArgs),
+    /// List the revoked transactions the token service remembers
+    ListRevoked(AdminSocketArg),
+}
+
+/// `wimse server transaction revoke`
+#[derive(Debug, Args)]
+pub struct TransactionArgs {
+    /// The transaction's `txn`, as audit records show it
+    #[arg(long, value_name = "TXN")]
+    pub txn: String,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+impl TransactionCommand {
+    /// Run the chosen transaction command.
+    fn run(self) -> Result<(), CommandError> {
+        crate::runtime::block_on(async move {
+            match self {
+                Self::Revoke(args) => {
+                    let revoked = client(&args.admin).revoke_transaction(&args.txn).await?;
+                    println!("Transaction {} revoked", revoked.txn);
+                    println!("Revoked at        : {}", revoked.revoked_at);
+                    println!("Remembered until  : {}", revoked.expires_at);
+                }
+                Self::ListRevoked(args) => {
+                    let revoked = client(&args).list_revoked_transactions().await?;
+                    println!(
+                        "Found {} revoked transaction{}",
+                        revoked.len(),
+                        if revoked.len() == 1 { "" } else { "s" }
+                    );
+                    for r in revoked {
+                        println!();
+                        println!("Transaction       : {}", r.txn);
+                        println!("Revoked at        : {}", r.revoked_at);
+                        println!("Remembered until  : {}", r.expires_at);
+                    }
                 }
             }
             Ok(())

@@ -191,7 +191,116 @@ fn entries_are_created_shown_updated_and_deleted() {
     assert!(deleted.contains(&entry_id));
     let err = server.admin_err(&["server", "entry", "show", "--entry-id", &entry_id]);
     assert!(err.contains("no entry"), "{err}");
+
+    // Every change is in the server's audit trail, in order, naming what it concerns;
+    // the join token only by its hash.
+    let audit = sealed_audit(server);
+    let changes = admin_records(&audit);
+    let web = "spiffe://test.example/web";
+    let expected = [
+        ("join token generate".to_owned(), Some(agent_id.as_str())),
+        (format!("entry create {entry_id}"), Some(web)),
+        (
+            changes[2].0.clone(),
+            Some("spiffe://test.example/web/worker"),
+        ),
+        (format!("entry update {entry_id}"), Some(web)),
+        (format!("entry delete {entry_id}"), Some(web)),
+    ];
+    let got: Vec<(String, Option<&str>)> = changes
+        .iter()
+        .map(|(action, target)| (action.clone(), target.as_deref()))
+        .collect();
+    assert_eq!(got, expected, "{audit}");
+    assert!(changes[2].0.starts_with("entry create "), "{audit}");
+    assert!(audit.contains("\"kind\":\"join_token\""), "{audit}");
+    assert!(
+        !audit.contains(token),
+        "the join token leaked into the audit trail"
+    );
+}
+
+/// The server's audit trail, sealed: the server is stopped first.
+fn sealed_audit(server: Server) -> String {
+    let path = server.dir.join("audit.jsonl");
     server.stop();
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The `admin` records of an audit trail: (action, target), in order.
+fn admin_records(audit: &str) -> Vec<(String, Option<String>)> {
+    audit
+        .lines()
+        .filter_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            let record = &entry["record"];
+            (record["event"] == "admin").then(|| {
+                (
+                    record["resource"].as_str().unwrap().to_owned(),
+                    record["target"].as_str().map(str::to_owned),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn transactions_are_revoked_listed_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let none = server.admin_ok(&["server", "transaction", "list-revoked"]);
+    assert_eq!(none, "Found 0 revoked transactions\n");
+    let first = server.admin_ok(&["server", "transaction", "revoke", "--txn", "txn-1"]);
+    assert!(first.starts_with("Transaction txn-1 revoked\n"), "{first}");
+    let field = |text: &str, name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let revoked_at = field(&first, "Revoked at        :");
+    let until = field(&first, "Remembered until  :");
+    // As long as the longest delegation, and the clock leeway.
+    assert_eq!(until - revoked_at, 86_400 + 60);
+    // Revoking again changes nothing but the audit trail.
+    let again = server.admin_ok(&["server", "transaction", "revoke", "--txn", "txn-1"]);
+    assert_eq!(field(&again, "Revoked at        :"), revoked_at);
+    server.admin_ok(&["server", "transaction", "revoke", "--txn", "txn-2"]);
+    let listed = server.admin_ok(&["server", "transaction", "list-revoked"]);
+    assert!(
+        listed.starts_with("Found 2 revoked transactions\n"),
+        "{listed}"
+    );
+    assert!(listed.contains("Transaction       : txn-1"), "{listed}");
+    assert!(listed.contains("Transaction       : txn-2"), "{listed}");
+    for bad in ["", "a\u{7}b", &"t".repeat(1025)] {
+        let err = server.admin_err(&["server", "transaction", "revoke", "--txn", bad]);
+        assert!(err.contains("`txn` must be"), "{err}");
+    }
+
+    let audit = sealed_audit(server);
+    let changes = admin_records(&audit);
+    assert_eq!(changes.len(), 3, "{audit}");
+    assert!(
+        changes
+            .iter()
+            .all(|(action, target)| action == "transaction revoke" && target.is_none()),
+        "{audit}"
+    );
+    let txns: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|entry| entry["record"]["event"] == "admin")
+        .map(|entry| {
+            entry["record"]["context"]["txn"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(txns, ["txn-1", "txn-1", "txn-2"], "{audit}");
 }
 
 #[test]

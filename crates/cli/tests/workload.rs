@@ -946,14 +946,62 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         (400, "unauthorized_client".to_owned())
     );
 
-    // The server's audit trail has the delegation issued and the two refused
-    // presentations of it, each by kind and hash; workload 3's has who acted for whom.
+    // An administrator revokes alice's job: the delegation no longer resumes it, while
+    // another transaction is still delegated.
+    let out = d
+        .server
+        .admin_ok(&["server", "transaction", "revoke", "--txn", &started.txn]);
+    assert!(
+        out.starts_with(&format!("Transaction {} revoked\n", started.txn)),
+        "{out}"
+    );
+    match w2.resume(&delegation, &scope("orders"), None).await {
+        Err(TokenServiceError::Refused {
+            status: 400,
+            error,
+            description,
+        }) => {
+            assert_eq!(error, "invalid_request");
+            assert!(description.contains("was revoked"), "{description}");
+        }
+        other => panic!("resumed after the revocation: {other:?}"),
+    }
+    let other = gateway
+        .start(&login_token(&d, "orders"), &scope("orders"), None, None)
+        .await
+        .unwrap()
+        .access_token;
+    w2.delegate(&other, None).await.unwrap();
+    let listed = d
+        .server
+        .admin_ok(&["server", "transaction", "list-revoked"]);
+    assert!(
+        listed.starts_with("Found 1 revoked transaction\n"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("Transaction       : {}", started.txn)),
+        "{listed}"
+    );
+
+    // The server's audit trail has the delegations issued and the three refused
+    // presentations of alice's, each by kind and hash, and the revocation; workload 3's
+    // has who acted for whom.
     let audit = server_audit(d.server);
-    assert_eq!(audit.matches("\"delegation_issued\"").count(), 1, "{audit}");
+    assert_eq!(audit.matches("\"delegation_issued\"").count(), 2, "{audit}");
     assert_eq!(
         audit.matches("\"kind\":\"delegation\"").count(),
-        3,
+        5,
         "{audit}"
+    );
+    let revocation = audit
+        .lines()
+        .find(|l| l.contains("\"resource\":\"transaction revoke\""))
+        .unwrap_or_else(|| panic!("no revocation in {audit}"));
+    assert!(
+        revocation.contains("\"event\":\"admin\"")
+            && revocation.contains(&format!("\"txn\":\"{}\"", started.txn)),
+        "{revocation}"
     );
     assert!(!audit.contains(delegation.as_str()));
     // Each issue names its transaction; the delegation and the Txn-Token resumed from it
@@ -975,7 +1023,7 @@ async fn a_worker_resumes_a_delegated_transaction_after_its_txn_token_expired() 
         "{audit}"
     );
     let txn_issued = issued("txn_token_issued");
-    assert_eq!(txn_issued.len(), 3, "{audit}");
+    assert_eq!(txn_issued.len(), 4, "{audit}");
     assert!(txn_issued.iter().all(|l| l.contains("\"txn\":")), "{audit}");
     assert_eq!(
         txn_issued.iter().filter(|l| l.contains(&actors)).count(),

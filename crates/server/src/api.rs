@@ -108,6 +108,24 @@ pub struct AgentView {
     pub banned: bool,
 }
 
+/// Names a transaction to revoke (`POST /v1/transactions/revoke`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransactionRequest {
+    /// Its `txn`, as audit records and Txn-Tokens show it.
+    pub txn: String,
+}
+
+/// A revoked transaction as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedTransactionView {
+    /// Its `txn`.
+    pub txn: String,
+    /// When it was first revoked (Unix seconds).
+    pub revoked_at: i64,
+    /// When the revocation is forgotten: nothing issued before it is valid past then.
+    pub expires_at: i64,
+}
+
 /// Names an agent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AgentRequest {

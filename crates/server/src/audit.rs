@@ -1,6 +1,8 @@
-//! The server's own audit trail: every node attestation and every credential issued or
-//! refused leaves a record in a tamper-evident log (`wimse-audit`), by default
-//! `<data_dir>/audit.jsonl`.
+//! The server's own audit trail: every node attestation, every credential issued or
+//! refused, and every change an administrator makes through the admin API (event
+//! `admin`: what was done as `resource`, such as `entry create <id>` or `agent ban`, and
+//! the workload, agent or transaction it concerns) leaves a record in a tamper-evident
+//! log (`wimse-audit`), by default `<data_dir>/audit.jsonl`.
 //!
 //! The log is signed with a key of its own, kept in `<data_dir>/keys/audit.key` (0600):
 //! the server's TLS key rotates with its SVID, and one stable key per log is what
@@ -131,6 +133,38 @@ impl ServerAudit {
         {
             // A reason the record type will not hold (it looks like a secret) is replaced.
             let _ = record.set_reason("refused (reason withheld)");
+        }
+        if let Err(e) = log.append(record) {
+            tracing::error!(error = %e, "cannot write the audit record");
+        }
+    }
+
+    /// Records a change made through the admin API: `action` (what was done, such as
+    /// `entry create <id>`), the workload or agent it concerns, the transaction when it
+    /// concerns one, and the credential it created (a join token, by its hash).
+    pub fn admin(
+        &self,
+        action: &str,
+        target: Option<&WorkloadId>,
+        context: Option<SecurityContext>,
+        credential: Option<CredentialRef>,
+    ) {
+        let Some(log) = &self.log else { return };
+        let mut record = AuditRecord::new(EventKind::Admin, Decision::Allow);
+        if let Err(e) = record.set_resource(action) {
+            // Actions are built here from checked names; one that is not a label is a bug
+            // to see, not a reason to lose the record.
+            tracing::warn!(error = %e, "admin action left out of its audit record");
+        }
+        if let Some(target) = target {
+            record = record.with_target(target.clone());
+        }
+        if let Some(context) = context {
+            record = record.with_context(context);
+        }
+        if let Some(credential) = credential {
+            // The record's first credential: the limit cannot refuse it.
+            let _ = record.add_credential(credential);
         }
         if let Err(e) = log.append(record) {
             tracing::error!(error = %e, "cannot write the audit record");

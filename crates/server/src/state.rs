@@ -242,6 +242,7 @@ impl State {
         self.store.prune_x509pop_challenges(now).await?;
         self.store.prune_join_tokens(now).await?;
         self.store.prune_redeemed_grants(now).await?;
+        self.store.prune_revoked_transactions(now).await?;
         Ok(())
     }
 

@@ -30,6 +30,13 @@
 //! presented for an access token ([`crate::chaining`]). A domain that accepts grants also
 //! accepts its own chained access tokens as the subject that starts a transaction.
 //!
+//! An administrator can **revoke a transaction** (`wimse server transaction revoke`):
+//! from then on no replica replaces, delegates, resumes or chains it, which ends a
+//! delegated job for good. Revocations live in the datastore and are looked up only for
+//! requests that continue a transaction, not for those that start one. Txn-Tokens issued
+//! before stay valid at the workloads until their `exp` (minutes), as workloads verify
+//! them locally.
+//!
 //! Every decision is audited (the tokens as hashes only) and counted in the metrics.
 
 use crate::audit::Event;
@@ -54,7 +61,7 @@ use wimse_core::jose::{PublicKey, SigningKey};
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::chain::{Actor, service_id};
 use wimse_core::token::delegation::{
-    DelegationClaims, MAX_ACTORS, issue_delegation, verify_delegation,
+    DelegationClaims, MAX_ACTORS, MAX_DELEGATION_LIFETIME, issue_delegation, verify_delegation,
 };
 use wimse_core::token::exchange::{
     ExchangeError, ExchangeRequest, ExchangeResponse, JwtBearerRequest, MAX_REQUEST_BYTES, Scope,
@@ -68,6 +75,11 @@ use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 
 /// The `rctx` member that keeps the requesters of a replaced token, oldest first.
 pub const REQ_WL_CHAIN: &str = "req_wl_chain";
+
+/// How long a revoked transaction is remembered: past this, nothing issued for it before
+/// its revocation (a delegation lives longest) can be presented any more, and nothing has
+/// been issued for it since.
+pub const REVOCATION_KEPT: i64 = MAX_DELEGATION_LIFETIME + 60;
 
 /// The workload asking for a token, as its mutual-TLS connection shows it.
 #[derive(Clone, Debug)]
@@ -760,6 +772,8 @@ struct Minted {
     context: Option<SecurityContext>,
     /// Who acts for the transaction's subject, when it was delegated.
     delegation: Option<Delegation>,
+    /// The transaction it continues or starts (`None` for a chained access token).
+    txn: Option<String>,
 }
 
 /// What the caller presented, for the audit record (its hash, never the token), and how
@@ -830,7 +844,7 @@ async fn token(
             let decided = decide(&state, &caller, &request);
             // A login server's new key is fetched before its first token is refused; a
             // token of a held key is read once.
-            if matches!(decided, Err(ExchangeError::UnknownSubjectKey(_)))
+            let decided = if matches!(decided, Err(ExchangeError::UnknownSubjectKey(_)))
                 && state
                     .token_service
                     .issuers
@@ -840,6 +854,10 @@ async fn token(
                 decide(&state, &caller, &request)
             } else {
                 decided
+            };
+            match decided {
+                Ok(minted) => unless_revoked(&state, &request, minted).await,
+                Err(e) => Err(e),
             }
         }
         Ok(TokenRequest::JwtBearer(request)) => redeem(&state, &request).await,
@@ -892,6 +910,34 @@ async fn token(
             answer(status, err.body())
         }
     }
+}
+
+/// Refuses what continues a transaction an administrator revoked. Asked of the datastore,
+/// so that every replica refuses from the moment of the revocation; only for requests
+/// whose subject token carries a transaction already (a new one cannot be revoked).
+async fn unless_revoked(
+    state: &State,
+    request: &ExchangeRequest,
+    minted: Minted,
+) -> Result<Minted, ExchangeError> {
+    let continues = matches!(
+        request.subject_token_type.as_str(),
+        token_type::TXN_TOKEN | token_type::DELEGATION
+    );
+    let Some(txn) = minted.txn.as_deref().filter(|_| continues) else {
+        return Ok(minted);
+    };
+    let revoked = state
+        .store
+        .transaction_revoked(txn)
+        .await
+        .map_err(|e| ExchangeError::ServerError(e.to_string()))?;
+    if revoked {
+        return Err(ExchangeError::InvalidRequest(format!(
+            "transaction `{txn}` was revoked"
+        )));
+    }
+    Ok(minted)
 }
 
 /// Refuses a body that is not declared as a form.
@@ -965,6 +1011,7 @@ fn decide(
             client: caller.clone(),
             context: None,
             delegation: None,
+            txn: claims.txn,
         });
     }
     if request.requested_token_type.as_deref() == Some(token_type::DELEGATION) {
@@ -989,6 +1036,7 @@ fn decide(
             event: EventKind::DelegationIssued,
             credential: CredentialKind::Delegation,
             client: caller.clone(),
+            txn: Some(claims.txn),
         });
     }
     let requester = Requester {
@@ -1018,6 +1066,7 @@ fn decide(
         event: EventKind::TxnTokenIssued,
         credential: CredentialKind::TxnToken,
         client: caller.clone(),
+        txn: Some(claims.txn),
     })
 }
 
@@ -1067,6 +1116,7 @@ async fn redeem(state: &State, request: &JwtBearerRequest) -> Result<Minted, Exc
         client: accepted.client,
         context: None,
         delegation: None,
+        txn: None,
     })
 }
 

@@ -21,7 +21,7 @@ use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::datastore::{
     AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EndpointProfile,
     EntryChange, EntryChangeKind, EntryFilter, FederationRelationship, JoinToken, NewEntry,
-    RegistrationEntry, Selector, SqlStore, StoreError, X509PopChallenge,
+    RegistrationEntry, RevokedTransaction, Selector, SqlStore, StoreError, X509PopChallenge,
 };
 
 /// The clock of these tests, in seconds since the Unix epoch.
@@ -295,6 +295,7 @@ suite! {
         federated_bundles_are_kept_per_trust_domain_and_guarded_by_entries,
         entries_keep_their_federated_trust_domains_sorted_and_unique,
         a_grant_is_redeemed_by_exactly_one_of_16_concurrent_callers_until_pruned,
+        a_revoked_transaction_stays_revoked_until_pruned_and_is_listed,
     ],
     url: [
         reopened_store_keeps_everything,
@@ -803,6 +804,72 @@ async fn a_grant_is_redeemed_by_exactly_one_of_16_concurrent_callers_until_prune
             .await
             .unwrap()
     );
+}
+
+async fn a_revoked_transaction_stays_revoked_until_pruned_and_is_listed(store: &SqlStore) {
+    assert!(!store.transaction_revoked("txn-1").await.unwrap());
+    assert!(
+        store
+            .revoke_transaction("txn-1", NOW, NOW + 100)
+            .await
+            .unwrap()
+    );
+    assert!(store.transaction_revoked("txn-1").await.unwrap());
+    assert!(!store.transaction_revoked("txn-2").await.unwrap());
+    // Revoking again says so, keeps the first time and takes the later expiry only.
+    assert!(
+        !store
+            .revoke_transaction("txn-1", NOW + 5, NOW + 200)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_transaction("txn-1", NOW + 6, NOW + 150)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .revoke_transaction("txn-0", NOW + 1, NOW + 50)
+            .await
+            .unwrap()
+    );
+    let revoked = |txn: &str, revoked_at, expires_at| RevokedTransaction {
+        txn: txn.into(),
+        revoked_at,
+        expires_at,
+    };
+    assert_eq!(
+        store.list_revoked_transactions().await.unwrap(),
+        [
+            revoked("txn-1", NOW, NOW + 200),
+            revoked("txn-0", NOW + 1, NOW + 50)
+        ]
+    );
+    // Of 16 replicas revoking one transaction at once, one is first.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.revoke_transaction("txn-3", NOW, NOW + 10).await })
+        })
+        .collect();
+    let mut firsts = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() {
+            firsts += 1;
+        }
+    }
+    assert_eq!(firsts, 1);
+    assert_eq!(store.prune_revoked_transactions(NOW + 49).await.unwrap(), 1);
+    assert_eq!(store.prune_revoked_transactions(NOW + 50).await.unwrap(), 1);
+    assert!(!store.transaction_revoked("txn-0").await.unwrap());
+    assert!(store.transaction_revoked("txn-1").await.unwrap());
+    assert_eq!(
+        store.prune_revoked_transactions(NOW + 200).await.unwrap(),
+        1
+    );
+    assert!(store.list_revoked_transactions().await.unwrap().is_empty());
 }
 
 async fn expired_join_token_is_refused_and_removed(store: &SqlStore) {

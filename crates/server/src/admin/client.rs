@@ -3,7 +3,8 @@
 
 use crate::api::{
     AgentRequest, AgentView, EntryRequest, EntryView, FederatedBundleView, FederationRequest,
-    FederationView, Problem, TokenRequest, TokenResponse,
+    FederationView, Problem, RevokedTransactionView, TokenRequest, TokenResponse,
+    TransactionRequest,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -248,6 +249,27 @@ impl AdminClient {
         self.json::<AgentRequest>(Method::POST, "/v1/agents/ban", Some(&req))
             .await
             .map(|_| ())
+    }
+
+    /// Revokes a transaction at the token service; answers the revocation (a second
+    /// revocation answers the first's time).
+    pub async fn revoke_transaction(
+        &self,
+        txn: &str,
+    ) -> Result<RevokedTransactionView, ClientError> {
+        let req = TransactionRequest {
+            txn: txn.to_owned(),
+        };
+        self.json(Method::POST, "/v1/transactions/revoke", Some(&req))
+            .await
+    }
+
+    /// Lists the revoked transactions the token service still remembers.
+    pub async fn list_revoked_transactions(
+        &self,
+    ) -> Result<Vec<RevokedTransactionView>, ClientError> {
+        self.json(Method::GET, "/v1/transactions/revoked", None::<&()>)
+            .await
     }
 
     /// Evicts an agent: it must attest again.

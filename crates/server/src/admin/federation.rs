@@ -144,6 +144,8 @@ async fn create_federation(
         profile = relationship.profile.name(),
         "federation relationship created"
     );
+    let action = format!("federation create {}", relationship.trust_domain);
+    state.audit.admin(&action, None, None, None);
     // The refresher fetches the new relationship's bundle within a second.
     Ok(Json(
         stored_federation(&state, &relationship.trust_domain).await?,
@@ -167,6 +169,9 @@ async fn update_federation(
     state.store.update_federation(&relationship).await?;
     store_initial_bundle(&state, bundle).await?;
     tracing::info!(trust_domain = %td, "federation relationship updated");
+    state
+        .audit
+        .admin(&format!("federation update {td}"), None, None, None);
     // Its refresh outcome is cleared, so the refresher fetches it again within a second.
     Ok(Json(stored_federation(&state, &td).await?))
 }
@@ -204,6 +209,9 @@ async fn delete_federation(
     let view = stored_federation(&state, &td).await?;
     state.store.delete_federation(&td).await?;
     tracing::info!(trust_domain = %td, "federation relationship deleted");
+    state
+        .audit
+        .admin(&format!("federation delete {td}"), None, None, None);
     Ok(Json(view))
 }
 
@@ -274,6 +282,8 @@ async fn set_bundle(
         .put_federated_bundle(&bundle, unix_now())
         .await?;
     tracing::info!(trust_domain = %td, sequence = bundle.sequence, "federated bundle set");
+    let action = format!("bundle set {td} sequence {}", bundle.sequence);
+    state.audit.admin(&action, None, None, None);
     Ok(Json(show_stored_bundle(&state, &td).await?))
 }
 
@@ -285,5 +295,8 @@ async fn delete_bundle(
     let view = show_stored_bundle(&state, &td).await?;
     state.store.delete_federated_bundle(&td).await?;
     tracing::info!(trust_domain = %td, "federated bundle deleted");
+    state
+        .audit
+        .admin(&format!("bundle delete {td}"), None, None, None);
     Ok(Json(view))
 }

@@ -4,7 +4,8 @@
 //! are its clients ([`client`]).
 
 use crate::api::{
-    AgentRequest, AgentView, EntryRequest, EntryView, Problem, TokenRequest, TokenResponse,
+    AgentRequest, AgentView, EntryRequest, EntryView, Problem, RevokedTransactionView,
+    TokenRequest, TokenResponse, TransactionRequest,
 };
 use crate::datastore::{
     Datastore, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, StoreError,
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
+use wimse_audit::{CredentialKind, CredentialRef, Label, SecurityContext};
 use wimse_core::jose::b64;
 use wimse_core::token::unix_now;
 use wimse_core::{TrustDomain, WorkloadId};
@@ -104,6 +106,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/ban", post(ban_agent))
         .route("/v1/agents/evict", post(evict_agent))
+        .route("/v1/transactions/revoke", post(revoke_transaction))
+        .route("/v1/transactions/revoked", get(list_revoked_transactions))
         .route("/v1/health", get(|| async { "ok" }))
         .merge(federation::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -273,6 +277,10 @@ async fn create_entry(
     let entry = new_entry(&state, req).await?;
     let created = state.store.create_entry(entry).await?;
     tracing::info!(entry_id = %created.id, spiffe_id = %created.spiffe_id, "entry created");
+    let action = format!("entry create {}", created.id);
+    state
+        .audit
+        .admin(&action, Some(&created.spiffe_id), None, None);
     wake_agents(&state).await;
     Ok(Json(view(&created)))
 }
@@ -326,6 +334,10 @@ async fn update_entry(
     let entry = new_entry(&state, req).await?;
     let updated = state.store.update_entry(&id, entry).await?;
     tracing::info!(entry_id = %updated.id, "entry updated");
+    let action = format!("entry update {}", updated.id);
+    state
+        .audit
+        .admin(&action, Some(&updated.spiffe_id), None, None);
     wake_agents(&state).await;
     Ok(Json(view(&updated)))
 }
@@ -336,6 +348,10 @@ async fn delete_entry(
 ) -> AdminResult<EntryView> {
     let entry = state.store.delete_entry(&id).await?;
     tracing::info!(entry_id = %id, "entry deleted");
+    let action = format!("entry delete {}", entry.id);
+    state
+        .audit
+        .admin(&action, Some(&entry.spiffe_id), None, None);
     wake_agents(&state).await;
     Ok(Json(view(&entry)))
 }
@@ -368,6 +384,13 @@ async fn create_token(
     let hash = JoinToken::hash(&token);
     let agent_id = join_token_agent_id(&state, &hash)?;
     tracing::info!(agent_id = %agent_id, expires_at, "join token generated");
+    let credential = CredentialRef::from_token(CredentialKind::JoinToken, &token);
+    state.audit.admin(
+        "join token generate",
+        Some(&agent_id),
+        None,
+        Some(credential),
+    );
     Ok(Json(TokenResponse {
         token,
         agent_id: agent_id.to_string(),
@@ -435,6 +458,7 @@ async fn ban_agent(
     let id = agent_id(&state, &req).await?;
     state.store.set_agent_banned(&id, true).await?;
     tracing::info!(agent_id = %id, "agent banned");
+    state.audit.admin("agent ban", Some(&id), None, None);
     Ok(Json(req))
 }
 
@@ -445,5 +469,58 @@ async fn evict_agent(
     let id = agent_id(&state, &req).await?;
     state.store.delete_agent(&id).await?;
     tracing::info!(agent_id = %id, "agent evicted");
+    state.audit.admin("agent evict", Some(&id), None, None);
     Ok(Json(req))
+}
+
+/// The longest `txn` a revocation names (a Txn-Token's `txn` is an opaque string; ours are
+/// 22 characters, and no token of a sane size carries one near this).
+const MAX_TXN_BYTES: usize = 1024;
+
+/// Revokes a transaction at the token service ([`crate::token_service`]): nothing more
+/// is issued for it by any replica, until nothing issued before can be presented.
+async fn revoke_transaction(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<TransactionRequest>,
+) -> AdminResult<RevokedTransactionView> {
+    let txn = req.txn.as_str();
+    if txn.is_empty() || txn.len() > MAX_TXN_BYTES || txn.chars().any(char::is_control) {
+        return Err(AdminError::BadRequest(format!(
+            "`txn` must be 1 to {MAX_TXN_BYTES} bytes without control characters"
+        )));
+    }
+    let now = unix_now();
+    let expires_at = now.saturating_add(crate::token_service::REVOCATION_KEPT);
+    let first = state.store.revoke_transaction(txn, now, expires_at).await?;
+    tracing::info!(txn, first, "transaction revoked");
+    let context = SecurityContext {
+        txn: Label::new(txn).ok(),
+        ..SecurityContext::default()
+    };
+    state
+        .audit
+        .admin("transaction revoke", None, Some(context), None);
+    state
+        .store
+        .list_revoked_transactions()
+        .await?
+        .into_iter()
+        .find(|r| r.txn == txn)
+        .map(|r| Json(revoked_view(r)))
+        .ok_or_else(|| AdminError::Internal("the revocation was not kept".into()))
+}
+
+fn revoked_view(r: crate::datastore::RevokedTransaction) -> RevokedTransactionView {
+    RevokedTransactionView {
+        txn: r.txn,
+        revoked_at: r.revoked_at,
+        expires_at: r.expires_at,
+    }
+}
+
+async fn list_revoked_transactions(
+    AxState(state): AxState<Arc<State>>,
+) -> AdminResult<Vec<RevokedTransactionView>> {
+    let revoked = state.store.list_revoked_transactions().await?;
+    Ok(Json(revoked.into_iter().map(revoked_view).collect()))
 }

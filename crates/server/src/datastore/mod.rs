@@ -259,6 +259,17 @@ pub struct AttestedAgent {
     pub last_seen: i64,
 }
 
+/// A transaction the token service no longer serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedTransaction {
+    /// Its `txn`.
+    pub txn: String,
+    /// When it was revoked (Unix seconds).
+    pub revoked_at: i64,
+    /// Until when the revocation is kept: nothing issued before it is valid past then.
+    pub expires_at: i64,
+}
+
 /// A one-time join token as stored: only its SHA-256 hash, so that a copy of the database does
 /// not let anyone attest a node.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -646,6 +657,33 @@ pub trait Datastore: Send + Sync {
 
     /// Forgets the redeemed grants that expired at or before `now`; returns how many.
     fn prune_redeemed_grants(
+        &self,
+        now: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records that an administrator revoked transaction `txn` at `now`, until
+    /// `expires_at`; false when it already was (the first revocation's time stays, the
+    /// later expiry wins).
+    fn revoke_transaction(
+        &self,
+        txn: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether transaction `txn` was revoked (and not yet forgotten).
+    fn transaction_revoked(
+        &self,
+        txn: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The revoked transactions, earliest revocation first.
+    fn list_revoked_transactions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<RevokedTransaction>, StoreError>> + Send;
+
+    /// Forgets the revocations that expired at or before `now`; returns how many.
+    fn prune_revoked_transactions(
         &self,
         now: i64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;

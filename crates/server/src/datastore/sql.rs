@@ -28,7 +28,8 @@ use wimse_core::{TrustDomain, WorkloadId};
 use super::{
     AttestedAgent, Authority, AuthorityKind, AuthorityState, Datastore, EndpointProfile,
     EntryChange, EntryChangeKind, EntryFilter, FederatedBundle, FederationRelationship, JoinToken,
-    NewEntry, RegistrationEntry, Selector, StoreError, X509PopChallenge, canonical_selectors, hex,
+    NewEntry, RegistrationEntry, RevokedTransaction, Selector, StoreError, X509PopChallenge,
+    canonical_selectors, hex,
 };
 
 /// How long a SQLite connection waits for another one's write lock before giving up.
@@ -56,6 +57,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "redeemed grants",
         include_str!("../../migrations/sqlite/0004_redeemed_grants.sql"),
     ),
+    (
+        5,
+        "revoked transactions",
+        include_str!("../../migrations/sqlite/0005_revoked_transactions.sql"),
+    ),
 ];
 
 /// The schema for PostgreSQL, as (version, description, SQL); same versions as SQLite's.
@@ -80,6 +86,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "redeemed grants",
         include_str!("../../migrations/postgres/0004_redeemed_grants.sql"),
     ),
+    (
+        5,
+        "revoked transactions",
+        include_str!("../../migrations/postgres/0005_revoked_transactions.sql"),
+    ),
 ];
 
 /// The tables whose rows carry an `expires_at` and are pruned by it.
@@ -87,6 +98,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
 enum Expiring {
     JoinTokens,
     RedeemedGrants,
+    RevokedTransactions,
     X509PopChallenges,
 }
 
@@ -97,6 +109,7 @@ impl Expiring {
         match self {
             Self::JoinTokens => "DELETE FROM join_tokens WHERE expires_at <= $1",
             Self::RedeemedGrants => "DELETE FROM redeemed_grants WHERE expires_at <= $1",
+            Self::RevokedTransactions => "DELETE FROM revoked_transactions WHERE expires_at <= $1",
             Self::X509PopChallenges => "DELETE FROM x509pop_challenges WHERE expires_at <= $1",
         }
     }
@@ -745,6 +758,79 @@ impl Datastore for SqlStore {
 
     async fn prune_redeemed_grants(&self, now: i64) -> Result<u64, StoreError> {
         self.delete_expired(Expiring::RedeemedGrants, now).await
+    }
+
+    async fn revoke_transaction(
+        &self,
+        txn: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        // A second revocation keeps the first's time, and the later of the two expiries.
+        let added = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            let added = sqlx::query(
+                "INSERT INTO revoked_transactions (txn, revoked_at, expires_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (txn) DO NOTHING",
+            )
+            .bind(txn)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            if added == 0 {
+                sqlx::query(
+                    "UPDATE revoked_transactions SET expires_at = $2 \
+                     WHERE txn = $1 AND expires_at < $2",
+                )
+                .bind(txn)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)?;
+            added
+        });
+        Ok(added == 1)
+    }
+
+    async fn transaction_revoked(&self, txn: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = on_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT revoked_at FROM revoked_transactions WHERE txn = $1")
+                .bind(txn)
+                .fetch_optional(pool)
+                .await
+                .map_err(db_error)?
+        });
+        Ok(found.is_some())
+    }
+
+    async fn list_revoked_transactions(&self) -> Result<Vec<RevokedTransaction>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT txn, revoked_at, expires_at FROM revoked_transactions \
+                 ORDER BY revoked_at, txn",
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(txn, revoked_at, expires_at)| RevokedTransaction {
+                txn,
+                revoked_at,
+                expires_at,
+            })
+            .collect())
+    }
+
+    async fn prune_revoked_transactions(&self, now: i64) -> Result<u64, StoreError> {
+        self.delete_expired(Expiring::RevokedTransactions, now)
+            .await
     }
 
     async fn create_x509pop_challenge(
