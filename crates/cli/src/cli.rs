@@ -239,6 +239,25 @@ mod tests {
             &["server", "transaction", "list-revoked"],
             "wimse server transaction list-revoked",
         ),
+        (
+            &["server", "localauthority", "show"],
+            "wimse server localauthority show",
+        ),
+        (
+            &["server", "localauthority", "prepare", "--kind", "x509"],
+            "wimse server localauthority prepare",
+        ),
+        (
+            &[
+                "server",
+                "localauthority",
+                "activate",
+                "--kind",
+                "wit",
+                "--force",
+            ],
+            "wimse server localauthority activate",
+        ),
         (&["server", "healthcheck"], "wimse server healthcheck"),
         (
             &["agent", "run", "--config", "agent.toml"],

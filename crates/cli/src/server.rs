@@ -38,6 +38,9 @@ pub enum ServerCommand {
     /// Revoke transactions at the token service
     #[command(subcommand)]
     Transaction(TransactionCommand),
+    /// Show the signing authorities, and rotate this server's ahead of schedule
+    #[command(subcommand)]
+    Localauthority(LocalAuthorityCommand),
     /// Check that the server is up and serving
     Healthcheck(AdminSocketArg),
 }
@@ -60,6 +63,7 @@ impl ServerCommand {
             Self::Federation(command) => command.run(),
             Self::Agent(command) => command.run(),
             Self::Transaction(command) => command.run(),
+            Self::Localauthority(command) => command.run(),
             Self::Healthcheck(args) => crate::runtime::block_on(async move {
                 client(&args).health().await?;
                 println!("Server is healthy.");
@@ -801,6 +805,113 @@ impl AgentAdminCommand {
                 Self::Evict(args) => {
                     client(&args.admin).evict_agent(&args.spiffe_id).await?;
                     println!("Agent {} evicted", args.spiffe_id);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `wimse server localauthority ...`
+#[derive(Debug, Subcommand)]
+pub enum LocalAuthorityCommand {
+    /// List every replica's signing authorities with their state
+    Show(AdminSocketArg),
+    /// Prepare this server's next key of a kind now: published, not yet signing
+    Prepare(AuthorityKindArgs),
+    /// Make this server's prepared key of a kind sign from now on; the active one retires
+    Activate(ActivateArgs),
+}
+
+/// What a signing authority signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthorityKindArg {
+    /// The X.509 CA (X509-SVIDs)
+    X509,
+    /// The JWT key (JWT-SVIDs, Txn-Tokens, grants, delegations)
+    Jwt,
+    /// The WIT key (Workload Identity Tokens)
+    Wit,
+}
+
+impl AuthorityKindArg {
+    /// The kind's name in the admin API.
+    fn name(self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+            Self::Wit => "wit",
+        }
+    }
+}
+
+/// `wimse server localauthority prepare`
+#[derive(Debug, Args)]
+pub struct AuthorityKindArgs {
+    /// Which key
+    #[arg(long, value_enum)]
+    pub kind: AuthorityKindArg,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+/// `wimse server localauthority activate`
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// Which key
+    #[arg(long, value_enum)]
+    pub kind: AuthorityKindArg,
+    /// Activate even if the prepared key was published less than the bundle's refresh
+    /// hint ago (relying parties may refuse what it signs until they refresh)
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+fn print_authority(a: &wimse_server::api::AuthorityView) {
+    println!("Kind              : {}", a.kind);
+    println!("Authority ID      : {}", a.id);
+    println!("State             : {}", a.state);
+    println!(
+        "Server ID         : {}{}",
+        a.server_id,
+        if a.this_server { " (this server)" } else { "" }
+    );
+    println!("Published at      : {}", a.published_at);
+    println!("Expires at        : {}", a.not_after);
+}
+
+impl LocalAuthorityCommand {
+    /// Run the chosen authority command.
+    fn run(self) -> Result<(), CommandError> {
+        crate::runtime::block_on(async move {
+            match self {
+                Self::Show(args) => {
+                    let authorities = client(&args).list_authorities().await?;
+                    println!(
+                        "Found {} authorit{}",
+                        authorities.len(),
+                        if authorities.len() == 1 { "y" } else { "ies" }
+                    );
+                    for a in &authorities {
+                        println!();
+                        print_authority(a);
+                    }
+                }
+                Self::Prepare(args) => {
+                    let a = client(&args.admin)
+                        .prepare_authority(args.kind.name())
+                        .await?;
+                    println!("Prepared {} authority {}", a.kind, a.id);
+                    print_authority(&a);
+                }
+                Self::Activate(args) => {
+                    let a = client(&args.admin)
+                        .activate_authority(args.kind.name(), args.force)
+                        .await?;
+                    println!("Activated {} authority {}", a.kind, a.id);
+                    print_authority(&a);
                 }
             }
             Ok(())

@@ -555,6 +555,124 @@ fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     server.stop();
 }
 
+/// The value of `name`'s line in a command's output.
+fn line_value<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no `{name}` in {out}"))
+        .trim()
+}
+
+#[test]
+fn an_operator_rotates_every_key_ahead_of_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let rt = runtime();
+    let (identity, agent_id) = server.attest_agent(&rt);
+    let entry_id =
+        server.create_entry("spiffe://test.example/web", &agent_id, &["unix:uid:1"], &[]);
+    let shown = server.admin_ok(&["server", "localauthority", "show"]);
+    assert!(shown.starts_with("Found 3 authorities\n"), "{shown}");
+    assert_eq!(
+        shown.matches("State             : active").count(),
+        3,
+        "{shown}"
+    );
+    assert_eq!(shown.matches("(this server)").count(), 3, "{shown}");
+    let before = fetch(&rt, &server.client(&identity), &entry_id);
+    let old_root = signing_root(&before.x509, &server.bundle(), now()).unwrap();
+
+    let mut new_ids = Vec::new();
+    for kind in ["x509", "jwt", "wit"] {
+        let prepared = server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
+        let id = line_value(&prepared, "Authority ID      :").to_owned();
+        assert!(
+            prepared.starts_with(&format!("Prepared {kind} authority {id}\n")),
+            "{prepared}"
+        );
+        assert_eq!(line_value(&prepared, "State             :"), "prepared");
+        // Preparing again answers the same key.
+        let again = server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
+        assert_eq!(line_value(&again, "Authority ID      :"), id);
+        // Published just now: relying parties may not know it for the refresh hint (300 s).
+        let err = server.admin_err(&["server", "localauthority", "activate", "--kind", kind]);
+        assert!(err.contains("refresh hint") && err.contains(&id), "{err}");
+        let activated = server.admin_ok(&[
+            "server",
+            "localauthority",
+            "activate",
+            "--kind",
+            kind,
+            "--force",
+        ]);
+        assert!(
+            activated.starts_with(&format!("Activated {kind} authority {id}\n")),
+            "{activated}"
+        );
+        assert_eq!(line_value(&activated, "State             :"), "active");
+        new_ids.push(id);
+    }
+    let shown = server.admin_ok(&["server", "localauthority", "show"]);
+    assert!(shown.starts_with("Found 6 authorities\n"), "{shown}");
+    assert_eq!(
+        shown.matches("State             : retired").count(),
+        3,
+        "{shown}"
+    );
+
+    // What is issued now is signed by the new keys; what was issued before still verifies,
+    // as the retired keys stay published until their end of life.
+    let bundle = server.bundle();
+    assert_eq!(bundle.x509_authorities.len(), 2);
+    assert_eq!(bundle.jwt_authorities.len(), 2);
+    assert_eq!(bundle.wit_authorities.len(), 2);
+    let after = fetch(&rt, &server.client(&identity), &entry_id);
+    let new_root = signing_root(&after.x509, &bundle, now()).unwrap();
+    assert_ne!(new_root, old_root);
+    assert_eq!(kid(&after.jwt), new_ids[1]);
+    assert_eq!(kid(&after.wit), new_ids[2]);
+    after.verify(&bundle, now()).unwrap();
+    before.verify(&bundle, now()).unwrap();
+    // The server's own TLS certificate comes from the new CA too.
+    let (status, _) = https_get(server.addr, &[new_root], "/.well-known/spiffe-bundle");
+    assert_eq!(status, 200);
+
+    // A restart keeps the new keys signing.
+    let port = server.addr.port();
+    let audit_path = server.dir.join("audit.jsonl");
+    server.stop();
+    let server = Server::start_at(dir.path(), port, &[]);
+    let shown = server.admin_ok(&["server", "localauthority", "show"]);
+    for id in &new_ids {
+        let block = shown
+            .split("\n\n")
+            .find(|b| b.contains(id.as_str()))
+            .unwrap();
+        assert!(block.contains("State             : active"), "{shown}");
+    }
+    let err = server.admin_err(&["server", "localauthority", "activate", "--kind", "jwt"]);
+    assert!(err.contains("no jwt authority is prepared"), "{err}");
+    server.stop();
+
+    let audit = std::fs::read_to_string(audit_path).unwrap();
+    let actions: Vec<String> = admin_records(&audit)
+        .into_iter()
+        .map(|(action, _)| action)
+        .filter(|a| a.starts_with("authority "))
+        .collect();
+    let expected: Vec<String> = ["x509", "jwt", "wit"]
+        .iter()
+        .zip(&new_ids)
+        .flat_map(|(kind, id)| {
+            [
+                format!("authority prepare {kind} {id}"),
+                format!("authority activate {kind} {id} forced"),
+            ]
+        })
+        .collect();
+    assert_eq!(actions, expected, "{audit}");
+}
+
 /// Credentials of one entry obtained at one moment.
 struct Credentials {
     x509: Vec<Certificate>,

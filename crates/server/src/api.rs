@@ -108,6 +108,36 @@ pub struct AgentView {
     pub banned: bool,
 }
 
+/// One of the trust domain's signing authorities as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityView {
+    /// What it signs: `x509`, `jwt` or `wit`.
+    pub kind: String,
+    /// Its ID (the `kid` of JWT and WIT keys).
+    pub id: String,
+    /// `prepared`, `active` or `retired`.
+    pub state: String,
+    /// The replica that holds it.
+    pub server_id: String,
+    /// Whether that is the replica answering.
+    pub this_server: bool,
+    /// When it was published (Unix seconds).
+    pub published_at: i64,
+    /// When it leaves the bundle (Unix seconds).
+    pub not_after: i64,
+}
+
+/// Names a kind of authority to prepare or activate (`POST /v1/authorities/prepare`,
+/// `POST /v1/authorities/activate`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuthorityRequest {
+    /// `x509`, `jwt` or `wit`.
+    pub kind: String,
+    /// Activate even if relying parties may not know the key yet.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Names a transaction to revoke (`POST /v1/transactions/revoke`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TransactionRequest {

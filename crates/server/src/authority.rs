@@ -12,6 +12,13 @@
 //!    outlives it, because every credential's expiry is clamped to its signer's
 //!    `not_after` (leaf certificates to their CA's, tokens to their key's).
 //!
+//! An operator can run the same steps ahead of schedule (`wimse server localauthority
+//! prepare|activate`, [`Authorities::prepare`] and [`Authorities::activate`]), to rotate
+//! now rather than at three quarters of a life: after a suspected compromise, or before
+//! a staff change. Activation still waits until the prepared key has been published for a
+//! bundle refresh hint, so that relying parties know it before they meet it, unless the
+//! operator forces it.
+//!
 //! Keys are per replica: each server keeps its private keys in `<data dir>/keys` (files
 //! with mode 0600, PKCS#8 PEM) and publishes only the public halves through the
 //! datastore, so several replicas on one database share one bundle holding all of them.
@@ -66,6 +73,10 @@ pub enum AuthorityError {
     /// Generating a key or certificate failed.
     #[error("cannot create {0} authority: {1}")]
     Create(&'static str, String),
+    /// An operator's request does not fit the keys' state (nothing prepared, or prepared
+    /// too recently to sign).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// One signing key of this replica.
@@ -371,6 +382,81 @@ impl Authorities {
         }
     }
 
+    /// Prepares the next key of `kind` now, ahead of schedule: published from the next
+    /// bundle on, signing nothing until activated. A key already prepared is kept and
+    /// returned instead (with `false`: nothing changed).
+    pub fn prepare(
+        &mut self,
+        kind: AuthorityKind,
+        now: i64,
+    ) -> Result<(Slot, bool), AuthorityError> {
+        if let Some(prepared) = self.prepared(kind) {
+            return Ok((prepared.clone(), false));
+        }
+        let slot = self.create(kind, now, AuthorityState::Prepared)?;
+        self.slots.push(slot.clone());
+        Ok((slot, true))
+    }
+
+    /// Makes the prepared key of `kind` sign from `now` on, ahead of schedule; the active
+    /// key retires (published until its end of life, as in a scheduled rotation). Unless
+    /// `force`, the prepared key must have been published for `min_published` seconds
+    /// (the bundle's refresh hint: relying parties may not know it sooner).
+    pub fn activate(
+        &mut self,
+        kind: AuthorityKind,
+        now: i64,
+        min_published: i64,
+        force: bool,
+    ) -> Result<Slot, AuthorityError> {
+        let Some(prepared) = self.prepared(kind) else {
+            return Err(AuthorityError::Refused(format!(
+                "no {} authority is prepared (prepare one first)",
+                kind.as_str()
+            )));
+        };
+        let published = now.saturating_sub(prepared.not_before);
+        if !force && published < min_published {
+            return Err(AuthorityError::Refused(format!(
+                "{} authority `{}` was published {published} s ago; relying parties may not \
+                 know it before {min_published} s (the bundle's refresh hint). Wait, or force \
+                 its activation",
+                kind.as_str(),
+                prepared.id
+            )));
+        }
+        let id = prepared.id.clone();
+        for slot in self.slots.iter_mut().filter(|s| s.kind == kind) {
+            slot.state = match slot.state {
+                AuthorityState::Prepared if slot.id == id => AuthorityState::Active,
+                AuthorityState::Active => AuthorityState::Retired,
+                other => other,
+            };
+        }
+        // The new active key's metadata first: a crash before the old key's is written
+        // leaves two active keys, both published, rather than none.
+        let mut changed: Vec<Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == kind)
+            .cloned()
+            .collect();
+        changed.sort_by_key(|s| s.state != AuthorityState::Active);
+        for slot in &changed {
+            self.persist(slot)?;
+        }
+        self.active(kind)
+            .cloned()
+            .ok_or_else(|| AuthorityError::Refused("the activated key was lost".into()))
+    }
+
+    /// The prepared key of `kind`, if any.
+    fn prepared(&self, kind: AuthorityKind) -> Option<&Slot> {
+        self.slots
+            .iter()
+            .find(|s| s.kind == kind && s.state == AuthorityState::Prepared)
+    }
+
     /// The key that signs new credentials of `kind`.
     pub fn active(&self, kind: AuthorityKind) -> Option<&Slot> {
         self.slots
@@ -521,6 +607,75 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(!files.iter().any(|f| f.contains(&first)));
+    }
+
+    #[test]
+    fn an_operator_prepares_and_activates_ahead_of_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a =
+            Authorities::load_or_create(dir.path(), "s1", td(), policy(), None, T0).unwrap();
+        let first = a.active(AuthorityKind::Wit).unwrap().id.clone();
+        let refused = |e: AuthorityError| match e {
+            AuthorityError::Refused(message) => message,
+            other => panic!("not refused: {other}"),
+        };
+        // Nothing to activate yet.
+        let message = refused(a.activate(AuthorityKind::Wit, T0, 300, true).unwrap_err());
+        assert!(
+            message.contains("no wit authority is prepared"),
+            "{message}"
+        );
+        // An hour in, long before half life.
+        let (prepared, new) = a.prepare(AuthorityKind::Wit, T0 + HOUR).unwrap();
+        assert!(new);
+        assert_eq!(prepared.state, AuthorityState::Prepared);
+        assert_eq!(a.active(AuthorityKind::Wit).unwrap().id, first);
+        // Preparing again keeps it; other kinds are untouched.
+        let (again, new) = a.prepare(AuthorityKind::Wit, T0 + HOUR + 1).unwrap();
+        assert_eq!((again.id.as_str(), new), (prepared.id.as_str(), false));
+        assert_eq!(states(&a, AuthorityKind::Jwt), vec![AuthorityState::Active]);
+        // Not before relying parties can know it, unless forced.
+        let message = refused(
+            a.activate(AuthorityKind::Wit, T0 + HOUR + 299, 300, false)
+                .unwrap_err(),
+        );
+        assert!(message.contains("published 299 s ago"), "{message}");
+        assert_eq!(a.active(AuthorityKind::Wit).unwrap().id, first);
+        let active = a
+            .activate(AuthorityKind::Wit, T0 + HOUR + 300, 300, false)
+            .unwrap();
+        assert_eq!(active.id, prepared.id);
+        assert_eq!(
+            states(&a, AuthorityKind::Wit),
+            vec![AuthorityState::Active, AuthorityState::Retired]
+        );
+        // Kept across a restart, and the schedule goes on from the new key's start.
+        let mut b =
+            Authorities::load_or_create(dir.path(), "s1", td(), policy(), None, T0 + 2 * HOUR)
+                .unwrap();
+        assert_eq!(b.active(AuthorityKind::Wit).unwrap().id, prepared.id);
+        b.rotate(T0 + 12 * HOUR).unwrap();
+        assert_eq!(
+            states(&b, AuthorityKind::Wit),
+            vec![AuthorityState::Active, AuthorityState::Retired],
+            "not at the old key's half life"
+        );
+        b.rotate(T0 + 13 * HOUR).unwrap();
+        assert_eq!(
+            states(&b, AuthorityKind::Wit),
+            vec![
+                AuthorityState::Active,
+                AuthorityState::Prepared,
+                AuthorityState::Retired
+            ],
+            "at the new key's"
+        );
+        // Forced, at once.
+        let (next, _) = b.prepare(AuthorityKind::Jwt, T0 + 13 * HOUR).unwrap();
+        let active = b
+            .activate(AuthorityKind::Jwt, T0 + 13 * HOUR, 300, true)
+            .unwrap();
+        assert_eq!(active.id, next.id);
     }
 
     #[test]

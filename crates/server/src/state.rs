@@ -2,9 +2,9 @@
 //! tasks: datastore, authorities, the current trust bundle, its own TLS certificate and
 //! the metrics.
 
-use crate::authority::{Authorities, AuthorityError};
+use crate::authority::{Authorities, AuthorityError, Slot};
 use crate::config::ServerConfig;
-use crate::datastore::{Datastore, SqlStore, StoreError};
+use crate::datastore::{AuthorityKind, Datastore, SqlStore, StoreError};
 use crate::issuer::{IssueError, Issuer, bundle_from_records};
 use crate::metrics::Metrics;
 use std::sync::{Arc, RwLock};
@@ -191,6 +191,35 @@ impl State {
             self.renew_svid()?;
         }
         Ok(())
+    }
+
+    /// Prepares this replica's next key of `kind` ahead of schedule and publishes it
+    /// (`false`: one was prepared already, and is answered).
+    pub async fn prepare_authority(&self, kind: AuthorityKind) -> Result<(Slot, bool), StateError> {
+        let (slot, new) = write(&self.authorities).prepare(kind, unix_now())?;
+        self.publish_authorities(new).await?;
+        if new {
+            tracing::info!(kind = kind.as_str(), id = %slot.id, "authority prepared by an operator");
+        }
+        Ok((slot, new))
+    }
+
+    /// Makes this replica's prepared key of `kind` sign from now on (see
+    /// [`Authorities::activate`]; the wait is the bundle's refresh hint), publishes the
+    /// change, and renews the server's own certificate when the CA changed.
+    pub async fn activate_authority(
+        &self,
+        kind: AuthorityKind,
+        force: bool,
+    ) -> Result<Slot, StateError> {
+        let wait = i64::try_from(self.config.refresh_hint).unwrap_or(i64::MAX);
+        let slot = write(&self.authorities).activate(kind, unix_now(), wait, force)?;
+        self.publish_authorities(true).await?;
+        tracing::info!(kind = kind.as_str(), id = %slot.id, force, "authority activated by an operator");
+        if kind == AuthorityKind::X509 {
+            self.renew_svid()?;
+        }
+        Ok(slot)
     }
 
     /// Issues a fresh TLS certificate for the server from its active CA.

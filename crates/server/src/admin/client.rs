@@ -2,9 +2,9 @@
 //! admin unix socket.
 
 use crate::api::{
-    AgentRequest, AgentView, EntryRequest, EntryView, FederatedBundleView, FederationRequest,
-    FederationView, Problem, RevokedTransactionView, TokenRequest, TokenResponse,
-    TransactionRequest,
+    AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView,
+    FederatedBundleView, FederationRequest, FederationView, Problem, RevokedTransactionView,
+    TokenRequest, TokenResponse, TransactionRequest,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -269,6 +269,35 @@ impl AdminClient {
         &self,
     ) -> Result<Vec<RevokedTransactionView>, ClientError> {
         self.json(Method::GET, "/v1/transactions/revoked", None::<&()>)
+            .await
+    }
+
+    /// Lists every replica's signing authorities.
+    pub async fn list_authorities(&self) -> Result<Vec<AuthorityView>, ClientError> {
+        self.json(Method::GET, "/v1/authorities", None::<&()>).await
+    }
+
+    /// Prepares the answering replica's next key of `kind` (`x509`, `jwt` or `wit`).
+    pub async fn prepare_authority(&self, kind: &str) -> Result<AuthorityView, ClientError> {
+        let req = AuthorityRequest {
+            kind: kind.to_owned(),
+            force: false,
+        };
+        self.json(Method::POST, "/v1/authorities/prepare", Some(&req))
+            .await
+    }
+
+    /// Makes the answering replica's prepared key of `kind` sign from now on.
+    pub async fn activate_authority(
+        &self,
+        kind: &str,
+        force: bool,
+    ) -> Result<AuthorityView, ClientError> {
+        let req = AuthorityRequest {
+            kind: kind.to_owned(),
+            force,
+        };
+        self.json(Method::POST, "/v1/authorities/activate", Some(&req))
             .await
     }
 

@@ -4,13 +4,16 @@
 //! are its clients ([`client`]).
 
 use crate::api::{
-    AgentRequest, AgentView, EntryRequest, EntryView, Problem, RevokedTransactionView,
-    TokenRequest, TokenResponse, TransactionRequest,
+    AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView, Problem,
+    RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
 };
+use crate::authority::{AuthorityError, Slot};
+use crate::datastore::AuthorityKind;
 use crate::datastore::{
     Datastore, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, StoreError,
 };
 use crate::state::State;
+use crate::state::StateError;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -107,6 +110,9 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/agents/ban", post(ban_agent))
         .route("/v1/agents/evict", post(evict_agent))
         .route("/v1/transactions/revoke", post(revoke_transaction))
+        .route("/v1/authorities", get(list_authorities))
+        .route("/v1/authorities/prepare", post(prepare_authority))
+        .route("/v1/authorities/activate", post(activate_authority))
         .route("/v1/transactions/revoked", get(list_revoked_transactions))
         .route("/v1/health", get(|| async { "ok" }))
         .merge(federation::routes())
@@ -523,4 +529,83 @@ async fn list_revoked_transactions(
 ) -> AdminResult<Vec<RevokedTransactionView>> {
     let revoked = state.store.list_revoked_transactions().await?;
     Ok(Json(revoked.into_iter().map(revoked_view).collect()))
+}
+
+impl From<StateError> for AdminError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Authority(AuthorityError::Refused(message)) => {
+                AdminError::Conflict(message)
+            }
+            StateError::Store(e) => e.into(),
+            other => AdminError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The kind of authority a request names.
+fn authority_kind(name: &str) -> Result<AuthorityKind, AdminError> {
+    AuthorityKind::from_stored(name).ok_or_else(|| {
+        AdminError::BadRequest(format!(
+            "unknown authority kind `{name}`, expected `x509`, `jwt` or `wit`"
+        ))
+    })
+}
+
+/// Every replica's authorities, from the datastore (what the bundle is built from).
+async fn list_authorities(AxState(state): AxState<Arc<State>>) -> AdminResult<Vec<AuthorityView>> {
+    let records = state.store.list_authorities(unix_now()).await?;
+    let mut views: Vec<AuthorityView> = records
+        .into_iter()
+        .map(|a| AuthorityView {
+            kind: a.kind.as_str().into(),
+            this_server: a.server_id == state.server_id,
+            id: a.id,
+            state: a.state.as_str().into(),
+            server_id: a.server_id,
+            published_at: a.created_at,
+            not_after: a.not_after,
+        })
+        .collect();
+    views.sort_by(|a, b| (&a.kind, a.published_at, &a.id).cmp(&(&b.kind, b.published_at, &b.id)));
+    Ok(Json(views))
+}
+
+fn slot_view(state: &State, slot: &Slot) -> AuthorityView {
+    AuthorityView {
+        kind: slot.kind.as_str().into(),
+        id: slot.id.clone(),
+        state: slot.state.as_str().into(),
+        server_id: state.server_id.clone(),
+        this_server: true,
+        published_at: slot.not_before,
+        not_after: slot.not_after,
+    }
+}
+
+/// Prepares this replica's next key of a kind ahead of schedule.
+async fn prepare_authority(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AuthorityRequest>,
+) -> AdminResult<AuthorityView> {
+    let kind = authority_kind(&req.kind)?;
+    let (slot, new) = state.prepare_authority(kind).await?;
+    if new {
+        let action = format!("authority prepare {} {}", kind.as_str(), slot.id);
+        state.audit.admin(&action, None, None, None);
+    }
+    Ok(Json(slot_view(&state, &slot)))
+}
+
+/// Makes this replica's prepared key of a kind sign from now on.
+async fn activate_authority(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AuthorityRequest>,
+) -> AdminResult<AuthorityView> {
+    let kind = authority_kind(&req.kind)?;
+    let slot = state.activate_authority(kind, req.force).await?;
+    let forced = if req.force { " forced" } else { "" };
+    let action = format!("authority activate {} {}{forced}", kind.as_str(), slot.id);
+    state.audit.admin(&action, None, None, None);
+    Ok(Json(slot_view(&state, &slot)))
 }
