@@ -5,10 +5,12 @@
 //!   server refuses it (evicted) or it expired, where the attestation method allows;
 //! - **sync**: long-polls the server for entry changes by revision, so a change arrives
 //!   within about a second of being made, and applies them to the snapshot;
-//! - **bundle**: fetches the trust bundle and the foreign trust domains' bundles every few
-//!   seconds and publishes changes;
+//! - **bundle**: fetches the trust bundle, the IDs of its tainted keys and the foreign
+//!   trust domains' bundles every few seconds and publishes changes;
 //! - **mint**: mints an X509-SVID and a WIT ahead of need for every entry, and again at
-//!   half life, keeping the old one while the server cannot be reached.
+//!   half life or at once when the WIT's signing key was tainted or revoked, keeping the
+//!   old one while the server cannot be reached. (Cached JWT-SVIDs of such a key are not
+//!   served again either.)
 //!
 //! None of them blocks the Workload API: it answers from the latest [`Snapshot`].
 
@@ -22,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use wimse_core::bundle::{BundleSet, TrustBundle};
+use wimse_core::bundle::{BundleSet, KeyUse, TrustBundle};
 use wimse_core::jose::{Algorithm, Jws, SigningKey};
 use wimse_core::token::unix_now;
 use wimse_core::x509;
@@ -64,6 +66,8 @@ type JwtKey = (String, i64, Vec<String>);
 /// A cached JWT-SVID.
 struct CachedJwt {
     token: String,
+    kid: String,
+    issued_at: i64,
     refresh_at: i64,
 }
 
@@ -115,6 +119,11 @@ async fn sleep_until_unix(at: i64) {
 
 /// The `iat` and `exp` of a token the server just minted (read to schedule its renewal;
 /// the server is trusted, the token is not verified here).
+/// The `kid` of a token the server signed.
+fn token_kid(token: &str) -> Option<String> {
+    Jws::parse(token).ok()?.header().kid.clone()
+}
+
 fn token_times(token: &str) -> Option<(i64, i64)> {
     #[derive(serde::Deserialize)]
     struct Times {
@@ -385,6 +394,10 @@ impl Agent {
                 }
                 Err(e) => tracing::debug!(error = %e, "bundle fetch failed"),
             }
+            match self.client().tainted().await {
+                Ok(ids) => self.install_tainted(ids),
+                Err(e) => tracing::debug!(error = %e, "tainted key fetch failed"),
+            }
             match self.client().federated_bundles().await {
                 Ok(json) => match BundleSet::from_map_json(json.as_bytes()) {
                     Ok(set) => self.install_federated(&set),
@@ -396,6 +409,21 @@ impl Agent {
             }
             tokio::time::sleep(BUNDLE_POLL).await;
         }
+    }
+
+    /// Publishes the tainted keys if they changed: the mint loop then replaces what they
+    /// signed.
+    fn install_tainted(&self, ids: Vec<String>) {
+        let tainted: std::collections::BTreeSet<String> = ids.into_iter().collect();
+        if *self.snapshot.borrow().tainted == tainted {
+            return;
+        }
+        if tainted.is_empty() {
+            tracing::info!("no signing key is tainted any more");
+        } else {
+            tracing::warn!(keys = ?tainted, "tainted signing keys: replacing what they signed");
+        }
+        self.snapshot.send_modify(|s| s.tainted = Arc::new(tainted));
     }
 
     /// Publishes the foreign trust domains' bundles if they differ from the current ones.
@@ -433,7 +461,7 @@ impl Agent {
                 .filter(|e| retry.get(&e.id).is_none_or(|(at, _)| *at <= now))
                 .filter(|e| {
                     x509_due(snapshot.x509.get(&e.id).map(Arc::as_ref), e, now)
-                        || (wit && wit_due(snapshot.wit.get(&e.id).map(Arc::as_ref), e, now))
+                        || (wit && wit_due(&snapshot, e, now))
                 })
                 .cloned()
                 .collect();
@@ -449,8 +477,7 @@ impl Agent {
                     let Some(entry) = due.next() else { break };
                     let agent = Arc::clone(&self);
                     let x509 = x509_due(snapshot.x509.get(&entry.id).map(Arc::as_ref), &entry, now);
-                    let wit =
-                        wit && wit_due(snapshot.wit.get(&entry.id).map(Arc::as_ref), &entry, now);
+                    let wit = wit && wit_due(&snapshot, &entry, now);
                     minting.spawn(async move { agent.mint(&entry, x509, wit).await });
                 }
                 let Some(done) = minting.join_next().await else {
@@ -576,8 +603,10 @@ impl Agent {
         audience.dedup();
         let key = (entry.id.clone(), entry.revision, audience);
         let now = unix_now();
+        let snapshot = self.snapshot.borrow().clone();
         if let Some(cached) = lock(&self.jwts).get(&key)
             && now < cached.refresh_at
+            && !snapshot.signer_retired(&cached.kid, KeyUse::JwtSvid, cached.issued_at, now)
         {
             return Ok(cached.token.clone());
         }
@@ -585,6 +614,7 @@ impl Agent {
         self.metrics.mint("jwt", token.is_ok());
         let token = token.map_err(|e| e.to_string())?;
         let (iat, exp) = token_times(&token).ok_or("the server sent an unreadable JWT-SVID")?;
+        let kid = token_kid(&token).ok_or("the server sent a JWT-SVID without a `kid`")?;
         let mut jwts = lock(&self.jwts);
         if jwts.len() >= JWT_CACHE {
             jwts.retain(|_, c| c.refresh_at > now);
@@ -596,6 +626,8 @@ impl Agent {
             key,
             CachedJwt {
                 token: token.clone(),
+                kid,
+                issued_at: iat,
                 refresh_at: iat + (exp - iat) / 2,
             },
         );
@@ -628,8 +660,12 @@ fn x509_due(current: Option<&X509Credential>, entry: &Entry, now: i64) -> bool {
     current.is_none_or(|c| c.revision != entry.revision || now >= c.refresh_at())
 }
 
-fn wit_due(current: Option<&WitCredential>, entry: &Entry, now: i64) -> bool {
-    current.is_none_or(|c| c.revision != entry.revision || now >= c.refresh_at())
+fn wit_due(snapshot: &Snapshot, entry: &Entry, now: i64) -> bool {
+    snapshot.wit.get(&entry.id).is_none_or(|c| {
+        c.revision != entry.revision
+            || now >= c.refresh_at()
+            || snapshot.signer_retired(&c.kid, KeyUse::WitSvid, c.issued_at, now)
+    })
 }
 
 async fn mint_x509(client: &AgentApiClient, entry: &Entry) -> Result<X509Credential, String> {
@@ -665,6 +701,7 @@ async fn mint_wit(client: &AgentApiClient, entry: &Entry) -> Result<WitCredentia
         .await
         .map_err(|e| e.to_string())?;
     let (issued_at, expires_at) = token_times(&token).ok_or("the server sent an unreadable WIT")?;
+    let kid = token_kid(&token).ok_or("the server sent a WIT without a `kid`")?;
     let key_jwk = key.to_private_jwk().map_err(|e| e.to_string())?;
     Ok(WitCredential {
         revision: entry.revision,
@@ -672,5 +709,6 @@ async fn mint_wit(client: &AgentApiClient, entry: &Entry) -> Result<WitCredentia
         key_jwk,
         issued_at,
         expires_at,
+        kid,
     })
 }

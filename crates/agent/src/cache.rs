@@ -9,7 +9,11 @@
 use crate::attestor::Selectors;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use wimse_core::bundle::TrustBundle;
+use wimse_core::bundle::{KeyUse, TrustBundle};
+
+/// How long a token signed by a key the bundle does not list is kept: two of the agent's
+/// bundle polls, so that it never chases a key it has not heard of yet.
+pub const UNKNOWN_SIGNER_GRACE: i64 = 10;
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_server::api::EntryView;
 
@@ -111,6 +115,8 @@ pub struct WitCredential {
     pub issued_at: i64,
     /// `exp`.
     pub expires_at: i64,
+    /// The `kid` of the key that signed it.
+    pub kid: String,
 }
 
 impl WitCredential {
@@ -194,6 +200,9 @@ pub struct Snapshot {
     pub x509: Arc<HashMap<String, Arc<X509Credential>>>,
     /// WITs by entry ID.
     pub wit: Arc<HashMap<String, Arc<WitCredential>>>,
+    /// The IDs of the trust domain's tainted JWT and WIT keys: what they signed is
+    /// replaced at once.
+    pub tainted: Arc<BTreeSet<String>>,
 }
 
 impl Snapshot {
@@ -207,7 +216,22 @@ impl Snapshot {
             synced: false,
             x509: Arc::default(),
             wit: Arc::default(),
+            tainted: Arc::default(),
         }
+    }
+
+    /// Whether a token signed with key `kid` for `key_use` at `issued_at` must be replaced
+    /// now: the key was tainted by an operator, or has left the bundle (revoked). A key
+    /// the bundle does not list yet counts only once the token is [`UNKNOWN_SIGNER_GRACE`]
+    /// old: a key activated at once (forced) may sign before this agent's next bundle.
+    pub fn signer_retired(&self, kid: &str, key_use: KeyUse, issued_at: i64, now: i64) -> bool {
+        self.tainted.contains(kid)
+            || (now >= issued_at.saturating_add(UNKNOWN_SIGNER_GRACE)
+                && !self
+                    .bundle
+                    .authorities(key_use)
+                    .iter()
+                    .any(|a| a.kid == kid))
     }
 
     /// The entries a workload with `selectors` is entitled to, in a stable order: by hint,
@@ -265,6 +289,35 @@ mod tests {
 
     fn selectors(list: &[&str]) -> Selectors {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_token_is_replaced_when_its_key_is_tainted_or_has_long_left_the_bundle() {
+        use wimse_core::bundle::JwtAuthority;
+        use wimse_core::jose::{Algorithm, SigningKey};
+        let mut bundle = TrustBundle::new(TrustDomain::new("td").unwrap());
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        bundle.wit_authorities.push(JwtAuthority {
+            kid: "k1".into(),
+            key: key.public_key().clone(),
+        });
+        let mut snapshot = Snapshot::new(bundle);
+        let now = 1_000;
+        assert!(!snapshot.signer_retired("k1", KeyUse::WitSvid, now - 100, now));
+        // A key of the other use is not this one.
+        assert!(snapshot.signer_retired("k1", KeyUse::JwtSvid, now - 100, now));
+        // Not listed: replaced, unless the token is younger than the grace (the bundle
+        // naming a key activated at once may not have arrived yet).
+        assert!(snapshot.signer_retired("k2", KeyUse::WitSvid, now - UNKNOWN_SIGNER_GRACE, now));
+        assert!(!snapshot.signer_retired(
+            "k2",
+            KeyUse::WitSvid,
+            now - UNKNOWN_SIGNER_GRACE + 1,
+            now
+        ));
+        // Tainted: replaced at once, though still listed.
+        snapshot.tainted = Arc::new(["k1".to_owned()].into());
+        assert!(snapshot.signer_retired("k1", KeyUse::WitSvid, now, now));
     }
 
     #[test]

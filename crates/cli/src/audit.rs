@@ -58,7 +58,7 @@ pub struct ShowArgs {
     pub decision: Option<Decision>,
     /// Show only records of this transaction (its Txn-Token's `txn`), to follow one call
     /// chain through the logs of every workload and the server
-    #[arg(long, value_name = "TXN")]
+    #[arg(long, value_name = "TXN", allow_hyphen_values = true)]
     pub txn: Option<String>,
     /// Show only records at or after this time (RFC 3339, such as 2025-01-31T12:00:00Z)
     #[arg(long, value_name = "TIME")]

@@ -258,6 +258,30 @@ mod tests {
             ],
             "wimse server localauthority activate",
         ),
+        (
+            &[
+                "server",
+                "localauthority",
+                "taint",
+                "--kind",
+                "jwt",
+                "--authority-id",
+                "k1",
+            ],
+            "wimse server localauthority taint",
+        ),
+        (
+            &[
+                "server",
+                "localauthority",
+                "revoke",
+                "--kind",
+                "wit",
+                "--authority-id",
+                "k1",
+            ],
+            "wimse server localauthority revoke",
+        ),
         (&["server", "healthcheck"], "wimse server healthcheck"),
         (
             &["agent", "run", "--config", "agent.toml"],
@@ -798,6 +822,45 @@ mod tests {
             panic!("not a join token");
         };
         assert_eq!(token.as_str(), "-P3xq_token");
+    }
+
+    #[test]
+    fn random_ids_that_start_with_a_hyphen_are_the_flags_values() {
+        // `txn`s and key IDs are base64url too.
+        let Command::Server(ServerCommand::Transaction(crate::server::TransactionCommand::Revoke(
+            args,
+        ))) = parse(&["server", "transaction", "revoke", "--txn", "-Tx_1"])
+            .unwrap()
+            .command
+        else {
+            panic!("not transaction revoke");
+        };
+        assert_eq!(args.txn, "-Tx_1");
+        let Command::Server(ServerCommand::Localauthority(
+            crate::server::LocalAuthorityCommand::Taint(args),
+        )) = parse(&[
+            "server",
+            "localauthority",
+            "taint",
+            "--kind",
+            "jwt",
+            "--authority-id",
+            "-k1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not localauthority taint");
+        };
+        assert_eq!(args.authority_id, "-k1");
+        let Command::Audit(crate::audit::AuditCommand::Show(args)) =
+            parse(&["audit", "show", "log.jsonl", "--txn", "-Tx_1"])
+                .unwrap()
+                .command
+        else {
+            panic!("not audit show");
+        };
+        assert_eq!(args.txn.as_deref(), Some("-Tx_1"));
     }
 
     fn agent_run_config(args: &[&str], env: &Environment) -> wimse_agent::config::AgentConfig {

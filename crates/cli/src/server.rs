@@ -821,6 +821,23 @@ pub enum LocalAuthorityCommand {
     Prepare(AuthorityKindArgs),
     /// Make this server's prepared key of a kind sign from now on; the active one retires
     Activate(ActivateArgs),
+    /// Mark a retired JWT or WIT key as compromised: agents replace what it signed at once
+    Taint(AuthorityIdArgs),
+    /// Remove a tainted JWT or WIT key from the bundle for good
+    Revoke(AuthorityIdArgs),
+}
+
+/// `wimse server localauthority taint|revoke`
+#[derive(Debug, Args)]
+pub struct AuthorityIdArgs {
+    /// Which kind of key
+    #[arg(long, value_enum)]
+    pub kind: AuthorityKindArg,
+    /// The key's ID, as `localauthority show` lists it (base64url: it may start with `-`)
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+    pub authority_id: String,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
 }
 
 /// What a signing authority signs.
@@ -913,6 +930,20 @@ impl LocalAuthorityCommand {
                     println!("Activated {} authority {}", a.kind, a.id);
                     print_authority(&a);
                 }
+                Self::Taint(args) => {
+                    let a = client(&args.admin)
+                        .retire_authority("taint", args.kind.name(), &args.authority_id)
+                        .await?;
+                    println!("Tainted {} authority {}", a.kind, a.id);
+                    print_authority(&a);
+                }
+                Self::Revoke(args) => {
+                    let a = client(&args.admin)
+                        .retire_authority("revoke", args.kind.name(), &args.authority_id)
+                        .await?;
+                    println!("Revoked {} authority {}", a.kind, a.id);
+                    print_authority(&a);
+                }
             }
             Ok(())
         })
@@ -932,8 +963,8 @@ pub enum TransactionCommand {
 /// `wimse server transaction revoke`
 #[derive(Debug, Args)]
 pub struct TransactionArgs {
-    /// The transaction's `txn`, as audit records show it
-    #[arg(long, value_name = "TXN")]
+    /// The transaction's `txn`, as audit records show it (it may start with `-`)
+    #[arg(long, value_name = "TXN", allow_hyphen_values = true)]
     pub txn: String,
     #[command(flatten)]
     pub admin: AdminSocketArg,

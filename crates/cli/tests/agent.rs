@@ -312,6 +312,140 @@ async fn an_x509_source_sees_three_rotations_of_a_five_second_svid() {
     source.shutdown().await;
 }
 
+/// The `kid` of a compact JWS.
+fn kid_of(token: &str) -> String {
+    wimse_core::jose::Jws::parse(token)
+        .unwrap()
+        .header()
+        .kid
+        .clone()
+        .unwrap()
+}
+
+/// The value of `name`'s line in a command's output.
+fn line_value<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no `{name}` in {out}"))
+        .trim()
+}
+
+/// The arguments of `wimse server localauthority <step>` for key `id` of `kind`.
+fn key_step<'a>(step: &'a str, kind: &'a str, id: &'a str) -> [&'a str; 7] {
+    [
+        "server",
+        "localauthority",
+        step,
+        "--kind",
+        kind,
+        "--authority-id",
+        id,
+    ]
+}
+
+/// Activates a successor of `kind`'s key `old` at once and taints `old`, checking the
+/// refusals on the way; the successor's ID.
+fn rotate_and_taint(server: &Server, kind: &str, old: &str) -> String {
+    // An active key cannot be tainted, nor an untainted one revoked.
+    let err = server.admin_err(&key_step("taint", kind, old));
+    assert!(err.contains("only a retired key"), "{err}");
+    server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
+    let activated = server.admin_ok(&[
+        "server",
+        "localauthority",
+        "activate",
+        "--kind",
+        kind,
+        "--force",
+    ]);
+    let err = server.admin_err(&key_step("revoke", kind, old));
+    assert!(err.contains("only a tainted key"), "{err}");
+    let tainted = server.admin_ok(&key_step("taint", kind, old));
+    assert_eq!(line_value(&tainted, "State             :"), "tainted");
+    line_value(&activated, "Authority ID      :").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_key_is_tainted_then_revoked_without_a_workload_losing_its_identity() {
+    let domain = Domain::start();
+    domain.entry_for_me("/billing", &[]);
+    let client = domain.client().await;
+    let own = domain.wimse_client().await;
+    let wits = eventually(Duration::from_secs(10), || {
+        let mut own = own.clone();
+        async move { own.wit_svids().await }
+    })
+    .await;
+    let old_wit = kid_of(&wits[0].token);
+    let old_jwt = kid_of(
+        client
+            .fetch_jwt_svid(["payments"], None)
+            .await
+            .unwrap()
+            .token(),
+    );
+    let server = &domain.server;
+
+    // The operator rotates both keys at once and taints the old ones.
+    let new_kids: Vec<String> = [("wit", &old_wit), ("jwt", &old_jwt)]
+        .into_iter()
+        .map(|(kind, old)| rotate_and_taint(server, kind, old))
+        .collect();
+    let err = server.admin_err(&key_step("taint", "x509", "any"));
+    assert!(err.contains("cannot be tainted or revoked yet"), "{err}");
+
+    // Within a few seconds the agent hands the workload a WIT and a JWT-SVID signed by
+    // the new keys, well before the old ones' half life.
+    let new_wit = eventually(Duration::from_secs(20), || {
+        let mut own = own.clone();
+        let expected = new_kids[0].clone();
+        async move {
+            let wits = own.wit_svids().await.map_err(|e| e.to_string())?;
+            let kid = kid_of(&wits[0].token);
+            if kid == expected {
+                Ok(wits[0].token.clone())
+            } else {
+                Err(kid)
+            }
+        }
+    })
+    .await;
+    let jwt = client.fetch_jwt_svid(["payments"], None).await.unwrap();
+    assert_eq!(kid_of(jwt.token()), new_kids[1]);
+
+    // Revoked: gone from the bundle, while what the workload holds still verifies.
+    for (kind, old) in [("wit", &old_wit), ("jwt", &old_jwt)] {
+        let revoked = server.admin_ok(&key_step("revoke", kind, old));
+        assert!(
+            revoked.starts_with(&format!("Revoked {kind} authority {old}\n")),
+            "{revoked}"
+        );
+    }
+    let bundle = server.bundle();
+    assert!(bundle.wit_authorities.iter().all(|a| a.kid != old_wit));
+    assert!(bundle.jwt_authorities.iter().all(|a| a.kid != old_jwt));
+    let mut set = BundleSet::new();
+    set.insert(bundle);
+    let validation = Validation::at(unix_now());
+    wimse_core::token::wit::verify_wit(
+        &new_wit,
+        &set,
+        wimse_core::token::wit::WitProfile::Spiffe,
+        &validation,
+    )
+    .unwrap();
+    wimse_core::token::jwt_svid::verify_jwt_svid(jwt.token(), &set, "payments", &validation)
+        .unwrap();
+    let shown = server.admin_ok(&["server", "localauthority", "show"]);
+    assert!(
+        !shown.contains(old_wit.as_str()) && !shown.contains("tainted"),
+        "{shown}"
+    );
+    // The agent saw the taints come and go.
+    let log = domain.agent.log();
+    assert!(log.contains("tainted signing keys"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_without_an_entry_or_without_the_header_are_refused() {
     let domain = Domain::start();

@@ -329,6 +329,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/agent/v1/svid/wit", post(svid_wit))
         .route("/agent/v1/svid/jwt", post(svid_jwt))
         .route("/agent/v1/bundle", get(bundle))
+        .route("/agent/v1/tainted", get(tainted))
         .route("/agent/v1/federated-bundles", get(federated_bundles))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -927,6 +928,16 @@ async fn bundle(
         state.bundle().to_spiffe_json(),
     )
         .into_response())
+}
+
+/// The IDs of the bundle's tainted keys: the agent replaces at once every credential
+/// one of them signed (a JSON array of strings).
+async fn tainted(
+    AxState(state): AxState<Arc<State>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, AgentApiError> {
+    agent(&state, &caller).await?;
+    Ok(Json(state.tainted().as_ref().clone()).into_response())
 }
 
 async fn federated_bundles(

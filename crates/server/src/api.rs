@@ -115,7 +115,7 @@ pub struct AuthorityView {
     pub kind: String,
     /// Its ID (the `kid` of JWT and WIT keys).
     pub id: String,
-    /// `prepared`, `active` or `retired`.
+    /// `prepared`, `active`, `retired` or `tainted`.
     pub state: String,
     /// The replica that holds it.
     pub server_id: String,
@@ -127,8 +127,8 @@ pub struct AuthorityView {
     pub not_after: i64,
 }
 
-/// Names a kind of authority to prepare or activate (`POST /v1/authorities/prepare`,
-/// `POST /v1/authorities/activate`).
+/// Names a kind of authority to prepare or activate, or a key to taint or revoke
+/// (`POST /v1/authorities/{prepare,activate,taint,revoke}`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuthorityRequest {
     /// `x509`, `jwt` or `wit`.
@@ -136,6 +136,9 @@ pub struct AuthorityRequest {
     /// Activate even if relying parties may not know the key yet.
     #[serde(default)]
     pub force: bool,
+    /// The key to taint or revoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// Names a transaction to revoke (`POST /v1/transactions/revoke`).

@@ -19,6 +19,13 @@
 //! bundle refresh hint, so that relying parties know it before they meet it, unless the
 //! operator forces it.
 //!
+//! A retired key believed compromised is then **tainted** ([`Authorities::taint`]): it
+//! stays published, but agents replace at once everything it signed (they poll the
+//! tainted IDs beside the bundle); then **revoked** ([`Authorities::revoke`]): its files
+//! go, and it leaves the shared bundle at once, so what it signed no longer verifies.
+//! JWT and WIT keys only for now: agents cannot yet tell which CA signed an X509-SVID, so
+//! a CA is rotated with prepare and activate and ages out of the bundle.
+//!
 //! Keys are per replica: each server keeps its private keys in `<data dir>/keys` (files
 //! with mode 0600, PKCS#8 PEM) and publishes only the public halves through the
 //! datastore, so several replicas on one database share one bundle holding all of them.
@@ -450,6 +457,72 @@ impl Authorities {
             .ok_or_else(|| AuthorityError::Refused("the activated key was lost".into()))
     }
 
+    /// Marks the retired key `id` of `kind` as compromised: still published, but agents
+    /// replace what it signed at once (`false`: it was tainted already). JWT and WIT keys
+    /// only: agents cannot yet tell which CA signed an X509-SVID.
+    pub fn taint(&mut self, kind: AuthorityKind, id: &str) -> Result<(Slot, bool), AuthorityError> {
+        let slot = self.operated(kind, id)?;
+        match slot.state {
+            AuthorityState::Tainted => return Ok((slot.clone(), false)),
+            AuthorityState::Retired => {}
+            AuthorityState::Active | AuthorityState::Prepared => {
+                return Err(AuthorityError::Refused(format!(
+                    "{} authority `{id}` is {}: only a retired key can be tainted (activate \
+                     its successor first)",
+                    kind.as_str(),
+                    slot.state.as_str()
+                )));
+            }
+        }
+        let mut tainted = slot.clone();
+        tainted.state = AuthorityState::Tainted;
+        self.persist(&tainted)?;
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.kind == kind && s.id == id) {
+            slot.state = AuthorityState::Tainted;
+        }
+        Ok((tainted, true))
+    }
+
+    /// Removes the tainted key `id` of `kind` for good: its files now, and the caller
+    /// removes it from the bundle. What it signed no longer verifies anywhere the bundle
+    /// reaches.
+    pub fn revoke(&mut self, kind: AuthorityKind, id: &str) -> Result<Slot, AuthorityError> {
+        let slot = self.operated(kind, id)?;
+        if slot.state != AuthorityState::Tainted {
+            return Err(AuthorityError::Refused(format!(
+                "{} authority `{id}` is {}: only a tainted key can be revoked (taint it, and \
+                 let agents replace what it signed)",
+                kind.as_str(),
+                slot.state.as_str()
+            )));
+        }
+        let slot = slot.clone();
+        self.remove_files(&slot);
+        self.slots.retain(|s| !(s.kind == kind && s.id == id));
+        Ok(slot)
+    }
+
+    /// This replica's key `id` of `kind`, which an operator may taint or revoke.
+    fn operated(&self, kind: AuthorityKind, id: &str) -> Result<&Slot, AuthorityError> {
+        if kind == AuthorityKind::X509 {
+            return Err(AuthorityError::Refused(
+                "X.509 authorities cannot be tainted or revoked yet (agents cannot tell which \
+                 CA signed an X509-SVID); rotate the CA with prepare and activate"
+                    .into(),
+            ));
+        }
+        self.slots
+            .iter()
+            .find(|s| s.kind == kind && s.id == id)
+            .ok_or_else(|| {
+                AuthorityError::Refused(format!(
+                    "this server holds no {} authority `{id}` (keys are per replica: run it \
+                     against the replica that holds it)",
+                    kind.as_str()
+                ))
+            })
+    }
+
     /// The prepared key of `kind`, if any.
     fn prepared(&self, kind: AuthorityKind) -> Option<&Slot> {
         self.slots
@@ -676,6 +749,61 @@ mod tests {
             .activate(AuthorityKind::Jwt, T0 + 13 * HOUR, 300, true)
             .unwrap();
         assert_eq!(active.id, next.id);
+    }
+
+    #[test]
+    fn only_a_retired_key_is_tainted_and_only_a_tainted_one_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a =
+            Authorities::load_or_create(dir.path(), "s1", td(), policy(), None, T0).unwrap();
+        let refused = |e: AuthorityError| match e {
+            AuthorityError::Refused(message) => message,
+            other => panic!("not refused: {other}"),
+        };
+        let old = a.active(AuthorityKind::Jwt).unwrap().id.clone();
+        let message = refused(a.taint(AuthorityKind::Jwt, &old).unwrap_err());
+        assert!(message.contains("is active"), "{message}");
+        let (next, _) = a.prepare(AuthorityKind::Jwt, T0).unwrap();
+        let message = refused(a.taint(AuthorityKind::Jwt, &next.id).unwrap_err());
+        assert!(message.contains("is prepared"), "{message}");
+        a.activate(AuthorityKind::Jwt, T0, 300, true).unwrap();
+        let message = refused(a.revoke(AuthorityKind::Jwt, &old).unwrap_err());
+        assert!(message.contains("only a tainted key"), "{message}");
+        // Keys are named by kind and ID: another kind, or an unknown ID, is not found.
+        assert!(refused(a.taint(AuthorityKind::Wit, &old).unwrap_err()).contains("holds no"));
+        assert!(refused(a.taint(AuthorityKind::Jwt, "nope").unwrap_err()).contains("holds no"));
+        let x509 = a.active(AuthorityKind::X509).unwrap().id.clone();
+        assert!(refused(a.taint(AuthorityKind::X509, &x509).unwrap_err()).contains("yet"));
+
+        let (tainted, new) = a.taint(AuthorityKind::Jwt, &old).unwrap();
+        assert!(new);
+        assert_eq!(tainted.state, AuthorityState::Tainted);
+        assert!(
+            !a.taint(AuthorityKind::Jwt, &old).unwrap().1,
+            "tainted once"
+        );
+        // Published as tainted, and so after a restart.
+        let published = a.public_records(T0);
+        assert!(
+            published
+                .iter()
+                .any(|r| r.id == old && r.state == AuthorityState::Tainted)
+        );
+        let mut b =
+            Authorities::load_or_create(dir.path(), "s1", td(), policy(), None, T0 + 60).unwrap();
+        assert_eq!(
+            states(&b, AuthorityKind::Jwt),
+            vec![AuthorityState::Active, AuthorityState::Tainted]
+        );
+        // Revoked: gone from memory and disk; the new key goes on signing.
+        b.revoke(AuthorityKind::Jwt, &old).unwrap();
+        assert_eq!(states(&b, AuthorityKind::Jwt), vec![AuthorityState::Active]);
+        assert_eq!(b.active(AuthorityKind::Jwt).unwrap().id, next.id);
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!files.iter().any(|f| f.contains(&old)), "{files:?}");
     }
 
     #[test]

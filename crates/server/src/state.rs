@@ -4,7 +4,7 @@
 
 use crate::authority::{Authorities, AuthorityError, Slot};
 use crate::config::ServerConfig;
-use crate::datastore::{AuthorityKind, Datastore, SqlStore, StoreError};
+use crate::datastore::{AuthorityKind, AuthorityState, Datastore, SqlStore, StoreError};
 use crate::issuer::{IssueError, Issuer, bundle_from_records};
 use crate::metrics::Metrics;
 use std::sync::{Arc, RwLock};
@@ -65,6 +65,9 @@ pub struct State {
     pub authorities: RwLock<Authorities>,
     /// The current trust bundle (all replicas' keys).
     bundle: RwLock<Arc<TrustBundle>>,
+    /// The IDs of the tainted JWT and WIT keys among them (all replicas'), sorted: agents
+    /// replace what these signed.
+    tainted: RwLock<Arc<Vec<String>>>,
     /// The TLS credential of the public listener.
     svid: RwLock<Arc<ServerSvid>>,
     /// Metrics.
@@ -129,6 +132,7 @@ impl State {
             x509pop_ca,
             authorities: RwLock::new(authorities),
             bundle: RwLock::new(Arc::new(bundle)),
+            tainted: RwLock::default(),
             svid: RwLock::new(Arc::new(placeholder)),
             metrics: Metrics::default().with_issuers(token_service.issuers()),
             revision,
@@ -179,7 +183,50 @@ impl State {
         if *self.bundle() != bundle {
             *write(&self.bundle) = Arc::new(bundle);
         }
+        let mut tainted: Vec<String> = records
+            .into_iter()
+            .filter(|r| r.state == AuthorityState::Tainted)
+            .map(|r| r.id)
+            .collect();
+        tainted.sort();
+        if *self.tainted() != tainted {
+            *write(&self.tainted) = Arc::new(tainted);
+        }
         Ok(())
+    }
+
+    /// The IDs of the tainted keys in the bundle, sorted.
+    pub fn tainted(&self) -> Arc<Vec<String>> {
+        Arc::clone(&read(&self.tainted))
+    }
+
+    /// Marks this replica's retired key `id` of `kind` as compromised (see
+    /// [`Authorities::taint`]) and publishes that (`false`: it was tainted already).
+    pub async fn taint_authority(
+        &self,
+        kind: AuthorityKind,
+        id: &str,
+    ) -> Result<(Slot, bool), StateError> {
+        let (slot, new) = write(&self.authorities).taint(kind, id)?;
+        self.publish_authorities(new).await?;
+        if new {
+            tracing::warn!(kind = kind.as_str(), id, "authority tainted by an operator");
+        }
+        Ok((slot, new))
+    }
+
+    /// Removes this replica's tainted key `id` of `kind` from its key store and from the
+    /// shared bundle at once.
+    pub async fn revoke_authority(
+        &self,
+        kind: AuthorityKind,
+        id: &str,
+    ) -> Result<Slot, StateError> {
+        let slot = write(&self.authorities).revoke(kind, id)?;
+        self.store.delete_authority(id, &self.server_id).await?;
+        self.publish_authorities(true).await?;
+        tracing::warn!(kind = kind.as_str(), id, "authority revoked by an operator");
+        Ok(slot)
     }
 
     /// Rotates this replica's keys if due, and republishes when anything changed.

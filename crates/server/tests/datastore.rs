@@ -1332,6 +1332,23 @@ async fn authority_is_updated_in_place_and_changes_state(store: &SqlStore) {
             server_id: "replica-2".to_owned()
         })
     );
+    // Tainted is stored like any state; a revoked authority leaves at once, and only the
+    // named replica's.
+    store
+        .set_authority_state("kid", "replica-1", AuthorityState::Tainted)
+        .await
+        .unwrap();
+    store
+        .put_authority(&authority("kid", "replica-2", NOW + 100))
+        .await
+        .unwrap();
+    let listed = store.list_authorities(NOW).await.unwrap();
+    assert_eq!(listed[0].state, AuthorityState::Tainted);
+    assert!(store.delete_authority("kid", "replica-1").await.unwrap());
+    assert!(!store.delete_authority("kid", "replica-1").await.unwrap());
+    let listed = store.list_authorities(NOW).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].server_id, "replica-2");
 }
 
 async fn bundle_sequence_bumps_are_atomic_under_16_concurrent_callers(store: &SqlStore) {

@@ -282,6 +282,7 @@ impl AdminClient {
         let req = AuthorityRequest {
             kind: kind.to_owned(),
             force: false,
+            id: None,
         };
         self.json(Method::POST, "/v1/authorities/prepare", Some(&req))
             .await
@@ -296,8 +297,26 @@ impl AdminClient {
         let req = AuthorityRequest {
             kind: kind.to_owned(),
             force,
+            id: None,
         };
         self.json(Method::POST, "/v1/authorities/activate", Some(&req))
+            .await
+    }
+
+    /// Taints (`step` `taint`) or revokes (`revoke`) the answering replica's key `id` of
+    /// `kind`.
+    pub async fn retire_authority(
+        &self,
+        step: &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<AuthorityView, ClientError> {
+        let req = AuthorityRequest {
+            kind: kind.to_owned(),
+            force: false,
+            id: Some(id.to_owned()),
+        };
+        self.json(Method::POST, &format!("/v1/authorities/{step}"), Some(&req))
             .await
     }
 

@@ -113,6 +113,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/authorities", get(list_authorities))
         .route("/v1/authorities/prepare", post(prepare_authority))
         .route("/v1/authorities/activate", post(activate_authority))
+        .route("/v1/authorities/taint", post(taint_authority))
+        .route("/v1/authorities/revoke", post(revoke_authority))
         .route("/v1/transactions/revoked", get(list_revoked_transactions))
         .route("/v1/health", get(|| async { "ok" }))
         .merge(federation::routes())
@@ -594,6 +596,43 @@ async fn prepare_authority(
         let action = format!("authority prepare {} {}", kind.as_str(), slot.id);
         state.audit.admin(&action, None, None, None);
     }
+    Ok(Json(slot_view(&state, &slot)))
+}
+
+/// The key a taint or revoke request names.
+fn named_key(req: &AuthorityRequest) -> Result<(AuthorityKind, &str), AdminError> {
+    let kind = authority_kind(&req.kind)?;
+    let id = req
+        .id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| AdminError::BadRequest("`id` (the authority's ID) is missing".into()))?;
+    Ok((kind, id))
+}
+
+/// Marks this replica's retired key as compromised: agents replace what it signed.
+async fn taint_authority(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AuthorityRequest>,
+) -> AdminResult<AuthorityView> {
+    let (kind, id) = named_key(&req)?;
+    let (slot, new) = state.taint_authority(kind, id).await?;
+    if new {
+        let action = format!("authority taint {} {}", kind.as_str(), slot.id);
+        state.audit.admin(&action, None, None, None);
+    }
+    Ok(Json(slot_view(&state, &slot)))
+}
+
+/// Removes this replica's tainted key from the bundle for good.
+async fn revoke_authority(
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AuthorityRequest>,
+) -> AdminResult<AuthorityView> {
+    let (kind, id) = named_key(&req)?;
+    let slot = state.revoke_authority(kind, id).await?;
+    let action = format!("authority revoke {} {}", kind.as_str(), slot.id);
+    state.audit.admin(&action, None, None, None);
     Ok(Json(slot_view(&state, &slot)))
 }
 

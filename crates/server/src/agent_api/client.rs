@@ -512,6 +512,12 @@ impl AgentApiClient {
         self.get_text("/agent/v1/bundle").await
     }
 
+    /// The IDs of the trust domain's tainted keys (see `GET /agent/v1/tainted`).
+    pub async fn tainted(&self) -> Result<Vec<String>, AgentClientError> {
+        let bytes = self.call(Method::GET, "/agent/v1/tainted", None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| AgentClientError::Decode(e.to_string()))
+    }
+
     /// The foreign trust domains' bundles, SPIFFE bundle map JSON.
     pub async fn federated_bundles(&self) -> Result<String, AgentClientError> {
         self.get_text("/agent/v1/federated-bundles").await

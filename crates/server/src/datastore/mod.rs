@@ -364,21 +364,26 @@ pub enum AuthorityState {
     Active,
     /// No longer signing, still published until what it signed has expired.
     Retired,
+    /// Retired, and marked by an operator as compromised: still published, but agents
+    /// replace at once every credential it signed, so that it can be revoked (removed
+    /// from the bundle) without breaking anyone.
+    Tainted,
 }
 
 impl AuthorityState {
-    /// The stored name: `prepared`, `active` or `retired`.
+    /// The stored name: `prepared`, `active`, `retired` or `tainted`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Prepared => "prepared",
             Self::Active => "active",
             Self::Retired => "retired",
+            Self::Tainted => "tainted",
         }
     }
 
     /// The state stored as `name`, if any.
     pub(crate) fn from_stored(name: &str) -> Option<Self> {
-        [Self::Prepared, Self::Active, Self::Retired]
+        [Self::Prepared, Self::Active, Self::Retired, Self::Tainted]
             .into_iter()
             .find(|state| state.as_str() == name)
     }
@@ -681,6 +686,14 @@ pub trait Datastore: Send + Sync {
     fn list_revoked_transactions(
         &self,
     ) -> impl Future<Output = Result<Vec<RevokedTransaction>, StoreError>> + Send;
+
+    /// Removes authority `id` of replica `server_id` from the shared bundle at once (an
+    /// operator revoked it); false when there was none.
+    fn delete_authority(
+        &self,
+        id: &str,
+        server_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Forgets the revocations that expired at or before `now`; returns how many.
     fn prune_revoked_transactions(

@@ -1029,6 +1029,19 @@ impl Datastore for SqlStore {
         Ok(())
     }
 
+    async fn delete_authority(&self, id: &str, server_id: &str) -> Result<bool, StoreError> {
+        let deleted = on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM authorities WHERE id = $1 AND server_id = $2")
+                .bind(id)
+                .bind(server_id)
+                .execute(pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected()
+        });
+        Ok(deleted > 0)
+    }
+
     async fn prune_authorities(&self, now: i64) -> Result<u64, StoreError> {
         let deleted = on_pool!(self, |pool| {
             sqlx::query("DELETE FROM authorities WHERE not_after <= $1")
