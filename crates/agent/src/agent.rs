@@ -1,15 +1,16 @@
 //! The running agent: its state and the background work that keeps it current.
 //!
 //! Four loops run beside the Workload API, each owning one concern:
-//! - **node**: renews the agent's own X509-SVID at half life; attests again when the
-//!   server refuses it (evicted) or it expired, where the attestation method allows;
+//! - **node**: renews the agent's own X509-SVID at half life, or at once when its CA was
+//!   tainted; attests again when the server refuses it (evicted) or it expired, where the
+//!   attestation method allows;
 //! - **sync**: long-polls the server for entry changes by revision, so a change arrives
 //!   within about a second of being made, and applies them to the snapshot;
 //! - **bundle**: fetches the trust bundle, the IDs of its tainted keys and the foreign
 //!   trust domains' bundles every few seconds and publishes changes;
 //! - **mint**: mints an X509-SVID and a WIT ahead of need for every entry, and again at
-//!   half life or at once when the WIT's signing key was tainted or revoked, keeping the
-//!   old one while the server cannot be reached. (Cached JWT-SVIDs of such a key are not
+//!   half life or at once when its signing key or CA was tainted (or, for a WIT, revoked),
+//!   keeping the old one while the server cannot be reached. (Cached JWT-SVIDs of such a key are not
 //!   served again either.)
 //!
 //! None of them blocks the Workload API: it answers from the latest [`Snapshot`].
@@ -240,11 +241,20 @@ impl Agent {
                 let credential = lock(&self.credential);
                 (credential.renew_at(), credential.expires_at())
             };
+            let signer = lock(&self.credential)
+                .chain
+                .first()
+                .and_then(|leaf| leaf.wimse_authority().map(str::to_owned));
             let refused = tokio::select! {
                 // Half life: renew.
                 () = sleep_until_unix(renew_at) => false,
                 // The server refused a call of the agent: its credential is no good.
                 () = self.refused.notified() => true,
+                // Its CA was tainted: renew now, before the CA is revoked.
+                () = self.until_tainted(signer) => {
+                    tracing::warn!("this agent's certificate was signed by a tainted CA; renewing");
+                    false
+                }
             };
             let outcome = if refused || unix_now() >= expires_at {
                 self.reattest().await
@@ -279,6 +289,22 @@ impl Agent {
                         self.refused.notify_one();
                     }
                 }
+            }
+        }
+    }
+
+    /// Returns once the authority `signer` is among the tainted keys (never for `None`).
+    async fn until_tainted(&self, signer: Option<String>) {
+        let Some(signer) = signer else {
+            return std::future::pending().await;
+        };
+        let mut changes = self.snapshot.subscribe();
+        loop {
+            if changes.borrow_and_update().tainted.contains(&signer) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     }
@@ -459,10 +485,7 @@ impl Agent {
                 .entries
                 .values()
                 .filter(|e| retry.get(&e.id).is_none_or(|(at, _)| *at <= now))
-                .filter(|e| {
-                    x509_due(snapshot.x509.get(&e.id).map(Arc::as_ref), e, now)
-                        || (wit && wit_due(&snapshot, e, now))
-                })
+                .filter(|e| x509_due(&snapshot, e, now) || (wit && wit_due(&snapshot, e, now)))
                 .cloned()
                 .collect();
             // At most MINT_CONCURRENCY mints exist at a time: a task per due entry up front
@@ -476,7 +499,7 @@ impl Agent {
                 while minting.len() < MINT_CONCURRENCY {
                     let Some(entry) = due.next() else { break };
                     let agent = Arc::clone(&self);
-                    let x509 = x509_due(snapshot.x509.get(&entry.id).map(Arc::as_ref), &entry, now);
+                    let x509 = x509_due(&snapshot, &entry, now);
                     let wit = wit && wit_due(&snapshot, &entry, now);
                     minting.spawn(async move { agent.mint(&entry, x509, wit).await });
                 }
@@ -656,8 +679,14 @@ fn apply(entries: &mut BTreeMap<String, Entry>, change: SyncChange) {
     }
 }
 
-fn x509_due(current: Option<&X509Credential>, entry: &Entry, now: i64) -> bool {
-    current.is_none_or(|c| c.revision != entry.revision || now >= c.refresh_at())
+fn x509_due(snapshot: &Snapshot, entry: &Entry, now: i64) -> bool {
+    snapshot.x509.get(&entry.id).is_none_or(|c| {
+        c.revision != entry.revision
+            || now >= c.refresh_at()
+            || c.signer
+                .as_ref()
+                .is_some_and(|id| snapshot.tainted.contains(id))
+    })
 }
 
 fn wit_due(snapshot: &Snapshot, entry: &Entry, now: i64) -> bool {
@@ -676,10 +705,8 @@ async fn mint_x509(client: &AgentApiClient, entry: &Entry) -> Result<X509Credent
         .await
         .map_err(|e| e.to_string())?;
     let key_pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
-    let not_after = chain
-        .first()
-        .map(x509::Certificate::not_after)
-        .ok_or("the server sent an empty chain")?;
+    let leaf = chain.first().ok_or("the server sent an empty chain")?;
+    let (not_after, signer) = (leaf.not_after(), leaf.wimse_authority().map(str::to_owned));
     Ok(X509Credential {
         revision: entry.revision,
         chain_der: chain
@@ -690,6 +717,7 @@ async fn mint_x509(client: &AgentApiClient, entry: &Entry) -> Result<X509Credent
         not_after,
         key_pkcs8,
         minted_at: unix_now(),
+        signer,
     })
 }
 

@@ -86,6 +86,8 @@ pub struct X509Credential {
     pub key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
     /// When the agent received it, Unix seconds.
     pub minted_at: i64,
+    /// The ID of the CA that signed the leaf (from its issuer's name), if it is a wimse CA.
+    pub signer: Option<String>,
 }
 
 impl X509Credential {

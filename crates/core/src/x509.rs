@@ -253,9 +253,16 @@ pub struct Certificate {
     /// Key usage bits, x509-parser order (bit 0 `digitalSignature`, bit 5 `keyCertSign`).
     key_usage: Option<u16>,
     subject_key_id: Option<Vec<u8>>,
+    /// The issuer's first common name, when it is text.
+    issuer_cn: Option<String>,
     /// The serial's magnitude, big-endian, without leading zero bytes.
     serial: Vec<u8>,
 }
+
+/// How a wimse CA's subject common name begins: `wimse CA <authority ID>`, so that a
+/// certificate it signed names its signing authority in its issuer (agents replace what a
+/// tainted CA signed by it).
+pub const CA_COMMON_NAME_PREFIX: &str = "wimse CA ";
 
 impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -340,6 +347,12 @@ impl Certificate {
         let not_before = validity.not_before.timestamp();
         let not_after = validity.not_after.timestamp();
         let spki = cert.public_key().raw.to_vec();
+        let issuer_cn = cert
+            .issuer()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
         drop(cert);
         Ok(Certificate {
             der,
@@ -352,8 +365,18 @@ impl Certificate {
             basic_constraints,
             key_usage,
             subject_key_id,
+            issuer_cn,
             serial,
         })
+    }
+
+    /// The ID of the wimse signing authority that issued this certificate, read from its
+    /// issuer's common name ([`CA_COMMON_NAME_PREFIX`]); `None` for another issuer.
+    pub fn wimse_authority(&self) -> Option<&str> {
+        self.issuer_cn
+            .as_deref()?
+            .strip_prefix(CA_COMMON_NAME_PREFIX)
+            .filter(|id| !id.is_empty())
     }
 
     /// Reads exactly one `CERTIFICATE` PEM block.
@@ -1497,6 +1520,31 @@ mod tests {
         ];
         set_validity(&mut params, NOW - HOUR, NOW + HOUR).unwrap();
         params
+    }
+
+    #[test]
+    fn a_leaf_names_the_wimse_authority_that_signed_it() {
+        let (key, ca) = root(Algorithm::Es256, &format!("{CA_COMMON_NAME_PREFIX}k7_-Q"));
+        let leaf = issue_leaf(Algorithm::Es256, &leaf_params(ID), &ca, &key).unwrap();
+        assert_eq!(leaf.wimse_authority(), Some("k7_-Q"));
+        // Also under an intermediate: the leaf names the CA right above it.
+        let mid_key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let mid = intermediate_ca(
+            &mid_key,
+            &ca_params(TD, &format!("{CA_COMMON_NAME_PREFIX}mid")),
+            &ca,
+            &key,
+        )
+        .unwrap();
+        let under = issue_leaf(Algorithm::Es256, &leaf_params(ID), &mid, &mid_key).unwrap();
+        assert_eq!(under.wimse_authority(), Some("mid"));
+        assert_eq!(mid.wimse_authority(), Some("k7_-Q"));
+        // Another issuer's name, or the bare prefix, names none.
+        for cn in ["Other CA", CA_COMMON_NAME_PREFIX, "wimse CAk"] {
+            let (key, ca) = root(Algorithm::Es256, cn);
+            let leaf = issue_leaf(Algorithm::Es256, &leaf_params(ID), &ca, &key).unwrap();
+            assert_eq!(leaf.wimse_authority(), None, "{cn}");
+        }
     }
 
     const SUBJECT_KEY_ID_OID: &str = "2.5.29.14";

@@ -23,8 +23,10 @@
 //! stays published, but agents replace at once everything it signed (they poll the
 //! tainted IDs beside the bundle); then **revoked** ([`Authorities::revoke`]): its files
 //! go, and it leaves the shared bundle at once, so what it signed no longer verifies.
-//! JWT and WIT keys only for now: agents cannot yet tell which CA signed an X509-SVID, so
-//! a CA is rotated with prepare and activate and ages out of the bundle.
+//! A CA's subject names its ID (`wimse CA <id>`), so the issuer of every certificate it
+//! signed does too: that is how agents find what a tainted CA signed, their own
+//! certificates included. With an upstream CA, revoking an intermediate is the upstream
+//! CA's business (the bundle holds the upstream root); tainting it still works.
 //!
 //! Keys are per replica: each server keeps its private keys in `<data dir>/keys` (files
 //! with mode 0600, PKCS#8 PEM) and publishes only the public halves through the
@@ -261,7 +263,7 @@ impl Authorities {
                 trust_domain: self.trust_domain.clone(),
                 not_before: now.saturating_sub(60),
                 not_after,
-                subject_cn: format!("wimse CA {id}"),
+                subject_cn: format!("{}{id}", x509::CA_COMMON_NAME_PREFIX),
                 path_len: Some(0),
             };
             let cert = match &self.upstream {
@@ -458,8 +460,8 @@ impl Authorities {
     }
 
     /// Marks the retired key `id` of `kind` as compromised: still published, but agents
-    /// replace what it signed at once (`false`: it was tainted already). JWT and WIT keys
-    /// only: agents cannot yet tell which CA signed an X509-SVID.
+    /// replace what it signed at once, their own certificates included (`false`: it was
+    /// tainted already).
     pub fn taint(&mut self, kind: AuthorityKind, id: &str) -> Result<(Slot, bool), AuthorityError> {
         let slot = self.operated(kind, id)?;
         match slot.state {
@@ -488,6 +490,13 @@ impl Authorities {
     /// reaches.
     pub fn revoke(&mut self, kind: AuthorityKind, id: &str) -> Result<Slot, AuthorityError> {
         let slot = self.operated(kind, id)?;
+        if kind == AuthorityKind::X509 && self.upstream.is_some() {
+            return Err(AuthorityError::Refused(
+                "with an upstream CA the bundle holds the upstream root, not this CA: revoke \
+                 this intermediate at the upstream CA"
+                    .into(),
+            ));
+        }
         if slot.state != AuthorityState::Tainted {
             return Err(AuthorityError::Refused(format!(
                 "{} authority `{id}` is {}: only a tainted key can be revoked (taint it, and \
@@ -504,13 +513,6 @@ impl Authorities {
 
     /// This replica's key `id` of `kind`, which an operator may taint or revoke.
     fn operated(&self, kind: AuthorityKind, id: &str) -> Result<&Slot, AuthorityError> {
-        if kind == AuthorityKind::X509 {
-            return Err(AuthorityError::Refused(
-                "X.509 authorities cannot be tainted or revoked yet (agents cannot tell which \
-                 CA signed an X509-SVID); rotate the CA with prepare and activate"
-                    .into(),
-            ));
-        }
         self.slots
             .iter()
             .find(|s| s.kind == kind && s.id == id)
@@ -773,7 +775,7 @@ mod tests {
         assert!(refused(a.taint(AuthorityKind::Wit, &old).unwrap_err()).contains("holds no"));
         assert!(refused(a.taint(AuthorityKind::Jwt, "nope").unwrap_err()).contains("holds no"));
         let x509 = a.active(AuthorityKind::X509).unwrap().id.clone();
-        assert!(refused(a.taint(AuthorityKind::X509, &x509).unwrap_err()).contains("yet"));
+        assert!(refused(a.taint(AuthorityKind::X509, &x509).unwrap_err()).contains("is active"));
 
         let (tainted, new) = a.taint(AuthorityKind::Jwt, &old).unwrap();
         assert!(new);
@@ -875,8 +877,9 @@ mod tests {
             cert: up_cert.clone(),
             key: Arc::new(up_key),
         };
-        let a = Authorities::load_or_create(dir.path(), "s1", td(), policy(), Some(upstream), T0)
-            .unwrap();
+        let mut a =
+            Authorities::load_or_create(dir.path(), "s1", td(), policy(), Some(upstream), T0)
+                .unwrap();
         assert_eq!(a.intermediates().len(), 1);
         let records = a.public_records(T0);
         let x509 = records
@@ -884,6 +887,17 @@ mod tests {
             .find(|r| r.kind == AuthorityKind::X509)
             .unwrap();
         assert_eq!(x509.public_data, up_cert.der());
+        let old = a.active(AuthorityKind::X509).unwrap().clone();
+        // Tainted like any CA, but revoking it is the upstream CA's business.
+        a.prepare(AuthorityKind::X509, T0).unwrap();
+        a.activate(AuthorityKind::X509, T0, 0, false).unwrap();
+        a.taint(AuthorityKind::X509, &old.id).unwrap();
+        match a.revoke(AuthorityKind::X509, &old.id) {
+            Err(AuthorityError::Refused(message)) => {
+                assert!(message.contains("upstream"), "{message}");
+            }
+            other => panic!("revoked under an upstream CA: {other:?}"),
+        }
     }
 
     #[test]
