@@ -77,6 +77,16 @@ fn client(arg: &AdminSocketArg) -> AdminClient {
     AdminClient::new(&arg.admin_socket)
 }
 
+/// The first line of a listing: `Found 1 entry`, `Found 3 entries`.
+fn print_found(count: usize, one: &str, many: &str) {
+    println!("Found {count} {}", if count == 1 { one } else { many });
+}
+
+fn print_revoked(r: &wimse_server::api::RevokedTransactionView) {
+    println!("Revoked at        : {}", r.revoked_at);
+    println!("Remembered until  : {}", r.expires_at);
+}
+
 /// `wimse server run`: flags over the config file over the defaults, then serve until
 /// SIGINT or SIGTERM.
 fn run_server(args: &ServerRunArgs) -> Result<(), CommandError> {
@@ -238,11 +248,7 @@ impl EntryCommand {
                             )
                             .await?
                     };
-                    println!(
-                        "Found {} entr{}",
-                        entries.len(),
-                        if entries.len() == 1 { "y" } else { "ies" }
-                    );
+                    print_found(entries.len(), "entry", "entries");
                     for entry in &entries {
                         println!();
                         print_entry(entry);
@@ -784,11 +790,7 @@ impl AgentAdminCommand {
             match self {
                 Self::List(args) => {
                     let agents = client(&args).list_agents().await?;
-                    println!(
-                        "Found {} attested agent{}",
-                        agents.len(),
-                        if agents.len() == 1 { "" } else { "s" }
-                    );
+                    print_found(agents.len(), "attested agent", "attested agents");
                     for agent in agents {
                         println!();
                         println!("SPIFFE ID         : {}", agent.spiffe_id);
@@ -906,11 +908,7 @@ impl LocalAuthorityCommand {
             match self {
                 Self::Show(args) => {
                     let authorities = client(&args).list_authorities().await?;
-                    println!(
-                        "Found {} authorit{}",
-                        authorities.len(),
-                        if authorities.len() == 1 { "y" } else { "ies" }
-                    );
+                    print_found(authorities.len(), "authority", "authorities");
                     for a in &authorities {
                         println!();
                         print_authority(a);
@@ -978,21 +976,15 @@ impl TransactionCommand {
                 Self::Revoke(args) => {
                     let revoked = client(&args.admin).revoke_transaction(&args.txn).await?;
                     println!("Transaction {} revoked", revoked.txn);
-                    println!("Revoked at        : {}", revoked.revoked_at);
-                    println!("Remembered until  : {}", revoked.expires_at);
+                    print_revoked(&revoked);
                 }
                 Self::ListRevoked(args) => {
                     let revoked = client(&args).list_revoked_transactions().await?;
-                    println!(
-                        "Found {} revoked transaction{}",
-                        revoked.len(),
-                        if revoked.len() == 1 { "" } else { "s" }
-                    );
-                    for r in revoked {
+                    print_found(revoked.len(), "revoked transaction", "revoked transactions");
+                    for r in &revoked {
                         println!();
                         println!("Transaction       : {}", r.txn);
-                        println!("Revoked at        : {}", r.revoked_at);
-                        println!("Remembered until  : {}", r.expires_at);
+                        print_revoked(r);
                     }
                 }
             }

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Agent, Server, TRUST_DOMAIN, free_port, http, my_uid_selector, wait_for};
+use common::{Agent, Server, TRUST_DOMAIN, free_port, http, line_value, my_uid_selector, wait_for};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -320,14 +320,6 @@ fn kid_of(token: &str) -> String {
         .kid
         .clone()
         .unwrap()
-}
-
-/// The value of `name`'s line in a command's output.
-fn line_value<'a>(out: &'a str, name: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .unwrap_or_else(|| panic!("no `{name}` in {out}"))
-        .trim()
 }
 
 /// The arguments of `wimse server localauthority <step>` for key `id` of `kind`.

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Server, WIMSE, free_port};
+use common::{Server, WIMSE, free_port, line_value};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -252,14 +252,7 @@ fn transactions_are_revoked_listed_and_audited() {
     assert_eq!(none, "Found 0 revoked transactions\n");
     let first = server.admin_ok(&["server", "transaction", "revoke", "--txn", "txn-1"]);
     assert!(first.starts_with("Transaction txn-1 revoked\n"), "{first}");
-    let field = |text: &str, name: &str| -> i64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let field = |text: &str, name: &str| -> i64 { line_value(text, name).parse().unwrap() };
     let revoked_at = field(&first, "Revoked at        :");
     let until = field(&first, "Remembered until  :");
     // As long as the longest delegation, and the clock leeway.
@@ -553,14 +546,6 @@ fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
             .unwrap();
     assert_eq!(id.to_string(), "spiffe://test.example/node-web");
     server.stop();
-}
-
-/// The value of `name`'s line in a command's output.
-fn line_value<'a>(out: &'a str, name: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .unwrap_or_else(|| panic!("no `{name}` in {out}"))
-        .trim()
 }
 
 #[test]

@@ -476,3 +476,11 @@ impl Drop for Proxy {
         let _ = self.child.wait();
     }
 }
+
+/// The value of `name`'s line in a command's output (`Name : value`).
+pub fn line_value<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no `{name}` in {out}"))
+        .trim()
+}
