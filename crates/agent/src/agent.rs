@@ -10,8 +10,8 @@
 //!   trust domains' bundles every few seconds and publishes changes;
 //! - **mint**: mints an X509-SVID and a WIT ahead of need for every entry, and again at
 //!   half life or at once when its signing key or CA was tainted (or, for a WIT, revoked),
-//!   keeping the old one while the server cannot be reached. (Cached JWT-SVIDs of such a key are not
-//!   served again either.)
+//!   keeping the old one while the server cannot be reached. (Cached JWT-SVIDs of such a
+//!   key are not served again either.)
 //!
 //! None of them blocks the Workload API: it answers from the latest [`Snapshot`].
 
@@ -118,13 +118,13 @@ async fn sleep_until_unix(at: i64) {
     tokio::time::sleep(Duration::from_secs(wait)).await;
 }
 
-/// The `iat` and `exp` of a token the server just minted (read to schedule its renewal;
-/// the server is trusted, the token is not verified here).
 /// The `kid` of a token the server signed.
 fn token_kid(token: &str) -> Option<String> {
     Jws::parse(token).ok()?.header().kid.clone()
 }
 
+/// The `iat` and `exp` of a token the server just minted (read to schedule its renewal;
+/// the server is trusted, the token is not verified here).
 fn token_times(token: &str) -> Option<(i64, i64)> {
     #[derive(serde::Deserialize)]
     struct Times {

@@ -511,6 +511,14 @@ impl Authorities {
         Ok(slot)
     }
 
+    /// Puts back a key [`Authorities::revoke`] removed, when removing it from the shared
+    /// bundle failed.
+    pub fn reinstate(&mut self, slot: Slot) -> Result<(), AuthorityError> {
+        self.persist(&slot)?;
+        self.slots.push(slot);
+        Ok(())
+    }
+
     /// This replica's key `id` of `kind`, which an operator may taint or revoke.
     fn operated(&self, kind: AuthorityKind, id: &str) -> Result<&Slot, AuthorityError> {
         self.slots
@@ -796,6 +804,15 @@ mod tests {
         assert_eq!(
             states(&b, AuthorityKind::Jwt),
             vec![AuthorityState::Active, AuthorityState::Tainted]
+        );
+        // Put back when the bundle could not be changed, and revocable again.
+        let slot = b.revoke(AuthorityKind::Jwt, &old).unwrap();
+        b.reinstate(slot).unwrap();
+        let c =
+            Authorities::load_or_create(dir.path(), "s1", td(), policy(), None, T0 + 60).unwrap();
+        assert_eq!(
+            states(&c, AuthorityKind::Jwt),
+            states(&b, AuthorityKind::Jwt)
         );
         // Revoked: gone from memory and disk; the new key goes on signing.
         b.revoke(AuthorityKind::Jwt, &old).unwrap();

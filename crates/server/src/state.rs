@@ -65,7 +65,7 @@ pub struct State {
     pub authorities: RwLock<Authorities>,
     /// The current trust bundle (all replicas' keys).
     bundle: RwLock<Arc<TrustBundle>>,
-    /// The IDs of the tainted JWT and WIT keys among them (all replicas'), sorted: agents
+    /// The IDs of the tainted keys among them (all replicas', every kind), sorted: agents
     /// replace what these signed.
     tainted: RwLock<Arc<Vec<String>>>,
     /// The TLS credential of the public listener.
@@ -223,7 +223,11 @@ impl State {
         id: &str,
     ) -> Result<Slot, StateError> {
         let slot = write(&self.authorities).revoke(kind, id)?;
-        self.store.delete_authority(id, &self.server_id).await?;
+        if let Err(e) = self.store.delete_authority(id, &self.server_id).await {
+            // Still in the shared bundle: keep it here too, so that revoking can be retried.
+            write(&self.authorities).reinstate(slot)?;
+            return Err(e.into());
+        }
         self.publish_authorities(true).await?;
         tracing::warn!(kind = kind.as_str(), id, "authority revoked by an operator");
         Ok(slot)

@@ -1,19 +1,20 @@
-//! The admin API: registration entries, join tokens, the bundle, agents and federation
-//! ([`federation`]), served as JSON over HTTP on a unix socket with mode 0600 (only the
-//! server's user may call it). `wimse server entry|token|bundle|agent|federation|healthcheck`
-//! are its clients ([`client`]).
+//! The admin API: registration entries, join tokens, the bundle, agents, federation
+//! ([`federation`]), transaction revocation and the signing authorities, served as JSON
+//! over HTTP on a unix socket with mode 0600 (only the server's user may call it).
+//! `wimse server entry|token|bundle|agent|federation|transaction|localauthority|healthcheck`
+//! are its clients ([`client`]). Every change is recorded in the server's audit trail
+//! ([`crate::audit::ServerAudit::admin`]).
 
 use crate::api::{
     AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView, Problem,
     RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
 };
 use crate::authority::{AuthorityError, Slot};
-use crate::datastore::AuthorityKind;
 use crate::datastore::{
-    Datastore, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector, StoreError,
+    AuthorityKind, Datastore, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector,
+    StoreError,
 };
-use crate::state::State;
-use crate::state::StateError;
+use crate::state::{State, StateError};
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -110,12 +111,12 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/agents/ban", post(ban_agent))
         .route("/v1/agents/evict", post(evict_agent))
         .route("/v1/transactions/revoke", post(revoke_transaction))
+        .route("/v1/transactions/revoked", get(list_revoked_transactions))
         .route("/v1/authorities", get(list_authorities))
         .route("/v1/authorities/prepare", post(prepare_authority))
         .route("/v1/authorities/activate", post(activate_authority))
         .route("/v1/authorities/taint", post(taint_authority))
         .route("/v1/authorities/revoke", post(revoke_authority))
-        .route("/v1/transactions/revoked", get(list_revoked_transactions))
         .route("/v1/health", get(|| async { "ok" }))
         .merge(federation::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
