@@ -282,6 +282,38 @@ mod tests {
             ],
             "wimse server localauthority revoke",
         ),
+        (
+            &[
+                "server",
+                "x509",
+                "mint",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+            ],
+            "wimse server x509 mint",
+        ),
+        (
+            &[
+                "server",
+                "jwt",
+                "mint",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--audience",
+                "b",
+            ],
+            "wimse server jwt mint",
+        ),
+        (
+            &[
+                "server",
+                "wit",
+                "mint",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+            ],
+            "wimse server wit mint",
+        ),
         (&["server", "healthcheck"], "wimse server healthcheck"),
         (
             &["agent", "run", "--config", "agent.toml"],

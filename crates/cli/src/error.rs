@@ -89,6 +89,10 @@ pub enum CommandError {
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// A key or request for a minted credential could not be made, or the answer is
+    /// unreadable.
+    #[error("mint: {0}")]
+    Mint(String),
 }
 
 // By hand rather than `#[from]`: the message already says it all, and a source would
@@ -124,7 +128,8 @@ impl CommandError {
             | Self::Proxy(_)
             | Self::GatewayConfig(_)
             | Self::Gateway(_)
-            | Self::Output(_) => ExitCode::FAILURE,
+            | Self::Output(_)
+            | Self::Mint(_) => ExitCode::FAILURE,
         }
     }
 }

@@ -26,6 +26,7 @@ mod defaults;
 mod dev;
 mod error;
 mod gateway;
+mod mint;
 mod proxy;
 mod runtime;
 mod server;

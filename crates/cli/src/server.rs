@@ -41,6 +41,15 @@ pub enum ServerCommand {
     /// Show the signing authorities, and rotate this server's ahead of schedule
     #[command(subcommand)]
     Localauthority(LocalAuthorityCommand),
+    /// Mint an X509-SVID for an identity no agent serves
+    #[command(subcommand)]
+    X509(crate::mint::X509Command),
+    /// Mint a JWT-SVID for an identity no agent serves
+    #[command(subcommand)]
+    Jwt(crate::mint::JwtCommand),
+    /// Mint a Workload Identity Token for an identity no agent serves
+    #[command(subcommand)]
+    Wit(crate::mint::WitCommand),
     /// Check that the server is up and serving
     Healthcheck(AdminSocketArg),
 }
@@ -64,6 +73,9 @@ impl ServerCommand {
             Self::Agent(command) => command.run(),
             Self::Transaction(command) => command.run(),
             Self::Localauthority(command) => command.run(),
+            Self::X509(command) => command.run(),
+            Self::Jwt(command) => command.run(),
+            Self::Wit(command) => command.run(),
             Self::Healthcheck(args) => crate::runtime::block_on(async move {
                 client(&args).health().await?;
                 println!("Server is healthy.");
@@ -73,7 +85,8 @@ impl ServerCommand {
     }
 }
 
-fn client(arg: &AdminSocketArg) -> AdminClient {
+/// The admin API client for `arg`'s socket.
+pub(crate) fn client(arg: &AdminSocketArg) -> AdminClient {
     AdminClient::new(&arg.admin_socket)
 }
 

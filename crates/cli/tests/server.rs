@@ -658,6 +658,147 @@ fn an_operator_rotates_every_key_ahead_of_schedule() {
     assert_eq!(actions, expected, "{audit}");
 }
 
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Mints an X509-SVID for `id` into `out_dir` and checks the files.
+fn check_minted_x509(server: &Server, id: &str, out_dir: &std::path::Path, bundle: &TrustBundle) {
+    let out_path = out_dir.to_str().unwrap();
+    let written = server.admin_ok(&[
+        "server",
+        "x509",
+        "mint",
+        "--spiffe-id",
+        id,
+        "--ttl",
+        "600",
+        "--dns",
+        "nightly.test",
+        "--write",
+        out_path,
+    ]);
+    assert_eq!(written.matches("Wrote ").count(), 3, "{written}");
+    let chain = x509::certs_from_pem(&std::fs::read_to_string(out_dir.join("svid.0.pem")).unwrap())
+        .unwrap();
+    let verified =
+        x509::verify_svid_for_trust_domain(&chain, bundle.trust_domain(), &roots(bundle), now())
+            .unwrap();
+    assert_eq!(verified.to_string(), id);
+    assert_eq!(chain[0].dns_sans(), ["nightly.test"]);
+    assert!((590..=600).contains(&(chain[0].not_after() - now())));
+    let key =
+        SigningKey::from_pkcs8_pem(&std::fs::read_to_string(out_dir.join("svid.0.key")).unwrap())
+            .unwrap();
+    assert_eq!(
+        x509::subject_public_key_info(&key).unwrap(),
+        chain[0].spki_der()
+    );
+    assert_eq!(mode(&out_dir.join("svid.0.key")), 0o600);
+    assert!(
+        std::fs::read_to_string(out_dir.join("bundle.0.pem"))
+            .unwrap()
+            .contains("CERTIFICATE")
+    );
+}
+
+#[test]
+fn an_operator_mints_credentials_for_an_identity_no_agent_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let id = "spiffe://test.example/batch/nightly";
+    let out_dir = dir.path().join("minted");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out_path = out_dir.to_str().unwrap();
+    let bundle = server.bundle();
+
+    // An X509-SVID, written as the agent writes them.
+    check_minted_x509(&server, id, &out_dir, &bundle);
+
+    // A JWT-SVID, printed.
+    let jwt = server.admin_ok(&[
+        "server",
+        "jwt",
+        "mint",
+        "--spiffe-id",
+        id,
+        "--audience",
+        "reports",
+    ]);
+    let mut set = BundleSet::new();
+    set.insert(bundle.clone());
+    let claims = verify_jwt_svid(jwt.trim(), &set, "reports", &Validation::at(now())).unwrap();
+    assert_eq!(claims.claims.sub.to_string(), id);
+    assert!((290..=300).contains(&(claims.claims.exp - now())));
+
+    // A WIT bound to the key written beside it.
+    server.admin_ok(&[
+        "server",
+        "wit",
+        "mint",
+        "--spiffe-id",
+        id,
+        "--write",
+        out_path,
+    ]);
+    let wit = std::fs::read_to_string(out_dir.join("wit.0.jwt")).unwrap();
+    let verified = verify_wit(&wit, &set, WitProfile::Spiffe, &Validation::at(now())).unwrap();
+    let wit_key =
+        SigningKey::from_pkcs8_pem(&std::fs::read_to_string(out_dir.join("wit.0.key")).unwrap())
+            .unwrap();
+    assert_eq!(verified.claims.sub.to_string(), id);
+    assert_eq!(verified.claims.cnf.jwk.bare(), wit_key.public_jwk().bare());
+    assert_eq!(mode(&out_dir.join("wit.0.key")), 0o600);
+
+    // Refused with one line: the server's own IDs, another trust domain, a bad lifetime.
+    for (args, reason) in [
+        (
+            vec![
+                "x509",
+                "mint",
+                "--spiffe-id",
+                "spiffe://test.example/wimse/server",
+            ],
+            "reserved",
+        ),
+        (
+            vec![
+                "jwt",
+                "mint",
+                "--spiffe-id",
+                "spiffe://other.example/a",
+                "--audience",
+                "x",
+            ],
+            "not in trust domain",
+        ),
+        (
+            vec!["wit", "mint", "--spiffe-id", id, "--ttl", "0"],
+            "`ttl`",
+        ),
+    ] {
+        let mut full = vec!["server"];
+        full.extend(args);
+        let err = server.admin_err(&full);
+        assert!(err.contains(reason), "{full:?}: {err}");
+    }
+
+    // Each mint is in the audit trail, by the credential's fingerprint only.
+    let audit = sealed_audit(server);
+    let minted: Vec<(String, Option<String>)> = admin_records(&audit)
+        .into_iter()
+        .filter(|(action, _)| action.starts_with("mint "))
+        .collect();
+    let expected: Vec<(String, Option<String>)> = ["x509", "jwt", "wit"]
+        .iter()
+        .map(|kind| (format!("mint {kind}"), Some(id.to_owned())))
+        .collect();
+    assert_eq!(minted, expected, "{audit}");
+    assert!(!audit.contains(jwt.trim()) && !audit.contains(wit.as_str()));
+}
+
 /// Credentials of one entry obtained at one moment.
 struct Credentials {
     x509: Vec<Certificate>,

@@ -141,6 +141,41 @@ pub struct AuthorityRequest {
     pub id: Option<String>,
 }
 
+/// A credential an operator mints for an identity without an agent
+/// (`POST /v1/mint/{x509,jwt,wit}`, `wimse server x509|jwt|wit mint`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MintRequest {
+    /// The identity: a SPIFFE ID of this trust domain.
+    pub spiffe_id: String,
+    /// Lifetime in seconds (default: 3600 for X509-SVIDs, 300 for tokens), cut to the
+    /// signing key's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    /// X509-SVID: the certificate signing request, DER in base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+    /// X509-SVID: DNS names to add.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// JWT-SVID: its audiences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// WIT: the public JWK (with `alg`) it binds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwk: Option<wimse_core::jose::Jwk>,
+}
+
+/// A minted credential.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MintResponse {
+    /// X509-SVID: the chain, leaf first, each DER in base64url.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub svid_chain: Vec<String>,
+    /// JWT-SVID or WIT: the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
 /// Names a transaction to revoke (`POST /v1/transactions/revoke`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TransactionRequest {

@@ -106,6 +106,17 @@ impl<'a> Issuer<'a> {
         holder: &Jwk,
         now: i64,
     ) -> Result<String, IssueError> {
+        self.wit_for(&entry.spiffe_id, entry.jwt_ttl, holder, now)
+    }
+
+    /// A WIT for `id` bound to `holder`, valid `ttl` seconds (cut to the key's life).
+    pub fn wit_for(
+        &self,
+        id: &WorkloadId,
+        ttl: u32,
+        holder: &Jwk,
+        now: i64,
+    ) -> Result<String, IssueError> {
         // The key must be usable with the algorithm it names (checked again on verification).
         let alg = holder
             .alg
@@ -120,10 +131,8 @@ impl<'a> Issuer<'a> {
             .ok_or(IssueError::NoAuthority("wit"))?;
         let claims = WitClaims {
             iss: None,
-            sub: entry.spiffe_id.clone(),
-            exp: now
-                .saturating_add(i64::from(entry.jwt_ttl))
-                .min(slot.not_after),
+            sub: id.clone(),
+            exp: now.saturating_add(i64::from(ttl)).min(slot.not_after),
             iat: Some(now),
             nbf: None,
             jti: Some(random_jti()),
@@ -141,6 +150,17 @@ impl<'a> Issuer<'a> {
         audience: &[String],
         now: i64,
     ) -> Result<String, IssueError> {
+        self.jwt_svid_for(&entry.spiffe_id, entry.jwt_ttl, audience, now)
+    }
+
+    /// A JWT-SVID for `id` and `audience`, valid `ttl` seconds (cut to the key's life).
+    pub fn jwt_svid_for(
+        &self,
+        id: &WorkloadId,
+        ttl: u32,
+        audience: &[String],
+        now: i64,
+    ) -> Result<String, IssueError> {
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(IssueError::Request(
                 "a JWT-SVID needs a non-empty audience".into(),
@@ -155,11 +175,9 @@ impl<'a> Issuer<'a> {
             many => Audience::Many(many.to_vec()),
         };
         let claims = JwtSvidClaims {
-            sub: entry.spiffe_id.clone(),
+            sub: id.clone(),
             aud,
-            exp: now
-                .saturating_add(i64::from(entry.jwt_ttl))
-                .min(slot.not_after),
+            exp: now.saturating_add(i64::from(ttl)).min(slot.not_after),
             iat: Some(now),
             iss: None,
         };

@@ -3,8 +3,8 @@
 
 use crate::api::{
     AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView,
-    FederatedBundleView, FederationRequest, FederationView, Problem, RevokedTransactionView,
-    TokenRequest, TokenResponse, TransactionRequest,
+    FederatedBundleView, FederationRequest, FederationView, MintRequest, MintResponse, Problem,
+    RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -269,6 +269,13 @@ impl AdminClient {
         &self,
     ) -> Result<Vec<RevokedTransactionView>, ClientError> {
         self.json(Method::GET, "/v1/transactions/revoked", None::<&()>)
+            .await
+    }
+
+    /// Mints a credential of `kind` (`x509`, `jwt` or `wit`) for an identity no agent
+    /// serves.
+    pub async fn mint(&self, kind: &str, req: &MintRequest) -> Result<MintResponse, ClientError> {
+        self.json(Method::POST, &format!("/v1/mint/{kind}"), Some(req))
             .await
     }
 

@@ -6,14 +6,15 @@
 //! ([`crate::audit::ServerAudit::admin`]).
 
 use crate::api::{
-    AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView, Problem,
-    RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
+    AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView, MintRequest,
+    MintResponse, Problem, RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
 };
 use crate::authority::{AuthorityError, Slot};
 use crate::datastore::{
     AuthorityKind, Datastore, EntryFilter, JoinToken, NewEntry, RegistrationEntry, Selector,
     StoreError,
 };
+use crate::issuer::IssueError;
 use crate::state::{State, StateError};
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
@@ -112,6 +113,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/agents/evict", post(evict_agent))
         .route("/v1/transactions/revoke", post(revoke_transaction))
         .route("/v1/transactions/revoked", get(list_revoked_transactions))
+        .route("/v1/mint/{kind}", post(mint))
         .route("/v1/authorities", get(list_authorities))
         .route("/v1/authorities/prepare", post(prepare_authority))
         .route("/v1/authorities/activate", post(activate_authority))
@@ -648,4 +650,104 @@ async fn activate_authority(
     let action = format!("authority activate {} {}{forced}", kind.as_str(), slot.id);
     state.audit.admin(&action, None, None, None);
     Ok(Json(slot_view(&state, &slot)))
+}
+
+/// The longest lifetime an operator may mint a credential for (the signing key's end of
+/// life cuts it anyway).
+const MAX_MINT_TTL: u32 = 30 * 24 * 3600;
+
+/// Mints an X509-SVID, JWT-SVID or WIT for an identity of this trust domain that no agent
+/// serves (as `spire-server x509|jwt mint`): for bootstrapping and for tests. Identities
+/// under `/wimse/` (the server's and its agents') are refused.
+async fn mint(
+    AxState(state): AxState<Arc<State>>,
+    Path(kind): Path<String>,
+    Json(req): Json<MintRequest>,
+) -> AdminResult<MintResponse> {
+    let id = own_id(&state, "spiffe_id", &req.spiffe_id)?;
+    if id.path() == "/wimse" || id.path().starts_with("/wimse/") {
+        return Err(AdminError::BadRequest(format!(
+            "`{id}` is reserved: IDs under /wimse/ are the server's and its agents'"
+        )));
+    }
+    let ttl = req.ttl.unwrap_or(if kind == "x509" { 3600 } else { 300 });
+    if !(1..=MAX_MINT_TTL).contains(&ttl) {
+        return Err(AdminError::BadRequest(format!(
+            "`ttl` must be 1 to {MAX_MINT_TTL} seconds"
+        )));
+    }
+    let now = unix_now();
+    let issued = {
+        let authorities = state
+            .authorities
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let issuer = crate::issuer::Issuer::new(&authorities, state.config.wit_profile);
+        match kind.as_str() {
+            "x509" => {
+                let csr = req
+                    .csr
+                    .as_deref()
+                    .ok_or_else(|| AdminError::BadRequest("`csr` is missing".into()))
+                    .and_then(|text| {
+                        b64::decode(text)
+                            .map_err(|_| AdminError::BadRequest("`csr` is not base64url".into()))
+                    })?;
+                issuer
+                    .x509(&id, &req.dns_names, &csr, ttl, now)
+                    .map(|chain| MintResponse {
+                        svid_chain: chain.iter().map(|c| b64::encode(c.der())).collect(),
+                        token: None,
+                    })
+            }
+            "jwt" => issuer
+                .jwt_svid_for(&id, ttl, &req.audience, now)
+                .map(|token| MintResponse {
+                    svid_chain: Vec::new(),
+                    token: Some(token),
+                }),
+            "wit" => {
+                let jwk = req
+                    .jwk
+                    .as_ref()
+                    .ok_or_else(|| AdminError::BadRequest("`jwk` is missing".into()))?;
+                issuer
+                    .wit_for(&id, ttl, jwk, now)
+                    .map(|token| MintResponse {
+                        svid_chain: Vec::new(),
+                        token: Some(token),
+                    })
+            }
+            other => {
+                return Err(AdminError::NotFound(format!(
+                    "unknown credential kind `{other}`, expected `x509`, `jwt` or `wit`"
+                )));
+            }
+        }
+    };
+    let minted = issued.map_err(|e| match e {
+        IssueError::Csr(_) | IssueError::Key(_) | IssueError::Request(_) => {
+            AdminError::BadRequest(e.to_string())
+        }
+        IssueError::NoAuthority(_) | IssueError::Signing(_) => AdminError::Internal(e.to_string()),
+    })?;
+    let credential = match (&minted.token, minted.svid_chain.first()) {
+        (Some(token), _) => {
+            let kind = if kind == "wit" {
+                CredentialKind::Wit
+            } else {
+                CredentialKind::JwtSvid
+            };
+            Some(CredentialRef::from_token(kind, token))
+        }
+        (None, Some(leaf)) => b64::decode(leaf)
+            .ok()
+            .map(|der| CredentialRef::from_certificate_der(&der)),
+        (None, None) => None,
+    };
+    tracing::info!(kind, spiffe_id = %id, ttl, "credential minted by an operator");
+    state
+        .audit
+        .admin(&format!("mint {kind}"), Some(&id), None, credential);
+    Ok(Json(minted))
 }
