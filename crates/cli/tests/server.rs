@@ -108,6 +108,14 @@ fn fresh_server_publishes_its_bundle_by_cli_and_https() {
     let (status, metrics) = https_get(server.addr, &bundle.x509_authorities, "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("wimse_server_entries"));
+    for kind in ["x509", "jwt", "wit"] {
+        for (state, count) in [("active", 1), ("prepared", 0), ("tainted", 0)] {
+            has_metric(
+                &metrics,
+                &format!("wimse_server_authorities{{kind=\"{kind}\",state=\"{state}\"}} {count}"),
+            );
+        }
+    }
     server.stop();
 }
 
@@ -548,6 +556,46 @@ fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     server.stop();
 }
 
+/// Prepares and (forcibly) activates the next key of `kind`, checking the refusals on the
+/// way; its ID.
+fn rotate_now(server: &Server, kind: &str) -> String {
+    let prepared = server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
+    let id = line_value(&prepared, "Authority ID      :").to_owned();
+    assert!(
+        prepared.starts_with(&format!("Prepared {kind} authority {id}\n")),
+        "{prepared}"
+    );
+    assert_eq!(line_value(&prepared, "State             :"), "prepared");
+    // Preparing again answers the same key.
+    let again = server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
+    assert_eq!(line_value(&again, "Authority ID      :"), id);
+    // Published just now: relying parties may not know it for the refresh hint (300 s).
+    let err = server.admin_err(&["server", "localauthority", "activate", "--kind", kind]);
+    assert!(err.contains("refresh hint") && err.contains(&id), "{err}");
+    let activated = server.admin_ok(&[
+        "server",
+        "localauthority",
+        "activate",
+        "--kind",
+        kind,
+        "--force",
+    ]);
+    assert!(
+        activated.starts_with(&format!("Activated {kind} authority {id}\n")),
+        "{activated}"
+    );
+    assert_eq!(line_value(&activated, "State             :"), "active");
+    id
+}
+
+/// Asserts that `metrics` has exactly `line`.
+fn has_metric(metrics: &str, line: &str) {
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in {metrics}"
+    );
+}
+
 #[test]
 fn an_operator_rotates_every_key_ahead_of_schedule() {
     let dir = tempfile::tempdir().unwrap();
@@ -567,36 +615,10 @@ fn an_operator_rotates_every_key_ahead_of_schedule() {
     let before = fetch(&rt, &server.client(&identity), &entry_id);
     let old_root = signing_root(&before.x509, &server.bundle(), now()).unwrap();
 
-    let mut new_ids = Vec::new();
-    for kind in ["x509", "jwt", "wit"] {
-        let prepared = server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
-        let id = line_value(&prepared, "Authority ID      :").to_owned();
-        assert!(
-            prepared.starts_with(&format!("Prepared {kind} authority {id}\n")),
-            "{prepared}"
-        );
-        assert_eq!(line_value(&prepared, "State             :"), "prepared");
-        // Preparing again answers the same key.
-        let again = server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
-        assert_eq!(line_value(&again, "Authority ID      :"), id);
-        // Published just now: relying parties may not know it for the refresh hint (300 s).
-        let err = server.admin_err(&["server", "localauthority", "activate", "--kind", kind]);
-        assert!(err.contains("refresh hint") && err.contains(&id), "{err}");
-        let activated = server.admin_ok(&[
-            "server",
-            "localauthority",
-            "activate",
-            "--kind",
-            kind,
-            "--force",
-        ]);
-        assert!(
-            activated.starts_with(&format!("Activated {kind} authority {id}\n")),
-            "{activated}"
-        );
-        assert_eq!(line_value(&activated, "State             :"), "active");
-        new_ids.push(id);
-    }
+    let new_ids: Vec<String> = ["x509", "jwt", "wit"]
+        .iter()
+        .map(|kind| rotate_now(&server, kind))
+        .collect();
     let shown = server.admin_ok(&["server", "localauthority", "show"]);
     assert!(shown.starts_with("Found 6 authorities\n"), "{shown}");
     assert_eq!(
@@ -619,8 +641,14 @@ fn an_operator_rotates_every_key_ahead_of_schedule() {
     after.verify(&bundle, now()).unwrap();
     before.verify(&bundle, now()).unwrap();
     // The server's own TLS certificate comes from the new CA too.
-    let (status, _) = https_get(server.addr, &[new_root], "/.well-known/spiffe-bundle");
+    let (status, metrics) = https_get(server.addr, &[new_root], "/metrics");
     assert_eq!(status, 200);
+    for kind in ["x509", "jwt", "wit"] {
+        has_metric(
+            &metrics,
+            &format!("wimse_server_authorities{{kind=\"{kind}\",state=\"retired\"}} 1"),
+        );
+    }
 
     // A restart keeps the new keys signing.
     let port = server.addr.port();

@@ -23,6 +23,15 @@ pub struct FederationLabel {
     pub outcome: &'static str,
 }
 
+/// The labels of the signing authorities gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorityLabel {
+    /// `x509`, `jwt` or `wit`.
+    pub kind: &'static str,
+    /// `prepared`, `active`, `retired` or `tainted`.
+    pub state: &'static str,
+}
+
 /// The server's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +45,9 @@ pub struct Metrics {
     pub entries: Gauge,
     /// Attested agents (set on each scrape).
     pub agents: Gauge,
+    /// The trust domain's signing authorities (every replica's), by kind and state (set
+    /// on each scrape): alert on `state="tainted"` left unrevoked, or on no `active` key.
+    pub authorities: Family<AuthorityLabel, Gauge>,
     /// Key rotations performed by this replica.
     pub rotations: Counter,
     /// Federated bundle fetches by this replica, by trust domain and outcome.
@@ -52,6 +64,7 @@ impl Default for Metrics {
         });
         let entries = Gauge::default();
         let agents = Gauge::default();
+        let authorities = Family::<AuthorityLabel, Gauge>::default();
         let rotations = Counter::default();
         let federation_refreshes = Family::<FederationLabel, Counter>::default();
         registry.register("issued", "Credentials issued", issued.clone());
@@ -67,6 +80,11 @@ impl Default for Metrics {
         );
         registry.register("entries", "Registration entries", entries.clone());
         registry.register("agents", "Attested agents", agents.clone());
+        registry.register(
+            "authorities",
+            "Signing authorities of the trust domain, by kind and state",
+            authorities.clone(),
+        );
         registry.register("rotations", "Signing key rotations", rotations.clone());
         registry.register(
             "federation_refreshes",
@@ -80,6 +98,7 @@ impl Default for Metrics {
             issue_seconds,
             entries,
             agents,
+            authorities,
             rotations,
             federation_refreshes,
         }
