@@ -780,7 +780,8 @@ fn an_operator_mints_credentials_for_an_identity_no_agent_serves() {
     assert_eq!(verified.claims.cnf.jwk.bare(), wit_key.public_jwk().bare());
     assert_eq!(mode(&out_dir.join("wit.0.key")), 0o600);
 
-    // Refused with one line: the server's own IDs, another trust domain, a bad lifetime.
+    // Refused with one line: the server's own IDs, the trust domain itself, another trust
+    // domain, a bad lifetime.
     for (args, reason) in [
         (
             vec![
@@ -790,6 +791,17 @@ fn an_operator_mints_credentials_for_an_identity_no_agent_serves() {
                 "spiffe://test.example/wimse/server",
             ],
             "reserved",
+        ),
+        (
+            vec![
+                "jwt",
+                "mint",
+                "--spiffe-id",
+                "spiffe://test.example",
+                "--audience",
+                "x",
+            ],
+            "the trust domain itself",
         ),
         (
             vec![

@@ -665,6 +665,11 @@ async fn mint(
     Json(req): Json<MintRequest>,
 ) -> AdminResult<MintResponse> {
     let id = own_id(&state, "spiffe_id", &req.spiffe_id)?;
+    if id.path().is_empty() {
+        return Err(AdminError::BadRequest(format!(
+            "`{id}` names the trust domain itself, not a workload"
+        )));
+    }
     if id.path() == "/wimse" || id.path().starts_with("/wimse/") {
         return Err(AdminError::BadRequest(format!(
             "`{id}` is reserved: IDs under /wimse/ are the server's and its agents'"
