@@ -652,6 +652,16 @@ async fn activate_authority(
     Ok(Json(slot_view(&state, &slot)))
 }
 
+/// A minted token, and its reference for the audit record.
+fn minted_token(kind: CredentialKind, token: String) -> (MintResponse, Option<CredentialRef>) {
+    let credential = CredentialRef::from_token(kind, &token);
+    let response = MintResponse {
+        svid_chain: Vec::new(),
+        token: Some(token),
+    };
+    (response, Some(credential))
+}
+
 /// The longest lifetime an operator may mint a credential for (the signing key's end of
 /// life cuts it anyway).
 const MAX_MINT_TTL: u32 = 30 * 24 * 3600;
@@ -688,6 +698,7 @@ async fn mint(
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let issuer = crate::issuer::Issuer::new(&authorities, state.config.wit_profile);
+        // Each arm answers the credential and its reference for the audit record.
         match kind.as_str() {
             "x509" => {
                 let csr = req
@@ -700,17 +711,23 @@ async fn mint(
                     })?;
                 issuer
                     .x509(&id, &req.dns_names, &csr, ttl, now)
-                    .map(|chain| MintResponse {
-                        svid_chain: chain.iter().map(|c| b64::encode(c.der())).collect(),
-                        token: None,
+                    .map(|chain| {
+                        let leaf = chain
+                            .first()
+                            .map(|c| CredentialRef::from_certificate_der(c.der()));
+                        let svid_chain = chain.iter().map(|c| b64::encode(c.der())).collect();
+                        (
+                            MintResponse {
+                                svid_chain,
+                                token: None,
+                            },
+                            leaf,
+                        )
                     })
             }
             "jwt" => issuer
                 .jwt_svid_for(&id, ttl, &req.audience, now)
-                .map(|token| MintResponse {
-                    svid_chain: Vec::new(),
-                    token: Some(token),
-                }),
+                .map(|token| minted_token(CredentialKind::JwtSvid, token)),
             "wit" => {
                 let jwk = req
                     .jwk
@@ -718,10 +735,7 @@ async fn mint(
                     .ok_or_else(|| AdminError::BadRequest("`jwk` is missing".into()))?;
                 issuer
                     .wit_for(&id, ttl, jwk, now)
-                    .map(|token| MintResponse {
-                        svid_chain: Vec::new(),
-                        token: Some(token),
-                    })
+                    .map(|token| minted_token(CredentialKind::Wit, token))
             }
             other => {
                 return Err(AdminError::NotFound(format!(
@@ -730,26 +744,12 @@ async fn mint(
             }
         }
     };
-    let minted = issued.map_err(|e| match e {
+    let (minted, credential) = issued.map_err(|e| match e {
         IssueError::Csr(_) | IssueError::Key(_) | IssueError::Request(_) => {
             AdminError::BadRequest(e.to_string())
         }
         IssueError::NoAuthority(_) | IssueError::Signing(_) => AdminError::Internal(e.to_string()),
     })?;
-    let credential = match (&minted.token, minted.svid_chain.first()) {
-        (Some(token), _) => {
-            let kind = if kind == "wit" {
-                CredentialKind::Wit
-            } else {
-                CredentialKind::JwtSvid
-            };
-            Some(CredentialRef::from_token(kind, token))
-        }
-        (None, Some(leaf)) => b64::decode(leaf)
-            .ok()
-            .map(|der| CredentialRef::from_certificate_der(&der)),
-        (None, None) => None,
-    };
     tracing::info!(kind, spiffe_id = %id, ttl, "credential minted by an operator");
     state
         .audit
