@@ -626,10 +626,14 @@ impl Agent {
         audience.dedup();
         let key = (entry.id.clone(), entry.revision, audience);
         let now = unix_now();
-        let snapshot = self.snapshot.borrow().clone();
         if let Some(cached) = lock(&self.jwts).get(&key)
             && now < cached.refresh_at
-            && !snapshot.signer_retired(&cached.kid, KeyUse::JwtSvid, cached.issued_at, now)
+            && !self.snapshot.borrow().signer_retired(
+                &cached.kid,
+                KeyUse::JwtSvid,
+                cached.issued_at,
+                now,
+            )
         {
             return Ok(cached.token.clone());
         }
