@@ -18,6 +18,19 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Er
     serde_json::from_slice(bytes)
 }
 
+/// Like [`from_slice`], and the document must be a JSON object: a JWT's claims set and
+/// an unsigned subject token are objects (RFC 7519 §7.2), while a derived `Deserialize`
+/// for a struct would also take an array of its fields in order.
+pub fn object_from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(serde::de::Error::custom("not a JSON object"));
+    }
+    from_slice(bytes)
+}
+
 /// A visitor that accepts any JSON value but fails on a repeated member name.
 #[derive(Clone, Copy)]
 struct UniqueKeys;
@@ -103,6 +116,25 @@ mod tests {
     fn duplicate_nested_name_is_refused() {
         assert!(from_slice::<Value>(br#"{"cnf":{"jwk":{"x":"a","x":"b"}}}"#).is_err());
         assert!(from_slice::<Value>(br#"[{"a":1},{"a":1,"a":2}]"#).is_err());
+    }
+
+    #[test]
+    fn only_an_object_is_an_object() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Claims {
+            sub: String,
+        }
+        assert_eq!(
+            object_from_slice::<Claims>(br#" {"sub":"a"}"#).unwrap().sub,
+            "a"
+        );
+        // A derived struct would take `["a"]` as `{"sub":"a"}`.
+        assert_eq!(from_slice::<Claims>(br#"["a"]"#).unwrap().sub, "a");
+        for doc in [&br#"["a"]"#[..], b"\"a\"", b"", b"  ", b"null"] {
+            let err = object_from_slice::<Claims>(doc).unwrap_err();
+            assert!(err.to_string().contains("not a JSON object"), "{err}");
+        }
+        assert!(object_from_slice::<Claims>(br#"{"sub":"a","sub":"b"}"#).is_err());
     }
 
     #[test]

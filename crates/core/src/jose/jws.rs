@@ -212,9 +212,9 @@ impl<'a> Jws<'a> {
         .map_err(JwsError::Signature)
     }
 
-    /// Parses the claims as `T`, refusing duplicate members.
+    /// Parses the claims as `T`, refusing duplicate members and anything but a JSON object.
     pub fn claims<T: DeserializeOwned>(&self) -> Result<T, JwsError> {
-        crate::json::from_slice(&self.payload).map_err(|e| JwsError::Claims(e.to_string()))
+        crate::json::object_from_slice(&self.payload).map_err(|e| JwsError::Claims(e.to_string()))
     }
 }
 
@@ -447,6 +447,28 @@ mod tests {
         jws.verify(key.public_key()).unwrap();
         assert!(
             matches!(jws.claims::<Value>(), Err(JwsError::Claims(m)) if m.contains("duplicate"))
+        );
+    }
+
+    #[test]
+    fn claims_that_are_not_an_object_are_refused() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Claims {
+            sub: String,
+        }
+        // A struct would take the array as its fields in order; a claims set is an object.
+        let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+        let token = sign(&key, None, None, &serde_json::json!(["a"])).unwrap();
+        let jws = Jws::parse(&token).unwrap();
+        jws.verify(key.public_key()).unwrap();
+        match jws.claims::<Claims>() {
+            Err(JwsError::Claims(m)) => assert!(m.contains("not a JSON object"), "{m}"),
+            other => panic!("array claims read as {other:?}"),
+        }
+        let object = sign(&key, None, None, &serde_json::json!({"sub": "a"})).unwrap();
+        assert_eq!(
+            Jws::parse(&object).unwrap().claims::<Claims>().unwrap().sub,
+            "a"
         );
     }
 
