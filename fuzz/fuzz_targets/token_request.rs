@@ -1,7 +1,9 @@
 //! Fuzzes the token service's input: the form reader for RFC 8693 exchanges and RFC 7523
 //! jwt-bearer grants (no input may panic; what it accepts must survive a round trip
 //! through the client's encoder) and the outside access-token verifier (no arbitrary
-//! input may verify against an issuer whose private key the fuzzer never sees).
+//! input may verify against an issuer whose private key the fuzzer never sees), and the
+//! unsigned JSON subject token reader (no panic; what it accepts has a subject and reads
+//! back the same once encoded again).
 
 #![no_main]
 
@@ -11,6 +13,7 @@ use wimse_core::jose::{Algorithm, JwkSet, SigningKey};
 use wimse_core::token::Validation;
 use wimse_core::token::access::{TrustedIssuer, verify_access_token};
 use wimse_core::token::exchange::{ExchangeRequest, JwtBearerRequest, TokenRequest};
+use wimse_core::token::unsigned::{encode_unsigned, parse_unsigned};
 
 fn issuers() -> &'static [TrustedIssuer] {
     static ISSUERS: OnceLock<Vec<TrustedIssuer>> = OnceLock::new();
@@ -44,5 +47,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(token) = std::str::from_utf8(data) {
         let v = Validation::at(1_800_000_000);
         assert!(verify_access_token(token, issuers(), &v).is_err());
+        if let Ok(subject) = parse_unsigned(token) {
+            assert!(!subject.sub.is_empty());
+            let again = encode_unsigned(&subject).expect("an accepted subject encodes");
+            assert!(parse_unsigned(&again).ok() == Some(subject), "round trip changed it");
+        }
     }
 });

@@ -163,6 +163,8 @@ pub enum CredentialKind {
     AuthorizationGrant,
     /// A self-signed subject token (a workload starting a transaction itself).
     SelfSigned,
+    /// An unsigned JSON subject token (a trusted workload naming a transaction's subject).
+    UnsignedJson,
     /// A delegation of a transaction to a workload (asynchronous work).
     Delegation,
     /// An X509-SVID (the fingerprint is of the leaf certificate's DER).
@@ -184,6 +186,7 @@ impl CredentialKind {
             Self::AccessToken => "access_token",
             Self::AuthorizationGrant => "authorization_grant",
             Self::SelfSigned => "self_signed",
+            Self::UnsignedJson => "unsigned_json",
             Self::Delegation => "delegation",
             Self::X509Svid => "x509_svid",
             Self::JoinToken => "join_token",

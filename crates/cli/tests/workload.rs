@@ -137,7 +137,7 @@ fn domain_configured(
              issuer = \"{LOGIN_ISSUER}\"\naudience = \"{LOGIN_AUDIENCE}\"\n\
              {keys}\nsubject_prefix = \"user:\"\n\n\
              [[token_service.self_signed]]\nrequester = \"{w2}\"\nmax_scope = \"reports orders\"\n\
-             subjects = [\"nightly-report\"]\n\n\
+             subjects = [\"nightly-report\"]\nunsigned_json = true\n\n\
              [[token_service.delegation]]\nactor = \"{w2}\"\nmax_scope = \"orders\"\nlifetime = 600\n\n\
              [[token_service.delegation]]\nactor = \"{w1}\"\nmax_scope = \"orders\"\n",
             gw = id("/gw"),
@@ -770,7 +770,7 @@ async fn a_transaction_token_from_the_token_service_is_verified_authorized_on_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token() {
+async fn a_workload_starts_its_own_transaction_with_a_self_signed_or_unsigned_subject_token() {
     let d = domain("3600");
     // Workload 2 (a batch job, say) may start transactions for itself or for
     // `nightly-report`, up to `reports orders`: it signs the subject token with its
@@ -817,16 +817,50 @@ async fn a_workload_starts_its_own_transaction_with_a_self_signed_subject_token(
         (400, "unauthorized_client".to_owned())
     );
 
-    // The audit trail records both issues and each refusal with the refused subject
-    // token's kind and hash, never a token.
+    // Its entry also lets it name the subject in unsigned JSON (its mutual TLS is the
+    // proof), within the same bounds; workload 1 may not.
+    let unsigned = w2
+        .start_unsigned("nightly-report", &scope("reports"), None, None)
+        .await
+        .unwrap();
+    let claims = issued_txn(&d, &unsigned.access_token);
+    assert_eq!(
+        (claims.sub.as_str(), claims.scope.as_str()),
+        ("nightly-report", "reports")
+    );
+    assert_eq!(claims.req_wl, id("/w2"));
+    assert_eq!(
+        refused(
+            w2.start_unsigned("alice", &scope("reports"), None, None)
+                .await
+        ),
+        (400, "invalid_request".to_owned())
+    );
+    assert_eq!(
+        refused(
+            w1.start_unsigned(&id("/w1"), &scope("reports"), None, None)
+                .await
+        ),
+        (400, "unauthorized_client".to_owned())
+    );
+
+    // The audit trail records the issues, and each refusal with the refused subject
+    // token's kind and hash; never a token.
     let audit = server_audit(d.server);
-    assert_eq!(audit.matches("\"txn_token_issued\"").count(), 2, "{audit}");
+    assert_eq!(audit.matches("\"txn_token_issued\"").count(), 3, "{audit}");
     assert_eq!(
         audit.matches("\"kind\":\"self_signed\"").count(),
         3,
         "{audit}"
     );
-    assert!(!audit.contains(issued.access_token.as_str()));
+    assert_eq!(
+        audit.matches("\"kind\":\"unsigned_json\"").count(),
+        2,
+        "{audit}"
+    );
+    for token in [&issued.access_token, &unsigned.access_token] {
+        assert!(!audit.contains(token.as_str()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -223,6 +223,9 @@ pub struct SelfSignedFile {
     /// The subjects it may name besides itself.
     #[serde(default)]
     pub subjects: Vec<String>,
+    /// Whether it may also state the subject in an unsigned JSON object (default: no).
+    #[serde(default)]
+    pub unsigned_json: bool,
 }
 
 /// One `[[token_service.self_signed]]` rule, resolved.
@@ -234,6 +237,10 @@ pub struct SelfSignedRule {
     pub max_scope: Scope,
     /// The subjects it may name besides itself.
     pub subjects: BTreeSet<String>,
+    /// Whether it may also state the subject in an unsigned JSON object
+    /// (`urn:ietf:params:oauth:token-type:unsigned_json`), where its client
+    /// authentication is the only proof.
+    pub unsigned_json: bool,
 }
 
 /// One `[[token_service.chain_to]]` entry.
@@ -513,6 +520,7 @@ fn self_signed_rules(
             max_scope: scope_of(Some(&file.max_scope), "token_service.self_signed.max_scope")?
                 .ok_or_else(|| invalid(name, "`max_scope` is missing".into()))?,
             subjects: file.subjects.into_iter().collect(),
+            unsigned_json: file.unsigned_json,
         });
     }
     Ok(self_signed)
@@ -907,6 +915,37 @@ mod tests {
     }
 
     #[test]
+    fn self_signed_entries_are_read_with_unsigned_json_off_unless_asked_for() {
+        let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
+        let c = parse(
+            r#"
+            trust_domain = "prod.example"
+            [[token_service.self_signed]]
+            requester = "spiffe://prod.example/batch"
+            max_scope = "reports"
+            subjects = ["nightly-report"]
+            [[token_service.self_signed]]
+            requester = "spiffe://prod.example/portal"
+            max_scope = "orders"
+            unsigned_json = true
+        "#,
+        )
+        .unwrap();
+        let rule = &c.token_service.self_signed[0];
+        assert_eq!(rule.requester.as_str(), "spiffe://prod.example/batch");
+        assert!(rule.subjects.contains("nightly-report"));
+        assert!(
+            !rule.unsigned_json,
+            "unsigned subjects are off unless asked for"
+        );
+        assert!(c.token_service.self_signed[1].unsigned_json);
+        assert!(
+            parse("[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"r\"")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn the_token_service_table_is_read_and_checked() {
         let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
         let c = parse(
@@ -948,23 +987,6 @@ mod tests {
         );
         assert_eq!(t.chain_from[0].subject_prefix, "b.example/");
         assert_eq!(t.chain_from[0].clients, None);
-        let c = parse(
-            r#"
-            trust_domain = "prod.example"
-            [[token_service.self_signed]]
-            requester = "spiffe://prod.example/batch"
-            max_scope = "reports"
-            subjects = ["nightly-report"]
-        "#,
-        )
-        .unwrap();
-        let rule = &c.token_service.self_signed[0];
-        assert_eq!(rule.requester.as_str(), "spiffe://prod.example/batch");
-        assert!(rule.subjects.contains("nightly-report"));
-        assert!(
-            parse("[[token_service.self_signed]]\nrequester = \"spiffe://example.org/b\"\nmax_scope = \"r\"")
-                .is_ok()
-        );
         let c = parse(
             "[[federation]]\ntrust_domain = \"b.example\"\n\
              bundle_endpoint_url = \"https://b:1/.well-known/spiffe-bundle\"\nprofile = \"https_web\"",

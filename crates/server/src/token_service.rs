@@ -69,6 +69,7 @@ use wimse_core::token::exchange::{
 };
 use wimse_core::token::self_signed::verify_self_signed;
 use wimse_core::token::txn::{TxnTokenClaims, issue_txn_token, verify_txn_token_in};
+use wimse_core::token::unsigned::parse_unsigned;
 use wimse_core::token::{Audience, TokenError, Validation, random_jti};
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
@@ -88,6 +89,32 @@ pub struct Requester<'a> {
     pub id: &'a WorkloadId,
     /// Its X509-SVID's public key, when known.
     pub key: Option<PublicKey>,
+}
+
+/// A new transaction for the subject `sub` that `caller` states under its `rule`: itself
+/// or a subject the rule names, with `scope` within what the subject token states (if it
+/// states any) and the rule's `max_scope`.
+fn stated_subject(
+    rule: &SelfSignedRule,
+    caller: &WorkloadId,
+    sub: String,
+    stated: Option<&Scope>,
+    scope: &Scope,
+    request: &ExchangeRequest,
+) -> Result<TxnTokenClaims, ExchangeError> {
+    if sub != caller.as_str() && !rule.subjects.contains(&sub) {
+        return Err(ExchangeError::InvalidRequest(format!(
+            "subject token: `{caller}` may not name subject `{sub}`"
+        )));
+    }
+    within_limits(
+        scope,
+        &[
+            (stated, "the subject token's scope"),
+            (Some(&rule.max_scope), "what this workload may start"),
+        ],
+    )?;
+    new_transaction(sub, None, scope, request, None)
 }
 
 /// The claims of a new transaction for `sub`, with `act` acting for it if a delegate
@@ -476,6 +503,7 @@ impl TokenService {
             token_type::SELF_SIGNED => {
                 self.start_self_signed(requester, request, scope, trust_domain, now)?
             }
+            token_type::UNSIGNED_JSON => self.start_unsigned(caller, request, scope)?,
             token_type::DELEGATION => self.resume(caller, request, scope, bundle, now)?,
             other => {
                 return Err(ExchangeError::InvalidRequest(format!(
@@ -560,16 +588,7 @@ impl TokenService {
         now: i64,
     ) -> Result<TxnTokenClaims, ExchangeError> {
         let caller = requester.id;
-        let rule = self
-            .self_signed
-            .iter()
-            .find(|r| &r.requester == caller)
-            .ok_or_else(|| {
-                ExchangeError::UnauthorizedClient(format!(
-                    "`{caller}` may not start transactions with self-signed subject tokens \
-                     (not in `token_service.self_signed`)"
-                ))
-            })?;
+        let rule = self.stating_rule(caller, "self-signed")?;
         let key = requester.key.as_ref().ok_or_else(|| {
             ExchangeError::InvalidClient(
                 "a self-signed subject token is checked with the key of the X509-SVID the \
@@ -585,22 +604,51 @@ impl TokenService {
             &Validation::at(now),
         )
         .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
-        if subject.sub != caller.as_str() && !rule.subjects.contains(&subject.sub) {
-            return Err(ExchangeError::InvalidRequest(format!(
-                "subject token: `{caller}` may not name subject `{}`",
-                subject.sub
-            )));
-        }
         let stated = Scope::parse(&subject.scope)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
-        within_limits(
-            scope,
-            &[
-                (Some(&stated), "the subject token's scope"),
-                (Some(&rule.max_scope), "what this workload may start"),
-            ],
-        )?;
-        new_transaction(subject.sub, None, scope, request, None)
+        stated_subject(rule, caller, subject.sub, Some(&stated), scope, request)
+    }
+
+    /// A new transaction whose subject the requesting workload states in an unsigned
+    /// JSON object ([`wimse_core::token::unsigned`]): only for workloads whose
+    /// `[[token_service.self_signed]]` entry says `unsigned_json = true`, since nothing
+    /// but their client authentication stands behind it, and within that entry.
+    fn start_unsigned(
+        &self,
+        caller: &WorkloadId,
+        request: &ExchangeRequest,
+        scope: &Scope,
+    ) -> Result<TxnTokenClaims, ExchangeError> {
+        let rule = self.stating_rule(caller, "unsigned JSON")?;
+        if !rule.unsigned_json {
+            return Err(ExchangeError::UnauthorizedClient(format!(
+                "`{caller}` may not start transactions with unsigned JSON subject tokens \
+                 (its `token_service.self_signed` entry lacks `unsigned_json = true`)"
+            )));
+        }
+        let subject = parse_unsigned(&request.subject_token)
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        let stated = (subject.scope.as_deref().map(Scope::parse).transpose())
+            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
+        stated_subject(rule, caller, subject.sub, stated.as_ref(), scope, request)
+    }
+
+    /// The `[[token_service.self_signed]]` entry of `caller`, which may state the subjects
+    /// of the transactions it starts (in subject tokens of the `form` named).
+    fn stating_rule(
+        &self,
+        caller: &WorkloadId,
+        form: &str,
+    ) -> Result<&SelfSignedRule, ExchangeError> {
+        self.self_signed
+            .iter()
+            .find(|r| &r.requester == caller)
+            .ok_or_else(|| {
+                ExchangeError::UnauthorizedClient(format!(
+                    "`{caller}` may not start transactions with {form} subject tokens \
+                     (not in `token_service.self_signed`)"
+                ))
+            })
     }
 
     /// A replacement for a Txn-Token of this trust domain: narrower or equal in scope,
@@ -784,6 +832,7 @@ fn presented(request: &Result<TokenRequest, ExchangeError>) -> (Option<Credentia
             let kind = match r.subject_token_type.as_str() {
                 token_type::TXN_TOKEN => CredentialKind::TxnToken,
                 token_type::SELF_SIGNED => CredentialKind::SelfSigned,
+                token_type::UNSIGNED_JSON => CredentialKind::UnsignedJson,
                 token_type::DELEGATION => CredentialKind::Delegation,
                 _ => CredentialKind::AccessToken,
             };
@@ -1243,6 +1292,7 @@ mod tests {
             requester: id("/batch"),
             max_scope: Scope::parse("reports reports.read").unwrap(),
             subjects: ["nightly-report".to_owned()].into(),
+            unsigned_json: false,
         }]);
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
         let public = PublicKey::from_jwk(key.public_jwk()).unwrap();
@@ -1346,6 +1396,101 @@ mod tests {
         ] {
             let refused = ask(caller, key, subject, scope).unwrap_err();
             assert_eq!(refused.code(), code, "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_workload_names_the_subject_in_unsigned_json_within_its_rule() {
+        use wimse_core::token::unsigned::{UnsignedSubject, encode_unsigned};
+        let mut w = world();
+        w.service = std::mem::take(&mut w.service).with_self_signed(vec![
+            SelfSignedRule {
+                requester: id("/portal"),
+                max_scope: Scope::parse("orders orders.read").unwrap(),
+                subjects: ["user:alice".to_owned()].into(),
+                unsigned_json: true,
+            },
+            SelfSignedRule {
+                requester: id("/batch"),
+                max_scope: Scope::parse("orders").unwrap(),
+                subjects: BTreeSet::new(),
+                unsigned_json: false,
+            },
+        ]);
+        let subject = |sub: &str, scope: Option<&str>| {
+            encode_unsigned(&UnsignedSubject {
+                sub: sub.into(),
+                scope: scope.map(str::to_owned),
+            })
+            .unwrap()
+        };
+        let ask = |caller: &str, token: String, scope: &str| {
+            let request = w.request(token, token_type::UNSIGNED_JSON, scope);
+            w.exchange(caller, &request, NOW)
+        };
+        // A named subject, bounded by the rule alone or also by the scope it states.
+        let (_, claims) = ask("/portal", subject("user:alice", None), "orders").unwrap();
+        assert_eq!(claims.sub, "user:alice");
+        assert_eq!(claims.scope, "orders");
+        assert_eq!(claims.req_wl, id("/portal").to_string());
+        assert_eq!(
+            claims.tctx,
+            Some(json!({"order": 7}).as_object().unwrap().clone())
+        );
+        let (_, claims) = ask(
+            "/portal",
+            subject(id("/portal").as_str(), Some("orders.read")),
+            "orders.read",
+        )
+        .unwrap();
+        assert_eq!(claims.sub, id("/portal").to_string());
+        for (caller, token, scope, code, reason) in [
+            (
+                "/gateway",
+                subject("user:alice", None),
+                "orders",
+                "unauthorized_client",
+                "not in `token_service.self_signed`",
+            ),
+            (
+                "/batch",
+                subject(id("/batch").as_str(), None),
+                "orders",
+                "unauthorized_client",
+                "unsigned_json = true",
+            ),
+            (
+                "/portal",
+                subject("user:bob", None),
+                "orders",
+                "invalid_request",
+                "may not name subject `user:bob`",
+            ),
+            (
+                "/portal",
+                subject("user:alice", Some("orders.read")),
+                "orders",
+                "invalid_scope",
+                "the subject token's scope",
+            ),
+            (
+                "/portal",
+                subject("user:alice", None),
+                "refunds",
+                "invalid_scope",
+                "what this workload may start",
+            ),
+            (
+                "/portal",
+                r#"{"sub":"user:alice"}"#.to_owned(),
+                "orders",
+                "invalid_request",
+                "raw JSON",
+            ),
+        ] {
+            let refused = ask(caller, token, scope).unwrap_err();
+            assert_eq!(refused.code(), code, "{refused}");
+            assert!(refused.to_string().contains(reason), "{refused}");
         }
     }
 

@@ -28,6 +28,7 @@ use wimse_core::token::exchange::{
     token_type,
 };
 use wimse_core::token::self_signed::{SelfSignedClaims, issue_self_signed};
+use wimse_core::token::unsigned::{UnsignedSubject, encode_unsigned};
 use wimse_core::{TrustDomain, WorkloadId};
 
 /// How long a self-signed subject token lives: it is sent at once.
@@ -167,6 +168,32 @@ impl TokenServiceClient {
             }
             return expect_type(answer?, token_type::TXN_TOKEN, "N_A");
         }
+    }
+
+    /// Starts a transaction for `subject` (this workload's own ID, or one its
+    /// `[[token_service.self_signed]]` entry names) stated in an unsigned JSON subject
+    /// token, `{"sub": subject}`: only if that entry says `unsigned_json = true`, since
+    /// the request's mutual TLS is then the only proof. `scope` may not exceed the entry's.
+    pub async fn start_unsigned(
+        &self,
+        subject: &str,
+        scope: &Scope,
+        request_context: Option<Map<String, Value>>,
+        request_details: Option<Map<String, Value>>,
+    ) -> Result<ExchangeResponse, TokenServiceError> {
+        let token = encode_unsigned(&UnsignedSubject {
+            sub: subject.to_owned(),
+            scope: None,
+        })
+        .map_err(|e| TokenServiceError::Setup(e.to_string()))?;
+        self.exchange(self.request(
+            &token,
+            token_type::UNSIGNED_JSON,
+            scope,
+            request_context,
+            request_details,
+        ))
+        .await
     }
 
     /// Replaces `txn_token` with one of `scope` (no wider than its own), adding

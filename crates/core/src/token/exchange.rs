@@ -28,6 +28,8 @@ pub mod token_type {
     pub const TXN_TOKEN: &str = "urn:ietf:params:oauth:token-type:txn_token";
     /// A JWT the requesting workload signed itself ([`super::super::self_signed`]).
     pub const SELF_SIGNED: &str = "urn:ietf:params:oauth:token-type:self_signed";
+    /// A JSON object the requesting workload states, unsigned ([`super::super::unsigned`]).
+    pub const UNSIGNED_JSON: &str = "urn:ietf:params:oauth:token-type:unsigned_json";
     /// A delegation of a transaction to a workload that carries it on later
     /// ([`super::super::delegation`]). This trust domain's own type: only its token
     /// service issues and accepts it.

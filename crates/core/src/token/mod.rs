@@ -11,6 +11,7 @@
 //! | JWT authorization grant (identity chaining) | `authorization-grant+jwt` | [`chain`] |
 //! | Delegation of a transaction (asynchronous work) | `delegation+jwt` | [`delegation`] |
 //! | Self-signed subject token | `JWT`/absent | [`self_signed`] |
+//! | Unsigned subject token (base64url JSON, no signature) | — | [`unsigned`] |
 //!
 //! Every verifier checks `typ` first, so one kind can never pass as another (cross-JWT
 //! confusion, RFC 8725 §3.11), then finds the key only in the bundle of the trust domain
@@ -27,6 +28,7 @@ pub mod jwt_svid;
 pub mod replay;
 pub mod self_signed;
 pub mod txn;
+pub mod unsigned;
 pub mod wit;
 pub mod wpt;
 
