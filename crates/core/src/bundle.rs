@@ -201,7 +201,7 @@ impl TrustBundle {
     /// a malformed key of a known use, a missing or repeated `kid`, fail the whole bundle.
     pub fn from_spiffe_json(trust_domain: TrustDomain, json: &[u8]) -> Result<Self, BundleError> {
         let raw: RawBundle =
-            crate::json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
+            crate::json::object_from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
         let mut bundle = TrustBundle::new(trust_domain);
         bundle.sequence = raw.spiffe_sequence.unwrap_or(0);
         bundle.refresh_hint = raw.spiffe_refresh_hint;
@@ -314,7 +314,7 @@ impl TrustBundle {
     /// Parses a plain JWK Set as the authorities for one use (keys without `kid` refused).
     pub fn add_jwks(&mut self, key_use: KeyUse, json: &[u8]) -> Result<(), BundleError> {
         let set: JwkSet =
-            crate::json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
+            crate::json::object_from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
         for jwk in set.keys {
             if matches!(jwk.params, crate::jose::KeyParams::Unknown { .. }) {
                 continue;
@@ -679,5 +679,21 @@ mod tests {
             let _ = TrustBundle::from_spiffe_json(td("example.org"), input);
         }
         assert!(TrustBundle::from_spiffe_json(td("example.org"), b"{}").is_err());
+    }
+
+    #[test]
+    fn a_bundle_or_jwk_set_is_an_object_never_an_array_of_its_members() {
+        // A derived struct would read `[[], 7]` as `{"keys": [], "spiffe_sequence": 7}`.
+        for input in [&br#"[[], 7, 300]"#[..], br#"[[]]"#] {
+            let err = TrustBundle::from_spiffe_json(td("example.org"), input).unwrap_err();
+            assert!(err.to_string().contains("not a JSON object"), "{err}");
+            let mut b = TrustBundle::new(td("example.org"));
+            let err = b.add_jwks(KeyUse::JwtSvid, input).unwrap_err();
+            assert!(err.to_string().contains("not a JSON object"), "{err}");
+        }
+        let b =
+            TrustBundle::from_spiffe_json(td("example.org"), br#"{"keys":[],"spiffe_sequence":7}"#)
+                .unwrap();
+        assert_eq!(b.sequence, 7);
     }
 }

@@ -514,7 +514,7 @@ impl IssuerKeys {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let metadata: ProviderMetadata = wimse_core::json::from_slice(&fetched.body)
+        let metadata: ProviderMetadata = wimse_core::json::object_from_slice(&fetched.body)
             .map_err(|e| format!("the OpenID Provider metadata is not valid: {e}"))?;
         // Discovery §4.3: the metadata is the issuer's own only if it names that issuer.
         if metadata.issuer != remote.issuer {
@@ -863,6 +863,13 @@ mod tests {
         let keys = discovered(&endpoint.origin);
         keys.refresh_due().await;
         assert!(!verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
+        // Nor from an array in place of the metadata object, even one holding its values.
+        *endpoint.metadata.lock().unwrap() =
+            Some(json!([endpoint.origin, endpoint.url]).to_string());
+        let keys = discovered(&endpoint.origin);
+        keys.refresh_due().await;
+        assert!(!verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 5);
         // Nor from a plain-HTTP `jwks_uri`.
         *endpoint.metadata.lock().unwrap() = Some(
             json!({ "issuer": endpoint.origin, "jwks_uri": "http://127.0.0.1:1/jwks" }).to_string(),
@@ -870,7 +877,7 @@ mod tests {
         let keys = discovered(&endpoint.origin);
         keys.refresh_due().await;
         assert!(!verifies(&keys, &token_of(&endpoint.origin, &k1, "k1")));
-        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 5);
+        assert_eq!(endpoint.requests.load(Ordering::SeqCst), 6);
         // The issuer identifier itself must be an https URL to discover from.
         assert!(IssuerSource::discovered(issuer("login.example"), None).is_err());
     }

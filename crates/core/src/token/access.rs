@@ -82,9 +82,9 @@ impl TrustedIssuer {
     }
 
     /// [`TrustedIssuer::with_jwks`] with the JWK Set as JSON text, read strictly: a
-    /// repeated member name is refused.
+    /// repeated member name, or anything but a JSON object, is refused.
     pub fn with_jwks_json(&self, json: &[u8]) -> Result<Self, TokenError> {
-        let jwks: JwkSet = crate::json::from_slice(json)
+        let jwks: JwkSet = crate::json::object_from_slice(json)
             .map_err(|e| TokenError::Issue(format!("the JWK Set is not valid: {e}")))?;
         self.with_jwks(&jwks)
     }
@@ -553,6 +553,13 @@ mod tests {
         // A set with no usable key, or a repeated member, changes nothing.
         assert!(ready.with_jwks(&JwkSet::default()).is_err());
         assert!(ready.with_jwks_json(br#"{"keys":[],"keys":[]}"#).is_err());
+        // Nor does an array in place of the set, even one holding its keys.
+        let array = json!([[jwk]]).to_string();
+        let refused = ready.with_jwks_json(array.as_bytes()).unwrap_err();
+        assert!(
+            refused.to_string().contains("not a JSON object"),
+            "{refused}"
+        );
     }
 
     #[test]
