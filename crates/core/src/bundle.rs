@@ -684,7 +684,7 @@ mod tests {
     #[test]
     fn a_bundle_or_jwk_set_is_an_object_never_an_array_of_its_members() {
         // A derived struct would read `[[], 7]` as `{"keys": [], "spiffe_sequence": 7}`.
-        for input in [&br#"[[], 7, 300]"#[..], br#"[[]]"#] {
+        for input in [&b"[[], 7, 300]"[..], b"[[]]"] {
             let err = TrustBundle::from_spiffe_json(td("example.org"), input).unwrap_err();
             assert!(err.to_string().contains("not a JSON object"), "{err}");
             let mut b = TrustBundle::new(td("example.org"));
