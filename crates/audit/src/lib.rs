@@ -69,7 +69,7 @@ pub use entry::{Body, Checkpoint, Entry, LineError, Start, StartReason, parse_li
 pub use log::{AuditConfig, AuditError, AuditLog, AuditStats, FsyncPolicy};
 pub use record::{
     AuditRecord, AuthMethod, CredentialKind, CredentialRef, Decision, Delegation, DelegationMode,
-    EventKind, Fingerprint, RecordError, SecurityContext,
+    EventKind, Fingerprint, Operator, RecordError, SecurityContext,
 };
 pub use secrets::{Finding, Label, LabelError, SecretKind, scan_for_secrets};
 pub use time::{TimeError, Timestamp};

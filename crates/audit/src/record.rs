@@ -433,6 +433,21 @@ impl Delegation {
     }
 }
 
+/// Who on the host made an administrative change: the user and process the kernel names
+/// on the server's admin socket (`SO_PEERCRED`), and the login uid Linux keeps for the
+/// session through `su` and `sudo` (`/proc/<pid>/loginuid`) when one is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    /// The caller's effective user ID.
+    pub uid: u32,
+    /// The user who logged in to the session the caller runs in, if the kernel knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    /// The caller's process ID.
+    pub pid: u32,
+}
+
 /// One audit record. Build it with [`AuditRecord::new`] and the `with_*` methods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +467,9 @@ pub struct AuditRecord {
     /// The workload that made the request (or the subject of an issuance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<WorkloadId>,
+    /// The local operator who made an administrative change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Operator>,
     /// The workload that received it (or the issuer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<WorkloadId>,
@@ -507,6 +525,7 @@ impl AuditRecord {
             reason: None,
             request_id: None,
             source: None,
+            operator: None,
             target: None,
             method: None,
             resource: None,
@@ -527,6 +546,13 @@ impl AuditRecord {
     #[must_use]
     pub fn with_source(mut self, id: WorkloadId) -> Self {
         self.source = Some(id);
+        self
+    }
+
+    /// Sets the local operator of an administrative change.
+    #[must_use]
+    pub fn with_operator(mut self, operator: Operator) -> Self {
+        self.operator = Some(operator);
         self
     }
 
@@ -722,6 +748,41 @@ mod tests {
             .unwrap()
             .replace("\"ok\"", "\"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.\"");
         assert!(serde_json::from_str::<AuditRecord>(&json).is_err());
+    }
+
+    #[test]
+    fn an_operator_is_written_only_when_known_and_read_back_strictly() {
+        let plain = AuditRecord::new(EventKind::Admin, Decision::Allow);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("operator"));
+        for operator in [
+            Operator {
+                uid: 1000,
+                login_uid: Some(1001),
+                pid: 42,
+            },
+            Operator {
+                uid: 0,
+                login_uid: None,
+                pid: 7,
+            },
+        ] {
+            let record = plain.clone().with_operator(operator);
+            let json = serde_json::to_string(&record).unwrap();
+            assert_eq!(
+                json.contains("login_uid"),
+                operator.login_uid.is_some(),
+                "{json}"
+            );
+            assert_eq!(serde_json::from_str::<AuditRecord>(&json).unwrap(), record);
+        }
+        let json = serde_json::to_string(&plain).unwrap().replace(
+            "\"decision\"",
+            "\"operator\":{\"uid\":1,\"pid\":2,\"name\":\"x\"},\"decision\"",
+        );
+        assert!(
+            serde_json::from_str::<AuditRecord>(&json).is_err(),
+            "{json}"
+        );
     }
 
     #[test]

@@ -231,6 +231,13 @@ fn describe(index: u64, r: &AuditRecord) -> String {
         line.push('=');
         line.push_str(&value);
     };
+    if let Some(by) = r.operator {
+        let login = by
+            .login_uid
+            .map(|l| format!(",login={l}"))
+            .unwrap_or_default();
+        field("by", format!("uid={}{login},pid={}", by.uid, by.pid));
+    }
     if let Some(method) = r.method {
         field("method", method.name().to_owned());
     }

@@ -14,6 +14,7 @@ use common::{Server, WIMSE, free_port, line_value};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,9 +201,11 @@ fn entries_are_created_shown_updated_and_deleted() {
     let err = server.admin_err(&["server", "entry", "show", "--entry-id", &entry_id]);
     assert!(err.contains("no entry"), "{err}");
 
-    // Every change is in the server's audit trail, in order, naming what it concerns;
-    // the join token only by its hash.
+    // Every change is in the server's audit trail, in order, naming what it concerns
+    // and who made it; the join token only by its hash.
+    let audit_path = server.dir.join("audit.jsonl");
     let audit = sealed_audit(server);
+    assert_eq!(admin_lines_by_this_user(&audit_path), 5);
     let changes = admin_records(&audit);
     let web = "spiffe://test.example/web";
     let expected = [
@@ -228,6 +231,23 @@ fn entries_are_created_shown_updated_and_deleted() {
     );
 }
 
+/// How many lines of `wimse audit show` of the log at `path` are admin records made by
+/// this test's user (`by=uid=<uid>`).
+fn admin_lines_by_this_user(path: &Path) -> usize {
+    let shown = Command::new(WIMSE)
+        .args(["audit", "show"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let by = format!(" by=uid={uid}");
+    shown
+        .lines()
+        .filter(|l| l.contains(" admin ") && l.contains(&by))
+        .count()
+}
+
 /// The server's audit trail, sealed: the server is stopped first.
 fn sealed_audit(server: Server) -> String {
     let path = server.dir.join("audit.jsonl");
@@ -235,14 +255,26 @@ fn sealed_audit(server: Server) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// The `admin` records of an audit trail: (action, target), in order.
+/// The `admin` records of an audit trail: (action, target), in order. Each must name its
+/// operator: this test's user (the command it ran inherits the login uid), and the
+/// calling process.
 fn admin_records(audit: &str) -> Vec<(String, Option<String>)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let login_uid = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|uid| *uid != u32::MAX);
     audit
         .lines()
         .filter_map(|line| {
             let entry: serde_json::Value = serde_json::from_str(line).unwrap();
             let record = &entry["record"];
             (record["event"] == "admin").then(|| {
+                let by = &record["operator"];
+                assert_eq!(by["uid"], uid, "{line}");
+                assert_eq!(by["login_uid"].as_u64(), login_uid.map(u64::from), "{line}");
+                assert!(by["pid"].as_u64().is_some_and(|pid| pid > 0), "{line}");
                 (
                     record["resource"].as_str().unwrap().to_owned(),
                     record["target"].as_str().map(str::to_owned),

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use wimse_audit::{
     AuditConfig, AuditLog, AuditRecord, AuthMethod, CredentialRef, Decision, Delegation, EventKind,
-    SecurityContext,
+    Operator, SecurityContext,
 };
 use wimse_core::WorkloadId;
 use wimse_core::jose::{Algorithm, SigningKey};
@@ -139,11 +139,13 @@ impl ServerAudit {
         }
     }
 
-    /// Records a change made through the admin API: `action` (what was done, such as
+    /// Records a change made through the admin API by `operator` (the local caller, when
+    /// the kernel named it): `action` (what was done, such as
     /// `entry create <id>`), the workload or agent it concerns, the transaction when it
     /// concerns one, and the credential it created (a join token, by its hash).
     pub fn admin(
         &self,
+        operator: Option<Operator>,
         action: &str,
         target: Option<&WorkloadId>,
         context: Option<SecurityContext>,
@@ -151,6 +153,9 @@ impl ServerAudit {
     ) {
         let Some(log) = &self.log else { return };
         let mut record = AuditRecord::new(EventKind::Admin, Decision::Allow);
+        if let Some(operator) = operator {
+            record = record.with_operator(operator);
+        }
         if let Err(e) = record.set_resource(action) {
             // Actions are built here from checked names; one that is not a label is a bug
             // to see, not a reason to lose the record.

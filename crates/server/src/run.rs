@@ -205,6 +205,7 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
     let mut admin_stop = stop_rx.clone();
     let admin_app = admin::router(Arc::clone(&state));
     handles.push(tokio::spawn(async move {
+        let admin_app = admin_app.into_make_service_with_connect_info::<admin::Caller>();
         let result = axum::serve(unix, admin_app)
             .with_graceful_shutdown(async move {
                 stopped(&mut admin_stop).await;

@@ -1,12 +1,12 @@
 //! The admin API of federation: relationships with foreign trust domains
 //! (`/v1/federations`) and their stored bundles (`/v1/bundles`).
 
-use super::{AdminError, AdminResult};
+use super::{AdminError, AdminResult, Caller};
 use crate::api::{FederatedBundleView, FederationRequest, FederationView};
 use crate::datastore::{Datastore, EndpointProfile, FederatedBundle, FederationRelationship};
 use crate::federation::{self, FederationError};
 use crate::state::State;
-use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State as AxState};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -120,6 +120,7 @@ async fn store_initial_bundle(
 }
 
 async fn create_federation(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<FederationRequest>,
 ) -> AdminResult<FederationView> {
@@ -145,7 +146,7 @@ async fn create_federation(
         "federation relationship created"
     );
     let action = format!("federation create {}", relationship.trust_domain);
-    state.audit.admin(&action, None, None, None);
+    state.audit.admin(caller.0, &action, None, None, None);
     // The refresher fetches the new relationship's bundle within a second.
     Ok(Json(
         stored_federation(&state, &relationship.trust_domain).await?,
@@ -153,6 +154,7 @@ async fn create_federation(
 }
 
 async fn update_federation(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
     Json(req): Json<FederationRequest>,
@@ -169,9 +171,13 @@ async fn update_federation(
     state.store.update_federation(&relationship).await?;
     store_initial_bundle(&state, bundle).await?;
     tracing::info!(trust_domain = %td, "federation relationship updated");
-    state
-        .audit
-        .admin(&format!("federation update {td}"), None, None, None);
+    state.audit.admin(
+        caller.0,
+        &format!("federation update {td}"),
+        None,
+        None,
+        None,
+    );
     // Its refresh outcome is cleared, so the refresher fetches it again within a second.
     Ok(Json(stored_federation(&state, &td).await?))
 }
@@ -202,6 +208,7 @@ async fn show_federation(
 }
 
 async fn delete_federation(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
 ) -> AdminResult<FederationView> {
@@ -209,9 +216,13 @@ async fn delete_federation(
     let view = stored_federation(&state, &td).await?;
     state.store.delete_federation(&td).await?;
     tracing::info!(trust_domain = %td, "federation relationship deleted");
-    state
-        .audit
-        .admin(&format!("federation delete {td}"), None, None, None);
+    state.audit.admin(
+        caller.0,
+        &format!("federation delete {td}"),
+        None,
+        None,
+        None,
+    );
     Ok(Json(view))
 }
 
@@ -264,6 +275,7 @@ struct SetBundleQuery {
 
 /// Stores an operator's bundle of a foreign trust domain (SPIFFE JSON, or `format=pem`).
 async fn set_bundle(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
     Query(q): Query<SetBundleQuery>,
@@ -283,11 +295,12 @@ async fn set_bundle(
         .await?;
     tracing::info!(trust_domain = %td, sequence = bundle.sequence, "federated bundle set");
     let action = format!("bundle set {td} sequence {}", bundle.sequence);
-    state.audit.admin(&action, None, None, None);
+    state.audit.admin(caller.0, &action, None, None, None);
     Ok(Json(show_stored_bundle(&state, &td).await?))
 }
 
 async fn delete_bundle(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(name): Path<String>,
 ) -> AdminResult<FederatedBundleView> {
@@ -297,6 +310,6 @@ async fn delete_bundle(
     tracing::info!(trust_domain = %td, "federated bundle deleted");
     state
         .audit
-        .admin(&format!("bundle delete {td}"), None, None, None);
+        .admin(caller.0, &format!("bundle delete {td}"), None, None, None);
     Ok(Json(view))
 }

@@ -3,7 +3,8 @@
 //! over HTTP on a unix socket with mode 0600 (only the server's user may call it).
 //! `wimse server entry|token|bundle|agent|federation|transaction|localauthority|healthcheck`
 //! are its clients ([`client`]). Every change is recorded in the server's audit trail
-//! ([`crate::audit::ServerAudit::admin`]).
+//! ([`crate::audit::ServerAudit::admin`]) with the local user and process that made it
+//! ([`Caller`]).
 
 use crate::api::{
     AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView, MintRequest,
@@ -16,20 +17,55 @@ use crate::datastore::{
 };
 use crate::issuer::IssueError;
 use crate::state::{State, StateError};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
-use wimse_audit::{CredentialKind, CredentialRef, Label, SecurityContext};
+use tokio::net::{UnixListener, UnixStream};
+use wimse_audit::{CredentialKind, CredentialRef, Label, Operator, SecurityContext};
 use wimse_core::jose::b64;
 use wimse_core::token::unix_now;
 use wimse_core::{TrustDomain, WorkloadId};
 
 pub mod client;
 mod federation;
+
+/// Who called the admin API: the user and process the kernel names as the peer of the
+/// unix socket, recorded with every change ([`Operator`]). `None` if the kernel did not
+/// say (the record then lacks the operator; the socket's mode already limits callers).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller(pub Option<Operator>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        Caller(operator_of(stream.io()))
+    }
+}
+
+fn operator_of(stream: &UnixStream) -> Option<Operator> {
+    let credentials = stream.peer_cred().ok()?;
+    let pid = u32::try_from(credentials.pid()?).ok()?;
+    Some(Operator {
+        uid: credentials.uid(),
+        login_uid: login_uid(pid),
+        pid,
+    })
+}
+
+/// The login uid of process `pid` (`/proc/<pid>/loginuid`), unless unset (`-1`, as in
+/// most containers) or unreadable.
+fn login_uid(pid: u32) -> Option<u32> {
+    parse_login_uid(&std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok()?)
+}
+
+fn parse_login_uid(text: &str) -> Option<u32> {
+    text.trim().parse().ok().filter(|uid| *uid != u32::MAX)
+}
 
 /// The largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -282,6 +318,7 @@ async fn parent_exists(state: &State, parent: &WorkloadId) -> Result<bool, Admin
 }
 
 async fn create_entry(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<EntryRequest>,
 ) -> AdminResult<EntryView> {
@@ -291,7 +328,7 @@ async fn create_entry(
     let action = format!("entry create {}", created.id);
     state
         .audit
-        .admin(&action, Some(&created.spiffe_id), None, None);
+        .admin(caller.0, &action, Some(&created.spiffe_id), None, None);
     wake_agents(&state).await;
     Ok(Json(view(&created)))
 }
@@ -338,6 +375,7 @@ async fn show_entry(
 }
 
 async fn update_entry(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
     Json(req): Json<EntryRequest>,
@@ -348,12 +386,13 @@ async fn update_entry(
     let action = format!("entry update {}", updated.id);
     state
         .audit
-        .admin(&action, Some(&updated.spiffe_id), None, None);
+        .admin(caller.0, &action, Some(&updated.spiffe_id), None, None);
     wake_agents(&state).await;
     Ok(Json(view(&updated)))
 }
 
 async fn delete_entry(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(id): Path<String>,
 ) -> AdminResult<EntryView> {
@@ -362,7 +401,7 @@ async fn delete_entry(
     let action = format!("entry delete {}", entry.id);
     state
         .audit
-        .admin(&action, Some(&entry.spiffe_id), None, None);
+        .admin(caller.0, &action, Some(&entry.spiffe_id), None, None);
     wake_agents(&state).await;
     Ok(Json(view(&entry)))
 }
@@ -380,6 +419,7 @@ pub fn join_token_agent_id(state: &State, token_hash: &[u8; 32]) -> Result<Workl
 }
 
 async fn create_token(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<TokenRequest>,
 ) -> AdminResult<TokenResponse> {
@@ -397,6 +437,7 @@ async fn create_token(
     tracing::info!(agent_id = %agent_id, expires_at, "join token generated");
     let credential = CredentialRef::from_token(CredentialKind::JoinToken, &token);
     state.audit.admin(
+        caller.0,
         "join token generate",
         Some(&agent_id),
         None,
@@ -463,24 +504,30 @@ async fn agent_id(state: &State, req: &AgentRequest) -> Result<WorkloadId, Admin
 }
 
 async fn ban_agent(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<AgentRequest>,
 ) -> AdminResult<AgentRequest> {
     let id = agent_id(&state, &req).await?;
     state.store.set_agent_banned(&id, true).await?;
     tracing::info!(agent_id = %id, "agent banned");
-    state.audit.admin("agent ban", Some(&id), None, None);
+    state
+        .audit
+        .admin(caller.0, "agent ban", Some(&id), None, None);
     Ok(Json(req))
 }
 
 async fn evict_agent(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<AgentRequest>,
 ) -> AdminResult<AgentRequest> {
     let id = agent_id(&state, &req).await?;
     state.store.delete_agent(&id).await?;
     tracing::info!(agent_id = %id, "agent evicted");
-    state.audit.admin("agent evict", Some(&id), None, None);
+    state
+        .audit
+        .admin(caller.0, "agent evict", Some(&id), None, None);
     Ok(Json(req))
 }
 
@@ -491,6 +538,7 @@ const MAX_TXN_BYTES: usize = 1024;
 /// Revokes a transaction at the token service ([`crate::token_service`]): nothing more
 /// is issued for it by any replica, until nothing issued before can be presented.
 async fn revoke_transaction(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<TransactionRequest>,
 ) -> AdminResult<RevokedTransactionView> {
@@ -510,7 +558,7 @@ async fn revoke_transaction(
     };
     state
         .audit
-        .admin("transaction revoke", None, Some(context), None);
+        .admin(caller.0, "transaction revoke", None, Some(context), None);
     state
         .store
         .list_revoked_transactions()
@@ -590,6 +638,7 @@ fn slot_view(state: &State, slot: &Slot) -> AuthorityView {
 
 /// Prepares this replica's next key of a kind ahead of schedule.
 async fn prepare_authority(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<AuthorityRequest>,
 ) -> AdminResult<AuthorityView> {
@@ -597,7 +646,7 @@ async fn prepare_authority(
     let (slot, new) = state.prepare_authority(kind).await?;
     if new {
         let action = format!("authority prepare {} {}", kind.as_str(), slot.id);
-        state.audit.admin(&action, None, None, None);
+        state.audit.admin(caller.0, &action, None, None, None);
     }
     Ok(Json(slot_view(&state, &slot)))
 }
@@ -615,6 +664,7 @@ fn named_key(req: &AuthorityRequest) -> Result<(AuthorityKind, &str), AdminError
 
 /// Marks this replica's retired key as compromised: agents replace what it signed.
 async fn taint_authority(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<AuthorityRequest>,
 ) -> AdminResult<AuthorityView> {
@@ -622,25 +672,27 @@ async fn taint_authority(
     let (slot, new) = state.taint_authority(kind, id).await?;
     if new {
         let action = format!("authority taint {} {}", kind.as_str(), slot.id);
-        state.audit.admin(&action, None, None, None);
+        state.audit.admin(caller.0, &action, None, None, None);
     }
     Ok(Json(slot_view(&state, &slot)))
 }
 
 /// Removes this replica's tainted key from the bundle for good.
 async fn revoke_authority(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<AuthorityRequest>,
 ) -> AdminResult<AuthorityView> {
     let (kind, id) = named_key(&req)?;
     let slot = state.revoke_authority(kind, id).await?;
     let action = format!("authority revoke {} {}", kind.as_str(), slot.id);
-    state.audit.admin(&action, None, None, None);
+    state.audit.admin(caller.0, &action, None, None, None);
     Ok(Json(slot_view(&state, &slot)))
 }
 
 /// Makes this replica's prepared key of a kind sign from now on.
 async fn activate_authority(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Json(req): Json<AuthorityRequest>,
 ) -> AdminResult<AuthorityView> {
@@ -648,7 +700,7 @@ async fn activate_authority(
     let slot = state.activate_authority(kind, req.force).await?;
     let forced = if req.force { " forced" } else { "" };
     let action = format!("authority activate {} {}{forced}", kind.as_str(), slot.id);
-    state.audit.admin(&action, None, None, None);
+    state.audit.admin(caller.0, &action, None, None, None);
     Ok(Json(slot_view(&state, &slot)))
 }
 
@@ -670,6 +722,7 @@ const MAX_MINT_TTL: u32 = 30 * 24 * 3600;
 /// serves (as `spire-server x509|jwt mint`): for bootstrapping and for tests. Identities
 /// under `/wimse/` (the server's and its agents') are refused.
 async fn mint(
+    ConnectInfo(caller): ConnectInfo<Caller>,
     AxState(state): AxState<Arc<State>>,
     Path(kind): Path<String>,
     Json(req): Json<MintRequest>,
@@ -751,8 +804,37 @@ async fn mint(
         IssueError::NoAuthority(_) | IssueError::Signing(_) => AdminError::Internal(e.to_string()),
     })?;
     tracing::info!(kind, spiffe_id = %id, ttl, "credential minted by an operator");
-    state
-        .audit
-        .admin(&format!("mint {kind}"), Some(&id), None, credential);
+    state.audit.admin(
+        caller.0,
+        &format!("mint {kind}"),
+        Some(&id),
+        None,
+        credential,
+    );
     Ok(Json(minted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_uid_is_kept_only_when_the_kernel_set_one() {
+        assert_eq!(parse_login_uid("1000"), Some(1000));
+        assert_eq!(parse_login_uid("0\n"), Some(0));
+        for unset in ["4294967295", "-1", "", "x"] {
+            assert_eq!(parse_login_uid(unset), None, "{unset:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_caller_is_the_process_on_the_other_end_of_the_socket() {
+        use std::os::unix::fs::MetadataExt as _;
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let operator = operator_of(&ours).unwrap();
+        assert_eq!(operator.pid, std::process::id());
+        assert_eq!(operator.uid, std::fs::metadata("/proc/self").unwrap().uid());
+        assert_eq!(operator.login_uid, login_uid(std::process::id()));
+    }
 }
