@@ -794,6 +794,8 @@ pub enum AgentAdminCommand {
     Ban(AgentIdArgs),
     /// Evict an agent: drop its attestation so it must attest again
     Evict(AgentIdArgs),
+    /// Delete agents whose certificates expired long ago (banned agents stay)
+    Purge(AgentPurgeArgs),
 }
 
 impl AgentAdminCommand {
@@ -820,6 +822,23 @@ impl AgentAdminCommand {
                 Self::Evict(args) => {
                     client(&args.admin).evict_agent(&args.spiffe_id).await?;
                     println!("Agent {} evicted", args.spiffe_id);
+                }
+                Self::Purge(args) => {
+                    let answer = client(&args.admin)
+                        .purge_agents(i64::from(args.expired_for), args.dry_run)
+                        .await?;
+                    let count = answer.purged.len();
+                    if args.dry_run {
+                        print_found(count, "expired agent to purge", "expired agents to purge");
+                    } else {
+                        println!(
+                            "Purged {count} expired agent{}",
+                            if count == 1 { "" } else { "s" }
+                        );
+                    }
+                    for id in answer.purged {
+                        println!("{id}");
+                    }
                 }
             }
             Ok(())
@@ -1004,6 +1023,19 @@ impl TransactionCommand {
             Ok(())
         })
     }
+}
+
+/// `wimse server agent purge`
+#[derive(Debug, Args)]
+pub struct AgentPurgeArgs {
+    /// Seconds since an agent's certificate expired, at least (default: 30 days)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30 * 86_400)]
+    pub expired_for: u32,
+    /// Only list the agents that would be purged
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
 }
 
 /// `wimse server agent ban|evict`

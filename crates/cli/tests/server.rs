@@ -526,6 +526,53 @@ impl Server {
 }
 
 #[test]
+fn agents_of_hosts_long_gone_are_purged_but_live_and_banned_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    // Agent certificates live 2 s: the first agent's host is gone, so it expires.
+    let server = Server::start(dir.path(), &["--agent-svid-ttl", "2"]);
+    let rt = runtime();
+    let (_, gone) = server.attest_agent(&rt);
+    let (_, banned) = server.attest_agent(&rt);
+    server.admin_ok(&["server", "agent", "ban", "--spiffe-id", &banned]);
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, live) = server.attest_agent(&rt);
+    // Expired at least a second ago: `gone` and `banned` did; the ban keeps `banned`.
+    let purge = |extra: &[&str]| {
+        let mut args = vec!["server", "agent", "purge", "--expired-for", "1"];
+        args.extend_from_slice(extra);
+        server.admin_ok(&args)
+    };
+    assert_eq!(
+        purge(&["--dry-run"]),
+        format!("Found 1 expired agent to purge\n{gone}\n")
+    );
+    assert!(
+        server
+            .admin_ok(&["server", "agent", "list"])
+            .contains(&gone)
+    );
+    assert_eq!(purge(&[]), format!("Purged 1 expired agent\n{gone}\n"));
+    assert_eq!(purge(&[]), "Purged 0 expired agents\n");
+    let listed = server.admin_ok(&["server", "agent", "list"]);
+    assert!(!listed.contains(&gone), "{listed}");
+    assert!(
+        listed.contains(&banned) && listed.contains(&live),
+        "{listed}"
+    );
+    // The default keeps every agent that expired within 30 days.
+    assert_eq!(
+        server.admin_ok(&["server", "agent", "purge", "--dry-run"]),
+        "Found 0 expired agents to purge\n"
+    );
+    let audit = sealed_audit(server);
+    let purged: Vec<_> = admin_records(&audit)
+        .into_iter()
+        .filter(|(action, _)| action == "agent purge")
+        .collect();
+    assert_eq!(purged, vec![("agent purge".to_owned(), Some(gone))]);
+}
+
+#[test]
 fn x509pop_agent_attests_to_the_real_binary_and_then_uses_mtls() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_pem, chain, node_key) = common::x509pop_ca_and_node();

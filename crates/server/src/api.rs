@@ -201,6 +201,23 @@ pub struct AgentRequest {
     pub spiffe_id: String,
 }
 
+/// Purges agents whose certificates expired long ago (`POST /v1/agents/purge`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPurgeRequest {
+    /// How many seconds ago a certificate must have expired at least.
+    pub expired_for: i64,
+    /// Only say which agents would be purged.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The agents purged, or that would be with `dry_run`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPurgeResponse {
+    /// Their SPIFFE IDs, sorted.
+    pub purged: Vec<String>,
+}
+
 /// A federation relationship to create or replace (`POST /v1/federations`,
 /// `PUT /v1/federations/{trust_domain}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

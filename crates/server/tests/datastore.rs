@@ -280,6 +280,7 @@ suite! {
         agents_are_upserted_listed_banned_and_evicted,
         ban_survives_reattestation,
         ban_or_evict_of_unknown_agent_is_not_found,
+        agents_expired_long_enough_are_purged_unless_banned,
         authorities_of_two_replicas_are_both_listed,
         expired_authorities_are_excluded_and_pruned,
         authority_is_updated_in_place_and_changes_state,
@@ -1256,6 +1257,51 @@ async fn ban_or_evict_of_unknown_agent_is_not_found(store: &SqlStore) {
     let not_found = Err(StoreError::AgentNotFound(ghost.to_string()));
     assert_eq!(store.set_agent_banned(&ghost, true).await, not_found);
     assert_eq!(store.delete_agent(&ghost).await, not_found);
+}
+
+async fn agents_expired_long_enough_are_purged_unless_banned(store: &SqlStore) {
+    let at = |path: &str, expires_at: i64| AttestedAgent {
+        expires_at,
+        ..agent(path)
+    };
+    let (gone_b, gone_a) = (at("/gone-b", NOW - 7200), at("/gone-a", NOW - 3600));
+    let (recent, live) = (at("/recent", NOW - 10), at("/live", NOW + 3600));
+    let banned = at("/banned", NOW - 7200);
+    for a in [&gone_b, &gone_a, &recent, &live, &banned] {
+        store.upsert_agent(a).await.unwrap();
+    }
+    store
+        .set_agent_banned(&banned.spiffe_id, true)
+        .await
+        .unwrap();
+    // Expired an hour ago or more: at the bound, too; sorted by ID.
+    let purged = store.purge_agents(NOW - 3600).await.unwrap();
+    assert_eq!(
+        purged,
+        vec![gone_a.spiffe_id.clone(), gone_b.spiffe_id.clone()]
+    );
+    let left: Vec<WorkloadId> = store
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.spiffe_id)
+        .collect();
+    assert_eq!(
+        left,
+        vec![banned.spiffe_id.clone(), live.spiffe_id, recent.spiffe_id]
+    );
+    assert!(store.purge_agents(NOW - 3600).await.unwrap().is_empty());
+    // The ban outlives any certificate.
+    assert!(store.purge_agents(NOW + 86_400).await.unwrap().len() == 2);
+    assert!(
+        store
+            .get_agent(&banned.spiffe_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .banned
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 //! admin unix socket.
 
 use crate::api::{
-    AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView,
-    FederatedBundleView, FederationRequest, FederationView, MintRequest, MintResponse, Problem,
-    RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
+    AgentPurgeRequest, AgentPurgeResponse, AgentRequest, AgentView, AuthorityRequest,
+    AuthorityView, EntryRequest, EntryView, FederatedBundleView, FederationRequest, FederationView,
+    MintRequest, MintResponse, Problem, RevokedTransactionView, TokenRequest, TokenResponse,
+    TransactionRequest,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -335,6 +336,21 @@ impl AdminClient {
         self.json::<AgentRequest>(Method::POST, "/v1/agents/evict", Some(&req))
             .await
             .map(|_| ())
+    }
+
+    /// Purges the agents whose certificates expired at least `expired_for` seconds ago
+    /// and that are not banned, or with `dry_run` only names them.
+    pub async fn purge_agents(
+        &self,
+        expired_for: i64,
+        dry_run: bool,
+    ) -> Result<AgentPurgeResponse, ClientError> {
+        let req = AgentPurgeRequest {
+            expired_for,
+            dry_run,
+        };
+        self.json(Method::POST, "/v1/agents/purge", Some(&req))
+            .await
     }
 
     /// Creates a federation relationship, and stores its initial bundle if it has one.

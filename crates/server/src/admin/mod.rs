@@ -7,8 +7,9 @@
 //! ([`Caller`]).
 
 use crate::api::{
-    AgentRequest, AgentView, AuthorityRequest, AuthorityView, EntryRequest, EntryView, MintRequest,
-    MintResponse, Problem, RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
+    AgentPurgeRequest, AgentPurgeResponse, AgentRequest, AgentView, AuthorityRequest,
+    AuthorityView, EntryRequest, EntryView, MintRequest, MintResponse, Problem,
+    RevokedTransactionView, TokenRequest, TokenResponse, TransactionRequest,
 };
 use crate::authority::{AuthorityError, Slot};
 use crate::datastore::{
@@ -147,6 +148,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/ban", post(ban_agent))
         .route("/v1/agents/evict", post(evict_agent))
+        .route("/v1/agents/purge", post(purge_agents))
         .route("/v1/transactions/revoke", post(revoke_transaction))
         .route("/v1/transactions/revoked", get(list_revoked_transactions))
         .route("/v1/mint/{kind}", post(mint))
@@ -529,6 +531,42 @@ async fn evict_agent(
         .audit
         .admin(caller.0, "agent evict", Some(&id), None, None);
     Ok(Json(req))
+}
+
+/// Deletes the agents whose certificates expired at least `expired_for` seconds ago and
+/// that are not banned (spire-server's `agent purge`): agents of hosts that are gone, which
+/// would otherwise stay listed forever. Each is an admin record.
+async fn purge_agents(
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    AxState(state): AxState<Arc<State>>,
+    Json(req): Json<AgentPurgeRequest>,
+) -> AdminResult<AgentPurgeResponse> {
+    if req.expired_for < 0 {
+        return Err(AdminError::BadRequest(
+            "`expired_for` must not be negative".into(),
+        ));
+    }
+    let expired_before = unix_now().saturating_sub(req.expired_for);
+    let purged = if req.dry_run {
+        let agents = state.store.list_agents().await?;
+        agents
+            .into_iter()
+            .filter(|a| !a.banned && a.expires_at <= expired_before)
+            .map(|a| a.spiffe_id)
+            .collect()
+    } else {
+        let purged = state.store.purge_agents(expired_before).await?;
+        for id in &purged {
+            tracing::info!(agent_id = %id, "expired agent purged");
+            state
+                .audit
+                .admin(caller.0, "agent purge", Some(id), None, None);
+        }
+        purged
+    };
+    Ok(Json(AgentPurgeResponse {
+        purged: purged.iter().map(ToString::to_string).collect(),
+    }))
 }
 
 /// The longest `txn` a revocation names (a Txn-Token's `txn` is an opaque string; ours are

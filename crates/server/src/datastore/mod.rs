@@ -754,6 +754,14 @@ pub trait Datastore: Send + Sync {
     /// Evicts an agent: it must attest again. Fails with [`StoreError::AgentNotFound`].
     fn delete_agent(&self, id: &WorkloadId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Deletes every agent whose certificate expired at or before `expired_before` and
+    /// that is not banned, and returns their IDs, sorted. A banned agent stays: its ban
+    /// must outlive its certificate, or an x509pop agent could attest again.
+    fn purge_agents(
+        &self,
+        expired_before: i64,
+    ) -> impl Future<Output = Result<Vec<WorkloadId>, StoreError>> + Send;
+
     /// Stores an authority, or updates the one with the same `id` and `server_id` (keeping its
     /// original `created_at`).
     fn put_authority(

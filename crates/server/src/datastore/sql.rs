@@ -967,6 +967,25 @@ impl Datastore for SqlStore {
         Ok(())
     }
 
+    async fn purge_agents(&self, expired_before: i64) -> Result<Vec<WorkloadId>, StoreError> {
+        let ids: Vec<String> = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "DELETE FROM agents WHERE expires_at <= $1 AND banned = $2 RETURNING spiffe_id",
+            )
+            .bind(expired_before)
+            .bind(false)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+        });
+        let mut ids = ids
+            .iter()
+            .map(|id| stored_id(id, || "purged agent".into()))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn put_authority(&self, authority: &Authority) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
             sqlx::query(
