@@ -798,6 +798,11 @@ impl FileConfig {
 mod tests {
     use super::*;
 
+    /// A configuration file's text, resolved (the TOML itself must parse).
+    fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        toml::from_str::<FileConfig>(text).unwrap().resolve()
+    }
+
     #[test]
     fn defaults_follow_the_design() {
         let c = FileConfig::default().resolve().unwrap();
@@ -885,7 +890,6 @@ mod tests {
 
     #[test]
     fn delegation_rules_are_read_and_checked() {
-        let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
         let c = parse(
             r#"
             [[token_service.delegation]]
@@ -916,7 +920,6 @@ mod tests {
 
     #[test]
     fn self_signed_entries_are_read_with_unsigned_json_off_unless_asked_for() {
-        let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
         let c = parse(
             r#"
             trust_domain = "prod.example"
@@ -947,7 +950,6 @@ mod tests {
 
     #[test]
     fn the_token_service_table_is_read_and_checked() {
-        let parse = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve();
         let c = parse(
             r#"
             trust_domain = "prod.example"
