@@ -232,6 +232,17 @@ mod tests {
             "wimse server agent evict",
         ),
         (
+            &[
+                "server",
+                "agent",
+                "purge",
+                "--expired-for",
+                "60",
+                "--dry-run",
+            ],
+            "wimse server agent purge",
+        ),
+        (
             &["server", "transaction", "revoke", "--txn", "t-1"],
             "wimse server transaction revoke",
         ),
