@@ -1,5 +1,6 @@
 //! Prometheus metrics of the server, served at `/metrics` in the text exposition format.
 
+use crate::datastore::{Authority, AuthorityKind, AuthorityState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -117,6 +118,27 @@ impl Metrics {
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+
+    /// Sets the authorities gauge from every replica's `records`: a value for each kind
+    /// and state, zeros included, so that an alert on no `active` key can fire. Each
+    /// value is set whole, so concurrent scrapes cannot add up.
+    pub fn set_authorities(&self, records: &[Authority]) {
+        for kind in AuthorityKind::ALL {
+            for state in AuthorityState::ALL {
+                let count = records
+                    .iter()
+                    .filter(|r| r.kind == kind && r.state == state)
+                    .count();
+                let label = AuthorityLabel {
+                    kind: kind.as_str(),
+                    state: state.as_str(),
+                };
+                self.authorities
+                    .get_or_create(&label)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Records one issuance of `kind` that took `seconds`.

@@ -87,29 +87,7 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
         .list_authorities(wimse_core::token::unix_now())
         .await
     {
-        use crate::datastore::{AuthorityKind, AuthorityState};
-        for kind in [AuthorityKind::X509, AuthorityKind::Jwt, AuthorityKind::Wit] {
-            for key_state in [
-                AuthorityState::Prepared,
-                AuthorityState::Active,
-                AuthorityState::Retired,
-                AuthorityState::Tainted,
-            ] {
-                let count = records
-                    .iter()
-                    .filter(|r| r.kind == kind && r.state == key_state)
-                    .count();
-                let label = crate::metrics::AuthorityLabel {
-                    kind: kind.as_str(),
-                    state: key_state.as_str(),
-                };
-                state
-                    .metrics
-                    .authorities
-                    .get_or_create(&label)
-                    .set(i64::try_from(count).unwrap_or(i64::MAX));
-            }
-        }
+        state.metrics.set_authorities(&records);
     }
     (
         [(

@@ -338,6 +338,9 @@ pub enum AuthorityKind {
 }
 
 impl AuthorityKind {
+    /// Every kind.
+    pub const ALL: [Self; 3] = [Self::X509, Self::Jwt, Self::Wit];
+
     /// The stored name: `x509`, `jwt` or `wit`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -349,9 +352,7 @@ impl AuthorityKind {
 
     /// The kind stored as `name`, if any.
     pub(crate) fn from_stored(name: &str) -> Option<Self> {
-        [Self::X509, Self::Jwt, Self::Wit]
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 }
 
@@ -371,6 +372,9 @@ pub enum AuthorityState {
 }
 
 impl AuthorityState {
+    /// Every state.
+    pub const ALL: [Self; 4] = [Self::Prepared, Self::Active, Self::Retired, Self::Tainted];
+
     /// The stored name: `prepared`, `active`, `retired` or `tainted`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -383,9 +387,7 @@ impl AuthorityState {
 
     /// The state stored as `name`, if any.
     pub(crate) fn from_stored(name: &str) -> Option<Self> {
-        [Self::Prepared, Self::Active, Self::Retired, Self::Tainted]
-            .into_iter()
-            .find(|state| state.as_str() == name)
+        Self::ALL.into_iter().find(|state| state.as_str() == name)
     }
 }
 
