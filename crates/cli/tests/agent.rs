@@ -342,14 +342,7 @@ fn rotate_and_taint(server: &Server, kind: &str, old: &str) -> String {
     let err = server.admin_err(&key_step("taint", kind, old));
     assert!(err.contains("only a retired key"), "{err}");
     server.admin_ok(&["server", "localauthority", "prepare", "--kind", kind]);
-    let activated = server.admin_ok(&[
-        "server",
-        "localauthority",
-        "activate",
-        "--kind",
-        kind,
-        "--force",
-    ]);
+    let activated = server.activate_now(kind);
     let err = server.admin_err(&key_step("revoke", kind, old));
     assert!(err.contains("only a tainted key"), "{err}");
     let tainted = server.admin_ok(&key_step("taint", kind, old));

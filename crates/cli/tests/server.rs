@@ -651,14 +651,7 @@ fn rotate_now(server: &Server, kind: &str) -> String {
     // Published just now: relying parties may not know it for the refresh hint (300 s).
     let err = server.admin_err(&["server", "localauthority", "activate", "--kind", kind]);
     assert!(err.contains("refresh hint") && err.contains(&id), "{err}");
-    let activated = server.admin_ok(&[
-        "server",
-        "localauthority",
-        "activate",
-        "--kind",
-        kind,
-        "--force",
-    ]);
+    let activated = server.activate_now(kind);
     assert!(
         activated.starts_with(&format!("Activated {kind} authority {id}\n")),
         "{activated}"

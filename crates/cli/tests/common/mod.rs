@@ -154,6 +154,19 @@ impl Server {
         stderr
     }
 
+    /// Makes this server's prepared key of `kind` sign at once (`localauthority activate
+    /// --force`); the command's output.
+    pub fn activate_now(&self, kind: &str) -> String {
+        self.admin_ok(&[
+            "server",
+            "localauthority",
+            "activate",
+            "--kind",
+            kind,
+            "--force",
+        ])
+    }
+
     /// The published bundle.
     pub fn bundle(&self) -> TrustBundle {
         let json = self.admin_ok(&["server", "bundle", "show", "--format", "spiffe"]);
