@@ -628,9 +628,14 @@ impl TokenService {
         }
         let subject = parse_unsigned(&request.subject_token)
             .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
-        let stated = (subject.scope.as_deref().map(Scope::parse).transpose())
-            .map_err(|e| ExchangeError::InvalidRequest(format!("subject token: {e}")))?;
-        stated_subject(rule, caller, subject.sub, stated.as_ref(), scope, request)
+        stated_subject(
+            rule,
+            caller,
+            subject.sub,
+            subject.scope.as_ref(),
+            scope,
+            request,
+        )
     }
 
     /// The `[[token_service.self_signed]]` entry of `caller`, which may state the subjects
@@ -1420,7 +1425,7 @@ mod tests {
         let subject = |sub: &str, scope: Option<&str>| {
             encode_unsigned(&UnsignedSubject {
                 sub: sub.into(),
-                scope: scope.map(str::to_owned),
+                scope: scope.map(|s| Scope::parse(s).unwrap()),
             })
             .unwrap()
         };

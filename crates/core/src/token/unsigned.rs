@@ -21,19 +21,30 @@ use serde::{Deserialize, Serialize};
 /// The longest unsigned subject token accepted, encoded.
 pub const MAX_UNSIGNED_BYTES: usize = 4096;
 
-/// What an unsigned subject token states.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What an unsigned subject token states, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnsignedSubject {
-    /// The subject of the transaction.
+    /// The subject of the transaction (not empty).
     pub sub: String,
     /// What the transaction is for; when absent, only the token service's policy bounds it.
+    pub scope: Option<Scope>,
+}
+
+/// The JSON object as written and read, before its values are checked.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    scope: Option<String>,
 }
 
 /// Encodes `subject` as an unsigned subject token (base64url of its JSON).
 pub fn encode_unsigned(subject: &UnsignedSubject) -> Result<String, TokenError> {
-    let json = serde_json::to_vec(subject).map_err(|e| TokenError::Issue(e.to_string()))?;
+    let wire = Wire {
+        sub: subject.sub.clone(),
+        scope: subject.scope.as_ref().map(ToString::to_string),
+    };
+    let json = serde_json::to_vec(&wire).map_err(|e| TokenError::Issue(e.to_string()))?;
     Ok(b64::encode(json))
 }
 
@@ -55,24 +66,30 @@ pub fn parse_unsigned(token: &str) -> Result<UnsignedSubject, TokenError> {
         ));
     }
     let json = b64::decode(token).map_err(|_| malformed("not canonical unpadded base64url"))?;
-    let subject: UnsignedSubject = crate::json::object_from_slice(&json).map_err(|e| {
+    let wire: Wire = crate::json::object_from_slice(&json).map_err(|e| {
         malformed(&format!(
             "not a JSON object with a string `sub` (and a string `scope`, if any): {e}"
         ))
     })?;
-    if subject.sub.is_empty() {
+    if wire.sub.is_empty() {
         return Err(TokenError::BadClaim {
             claim: "sub",
             reason: "empty".into(),
         });
     }
-    if let Some(scope) = &subject.scope {
-        Scope::parse(scope).map_err(|e| TokenError::BadClaim {
+    let scope = wire
+        .scope
+        .as_deref()
+        .map(Scope::parse)
+        .transpose()
+        .map_err(|e| TokenError::BadClaim {
             claim: "scope",
             reason: e.description().to_owned(),
         })?;
-    }
-    Ok(subject)
+    Ok(UnsignedSubject {
+        sub: wire.sub,
+        scope,
+    })
 }
 
 #[cfg(test)]
@@ -89,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_subject_round_trips_with_and_without_scope() {
-        for scope in [None, Some("reports.read orders".to_owned())] {
+        for scope in [None, Some(Scope::parse("reports.read orders").unwrap())] {
             let subject = UnsignedSubject {
                 sub: "user:alice".into(),
                 scope,
