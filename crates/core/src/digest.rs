@@ -1,10 +1,19 @@
 //! SHA-256, the one digest used for token hashes (`wth`, `ath`, `tth`, `oth`), RFC 7638
-//! thumbprints, cache keys and audit fingerprints.
+//! thumbprints, cache keys and audit fingerprints; SHA-512 only to check a peer's
+//! `Content-Digest` (RFC 9530) that carries one.
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// SHA-512 of `data`.
+pub fn sha512(data: &[u8]) -> [u8; 64] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, data);
+    let mut out = [0u8; 64];
     out.copy_from_slice(digest.as_ref());
     out
 }

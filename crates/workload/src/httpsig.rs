@@ -135,21 +135,31 @@ pub fn content_digest(body: &[u8]) -> String {
     )
 }
 
-/// Checks that `Content-Digest` holds a `sha-256` digest equal to the body's.
+/// Checks `Content-Digest` against the body (RFC 9530): it must hold a `sha-256` or
+/// `sha-512` digest, and every digest it holds of those two must be the body's. Other
+/// algorithms are ignored (RFC 9530 §2), so they can neither satisfy nor fail the check.
 pub fn check_content_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SigError> {
     let value = field_value(headers, "content-digest").ok_or(SigError::ContentDigest)?;
     let dict = sf::parse_dictionary(&value).map_err(|_| SigError::ContentDigest)?;
-    let expected = wimse_core::digest::sha256(body);
-    match dict.iter().find(|(k, _)| k == "sha-256") {
-        Some((
-            _,
+    let mut checked = 0;
+    for (algorithm, member) in dict.iter() {
+        let expected: &[u8] = match algorithm.as_str() {
+            "sha-256" => &wimse_core::digest::sha256(body),
+            "sha-512" => &wimse_core::digest::sha512(body),
+            _ => continue,
+        };
+        match member {
             Member::Item(Item {
                 bare: BareItem::Bytes(d),
                 ..
-            }),
-        )) if d.as_slice() == expected.as_slice() => Ok(()),
-        _ => Err(SigError::ContentDigest),
+            }) if d.as_slice() == expected => checked += 1,
+            _ => return Err(SigError::ContentDigest),
+        }
     }
+    if checked == 0 {
+        return Err(SigError::ContentDigest);
+    }
+    Ok(())
 }
 
 /// A field's value for the signature base: each line trimmed, lines joined by `, `
@@ -509,10 +519,13 @@ fn check_coverage(
     if let Some(missing) = required.iter().find(|r| !components.contains(r)) {
         return Err(SigError::NotCovered(name(missing)));
     }
-    if !body.is_empty() {
-        if !components.contains(&string_item("content-digest")) {
-            return Err(SigError::NotCovered("content-digest".into()));
-        }
+    let digest_covered = components.contains(&string_item("content-digest"));
+    if !body.is_empty() && !digest_covered {
+        return Err(SigError::NotCovered("content-digest".into()));
+    }
+    // A covered digest is checked even against an empty body: otherwise the body could be
+    // stripped from a signed message and the signed digest would go unread.
+    if digest_covered || headers.contains_key("content-digest") {
         check_content_digest(headers, body)?;
     }
     Ok(())
@@ -657,7 +670,9 @@ fn parse_params(params: &Params) -> Result<SignatureParams, SigError> {
 }
 
 /// Refuses an expired signature, one created in the future, and one that lives longer
-/// than `max_lifetime` from now.
+/// than `max_lifetime` (from now, or from its `created`: an old signature cannot be kept
+/// alive by a far `expires`), each with `leeway` for clocks and rounding (the profile's own
+/// example lives 302 s).
 fn check_lifetime(
     params: &SignatureParams,
     now: i64,
@@ -669,6 +684,7 @@ fn check_lifetime(
     }
     if params.created > now.saturating_add(leeway)
         || params.expires < params.created
+        || params.expires.saturating_sub(params.created) > max_lifetime.saturating_add(leeway)
         || params.expires > now.saturating_add(max_lifetime.saturating_add(leeway))
     {
         return Err(SigError::Lifetime);
