@@ -355,6 +355,144 @@ async fn a_signed_request_with_a_tampered_body_is_refused() {
 }
 
 #[tokio::test]
+async fn a_signed_request_whose_body_was_stripped_is_refused() {
+    let s = setup();
+    let req = signed(
+        &s.client,
+        "POST",
+        "/api/orders",
+        "{\"n\":1}",
+        ProofMethod::HttpSig,
+    );
+    let (parts, _) = req.into_parts();
+    refused(
+        &s.app,
+        Request::from_parts(parts, Body::empty()),
+        "content-digest-mismatch",
+    )
+    .await;
+}
+
+/// A request signed over `components` with these `created`/`expires`, by the client's WIT
+/// key, with its WIT attached: what a peer that builds its own signatures would send.
+fn hand_signed(s: &Setup, created: i64, expires: i64, body: &str, digest: &str) -> Request<Body> {
+    let wit = s.client.wit.as_ref().unwrap();
+    let mut components = vec!["@method", "@request-target", "workload-identity-token"];
+    if !digest.is_empty() {
+        components.push("content-digest");
+    }
+    let list = components
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let params = format!(
+        "({list});created={created};expires={expires};nonce=\"n-{created}-{expires}\";\
+         tag=\"wimse-workload-to-workload\";wimse-aud=\"{PUBLIC}/api/orders\""
+    );
+    let mut base = format!(
+        "\"@method\": POST\n\"@request-target\": /api/orders\n\
+         \"workload-identity-token\": {}\n",
+        wit.token
+    );
+    if !digest.is_empty() {
+        base.push_str(&format!("\"content-digest\": {digest}\n"));
+    }
+    base.push_str(&format!("\"@signature-params\": {params}"));
+    let sig = wit.key.sign(base.as_bytes()).unwrap();
+    let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig);
+    let mut req = Request::post("/api/orders")
+        .header("workload-identity-token", &wit.token)
+        .header("signature-input", format!("wimse={params}"))
+        .header("signature", format!("wimse=:{sig}:"));
+    if !digest.is_empty() {
+        req = req.header("content-digest", digest);
+    }
+    req.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn a_hand_built_signature_is_admitted_and_so_is_a_sha_512_digest() {
+    let s = setup();
+    let now = unix_now();
+    let body = "{\"n\":1}";
+    let sha256 = wimse_workload::httpsig::content_digest(body.as_bytes());
+    let (status, text, _) = send(&s.app, hand_signed(&s, now, now + 60, body, &sha256)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    // RFC 9530 allows sha-512; every known digest present must match, unknown ones are
+    // ignored, and at least one known one must be there.
+    let b64 = |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d);
+    let sha512 = format!(
+        "sha-512=:{}:",
+        b64(&wimse_core::digest::sha512(body.as_bytes()))
+    );
+    let (status, text, _) = send(&s.app, hand_signed(&s, now, now + 61, body, &sha512)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let wrong_512 = format!("{sha256}, sha-512=:{}:", b64(&[0; 64]));
+    let req = hand_signed(&s, now, now + 62, body, &wrong_512);
+    refused(&s.app, req, "content-digest-mismatch").await;
+    let unknown_only = format!("md5=:{}:", b64(&[0; 16]));
+    let req = hand_signed(&s, now, now + 63, body, &unknown_only);
+    refused(&s.app, req, "content-digest-mismatch").await;
+}
+
+#[tokio::test]
+async fn an_old_signature_kept_alive_by_a_far_expiry_is_refused() {
+    let s = setup();
+    let now = unix_now();
+    // Created an hour ago, expires in a minute: within the window from now, but it has
+    // lived far longer than any proof may.
+    let req = hand_signed(&s, now - 3_600, now + 60, "", "");
+    refused(&s.app, req, "invalid-signature").await;
+    let (status, text, _) = send(&s.app, hand_signed(&s, now - 30, now + 60, "", "")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test]
+async fn a_body_is_not_read_before_the_wit_is_verified_and_its_peer_allowed() {
+    // A body that never ends: were it read before the WIT is checked, the request would
+    // hang (or hold up to 16 MiB per request) for anyone who merely names the headers.
+    let never_ending =
+        || Body::from_stream(tokio_stream::pending::<Result<bytes::Bytes, std::io::Error>>());
+    let s = setup_with(|c| {
+        c.allow
+            .ids
+            .insert(wimse_core::WorkloadId::parse("spiffe://good.test/w2").unwrap());
+    });
+    let garbage = Request::post("/api/orders")
+        .header("workload-identity-token", "not.a.wit")
+        .header("signature-input", "wimse=()")
+        .header("signature", "wimse=:AA==:")
+        .body(never_ending())
+        .unwrap();
+    let refusal = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        refused(&s.app, garbage, "invalid-wit"),
+    );
+    refusal.await.expect("refused before reading the body");
+    let (parts, _) =
+        signed(&s.client, "POST", "/api/orders", "{}", ProofMethod::HttpSig).into_parts();
+    let not_allowed = Request::from_parts(parts, never_ending());
+    let refusal = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        refused(&s.app, not_allowed, "peer-not-allowed"),
+    );
+    refusal.await.expect("refused before reading the body");
+    let disabled = setup_with(|c| c.methods.http_sig = false);
+    let (parts, _) =
+        signed(&s.client, "POST", "/api/orders", "{}", ProofMethod::HttpSig).into_parts();
+    let refusal = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        refused(
+            &disabled.app,
+            Request::from_parts(parts, never_ending()),
+            "method-disabled",
+        ),
+    );
+    refusal.await.expect("refused before reading the body");
+}
+
+#[tokio::test]
 async fn a_signed_request_replayed_is_refused() {
     let s = setup();
     let req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::HttpSig);
