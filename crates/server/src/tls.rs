@@ -116,6 +116,10 @@ pub fn server_config(state: &Arc<State>) -> Result<Arc<rustls::ServerConfig>, Tl
             converted: std::sync::Mutex::new(None),
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session resumption: a resumed session would restore an agent's certificate
+    // without the verifier seeing it against the current bundle again.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -292,7 +292,17 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
         .with_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    no_server_resumption(&mut config);
     Ok(config)
+}
+
+/// Turns session resumption off on a server: a resumed TLS 1.3 session restores the
+/// client's certificate from the first handshake without running the verifier again, so
+/// an SVID that expired or a CA dropped from the bundle since would stay accepted for the
+/// ticket's life. Every connection is a full handshake instead.
+fn no_server_resumption(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
 }
 
 /// A TLS 1.3 client configuration presenting this workload's X509-SVID and accepting
@@ -301,8 +311,11 @@ pub fn client_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    Ok(verifying_servers(source, allow)?
-        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone()))))
+    let mut config = verifying_servers(source, allow)?
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
+    // The server's SVID is verified on every connection (see `no_server_resumption`).
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// The TLS 1.3 client builder that accepts servers `allow` lists, by `source`'s bundles.
@@ -325,7 +338,9 @@ pub fn server_auth_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    Ok(verifying_servers(source, allow)?.with_no_client_auth())
+    let mut config = verifying_servers(source, allow)?.with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// A server configuration (TLS 1.2 and 1.3, no client certificates) from a PEM
@@ -363,6 +378,7 @@ pub fn web_server_config(
     };
     let mut config = builder.with_cert_resolver(certificates);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    no_server_resumption(&mut config);
     Ok(config)
 }
 
