@@ -160,7 +160,7 @@ fn run(holder_alg: Algorithm) -> Row {
     let mut cached = |i: usize| {
         let v = Validation::at(unix_now());
         let wit = cache
-            .verify(black_box(&s.wit), &s.bundles, s.profile, &v)
+            .verify(black_box(&s.wit), &s.bundles, 1, s.profile, &v)
             .unwrap_or_else(|e| fail(&e));
         let wpt = s.wpts.get(i).map_or("", String::as_str);
         black_box(verify_wpt(wpt, &wit, &binding, &v, &replay_cached)).unwrap_or_else(|e| fail(&e));

@@ -259,7 +259,13 @@ pub fn check_response(
         .ok_or_else(|| ResponseError::Wit("must appear exactly once, as visible ASCII".into()))?;
     let validation = Validation::at(now);
     let verified = wits
-        .verify(wit, &creds.wit_bundles, WitProfile::Spiffe, &validation)
+        .verify(
+            wit,
+            &creds.wit_bundles,
+            creds.bundle_generation,
+            WitProfile::Spiffe,
+            &validation,
+        )
         .map_err(|e| ResponseError::Wit(e.to_string()))?;
     let no_headers = http::HeaderMap::new();
     let view = ResponseView {

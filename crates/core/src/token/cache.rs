@@ -2,8 +2,13 @@
 //!
 //! Tokens that travel unchanged from request to request (a WIT, a Txn-Token carried along
 //! a call chain) need their signature verified once, not per request. A hit still checks
-//! `exp`, so a cached token stops working when it expires. Clear the cache whenever the
-//! trust bundles change: a removed key must stop vouching at once.
+//! `exp`, so a cached token stops working when it expires.
+//!
+//! A removed key must stop vouching at once, so every lookup names the generation of the
+//! trust bundles it verifies with: the cache holds the verifications of one generation; a
+//! lookup with a newer one empties it first, and one with an older one (a request that
+//! read the bundles just before they changed) is verified but neither served from nor
+//! remembered in the cache. Bundle generations only grow.
 //!
 //! [`WitCache`](super::wit::WitCache) and [`TxnCache`](super::txn::TxnCache) are this
 //! cache with their verifier attached.
@@ -22,7 +27,14 @@ pub trait Expiring {
 #[derive(Debug)]
 pub struct VerifiedCache<T> {
     capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], Arc<T>>>,
+    entries: Mutex<Entries<T>>,
+}
+
+/// The cached tokens, all verified with the bundles of `generation`.
+#[derive(Debug)]
+struct Entries<T> {
+    generation: u64,
+    tokens: HashMap<[u8; 32], Arc<T>>,
 }
 
 impl<T: Expiring> VerifiedCache<T> {
@@ -30,45 +42,67 @@ impl<T: Expiring> VerifiedCache<T> {
     pub fn new(capacity: usize) -> Self {
         VerifiedCache {
             capacity,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                generation: 0,
+                tokens: HashMap::new(),
+            }),
         }
     }
 
     /// The verified token: from the cache (its `exp` checked again), or from `verify`,
-    /// which is given the token's SHA-256 and whose success is remembered.
+    /// which is given the token's SHA-256 and whose success is remembered. `generation`
+    /// is that of the bundles `verify` uses (see the module doc).
     pub fn get_or_verify(
         &self,
         token: &str,
+        generation: u64,
         validation: &Validation,
         verify: impl FnOnce(&[u8; 32]) -> Result<T, TokenError>,
     ) -> Result<Arc<T>, TokenError> {
         let hash = crate::digest::sha256(token.as_bytes());
-        let cached = self.lock().get(&hash).cloned();
+        let cached = {
+            let mut entries = self.lock();
+            if generation > entries.generation {
+                entries.generation = generation;
+                entries.tokens.clear();
+            }
+            if generation == entries.generation {
+                entries.tokens.get(&hash).cloned()
+            } else {
+                None
+            }
+        };
         if let Some(verified) = cached {
             validation.check_exp(verified.exp())?;
             return Ok(verified);
         }
         let verified = Arc::new(verify(&hash)?);
         let mut entries = self.lock();
-        if entries.len() >= self.capacity {
-            entries.retain(|_, t| t.exp().saturating_add(validation.leeway) > validation.now);
-            if entries.len() >= self.capacity {
+        if generation != entries.generation {
+            // The bundles changed while this was verified: not for the new generation.
+            return Ok(verified);
+        }
+        if entries.tokens.len() >= self.capacity {
+            entries
+                .tokens
+                .retain(|_, t| t.exp().saturating_add(validation.leeway) > validation.now);
+            if entries.tokens.len() >= self.capacity {
                 // Still full of live tokens: start over rather than grow (a cache, not a store).
-                entries.clear();
+                entries.tokens.clear();
             }
         }
-        entries.insert(hash, Arc::clone(&verified));
+        entries.tokens.insert(hash, Arc::clone(&verified));
         Ok(verified)
     }
 
-    /// Forgets every cached token (call when the trust bundles change).
+    /// Forgets every cached token.
     pub fn clear(&self) {
-        self.lock().clear();
+        self.lock().tokens.clear();
     }
 
     /// How many tokens are cached.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().tokens.len()
     }
 
     /// Whether nothing is cached.
@@ -76,7 +110,7 @@ impl<T: Expiring> VerifiedCache<T> {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Arc<T>>> {
+    fn lock(&self) -> MutexGuard<'_, Entries<T>> {
         // A poisoned lock holds only verified tokens; they are still valid.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -105,12 +139,12 @@ mod tests {
         };
         let mut v = Validation::at(500);
         v.leeway = 0;
-        cache.get_or_verify("a", &v, verify).unwrap();
-        cache.get_or_verify("a", &v, verify).unwrap();
+        cache.get_or_verify("a", 1, &v, verify).unwrap();
+        cache.get_or_verify("a", 1, &v, verify).unwrap();
         assert_eq!(calls.get(), 1);
         v.now = 1_000;
         assert!(matches!(
-            cache.get_or_verify("a", &v, verify),
+            cache.get_or_verify("a", 1, &v, verify),
             Err(TokenError::Expired { .. })
         ));
         assert_eq!(calls.get(), 1);
@@ -122,15 +156,41 @@ mod tests {
         let v = Validation::at(0);
         assert!(
             cache
-                .get_or_verify("bad", &v, |_| Err(TokenError::MissingKid))
+                .get_or_verify("bad", 1, &v, |_| Err(TokenError::MissingKid))
                 .is_err()
         );
         assert!(cache.is_empty());
         for token in ["a", "b", "c", "d"] {
-            cache.get_or_verify(token, &v, |_| Ok(Token(100))).unwrap();
+            cache
+                .get_or_verify(token, 1, &v, |_| Ok(Token(100)))
+                .unwrap();
             assert!(cache.len() <= 2);
         }
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_newer_bundle_generation_empties_the_cache_and_an_older_one_is_never_remembered() {
+        let cache = VerifiedCache::<Token>::new(4);
+        let v = Validation::at(0);
+        let calls = Cell::new(0);
+        let verify = |_: &[u8; 32]| {
+            calls.set(calls.get() + 1);
+            Ok(Token(100))
+        };
+        cache.get_or_verify("a", 1, &v, verify).unwrap();
+        cache.get_or_verify("a", 1, &v, verify).unwrap();
+        assert_eq!(calls.get(), 1);
+        // The bundles changed: verified again, with the new ones.
+        cache.get_or_verify("a", 2, &v, verify).unwrap();
+        assert_eq!((calls.get(), cache.len()), (2, 1));
+        // A request still holding the old bundles neither hits nor fills the cache, so
+        // what it verified cannot outlive the change.
+        cache.get_or_verify("b", 1, &v, verify).unwrap();
+        cache.get_or_verify("a", 1, &v, verify).unwrap();
+        assert_eq!((calls.get(), cache.len()), (4, 1));
+        cache.get_or_verify("a", 2, &v, verify).unwrap();
+        assert_eq!(calls.get(), 4);
     }
 }

@@ -141,15 +141,17 @@ impl Expiring for TxnTokenClaims {
 
 impl VerifiedCache<TxnTokenClaims> {
     /// Returns the verified claims, from the cache or by [`verify_txn_token`]. A hit is
-    /// checked again for expiry and for naming `trust_domain`.
+    /// checked again for expiry and for naming `trust_domain`. `generation` is that of
+    /// `bundles` (see [`VerifiedCache`]).
     pub fn verify(
         &self,
         token: &str,
         bundles: &BundleSet,
+        generation: u64,
         trust_domain: &TrustDomain,
         validation: &Validation,
     ) -> Result<Arc<TxnTokenClaims>, TokenError> {
-        let claims = self.get_or_verify(token, validation, |_| {
+        let claims = self.get_or_verify(token, generation, validation, |_| {
             verify_txn_token(token, bundles, trust_domain, validation)
         })?;
         if !claims.aud.contains(trust_domain.as_str()) {

@@ -245,15 +245,17 @@ impl Expiring for VerifiedWit {
 }
 
 impl VerifiedCache<VerifiedWit> {
-    /// Returns the verified WIT, from the cache or by [`verify_wit`].
+    /// Returns the verified WIT, from the cache or by [`verify_wit`]. `generation` is that
+    /// of `bundles` (see [`VerifiedCache`]).
     pub fn verify(
         &self,
         token: &str,
         bundles: &BundleSet,
+        generation: u64,
         profile: WitProfile,
         validation: &Validation,
     ) -> Result<Arc<VerifiedWit>, TokenError> {
-        self.get_or_verify(token, validation, |hash| {
+        self.get_or_verify(token, generation, validation, |hash| {
             verify_wit_hashed(token, hash, bundles, profile, validation)
         })
     }
