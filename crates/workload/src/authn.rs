@@ -27,7 +27,6 @@ use http::HeaderMap;
 use http::request::Parts;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use wimse_core::WorkloadId;
 use wimse_core::bundle::BundleError;
 use wimse_core::id::TrustDomain;
@@ -319,7 +318,6 @@ pub struct Authenticator {
     wits: WitCache,
     txns: TxnCache,
     replay: ReplayCache,
-    bundle_generation: AtomicU64,
 }
 
 /// One header's value, refusing repeats.
@@ -357,7 +355,6 @@ impl Authenticator {
             wits: WitCache::new(10_000),
             txns: TxnCache::new(10_000),
             replay: ReplayCache::new(1_000_000),
-            bundle_generation: AtomicU64::new(0),
         }
     }
 
@@ -382,6 +379,52 @@ impl Authenticator {
         headers.contains_key(WIT_HEADER) && headers.contains_key("signature-input")
     }
 
+    /// What must hold before the body of a request that [`Authenticator::needs_body`] is
+    /// read: message signatures are enabled, and the WIT verifies and names a peer on the
+    /// allow-list. So only an authenticated peer can make a service buffer a body.
+    pub fn check_before_body(&self, parts: &Parts, now: i64) -> Result<(), AuthError> {
+        if !self.config.methods.http_sig {
+            return Err(AuthError::MethodDisabled(AuthMethod::HttpSig.name()));
+        }
+        let creds = self.source.current();
+        let wit = single(&parts.headers, WIT_HEADER)?.ok_or(AuthError::MissingCredentials)?;
+        self.verified_wit(wit, &creds, &self.validation(now))
+            .map(|_| ())
+    }
+
+    fn validation(&self, now: i64) -> Validation {
+        let mut validation = Validation::at(now);
+        validation.leeway = self.config.leeway;
+        validation
+    }
+
+    /// Verifies `wit` (through the cache) and checks its subject against the allow-list,
+    /// before any proof is looked at: a peer the allow-list refuses records nothing in
+    /// the replay cache.
+    fn verified_wit(
+        &self,
+        wit: &str,
+        creds: &Credentials,
+        validation: &Validation,
+    ) -> Result<Arc<VerifiedWit>, AuthError> {
+        let verified = self
+            .wits
+            .verify(
+                wit,
+                &creds.wit_bundles,
+                creds.bundle_generation,
+                self.config.profile,
+                validation,
+            )
+            .map_err(wit_error)?;
+        if !self.config.allow.allows(verified.workload_id()) {
+            return Err(AuthError::PeerNotAllowed(
+                verified.workload_id().to_string(),
+            ));
+        }
+        Ok(verified)
+    }
+
     /// Authenticates a request at time `now`. `body` is the whole body when
     /// [`Authenticator::needs_body`] said so, else empty.
     pub fn authenticate(
@@ -391,27 +434,14 @@ impl Authenticator {
         now: i64,
     ) -> Result<Authenticated, AuthError> {
         let creds = self.source.current();
-        // A bundle change must stop cached WITs vouching at once.
-        if self
-            .bundle_generation
-            .swap(creds.bundle_generation, Ordering::AcqRel)
-            != creds.bundle_generation
-        {
-            self.wits.clear();
-            self.txns.clear();
-        }
-        let mut validation = Validation::at(now);
-        validation.leeway = self.config.leeway;
+        let validation = self.validation(now);
         let headers = &parts.headers;
         let path = parts.uri.path();
         let audience = self.audience_for(path);
         let txn_token = single(headers, TXN_HEADER)?;
 
         let mut authenticated = if let Some(wit) = single(headers, WIT_HEADER)? {
-            let verified = self
-                .wits
-                .verify(wit, &creds.wit_bundles, self.config.profile, &validation)
-                .map_err(wit_error)?;
+            let verified = self.verified_wit(wit, &creds, &validation)?;
             let mut signature = None;
             let method = if headers.contains_key("signature-input") {
                 if !self.config.methods.http_sig {
@@ -508,7 +538,13 @@ impl Authenticator {
         };
         let me = creds.id().ok_or(AuthError::TxnTokenUncheckable)?;
         self.txns
-            .verify(token, &creds.jwt_bundles, me.trust_domain(), validation)
+            .verify(
+                token,
+                &creds.jwt_bundles,
+                creds.bundle_generation,
+                me.trust_domain(),
+                validation,
+            )
             .map(|claims| Some(Transaction(claims)))
             .map_err(AuthError::InvalidTxnToken)
     }

@@ -201,6 +201,12 @@ impl Shared {
         let (mut parts, body) = request.into_parts();
         let now = wimse_core::token::unix_now();
         let (body, bytes) = if Authenticator::needs_body(&parts.headers) {
+            // Only an authenticated peer gets its body buffered.
+            if let Err(e) = self.authn.check_before_body(&parts, now) {
+                self.audit_authn(&parts, Err(&e));
+                self.count_refusal(e.code(), started);
+                return Err(authn_problem(&e));
+            }
             match http_body_util::Limited::new(body, MAX_SIGNED_BODY)
                 .collect()
                 .await
