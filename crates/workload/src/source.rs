@@ -259,7 +259,7 @@ fn update(inner: &Inner, f: impl FnOnce(&mut Credentials)) {
     inner.changed.send_replace(generation);
 }
 
-/// A cheap fingerprint of a bundle set, to notice changes.
+/// A fingerprint of a bundle set, to notice changes.
 fn bundle_fingerprint(set: &BundleSet) -> String {
     set.iter()
         .map(|b| {
@@ -267,10 +267,12 @@ fn bundle_fingerprint(set: &BundleSet) -> String {
                 "{}:{}:{}:{}:{}",
                 b.trust_domain(),
                 b.x509_authorities.len(),
+                // Key IDs and the keys themselves: a key replaced under the same `kid`
+                // is a change too.
                 b.jwt_authorities
                     .iter()
                     .chain(&b.wit_authorities)
-                    .map(|a| a.kid.as_str())
+                    .map(|a| format!("{}={}", a.kid, a.key.jwk().thumbprint().unwrap_or_default()))
                     .collect::<Vec<_>>()
                     .join(","),
                 b.x509_authorities
@@ -381,13 +383,19 @@ async fn refresh_bundles(
     client: &mut Workload,
 ) -> Result<(), wimse_proto::ClientError> {
     let wit_bundles = client.wit_bundles().await?;
-    let jwt_bundles = client.jwt_bundles().await.unwrap_or_default();
+    let jwt_bundles = client.jwt_bundles().await;
     if let Some(inner) = inner.upgrade() {
         let current = inner
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        // A failed fetch keeps the JWT bundles held: emptying them would refuse every
+        // Txn-Token until the next poll.
+        let jwt_bundles = jwt_bundles.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "JWT bundles not refreshed; keeping the ones held");
+            current.jwt_bundles.clone()
+        });
         if bundle_fingerprint(&current.wit_bundles) != bundle_fingerprint(&wit_bundles)
             || bundle_fingerprint(&current.jwt_bundles) != bundle_fingerprint(&jwt_bundles)
         {
@@ -398,4 +406,36 @@ async fn refresh_bundles(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use wimse_core::bundle::KeyUse;
+    use wimse_core::jose::{Algorithm, SigningKey};
+
+    fn set_with_wit_key(kid: &str) -> BundleSet {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let mut bundle = TrustBundle::new(TrustDomain::new("td.test").unwrap());
+        bundle
+            .add_authority(KeyUse::WitSvid, kid, key.public_key().clone())
+            .unwrap();
+        let mut set = BundleSet::new();
+        set.insert(bundle);
+        set
+    }
+
+    #[test]
+    fn a_key_replaced_under_the_same_kid_changes_the_bundle_generation() {
+        let source = CredentialSource::fixed(Credentials::default());
+        source.update(|c| c.wit_bundles = set_with_wit_key("k1"));
+        let before = source.current().bundle_generation;
+        // Another key, same `kid` and `sequence`: what verified before must not any more.
+        source.update(|c| c.wit_bundles = set_with_wit_key("k1"));
+        assert_ne!(source.current().bundle_generation, before);
+        let unchanged = source.current().bundle_generation;
+        source.update(|_| {});
+        assert_eq!(source.current().bundle_generation, unchanged);
+    }
 }
