@@ -287,6 +287,34 @@ async fn banned_and_evicted_agents_get_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_public_listener_never_resumes_a_session() {
+    // A resumed TLS 1.3 session would restore an agent's certificate without verifying it
+    // against the current bundle: no session cache, no tickets.
+    let s = server().await;
+    let config = wimse_server::tls::server_config(&s.running.state).unwrap();
+    assert_eq!(config.send_tls13_tickets, 0);
+    assert!(!config.session_storage.can_cache());
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_with_a_negative_age_is_refused_and_purges_nothing() {
+    let s = server().await;
+    let (_, agent_id) = s.agent().await;
+    // A negative age would reach into the future and take agents that are still live.
+    match s.admin.purge_agents(-86_400, false).await {
+        Err(wimse_server::admin::client::ClientError::Api { status, detail }) => {
+            assert_eq!(status, 400);
+            assert!(detail.contains("must not be negative"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let agents = s.admin.list_agents().await.unwrap();
+    assert!(agents.iter().any(|a| a.spiffe_id == agent_id.to_string()));
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn entry_changes_reach_a_long_polling_agent() {
     let s = server().await;
     let (agent, agent_id) = s.agent().await;
