@@ -182,6 +182,10 @@ pub enum AuthError {
     /// The request body could not be read for its digest.
     #[error("request body could not be read: {0}")]
     Body(String),
+    /// The path holds a dot segment or an encoded separator, which the policy and an
+    /// upstream could read as different resources.
+    #[error("request path is not in normal form: {0}")]
+    PathNotNormal(&'static str),
 }
 
 impl AuthError {
@@ -212,6 +216,7 @@ impl AuthError {
             AuthError::InvalidTxnToken(_) | AuthError::TxnTokenUncheckable => "invalid-txn-token",
             AuthError::MissingTxnToken => "missing-txn-token",
             AuthError::Body(_) => "unreadable-body",
+            AuthError::PathNotNormal(_) => "non-normal-path",
         }
     }
 }
@@ -338,6 +343,28 @@ pub(crate) fn single<'h>(
         .map_err(|_| AuthError::MalformedHeader(name))
 }
 
+/// Refuses a path an upstream or the policy could read as another resource than the
+/// one authenticated and authorized: a `.` or `..` segment (also percent-encoded, or
+/// followed by `;` parameters, which some servers drop), an encoded `/` or `\`, a raw `\`
+/// and an encoded NUL. `/api/orders/../admin` would match a policy for `/api/orders*`
+/// and reach `/admin` at an upstream that normalizes; clients send normal paths.
+fn check_path(path: &str) -> Result<(), AuthError> {
+    if path.contains('\\') {
+        return Err(AuthError::PathNotNormal("a backslash"));
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return Err(AuthError::PathNotNormal("an encoded `/`, `\\` or NUL"));
+    }
+    for segment in lower.split('/') {
+        let name = segment.split(';').next().unwrap_or_default();
+        if matches!(name.replace("%2e", ".").as_str(), "." | "..") {
+            return Err(AuthError::PathNotNormal("a `.` or `..` segment"));
+        }
+    }
+    Ok(())
+}
+
 /// The bearer access token in `Authorization`, if any.
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     Ok(single(headers, "authorization")?.and_then(|v| {
@@ -383,6 +410,7 @@ impl Authenticator {
     /// read: message signatures are enabled, and the WIT verifies and names a peer on the
     /// allow-list. So only an authenticated peer can make a service buffer a body.
     pub fn check_before_body(&self, parts: &Parts, now: i64) -> Result<(), AuthError> {
+        check_path(parts.uri.path())?;
         if !self.config.methods.http_sig {
             return Err(AuthError::MethodDisabled(AuthMethod::HttpSig.name()));
         }
@@ -437,6 +465,7 @@ impl Authenticator {
         let validation = self.validation(now);
         let headers = &parts.headers;
         let path = parts.uri.path();
+        check_path(path)?;
         let audience = self.audience_for(path);
         let txn_token = single(headers, TXN_HEADER)?;
 

@@ -493,6 +493,33 @@ async fn a_body_is_not_read_before_the_wit_is_verified_and_its_peer_allowed() {
 }
 
 #[tokio::test]
+async fn a_path_with_dot_segments_or_encoded_separators_is_refused_before_the_policy() {
+    // The policy lets w1 reach `/api/orders*`; an upstream that normalizes would serve
+    // each of these as `/admin` (or a file outside the API).
+    let s = setup();
+    for path in [
+        "/api/orders/../../admin",
+        "/api/orders/%2e%2E/admin",
+        "/api/orders/..;/admin",
+        "/api/orders/.%2e/admin",
+        "/api/orders/./x",
+        "/api/orders%2f..%2fadmin",
+        "/api/orders%5C..%5Cadmin",
+        "/api/orders/x%00",
+    ] {
+        for proof in [ProofMethod::WitWpt, ProofMethod::HttpSig] {
+            let req = signed(&s.client, "GET", path, "", proof);
+            refused(&s.app, req, "non-normal-path").await;
+        }
+    }
+    // Dots inside a segment, and encoded characters other than separators, are fine.
+    for path in ["/api/orders/v1.2..3", "/api/orders/.well", "/api/orders/a%20b"] {
+        let req = signed(&s.client, "GET", path, "", ProofMethod::WitWpt);
+        assert_eq!(send(&s.app, req).await.0, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn a_signed_request_replayed_is_refused() {
     let s = setup();
     let req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::HttpSig);
