@@ -18,7 +18,7 @@
 //!   the local service in [`PEER_ID_HEADER`]; with
 //!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
 
-use crate::authn::{CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
+use crate::authn::{AuthMethod, CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
 use crate::client::{ProofMethod, SentRequest, attach, check_response, read_for_check};
 use crate::httpsig;
 use crate::layer::{WimseLayer, problem};
@@ -72,10 +72,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Identity headers that another proxy (Envoy, Istio) would have set, which services
+/// moved from one may still trust: a caller must not be able to send them.
+const FOREIGN_IDENTITY_HEADERS: [&str; 1] = ["x-forwarded-client-cert"];
+
+/// Removes [`PEER_ID_HEADER`] and [`PEER_METHOD_HEADER`], also when spelled with `_` for
+/// `-`: servers that map header names to CGI-style variables (`HTTP_X_WIMSE_PEER_ID`)
+/// would read `x_wimse_peer_id` as the same header.
+fn remove_identity_headers(headers: &mut HeaderMap) {
+    let lookalikes: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            name.as_str().contains('_') && {
+                let dashed = name.as_str().replace('_', "-");
+                dashed == PEER_ID_HEADER || dashed == PEER_METHOD_HEADER
+            }
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
+    headers.remove(PEER_ID_HEADER);
+    headers.remove(PEER_METHOD_HEADER);
+}
+
 /// Removes what the caller must not pass to the upstream: identity headers it might try
-/// to smuggle, and its credentials.
+/// to smuggle (ours in any spelling, and other proxies'), and its credentials.
 pub fn strip_inbound(headers: &mut HeaderMap) {
-    for name in [PEER_ID_HEADER, PEER_METHOD_HEADER]
+    remove_identity_headers(headers);
+    for name in FOREIGN_IDENTITY_HEADERS
         .into_iter()
         .chain(CREDENTIAL_HEADERS)
     {
@@ -114,6 +140,11 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         );
     };
     strip_inbound(&mut parts.headers);
+    if peer.method == AuthMethod::JwtSvid {
+        // The bearer JWT-SVID was the credential: like the WIT, not passed on (Envoy's
+        // `jwt_authn` drops a verified token too unless told to forward it).
+        parts.headers.remove(http::header::AUTHORIZATION);
+    }
     let (Ok(id), Ok(method)) = (
         HeaderValue::from_str(peer.id.as_str()),
         HeaderValue::from_str(peer.method.name()),
@@ -134,7 +165,10 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         .request(Request::from_parts(parts, body))
         .await
     {
-        Ok(response) => response.map(Body::new),
+        Ok(mut response) => {
+            strip_hop_by_hop(response.headers_mut());
+            response.map(Body::new)
+        }
         Err(e) => {
             if let Some(metrics) = &upstream.metrics {
                 metrics.upstream_errors.inc();
@@ -323,9 +357,9 @@ async fn check_upstream_response(
     response: Response<hyper::body::Incoming>,
 ) -> (&'static str, Response<Body>) {
     let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
     // Only this proxy says who answered.
-    parts.headers.remove(PEER_ID_HEADER);
-    parts.headers.remove(PEER_METHOD_HEADER);
+    remove_identity_headers(&mut parts.headers);
     if let Some(MtlsServer(id)) = parts.extensions.get::<MtlsServer>()
         && let Ok(id) = HeaderValue::from_str(id.as_str())
     {

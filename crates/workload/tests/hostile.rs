@@ -513,7 +513,11 @@ async fn a_path_with_dot_segments_or_encoded_separators_is_refused_before_the_po
         }
     }
     // Dots inside a segment, and encoded characters other than separators, are fine.
-    for path in ["/api/orders/v1.2..3", "/api/orders/.well", "/api/orders/a%20b"] {
+    for path in [
+        "/api/orders/v1.2..3",
+        "/api/orders/.well",
+        "/api/orders/a%20b",
+    ] {
         let req = signed(&s.client, "GET", path, "", ProofMethod::WitWpt);
         assert_eq!(send(&s.app, req).await.0, StatusCode::OK, "{path}");
     }
@@ -620,6 +624,44 @@ async fn a_peer_outside_the_allow_list_is_refused() {
     .await;
 }
 
+#[tokio::test]
+async fn the_proxy_passes_an_access_token_on_but_not_a_bearer_jwt_svid_it_verified() {
+    let good = Domain::new("good.test");
+    let upstream = echo_upstream().await;
+    let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let mut config = AuthConfig::new(PUBLIC);
+    config.methods.jwt_svid = true;
+    let authn = Arc::new(Authenticator::new(config, server));
+    let layer = WimseLayer::new(authn, Arc::new(Policy::from_text(POLICY).unwrap()));
+    let proxy = wimse_workload::proxy::inbound_router(
+        &format!("http://{upstream}").parse().unwrap(),
+        layer,
+    );
+    let token = jwt_svid(&good, "/w1", PUBLIC);
+    let req = Request::get("/api/orders")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send(&proxy, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "peer=spiffe://good.test/w1 method=jwt-svid wit= wpt= others="
+    );
+    // An access token next to a WIT and WPT is for the service: it goes on.
+    let client = good.credentials("/w1", &[&good]);
+    let (mut parts, ()) = Request::get(format!("{PUBLIC}/api/orders"))
+        .header("authorization", "Bearer at-for-orders")
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, b"", &client, ProofMethod::WitWpt, unix_now()).unwrap();
+    parts.uri = "/api/orders".parse().unwrap();
+    let (status, body, _) = send(&proxy, Request::from_parts(parts, Body::empty())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("others=Bearer at-for-orders"), "{body}");
+}
+
 /// An upstream that echoes the identity headers it received.
 async fn echo_upstream() -> std::net::SocketAddr {
     let app = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
@@ -631,8 +673,17 @@ async fn echo_upstream() -> std::net::SocketAddr {
                 .collect::<Vec<_>>()
                 .join("|")
         };
+        let others = [
+            "x_wimse_peer_id",
+            "x_wimse-peer-auth_method",
+            "x-forwarded-client-cert",
+            "authorization",
+        ]
+        .iter()
+        .map(|n| get(n))
+        .collect::<String>();
         format!(
-            "peer={} method={} wit={} wpt={}",
+            "peer={} method={} wit={} wpt={} others={others}",
             get("x-wimse-peer-id"),
             get("x-wimse-peer-auth-method"),
             get("workload-identity-token"),
@@ -670,9 +721,26 @@ async fn an_identity_header_smuggled_through_the_proxy_is_replaced() {
     );
     req.headers_mut()
         .append("X-WIMSE-PEER-AUTH-METHOD", "mtls".parse().unwrap());
+    // Spelled with `_`, which CGI-style servers read as the same header; and the header
+    // Envoy and Istio put the caller's certificate in.
+    req.headers_mut().append(
+        "x_wimse_peer_id",
+        "spiffe://good.test/admin".parse().unwrap(),
+    );
+    req.headers_mut()
+        .append("X_Wimse-Peer-Auth_Method", "mtls".parse().unwrap());
+    req.headers_mut().append(
+        "x-forwarded-client-cert",
+        "By=spiffe://good.test/w3;URI=spiffe://good.test/admin"
+            .parse()
+            .unwrap(),
+    );
     let (status, body, _) = send(&proxy, req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, "peer=spiffe://good.test/w1 method=wit-wpt wit= wpt=");
+    assert_eq!(
+        body,
+        "peer=spiffe://good.test/w1 method=wit-wpt wit= wpt= others="
+    );
 
     // Without credentials, the header alone gets nothing through.
     let req = Request::get("/api/orders")
