@@ -172,7 +172,7 @@ pub(crate) async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, 
 }
 
 /// Starts the health listener on `addr`, if given: `/healthz` (the process answers),
-/// `/readyz` (it holds a complete set of credentials from the agent) and `/metrics`
+/// `/readyz` (it holds a complete set of unexpired credentials from the agent) and `/metrics`
 /// (what `render` writes).
 pub(crate) async fn serve_health(
     addr: Option<SocketAddr>,
@@ -186,11 +186,9 @@ pub(crate) async fn serve_health(
     let source = source.clone();
     let router = wimse_server::metrics::health_router(
         move || {
-            if source.current().is_complete() {
-                Ok(())
-            } else {
-                Err("no credentials from the agent yet")
-            }
+            source
+                .current()
+                .readiness(wimse_core::token::unix_now())
         },
         render,
     );

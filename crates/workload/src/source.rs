@@ -70,6 +70,35 @@ impl Credentials {
     pub fn is_complete(&self) -> bool {
         self.x509.is_some() && self.wit.is_some() && self.wit_bundles.iter().next().is_some()
     }
+
+    /// Whether this workload can prove its identity at `now`: complete, and neither its
+    /// X509-SVID nor its WIT has expired (the agent may be gone past their lifetime).
+    /// What is missing when not.
+    pub fn readiness(&self, now: i64) -> Result<(), &'static str> {
+        let (Some(x509), Some(wit)) = (&self.x509, &self.wit) else {
+            return Err("no credentials from the agent yet");
+        };
+        if self.wit_bundles.iter().next().is_none() {
+            return Err("no WIT bundles from the agent yet");
+        }
+        if x509.chain.first().is_none_or(|leaf| leaf.not_after() <= now) {
+            return Err("the X509-SVID has expired and the agent has given no new one");
+        }
+        let wit_exp = wimse_core::jose::Jws::parse(&wit.token)
+            .and_then(|jws| jws.claims::<WitExpiry>())
+            .map(|claims| claims.exp);
+        if wit_exp.is_ok_and(|exp| exp <= now) {
+            return Err("the WIT has expired and the agent has given no new one");
+        }
+        Ok(())
+    }
+}
+
+/// The one WIT claim readiness looks at (the WIT came from the agent; its signature is
+/// the peers' business).
+#[derive(serde::Deserialize)]
+struct WitExpiry {
+    exp: i64,
 }
 
 struct Inner {
