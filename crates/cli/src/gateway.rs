@@ -4,7 +4,6 @@
 //! the agent, and serve its ingress (with the client's address, which goes into each
 //! Txn-Token's `req_ip`), its health and metrics, and its audit log.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -103,26 +102,26 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         tls = config.tls.is_some(),
         id = ?source.current().id().map(wimse_core::WorkloadId::as_str), "gateway ready");
     let router = gateway.router();
-    if let Some(settings) = config.tls {
-        settings.certificate.watch(CERTIFICATE_CHECK);
-        let tls = Arc::new(
-            wimse_workload::tls::web_server_config(settings.certificate, settings.clients)
-                .map_err(|e| CommandError::Gateway(e.to_string()))?,
-        );
-        // `serve` puts the client's address where the router reads it (`req_ip`).
-        tokio::select! {
-            () = wimse_workload::tls::serve(listener, tls, router) => {}
-            () = crate::runtime::shutdown_signal() => {}
+    let tls = match config.tls {
+        Some(settings) => {
+            settings.certificate.watch(CERTIFICATE_CHECK);
+            Some(Arc::new(
+                wimse_workload::tls::web_server_config(settings.certificate, settings.clients)
+                    .map_err(|e| CommandError::Gateway(e.to_string()))?,
+            ))
         }
-    } else {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(crate::runtime::shutdown_signal())
-        .await
-        .map_err(|e| CommandError::Gateway(format!("stopped: {e}")))?;
-    }
+        None => None,
+    };
+    // `serve_until` puts the client's address where the router reads it (`req_ip`), and
+    // cuts off outside clients too slow with a handshake or a request's headers.
+    wimse_workload::tls::serve_until(
+        listener,
+        tls,
+        router,
+        wimse_workload::tls::ConnectionLimits::default(),
+        crate::runtime::shutdown_signal(),
+    )
+    .await;
     if let Some(log) = audit {
         log.close()?;
     }

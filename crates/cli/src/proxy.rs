@@ -185,11 +185,7 @@ pub(crate) async fn serve_health(
     let listener = listen(addr).await?;
     let source = source.clone();
     let router = wimse_server::metrics::health_router(
-        move || {
-            source
-                .current()
-                .readiness(wimse_core::token::unix_now())
-        },
+        move || source.current().readiness(wimse_core::token::unix_now()),
         render,
     );
     tracing::info!(health = %addr, "health and metrics listener ready");
@@ -285,19 +281,22 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     serve_health(args.health.health_bind, &source, render(&metrics)).await?;
     tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream, tls = args.tls,
         id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");
-    if args.tls {
+    let tls = if args.tls {
         let config = wimse_workload::tls::server_config(&source, PeerAllowList::default())
             .map_err(|e| CommandError::Proxy(e.to_string()))?;
-        tokio::select! {
-            () = wimse_workload::tls::serve(listener, Arc::new(config), router) => {}
-            () = crate::runtime::shutdown_signal() => {}
-        }
+        Some(Arc::new(config))
     } else {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(crate::runtime::shutdown_signal())
-            .await
-            .map_err(|e| CommandError::Proxy(format!("inbound proxy stopped: {e}")))?;
-    }
+        None
+    };
+    // Callers come from the network: slow handshakes and header sections are cut off.
+    wimse_workload::tls::serve_until(
+        listener,
+        tls,
+        router,
+        wimse_workload::tls::ConnectionLimits::default(),
+        crate::runtime::shutdown_signal(),
+    )
+    .await;
     if let Some(log) = audit {
         log.close()?;
     }

@@ -142,7 +142,7 @@ pub fn check_content_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SigE
     let value = field_value(headers, "content-digest").ok_or(SigError::ContentDigest)?;
     let dict = sf::parse_dictionary(&value).map_err(|_| SigError::ContentDigest)?;
     let mut checked = 0;
-    for (algorithm, member) in dict.iter() {
+    for (algorithm, member) in &dict {
         let expected: &[u8] = match algorithm.as_str() {
             "sha-256" => &wimse_core::digest::sha256(body),
             "sha-512" => &wimse_core::digest::sha512(body),

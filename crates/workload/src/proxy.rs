@@ -111,6 +111,17 @@ pub fn strip_inbound(headers: &mut HeaderMap) {
     headers.remove(http::header::HOST);
 }
 
+/// How long connecting to the upstream may take before the request fails with 502.
+pub const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A plain-HTTP connector to the upstream that gives up after
+/// [`UPSTREAM_CONNECT_TIMEOUT`] (a SYN to a host that is gone would wait minutes).
+fn upstream_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
+    connector
+}
+
 #[derive(Clone)]
 struct Upstream {
     /// The upstream's URL without a trailing `/`, to prefix paths with.
@@ -196,7 +207,7 @@ pub fn forwarder(upstream: &Uri) -> axum::Router {
 fn forward_router(upstream: &Uri, metrics: Option<Arc<Metrics>>) -> axum::Router {
     let upstream = Upstream {
         base: upstream.to_string().trim_end_matches('/').into(),
-        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(upstream_connector()),
         metrics,
     };
     axum::Router::new()

@@ -81,7 +81,11 @@ impl Credentials {
         if self.wit_bundles.iter().next().is_none() {
             return Err("no WIT bundles from the agent yet");
         }
-        if x509.chain.first().is_none_or(|leaf| leaf.not_after() <= now) {
+        if x509
+            .chain
+            .first()
+            .is_none_or(|leaf| leaf.not_after() <= now)
+        {
             return Err("the X509-SVID has expired and the agent has given no new one");
         }
         let wit_exp = wimse_core::jose::Jws::parse(&wit.token)

@@ -12,7 +12,9 @@
 //!   certificate is used from the next connection on without a restart.
 //! - [`serve`] accepts TLS connections and hands each request to a tower service with the
 //!   verified [`MtlsPeer`] in its extensions (read by [`crate::Authenticator`]) and the
-//!   client's address as axum's `ConnectInfo<SocketAddr>`.
+//!   client's address as axum's `ConnectInfo<SocketAddr>`; [`serve_until`] does the same
+//!   for TLS or plain HTTP, stops on a signal and drains, and both drop clients that are
+//!   too slow to finish a handshake or a request's headers ([`ConnectionLimits`]).
 //! - [`server_config_from_pem`] is the other kind of listener: TLS with an ordinary
 //!   certificate for clients outside the trust domain (the gateway's), no client
 //!   certificates.
@@ -30,6 +32,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use wimse_core::WorkloadId;
 use wimse_core::x509::{Certificate, verify_svid_for_trust_domain};
 
@@ -565,9 +568,34 @@ pub fn web_client_config(roots_pem: &[u8]) -> Result<rustls::ClientConfig, TlsEr
     Ok(config)
 }
 
+/// How long a client may take over its part of a connection before it is dropped, so
+/// that slow or silent clients cannot hold connections open (slowloris).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// The TLS handshake.
+    pub handshake: Duration,
+    /// An HTTP/1.1 request's header section, from its first byte (also how long an idle
+    /// keep-alive connection waits for the next request's headers).
+    pub header_read: Duration,
+    /// After the listener stops, how long requests in flight have to finish.
+    pub drain: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 10 s for a handshake, 30 s for a header section, 10 s to drain.
+    fn default() -> Self {
+        ConnectionLimits {
+            handshake: Duration::from_secs(10),
+            header_read: Duration::from_secs(30),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Accepts TLS connections on `listener` forever, serving each request with `service`,
 /// the verified client identity as an [`MtlsPeer`] extension (when the configuration
 /// asks for client certificates), and the client's address as axum's `ConnectInfo`.
+/// [`serve_until`] with the default [`ConnectionLimits`] and no end.
 pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -582,15 +610,59 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    serve_until(
+        listener,
+        Some(config),
+        service,
+        ConnectionLimits::default(),
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` (TLS with `tls`, plain HTTP without) until `stop`
+/// completes, then lets the requests in flight finish for up to `limits.drain`. Each
+/// request goes to `service` with the client's address as axum's `ConnectInfo` and, over
+/// mutual TLS, the verified [`MtlsPeer`]. A client that takes longer than `limits` allow
+/// for its handshake or a request's headers is disconnected.
+pub async fn serve_until<S>(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    service: S,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<axum::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
     loop {
-        let Ok((tcp, address)) = listener.accept().await else {
-            continue;
+        let (tcp, address) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
         };
         let acceptor = acceptor.clone();
         let service = service.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
+            let Some(acceptor) = acceptor else {
+                let svc = request_service(service, address, None);
+                serve_connection(tcp, svc, limits, watcher).await;
+                return;
+            };
+            let Ok(Ok(tls)) = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await
+            else {
                 return;
             };
             // The verifier already checked the chain; read the ID it accepted.
@@ -600,26 +672,79 @@ pub async fn serve<S>(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| ClientCertificate(Arc::from(c.as_ref())));
-            let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(address));
-                    if let Some(id) = &peer {
-                        req.extensions_mut().insert(MtlsPeer(id.clone()));
-                    }
-                    if let Some(leaf) = &leaf {
-                        req.extensions_mut().insert(leaf.clone());
-                    }
-                    tower::ServiceExt::oneshot(service.clone(), req)
-                });
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+            let svc = request_service(service, address, leaf);
+            serve_connection(tls, svc, limits, watcher).await;
         });
     }
+    drop(listener);
+    let _ = tokio::time::timeout(limits.drain, graceful.shutdown()).await;
+}
+
+/// The hyper service of one connection: `service` with the connection's facts in each
+/// request's extensions.
+fn request_service<S>(
+    service: S,
+    address: std::net::SocketAddr,
+    leaf: Option<ClientCertificate>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<axum::body::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<axum::body::Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<axum::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(address));
+        if let Some(id) = &peer {
+            req.extensions_mut().insert(MtlsPeer(id.clone()));
+        }
+        if let Some(leaf) = &leaf {
+            req.extensions_mut().insert(leaf.clone());
+        }
+        tower::ServiceExt::oneshot(service.clone(), req)
+    })
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io` until the client goes or shutdown drains it.
+async fn serve_connection<I, T>(
+    io: I,
+    svc: T,
+    limits: ConnectionLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<axum::body::Body>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    T::Future: Send + 'static,
+{
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    let connection = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .into_owned();
+    let _ = watcher.watch(connection).await;
 }
 
 /// The verified identity of the server at the other end of an [`MtlsConnector`]

@@ -390,15 +390,16 @@ fn hand_signed(s: &Setup, created: i64, expires: i64, body: &str, digest: &str) 
         "({list});created={created};expires={expires};nonce=\"n-{created}-{expires}\";\
          tag=\"wimse-workload-to-workload\";wimse-aud=\"{PUBLIC}/api/orders\""
     );
-    let mut base = format!(
+    let digest_line = if digest.is_empty() {
+        String::new()
+    } else {
+        format!("\"content-digest\": {digest}\n")
+    };
+    let base = format!(
         "\"@method\": POST\n\"@request-target\": /api/orders\n\
-         \"workload-identity-token\": {}\n",
+         \"workload-identity-token\": {}\n{digest_line}\"@signature-params\": {params}",
         wit.token
     );
-    if !digest.is_empty() {
-        base.push_str(&format!("\"content-digest\": {digest}\n"));
-    }
-    base.push_str(&format!("\"@signature-params\": {params}"));
     let sig = wit.key.sign(base.as_bytes()).unwrap();
     let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig);
     let mut req = Request::post("/api/orders")

@@ -1,5 +1,5 @@
-//! Mutual TLS between workloads over real loopback connections: what the handshake
-//! decides, and that it decides it on every connection.
+//! Workload listeners over real loopback connections: mutual TLS (what the handshake
+//! decides, and that it decides it on every connection) and the limits on slow clients.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,7 +13,7 @@ mod fixture;
 use fixture::Domain;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wimse_workload::tls::{client_config, serve, server_config};
+use wimse_workload::tls::{ConnectionLimits, client_config, serve, serve_until, server_config};
 use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList};
 
 /// A TLS server on loopback that answers every request with the peer ID it saw.
@@ -67,4 +67,73 @@ async fn every_connection_is_a_full_handshake_so_the_verifier_always_runs() {
     )
     .unwrap();
     assert_eq!(server.send_tls13_tickets, 0);
+}
+
+/// Reads until the server closes the connection; how long that took, at most `within`.
+async fn closed_within(mut stream: impl tokio::io::AsyncRead + Unpin, within: u64) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(within),
+        stream.read_to_end(&mut sink),
+    )
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_a_stopped_listener_drains() {
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let limits = ConnectionLimits {
+        handshake: std::time::Duration::from_secs(1),
+        header_read: std::time::Duration::from_secs(1),
+        drain: std::time::Duration::from_secs(1),
+    };
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let start = |tls: Option<Arc<rustls::ServerConfig>>| {
+        let app = app.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve_until(listener, tls, app, limits, async {
+                let _ = stopped.await;
+            }));
+            (addr, stop, server)
+        }
+    };
+
+    // Plain HTTP: half a header section, then silence (slowloris).
+    let (addr, stop, server) = start(None).await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: w3.test\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(slow, 10).await,
+        "a slow header section is cut off"
+    );
+    // A complete request is still served.
+    let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+    ok.write_all(b"GET / HTTP/1.1\r\nhost: w3.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.ends_with("ok"), "{answer}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the listener stops and drains")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+
+    // TLS: a client that never starts its handshake.
+    let tls = Arc::new(server_config(&source, PeerAllowList::default()).unwrap());
+    let (addr, _stop, _server) = start(Some(tls)).await;
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(silent, 10).await,
+        "a silent handshake is cut off"
+    );
 }
