@@ -1876,11 +1876,12 @@ async fn the_gateway_egress_sends_internal_calls_out_under_its_own_identity() {
         .await
         .unwrap();
     for line in [
-        r#"wimse_gateway_egress_requests_total{outcome="allowed",auth_method="wit-wpt"} 4"#,
+        r#"wimse_gateway_egress_requests_total{outcome="allowed",auth_method="wit-wpt"} 3"#,
         r#"wimse_gateway_egress_requests_total{outcome="forbidden",auth_method="http-sig"} 1"#,
-        r#"wimse_gateway_egress_requests_total{outcome="refused",auth_method="none"} 1"#,
+        r#"wimse_gateway_egress_requests_total{outcome="refused",auth_method="none"} 2"#,
         r#"wimse_gateway_egress_outbound_requests_total{outcome="forwarded"} 3"#,
-        r#"wimse_gateway_egress_outbound_requests_total{outcome="ambiguous-path"} 1"#,
+        // The dot segment is refused by the admission layer, before policy and routing.
+        r#"wimse_gateway_egress_refusals_total{reason="ambiguous-path"} 1"#,
         "# TYPE wimse_gateway_exchange_seconds histogram",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");

@@ -183,9 +183,9 @@ pub enum AuthError {
     #[error("request body could not be read: {0}")]
     Body(String),
     /// The path holds a dot segment or an encoded separator, which the policy and an
-    /// upstream could read as different resources.
-    #[error("request path is not in normal form: {0}")]
-    PathNotNormal(&'static str),
+    /// upstream could read as different resources ([`check_path`]).
+    #[error("request path is ambiguous: {0}")]
+    AmbiguousPath(&'static str),
 }
 
 impl AuthError {
@@ -216,7 +216,7 @@ impl AuthError {
             AuthError::InvalidTxnToken(_) | AuthError::TxnTokenUncheckable => "invalid-txn-token",
             AuthError::MissingTxnToken => "missing-txn-token",
             AuthError::Body(_) => "unreadable-body",
-            AuthError::PathNotNormal(_) => "non-normal-path",
+            AuthError::AmbiguousPath(_) => "ambiguous-path",
         }
     }
 }
@@ -343,34 +343,55 @@ pub(crate) fn single<'h>(
         .map_err(|_| AuthError::MalformedHeader(name))
 }
 
-/// Refuses a path an upstream or the policy could read as another resource than the
-/// one authenticated and authorized: a `.` or `..` segment (also percent-encoded, or
-/// followed by `;` parameters, which some servers drop), an encoded `/` or `\`, a raw `\`
-/// and an encoded NUL. `/api/orders/../admin` would match a policy for `/api/orders*`
-/// and reach `/admin` at an upstream that normalizes; clients send normal paths.
-fn check_path(path: &str) -> Result<(), AuthError> {
-    if path.contains('\\') {
-        return Err(AuthError::PathNotNormal("a backslash"));
+/// Why a request path is refused, when an upstream, a router or the policy could read it
+/// as another resource than the one authenticated and authorized: not absolute, a `.` or
+/// `..` segment (also percent-encoded, or followed by `;` parameters, which some servers
+/// drop), an encoded `/` or `\`, a raw `\`, an encoded NUL. `/api/orders/../admin`
+/// would match a policy for `/api/orders*` and reach `/admin` at an upstream that
+/// normalizes; clients send normal paths. The gateway's routes use it too.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must be absolute");
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
-        return Err(AuthError::PathNotNormal("an encoded `/`, `\\` or NUL"));
+    if path.contains('\\') || ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return Err("the path holds an encoded `/`, `\\` or NUL, or a backslash");
     }
     for segment in lower.split('/') {
         let name = segment.split(';').next().unwrap_or_default();
         if matches!(name.replace("%2e", ".").as_str(), "." | "..") {
-            return Err(AuthError::PathNotNormal("a `.` or `..` segment"));
+            return Err("the path holds a dot segment");
         }
     }
     Ok(())
 }
 
+/// The credentials of `Authorization` when its scheme is `scheme` (case-insensitive).
+fn authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Result<Option<&'h str>, AuthError> {
+    Ok(single(headers, "authorization")?.and_then(|v| {
+        let (named, token) = v.split_once(' ')?;
+        named.eq_ignore_ascii_case(scheme).then(|| token.trim())
+    }))
+}
+
 /// The bearer access token in `Authorization`, if any.
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
-    Ok(single(headers, "authorization")?.and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    }))
+    authorization(headers, "bearer")
+}
+
+/// The request's WPT: in `Workload-Proof-Token` (draft-ietf-wimse-wpt-01, what SPECS §4
+/// and our clients follow) or, from peers that follow the WG's later text, as
+/// `Authorization: WPT <jwt>`. Both at once is refused: one proof per request.
+fn proof_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    match (single(headers, WPT_HEADER)?, authorization(headers, "wpt")?) {
+        (Some(_), Some(_)) => Err(AuthError::MalformedHeader(WPT_HEADER)),
+        (header, scheme) => Ok(header.or(scheme)),
+    }
+}
+
+/// Whether `Authorization` carries a WPT (a credential, like the WIT: not passed on).
+pub fn authorization_is_wpt(headers: &HeaderMap) -> bool {
+    authorization(headers, "wpt").is_ok_and(|t| t.is_some())
 }
 
 impl Authenticator {
@@ -410,7 +431,7 @@ impl Authenticator {
     /// read: message signatures are enabled, and the WIT verifies and names a peer on the
     /// allow-list. So only an authenticated peer can make a service buffer a body.
     pub fn check_before_body(&self, parts: &Parts, now: i64) -> Result<(), AuthError> {
-        check_path(parts.uri.path())?;
+        check_path(parts.uri.path()).map_err(AuthError::AmbiguousPath)?;
         if !self.config.methods.http_sig {
             return Err(AuthError::MethodDisabled(AuthMethod::HttpSig.name()));
         }
@@ -465,7 +486,7 @@ impl Authenticator {
         let validation = self.validation(now);
         let headers = &parts.headers;
         let path = parts.uri.path();
-        check_path(path)?;
+        check_path(path).map_err(AuthError::AmbiguousPath)?;
         let audience = self.audience_for(path);
         let txn_token = single(headers, TXN_HEADER)?;
 
@@ -479,7 +500,7 @@ impl Authenticator {
                 signature =
                     Some(self.check_signature(parts, body, &verified, &audience, &validation)?);
                 AuthMethod::HttpSig
-            } else if let Some(wpt) = single(headers, WPT_HEADER)? {
+            } else if let Some(wpt) = proof_token(headers)? {
                 if !self.config.methods.wit_wpt {
                     return Err(AuthError::MethodDisabled(AuthMethod::WitWpt.name()));
                 }

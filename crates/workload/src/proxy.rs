@@ -151,9 +151,9 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         );
     };
     strip_inbound(&mut parts.headers);
-    if peer.method == AuthMethod::JwtSvid {
-        // The bearer JWT-SVID was the credential: like the WIT, not passed on (Envoy's
-        // `jwt_authn` drops a verified token too unless told to forward it).
+    if peer.method == AuthMethod::JwtSvid || crate::authn::authorization_is_wpt(&parts.headers) {
+        // A bearer JWT-SVID or a WPT there was the credential: like the WIT, not passed
+        // on (Envoy's `jwt_authn` drops a verified token too unless told to forward it).
         parts.headers.remove(http::header::AUTHORIZATION);
     }
     let (Ok(id), Ok(method)) = (

@@ -510,7 +510,7 @@ async fn a_path_with_dot_segments_or_encoded_separators_is_refused_before_the_po
     ] {
         for proof in [ProofMethod::WitWpt, ProofMethod::HttpSig] {
             let req = signed(&s.client, "GET", path, "", proof);
-            refused(&s.app, req, "non-normal-path").await;
+            refused(&s.app, req, "ambiguous-path").await;
         }
     }
     // Dots inside a segment, and encoded characters other than separators, are fine.
@@ -522,6 +522,33 @@ async fn a_path_with_dot_segments_or_encoded_separators_is_refused_before_the_po
         let req = signed(&s.client, "GET", path, "", ProofMethod::WitWpt);
         assert_eq!(send(&s.app, req).await.0, StatusCode::OK, "{path}");
     }
+}
+
+#[tokio::test]
+async fn a_wpt_in_the_authorization_header_with_the_wpt_scheme_is_accepted_once() {
+    // The WG's later text moves the WPT to `Authorization: WPT <jwt>`; such a peer is
+    // understood, the proof checked the same way, and one proof per request.
+    let s = setup();
+    let moved = || {
+        let mut req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+        let wpt = req.headers_mut().remove("workload-proof-token").unwrap();
+        let value = format!("WPT {}", wpt.to_str().unwrap());
+        req.headers_mut()
+            .insert("authorization", value.parse().unwrap());
+        (req, wpt)
+    };
+    let (req, _) = moved();
+    let (status, body, _) = send(&s.app, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "spiffe://good.test/w1 wit-wpt");
+    let (mut both, wpt) = moved();
+    both.headers_mut().insert("workload-proof-token", wpt);
+    refused(&s.app, both, "malformed-header").await;
+    let (req, _) = moved();
+    let mut again = Request::get("/api/orders").body(Body::empty()).unwrap();
+    *again.headers_mut() = req.headers().clone();
+    assert_eq!(send(&s.app, req).await.0, StatusCode::OK);
+    refused(&s.app, again, "replayed-proof").await;
 }
 
 #[tokio::test]
@@ -661,6 +688,15 @@ async fn the_proxy_passes_an_access_token_on_but_not_a_bearer_jwt_svid_it_verifi
     let (status, body, _) = send(&proxy, Request::from_parts(parts, Body::empty())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.ends_with("others=Bearer at-for-orders"), "{body}");
+    // A WPT sent as `Authorization: WPT` is a credential: it stays at the proxy.
+    let mut req = signed(&client, "GET", "/api/orders", "", ProofMethod::WitWpt);
+    let wpt = req.headers_mut().remove("workload-proof-token").unwrap();
+    let value = format!("wpt {}", wpt.to_str().unwrap());
+    req.headers_mut()
+        .insert("authorization", value.parse().unwrap());
+    let (status, body, _) = send(&proxy, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with("wpt= others="), "{body}");
 }
 
 /// An upstream that echoes the identity headers it received.
