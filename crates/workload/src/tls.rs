@@ -568,6 +568,32 @@ pub fn web_client_config(roots_pem: &[u8]) -> Result<rustls::ClientConfig, TlsEr
     Ok(config)
 }
 
+/// What [`serve`] and [`serve_until`] hand requests to: an axum router or any tower
+/// service like it.
+pub trait RequestService:
+    tower::Service<
+        http::Request<axum::body::Body>,
+        Response = http::Response<axum::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RequestService for S where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<axum::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// How long a client may take over its part of a connection before it is dropped, so
 /// that slow or silent clients cannot hold connections open (slowloris).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -601,14 +627,7 @@ pub async fn serve<S>(
     config: Arc<rustls::ServerConfig>,
     service: S,
 ) where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: RequestService,
 {
     serve_until(
         listener,
@@ -632,14 +651,7 @@ pub async fn serve_until<S>(
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: RequestService,
 {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -695,14 +707,7 @@ fn request_service<S>(
 + Send
 + 'static
 where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: RequestService,
 {
     let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
