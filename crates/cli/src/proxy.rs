@@ -7,6 +7,7 @@
 //! each is offered every identity registered for that uid; `--spiffe-id` picks the one a
 //! proxy speaks as (the agent's default, the first, otherwise).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,6 +148,12 @@ pub struct OutboundArgs {
     /// With `--proof mtls`: a trust domain whose servers to accept (repeatable)
     #[arg(long = "server-trust-domain", value_name = "TD")]
     pub server_trust_domains: Vec<String>,
+    /// A destination requests may go to, `HOST[:PORT]` (port 80 by default), with
+    /// `--proof mtls` optionally `=ID`: the one server identity accepted there
+    /// (repeatable) [default: any destination]. Once one is given, requests for any
+    /// other are refused (403) and no credential leaves for them
+    #[arg(long = "destination", value_name = "HOST[:PORT][=ID]")]
+    pub destinations: Vec<String>,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -330,6 +337,42 @@ fn server_allow_list(args: &OutboundArgs) -> Result<Option<PeerAllowList>, Comma
     Ok(Some(allow))
 }
 
+/// The `--destination` values, by [`wimse_workload::proxy::destination_key`]; a server
+/// identity only when `mtls` proves it.
+fn destinations(
+    values: &[String],
+    mtls: bool,
+) -> Result<BTreeMap<String, Option<WorkloadId>>, CommandError> {
+    let bad =
+        |value: &str, why: &str| CommandError::Proxy(format!("`--destination {value}`: {why}"));
+    let mut destinations = BTreeMap::new();
+    for value in values {
+        let (place, id) = match value.split_once('=') {
+            Some((place, id)) => (place, Some(id)),
+            None => (value.as_str(), None),
+        };
+        let authority: http::uri::Authority =
+            place.parse().map_err(|_| bad(value, "not a HOST[:PORT]"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(value, "not a HOST[:PORT]"));
+        }
+        let id = id
+            .map(|id| WorkloadId::parse(id).map_err(|e| bad(value, &e.to_string())))
+            .transpose()?;
+        if id.is_some() && !mtls {
+            return Err(bad(
+                value,
+                "a server identity needs `--proof mtls` (only the handshake proves it)",
+            ));
+        }
+        let key = wimse_workload::proxy::destination_key(&authority);
+        if destinations.insert(key, id).is_some() {
+            return Err(bad(value, "that destination is given twice"));
+        }
+    }
+    Ok(destinations)
+}
+
 async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "outbound proxy listens beyond loopback: anyone who reaches it speaks as this workload");
@@ -342,6 +385,7 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
         ));
     }
     let servers = server_allow_list(&args)?;
+    let destinations = destinations(&args.destinations, matches!(args.proof, ProofArg::Mtls))?;
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     let proof = match args.proof {
         ProofArg::WitWpt => OutboundProof::Attach(ProofMethod::WitWpt),
@@ -358,6 +402,7 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     let metrics = Arc::new(Metrics::default());
     let mut options = OutboundOptions::new(proof);
     options.require_signed_responses = args.require_signed_response;
+    options.destinations = destinations;
     options.metrics = Some(Arc::clone(&metrics));
     let router = wimse_workload::proxy::outbound_router(source.clone(), options)
         .map_err(|e| CommandError::Proxy(e.to_string()))?;
@@ -369,4 +414,44 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
         .with_graceful_shutdown(crate::runtime::shutdown_signal())
         .await
         .map_err(|e| CommandError::Proxy(format!("outbound proxy stopped: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn parse(values: &[&str], mtls: bool) -> Result<Vec<(String, Option<String>)>, String> {
+        let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        destinations(&values, mtls)
+            .map(|d| {
+                d.into_iter()
+                    .map(|(k, id)| (k, id.map(|i| i.to_string())))
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn destinations_are_keyed_by_lowercase_host_and_port_and_pin_ids_only_over_mtls() {
+        assert_eq!(
+            parse(&["Orders", "pay:8443=spiffe://td.test/pay"], true).unwrap(),
+            vec![
+                ("orders:80".to_owned(), None),
+                (
+                    "pay:8443".to_owned(),
+                    Some("spiffe://td.test/pay".to_owned())
+                ),
+            ]
+        );
+        let refused = |values: &[&str], mtls: bool, why: &str| {
+            let e = parse(values, mtls).unwrap_err();
+            assert!(e.contains(why), "{values:?}: {e}");
+        };
+        refused(&["pay=spiffe://td.test/pay"], false, "needs `--proof mtls`");
+        refused(&["orders", "ORDERS:80"], false, "given twice");
+        refused(&["user@orders"], false, "not a HOST[:PORT]");
+        refused(&["orders/x"], false, "not a HOST[:PORT]");
+        refused(&["pay=not-an-id"], true, "--destination pay=not-an-id");
+    }
 }

@@ -17,6 +17,8 @@
 //!   signed is checked (a bad one becomes a 502), and its verified signer is passed to
 //!   the local service in [`PEER_ID_HEADER`]; with
 //!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
+//!   [`OutboundOptions::destinations`] limits where requests (and so credentials) may go,
+//!   and over mTLS pins the server identity expected at each.
 
 use crate::authn::{AuthMethod, CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
 use crate::client::{ProofMethod, SentRequest, attach, check_response, read_for_check};
@@ -31,7 +33,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use wimse_core::WorkloadId;
 use wimse_core::token::wit::WitCache;
 
 /// The header carrying the verified caller's workload ID to the upstream service.
@@ -224,11 +228,26 @@ pub enum OutboundProof {
     Mtls(PeerAllowList),
 }
 
+/// The key of a destination: its host, lowercased, and its port (80 when the URL names
+/// none: the outbound proxy takes `http://` URLs only).
+pub fn destination_key(authority: &http::uri::Authority) -> String {
+    format!(
+        "{}:{}",
+        authority.host().to_ascii_lowercase(),
+        authority.port_u16().unwrap_or(80)
+    )
+}
+
 /// How the outbound proxy signs requests and checks responses.
 #[derive(Debug, Clone)]
 pub struct OutboundOptions {
     /// How each request is proven.
     pub proof: OutboundProof,
+    /// Where requests may go, by [`destination_key`], each with the one server identity
+    /// accepted there over mutual TLS (`None`: the [`OutboundProof::Mtls`] allow-list).
+    /// Empty: anywhere. Otherwise a request for any other destination is refused (403)
+    /// and this workload's credentials never leave for it.
+    pub destinations: BTreeMap<String, Option<WorkloadId>>,
     /// Ask every server for a signed response and refuse (502) one that is not
     /// ([`ProofMethod::HttpSig`] only).
     pub require_signed_responses: bool,
@@ -241,6 +260,7 @@ impl OutboundOptions {
     pub fn new(proof: OutboundProof) -> Self {
         OutboundOptions {
             proof,
+            destinations: BTreeMap::new(),
             require_signed_responses: false,
             metrics: None,
         }
@@ -285,7 +305,11 @@ async fn attach_and_forward(
     request: Request<Body>,
 ) -> (&'static str, Response<Body>) {
     let (mut parts, body) = request.into_parts();
-    if parts.uri.scheme_str() != Some("http") || parts.uri.authority().is_none() {
+    let Some(authority) = parts
+        .uri
+        .authority()
+        .filter(|_| parts.uri.scheme_str() == Some("http"))
+    else {
         return (
             "refused",
             problem(
@@ -293,6 +317,21 @@ async fn attach_and_forward(
                 "not-a-proxy-request",
                 "absolute http uri required",
                 "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+            ),
+        );
+    };
+    let destinations = &outbound.options.destinations;
+    if !destinations.is_empty() && !destinations.contains_key(&destination_key(authority)) {
+        return (
+            "destination-not-allowed",
+            problem(
+                StatusCode::FORBIDDEN,
+                "destination-not-allowed",
+                "destination not allowed",
+                &format!(
+                    "`{}` is not a destination of this proxy: nothing was sent",
+                    destination_key(authority)
+                ),
             ),
         );
     }
@@ -433,10 +472,17 @@ pub fn outbound_router(
 ) -> Result<axum::Router, TlsError> {
     let client = match &options.proof {
         OutboundProof::Attach(_) => OutboundClient::Plain(crate::client::http_client()),
-        OutboundProof::Mtls(allow) => OutboundClient::Mtls(
-            Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(MtlsConnector::new(&source, allow.clone())?),
-        ),
+        OutboundProof::Mtls(allow) => {
+            let pinned = options
+                .destinations
+                .iter()
+                .filter_map(|(key, id)| Some((key.clone(), id.clone()?)))
+                .collect();
+            OutboundClient::Mtls(
+                Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(MtlsConnector::new(&source, allow.clone())?.pinned(&source, pinned)?),
+            )
+        }
     };
     let outbound = Outbound {
         source,

@@ -768,6 +768,9 @@ pub struct MtlsServer(pub WorkloadId);
 pub struct MtlsConnector {
     tcp: hyper_util::client::legacy::connect::HttpConnector,
     tls: tokio_rustls::TlsConnector,
+    /// Per destination (`host:port`, see [`crate::proxy::destination_key`]), a connector
+    /// that accepts only the one server identity expected there.
+    pinned: Arc<std::collections::HashMap<String, tokio_rustls::TlsConnector>>,
 }
 
 impl std::fmt::Debug for MtlsConnector {
@@ -785,7 +788,27 @@ impl MtlsConnector {
         Ok(MtlsConnector {
             tcp,
             tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(source, allow)?)),
+            pinned: Arc::default(),
         })
+    }
+
+    /// The same connector, accepting at each destination of `pins` (`host:port`) only
+    /// the server identity named for it, whatever the allow-list says (SPECS §6: without
+    /// DNS, the client is configured with the expected server's identifier).
+    pub fn pinned(
+        mut self,
+        source: &CredentialSource,
+        pins: std::collections::HashMap<String, WorkloadId>,
+    ) -> Result<Self, TlsError> {
+        let mut pinned = std::collections::HashMap::new();
+        for (destination, id) in pins {
+            let mut allow = PeerAllowList::default();
+            allow.ids.insert(id);
+            let config = Arc::new(client_config(source, allow)?);
+            pinned.insert(destination, tokio_rustls::TlsConnector::from(config));
+        }
+        self.pinned = Arc::new(pinned);
+        Ok(self)
     }
 
     /// A connector opening TLS connections as `config` says.
@@ -796,6 +819,7 @@ impl MtlsConnector {
         MtlsConnector {
             tcp,
             tls: tokio_rustls::TlsConnector::from(config),
+            pinned: Arc::default(),
         }
     }
 }
@@ -867,7 +891,10 @@ impl tower::Service<http::Uri> for MtlsConnector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.tcp.call(uri.clone());
-        let tls = self.tls.clone();
+        let pinned = uri
+            .authority()
+            .and_then(|a| self.pinned.get(&crate::proxy::destination_key(a)));
+        let tls = pinned.unwrap_or(&self.tls).clone();
         Box::pin(async move {
             let host = uri.host().ok_or("uri has no host")?;
             // The verifier does not use the name; SNI carries it for the server's routing.
