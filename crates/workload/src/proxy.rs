@@ -30,7 +30,7 @@ use crate::tls::{MtlsConnector, MtlsServer, TlsError};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::BTreeMap;
@@ -42,7 +42,8 @@ use wimse_core::token::wit::WitCache;
 pub const PEER_ID_HEADER: &str = "x-wimse-peer-id";
 /// The header carrying how the caller authenticated.
 pub const PEER_METHOD_HEADER: &str = "x-wimse-peer-auth-method";
-/// The largest request body the outbound proxy buffers (to sign it).
+/// The largest request body the outbound proxy buffers (to sign it: with a WPT or mTLS
+/// bodies stream through, whatever their size).
 pub const MAX_OUTBOUND_BODY: usize = 16 * 1024 * 1024;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
@@ -278,12 +279,12 @@ struct Outbound {
 /// The outbound proxy's HTTP client: plain, or over mTLS.
 #[derive(Clone)]
 enum OutboundClient {
-    Plain(Client<HttpConnector, Full<Bytes>>),
-    Mtls(Client<MtlsConnector, Full<Bytes>>),
+    Plain(Client<HttpConnector, Body>),
+    Mtls(Client<MtlsConnector, Body>),
 }
 
 impl OutboundClient {
-    fn request(&self, request: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+    fn request(&self, request: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
         match self {
             OutboundClient::Plain(client) => client.request(request),
             OutboundClient::Mtls(client) => client.request(request),
@@ -335,22 +336,34 @@ async fn attach_and_forward(
             ),
         );
     }
-    let body = match http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return (
-                "refused",
-                problem(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-unreadable",
-                    "request body unreadable",
-                    &e.to_string(),
-                ),
-            );
+    // Only a message signature covers the body (its digest); otherwise it streams through.
+    let signs_body = matches!(
+        outbound.options.proof,
+        OutboundProof::Attach(ProofMethod::HttpSig)
+    );
+    let (body, bytes) = if signs_body {
+        match http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => {
+                let bytes = b.to_bytes();
+                (Body::from(bytes.clone()), bytes)
+            }
+            Err(e) => {
+                return (
+                    "refused",
+                    problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body-unreadable",
+                        "request body unreadable",
+                        &e.to_string(),
+                    ),
+                );
+            }
         }
+    } else {
+        (body, Bytes::new())
     };
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
@@ -358,7 +371,7 @@ async fn attach_and_forward(
     let attached = match &outbound.options.proof {
         OutboundProof::Attach(method) => attach(
             &mut parts,
-            &body,
+            &bytes,
             &creds,
             *method,
             outbound.options.require_signed_responses,
@@ -389,7 +402,7 @@ async fn attach_and_forward(
     parts.version = http::Version::HTTP_11;
     let response = match outbound
         .client
-        .request(Request::from_parts(parts, Full::new(body)))
+        .request(Request::from_parts(parts, body))
         .await
     {
         Ok(response) => response,
@@ -471,7 +484,9 @@ pub fn outbound_router(
     options: OutboundOptions,
 ) -> Result<axum::Router, TlsError> {
     let client = match &options.proof {
-        OutboundProof::Attach(_) => OutboundClient::Plain(crate::client::http_client()),
+        OutboundProof::Attach(_) => OutboundClient::Plain(
+            Client::builder(hyper_util::rt::TokioExecutor::new()).build(upstream_connector()),
+        ),
         OutboundProof::Mtls(allow) => {
             let pinned = options
                 .destinations

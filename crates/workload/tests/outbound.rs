@@ -24,14 +24,19 @@ use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList, ProofMethod};
 /// An upstream on loopback answering with the caller it saw: the mTLS peer when `tls`
 /// is its source, else whether a WIT arrived.
 async fn upstream(tls: Option<&CredentialSource>) -> SocketAddr {
-    let app = axum::Router::new().fallback(
-        |peer: Option<axum::Extension<MtlsPeer>>, headers: http::HeaderMap| async move {
-            match peer {
-                Some(p) => p.0.0.to_string(),
-                None => format!("wit={}", headers.contains_key("workload-identity-token")),
-            }
-        },
-    );
+    let app = axum::Router::new()
+        .fallback(
+            |peer: Option<axum::Extension<MtlsPeer>>,
+             headers: http::HeaderMap,
+             body: axum::body::Bytes| async move {
+                match peer {
+                    Some(p) => p.0.0.to_string(),
+                    None if !body.is_empty() => format!("bytes={}", body.len()),
+                    None => format!("wit={}", headers.contains_key("workload-identity-token")),
+                }
+            },
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     match tls {
@@ -47,11 +52,11 @@ async fn upstream(tls: Option<&CredentialSource>) -> SocketAddr {
 }
 
 async fn get(proxy: &axum::Router, url: &str) -> (StatusCode, String) {
-    let response = proxy
-        .clone()
-        .oneshot(Request::get(url).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    send(proxy, Request::get(url).body(Body::empty()).unwrap()).await
+}
+
+async fn send(proxy: &axum::Router, request: Request<Body>) -> (StatusCode, String) {
+    let response = proxy.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(body.to_vec()).unwrap())
@@ -109,4 +114,21 @@ async fn over_mutual_tls_each_destination_accepts_only_the_server_named_for_it()
     assert_eq!(body, "spiffe://good.test/w1");
     let (status, body) = get(&proxy, &format!("http://127.0.0.1:{}/x", w2.port())).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+}
+
+#[tokio::test]
+async fn a_body_streams_through_when_no_signature_covers_it() {
+    // Larger than what a message signature's digest makes the proxy buffer (16 MiB).
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let up = upstream(None).await;
+    let options = OutboundOptions::new(OutboundProof::Attach(ProofMethod::WitWpt));
+    let proxy = outbound_router(source, options).unwrap();
+    let size = wimse_workload::proxy::MAX_OUTBOUND_BODY + 1;
+    let request = Request::post(format!("http://127.0.0.1:{}/upload", up.port()))
+        .body(Body::from(vec![7u8; size]))
+        .unwrap();
+    let (status, body) = send(&proxy, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, format!("bytes={size}"));
 }
