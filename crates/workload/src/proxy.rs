@@ -300,18 +300,14 @@ async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Respons
     response
 }
 
-/// Forwards one request; what became of it (the metrics' `outcome`) and the response.
-async fn attach_and_forward(
-    outbound: &Outbound,
-    request: Request<Body>,
-) -> (&'static str, Response<Body>) {
-    let (mut parts, body) = request.into_parts();
-    let Some(authority) = parts
-        .uri
-        .authority()
-        .filter(|_| parts.uri.scheme_str() == Some("http"))
-    else {
-        return (
+/// Refuses a request that is not for an `http://` URL, or for a destination
+/// [`OutboundOptions::destinations`] does not list: the refusal with its outcome, if any.
+fn check_destination(
+    options: &OutboundOptions,
+    uri: &Uri,
+) -> Option<(&'static str, Response<Body>)> {
+    let Some(authority) = uri.authority().filter(|_| uri.scheme_str() == Some("http")) else {
+        return Some((
             "refused",
             problem(
                 StatusCode::BAD_REQUEST,
@@ -319,22 +315,31 @@ async fn attach_and_forward(
                 "absolute http uri required",
                 "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
             ),
-        );
+        ));
     };
-    let destinations = &outbound.options.destinations;
-    if !destinations.is_empty() && !destinations.contains_key(&destination_key(authority)) {
-        return (
+    let key = destination_key(authority);
+    if !options.destinations.is_empty() && !options.destinations.contains_key(&key) {
+        return Some((
             "destination-not-allowed",
             problem(
                 StatusCode::FORBIDDEN,
                 "destination-not-allowed",
                 "destination not allowed",
-                &format!(
-                    "`{}` is not a destination of this proxy: nothing was sent",
-                    destination_key(authority)
-                ),
+                &format!("`{key}` is not a destination of this proxy: nothing was sent"),
             ),
-        );
+        ));
+    }
+    None
+}
+
+/// Forwards one request; what became of it (the metrics' `outcome`) and the response.
+async fn attach_and_forward(
+    outbound: &Outbound,
+    request: Request<Body>,
+) -> (&'static str, Response<Body>) {
+    let (mut parts, body) = request.into_parts();
+    if let Some(refusal) = check_destination(&outbound.options, &parts.uri) {
+        return refusal;
     }
     // Only a message signature covers the body (its digest); otherwise it streams through.
     let signs_body = matches!(
