@@ -67,12 +67,15 @@ pub enum ClientError {
     Response(ResponseError),
 }
 
-/// The audience of a request: its absolute target URI without query and fragment.
+/// The audience of a request: its absolute target URI without query and fragment, in
+/// [`wimse_core::token::normal_target_uri`] form.
 pub fn audience(uri: &http::Uri) -> Result<String, ClientError> {
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(ClientError::RelativeUri);
     };
-    Ok(format!("{scheme}://{authority}{}", uri.path()))
+    let written = format!("{scheme}://{authority}{}", uri.path());
+    // In normal form (lowercase host, no default port), which any verifier takes.
+    Ok(wimse_core::token::normal_target_uri(&written).unwrap_or(written))
 }
 
 fn header(value: &str) -> Result<HeaderValue, ClientError> {

@@ -559,7 +559,7 @@ pub fn verify_request(
         .audience
         .as_deref()
         .ok_or(SigError::Param("wimse-aud"))?;
-    if audience != policy.audience {
+    if !wimse_core::token::same_audience(audience, policy.audience) {
         return Err(SigError::WrongAudience {
             expected: policy.audience.to_owned(),
             found: audience.to_owned(),

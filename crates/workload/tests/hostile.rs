@@ -191,6 +191,39 @@ async fn a_wpt_for_another_audience_is_refused() {
 }
 
 #[tokio::test]
+async fn a_wpt_audience_is_compared_in_normal_form_but_never_loosely() {
+    // What another implementation may write for this service: default port, host case.
+    let s = setup();
+    let wit = s.client.wit.as_ref().unwrap();
+    let request = |aud: &str| {
+        let binding = RequestBinding {
+            audience: aud,
+            ..Default::default()
+        };
+        let wpt = issue_wpt(&wit.key, &wit.token, &binding, unix_now(), 60).unwrap();
+        Request::get("/api/orders")
+            .header("workload-identity-token", &wit.token)
+            .header("workload-proof-token", wpt)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for aud in [
+        "http://svc.test:80/api/orders",
+        "HTTP://SVC.test/api/orders",
+    ] {
+        let (status, body, _) = send(&s.app, request(aud)).await;
+        assert_eq!(status, StatusCode::OK, "{aud}: {body}");
+    }
+    for aud in [
+        "http://svc.test:8080/api/orders",
+        "https://svc.test/api/orders",
+        "http://svc.test/API/orders",
+    ] {
+        refused(&s.app, request(aud), "wrong-audience").await;
+    }
+}
+
+#[tokio::test]
 async fn a_wpt_for_another_path_of_this_service_is_refused() {
     let s = setup();
     let mut req = signed(&s.client, "GET", "/api/orders", "", ProofMethod::WitWpt);

@@ -288,6 +288,36 @@ pub(crate) fn require_typ(
     }
 }
 
+/// The normal form of an `http(s)` target URI used as an audience (a WPT's `aud`, a
+/// message signature's `wimse-aud`): scheme and host lowercased, the scheme's default
+/// port dropped, an empty path made `/` (RFC 9110 §4.2.3). `None` for anything else
+/// (other schemes, user info, no authority), which is then compared only as written.
+pub fn normal_target_uri(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let authority = authority.strip_suffix(default_port).unwrap_or(&authority);
+    let path = if path.is_empty() { "/" } else { path };
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
+/// Whether a received audience names `expected`, the target URI this service is: the same
+/// text, or the same in [`normal_target_uri`] form (the drafts accept "an acceptable alias
+/// or normalization").
+pub fn same_audience(received: &str, expected: &str) -> bool {
+    received == expected
+        || normal_target_uri(received).is_some_and(|r| Some(r) == normal_target_uri(expected))
+}
+
 /// 128 random bits, base64url: a fresh `jti`.
 pub fn random_jti() -> String {
     let mut bytes = [0u8; 16];
@@ -338,6 +368,34 @@ mod tests {
         );
         assert!(serde_json::from_str::<T>(r#"{"exp":"12"}"#).is_err());
         assert!(serde_json::from_str::<T>(r#"{"exp":1e300}"#).is_err());
+    }
+
+    #[test]
+    fn audiences_match_as_written_or_in_normal_form() {
+        let expected = "https://svc.test/api/orders";
+        for same in [
+            expected,
+            "https://svc.test:443/api/orders",
+            "HTTPS://SVC.Test/api/orders",
+        ] {
+            assert!(same_audience(same, expected), "{same}");
+        }
+        for other in [
+            "https://svc.test/API/orders",
+            "https://svc.test:8443/api/orders",
+            "http://svc.test/api/orders",
+            "https://svc.test.evil/api/orders",
+            "https://user@svc.test/api/orders",
+            "https://svc.test/api/orders/",
+        ] {
+            assert!(!same_audience(other, expected), "{other}");
+        }
+        assert!(same_audience("http://a:80", "http://a/"));
+        assert_eq!(normal_target_uri("spiffe://td/x"), None);
+        assert_eq!(
+            normal_target_uri("http://[::1]:80/p").as_deref(),
+            Some("http://[::1]/p")
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn verify_wpt(
     }
     jws.verify(&wit.holder_key)?;
     let claims: WptClaims = jws.claims()?;
-    if claims.aud != binding.audience {
+    if !super::same_audience(&claims.aud, binding.audience) {
         return Err(TokenError::WrongAudience {
             expected: binding.audience.to_owned(),
             found: claims.aud,
