@@ -29,6 +29,10 @@ const REVISION_POLL: Duration = Duration::from_secs(1);
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's headers (and an idle keep-alive
+/// connection may wait for the next request) before it is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -271,7 +275,13 @@ async fn serve_tls(
                     // connection carries the caller it proved.
                     let caller = tls::caller_of(tls.get_ref().1.peer_certificates());
                     let service = TowerToHyperService::new(app.layer(axum::Extension(caller)));
-                    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // A client that trickles a request's headers is cut off (slowloris).
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT);
+                    if let Err(e) = builder
                         .serve_connection(TokioIo::new(tls), service)
                         .await
                     {

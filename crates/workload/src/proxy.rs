@@ -482,6 +482,15 @@ async fn check_upstream_response(
     }
 }
 
+/// The outbound proxy's client settings: idle pooled connections are let go after 20 s,
+/// before a peer sidecar's listener drops them at 30 s ([`crate::tls::ConnectionLimits`]),
+/// so that a request is not sent on a connection the server is closing.
+fn outbound_client() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+    builder.pool_idle_timeout(std::time::Duration::from_secs(20));
+    builder
+}
+
 /// The outbound proxy: proves this workload's identity on absolute-form requests from
 /// `source`'s credentials and checks signed responses, as `options` say.
 pub fn outbound_router(
@@ -489,9 +498,9 @@ pub fn outbound_router(
     options: OutboundOptions,
 ) -> Result<axum::Router, TlsError> {
     let client = match &options.proof {
-        OutboundProof::Attach(_) => OutboundClient::Plain(
-            Client::builder(hyper_util::rt::TokioExecutor::new()).build(upstream_connector()),
-        ),
+        OutboundProof::Attach(_) => {
+            OutboundClient::Plain(outbound_client().build(upstream_connector()))
+        }
         OutboundProof::Mtls(allow) => {
             let pinned = options
                 .destinations
@@ -499,7 +508,7 @@ pub fn outbound_router(
                 .filter_map(|(key, id)| Some((key.clone(), id.clone()?)))
                 .collect();
             OutboundClient::Mtls(
-                Client::builder(hyper_util::rt::TokioExecutor::new())
+                outbound_client()
                     .build(MtlsConnector::new(&source, allow.clone())?.pinned(&source, pinned)?),
             )
         }
