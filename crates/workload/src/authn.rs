@@ -608,10 +608,23 @@ impl Authenticator {
         validation: &Validation,
     ) -> Result<SignatureParams, AuthError> {
         let target = httpsig::request_target(&parts.uri);
+        // `@scheme` is this service's (as configured: a proxy in front may end TLS);
+        // `@authority` what the client sent, `:authority` or `Host`.
         let view = RequestView {
             method: parts.method.as_str(),
             request_target: target,
             headers: &parts.headers,
+            scheme: self.config.public_url.split_once("://").map(|(s, _)| s),
+            authority: parts
+                .uri
+                .authority()
+                .map(http::uri::Authority::as_str)
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                }),
         };
         let policy = SigPolicy {
             audience,

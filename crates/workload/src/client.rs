@@ -199,6 +199,8 @@ pub fn attach(
                 method: parts.method.as_str(),
                 request_target: &sent.target,
                 headers: &parts.headers,
+                scheme: parts.uri.scheme_str(),
+                authority: parts.uri.authority().map(http::uri::Authority::as_str),
             };
             let nonce = wimse_core::token::random_jti();
             let signing = RequestSigning {
@@ -278,6 +280,8 @@ pub fn check_response(
             method: sent.method.as_str(),
             request_target: &sent.target,
             headers: &no_headers,
+            scheme: None,
+            authority: None,
         },
     };
     let policy = ResponsePolicy {

@@ -119,6 +119,33 @@ pub struct RequestView<'a> {
     pub request_target: &'a str,
     /// The header fields.
     pub headers: &'a HeaderMap,
+    /// The scheme the request was sent over (`@scheme`, `@target-uri`), when known.
+    pub scheme: Option<&'a str>,
+    /// The authority it was sent to (`Host` or `:authority`; `@authority`,
+    /// `@target-uri`), when known.
+    pub authority: Option<&'a str>,
+}
+
+impl RequestView<'_> {
+    /// `@scheme`: the scheme, lowercased (RFC 9421 §2.2.4).
+    fn scheme(&self) -> Option<String> {
+        self.scheme.map(str::to_ascii_lowercase)
+    }
+
+    /// `@authority`: host lowercased, the scheme's default port dropped (RFC 9421
+    /// §2.2.3, RFC 9110 §4.2.3).
+    fn authority(&self) -> Option<String> {
+        let authority = self.authority?.to_ascii_lowercase();
+        let default_port = match self.scheme()?.as_str() {
+            "https" => ":443",
+            "http" => ":80",
+            _ => "",
+        };
+        Some(match authority.strip_suffix(default_port) {
+            Some(host) if !default_port.is_empty() => host.to_owned(),
+            _ => authority,
+        })
+    }
 }
 
 /// The request target as a signature covers it: the URI's path and query (origin form).
@@ -188,6 +215,18 @@ fn request_component(req: &RequestView<'_>, item: &Item) -> Result<String, SigEr
     match name.as_str() {
         "@method" => Ok(req.method.to_owned()),
         "@request-target" => Ok(req.request_target.to_owned()),
+        "@scheme" => req
+            .scheme()
+            .ok_or_else(|| SigError::Component(name.clone())),
+        "@authority" => req
+            .authority()
+            .ok_or_else(|| SigError::Component(name.clone())),
+        "@target-uri" => match (req.scheme(), req.authority()) {
+            (Some(scheme), Some(authority)) => {
+                Ok(format!("{scheme}://{authority}{}", req.request_target))
+            }
+            _ => Err(SigError::Component(name.clone())),
+        },
         "@path" => Ok(req
             .request_target
             .split('?')

@@ -348,6 +348,8 @@ impl Shared {
                 method: signer.method.as_str(),
                 request_target: &signer.target,
                 headers: &no_headers,
+                scheme: None,
+                authority: None,
             },
         };
         let nonce = wimse_core::token::random_jti();

@@ -393,33 +393,48 @@ async fn a_signed_request_with_a_tampered_or_stripped_body_is_refused() {
 /// A request signed over `components` with these `created`/`expires`, by the client's WIT
 /// key, with its WIT attached: what a peer that builds its own signatures would send.
 fn hand_signed(s: &Setup, created: i64, expires: i64, body: &str, digest: &str) -> Request<Body> {
+    hand_signed_over(s, (created, expires), body, digest, &[])
+}
+
+/// [`hand_signed`], also covering `extra` components with the values the signer saw.
+fn hand_signed_over(
+    s: &Setup,
+    (created, expires): (i64, i64),
+    body: &str,
+    digest: &str,
+    extra: &[(&str, &str)],
+) -> Request<Body> {
     let wit = s.client.wit.as_ref().unwrap();
-    let mut components = vec!["@method", "@request-target", "workload-identity-token"];
+    let mut components = vec![
+        ("@method", "POST"),
+        ("@request-target", "/api/orders"),
+        ("workload-identity-token", wit.token.as_str()),
+    ];
+    components.extend_from_slice(extra);
     if !digest.is_empty() {
-        components.push("content-digest");
+        components.push(("content-digest", digest));
     }
     let list = components
         .iter()
-        .map(|c| format!("\"{c}\""))
+        .map(|(c, _)| format!("\"{c}\""))
         .collect::<Vec<_>>()
         .join(" ");
     let params = format!(
         "({list});created={created};expires={expires};nonce=\"n-{created}-{expires}\";\
          tag=\"wimse-workload-to-workload\";wimse-aud=\"{PUBLIC}/api/orders\""
     );
-    let digest_line = if digest.is_empty() {
-        String::new()
-    } else {
-        format!("\"content-digest\": {digest}\n")
-    };
-    let base = format!(
-        "\"@method\": POST\n\"@request-target\": /api/orders\n\
-         \"workload-identity-token\": {}\n{digest_line}\"@signature-params\": {params}",
-        wit.token
-    );
+    let mut base = String::new();
+    for (c, v) in &components {
+        for part in ["\"", c, "\": ", v, "\n"] {
+            base.push_str(part);
+        }
+    }
+    base.push_str("\"@signature-params\": ");
+    base.push_str(&params);
     let sig = wit.key.sign(base.as_bytes()).unwrap();
     let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig);
     let mut req = Request::post("/api/orders")
+        .header("host", "SVC.test:80")
         .header("workload-identity-token", &wit.token)
         .header("signature-input", format!("wimse={params}"))
         .header("signature", format!("wimse=:{sig}:"));
@@ -452,6 +467,25 @@ async fn a_hand_built_signature_is_admitted_and_so_is_a_sha_512_digest() {
     let unknown_only = format!("md5=:{}:", b64(&[0; 16]));
     let req = hand_signed(&s, now, now + 63, body, &unknown_only);
     refused(&s.app, req, "content-digest-mismatch").await;
+}
+
+#[tokio::test]
+async fn a_signature_may_cover_more_than_the_profile_asks_but_not_misstate_it() {
+    // `@authority` and `@target-uri` in normal form from the `Host` the client sent, and
+    // `@scheme` this service's own (http here).
+    let s = setup();
+    let now = unix_now();
+    let extra = [
+        ("@authority", "svc.test"),
+        ("@scheme", "http"),
+        ("@target-uri", "http://svc.test/api/orders"),
+    ];
+    let req = hand_signed_over(&s, (now, now + 60), "", "", &extra);
+    let (status, text, _) = send(&s.app, req).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let misstated = [("@authority", "other.test")];
+    let req = hand_signed_over(&s, (now, now + 61), "", "", &misstated);
+    refused(&s.app, req, "signature-invalid").await;
 }
 
 #[tokio::test]

@@ -61,6 +61,8 @@ fn the_profile_request_example_verifies_byte_for_byte() {
         method: "GET",
         request_target: "/gimme-ice-cream?flavor=vanilla",
         headers: &headers,
+        scheme: None,
+        authority: None,
     };
     let input = parse_dictionary(header("Signature-Input")).unwrap();
     let Member::InnerList(components, params) = &input[0].1 else {
@@ -131,6 +133,8 @@ fn the_profile_response_example_verifies_and_is_reproduced_byte_for_byte() {
             method: "GET",
             request_target: "/gimme-ice-cream?flavor=vanilla",
             headers: &no_headers,
+            scheme: None,
+            authority: None,
         },
     };
     let input = parse_dictionary(response_header("Signature-Input")).unwrap();
@@ -199,4 +203,79 @@ fn the_profile_response_example_verifies_and_is_reproduced_byte_for_byte() {
     .unwrap();
     assert_eq!(input, response_header("Signature-Input"));
     assert_eq!(signature, response_header("Signature"));
+}
+
+/// RFC 9421 Appendix B.2.6: the test request (B.2) signed with the Ed25519 test key
+/// (B.1.4) over `date`, `@method`, `@path`, `@authority`, `content-type` and
+/// `content-length`. The published signature verifies over our signature base, which
+/// shows the derived components a WIMSE peer may add beyond the profile's minimum.
+#[test]
+fn rfc9421_b26_verifies_over_our_base_with_the_derived_components() {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("host", "example.com"),
+        ("date", "Tue, 20 Apr 2021 02:07:55 GMT"),
+        ("content-type", "application/json"),
+        ("content-length", "18"),
+    ] {
+        headers.insert(name, value.parse().unwrap());
+    }
+    let view = RequestView {
+        method: "POST",
+        request_target: "/foo?param=Value&Pet=dog",
+        headers: &headers,
+        scheme: Some("https"),
+        authority: Some("example.com"),
+    };
+    let input = parse_dictionary(
+        r#"sig-b26=("date" "@method" "@path" "@authority" "content-type" "content-length");created=1618884473;keyid="test-key-ed25519""#,
+    )
+    .unwrap();
+    let Member::InnerList(components, params) = &input[0].1 else {
+        panic!()
+    };
+    let base = signature_base(&view, components, params).unwrap();
+    assert_eq!(
+        base,
+        "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@method\": POST\n\"@path\": /foo\n\
+         \"@authority\": example.com\n\"content-type\": application/json\n\
+         \"content-length\": 18\n\"@signature-params\": (\"date\" \"@method\" \"@path\" \
+         \"@authority\" \"content-type\" \"content-length\");created=1618884473;\
+         keyid=\"test-key-ed25519\""
+    );
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(
+            "wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==",
+        )
+        .unwrap();
+    let public = public_of(r#"{"x":"JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs"}"#);
+    public
+        .verify(Algorithm::EdDsa, base.as_bytes(), &signature)
+        .unwrap();
+
+    // `@scheme` and `@target-uri` (RFC 9421 §2.2.4, §2.2.2), and `@authority` in normal
+    // form whatever case and default port the client wrote.
+    let components = parse_dictionary(r#"s=("@scheme" "@target-uri" "@authority")"#).unwrap();
+    let Member::InnerList(components, params) = &components[0].1 else {
+        panic!()
+    };
+    let written = RequestView {
+        authority: Some("Example.COM:443"),
+        ..view
+    };
+    let base = signature_base(&written, components, params).unwrap();
+    assert!(base.starts_with(
+        "\"@scheme\": https\n\"@target-uri\": https://example.com/foo?param=Value&Pet=dog\n\
+         \"@authority\": example.com\n"
+    ));
+    // Unknown where they are not known: refused, not guessed.
+    let unknown = RequestView {
+        scheme: None,
+        authority: None,
+        ..view
+    };
+    assert!(matches!(
+        signature_base(&unknown, components, params),
+        Err(SigError::Component(_))
+    ));
 }
