@@ -98,6 +98,9 @@ pub struct InboundArgs {
     /// its own, which authenticates it (WIT-based proofs over the connection work too)
     #[arg(long)]
     pub tls: bool,
+    /// Speak HTTP/2 (h2c, prior knowledge) to the upstream, as gRPC services need
+    #[arg(long)]
+    pub upstream_http2: bool,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -283,7 +286,12 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     if args.sign_responses {
         layer = layer.sign_all_responses();
     }
-    let router = wimse_workload::proxy::inbound_router(&upstream, layer);
+    let protocol = if args.upstream_http2 {
+        wimse_workload::proxy::UpstreamProtocol::Http2
+    } else {
+        wimse_workload::proxy::UpstreamProtocol::Http1
+    };
+    let router = wimse_workload::proxy::inbound_router_with(&upstream, protocol, layer);
     let listener = listen(args.listen).await?;
     serve_health(args.health.health_bind, &source, render(&metrics)).await?;
     tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream, tls = args.tls,

@@ -132,7 +132,19 @@ struct Upstream {
     /// The upstream's URL without a trailing `/`, to prefix paths with.
     base: Arc<str>,
     client: Client<HttpConnector, Body>,
+    protocol: UpstreamProtocol,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// How the inbound proxy speaks to its upstream service (plain text, on the same host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC services: `TE: trailers` is passed on
+    /// and response trailers come back.
+    Http2,
 }
 
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
@@ -155,7 +167,18 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
             "request was not authenticated",
         );
     };
+    // gRPC needs `TE: trailers` (the one value HTTP/2 allows) to reach the service.
+    let trailers = upstream.protocol == UpstreamProtocol::Http2
+        && parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_inbound(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     if peer.method == AuthMethod::JwtSvid || crate::authn::authorization_is_wpt(&parts.headers) {
         // A bearer JWT-SVID or a WPT there was the credential: like the WIT, not passed
         // on (Envoy's `jwt_authn` drops a verified token too unless told to forward it).
@@ -175,7 +198,10 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         Err(e) => return bad_gateway(&e),
     };
     parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
+    parts.version = match upstream.protocol {
+        UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        UpstreamProtocol::Http2 => http::Version::HTTP_2,
+    };
     match upstream
         .client
         .request(Request::from_parts(parts, body))
@@ -197,7 +223,16 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
 /// The inbound proxy: `layer` in front of a forwarder to `upstream` (e.g.
 /// `http://127.0.0.1:8080`). Upstream failures are counted in the layer's metrics.
 pub fn inbound_router(upstream: &Uri, layer: WimseLayer) -> axum::Router {
-    forward_router(upstream, layer.metrics().cloned()).layer(layer)
+    inbound_router_with(upstream, UpstreamProtocol::Http1, layer)
+}
+
+/// [`inbound_router`] speaking `protocol` to the upstream.
+pub fn inbound_router_with(
+    upstream: &Uri,
+    protocol: UpstreamProtocol,
+    layer: WimseLayer,
+) -> axum::Router {
+    forward_router(upstream, protocol, layer.metrics().cloned()).layer(layer)
 }
 
 /// The inbound proxy's forwarding half alone: it passes on requests that carry a
@@ -206,13 +241,20 @@ pub fn inbound_router(upstream: &Uri, layer: WimseLayer) -> axum::Router {
 /// benchmark puts it behind a layer that names a fixed peer, to measure what forwarding
 /// costs without authentication.
 pub fn forwarder(upstream: &Uri) -> axum::Router {
-    forward_router(upstream, None)
+    forward_router(upstream, UpstreamProtocol::Http1, None)
 }
 
-fn forward_router(upstream: &Uri, metrics: Option<Arc<Metrics>>) -> axum::Router {
+fn forward_router(
+    upstream: &Uri,
+    protocol: UpstreamProtocol,
+    metrics: Option<Arc<Metrics>>,
+) -> axum::Router {
+    let mut client = Client::builder(hyper_util::rt::TokioExecutor::new());
+    client.http2_only(protocol == UpstreamProtocol::Http2);
     let upstream = Upstream {
         base: upstream.to_string().trim_end_matches('/').into(),
-        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(upstream_connector()),
+        client: client.build(upstream_connector()),
+        protocol,
         metrics,
     };
     axum::Router::new()
