@@ -486,7 +486,9 @@ pub struct SigPolicy<'a> {
     pub max_lifetime: i64,
 }
 
-/// Picks the signature to verify: the `wimse` label, or the only one.
+/// Picks the signature to verify: the `wimse` label (what the profile says a signer
+/// SHOULD use), else the only one, else the one signature tagged with the profile's
+/// `tag` among others (an intermediary's signatures beside it).
 fn select<'d>(
     dict: &'d sf::Dictionary,
     what: &'static str,
@@ -494,12 +496,27 @@ fn select<'d>(
     if let Some((label, member)) = dict.iter().find(|(k, _)| k == LABEL) {
         return Ok((label, member));
     }
+    let tagged = |member: &Member| match member {
+        Member::InnerList(_, params) => params
+            .0
+            .iter()
+            .any(|(k, v)| k == "tag" && *v == BareItem::String(TAG.to_owned())),
+        Member::Item(_) => false,
+    };
     match dict.as_slice() {
         [(label, member)] => Ok((label, member)),
         [] => Err(SigError::MissingHeader(what)),
-        _ => Err(SigError::Shape(
-            "several signatures and none labelled `wimse`".into(),
-        )),
+        several => {
+            let mut ours = several.iter().filter(|(_, m)| tagged(m));
+            match (ours.next(), ours.next()) {
+                (Some((label, member)), None) => Ok((label, member)),
+                _ => Err(SigError::Shape(
+                    "several signatures, none labelled `wimse` and not exactly one with the \
+                     profile's tag"
+                        .into(),
+                )),
+            }
+        }
     }
 }
 

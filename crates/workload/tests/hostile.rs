@@ -489,6 +489,36 @@ async fn a_signature_may_cover_more_than_the_profile_asks_but_not_misstate_it() 
 }
 
 #[tokio::test]
+async fn among_several_signatures_the_one_with_the_profiles_tag_is_verified() {
+    let s = setup();
+    let now = unix_now();
+    // `label` for ours, and another signature (an intermediary's) beside it.
+    let relabelled = |expires: i64, label: &str, other_input: &str| {
+        let mut req = hand_signed(&s, now, expires, "", "");
+        let headers = req.headers_mut();
+        for (name, other) in [
+            ("signature-input", other_input),
+            ("signature", "proxy=:AAAA:"),
+        ] {
+            let ours = headers[name].to_str().unwrap().replacen("wimse=", label, 1);
+            headers.insert(name, format!("{other}, {ours}").parse().unwrap());
+        }
+        req
+    };
+    let unrelated = r#"proxy=("@method");created=1"#;
+    let (status, text, _) = send(&s.app, relabelled(now + 60, "sig1=", unrelated)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    // Two signatures with the profile's tag and no `wimse` label: which one is ours?
+    let tagged = r#"proxy=("@method");tag="wimse-workload-to-workload""#;
+    refused(
+        &s.app,
+        relabelled(now + 61, "sig1=", tagged),
+        "invalid-signature",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn an_old_signature_kept_alive_by_a_far_expiry_is_refused() {
     let s = setup();
     let now = unix_now();
