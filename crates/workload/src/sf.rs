@@ -228,7 +228,13 @@ impl Parser<'_> {
         if self.bump() != Some(b':') {
             return Err(self.unexpected());
         }
-        STANDARD
+        // RFC 8941 §4.2.7: a parser SHOULD NOT fail when `=` padding is missing.
+        const LENIENT_PADDING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        LENIENT_PADDING
             .decode(text)
             .map(BareItem::Bytes)
             .map_err(|_| SfError::Base64)
@@ -425,6 +431,23 @@ mod tests {
     use proptest::prelude::*;
 
     const INPUT: &str = r#"wimse=("@method" "@request-target" "workload-identity-token");created=1785155797;expires=1785156097;nonce="abcd1111";tag="wimse-workload-to-workload";wimse-aud="https://svcb.example.com/gimme-ice-cream";wimse-sign-response"#;
+
+    #[test]
+    fn byte_sequences_read_with_or_without_padding_and_write_padded() {
+        for text in ["a=:AAE=:", "a=:AAE:"] {
+            let dict = parse_dictionary(text).unwrap();
+            assert_eq!(
+                dict[0].1,
+                Member::Item(Item {
+                    bare: BareItem::Bytes(vec![0, 1]),
+                    params: Params::default(),
+                }),
+                "{text}"
+            );
+        }
+        assert!(parse_dictionary("a=:A:").is_err());
+        assert!(parse_dictionary("a=:AA=E:").is_err());
+    }
 
     #[test]
     fn the_profile_example_round_trips_byte_for_byte() {
