@@ -12,6 +12,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::fmt::Write as _;
 
+/// Base64 for byte sequences: RFC 8941 §4.2.7 says a parser SHOULD NOT fail when `=`
+/// padding is missing; what is written is padded.
+const LENIENT_PADDING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// The longest field value accepted, in bytes.
 pub const MAX_FIELD_LEN: usize = 8 * 1024;
 
@@ -228,12 +236,6 @@ impl Parser<'_> {
         if self.bump() != Some(b':') {
             return Err(self.unexpected());
         }
-        // RFC 8941 §4.2.7: a parser SHOULD NOT fail when `=` padding is missing.
-        const LENIENT_PADDING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-            &base64::alphabet::STANDARD,
-            base64::engine::GeneralPurposeConfig::new()
-                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-        );
         LENIENT_PADDING
             .decode(text)
             .map(BareItem::Bytes)
