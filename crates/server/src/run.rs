@@ -10,8 +10,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -274,22 +276,50 @@ async fn serve_tls(
                     // The chain was verified in the handshake; every request of this
                     // connection carries the caller it proved.
                     let caller = tls::caller_of(tls.get_ref().1.peer_certificates());
-                    let service = TowerToHyperService::new(app.layer(axum::Extension(caller)));
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    // A client that trickles a request's headers is cut off (slowloris).
-                    builder
-                        .http1()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT);
-                    if let Err(e) = builder
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    let started = Arc::new(AtomicBool::new(false));
+                    let first = Arc::clone(&started);
+                    let service = TowerToHyperService::new(
+                        app.layer(axum::Extension(caller)).layer(
+                            tower::util::MapRequestLayer::new(move |req| {
+                                first.store(true, Ordering::Relaxed);
+                                req
+                            }),
+                        ),
+                    );
+                    serve_connection(TokioIo::new(tls), service, &started, peer).await;
                 });
             }
         }
+    }
+}
+
+/// Serves one TLS connection. A client that trickles a request's headers is cut off
+/// (slowloris), and so is one that has not begun a request within the same time: hyper's
+/// header timeout starts only once it has told HTTP/1 from HTTP/2.
+async fn serve_connection(
+    io: TokioIo<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    service: TowerToHyperService<axum::Router>,
+    started: &AtomicBool,
+    peer: SocketAddr,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        ended = &mut connection => Some(ended),
+        () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None if started.load(Ordering::Relaxed) => connection.await,
+        None => return,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

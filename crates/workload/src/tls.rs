@@ -31,6 +31,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wimse_core::WorkloadId;
@@ -601,7 +602,8 @@ pub struct ConnectionLimits {
     /// The TLS handshake.
     pub handshake: Duration,
     /// An HTTP/1.1 request's header section, from its first byte (also how long an idle
-    /// keep-alive connection waits for the next request's headers).
+    /// keep-alive connection waits for the next request's headers); how long a new
+    /// connection may take to begin its first request; the interval of HTTP/2 pings.
     pub header_read: Duration,
     /// After the listener stops, how long requests in flight have to finish.
     pub drain: Duration,
@@ -661,16 +663,20 @@ pub async fn serve_until<S>(
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
             },
         };
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let started = Arc::new(AtomicBool::new(false));
             let Some(acceptor) = acceptor else {
-                let svc = request_service(service, address, None);
-                serve_connection(tcp, svc, limits, watcher).await;
+                let svc = request_service(service, address, None, Arc::clone(&started));
+                serve_connection(tcp, svc, limits, watcher, &started).await;
                 return;
             };
             let Ok(Ok(tls)) = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await
@@ -684,20 +690,35 @@ pub async fn serve_until<S>(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| ClientCertificate(Arc::from(c.as_ref())));
-            let svc = request_service(service, address, leaf);
-            serve_connection(tls, svc, limits, watcher).await;
+            let svc = request_service(service, address, leaf, Arc::clone(&started));
+            serve_connection(tls, svc, limits, watcher, &started).await;
         });
     }
     drop(listener);
     let _ = tokio::time::timeout(limits.drain, graceful.shutdown()).await;
 }
 
+/// After a failed `accept`: a connection that went before it was taken costs nothing, but
+/// a listener out of file descriptors would fail again at once, so it waits a second
+/// rather than spin.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// The hyper service of one connection: `service` with the connection's facts in each
-/// request's extensions.
+/// request's extensions; `started` is set by the first request.
 fn request_service<S>(
     service: S,
     address: std::net::SocketAddr,
     leaf: Option<ClientCertificate>,
+    started: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<axum::body::Body>,
@@ -711,6 +732,7 @@ where
 {
     let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        started.store(true, Ordering::Relaxed);
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(address));
@@ -724,12 +746,17 @@ where
     })
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the client goes or shutdown drains it.
+/// Serves HTTP/1.1 or HTTP/2 on `io` until the client goes or shutdown drains it. A
+/// connection that has not begun a request within `limits.header_read` is dropped: hyper's
+/// own header timeout starts only once it has told HTTP/1 from HTTP/2, which a client that
+/// sends nothing (or a trickle of the HTTP/2 preface) never lets it do. HTTP/2 peers are
+/// pinged, and dropped when they stop answering.
 async fn serve_connection<I, T>(
     io: I,
     svc: T,
     limits: ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
+    started: &AtomicBool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: hyper::service::Service<
@@ -746,10 +773,22 @@ async fn serve_connection<I, T>(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.header_read)
+        .keep_alive_timeout(limits.handshake);
     let connection = builder
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .into_owned();
-    let _ = watcher.watch(connection).await;
+    let mut connection = std::pin::pin!(watcher.watch(connection));
+    tokio::select! {
+        _ = &mut connection => return,
+        () = tokio::time::sleep(limits.header_read) => {}
+    }
+    if started.load(Ordering::Relaxed) {
+        let _ = connection.await;
+    }
 }
 
 /// The verified identity of the server at the other end of an [`MtlsConnector`]

@@ -69,6 +69,35 @@ async fn every_connection_is_a_full_handshake_so_the_verifier_always_runs() {
     assert_eq!(server.send_tls13_tickets, 0);
 }
 
+#[tokio::test]
+async fn a_client_does_not_resume_even_with_a_server_that_offers_it() {
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    // A server that keeps sessions and sends tickets, as rustls does by default.
+    let mut offering = server_config(&source, PeerAllowList::default()).unwrap();
+    offering.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
+    offering.send_tls13_tickets = 2;
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, Arc::new(offering), app));
+
+    let client = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let ours = Arc::new(client_config(&client, PeerAllowList::default()).unwrap());
+    for _ in 0..2 {
+        assert_eq!(call(addr, &ours).await.0, rustls::HandshakeKind::Full);
+    }
+    // The same client with rustls' default resumption would resume: the test can tell.
+    let mut resuming = client_config(&client, PeerAllowList::default()).unwrap();
+    resuming.resumption = rustls::client::Resumption::default();
+    let resuming = Arc::new(resuming);
+    call(addr, &resuming).await;
+    assert_eq!(
+        call(addr, &resuming).await.0,
+        rustls::HandshakeKind::Resumed
+    );
+}
+
 /// Reads until the server closes the connection; how long that took, at most `within`.
 async fn closed_within(mut stream: impl tokio::io::AsyncRead + Unpin, within: u64) -> bool {
     let mut sink = Vec::new();
@@ -113,6 +142,18 @@ async fn slow_clients_are_cut_off_and_a_stopped_listener_drains() {
         closed_within(slow, 10).await,
         "a slow header section is cut off"
     );
+    // Nothing at all, or a trickle of the HTTP/2 preface: no request ever begins.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(silent, 10).await,
+        "a silent connection is cut off"
+    );
+    let mut preface = tokio::net::TcpStream::connect(addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        closed_within(preface, 10).await,
+        "a stalled preface is cut off"
+    );
     // A complete request is still served.
     let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
     ok.write_all(b"GET / HTTP/1.1\r\nhost: w3.test\r\nconnection: close\r\n\r\n")
@@ -135,5 +176,17 @@ async fn slow_clients_are_cut_off_and_a_stopped_listener_drains() {
     assert!(
         closed_within(silent, 10).await,
         "a silent handshake is cut off"
+    );
+    // A handshake, then nothing.
+    let client = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let config = Arc::new(client_config(&client, PeerAllowList::default()).unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let quiet = tokio_rustls::TlsConnector::from(config)
+        .connect("w3.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert!(
+        closed_within(quiet, 10).await,
+        "a quiet TLS connection is cut off"
     );
 }
