@@ -6,9 +6,9 @@
 //! flush the cache and replay (fail closed). Size it for request rate × proof lifetime.
 //!
 //! So that one sender cannot fill it and lock every other out, a sender that holds a
-//! quarter of the capacity is refused while the cache is more than half full: a busy
-//! sender is never limited while there is room, and it takes several identities acting
-//! together to exhaust the cache.
+//! quarter of the capacity (at least two entries) is refused once the cache is half full:
+//! one busy sender alone can use half the capacity (the rest stays for the others), and
+//! it takes several identities acting together to exhaust the cache.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -49,12 +49,12 @@ impl Inner {
         self.next_sweep = now.saturating_add(1);
     }
 
-    /// Whether one more entry of `sender` must be refused: the cache is full, or more
-    /// than half full and `sender` holds a quarter of it.
+    /// Whether one more entry of `sender` must be refused: the cache is full, or half
+    /// full and `sender` holds a quarter of it (at least two entries).
     fn refuses(&self, sender: u64, capacity: usize) -> bool {
         let held = self.per_sender.get(&sender).copied().unwrap_or(0);
         self.seen.len() >= capacity
-            || (self.seen.len() >= capacity / 2 && held >= (capacity / 4).max(1))
+            || (self.seen.len() >= capacity.div_ceil(2) && held >= (capacity / 4).max(2))
     }
 }
 
@@ -184,6 +184,17 @@ mod tests {
         cache.check_and_insert("b", "2", 10, 0).unwrap();
         assert_eq!(cache.check_and_insert("a", "3", 100, 20), Ok(()));
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_lone_sender_of_a_small_cache_still_gets_two_entries() {
+        let cache = ReplayCache::new(2);
+        cache.check_and_insert("a", "1", 100, 0).unwrap();
+        assert_eq!(cache.check_and_insert("a", "2", 100, 0), Ok(()));
+        assert_eq!(
+            cache.check_and_insert("a", "3", 100, 0),
+            Err(ReplayError::Full)
+        );
     }
 
     #[test]
