@@ -54,7 +54,7 @@ use wimse_workload::authn::CREDENTIAL_HEADERS;
 use wimse_workload::client::attach;
 use wimse_workload::layer::problem;
 use wimse_workload::proxy::{
-    MAX_OUTBOUND_BODY, PEER_ID_HEADER, PEER_METHOD_HEADER, strip_hop_by_hop, strip_inbound,
+    MAX_OUTBOUND_BODY, remove_identity_headers, strip_hop_by_hop, strip_inbound,
 };
 use wimse_workload::tls::{ClientCertificate, MtlsConnector};
 use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
@@ -622,10 +622,8 @@ pub fn strip_inward(headers: &mut HeaderMap) {
 /// Removes from a response what must not leave the trust domain: the inward identity
 /// headers (who answered, and how), credentials, Txn-Tokens, and hop-by-hop headers.
 pub fn strip_outward(headers: &mut HeaderMap) {
-    for name in [PEER_ID_HEADER, PEER_METHOD_HEADER, TXN_HEADER]
-        .into_iter()
-        .chain(CREDENTIAL_HEADERS)
-    {
+    remove_identity_headers(headers);
+    for name in [TXN_HEADER].into_iter().chain(CREDENTIAL_HEADERS) {
         headers.remove(name);
     }
     strip_hop_by_hop(headers);
@@ -635,6 +633,7 @@ pub fn strip_outward(headers: &mut HeaderMap) {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use wimse_workload::proxy::{PEER_ID_HEADER, PEER_METHOD_HEADER};
 
     #[test]
     fn a_certificate_bound_token_needs_its_certificate() {

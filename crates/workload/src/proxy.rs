@@ -46,14 +46,14 @@ pub const PEER_METHOD_HEADER: &str = "x-wimse-peer-auth-method";
 /// bodies stream through, whatever their size).
 pub const MAX_OUTBOUND_BODY: usize = 16 * 1024 * 1024;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; and `Proxy-Authorization`,
+/// which is for this proxy. `Trailer` is not one: it announces the trailers that follow.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
@@ -81,16 +81,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// moved from one may still trust: a caller must not be able to send them.
 const FOREIGN_IDENTITY_HEADERS: [&str; 1] = ["x-forwarded-client-cert"];
 
-/// Removes [`PEER_ID_HEADER`] and [`PEER_METHOD_HEADER`], also when spelled with `_` for
-/// `-`: servers that map header names to CGI-style variables (`HTTP_X_WIMSE_PEER_ID`)
-/// would read `x_wimse_peer_id` as the same header.
-fn remove_identity_headers(headers: &mut HeaderMap) {
+/// Removes the headers `names` (lowercase), also when spelled with `_` for `-`: servers
+/// that map header names to CGI-style variables (`HTTP_X_WIMSE_PEER_ID`) would read
+/// `x_wimse_peer_id` as the same header.
+fn remove_in_any_spelling(headers: &mut HeaderMap, names: &[&str]) {
     let lookalikes: Vec<http::HeaderName> = headers
         .keys()
         .filter(|name| {
             name.as_str().contains('_') && {
                 let dashed = name.as_str().replace('_', "-");
-                dashed == PEER_ID_HEADER || dashed == PEER_METHOD_HEADER
+                names.contains(&dashed.as_str())
             }
         })
         .cloned()
@@ -98,18 +98,23 @@ fn remove_identity_headers(headers: &mut HeaderMap) {
     for name in lookalikes {
         headers.remove(name);
     }
-    headers.remove(PEER_ID_HEADER);
-    headers.remove(PEER_METHOD_HEADER);
+    for name in names {
+        headers.remove(*name);
+    }
+}
+
+/// Removes [`PEER_ID_HEADER`] and [`PEER_METHOD_HEADER`] in any spelling: only this
+/// proxy says who called, or who answered.
+pub fn remove_identity_headers(headers: &mut HeaderMap) {
+    remove_in_any_spelling(headers, &[PEER_ID_HEADER, PEER_METHOD_HEADER]);
 }
 
 /// Removes what the caller must not pass to the upstream: identity headers it might try
 /// to smuggle (ours in any spelling, and other proxies'), and its credentials.
 pub fn strip_inbound(headers: &mut HeaderMap) {
     remove_identity_headers(headers);
-    for name in FOREIGN_IDENTITY_HEADERS
-        .into_iter()
-        .chain(CREDENTIAL_HEADERS)
-    {
+    remove_in_any_spelling(headers, &FOREIGN_IDENTITY_HEADERS);
+    for name in CREDENTIAL_HEADERS {
         headers.remove(name);
     }
     strip_hop_by_hop(headers);

@@ -588,6 +588,8 @@ async fn a_path_with_dot_segments_or_encoded_separators_is_refused_before_the_po
         "/api/orders%2f..%2fadmin",
         "/api/orders%5C..%5Cadmin",
         "/api/orders/x%00",
+        "/api/orders//x",
+        "/api/%6frders/x",
     ] {
         for proof in [ProofMethod::WitWpt, ProofMethod::HttpSig] {
             let req = signed(&s.client, "GET", path, "", proof);
@@ -795,6 +797,7 @@ async fn echo_upstream() -> std::net::SocketAddr {
             "x_wimse_peer_id",
             "x_wimse-peer-auth_method",
             "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
             "authorization",
         ]
         .iter()
@@ -847,6 +850,10 @@ async fn an_identity_header_smuggled_through_the_proxy_is_replaced() {
     );
     req.headers_mut()
         .append("X_Wimse-Peer-Auth_Method", "mtls".parse().unwrap());
+    req.headers_mut().append(
+        "x_forwarded_client_cert",
+        "URI=spiffe://good.test/admin".parse().unwrap(),
+    );
     req.headers_mut().append(
         "x-forwarded-client-cert",
         "By=spiffe://good.test/w3;URI=spiffe://good.test/admin"

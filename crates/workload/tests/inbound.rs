@@ -17,9 +17,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::sync::Arc;
-use tower::ServiceExt;
 use wimse_core::token::unix_now;
 use wimse_workload::proxy::{UpstreamProtocol, inbound_router_with};
+use wimse_workload::tls::{ConnectionLimits, serve_until};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Policy, ProofMethod, WimseLayer, attach_proof,
 };
@@ -64,6 +64,25 @@ async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_bac
         UpstreamProtocol::Http2,
         WimseLayer::new(authn, Arc::new(policy)),
     );
+    // The sidecar on a real listener, called over h2c as a gRPC client would.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sidecar = listener.local_addr().unwrap();
+    tokio::spawn(serve_until(
+        listener,
+        None,
+        proxy,
+        ConnectionLimits::default(),
+        std::future::pending(),
+    ));
+    let tcp = tokio::net::TcpStream::connect(sidecar).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+
     let client = good.credentials("/w1", &[&good]);
     let (mut parts, ()) = Request::post(format!("{PUBLIC}/orders.v1.Orders/Get"))
         .header("te", "trailers")
@@ -72,11 +91,12 @@ async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_bac
         .unwrap()
         .into_parts();
     attach_proof(&mut parts, b"", &client, ProofMethod::WitWpt, unix_now()).unwrap();
-    parts.uri = "/orders.v1.Orders/Get".parse().unwrap();
-    let response = proxy
-        .oneshot(Request::from_parts(parts, Body::empty()))
-        .await
+    parts.uri = format!("http://{sidecar}/orders.v1.Orders/Get")
+        .parse()
         .unwrap();
+    parts.version = http::Version::HTTP_2;
+    let request = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
+    let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers passed back");
