@@ -345,10 +345,13 @@ pub(crate) fn single<'h>(
 
 /// Why a request path is refused, when an upstream, a router or the policy could read it
 /// as another resource than the one authenticated and authorized: not absolute, a `.` or
-/// `..` segment (also percent-encoded, or followed by `;` parameters, which some servers
-/// drop), an encoded `/` or `\`, a raw `\`, an encoded NUL. `/api/orders/../admin`
-/// would match a policy for `/api/orders*` and reach `/admin` at an upstream that
-/// normalizes; clients send normal paths. The gateway's routes use it too.
+/// `..` segment (also followed by `;` parameters, which some servers drop), an empty
+/// segment (`//`, which some servers merge), a percent-encoded character that needs no
+/// encoding (`%61dmin`, `%2e%2e`: RFC 3986 §6.2.2.2 normalizers decode them), an encoded
+/// `/` or `\` or NUL, a raw `\`. `/api/orders/../admin` would match a policy for
+/// `/api/orders*` and reach `/admin` at an upstream that normalizes, and `/%61dmin` would
+/// escape a `forbid` for `/admin*`; clients send paths in normal form. The gateway's
+/// routes use it too.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("the path must be absolute");
@@ -357,13 +360,36 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     if path.contains('\\') || ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
         return Err("the path holds an encoded `/`, `\\` or NUL, or a backslash");
     }
-    for segment in lower.split('/') {
+    if encodes_unreserved(path.as_bytes()) {
+        return Err("the path percent-encodes a character that needs no encoding");
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() && i != last {
+            return Err("the path holds an empty segment");
+        }
         let name = segment.split(';').next().unwrap_or_default();
-        if matches!(name.replace("%2e", ".").as_str(), "." | "..") {
+        if name == "." || name == ".." {
             return Err("the path holds a dot segment");
         }
     }
     Ok(())
+}
+
+/// Whether `path` holds `%XX` for an unreserved character (RFC 3986 §2.3).
+fn encodes_unreserved(path: &[u8]) -> bool {
+    let hex = |c: u8| char::from(c).to_digit(16);
+    path.windows(3).any(|w| match w {
+        [b'%', hi, lo] => match (hex(*hi), hex(*lo)) {
+            (Some(hi), Some(lo)) => {
+                let c = u8::try_from(hi * 16 + lo).unwrap_or(0);
+                c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+            }
+            _ => false,
+        },
+        _ => false,
+    })
 }
 
 /// The credentials of `Authorization` when its scheme is `scheme` (case-insensitive).
