@@ -361,7 +361,9 @@ fn destinations(
         };
         let authority: http::uri::Authority =
             place.parse().map_err(|_| bad(value, "not a HOST[:PORT]"))?;
-        if authority.as_str().contains('@') {
+        if authority.as_str().contains('@')
+            || (authority.as_str().len() > authority.host().len() && authority.port_u16().is_none())
+        {
             return Err(bad(value, "not a HOST[:PORT]"));
         }
         let id = id
@@ -460,6 +462,8 @@ mod tests {
         refused(&["orders", "ORDERS:80"], false, "given twice");
         refused(&["user@orders"], false, "not a HOST[:PORT]");
         refused(&["orders/x"], false, "not a HOST[:PORT]");
+        refused(&["orders:99999"], false, "not a HOST[:PORT]");
+        refused(&["orders:abc"], false, "not a HOST[:PORT]");
         refused(&["pay=not-an-id"], true, "--destination pay=not-an-id");
     }
 }

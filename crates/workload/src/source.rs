@@ -91,10 +91,11 @@ impl Credentials {
         let wit_exp = wimse_core::jose::Jws::parse(&wit.token)
             .and_then(|jws| jws.claims::<WitExpiry>())
             .map(|claims| claims.exp);
-        if wit_exp.is_ok_and(|exp| exp <= now) {
-            return Err("the WIT has expired and the agent has given no new one");
+        match wit_exp {
+            Ok(exp) if exp <= now => Err("the WIT has expired and the agent has given no new one"),
+            Ok(_) => Ok(()),
+            Err(_) => Err("the WIT from the agent cannot be read"),
         }
-        Ok(())
     }
 }
 
@@ -278,6 +279,9 @@ fn update(inner: &Inner, f: impl FnOnce(&mut Credentials)) {
     );
     f(&mut next);
     next.generation = guard.generation.wrapping_add(1);
+    // Only this function moves the bundle generation, and only forward: the caches trust
+    // that an entry of an older generation never comes back.
+    next.bundle_generation = guard.bundle_generation;
     let bundles_after = (
         bundle_fingerprint(&next.x509_bundles),
         bundle_fingerprint(&next.wit_bundles),
@@ -304,8 +308,15 @@ fn bundle_fingerprint(set: &BundleSet) -> String {
                 // is a change too.
                 b.jwt_authorities
                     .iter()
-                    .chain(&b.wit_authorities)
-                    .map(|a| format!("{}={}", a.kid, a.key.jwk().thumbprint().unwrap_or_default()))
+                    .map(|a| ("jwt", a))
+                    .chain(b.wit_authorities.iter().map(|a| ("wit", a)))
+                    .map(|(usage, a)| {
+                        format!(
+                            "{usage}:{}={}",
+                            a.kid,
+                            a.key.jwk().thumbprint().unwrap_or_default()
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(","),
                 b.x509_authorities

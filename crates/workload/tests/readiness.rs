@@ -30,6 +30,15 @@ fn credentials_are_ready_only_when_complete_and_unexpired() {
             .readiness(now)
             .is_err_and(|e| e.contains("WIT has expired"))
     );
+    let mut garbled = fresh.clone();
+    if let Some(wit) = garbled.wit.as_mut() {
+        wit.token = "not.a.jwt".into();
+    }
+    assert!(
+        garbled
+            .readiness(now)
+            .is_err_and(|e| e.contains("cannot be read"))
+    );
     // The fixture's X509-SVID lives an hour.
     assert!(
         fresh
