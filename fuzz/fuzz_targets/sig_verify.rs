@@ -36,6 +36,8 @@ fuzz_target!(|data: &[u8]| {
         method: "GET",
         request_target: "/gimme-ice-cream?flavor=vanilla",
         headers: &headers,
+        scheme: Some("https"),
+        authority: Some("svcb.example.com"),
     };
     let policy = SigPolicy {
         audience: "https://svcb.example.com/gimme-ice-cream",
