@@ -95,7 +95,7 @@ pub struct PeerIdentity {
 pub struct Transaction(pub Arc<TxnTokenClaims>);
 
 /// The identity of a TLS client whose certificate chain was verified during the
-/// handshake (inserted by [`crate::tls::serve`]).
+/// handshake (inserted by [`crate::listen::serve_until`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtlsPeer(pub WorkloadId);
 
@@ -353,20 +353,13 @@ pub(crate) fn single<'h>(
 /// escape a `forbid` for `/admin*`; clients send paths in normal form. The gateway's
 /// routes use it too.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
+    let Some(rest) = path.strip_prefix('/') else {
         return Err("the path must be absolute");
-    }
-    let lower = path.to_ascii_lowercase();
-    if path.contains('\\') || ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
-        return Err("the path holds an encoded `/`, `\\` or NUL, or a backslash");
-    }
-    if encodes_unreserved(path.as_bytes()) {
-        return Err("the path percent-encodes a character that needs no encoding");
-    }
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && i != last {
+    };
+    check_escapes(path.as_bytes())?;
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err("the path holds an empty segment");
         }
         let name = segment.split(';').next().unwrap_or_default();
@@ -377,19 +370,37 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether `path` holds `%XX` for an unreserved character (RFC 3986 §2.3).
-fn encodes_unreserved(path: &[u8]) -> bool {
+/// One pass over `path` for a raw `\` and for `%XX` escapes that encode `/`, `\` or NUL
+/// (refused first) or an unreserved character (RFC 3986 §2.3). No allocation: this runs
+/// on every request.
+fn check_escapes(path: &[u8]) -> Result<(), &'static str> {
+    const SEPARATOR: &str = "the path holds an encoded `/`, `\\` or NUL, or a backslash";
     let hex = |c: u8| char::from(c).to_digit(16);
-    path.windows(3).any(|w| match w {
-        [b'%', hi, lo] => match (hex(*hi), hex(*lo)) {
-            (Some(hi), Some(lo)) => {
-                let c = u8::try_from(hi * 16 + lo).unwrap_or(0);
-                c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
-            }
-            _ => false,
-        },
-        _ => false,
-    })
+    let mut encodes_unreserved = false;
+    for (i, &c) in path.iter().enumerate() {
+        if c == b'\\' {
+            return Err(SEPARATOR);
+        }
+        if c != b'%' {
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            path.get(i + 1).and_then(|&h| hex(h)),
+            path.get(i + 2).and_then(|&l| hex(l)),
+        ) else {
+            continue;
+        };
+        let decoded = u8::try_from(hi * 16 + lo).unwrap_or(0);
+        if matches!(decoded, b'/' | b'\\' | 0) {
+            return Err(SEPARATOR);
+        }
+        encodes_unreserved |=
+            decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~');
+    }
+    if encodes_unreserved {
+        return Err("the path percent-encodes a character that needs no encoding");
+    }
+    Ok(())
 }
 
 /// The credentials of `Authorization` when its scheme is `scheme` (case-insensitive).
@@ -673,5 +684,70 @@ impl Authenticator {
                 ReplayError::Replayed | ReplayError::Full => AuthError::ReplayedSignature,
             })?;
         Ok(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_path;
+    use proptest::prelude::*;
+
+    #[test]
+    fn each_ambiguity_is_named() {
+        for (path, why) in [
+            ("a/b", "absolute"),
+            ("/a%2Fb", "encoded `/`"),
+            ("/%61dmin%2f", "encoded `/`"),
+            ("/a\\b", "backslash"),
+            ("/a%00", "NUL"),
+            ("/%61dmin", "needs no encoding"),
+            ("/a%7E", "needs no encoding"),
+            ("/a//b", "empty segment"),
+            ("//", "empty segment"),
+            ("/a/../b", "dot segment"),
+            ("/a/.;x/b", "dot segment"),
+            ("/..", "dot segment"),
+        ] {
+            let refused = check_path(path).expect_err(path);
+            assert!(refused.contains(why), "{path}: {refused}");
+        }
+        for path in [
+            "/", "/a/", "/a/...", "/a/.b", "/%20", "/%C3%A9", "/%", "/a%2", "/%zz",
+        ] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    /// A segment in normal form: unreserved characters, sub-delims, and escapes of
+    /// characters that need them; never `.` or `..`.
+    fn segment() -> impl Strategy<Value = String> {
+        "([a-zA-Z0-9_~!$&'()*+,=:@-]|%20|%3F|%C3%A9){1,8}"
+    }
+
+    proptest! {
+        #[test]
+        fn paths_in_normal_form_pass(segments in prop::collection::vec(segment(), 0..6), slash: bool) {
+            let mut path = format!("/{}", segments.join("/"));
+            if slash && !segments.is_empty() {
+                path.push('/');
+            }
+            prop_assert_eq!(check_path(&path), Ok(()));
+        }
+
+        #[test]
+        fn one_ambiguous_piece_anywhere_is_refused(
+            segments in prop::collection::vec(segment(), 1..6),
+            at in any::<prop::sample::Index>(),
+            piece in prop::sample::select(vec![
+                "..", ".", "", "..;p", "%2e%2e", "%2E", "%2f", "%5C", "%00", "a\\b", "%61", "x%7ey",
+            ]),
+        ) {
+            let mut segments = segments;
+            let i = at.index(segments.len());
+            segments.insert(i, piece.to_owned());
+            segments.push("end".to_owned());
+            let path = format!("/{}", segments.join("/"));
+            prop_assert!(check_path(&path).is_err(), "{}", path);
+        }
     }
 }
