@@ -112,16 +112,9 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         }
         None => None,
     };
-    // `serve_until` puts the client's address where the router reads it (`req_ip`), and
-    // cuts off outside clients too slow with a handshake or a request's headers.
-    wimse_workload::tls::serve_until(
-        listener,
-        tls,
-        router,
-        wimse_workload::tls::ConnectionLimits::default(),
-        crate::runtime::shutdown_signal(),
-    )
-    .await;
+    // The listener puts the client's address where the router reads it (`req_ip`), and
+    // holds outside clients to its connection limits.
+    crate::runtime::serve_network(listener, tls, router).await;
     if let Some(log) = audit {
         log.close()?;
     }

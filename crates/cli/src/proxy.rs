@@ -303,15 +303,8 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     } else {
         None
     };
-    // Callers come from the network: slow handshakes and header sections are cut off.
-    wimse_workload::tls::serve_until(
-        listener,
-        tls,
-        router,
-        wimse_workload::tls::ConnectionLimits::default(),
-        crate::runtime::shutdown_signal(),
-    )
-    .await;
+    // Callers come from the network: held to the listener's connection limits.
+    crate::runtime::serve_network(listener, tls, router).await;
     if let Some(log) = audit {
         log.close()?;
     }

@@ -63,3 +63,22 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// Serves `service` on `listener` (TLS with `tls`) for clients from the network, held to
+/// the default connection limits, until SIGINT or SIGTERM; then drains.
+pub async fn serve_network<S>(
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    service: S,
+) where
+    S: wimse_workload::listen::RequestService,
+{
+    wimse_workload::listen::serve_until(
+        listener,
+        tls,
+        service,
+        wimse_workload::listen::ConnectionLimits::default(),
+        shutdown_signal(),
+    )
+    .await;
+}

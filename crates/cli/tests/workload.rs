@@ -391,7 +391,7 @@ async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", tls_port))
         .await
         .unwrap();
-    tokio::spawn(wimse_workload::tls::serve(listener, config, app));
+    tokio::spawn(wimse_workload::listen::serve(listener, config, app));
 
     for (who, path, expected) in [("/w1", "/api/orders", 200), ("/w2", "/api/orders", 403)] {
         let client_source = source(who).await.unwrap();
@@ -1399,7 +1399,7 @@ async fn jwks_endpoint(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(wimse_workload::tls::serve(listener, Arc::new(tls), app));
+    tokio::spawn(wimse_workload::listen::serve(listener, Arc::new(tls), app));
     (
         format!("https://127.0.0.1:{port}/.well-known/jwks.json"),
         ca,
@@ -1765,7 +1765,11 @@ async fn partner(
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(wimse_workload::tls::serve(listener, Arc::new(config), app));
+    tokio::spawn(wimse_workload::listen::serve(
+        listener,
+        Arc::new(config),
+        app,
+    ));
     (port, issued)
 }
 

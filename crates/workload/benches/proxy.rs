@@ -77,7 +77,7 @@ async fn serve_tls(router: axum::Router, creds: &CredentialSource) -> u16 {
         Arc::new(wimse_workload::tls::server_config(creds, PeerAllowList::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(wimse_workload::tls::serve(listener, config, router));
+    tokio::spawn(wimse_workload::listen::serve(listener, config, router));
     port
 }
 

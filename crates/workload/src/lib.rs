@@ -21,7 +21,8 @@
 //!   [`PeerIdentity`] → audit), and RFC 9457 problem responses.
 //! - [`metrics`]: Prometheus counters of decisions and refusals, for the proxies.
 //! - [`client`]: [`WimseClientLayer`] and [`attach_proof`], the client side.
-//! - [`tls`]: mTLS verifiers, the rotating certificate resolver, and a TLS server loop.
+//! - [`tls`]: mTLS verifiers and the rotating certificate resolver.
+//! - [`listen`]: the listener loop (TLS or plain) with its connection limits.
 //! - [`proxy`]: the inbound and outbound sidecar routers.
 //! - [`token_service`]: [`token_service::TokenServiceClient`], Txn-Tokens from the trust
 //!   domain's token service (start a transaction, or narrow one), and
@@ -37,6 +38,7 @@ pub mod authz;
 pub mod client;
 pub mod httpsig;
 pub mod layer;
+pub mod listen;
 pub mod metrics;
 pub mod proxy;
 pub mod sf;

@@ -530,7 +530,7 @@ async fn check_upstream_response(
 }
 
 /// The outbound proxy's client settings: idle pooled connections are let go after 20 s,
-/// before a peer sidecar's listener drops them at 30 s ([`crate::tls::ConnectionLimits`]),
+/// before a peer sidecar's listener drops them at 30 s ([`crate::listen::ConnectionLimits`]),
 /// so that a request is not sent on a connection the server is closing.
 fn outbound_client() -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());

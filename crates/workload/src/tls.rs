@@ -10,11 +10,6 @@
 //!   with the peer IDs it expects instead.
 //! - [`SvidResolver`] serves the *current* SVID on each handshake, so a rotated
 //!   certificate is used from the next connection on without a restart.
-//! - [`serve`] accepts TLS connections and hands each request to a tower service with the
-//!   verified [`MtlsPeer`] in its extensions (read by [`crate::Authenticator`]) and the
-//!   client's address as axum's `ConnectInfo<SocketAddr>`; [`serve_until`] does the same
-//!   for TLS or plain HTTP, stops on a signal and drains, and both drop clients that are
-//!   too slow to finish a handshake or a request's headers ([`ConnectionLimits`]).
 //! - [`server_config_from_pem`] is the other kind of listener: TLS with an ordinary
 //!   certificate for clients outside the trust domain (the gateway's), no client
 //!   certificates.
@@ -22,7 +17,7 @@
 //!   connection for any URI and names the verified server ([`MtlsServer`]) in each
 //!   response's extensions (the outbound sidecar's `--proof mtls`).
 
-use crate::authn::{MtlsPeer, PeerAllowList};
+use crate::authn::PeerAllowList;
 use crate::source::CredentialSource;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -30,10 +25,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use wimse_core::WorkloadId;
 use wimse_core::x509::{Certificate, verify_svid_for_trust_domain};
 
@@ -415,8 +407,8 @@ pub fn web_client_verifier(
 }
 
 /// The leaf certificate (DER) a TLS client presented and the server's verifier accepted;
-/// [`serve`] puts it in every request's extensions (RFC 8705 certificate-bound tokens are
-/// checked against it).
+/// [`crate::listen::serve_until`] puts it in every request's extensions (RFC 8705
+/// certificate-bound tokens are checked against it).
 #[derive(Clone, Debug)]
 pub struct ClientCertificate(pub Arc<[u8]>);
 
@@ -567,228 +559,6 @@ pub fn web_client_config(roots_pem: &[u8]) -> Result<rustls::ClientConfig, TlsEr
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// What [`serve`] and [`serve_until`] hand requests to: an axum router or any tower
-/// service like it.
-pub trait RequestService:
-    tower::Service<
-        http::Request<axum::body::Body>,
-        Response = http::Response<axum::body::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> RequestService for S where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
-/// How long a client may take over its part of a connection before it is dropped, so
-/// that slow or silent clients cannot hold connections open (slowloris).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// The TLS handshake.
-    pub handshake: Duration,
-    /// An HTTP/1.1 request's header section, from its first byte (also how long an idle
-    /// keep-alive connection waits for the next request's headers); how long a new
-    /// connection may take to begin its first request; the interval of HTTP/2 pings.
-    pub header_read: Duration,
-    /// After the listener stops, how long requests in flight have to finish.
-    pub drain: Duration,
-}
-
-impl Default for ConnectionLimits {
-    /// 10 s for a handshake, 30 s for a header section, 10 s to drain.
-    fn default() -> Self {
-        ConnectionLimits {
-            handshake: Duration::from_secs(10),
-            header_read: Duration::from_secs(30),
-            drain: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Accepts TLS connections on `listener` forever, serving each request with `service`,
-/// the verified client identity as an [`MtlsPeer`] extension (when the configuration
-/// asks for client certificates), and the client's address as axum's `ConnectInfo`.
-/// [`serve_until`] with the default [`ConnectionLimits`] and no end.
-pub async fn serve<S>(
-    listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    service: S,
-) where
-    S: RequestService,
-{
-    serve_until(
-        listener,
-        Some(config),
-        service,
-        ConnectionLimits::default(),
-        std::future::pending(),
-    )
-    .await;
-}
-
-/// Accepts connections on `listener` (TLS with `tls`, plain HTTP without) until `stop`
-/// completes, then lets the requests in flight finish for up to `limits.drain`. Each
-/// request goes to `service` with the client's address as axum's `ConnectInfo` and, over
-/// mutual TLS, the verified [`MtlsPeer`]. A client that takes longer than `limits` allow
-/// for its handshake or a request's headers is disconnected.
-pub async fn serve_until<S>(
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    service: S,
-    limits: ConnectionLimits,
-    stop: impl Future<Output = ()>,
-) where
-    S: RequestService,
-{
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let (tcp, address) = tokio::select! {
-            () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    accept_failed(&e).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = service.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let started = Arc::new(AtomicBool::new(false));
-            let Some(acceptor) = acceptor else {
-                let svc = request_service(service, address, None, Arc::clone(&started));
-                serve_connection(tcp, svc, limits, watcher, &started).await;
-                return;
-            };
-            let Ok(Ok(tls)) = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            // The verifier already checked the chain; read the ID it accepted.
-            let leaf = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| ClientCertificate(Arc::from(c.as_ref())));
-            let svc = request_service(service, address, leaf, Arc::clone(&started));
-            serve_connection(tls, svc, limits, watcher, &started).await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(limits.drain, graceful.shutdown()).await;
-}
-
-/// After a failed `accept`: a connection that went before it was taken costs nothing, but
-/// a listener out of file descriptors would fail again at once, so it waits a second
-/// rather than spin.
-async fn accept_failed(e: &std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if !matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
-        tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The hyper service of one connection: `service` with the connection's facts in each
-/// request's extensions; `started` is set by the first request.
-fn request_service<S>(
-    service: S,
-    address: std::net::SocketAddr,
-    leaf: Option<ClientCertificate>,
-    started: Arc<AtomicBool>,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<axum::body::Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<axum::body::Body>, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static
-where
-    S: RequestService,
-{
-    let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
-    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        started.store(true, Ordering::Relaxed);
-        let mut req = req.map(axum::body::Body::new);
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(address));
-        if let Some(id) = &peer {
-            req.extensions_mut().insert(MtlsPeer(id.clone()));
-        }
-        if let Some(leaf) = &leaf {
-            req.extensions_mut().insert(leaf.clone());
-        }
-        tower::ServiceExt::oneshot(service.clone(), req)
-    })
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the client goes or shutdown drains it. A
-/// connection that has not begun a request within `limits.header_read` is dropped: hyper's
-/// own header timeout starts only once it has told HTTP/1 from HTTP/2, which a client that
-/// sends nothing (or a trickle of the HTTP/2 preface) never lets it do. HTTP/2 peers are
-/// pinged, and dropped when they stop answering.
-async fn serve_connection<I, T>(
-    io: I,
-    svc: T,
-    limits: ConnectionLimits,
-    watcher: hyper_util::server::graceful::Watcher,
-    started: &AtomicBool,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    T::Future: Send + 'static,
-{
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(limits.header_read)
-        .keep_alive_timeout(limits.handshake);
-    let connection = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .into_owned();
-    let mut connection = std::pin::pin!(watcher.watch(connection));
-    tokio::select! {
-        _ = &mut connection => return,
-        () = tokio::time::sleep(limits.header_read) => {}
-    }
-    if started.load(Ordering::Relaxed) {
-        let _ = connection.await;
-    }
 }
 
 /// The verified identity of the server at the other end of an [`MtlsConnector`]

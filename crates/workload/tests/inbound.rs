@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::sync::Arc;
 use wimse_core::token::unix_now;
+use wimse_workload::listen::{ConnectionLimits, serve_until};
 use wimse_workload::proxy::{UpstreamProtocol, inbound_router_with};
-use wimse_workload::tls::{ConnectionLimits, serve_until};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Policy, ProofMethod, WimseLayer, attach_proof,
 };

@@ -13,7 +13,8 @@ mod fixture;
 use fixture::Domain;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wimse_workload::tls::{ConnectionLimits, client_config, serve, serve_until, server_config};
+use wimse_workload::listen::{ConnectionLimits, serve, serve_until};
+use wimse_workload::tls::{client_config, server_config};
 use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList};
 
 /// A TLS server on loopback that answers every request with the peer ID it saw.
@@ -117,6 +118,7 @@ async fn slow_clients_are_cut_off_and_a_stopped_listener_drains() {
         handshake: std::time::Duration::from_secs(1),
         header_read: std::time::Duration::from_secs(1),
         drain: std::time::Duration::from_secs(1),
+        ..ConnectionLimits::default()
     };
     let app = axum::Router::new().fallback(|| async { "ok" });
     let start = |tls: Option<Arc<rustls::ServerConfig>>| {

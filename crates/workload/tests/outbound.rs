@@ -17,8 +17,9 @@ use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tower::ServiceExt;
+use wimse_workload::listen::serve;
 use wimse_workload::proxy::{OutboundOptions, OutboundProof, outbound_router};
-use wimse_workload::tls::{serve, server_config};
+use wimse_workload::tls::server_config;
 use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList, ProofMethod};
 
 /// An upstream on loopback answering with the caller it saw: the mTLS peer when `tls`
