@@ -6,14 +6,10 @@ use crate::config::ServerConfig;
 use crate::state::{State, StateError};
 use crate::tls::{self, TlsError};
 use crate::{admin, agent_api, public, token_service};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::CertificateDer;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -28,12 +24,15 @@ const TICK: Duration = Duration::from_secs(5);
 /// same database reach this replica's agents within about a second.
 const REVISION_POLL: Duration = Duration::from_secs(1);
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a client may take to send a request's headers (and an idle keep-alive
-/// connection may wait for the next request) before it is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a client may hold of the public listener ([`wimse_listen`]): its defaults, but
+/// room for 50,000 connections (every agent keeps one open, long-polling for entries; the
+/// process needs a file limit to match) and 5 s to drain on stop, what [`Tasks::stop`]
+/// waits for each task.
+const PUBLIC_LIMITS: wimse_listen::ConnectionLimits = wimse_listen::ConnectionLimits {
+    max_connections: 50_000,
+    drain: Duration::from_secs(5),
+    ..wimse_listen::ConnectionLimits::DEFAULT
+};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -191,14 +190,23 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
     let local_addr = listener
         .local_addr()
         .map_err(io("binding", state.config.bind))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&state)?);
-    handles.push(tokio::spawn(serve_tls(
+    let public_tls = tls::server_config(&state)?;
+    let mut public_stop = stop_rx.clone();
+    handles.push(tokio::spawn(wimse_listen::serve_until(
         listener,
-        acceptor,
+        Some(public_tls),
         public::router(Arc::clone(&state))
             .merge(agent_api::router(Arc::clone(&state)))
             .merge(token_service::router(Arc::clone(&state))),
-        stop_rx.clone(),
+        PUBLIC_LIMITS,
+        async move { stopped(&mut public_stop).await },
+        // The chain was verified in the handshake; every request of a connection carries
+        // the caller it proved.
+        |certificates: Option<&[CertificateDer<'_>]>| {
+            let mut facts = axum::http::Extensions::new();
+            facts.insert(tls::caller_of(certificates));
+            facts
+        },
     )));
 
     let admin_socket = state.config.admin_socket.clone();
@@ -245,81 +253,6 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
         if stop.changed().await.is_err() {
             return;
         }
-    }
-}
-
-/// Accepts TLS connections until told to stop; each connection is served on its own task.
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            // Stop accepting when shutdown begins.
-            () = stopped(&mut stop) => break,
-            // A new TCP connection: handshake and serve it without blocking the loop.
-            accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
-                let acceptor = acceptor.clone();
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    // The chain was verified in the handshake; every request of this
-                    // connection carries the caller it proved.
-                    let caller = tls::caller_of(tls.get_ref().1.peer_certificates());
-                    let started = Arc::new(AtomicBool::new(false));
-                    let first = Arc::clone(&started);
-                    let service = TowerToHyperService::new(
-                        app.layer(axum::Extension(caller)).layer(
-                            tower::util::MapRequestLayer::new(move |req| {
-                                first.store(true, Ordering::Relaxed);
-                                req
-                            }),
-                        ),
-                    );
-                    serve_connection(TokioIo::new(tls), service, &started, peer).await;
-                });
-            }
-        }
-    }
-}
-
-/// Serves one TLS connection. A client that trickles a request's headers is cut off
-/// (slowloris), and so is one that has not begun a request within the same time: hyper's
-/// header timeout starts only once it has told HTTP/1 from HTTP/2.
-async fn serve_connection(
-    io: TokioIo<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-    service: TowerToHyperService<axum::Router>,
-    started: &AtomicBool,
-    peer: SocketAddr,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection(io, service);
-    let mut connection = std::pin::pin!(connection);
-    let ended = tokio::select! {
-        ended = &mut connection => Some(ended),
-        () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
-    };
-    let ended = match ended {
-        Some(ended) => ended,
-        None if started.load(Ordering::Relaxed) => connection.await,
-        None => return,
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

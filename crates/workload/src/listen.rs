@@ -1,92 +1,14 @@
-//! The listener loop of every network-facing wimse HTTP server that is not the trust
-//! domain's server: `wimse proxy inbound`, `wimse gateway`, and services that use
-//! [`serve`] for mutual TLS.
-//!
-//! hyper serves one connection; what is around it is here, because hyper-util's
-//! `serve`-style helpers do not bound what a client may hold:
-//!
-//! - a TLS handshake, a request's header section, and the wait for a connection's first
-//!   request each have a deadline, and HTTP/2 peers are pinged ([`ConnectionLimits`]);
-//! - a connection with no request in flight for [`ConnectionLimits::idle`] is closed
-//!   gracefully (a `GOAWAY` for HTTP/2, so its client knows no request was lost);
-//! - at most [`ConnectionLimits::max_connections`] connections are open at once: at the
-//!   limit, the listener stops accepting until one closes, and the kernel's backlog holds
-//!   the rest;
-//! - on stop, connections are told to finish (`GOAWAY`, or `Connection: close` after the
-//!   request in flight) and get [`ConnectionLimits::drain`] to do so.
-//!
-//! Each request reaches the service with the client's address as axum's
-//! `ConnectInfo<SocketAddr>` and, over mutual TLS, the verified [`MtlsPeer`] and the
-//! [`ClientCertificate`].
+//! Serving a workload's API on the network: [`wimse_listen`]'s listener loop (connection
+//! limits, deadlines, drain on stop), with the verified mutual-TLS client in each
+//! request's extensions as an [`MtlsPeer`] (read by [`crate::Authenticator`]) and a
+//! [`ClientCertificate`] (for certificate-bound tokens).
 
 use crate::authn::MtlsPeer;
 use crate::tls::{ClientCertificate, spiffe_id_of};
-use std::convert::Infallible;
+use rustls_pki_types::CertificateDer;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
-
-/// What [`serve`] and [`serve_until`] hand requests to: an axum router or any tower
-/// service like it.
-pub trait RequestService:
-    tower::Service<
-        http::Request<axum::body::Body>,
-        Response = http::Response<axum::body::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> RequestService for S where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
-/// What a client may hold of a listener, and for how long, so that slow, silent or
-/// numerous clients cannot exhaust it (slowloris, connection floods).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// The TLS handshake.
-    pub handshake: Duration,
-    /// An HTTP/1.1 request's header section, from its first byte (also how long an idle
-    /// keep-alive HTTP/1.1 connection waits for the next request's headers); how long a
-    /// new connection may take to begin its first request; the interval of HTTP/2 pings.
-    pub header_read: Duration,
-    /// How long a connection may go without a request in flight before it is closed
-    /// (checked every `idle`, so it closes between one and two `idle` after its last
-    /// response). What bounds idle HTTP/2 connections, which answer pings.
-    pub idle: Duration,
-    /// How many connections may be open at once.
-    pub max_connections: u32,
-    /// After the listener stops, how long requests in flight have to finish.
-    pub drain: Duration,
-}
-
-impl Default for ConnectionLimits {
-    /// 10 s for a handshake, 30 s for a header section, 5 minutes idle, 10,000
-    /// connections, 10 s to drain.
-    fn default() -> Self {
-        ConnectionLimits {
-            handshake: Duration::from_secs(10),
-            header_read: Duration::from_secs(30),
-            idle: Duration::from_secs(300),
-            max_connections: 10_000,
-            drain: Duration::from_secs(10),
-        }
-    }
-}
+pub use wimse_listen::{ConnectionLimits, RequestService};
 
 /// Accepts TLS connections on `listener` forever, serving each request with `service`,
 /// the verified client identity as an [`MtlsPeer`] extension (when the configuration
@@ -112,7 +34,8 @@ pub async fn serve<S>(
 /// Accepts connections on `listener` (TLS with `tls`, plain HTTP without) until `stop`
 /// completes, then lets the requests in flight finish for up to `limits.drain`. Each
 /// request goes to `service` with the client's address as axum's `ConnectInfo` and, over
-/// mutual TLS, the verified [`MtlsPeer`]. Clients are held to `limits`.
+/// mutual TLS, the verified [`MtlsPeer`] and its [`ClientCertificate`]. Clients are held
+/// to `limits`.
 pub async fn serve_until<S>(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -122,208 +45,19 @@ pub async fn serve_until<S>(
 ) where
     S: RequestService,
 {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    // One permit per open connection; all of them back means every connection is done.
-    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let (stopping, stopped) = watch::channel(false);
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            () = &mut stop => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (tcp, address) = tokio::select! {
-            () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    accept_failed(&e).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = service.clone();
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let activity = Arc::new(Activity::default());
-            let Some(acceptor) = acceptor else {
-                let svc = request_service(service, address, None, Arc::clone(&activity));
-                serve_connection(tcp, svc, limits, stopped, &activity).await;
-                return;
-            };
-            let Ok(Ok(tls)) = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            // The verifier already checked the chain; read the ID it accepted.
-            let leaf = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| ClientCertificate(Arc::from(c.as_ref())));
-            let svc = request_service(service, address, leaf, Arc::clone(&activity));
-            serve_connection(tls, svc, limits, stopped, &activity).await;
-        });
-    }
-    drop(listener);
-    let _ = stopping.send(true);
-    let _ = tokio::time::timeout(limits.drain, slots.acquire_many(limits.max_connections)).await;
+    wimse_listen::serve_until(listener, tls, service, limits, stop, mtls_client).await;
 }
 
-/// After a failed `accept`: a connection that went before it was taken costs nothing, but
-/// a listener out of file descriptors would fail again at once, so it waits a second
-/// rather than spin.
-async fn accept_failed(e: &std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if !matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
-        tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// What one connection has done: requests begun, and requests whose response has not
-/// been sent in full (or dropped) yet.
-#[derive(Debug, Default)]
-struct Activity {
-    begun: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-/// Counts a request in flight until it is dropped with its response body.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn begin(activity: &Arc<Activity>) -> Self {
-        activity.begun.fetch_add(1, Ordering::Relaxed);
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(activity))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The hyper service of one connection: `service` with the connection's facts in each
-/// request's extensions, each request counted in `activity` until its response body is
-/// done.
-fn request_service<S>(
-    service: S,
-    address: std::net::SocketAddr,
-    leaf: Option<ClientCertificate>,
-    activity: Arc<Activity>,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<axum::body::Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<axum::body::Body>, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static
-where
-    S: RequestService,
-{
-    use http_body_util::BodyExt;
-    let peer = leaf.as_ref().and_then(|c| spiffe_id_of(&c.0).ok());
-    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let in_flight = InFlight::begin(&activity);
-        let mut req = req.map(axum::body::Body::new);
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(address));
-        if let Some(id) = &peer {
-            req.extensions_mut().insert(MtlsPeer(id.clone()));
+/// The verified client certificate of a connection, and the SPIFFE ID in it: the
+/// verifier already checked the chain, so this only reads the ID it accepted.
+fn mtls_client(certificates: Option<&[CertificateDer<'_>]>) -> http::Extensions {
+    let mut facts = http::Extensions::new();
+    if let Some(leaf) = certificates.and_then(<[_]>::first) {
+        let leaf = ClientCertificate(Arc::from(leaf.as_ref()));
+        if let Ok(id) = spiffe_id_of(&leaf.0) {
+            facts.insert(MtlsPeer(id));
         }
-        if let Some(leaf) = &leaf {
-            req.extensions_mut().insert(leaf.clone());
-        }
-        let response = tower::ServiceExt::oneshot(service.clone(), req);
-        async move {
-            let Ok(response) = response.await;
-            // The count ends when hyper drops the body: sent in full, or the stream gone.
-            Ok(response.map(|body| {
-                axum::body::Body::new(body.map_frame(move |frame| {
-                    let _held = &in_flight;
-                    frame
-                }))
-            }))
-        }
-    })
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the client goes, the connection has been idle
-/// for `limits.idle`, or `stopped` turns true (then it is shut down gracefully). A
-/// connection that has not begun a request within `limits.header_read` is dropped:
-/// hyper's own header timeout starts only once it has told HTTP/1 from HTTP/2, which a
-/// client that sends nothing (or a trickle of the HTTP/2 preface) never lets it do.
-/// HTTP/2 peers are pinged, and dropped when they stop answering.
-async fn serve_connection<I, T>(
-    io: I,
-    svc: T,
-    limits: ConnectionLimits,
-    mut stopped: watch::Receiver<bool>,
-    activity: &Activity,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<axum::body::Body>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    T::Future: Send + 'static,
-{
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(limits.header_read)
-        .keep_alive_timeout(limits.handshake);
-    let connection = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .into_owned();
-    let mut connection = std::pin::pin!(connection);
-    let mut first_request = std::pin::pin!(tokio::time::sleep(limits.header_read));
-    let mut first_request_due = true;
-    let mut idle_checks =
-        tokio::time::interval_at(tokio::time::Instant::now() + limits.idle, limits.idle);
-    idle_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Requests begun at the last idle check: none since, and none in flight, is idle.
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = stopped.wait_for(|stop| *stop) => break,
-            () = &mut first_request, if first_request_due => {
-                if activity.begun.load(Ordering::Relaxed) == 0 {
-                    return;
-                }
-                first_request_due = false;
-            }
-            _ = idle_checks.tick() => {
-                let begun = activity.begun.load(Ordering::Relaxed);
-                if begun != 0 && begun == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
-                    break;
-                }
-                seen = begun;
-            }
-        }
+        facts.insert(leaf);
     }
-    connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
+    facts
 }

@@ -1,6 +1,7 @@
 //! The listener's hold on its clients, over real loopback connections: how many may be
 //! connected at once, and how long a connection may stay without a request in flight.
-//! (Deadlines on slow handshakes and header sections are in `mtls.rs`.)
+//! (Deadlines on slow handshakes and header sections are tested in `wimse-workload`'s
+//! `mtls.rs`, over its mutual TLS.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,7 +16,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wimse_workload::listen::{ConnectionLimits, serve_until};
+use wimse_listen::{ConnectionLimits, no_facts, serve_until};
 
 /// A plain-HTTP listener on loopback held to `limits`: `/` answers `ok`, `/slow` streams
 /// four chunks a second apart.
@@ -43,6 +44,7 @@ async fn listener(limits: ConnectionLimits) -> SocketAddr {
         app,
         limits,
         std::future::pending(),
+        no_facts,
     ));
     addr
 }
