@@ -65,13 +65,15 @@ pub struct ConnectionLimits {
     /// keep-alive HTTP/1.1 connection waits for the next request's headers); how long a
     /// new connection may take to begin its first request; the interval of HTTP/2 pings.
     pub header_read: Duration,
-    /// How long a connection may go without a request in flight before it is closed
-    /// (checked every `idle`, so it closes between one and two `idle` after its last
-    /// response). What bounds idle HTTP/2 connections, which answer pings.
+    /// How long a connection may go without a request in flight, from the end of its
+    /// last one, before it is closed. What bounds idle HTTP/2 connections, which answer
+    /// pings.
     pub idle: Duration,
-    /// How many connections may be open at once.
+    /// How many connections may be open at once; never more than seven eighths of the
+    /// process's open-file limit, so that its other files can still be opened.
     pub max_connections: u32,
-    /// After the listener stops, how long requests in flight have to finish.
+    /// After the listener stops, how long requests in flight have to finish; then their
+    /// connections are closed.
     pub drain: Duration,
 }
 
@@ -85,6 +87,31 @@ impl ConnectionLimits {
         max_connections: 10_000,
         drain: Duration::from_secs(10),
     };
+}
+
+/// The least of each duration in [`ConnectionLimits`]: zero would mean no time at all for a
+/// handshake, or HTTP/2 pings without pause.
+const SHORTEST: Duration = Duration::from_millis(100);
+
+impl ConnectionLimits {
+    /// These limits made usable: every duration at least [`SHORTEST`], and at least one
+    /// connection but no more than the open-file limit allows.
+    fn usable(self) -> Self {
+        let files = open_file_share().unwrap_or(u32::MAX);
+        ConnectionLimits {
+            handshake: self.handshake.max(SHORTEST),
+            header_read: self.header_read.max(SHORTEST),
+            idle: self.idle.max(SHORTEST),
+            max_connections: self.max_connections.min(files).max(1),
+            drain: self.drain,
+        }
+    }
+}
+
+/// Seven eighths of the soft limit on open files (`None` when unlimited or unknown).
+fn open_file_share() -> Option<u32> {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    u32::try_from(soft / 8 * 7).ok()
 }
 
 impl Default for ConnectionLimits {
@@ -127,6 +154,7 @@ pub async fn serve_until<S>(
 ) where
     S: RequestService,
 {
+    let limits = limits.usable();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let facts = Arc::new(facts);
     // One permit per open connection; all of them back means every connection is done.
@@ -141,15 +169,21 @@ pub async fn serve_until<S>(
                 Err(_) => break,
             },
         };
-        let (tcp, address) = tokio::select! {
+        let accepted = tokio::select! {
             () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    accept_failed(&e).await;
-                    continue;
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, address) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if must_pause(&e) {
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
-            },
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         let service = service.clone();
@@ -157,7 +191,7 @@ pub async fn serve_until<S>(
         let stopped = stopped.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let activity = Arc::new(Activity::default());
+            let activity = Arc::new(Activity::new());
             let Some(acceptor) = acceptor else {
                 let svc = request_service(service, address, facts(None), Arc::clone(&activity));
                 serve_connection(tcp, svc, limits, stopped, &activity).await;
@@ -177,26 +211,57 @@ pub async fn serve_until<S>(
     let _ = tokio::time::timeout(limits.drain, slots.acquire_many(limits.max_connections)).await;
 }
 
-/// After a failed `accept`: a connection that went before it was taken costs nothing, but
-/// a listener out of file descriptors would fail again at once, so it waits a second
-/// rather than spin.
-async fn accept_failed(e: &std::io::Error) {
+/// Whether the listener should pause after a failed `accept`: a connection that went
+/// before it was taken costs nothing, but a listener out of file descriptors would fail
+/// again at once, so it waits a second rather than spin.
+fn must_pause(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if !matches!(
+    let pause = !matches!(
         e.kind(),
         ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
+    );
+    if pause {
         tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    pause
 }
 
-/// What one connection has done: requests begun, and requests whose response has not
-/// been sent in full (or dropped) yet.
-#[derive(Debug, Default)]
+/// What one connection has done: requests begun, requests whose response has not been
+/// sent in full (or dropped) yet, and when a request last began or ended.
+#[derive(Debug)]
 struct Activity {
+    opened: tokio::time::Instant,
     begun: AtomicU64,
     in_flight: AtomicUsize,
+    /// Milliseconds from `opened` to the last beginning or end of a request.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: tokio::time::Instant::now(),
+            begun: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let since = self.opened.elapsed().as_millis();
+        self.last
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// When the connection will have been quiet for `idle`, if nothing happens before;
+    /// `None` while a request is in flight.
+    fn quiet_at(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::SeqCst));
+        Some(self.opened + last + idle)
+    }
 }
 
 /// Counts a request in flight until it is dropped with its response body.
@@ -204,15 +269,17 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> Self {
-        activity.begun.fetch_add(1, Ordering::Relaxed);
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.begun.fetch_add(1, Ordering::SeqCst);
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.touch();
         InFlight(Arc::clone(activity))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -257,11 +324,12 @@ where
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` until the client goes, the connection has been idle
-/// for `limits.idle`, or `stopped` turns true (then it is shut down gracefully). A
-/// connection that has not begun a request within `limits.header_read` is dropped:
-/// hyper's own header timeout starts only once it has told HTTP/1 from HTTP/2, which a
-/// client that sends nothing (or a trickle of the HTTP/2 preface) never lets it do.
-/// HTTP/2 peers are pinged, and dropped when they stop answering.
+/// for `limits.idle`, or `stopped` turns true; then it is shut down gracefully, and cut
+/// off if that takes longer than `limits.drain`. A connection that has not begun a
+/// request within `limits.header_read` is dropped: hyper's own header timeout starts only
+/// once it has told HTTP/1 from HTTP/2, which a client that sends nothing (or a trickle
+/// of the HTTP/2 preface) never lets it do. HTTP/2 peers are pinged, and dropped when they
+/// stop answering.
 async fn serve_connection<I, T>(
     io: I,
     svc: T,
@@ -295,30 +363,70 @@ async fn serve_connection<I, T>(
     let mut connection = std::pin::pin!(connection);
     let mut first_request = std::pin::pin!(tokio::time::sleep(limits.header_read));
     let mut first_request_due = true;
-    let mut idle_checks =
-        tokio::time::interval_at(tokio::time::Instant::now() + limits.idle, limits.idle);
-    idle_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Requests begun at the last idle check: none since, and none in flight, is idle.
-    let mut seen = 0;
+    let mut idle_check = std::pin::pin!(tokio::time::sleep(limits.idle));
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
             _ = stopped.wait_for(|stop| *stop) => break,
             () = &mut first_request, if first_request_due => {
-                if activity.begun.load(Ordering::Relaxed) == 0 {
+                if activity.begun.load(Ordering::SeqCst) == 0 {
                     return;
                 }
                 first_request_due = false;
             }
-            _ = idle_checks.tick() => {
-                let begun = activity.begun.load(Ordering::Relaxed);
-                if begun != 0 && begun == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
-                    break;
+            () = &mut idle_check => {
+                let now = tokio::time::Instant::now();
+                match activity.quiet_at(limits.idle) {
+                    Some(quiet) if quiet <= now => break,
+                    Some(quiet) => idle_check.as_mut().reset(quiet),
+                    None => idle_check.as_mut().reset(now + limits.idle),
                 }
-                seen = begun;
             }
         }
     }
     connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
+    let _ = tokio::time::timeout(limits.drain, connection).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConnectionLimits, SHORTEST, open_file_share};
+    use std::time::Duration;
+
+    #[test]
+    fn zero_limits_are_made_usable() {
+        let zero = ConnectionLimits {
+            handshake: Duration::ZERO,
+            header_read: Duration::ZERO,
+            idle: Duration::ZERO,
+            max_connections: 0,
+            drain: Duration::ZERO,
+        }
+        .usable();
+        assert_eq!(zero.handshake, SHORTEST);
+        assert_eq!(zero.header_read, SHORTEST);
+        assert_eq!(zero.idle, SHORTEST);
+        assert_eq!(zero.max_connections, 1);
+        assert_eq!(zero.drain, Duration::ZERO);
+    }
+
+    #[test]
+    fn connections_stay_within_the_open_file_limit() {
+        let all = ConnectionLimits {
+            max_connections: u32::MAX,
+            ..ConnectionLimits::DEFAULT
+        }
+        .usable();
+        match open_file_share() {
+            Some(share) => {
+                assert_eq!(all.max_connections, share.max(1));
+                assert!(share < u32::MAX);
+            }
+            None => assert_eq!(all.max_connections, u32::MAX),
+        }
+        assert_eq!(
+            ConnectionLimits::DEFAULT.usable().handshake,
+            Duration::from_secs(10)
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The listener's hold on its clients, over real loopback connections: how many may be
-//! connected at once, and how long a connection may stay without a request in flight.
-//! (Deadlines on slow handshakes and header sections are tested in `wimse-workload`'s
-//! `mtls.rs`, over its mutual TLS.)
+//! connected at once, how long a connection may stay without a request in flight, and
+//! how a stopped listener drains. (Deadlines on slow handshakes and header sections are
+//! tested in `wimse-workload`'s `mtls.rs`, over its mutual TLS.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,11 +16,14 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use wimse_listen::{ConnectionLimits, no_facts, serve_until};
 
 /// A plain-HTTP listener on loopback held to `limits`: `/` answers `ok`, `/slow` streams
-/// four chunks a second apart.
-async fn listener(limits: ConnectionLimits) -> SocketAddr {
+/// four chunks, half a second and then a second apart. Stops when the sender is used or
+/// dropped; the handle ends when it has drained.
+async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "ok" }))
         .route(
@@ -28,8 +31,11 @@ async fn listener(limits: ConnectionLimits) -> SocketAddr {
             axum::routing::get(|| async {
                 let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
                 tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     for i in 0..4 {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                         let _ = send.send(Ok(Bytes::from(format!("{i}")))).await;
                     }
                 });
@@ -38,15 +44,18 @@ async fn listener(limits: ConnectionLimits) -> SocketAddr {
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_until(
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve_until(
         listener,
         None,
         app,
         limits,
-        std::future::pending(),
+        async {
+            let _ = stopped.await;
+        },
         no_facts,
     ));
-    addr
+    (addr, stop, server)
 }
 
 fn limits(idle: u64, max_connections: u32) -> ConnectionLimits {
@@ -63,6 +72,11 @@ async fn get_keep_alive(tcp: &mut tokio::net::TcpStream) -> String {
     tcp.write_all(b"GET / HTTP/1.1\r\nhost: svc.test\r\n\r\n")
         .await
         .unwrap();
+    read_answer(tcp).await
+}
+
+/// Reads until the body `ok` has come.
+async fn read_answer(tcp: &mut tokio::net::TcpStream) -> String {
     let mut answer = Vec::new();
     let mut buffer = [0_u8; 1024];
     while !answer.ends_with(b"ok") {
@@ -73,9 +87,17 @@ async fn get_keep_alive(tcp: &mut tokio::net::TcpStream) -> String {
     String::from_utf8(answer).unwrap()
 }
 
+/// Whether the server closes `tcp` within `seconds`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, seconds: u64) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(seconds), tcp.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
 #[tokio::test]
 async fn at_the_connection_limit_the_next_client_waits_for_a_free_slot() {
-    let addr = listener(limits(300, 1)).await;
+    let (addr, _stop, _server) = listener(limits(300, 1)).await;
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
     assert!(get_keep_alive(&mut first).await.starts_with("HTTP/1.1 200"));
 
@@ -87,18 +109,10 @@ async fn at_the_connection_limit_the_next_client_waits_for_a_free_slot() {
 
     // The first goes; the second is taken up and its request (already sent) answered.
     drop(first);
-    let mut answer = Vec::new();
-    let mut buffer = [0_u8; 1024];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !answer.ends_with(b"ok") {
-            let n = second.read(&mut buffer).await.unwrap();
-            assert!(n > 0, "closed");
-            answer.extend_from_slice(&buffer[..n]);
-        }
-    })
-    .await
-    .expect("served once a slot is free");
-    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_answer(&mut second))
+        .await
+        .expect("served once a slot is free");
+    assert!(answer.starts_with("HTTP/1.1 200"));
 }
 
 /// An HTTP/2 (h2c) connection to `addr`: its sender and the task driving it, which ends
@@ -107,7 +121,7 @@ async fn h2(
     addr: SocketAddr,
 ) -> (
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-    tokio::task::JoinHandle<()>,
+    JoinHandle<()>,
 ) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, connection) = hyper::client::conn::http2::handshake(
@@ -125,27 +139,33 @@ async fn h2(
 async fn h2_get(
     sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     path: &str,
-) -> Bytes {
+) -> Result<Bytes, String> {
     let request = http::Request::get(format!("http://svc.test{path}"))
         .body(Empty::new())
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!(response.status(), http::StatusCode::OK);
-    response.into_body().collect().await.unwrap().to_bytes()
+    let body = response.into_body().collect().await;
+    body.map(http_body_util::Collected::to_bytes)
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_but_not_one_streaming_a_response() {
     // HTTP/2 clients answer pings, so only the idle limit ends a connection they keep.
-    let addr = listener(limits(1, 100)).await;
+    let (addr, _stop, _server) = listener(limits(1, 100)).await;
 
-    // A response that takes four seconds, four times the idle limit, arrives whole.
+    // A response that takes three and a half seconds, more than three times the idle
+    // limit, arrives whole, and the connection still takes the next request at once.
     let (mut sender, driver) = h2(addr).await;
-    assert_eq!(h2_get(&mut sender, "/slow").await, "0123");
-    assert!(!driver.is_finished(), "closed right after a response");
+    assert_eq!(h2_get(&mut sender, "/slow").await.unwrap(), "0123");
+    assert_eq!(h2_get(&mut sender, "/").await.unwrap(), "ok");
 
-    // With nothing in flight, the connection goes within two idle periods (GOAWAY, then
-    // close), and its client sees it closed.
+    // With nothing in flight, the connection goes a second after its last response
+    // (GOAWAY, then close), and its client sees it closed.
     tokio::time::timeout(Duration::from_secs(10), driver)
         .await
         .expect("an idle connection is closed")
@@ -154,9 +174,63 @@ async fn an_idle_http2_connection_is_closed_but_not_one_streaming_a_response() {
 
     // A connection that keeps asking stays.
     let (mut sender, driver) = h2(addr).await;
-    for _ in 0..6 {
-        assert_eq!(h2_get(&mut sender, "/").await, "ok");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..15 {
+        assert_eq!(h2_get(&mut sender, "/").await.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!driver.is_finished(), "a busy connection was closed");
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_after_the_idle_limit() {
+    // Header-read deadline far off: only the idle limit can close it.
+    let (addr, _stop, _server) = listener(ConnectionLimits {
+        header_read: Duration::from_secs(60),
+        ..limits(1, 100)
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(get_keep_alive(&mut tcp).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        closed_within(&mut tcp, 10).await,
+        "an idle keep-alive stays"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_listener_lets_a_request_in_flight_finish_within_the_drain() {
+    let (addr, stop, server) = listener(limits(300, 100)).await;
+    let (mut sender, _driver) = h2(addr).await;
+    let slow = tokio::spawn(async move { h2_get(&mut sender, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), "0123");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the listener ends once drained")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_request_outlasting_the_drain_is_cut_off() {
+    let (addr, stop, server) = listener(ConnectionLimits {
+        drain: Duration::from_secs(1),
+        ..limits(300, 100)
+    })
+    .await;
+    let (mut sender, driver) = h2(addr).await;
+    let slow = tokio::spawn(async move { h2_get(&mut sender, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the listener ends after the drain")
+        .unwrap();
+    // The response (3.5 s) could not finish in the one second given.
+    assert!(slow.await.unwrap().is_err(), "outlasted the drain");
+    tokio::time::timeout(Duration::from_secs(3), driver)
+        .await
+        .expect("the connection is closed")
+        .unwrap();
 }

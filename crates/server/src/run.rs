@@ -25,12 +25,12 @@ const TICK: Duration = Duration::from_secs(5);
 const REVISION_POLL: Duration = Duration::from_secs(1);
 
 /// What a client may hold of the public listener ([`wimse_listen`]): its defaults, but
-/// room for 50,000 connections (every agent keeps one open, long-polling for entries; the
-/// process needs a file limit to match) and 5 s to drain on stop, what [`Tasks::stop`]
-/// waits for each task.
+/// room for 50,000 connections (every agent keeps one open, long-polling for entries;
+/// fewer if the open-file limit is lower) and 4 s to drain on stop, within the 5 s
+/// [`Tasks::stop`] waits for each task.
 const PUBLIC_LIMITS: wimse_listen::ConnectionLimits = wimse_listen::ConnectionLimits {
     max_connections: 50_000,
-    drain: Duration::from_secs(5),
+    drain: Duration::from_secs(4),
     ..wimse_listen::ConnectionLimits::DEFAULT
 };
 
