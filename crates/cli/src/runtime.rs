@@ -25,11 +25,42 @@ fn run_on<T, F>(mut builder: tokio::runtime::Builder, future: F) -> Result<T, Co
 where
     F: Future<Output = Result<T, CommandError>>,
 {
+    raise_open_file_limit();
     let runtime = builder
         .enable_all()
         .build()
         .map_err(CommandError::Runtime)?;
     runtime.block_on(future)
+}
+
+/// The most open files a process may ask for on Linux unless `fs.nr_open` says more.
+const NR_OPEN_DEFAULT: u64 = 1 << 20;
+
+/// Raises the soft limit on open files to the hard limit, as Go programs do at start:
+/// every connection is a file, and the usual soft limit (1,024) is far below what the
+/// listeners allow ([`wimse_workload::listen::ConnectionLimits`]), while the hard limit is
+/// usually generous. Nothing happens if the limit cannot be read or raised. Returns the
+/// soft limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let current = limit.current?;
+    let target = limit.maximum.unwrap_or(NR_OPEN_DEFAULT);
+    if current >= target {
+        return Some(current);
+    }
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => Some(target),
+        Err(e) => {
+            tracing::debug!(error = %e, "the open-file limit could not be raised");
+            Some(current)
+        }
+    }
 }
 
 /// Structured logs to stderr; `RUST_LOG` chooses the level (default `info`).
@@ -81,4 +112,31 @@ pub async fn serve_network<S>(
         shutdown_signal(),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::raise_open_file_limit;
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let before = getrlimit(Resource::Nofile);
+        let Some(hard) = before.maximum.filter(|&hard| hard > 1_024) else {
+            eprintln!("hard limit {:?}: nothing to raise, not run", before.maximum);
+            return;
+        };
+        // Lowered as a login shell would leave it, then raised again.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(1_024),
+                maximum: Some(hard),
+            },
+        )
+        .unwrap();
+        assert_eq!(raise_open_file_limit(), Some(hard));
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
 }
