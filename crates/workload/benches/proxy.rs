@@ -12,7 +12,11 @@
 //! - **inbound proxy** (`wimse proxy inbound`'s router, forwarding to the bare service):
 //!   "no auth" is the proxy's forwarder behind a layer that names a fixed peer (what
 //!   forwarding costs without verification); then the real inbound router with WIT+WPT,
-//!   WIT+HTTP-signature (with and without a signed response) and (over TLS) mTLS callers.
+//!   WIT+HTTP-signature (with and without a signed response) and (over TLS) mTLS callers;
+//! - **inbound proxy, busy service**: the same two ends of the proxy ("no auth" and
+//!   WIT+WPT) in front of a service that hashes 1 MiB per request before it answers (CPU
+//!   work standing in for a service's own; the run measures and prints what it costs), to
+//!   show how the overhead shrinks as the service does more.
 //!
 //! Clients hold keep-alive HTTP/1.1 connections (`WORKERS` at once) and send a fixed
 //! number of requests per round; proofs are made before timing (each is single-use), so
@@ -56,6 +60,7 @@ use wimse_workload::{
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 4_000;
+const BUSY_PER_ROUND: usize = 1_000;
 const WORKERS: usize = 8;
 const OPS: usize = 2_000;
 const PATH: &str = "/api/orders";
@@ -63,6 +68,30 @@ const PUBLIC: &str = "http://svc.test";
 
 fn app() -> axum::Router {
     axum::Router::new().route(PATH, axum::routing::get(|| async { "ok" }))
+}
+
+/// What the "busy" service hashes per request: CPU work standing in for a service's own
+/// (about half a millisecond here; the run prints what it measured).
+const WORK_BYTES: usize = 1 << 20;
+
+/// The service's own work per request, for the "busy" service.
+fn work(buffer: &[u8]) -> [u8; 32] {
+    wimse_core::digest::sha256(black_box(buffer))
+}
+
+/// The same service, but doing [`work`] before it answers.
+fn busy_app() -> axum::Router {
+    let buffer: Arc<[u8]> = vec![7_u8; WORK_BYTES].into();
+    axum::Router::new().route(
+        PATH,
+        axum::routing::get(move || {
+            let buffer = Arc::clone(&buffer);
+            async move {
+                black_box(work(&buffer));
+                "ok"
+            }
+        }),
+    )
 }
 
 async fn serve_plain(router: axum::Router) -> u16 {
@@ -147,9 +176,9 @@ async fn connect(conn: &Conn) -> hyper::client::conn::http1::SendRequest<Empty<B
     }
 }
 
-/// One round: `PER_ROUND` requests over `WORKERS` connections; requests per second.
-async fn round(conn: &Conn, headers: &mut Headers) -> f64 {
-    let per_worker = PER_ROUND / WORKERS;
+/// One round: `requests` requests over `WORKERS` connections; requests per second.
+async fn round(conn: &Conn, headers: &mut Headers, requests: usize) -> f64 {
+    let per_worker = requests / WORKERS;
     let mut batches = Vec::new();
     for _ in 0..WORKERS {
         let at = headers.len().saturating_sub(per_worker);
@@ -267,13 +296,18 @@ async fn main() {
         r.extensions_mut().insert(fixed_peer.clone());
         r
     });
-    let proxy_bare = serve_plain(forwarder(&upstream).layer(unauthenticated)).await;
+    let proxy_bare = serve_plain(forwarder(&upstream).layer(unauthenticated.clone())).await;
     let proxy = serve_plain(inbound_router(&upstream, layer(PUBLIC))).await;
     let proxy_tls = serve_tls(
         inbound_router(&upstream, layer("https://svc.test")),
         &server_creds,
     )
     .await;
+    // The inbound proxy in front of a service with work of its own.
+    let busy = serve_plain(busy_app()).await;
+    let busy_upstream: Uri = format!("http://127.0.0.1:{busy}").parse().unwrap();
+    let busy_proxy_bare = serve_plain(forwarder(&busy_upstream).layer(unauthenticated)).await;
+    let busy_proxy = serve_plain(inbound_router(&busy_upstream, layer(PUBLIC))).await;
 
     let total = (ROUNDS + 1) * PER_ROUND;
     eprintln!(
@@ -316,16 +350,33 @@ async fn main() {
     };
     let mut layer_cases = cases(bare, layered, layered_tls);
     let mut proxy_cases = cases(proxy_bare, proxy, proxy_tls);
+    // Fewer requests per round where each costs more, so that all proofs are used within
+    // their lifetime.
+    let busy_total = (ROUNDS + 1) * BUSY_PER_ROUND;
+    let mut busy_cases = [
+        Case {
+            name: "no auth",
+            conn: Conn::Plain(busy_proxy_bare),
+            headers: vec![http::HeaderMap::new(); busy_total],
+        },
+        Case {
+            name: "wit+wpt",
+            conn: Conn::Plain(busy_proxy),
+            headers: proofs(&client, ProofMethod::WitWpt, false, busy_total),
+        },
+    ];
 
     let mut layer_samples = vec![Vec::new(); layer_cases.len()];
     let mut proxy_samples = vec![Vec::new(); proxy_cases.len()];
+    let mut busy_samples = vec![Vec::new(); busy_cases.len()];
     for r in 0..=ROUNDS {
-        for (cases, samples) in [
-            (&mut layer_cases, &mut layer_samples),
-            (&mut proxy_cases, &mut proxy_samples),
+        for (cases, samples, requests) in [
+            (&mut layer_cases[..], &mut layer_samples, PER_ROUND),
+            (&mut proxy_cases[..], &mut proxy_samples, PER_ROUND),
+            (&mut busy_cases[..], &mut busy_samples, BUSY_PER_ROUND),
         ] {
             for (case, s) in cases.iter_mut().zip(samples.iter_mut()) {
-                let rate = round(&case.conn, &mut case.headers).await;
+                let rate = round(&case.conn, &mut case.headers, requests).await;
                 if r > 0 {
                     s.push(rate);
                 }
@@ -334,6 +385,7 @@ async fn main() {
     }
     let layer_rates: Vec<f64> = layer_samples.into_iter().map(median).collect();
     let proxy_rates: Vec<f64> = proxy_samples.into_iter().map(median).collect();
+    let busy_rates: Vec<f64> = busy_samples.into_iter().map(median).collect();
     println!("{WORKERS} keep-alive connections, median of {ROUNDS} rounds of {PER_ROUND} requests");
     print_table(
         "requests/s through the axum layer:",
@@ -352,6 +404,21 @@ async fn main() {
     println!(
         "ratio proxy_no_auth/direct_no_auth = {:.2}",
         proxy_rates[0] / layer_rates[0]
+    );
+    let buffer = vec![7_u8; WORK_BYTES];
+    let work_us = per_op(&mut [&mut |_| {
+        black_box(work(&buffer));
+    }])[0];
+    print_table(
+        &format!(
+            "requests/s through the inbound proxy, the service working {work_us:.0} us per request:"
+        ),
+        &busy_cases,
+        &busy_rates,
+    );
+    println!(
+        "ratio busy_proxy_wit_wpt/busy_proxy_no_auth = {:.2}",
+        busy_rates[1] / busy_rates[0]
     );
 
     // What one request's verification costs, step by step, on one thread.
