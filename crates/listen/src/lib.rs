@@ -12,6 +12,8 @@
 //! - at most [`ConnectionLimits::max_connections`] connections are open at once: at the
 //!   limit, the listener stops accepting until one closes, and the kernel's backlog holds
 //!   the rest;
+//! - a request body that makes no progress while the service waits for it, and a response
+//!   the client stops reading, fail after [`ConnectionLimits::stall`] (`stall`);
 //! - an `accept` that fails for want of resources is retried after a second, not at once;
 //! - on stop, connections are told to finish (`GOAWAY`, or `Connection: close` after the
 //!   request in flight) and get [`ConnectionLimits::drain`] to do so.
@@ -20,6 +22,8 @@
 //! `ConnectInfo<SocketAddr>` and whatever the caller's `facts` made of the connection's
 //! TLS client certificates (the verified identity, for instance).
 #![forbid(unsafe_code)]
+
+mod stall;
 
 use rustls_pki_types::CertificateDer;
 use std::convert::Infallible;
@@ -69,6 +73,10 @@ pub struct ConnectionLimits {
     /// last one, before it is closed. What bounds idle HTTP/2 connections, which answer
     /// pings.
     pub idle: Duration,
+    /// How long a request body may make no progress while the service waits for it, and a
+    /// response while the client should be reading it; then the body fails, or the
+    /// connection is closed.
+    pub stall: Duration,
     /// How many connections may be open at once; never more than seven eighths of the
     /// process's open-file limit, so that its other files can still be opened.
     pub max_connections: u32,
@@ -78,12 +86,13 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// 10 s for a handshake, 30 s for a header section, 5 minutes idle, 10,000
-    /// connections, 10 s to drain.
+    /// 10 s for a handshake, 30 s for a header section, 5 minutes idle, 60 s without
+    /// progress, 10,000 connections, 10 s to drain.
     pub const DEFAULT: ConnectionLimits = ConnectionLimits {
         handshake: Duration::from_secs(10),
         header_read: Duration::from_secs(30),
         idle: Duration::from_secs(300),
+        stall: Duration::from_secs(60),
         max_connections: 10_000,
         drain: Duration::from_secs(10),
     };
@@ -102,6 +111,7 @@ impl ConnectionLimits {
             handshake: self.handshake.max(SHORTEST),
             header_read: self.header_read.max(SHORTEST),
             idle: self.idle.max(SHORTEST),
+            stall: self.stall.max(SHORTEST),
             max_connections: self.max_connections.min(files).max(1),
             drain: self.drain,
         }
@@ -193,7 +203,13 @@ pub async fn serve_until<S>(
             let _permit = permit;
             let activity = Arc::new(Activity::new());
             let Some(acceptor) = acceptor else {
-                let svc = request_service(service, address, facts(None), Arc::clone(&activity));
+                let svc = request_service(
+                    service,
+                    address,
+                    facts(None),
+                    limits.stall,
+                    Arc::clone(&activity),
+                );
                 serve_connection(tcp, svc, limits, stopped, &activity).await;
                 return;
             };
@@ -202,7 +218,13 @@ pub async fn serve_until<S>(
                 return;
             };
             let extensions = facts(tls.get_ref().1.peer_certificates());
-            let svc = request_service(service, address, extensions, Arc::clone(&activity));
+            let svc = request_service(
+                service,
+                address,
+                extensions,
+                limits.stall,
+                Arc::clone(&activity),
+            );
             serve_connection(tls, svc, limits, stopped, &activity).await;
         });
     }
@@ -284,12 +306,13 @@ impl Drop for InFlight {
 }
 
 /// The hyper service of one connection: `service` with the connection's facts in each
-/// request's extensions, each request counted in `activity` until its response body is
-/// done.
+/// request's extensions and its body held to the `stall` deadline, each request counted in
+/// `activity` until its response body is done.
 fn request_service<S>(
     service: S,
     address: std::net::SocketAddr,
     extensions: http::Extensions,
+    stall: Duration,
     activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
@@ -305,7 +328,7 @@ where
     use http_body_util::BodyExt;
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let in_flight = InFlight::begin(&activity);
-        let mut req = req.map(axum::body::Body::new);
+        let mut req = req.map(|body| axum::body::Body::new(stall::BodyProgress::new(body, stall)));
         let own = req.extensions_mut();
         own.extend(extensions.clone());
         own.insert(axum::extract::ConnectInfo(address));
@@ -357,6 +380,7 @@ async fn serve_connection<I, T>(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(limits.header_read)
         .keep_alive_timeout(limits.handshake);
+    let io = stall::WriteProgress::new(io, limits.stall);
     let connection = builder
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .into_owned();
@@ -399,6 +423,7 @@ mod tests {
             handshake: Duration::ZERO,
             header_read: Duration::ZERO,
             idle: Duration::ZERO,
+            stall: Duration::ZERO,
             max_connections: 0,
             drain: Duration::ZERO,
         }
@@ -406,6 +431,7 @@ mod tests {
         assert_eq!(zero.handshake, SHORTEST);
         assert_eq!(zero.header_read, SHORTEST);
         assert_eq!(zero.idle, SHORTEST);
+        assert_eq!(zero.stall, SHORTEST);
         assert_eq!(zero.max_connections, 1);
         assert_eq!(zero.drain, Duration::ZERO);
     }

@@ -27,6 +27,14 @@ async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>,
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "ok" }))
         .route(
+            "/upload",
+            axum::routing::post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+        )
+        .route(
+            "/download",
+            axum::routing::get(|| async { vec![b'x'; DOWNLOAD] }),
+        )
+        .route(
             "/slow",
             axum::routing::get(|| async {
                 let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
@@ -57,6 +65,9 @@ async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>,
     ));
     (addr, stop, server)
 }
+
+/// More than loopback's socket buffers hold, so the server must wait for its client.
+const DOWNLOAD: usize = 64 << 20;
 
 fn limits(idle: u64, max_connections: u32) -> ConnectionLimits {
     ConnectionLimits {
@@ -233,4 +244,52 @@ async fn a_request_outlasting_the_drain_is_cut_off() {
         .await
         .expect("the connection is closed")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_body_that_stops_coming_fails_and_a_response_not_read_is_dropped() {
+    let (addr, _stop, _server) = listener(ConnectionLimits {
+        stall: Duration::from_secs(1),
+        ..limits(300, 100)
+    })
+    .await;
+
+    // Ten bytes promised, two sent, then nothing: the service's read fails (axum answers
+    // 400) instead of waiting for ever.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    let mut head = [0_u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head))
+        .await
+        .expect("answered once the body stalled")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+
+    // A slow body that keeps coming passes (a byte every 0.3 s, 1.2 s in all).
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    for byte in [b"a", b"b", b"c", b"d"] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp.write_all(byte).await.unwrap();
+    }
+    let mut answer = vec![0_u8; 12];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    // A download the client does not read: the server gives up on it.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /download HTTP/1.1\r\nhost: svc.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut received)).await;
+    assert!(
+        received.len() < DOWNLOAD,
+        "the whole response waited for a client that did not read"
+    );
 }
