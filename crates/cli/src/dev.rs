@@ -100,7 +100,7 @@ fn dev_error(what: &str, e: impl std::fmt::Display) -> CommandError {
 /// `wimse dev`: starts everything, then waits for Ctrl-C (or runs the demo and exits).
 pub fn run(args: DevArgs) -> Result<(), CommandError> {
     crate::runtime::init_logging();
-    crate::runtime::block_on(dev(args))
+    crate::runtime::block_on_network(dev(args))
 }
 
 /// A running service of the demo.

@@ -37,7 +37,7 @@ impl GatewayCommand {
                     crate::defaults::DATA_DIR.as_ref(),
                 )?;
                 crate::runtime::init_logging();
-                crate::runtime::block_on(run(config, socket))
+                crate::runtime::block_on_network(run(config, socket))
             }
         }
     }

@@ -44,12 +44,12 @@ impl ProxyCommand {
             Self::Inbound(args) => {
                 let socket = args.socket.resolve(env)?;
                 crate::runtime::init_logging();
-                crate::runtime::block_on(inbound(args, socket))
+                crate::runtime::block_on_network(inbound(args, socket))
             }
             Self::Outbound(args) => {
                 let socket = args.socket.resolve(env)?;
                 crate::runtime::init_logging();
-                crate::runtime::block_on(outbound(args, socket))
+                crate::runtime::block_on_network(outbound(args, socket))
             }
         }
     }

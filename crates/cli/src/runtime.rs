@@ -11,6 +11,19 @@ where
     run_on(tokio::runtime::Builder::new_multi_thread(), future)
 }
 
+/// [`block_on`] for a command that serves the network (the server, the proxies, the
+/// gateway, `wimse dev`): the open-file limit is raised first, so that its listeners can
+/// hold as many connections as they allow. Only these commands: a raised limit is
+/// inherited by child processes (`agent exec`, reload commands), and some programs
+/// misbehave with a large one.
+pub fn block_on_network<T, F>(future: F) -> Result<T, CommandError>
+where
+    F: Future<Output = Result<T, CommandError>>,
+{
+    raise_open_file_limit();
+    block_on(future)
+}
+
 /// Runs `future` to completion on a single-threaded tokio runtime: for the agent, whose
 /// work is answering from memory. One thread means one malloc arena and no cross-thread
 /// wake-ups on the Workload API's path (see BENCHMARKS.md, the agent's section).
@@ -25,7 +38,6 @@ fn run_on<T, F>(mut builder: tokio::runtime::Builder, future: F) -> Result<T, Co
 where
     F: Future<Output = Result<T, CommandError>>,
 {
-    raise_open_file_limit();
     let runtime = builder
         .enable_all()
         .build()

@@ -105,7 +105,7 @@ fn print_revoked(r: &wimse_server::api::RevokedTransactionView) {
 fn run_server(args: &ServerRunArgs) -> Result<(), CommandError> {
     let config = server_config(args)?;
     crate::runtime::init_logging();
-    crate::runtime::block_on(async move {
+    crate::runtime::block_on_network(async move {
         wimse_server::run::run(config, crate::runtime::shutdown_signal()).await?;
         Ok(())
     })

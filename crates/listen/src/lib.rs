@@ -13,7 +13,8 @@
 //!   limit, the listener stops accepting until one closes, and the kernel's backlog holds
 //!   the rest;
 //! - a request body that makes no progress while the service waits for it, and a response
-//!   the client stops reading, fail after [`ConnectionLimits::stall`] (`stall`);
+//!   the client stops reading (a socket write that cannot proceed, or over HTTP/2 a
+//!   flow-control window kept shut), fail after [`ConnectionLimits::stall`] (`stall`);
 //! - an `accept` that fails for want of resources is retried after a second, not at once;
 //! - on stop, connections are told to finish (`GOAWAY`, or `Connection: close` after the
 //!   request in flight) and get [`ConnectionLimits::drain`] to do so.
@@ -26,10 +27,11 @@
 mod stall;
 
 use rustls_pki_types::CertificateDer;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -75,7 +77,9 @@ pub struct ConnectionLimits {
     pub idle: Duration,
     /// How long a request body may make no progress while the service waits for it, and a
     /// response while the client should be reading it; then the body fails, or the
-    /// connection is closed.
+    /// connection is closed. (Over HTTP/2, a response the service produced whole is
+    /// handed to the HTTP/2 layer at once and no longer watched: a client that does not
+    /// take it holds it until the idle limit and the drain close the connection.)
     pub stall: Duration,
     /// How many connections may be open at once; never more than seven eighths of the
     /// process's open-file limit, so that its other files can still be opened.
@@ -102,18 +106,23 @@ impl ConnectionLimits {
 /// handshake, or HTTP/2 pings without pause.
 const SHORTEST: Duration = Duration::from_millis(100);
 
+/// The most of each duration in [`ConnectionLimits`]: deadlines are added to the time of
+/// day, which a near-infinite duration would overflow.
+const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl ConnectionLimits {
-    /// These limits made usable: every duration at least [`SHORTEST`], and at least one
-    /// connection but no more than the open-file limit allows.
+    /// These limits made usable: every duration between [`SHORTEST`] and [`LONGEST`]
+    /// (the drain may be zero), and at least one connection but no more than the
+    /// open-file limit allows.
     fn usable(self) -> Self {
         let files = open_file_share().unwrap_or(u32::MAX);
         ConnectionLimits {
-            handshake: self.handshake.max(SHORTEST),
-            header_read: self.header_read.max(SHORTEST),
-            idle: self.idle.max(SHORTEST),
-            stall: self.stall.max(SHORTEST),
+            handshake: self.handshake.clamp(SHORTEST, LONGEST),
+            header_read: self.header_read.clamp(SHORTEST, LONGEST),
+            idle: self.idle.clamp(SHORTEST, LONGEST),
+            stall: self.stall.clamp(SHORTEST, LONGEST),
             max_connections: self.max_connections.min(files).max(1),
-            drain: self.drain,
+            drain: self.drain.min(LONGEST),
         }
     }
 }
@@ -249,7 +258,8 @@ fn must_pause(e: &std::io::Error) -> bool {
 }
 
 /// What one connection has done: requests begun, requests whose response has not been
-/// sent in full (or dropped) yet, and when a request last began or ended.
+/// sent in full (or dropped) yet, when a request last began or ended, and which responses
+/// wait for the client to take what they handed out.
 #[derive(Debug)]
 struct Activity {
     opened: tokio::time::Instant,
@@ -257,6 +267,10 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `opened` to the last beginning or end of a request.
     last: AtomicU64,
+    /// Requests (by number) whose response body handed hyper a frame, and when, that
+    /// hyper has not asked past yet: over HTTP/2, it asks for more only once the client
+    /// has opened its flow-control window again.
+    handed: Mutex<HashMap<u64, tokio::time::Instant>>,
 }
 
 impl Activity {
@@ -266,7 +280,19 @@ impl Activity {
             begun: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
+            handed: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn handed(&self) -> std::sync::MutexGuard<'_, HashMap<u64, tokio::time::Instant>> {
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Since when the longest-waiting response has waited for the client to take a frame.
+    fn waiting_since(&self) -> Option<tokio::time::Instant> {
+        self.handed().values().min().copied()
     }
 
     fn touch(&self) {
@@ -286,22 +312,81 @@ impl Activity {
     }
 }
 
-/// Counts a request in flight until it is dropped with its response body.
-struct InFlight(Arc<Activity>);
+/// Counts a request in flight until it is dropped with its response body, and tells
+/// the connection when that body waits for the client.
+struct InFlight {
+    activity: Arc<Activity>,
+    number: u64,
+    waiting: bool,
+}
 
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> Self {
-        activity.begun.fetch_add(1, Ordering::SeqCst);
+        let number = activity.begun.fetch_add(1, Ordering::SeqCst);
         activity.in_flight.fetch_add(1, Ordering::SeqCst);
         activity.touch();
-        InFlight(Arc::clone(activity))
+        InFlight {
+            activity: Arc::clone(activity),
+            number,
+            waiting: false,
+        }
+    }
+
+    /// A frame was handed out: the client has it to take.
+    fn handed(&mut self) {
+        self.activity
+            .handed()
+            .insert(self.number, tokio::time::Instant::now());
+        self.waiting = true;
+    }
+
+    /// Asked for more: what was handed out was taken.
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.activity.handed().remove(&self.number);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.taken();
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body counted by its [`InFlight`].
+struct Tracked {
+    body: axum::body::Body,
+    in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        this.in_flight.taken();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+        {
+            this.in_flight.handed();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -325,7 +410,6 @@ fn request_service<S>(
 where
     S: RequestService,
 {
-    use http_body_util::BodyExt;
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let in_flight = InFlight::begin(&activity);
         let mut req = req.map(|body| axum::body::Body::new(stall::BodyProgress::new(body, stall)));
@@ -336,12 +420,7 @@ where
         async move {
             let Ok(response) = response.await;
             // The count ends when hyper drops the body: sent in full, or the stream gone.
-            Ok(response.map(|body| {
-                axum::body::Body::new(body.map_frame(move |frame| {
-                    let _held = &in_flight;
-                    frame
-                }))
-            }))
+            Ok(response.map(|body| axum::body::Body::new(Tracked { body, in_flight })))
         }
     })
 }
@@ -388,6 +467,7 @@ async fn serve_connection<I, T>(
     let mut first_request = std::pin::pin!(tokio::time::sleep(limits.header_read));
     let mut first_request_due = true;
     let mut idle_check = std::pin::pin!(tokio::time::sleep(limits.idle));
+    let mut stall_check = std::pin::pin!(tokio::time::sleep(limits.stall));
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
@@ -404,6 +484,16 @@ async fn serve_connection<I, T>(
                     Some(quiet) if quiet <= now => break,
                     Some(quiet) => idle_check.as_mut().reset(quiet),
                     None => idle_check.as_mut().reset(now + limits.idle),
+                }
+            }
+            () = &mut stall_check => {
+                // A client that takes no more of a response (over HTTP/2, by keeping its
+                // flow-control window shut, which no socket write would show) is dropped.
+                let now = tokio::time::Instant::now();
+                match activity.waiting_since() {
+                    Some(since) if since + limits.stall <= now => return,
+                    Some(since) => stall_check.as_mut().reset(since + limits.stall),
+                    None => stall_check.as_mut().reset(now + limits.stall),
                 }
             }
         }

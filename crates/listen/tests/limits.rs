@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use wimse_listen::{ConnectionLimits, no_facts, serve_until};
 
 /// A plain-HTTP listener on loopback held to `limits`: `/` answers `ok`, `/slow` streams
-/// four chunks, half a second and then a second apart. Stops when the sender is used or
+/// four chunks, half a second and then a second apart, `/upload` counts a body,
+/// `/download` answers [`DOWNLOAD`] bytes in one piece and `/stream` in chunks. Stops when the sender is used or
 /// dropped; the handle ends when it has drained.
 async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let app = axum::Router::new()
@@ -33,6 +34,21 @@ async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>,
         .route(
             "/download",
             axum::routing::get(|| async { vec![b'x'; DOWNLOAD] }),
+        )
+        .route(
+            "/stream",
+            axum::routing::get(|| async {
+                // DOWNLOAD bytes in 64 KiB chunks, made as they are asked for.
+                let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+                tokio::spawn(async move {
+                    for _ in 0..DOWNLOAD / CHUNK {
+                        if send.send(Ok(Bytes::from(vec![b'x'; CHUNK]))).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receive))
+            }),
         )
         .route(
             "/slow",
@@ -68,6 +84,7 @@ async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>,
 
 /// More than loopback's socket buffers hold, so the server must wait for its client.
 const DOWNLOAD: usize = 64 << 20;
+const CHUNK: usize = 64 << 10;
 
 fn limits(idle: u64, max_connections: u32) -> ConnectionLimits {
     ConnectionLimits {
@@ -280,8 +297,11 @@ async fn a_body_that_stops_coming_fails_and_a_response_not_read_is_dropped() {
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
 
-    // A download the client does not read: the server gives up on it.
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A download the client does not read: the server gives up on it. (A small receive
+    // buffer, so that the kernel cannot take the whole response in the client's stead.)
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
     tcp.write_all(b"GET /download HTTP/1.1\r\nhost: svc.test\r\n\r\n")
         .await
         .unwrap();
@@ -292,4 +312,29 @@ async fn a_body_that_stops_coming_fails_and_a_response_not_read_is_dropped() {
         received.len() < DOWNLOAD,
         "the whole response waited for a client that did not read"
     );
+}
+
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_window_shut_is_dropped() {
+    // Over HTTP/2 a client can stop taking a response without blocking any socket write:
+    // it leaves the stream's flow-control window shut (here: it never reads the body, so
+    // its HTTP/2 library never opens the window again), and answers pings. A streamed
+    // response is then not asked for more, which the listener sees.
+    let (addr, _stop, _server) = listener(ConnectionLimits {
+        stall: Duration::from_secs(1),
+        ..limits(300, 100)
+    })
+    .await;
+    let (mut sender, driver) = h2(addr).await;
+    let request = http::Request::get("http://svc.test/stream")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("a client that takes nothing is dropped")
+        .unwrap();
+    let body = response.into_body().collect().await;
+    assert!(body.map_or(true, |b| b.to_bytes().len() < DOWNLOAD));
 }
