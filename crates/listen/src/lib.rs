@@ -222,9 +222,16 @@ pub async fn serve_until<S>(
                 serve_connection(tcp, svc, limits, stopped, &activity).await;
                 return;
             };
-            let Ok(Ok(tls)) = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await
-            else {
-                return;
+            let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%address, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%address, "TLS handshake took too long");
+                    return;
+                }
             };
             let extensions = facts(tls.get_ref().1.peer_certificates());
             let svc = request_service(
