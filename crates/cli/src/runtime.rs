@@ -122,6 +122,7 @@ pub async fn serve_network<S>(
         service,
         wimse_workload::listen::ConnectionLimits::default(),
         shutdown_signal(),
+        wimse_workload::listen::mtls_peer,
     )
     .await;
 }

@@ -1,19 +1,18 @@
 //! Serving a workload's API on the network: [`wimse_listen`]'s listener loop (connection
-//! limits, deadlines, drain on stop), with the verified mutual-TLS client in each
-//! request's extensions as an [`MtlsPeer`] (read by [`crate::Authenticator`]) and a
-//! [`ClientCertificate`] (for certificate-bound tokens).
+//! limits, deadlines, drain on stop) with [`mtls_peer`] as its connection facts, so that
+//! each request carries the verified mutual-TLS client as an [`MtlsPeer`] (read by
+//! [`crate::Authenticator`]) and a [`ClientCertificate`] (for certificate-bound tokens).
 
 use crate::authn::MtlsPeer;
 use crate::tls::{ClientCertificate, spiffe_id_of};
 use rustls_pki_types::CertificateDer;
-use std::future::Future;
 use std::sync::Arc;
-pub use wimse_listen::{ConnectionLimits, RequestService};
+pub use wimse_listen::{ConnectionLimits, RequestService, serve_until};
 
 /// Accepts TLS connections on `listener` forever, serving each request with `service`,
 /// the verified client identity as an [`MtlsPeer`] extension (when the configuration
-/// asks for client certificates), and the client's address as axum's `ConnectInfo`.
-/// [`serve_until`] with the default [`ConnectionLimits`] and no end.
+/// asks for client certificates), and the client's address as axum's `ConnectInfo`:
+/// [`serve_until`] with the default [`ConnectionLimits`], [`mtls_peer`] and no end.
 pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -27,30 +26,15 @@ pub async fn serve<S>(
         service,
         ConnectionLimits::default(),
         std::future::pending(),
+        mtls_peer,
     )
     .await;
 }
 
-/// Accepts connections on `listener` (TLS with `tls`, plain HTTP without) until `stop`
-/// completes, then lets the requests in flight finish for up to `limits.drain`. Each
-/// request goes to `service` with the client's address as axum's `ConnectInfo` and, over
-/// mutual TLS, the verified [`MtlsPeer`] and its [`ClientCertificate`]. Clients are held
-/// to `limits`.
-pub async fn serve_until<S>(
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    service: S,
-    limits: ConnectionLimits,
-    stop: impl Future<Output = ()>,
-) where
-    S: RequestService,
-{
-    wimse_listen::serve_until(listener, tls, service, limits, stop, mtls_client).await;
-}
-
-/// The verified client certificate of a connection, and the SPIFFE ID in it: the
-/// verifier already checked the chain, so this only reads the ID it accepted.
-fn mtls_client(certificates: Option<&[CertificateDer<'_>]>) -> http::Extensions {
+/// The connection facts of a workload listener: the verified client certificate, and
+/// the SPIFFE ID in it (the verifier already checked the chain, so this only reads the
+/// ID it accepted). Nothing without TLS or a client certificate.
+pub fn mtls_peer(certificates: Option<&[CertificateDer<'_>]>) -> http::Extensions {
     let mut facts = http::Extensions::new();
     if let Some(leaf) = certificates.and_then(<[_]>::first) {
         let leaf = ClientCertificate(Arc::from(leaf.as_ref()));

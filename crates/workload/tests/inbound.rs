@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::sync::Arc;
 use wimse_core::token::unix_now;
-use wimse_workload::listen::{ConnectionLimits, serve_until};
+use wimse_workload::listen::{ConnectionLimits, mtls_peer, serve_until};
 use wimse_workload::proxy::{UpstreamProtocol, inbound_router_with};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Policy, ProofMethod, WimseLayer, attach_proof,
@@ -73,6 +73,7 @@ async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_bac
         proxy,
         ConnectionLimits::default(),
         std::future::pending(),
+        mtls_peer,
     ));
     let tcp = tokio::net::TcpStream::connect(sidecar).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(

@@ -13,7 +13,7 @@ mod fixture;
 use fixture::Domain;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wimse_workload::listen::{ConnectionLimits, serve, serve_until};
+use wimse_workload::listen::{ConnectionLimits, mtls_peer, serve, serve_until};
 use wimse_workload::tls::{client_config, server_config};
 use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList};
 
@@ -127,9 +127,10 @@ async fn slow_clients_are_cut_off_and_a_stopped_listener_drains() {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(serve_until(listener, tls, app, limits, async {
+            let until = async {
                 let _ = stopped.await;
-            }));
+            };
+            let server = tokio::spawn(serve_until(listener, tls, app, limits, until, mtls_peer));
             (addr, stop, server)
         }
     };
