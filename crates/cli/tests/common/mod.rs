@@ -17,13 +17,28 @@ pub const WIMSE: &str = env!("CARGO_BIN_EXE_wimse");
 /// The trust domain of test servers.
 pub const TRUST_DOMAIN: &str = "test.example";
 
-/// A port nobody listens on right now.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768 and up), from which
+/// the kernel hands out ports to `bind(":0")` and outgoing connections. A port taken from
+/// that range and bound a moment later by a `wimse` process could meanwhile have gone to
+/// another test's listener, which would then answer in its stead.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port nobody listens on right now, and that no other call in this test process has
+/// returned.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    // Each test process starts elsewhere in the range.
+    let offset = std::process::id() % span;
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(step < span, "no free port left in {PORTS:?}");
+        let port = PORTS.start + u16::try_from((offset + step) % span).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits up to `within` for `ready`, panicking with `what()` otherwise.
