@@ -28,7 +28,8 @@
 //! - **Incremental.** Any other `since` without `until`: the changes after `since`, each
 //!   entry once: [`SyncChange::Entry`] for one the agent serves, [`SyncChange::Deleted`]
 //!   for one it must forget (deleted, or no longer under this agent; unknown IDs are to be
-//!   ignored). With `wait` the answer is held until there is a change (long-poll). Whether a
+//!   ignored). With `wait` the answer is held until there is a change (long-poll), the wait
+//!   is over, or the server stops (then it says nothing changed). Whether a
 //!   changed entry is the agent's is decided by walking up from that entry alone, so an
 //!   incremental answer costs what its changes do.
 //! - **Resync.** Deletions are remembered for `tombstone_retention` (config, default one
@@ -53,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use wimse_core::WorkloadId;
 use wimse_core::jose::{Jwk, b64};
 use wimse_core::token::unix_now;
@@ -316,7 +318,13 @@ impl IntoResponse for AgentApiError {
 type ApiResult<T> = Result<Json<T>, AgentApiError>;
 
 /// The agent API's routes (merged into the public router).
-pub fn router(state: Arc<State>) -> Router {
+/// The server's stop signal, as the entry sync's long-polls see it: a held sync answers
+/// at once when the server stops, rather than keeping the listener's drain waiting.
+#[derive(Clone)]
+struct Stopping(watch::Receiver<bool>);
+
+/// The agent API; `stop` is the server's stop signal, which ends held entry syncs.
+pub fn router(state: Arc<State>, stop: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/agent/v1/attest", post(attest))
         .route(
@@ -332,6 +340,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/agent/v1/tainted", get(tainted))
         .route("/agent/v1/federated-bundles", get(federated_bundles))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(Extension(Stopping(stop)))
         .with_state(state)
 }
 
@@ -710,6 +719,7 @@ async fn renew(
 async fn entries(
     AxState(state): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
+    Extension(Stopping(mut stop)): Extension<Stopping>,
     Query(query): Query<EntriesQuery>,
 ) -> ApiResult<EntriesResponse> {
     let agent = agent(&state, &caller).await?;
@@ -775,18 +785,22 @@ async fn entries(
             }));
         }
         since = since.max(next);
-        // Nothing yet: wait for the revision to move, or give up at the deadline.
-        match tokio::time::timeout_at(deadline, revisions.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
-                return Ok(Json(EntriesResponse {
-                    revision: since,
-                    changes: Vec::new(),
-                    more: false,
-                    until: None,
-                    resync: false,
-                }));
+        // Nothing yet: wait for the revision to move; at the deadline, or when the server
+        // stops, answer that nothing changed (the agent asks again, elsewhere if need be).
+        let moved = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, revisions.changed()) => {
+                matches!(changed, Ok(Ok(())))
             }
+            () = crate::run::stopped(&mut stop) => false,
+        };
+        if !moved {
+            return Ok(Json(EntriesResponse {
+                revision: since,
+                changes: Vec::new(),
+                more: false,
+                until: None,
+                resync: false,
+            }));
         }
     }
 }

@@ -196,7 +196,7 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
         listener,
         Some(public_tls),
         public::router(Arc::clone(&state))
-            .merge(agent_api::router(Arc::clone(&state)))
+            .merge(agent_api::router(Arc::clone(&state), stop_rx.clone()))
             .merge(token_service::router(Arc::clone(&state))),
         PUBLIC_LIMITS,
         async move { stopped(&mut public_stop).await },

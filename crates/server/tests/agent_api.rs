@@ -21,7 +21,7 @@ use wimse_server::admin::client::AdminClient;
 use wimse_server::agent_api::client::{
     AgentApiClient, AgentClientError, AgentIdentity, decode_chain,
 };
-use wimse_server::agent_api::{SyncChange, X509PopEvidence};
+use wimse_server::agent_api::{MAX_WAIT, SyncChange, X509PopEvidence};
 use wimse_server::api::{EntryRequest, EntryView};
 use wimse_server::config::FileConfig;
 use wimse_server::datastore::{Datastore, NewEntry, X509PopChallenge};
@@ -403,6 +403,22 @@ async fn a_change_written_by_another_replica_reaches_the_agent_by_the_revision_p
         [SyncChange::Entry(view)] if view.id == created.id
     ));
     s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_entry_sync_is_answered_when_the_server_stops() {
+    let s = server().await;
+    let (agent, _) = s.agent().await;
+    let since = agent.entries(0, 0).await.unwrap().revision;
+    // Held for up to 30 s: far past the listener's 4 s drain, which would cut it off.
+    let waiting = tokio::spawn(async move { agent.entries(since, MAX_WAIT).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the sync was not held");
+    s.tasks.stop().await;
+    let answer = waiting.await.unwrap();
+    let answer = answer.expect("the held sync is answered, not cut off");
+    assert!(answer.changes.is_empty());
+    assert_eq!(answer.revision, since);
 }
 
 #[tokio::test(flavor = "multi_thread")]
