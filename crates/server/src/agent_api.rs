@@ -788,8 +788,8 @@ async fn entries(
         // Nothing yet: wait for the revision to move; at the deadline, or when the server
         // stops, answer that nothing changed (the agent asks again, elsewhere if need be).
         let moved = tokio::select! {
-            changed = tokio::time::timeout_at(deadline, revisions.changed()) => {
-                matches!(changed, Ok(Ok(())))
+            woken = tokio::time::timeout_at(deadline, revisions.changed()) => {
+                matches!(woken, Ok(Ok(())))
             }
             () = crate::run::stopped(&mut stop) => false,
         };
