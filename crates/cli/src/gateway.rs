@@ -114,7 +114,7 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
     };
     // The listener puts the client's address where the router reads it (`req_ip`), and
     // holds outside clients to its connection limits.
-    crate::runtime::serve_network(listener, tls, router).await;
+    crate::runtime::serve_network(listener, tls, router, config.limits).await;
     if let Some(log) = audit {
         log.close()?;
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use wimse_core::{TrustDomain, WorkloadId};
+use wimse_workload::listen::{ConnectionLimits, LimitSettings, LimitsError};
 use wimse_workload::proxy::{OutboundOptions, OutboundProof};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Metrics, PeerAllowList, Policy, ProofMethod,
@@ -103,6 +104,62 @@ pub struct InboundArgs {
     pub upstream_http2: bool,
     #[command(flatten)]
     pub health: HealthArg,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What a caller may hold of the inbound listener (`wimse_listen::ConnectionLimits`);
+/// each flag left out keeps its default.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection limits")]
+pub struct LimitArgs {
+    /// Connections open at once; past it the listener stops accepting (within the
+    /// open-file limit) [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Seconds a connection may go with no request in flight before it is closed
+    /// [default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds for a request's header section, and for a new connection's first request
+    /// [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub header_timeout: Option<u64>,
+    /// Seconds for a TLS handshake [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub handshake_timeout: Option<u64>,
+    /// Seconds a request body or a response may make no progress [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub stall_timeout: Option<u64>,
+    /// Seconds requests in flight have to finish on SIGTERM [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The listener's limits with these flags applied, or which flag is out of range.
+    pub fn limits(&self) -> Result<ConnectionLimits, CommandError> {
+        LimitSettings {
+            handshake_timeout: self.handshake_timeout,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            stall_timeout: self.stall_timeout,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+        }
+        .apply(ConnectionLimits::DEFAULT)
+        .map_err(|e| {
+            CommandError::Proxy(match e {
+                // The settings' names, as the flags spell them.
+                LimitsError::Duration { name, value, least } => format!(
+                    "`--{}` is {value}: it must be between {least} and {} seconds",
+                    name.replace('_', "-"),
+                    wimse_workload::listen::LONGEST_SECS
+                ),
+                LimitsError::NoConnections => "`--max-connections` must be at least 1".into(),
+            })
+        })
+    }
 }
 
 /// The health and metrics listener of a proxy.
@@ -242,6 +299,7 @@ pub(crate) fn audit_log(
 }
 
 async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError> {
+    let limits = args.limits.limits()?;
     let upstream: http::Uri = args
         .upstream
         .parse()
@@ -304,7 +362,7 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
         None
     };
     // Callers come from the network: held to the listener's connection limits.
-    crate::runtime::serve_network(listener, tls, router).await;
+    crate::runtime::serve_network(listener, tls, router, limits).await;
     if let Some(log) = audit {
         log.close()?;
     }

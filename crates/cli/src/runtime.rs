@@ -108,11 +108,12 @@ pub async fn shutdown_signal() {
 }
 
 /// Serves `service` on `listener` (TLS with `tls`) for clients from the network, held to
-/// the default connection limits, until SIGINT or SIGTERM; then drains.
+/// `limits`, until SIGINT or SIGTERM; then drains.
 pub async fn serve_network<S>(
     listener: tokio::net::TcpListener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     service: S,
+    limits: wimse_workload::listen::ConnectionLimits,
 ) where
     S: wimse_workload::listen::RequestService,
 {
@@ -120,7 +121,7 @@ pub async fn serve_network<S>(
         listener,
         tls,
         service,
-        wimse_workload::listen::ConnectionLimits::default(),
+        limits,
         shutdown_signal(),
         wimse_workload::listen::mtls_peer,
     )

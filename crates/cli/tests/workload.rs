@@ -1958,3 +1958,56 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
     );
     assert!(w3.stop(), "inbound TLS proxy did not stop cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inbound_proxy_holds_callers_to_the_connection_limits_its_flags_set() {
+    // A value out of range is refused by its flag's name before anything starts.
+    for (flag, value, message) in [
+        (
+            "--max-connections",
+            "0",
+            "`--max-connections` must be at least 1",
+        ),
+        ("--idle-timeout", "0", "`--idle-timeout` is 0"),
+        ("--drain-timeout", "86401", "`--drain-timeout` is 86401"),
+    ] {
+        let refused = Command::new(WIMSE)
+            .args(["proxy", "inbound", "--listen", "127.0.0.1:1"])
+            .args(["--upstream", "http://127.0.0.1:2", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{flag} {value} was taken");
+        assert!(stderr.contains(message), "{stderr}");
+    }
+
+    // A connection that never sends a request is closed after `--header-timeout`, not
+    // after the default 30 s.
+    let d = domain("3600");
+    let up = upstream().await;
+    let p3 = free_port();
+    let w3 = inbound_with(&d, p3, up, free_port(), &["--header-timeout", "1"]);
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut silent = TcpStream::connect(("127.0.0.1", p3)).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        silent.read(&mut [0_u8; 64])
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(&closed, Ok(0))
+            || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the silent connection was not closed: {closed:?}\n{}",
+        w3.log()
+    );
+    // A caller that does send requests is served as before.
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http(p3, "GET /api/orders/7", &[], ""))
+            .await
+            .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("missing-credentials"), "{body}");
+    assert!(w3.stop());
+}

@@ -31,6 +31,14 @@
 //! # oidc_discovery = true                      # or the jwks_uri <issuer>/.well-known/openid-configuration names
 //! # jwks_ca_file = "/etc/wimse/login-ca.pem"   # jwks_uri's server: default Mozilla's roots
 //!
+//! [listener]                           # optional: what a client may hold of `listen`
+//! max_connections = 10000              # (defaults shown; durations in seconds)
+//! idle_timeout = 300                   # a connection with no request in flight
+//! header_timeout = 30                  # a request's headers; a new connection's first request
+//! handshake_timeout = 10               # TLS
+//! stall_timeout = 60                   # a body or a response making no progress
+//! drain_timeout = 10                   # for requests in flight on stop
+//!
 //! [[routes]]                           # which requests go where, with which scope
 //! prefix = "/orders"                   # matches /orders and /orders/..., not /ordersx
 //! upstream = "http://orders.internal:8080"   # or https://: mutual TLS with the gateway's X509-SVID
@@ -76,6 +84,7 @@ use wimse_core::token::exchange::Scope;
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 use wimse_workload::ProofMethod;
+use wimse_workload::listen::{ConnectionLimits, LimitSettings};
 use wimse_workload::tls::FileCertificate;
 
 use crate::client_ip::TrustedProxies;
@@ -149,6 +158,8 @@ struct GatewayFile {
     routes: Vec<RouteFile>,
     tls: Option<TlsFile>,
     egress: Option<EgressFile>,
+    #[serde(default)]
+    listener: LimitSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +282,8 @@ pub struct GatewayConfig {
     pub tls: Option<GatewayTls>,
     /// The egress side, when configured.
     pub egress: Option<EgressConfig>,
+    /// What a client may hold of the listener at `listen`.
+    pub limits: ConnectionLimits,
 }
 
 impl GatewayConfig {
@@ -343,6 +356,10 @@ impl GatewayConfig {
         if egress.as_ref().is_some_and(|e| e.listen == file.listen) {
             return Err(error("egress.listen", "must differ from `listen`"));
         }
+        let limits = file
+            .listener
+            .apply(ConnectionLimits::DEFAULT)
+            .map_err(|e| error("listener", e))?;
         Ok(GatewayConfig {
             listen: file.listen,
             server_address: file.server_address,
@@ -358,6 +375,7 @@ impl GatewayConfig {
             routes,
             tls,
             egress,
+            limits,
         })
     }
 }
@@ -652,6 +670,22 @@ mod tests {
         let config = GatewayConfig::parse(&text(&jwks_file(dir.path()), &slow)).unwrap();
         let route = config.routes.find("/other").unwrap();
         assert_eq!(route.timeout(), std::time::Duration::from_secs(2));
+        assert_eq!(config.limits, ConnectionLimits::DEFAULT);
+    }
+
+    #[test]
+    fn the_listener_table_sets_the_connection_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = jwks_file(dir.path());
+        let with = |listener: &str| format!("{}[listener]\n{listener}\n", text(&jwks, ROUTES));
+        let config =
+            GatewayConfig::parse(&with("max_connections = 500\nidle_timeout = 30")).unwrap();
+        assert_eq!(config.limits.max_connections, 500);
+        assert_eq!(config.limits.idle, std::time::Duration::from_secs(30));
+        assert_eq!(config.limits.stall, ConnectionLimits::DEFAULT.stall);
+        let refused = GatewayConfig::parse(&with("max_connections = 0")).unwrap_err();
+        assert_eq!(refused.setting, "listener", "{refused}");
+        assert!(GatewayConfig::parse(&with("idle = 30")).is_err());
     }
 
     #[test]

@@ -108,7 +108,7 @@ const SHORTEST: Duration = Duration::from_millis(100);
 
 /// The most of each duration in [`ConnectionLimits`]: deadlines are added to the time of
 /// day, which a near-infinite duration would overflow.
-const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
+const LONGEST: Duration = Duration::from_secs(LONGEST_SECS);
 
 impl ConnectionLimits {
     /// These limits made usable: every duration between [`SHORTEST`] and [`LONGEST`]
@@ -131,6 +131,85 @@ impl ConnectionLimits {
 fn open_file_share() -> Option<u32> {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
     u32::try_from(soft / 8 * 7).ok()
+}
+
+/// Changes to a listener's [`ConnectionLimits`] as an operator writes them: the
+/// `[listener]` section of a configuration file, or a command's flags. Durations are whole
+/// seconds; what is not named keeps the listener's own default.
+///
+/// ```toml
+/// [listener]
+/// max_connections = 20000
+/// idle_timeout = 120
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// [`ConnectionLimits::handshake`], seconds.
+    pub handshake_timeout: Option<u64>,
+    /// [`ConnectionLimits::header_read`], seconds.
+    pub header_timeout: Option<u64>,
+    /// [`ConnectionLimits::idle`], seconds.
+    pub idle_timeout: Option<u64>,
+    /// [`ConnectionLimits::stall`], seconds.
+    pub stall_timeout: Option<u64>,
+    /// [`ConnectionLimits::max_connections`].
+    pub max_connections: Option<u32>,
+    /// [`ConnectionLimits::drain`], seconds (0: cut connections off at once on stop).
+    pub drain_timeout: Option<u64>,
+}
+
+/// A [`LimitSettings`] value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// A duration outside what the setting allows.
+    #[error("`{name}` is {value} s: it must be between {least} and {LONGEST_SECS} seconds")]
+    Duration {
+        /// The setting's name.
+        name: &'static str,
+        /// What was given.
+        value: u64,
+        /// The least it may be.
+        least: u64,
+    },
+    /// No connections at all.
+    #[error("`max_connections` must be at least 1")]
+    NoConnections,
+}
+
+/// The most any [`LimitSettings`] duration may be, in seconds: a day.
+pub const LONGEST_SECS: u64 = 24 * 60 * 60;
+
+impl LimitSettings {
+    /// `base` with these settings applied, or which setting is out of range: every
+    /// duration from 1 s (the drain from 0 s) to a day, at least one connection.
+    pub fn apply(&self, base: ConnectionLimits) -> Result<ConnectionLimits, LimitsError> {
+        let seconds =
+            |name: &'static str, value: Option<u64>, least: u64, default: Duration| match value {
+                None => Ok(default),
+                Some(value) if (least..=LONGEST_SECS).contains(&value) => {
+                    Ok(Duration::from_secs(value))
+                }
+                Some(value) => Err(LimitsError::Duration { name, value, least }),
+            };
+        Ok(ConnectionLimits {
+            handshake: seconds(
+                "handshake_timeout",
+                self.handshake_timeout,
+                1,
+                base.handshake,
+            )?,
+            header_read: seconds("header_timeout", self.header_timeout, 1, base.header_read)?,
+            idle: seconds("idle_timeout", self.idle_timeout, 1, base.idle)?,
+            stall: seconds("stall_timeout", self.stall_timeout, 1, base.stall)?,
+            max_connections: match self.max_connections {
+                None => base.max_connections,
+                Some(0) => return Err(LimitsError::NoConnections),
+                Some(n) => n,
+            },
+            drain: seconds("drain_timeout", self.drain_timeout, 0, base.drain)?,
+        })
+    }
 }
 
 impl Default for ConnectionLimits {
@@ -511,8 +590,92 @@ async fn serve_connection<I, T>(
 
 #[cfg(test)]
 mod tests {
-    use super::{ConnectionLimits, SHORTEST, open_file_share};
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::{ConnectionLimits, LimitSettings, LimitsError, SHORTEST, open_file_share};
     use std::time::Duration;
+
+    fn settings(toml_text: &str) -> Result<LimitSettings, toml::de::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            listener: LimitSettings,
+        }
+        toml::from_str::<File>(toml_text).map(|f| f.listener)
+    }
+
+    #[test]
+    fn settings_change_only_what_they_name() {
+        let base = ConnectionLimits::DEFAULT;
+        assert_eq!(LimitSettings::default().apply(base).unwrap(), base);
+        let changed = settings(
+            "[listener]\nmax_connections = 20000\nidle_timeout = 120\ndrain_timeout = 0\n",
+        )
+        .unwrap()
+        .apply(base)
+        .unwrap();
+        assert_eq!(
+            changed,
+            ConnectionLimits {
+                max_connections: 20_000,
+                idle: Duration::from_secs(120),
+                drain: Duration::ZERO,
+                ..base
+            }
+        );
+        let all =
+            settings("[listener]\nhandshake_timeout = 3\nheader_timeout = 4\nstall_timeout = 5\n")
+                .unwrap()
+                .apply(base)
+                .unwrap();
+        assert_eq!(
+            (all.handshake, all.header_read, all.stall),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                Duration::from_secs(5)
+            )
+        );
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        let base = ConnectionLimits::DEFAULT;
+        let refused = |text: &str| settings(text).unwrap().apply(base).unwrap_err();
+        assert_eq!(
+            refused("[listener]\nidle_timeout = 0"),
+            LimitsError::Duration {
+                name: "idle_timeout",
+                value: 0,
+                least: 1
+            }
+        );
+        assert!(matches!(
+            refused("[listener]\nhandshake_timeout = 86401"),
+            LimitsError::Duration {
+                name: "handshake_timeout",
+                ..
+            }
+        ));
+        assert!(matches!(
+            refused("[listener]\ndrain_timeout = 100000"),
+            LimitsError::Duration {
+                name: "drain_timeout",
+                ..
+            }
+        ));
+        assert_eq!(
+            refused("[listener]\nmax_connections = 0"),
+            LimitsError::NoConnections
+        );
+        assert!(
+            refused("[listener]\nstall_timeout = 0")
+                .to_string()
+                .contains("`stall_timeout` is 0 s")
+        );
+        // Unknown and negative values are the parser's to refuse.
+        assert!(settings("[listener]\nidle = 5").is_err());
+        assert!(settings("[listener]\nidle_timeout = -1").is_err());
+    }
 
     #[test]
     fn zero_limits_are_made_usable() {

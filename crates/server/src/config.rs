@@ -66,6 +66,15 @@
 //! endpoint_spiffe_id = "spiffe://partner.example/wimse/server"
 //! trust_bundle = "/etc/wimse/partner-bundle.json"  # first bundle, stored while none is held
 //! trust_bundle_format = "spiffe"            # or "pem"
+//!
+//! # What a client may hold of the public listener (each optional; durations in seconds)
+//! [listener]
+//! max_connections = 50000                   # default 50,000 (within the open-file limit)
+//! idle_timeout = 300                        # a connection with no request in flight
+//! header_timeout = 30                       # a request's headers; a new connection's first
+//! handshake_timeout = 10                    # TLS
+//! stall_timeout = 60                        # a body or a response making no progress
+//! drain_timeout = 4                         # for requests in flight on stop
 //! ```
 //!
 //! `[token_service]` also takes `grant_ttl` (seconds a grant lives, default 60, at most
@@ -134,6 +143,9 @@ pub struct FileConfig {
     /// Federation relationships kept as the file declares them (`[[federation]]`).
     #[serde(default)]
     pub federation: Vec<FederationFile>,
+    /// What a client may hold of the public listener (`[listener]`).
+    #[serde(default)]
+    pub listener: wimse_listen::LimitSettings,
 }
 
 /// One `[[federation]]` entry: the same fields as `wimse server federation create`.
@@ -680,6 +692,8 @@ pub struct ServerConfig {
     pub audit_log: Option<PathBuf>,
     /// The Transaction Token Service.
     pub token_service: TokenServiceSettings,
+    /// What a client may hold of the public listener.
+    pub listener: wimse_listen::ConnectionLimits,
 }
 
 impl FileConfig {
@@ -757,6 +771,10 @@ impl FileConfig {
                 ));
             }
         };
+        let listener = self
+            .listener
+            .apply(crate::run::PUBLIC_LIMITS)
+            .map_err(|e| invalid("listener", e.to_string()))?;
         let token_service = self.token_service.resolve(&trust_domain)?;
         let federation = self
             .federation
@@ -765,6 +783,7 @@ impl FileConfig {
             .map(|(i, file)| federation_request(i, file, &trust_domain))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
+            listener,
             token_service,
             federation,
             trust_domain,
@@ -813,6 +832,21 @@ mod tests {
         assert_eq!(c.wit_profile, WitProfile::Spiffe);
         assert_eq!(c.agent_svid_ttl, 3600);
         assert_eq!(c.tombstone_retention, 24 * 3600);
+        assert_eq!(c.listener, crate::run::PUBLIC_LIMITS);
+    }
+
+    #[test]
+    fn the_listener_section_changes_the_public_limits() {
+        let c = parse("[listener]\nmax_connections = 100\ndrain_timeout = 12\n").unwrap();
+        assert_eq!(c.listener.max_connections, 100);
+        assert_eq!(c.listener.drain, std::time::Duration::from_secs(12));
+        assert_eq!(c.listener.idle, crate::run::PUBLIC_LIMITS.idle);
+        let refused = parse("[listener]\nidle_timeout = 0\n").unwrap_err();
+        assert!(
+            matches!(&refused, ConfigError::Invalid { name: "listener", message } if message.contains("idle_timeout")),
+            "{refused}"
+        );
+        assert!(toml::from_str::<FileConfig>("[listener]\nidle = 3\n").is_err());
     }
 
     #[test]

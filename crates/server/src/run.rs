@@ -24,11 +24,11 @@ const TICK: Duration = Duration::from_secs(5);
 /// same database reach this replica's agents within about a second.
 const REVISION_POLL: Duration = Duration::from_secs(1);
 
-/// What a client may hold of the public listener ([`wimse_listen`]): its defaults, but
-/// room for 50,000 connections (every agent keeps one open, long-polling for entries;
-/// fewer if the open-file limit is lower) and 4 s to drain on stop, within the 5 s
-/// [`Tasks::stop`] waits for each task.
-const PUBLIC_LIMITS: wimse_listen::ConnectionLimits = wimse_listen::ConnectionLimits {
+/// What a client may hold of the public listener ([`wimse_listen`]) unless the
+/// configuration's `[listener]` section says otherwise: the listener's defaults, but room
+/// for 50,000 connections (every agent keeps one open, long-polling for entries; fewer if
+/// the open-file limit is lower) and 4 s to drain on stop.
+pub const PUBLIC_LIMITS: wimse_listen::ConnectionLimits = wimse_listen::ConnectionLimits {
     max_connections: 50_000,
     drain: Duration::from_secs(4),
     ..wimse_listen::ConnectionLimits::DEFAULT
@@ -146,14 +146,17 @@ pub async fn run(
 pub struct Tasks {
     stop: watch::Sender<bool>,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    /// How long [`Tasks::stop`] waits for each task: the public listener's drain and a
+    /// second, and never less than 5 s.
+    wait: Duration,
 }
 
 impl Tasks {
-    /// Stops accepting, lets the admin server finish in-flight requests, ends the tasks.
+    /// Stops accepting, lets the listeners finish in-flight requests, ends the tasks.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for handle in self.handles {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+            let _ = tokio::time::timeout(self.wait, handle).await;
         }
     }
 }
@@ -198,7 +201,7 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
         public::router(Arc::clone(&state))
             .merge(agent_api::router(Arc::clone(&state), stop_rx.clone()))
             .merge(token_service::router(Arc::clone(&state))),
-        PUBLIC_LIMITS,
+        state.config.listener,
         async move { stopped(&mut public_stop).await },
         // The chain was verified in the handshake; every request of a connection carries
         // the caller it proved.
@@ -237,13 +240,18 @@ pub async fn start(config: ServerConfig) -> Result<(Running, Tasks), ServerError
         stop_rx.clone(),
     )));
     handles.push(tokio::spawn(maintain(Arc::clone(&state), stop_rx)));
+    let wait = (state.config.listener.drain + Duration::from_secs(1)).max(Duration::from_secs(5));
     Ok((
         Running {
             state,
             local_addr,
             admin_socket,
         },
-        Tasks { stop, handles },
+        Tasks {
+            stop,
+            handles,
+            wait,
+        },
     ))
 }
 

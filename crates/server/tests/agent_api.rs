@@ -422,6 +422,39 @@ async fn a_held_entry_sync_is_answered_when_the_server_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_listener_section_holds_clients_to_its_limits() {
+    let s = server_with(FileConfig {
+        listener: wimse_listen::LimitSettings {
+            handshake_timeout: Some(1),
+            ..Default::default()
+        },
+        ..FileConfig::default()
+    })
+    .await;
+    let address = s.running.local_addr;
+    // A client that never begins its TLS handshake is dropped after 1 s, not the default 10.
+    let closed = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut silent = std::net::TcpStream::connect(address).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        silent.read(&mut [0_u8; 64])
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(&closed, Ok(0))
+            || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the silent connection was not closed: {closed:?}"
+    );
+    // Agents are served as before.
+    let (agent, _) = s.agent().await;
+    assert!(agent.bundle().await.is_ok());
+    s.tasks.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_refuses_a_server_outside_its_bundle() {
     let s = server().await;
     let empty = TrustBundle::new(s.bundle().trust_domain().clone());

@@ -7,7 +7,9 @@ use crate::authn::MtlsPeer;
 use crate::tls::{ClientCertificate, spiffe_id_of};
 use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
-pub use wimse_listen::{ConnectionLimits, RequestService, serve_until};
+pub use wimse_listen::{
+    ConnectionLimits, LONGEST_SECS, LimitSettings, LimitsError, RequestService, serve_until,
+};
 
 /// Accepts TLS connections on `listener` forever, serving each request with `service`,
 /// the verified client identity as an [`MtlsPeer`] extension (when the configuration
