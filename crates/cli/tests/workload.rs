@@ -1960,7 +1960,7 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_inbound_proxy_holds_callers_to_the_connection_limits_its_flags_set() {
+async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_are_given() {
     // A value out of range is refused by its flag's name before anything starts.
     for (flag, value, message) in [
         (
@@ -1987,20 +1987,35 @@ async fn the_inbound_proxy_holds_callers_to_the_connection_limits_its_flags_set(
     let up = upstream().await;
     let p3 = free_port();
     let w3 = inbound_with(&d, p3, up, free_port(), &["--header-timeout", "1"]);
-    let closed = tokio::task::spawn_blocking(move || {
-        let mut silent = TcpStream::connect(("127.0.0.1", p3)).unwrap();
-        silent
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        silent.read(&mut [0_u8; 64])
-    })
-    .await
-    .unwrap();
+    let silent_connection_closed = |port: u16| {
+        tokio::task::spawn_blocking(move || {
+            let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            silent
+                .set_read_timeout(Some(Duration::from_secs(15)))
+                .unwrap();
+            let closed = silent.read(&mut [0_u8; 64]);
+            matches!(&closed, Ok(0))
+                || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        })
+    };
     assert!(
-        matches!(&closed, Ok(0))
-            || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "the silent connection was not closed: {closed:?}\n{}",
+        silent_connection_closed(p3).await.unwrap(),
+        "the proxy did not close a silent connection\n{}",
         w3.log()
+    );
+    // The gateway's `[listener]` section, likewise.
+    let pg = free_port();
+    let gateway = gateway_with(
+        &d,
+        pg,
+        p3,
+        free_port(),
+        "\n[listener]\nheader_timeout = 1\n",
+    );
+    assert!(
+        silent_connection_closed(pg).await.unwrap(),
+        "the gateway did not close a silent connection\n{}",
+        gateway.log()
     );
     // A caller that does send requests is served as before.
     let (status, body) =

@@ -359,7 +359,7 @@ impl GatewayConfig {
         let limits = file
             .listener
             .apply(ConnectionLimits::DEFAULT)
-            .map_err(|e| error("listener", e))?;
+            .map_err(|e| error(format!("listener.{}", e.setting()), e))?;
         Ok(GatewayConfig {
             listen: file.listen,
             server_address: file.server_address,
@@ -684,7 +684,7 @@ mod tests {
         assert_eq!(config.limits.idle, std::time::Duration::from_secs(30));
         assert_eq!(config.limits.stall, ConnectionLimits::DEFAULT.stall);
         let refused = GatewayConfig::parse(&with("max_connections = 0")).unwrap_err();
-        assert_eq!(refused.setting, "listener", "{refused}");
+        assert_eq!(refused.setting, "listener.max_connections", "{refused}");
         assert!(GatewayConfig::parse(&with("idle = 30")).is_err());
     }
 

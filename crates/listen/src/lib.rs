@@ -180,6 +180,16 @@ pub enum LimitsError {
 /// The most any [`LimitSettings`] duration may be, in seconds: a day.
 pub const LONGEST_SECS: u64 = 24 * 60 * 60;
 
+impl LimitsError {
+    /// The setting at fault, as written in a configuration file (`idle_timeout`).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            LimitsError::Duration { name, .. } => name,
+            LimitsError::NoConnections => "max_connections",
+        }
+    }
+}
+
 impl LimitSettings {
     /// `base` with these settings applied, or which setting is out of range: every
     /// duration from 1 s (the drain from 0 s) to a day, at least one connection.
@@ -252,7 +262,16 @@ pub async fn serve_until<S>(
 ) where
     S: RequestService,
 {
+    let asked = limits.max_connections;
     let limits = limits.usable();
+    if limits.max_connections < asked {
+        tracing::warn!(
+            asked,
+            allowed = limits.max_connections,
+            "connection limit lowered to seven eighths of the open-file limit; raise the \
+             open-file limit (ulimit -n, LimitNOFILE=) to allow more"
+        );
+    }
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let facts = Arc::new(facts);
     // One permit per open connection; all of them back means every connection is done.

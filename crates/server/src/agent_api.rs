@@ -317,13 +317,13 @@ impl IntoResponse for AgentApiError {
 
 type ApiResult<T> = Result<Json<T>, AgentApiError>;
 
-/// The agent API's routes (merged into the public router).
 /// The server's stop signal, as the entry sync's long-polls see it: a held sync answers
 /// at once when the server stops, rather than keeping the listener's drain waiting.
 #[derive(Clone)]
 struct Stopping(watch::Receiver<bool>);
 
-/// The agent API; `stop` is the server's stop signal, which ends held entry syncs.
+/// The agent API's routes (merged into the public router); `stop` is the server's stop
+/// signal, which ends held entry syncs.
 pub fn router(state: Arc<State>, stop: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/agent/v1/attest", post(attest))

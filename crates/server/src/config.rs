@@ -95,6 +95,23 @@ pub const DEFAULT_AGENT_SVID_TTL: u32 = 3600;
 /// Default retention of entry tombstones: one day.
 pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 24 * 3600;
 
+/// A `[listener]` setting out of range, named with its place in the file.
+fn listener_error(e: &wimse_listen::LimitsError) -> ConfigError {
+    let name = match e.setting() {
+        "handshake_timeout" => "listener.handshake_timeout",
+        "header_timeout" => "listener.header_timeout",
+        "idle_timeout" => "listener.idle_timeout",
+        "stall_timeout" => "listener.stall_timeout",
+        "max_connections" => "listener.max_connections",
+        "drain_timeout" => "listener.drain_timeout",
+        _ => "listener",
+    };
+    ConfigError::Invalid {
+        name,
+        message: e.to_string(),
+    }
+}
+
 /// The settings as written in a TOML file; every one optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -774,7 +791,7 @@ impl FileConfig {
         let listener = self
             .listener
             .apply(crate::run::PUBLIC_LIMITS)
-            .map_err(|e| invalid("listener", e.to_string()))?;
+            .map_err(|e| listener_error(&e))?;
         let token_service = self.token_service.resolve(&trust_domain)?;
         let federation = self
             .federation
@@ -843,7 +860,7 @@ mod tests {
         assert_eq!(c.listener.idle, crate::run::PUBLIC_LIMITS.idle);
         let refused = parse("[listener]\nidle_timeout = 0\n").unwrap_err();
         assert!(
-            matches!(&refused, ConfigError::Invalid { name: "listener", message } if message.contains("idle_timeout")),
+            matches!(&refused, ConfigError::Invalid { name: "listener.idle_timeout", message } if message.contains("must be between 1 and")),
             "{refused}"
         );
         assert!(toml::from_str::<FileConfig>("[listener]\nidle = 3\n").is_err());

@@ -412,7 +412,9 @@ async fn a_held_entry_sync_is_answered_when_the_server_stops() {
     let since = agent.entries(0, 0).await.unwrap().revision;
     // Held for up to 30 s: far past the listener's 4 s drain, which would cut it off.
     let waiting = tokio::spawn(async move { agent.entries(since, MAX_WAIT).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the TLS handshake and the request to reach the server, even on a busy
+    // machine: stopping before then would refuse the connection instead.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiting.is_finished(), "the sync was not held");
     s.tasks.stop().await;
     let answer = waiting.await.unwrap();
