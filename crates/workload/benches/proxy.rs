@@ -13,10 +13,11 @@
 //!   "no auth" is the proxy's forwarder behind a layer that names a fixed peer (what
 //!   forwarding costs without verification); then the real inbound router with WIT+WPT,
 //!   WIT+HTTP-signature (with and without a signed response) and (over TLS) mTLS callers;
-//! - **inbound proxy, one verification only**: the same forwarder behind a layer that does
-//!   nothing but one raw ES256 verification per request (of one of 1,024 signed messages,
-//!   in turn) and names a fixed peer: the most any WIT+WPT proxy could reach, since the WPT is single-use
-//!   and so must be verified on every request;
+//! - **inbound proxy, one verification only**: WIT+WPT requests, the same bytes on the
+//!   wire, to the same forwarder behind a layer that does nothing but verify the WPT's
+//!   ES256 signature (split off, base64url-decoded, checked with the holder's key known in
+//!   advance) and name a fixed peer: the most any WIT+WPT proxy could reach, since a WPT is
+//!   single-use and so must be verified on every request;
 //! - **inbound proxy, busy service**: the same two ends of the proxy ("no auth" and
 //!   WIT+WPT) in front of a service that hashes 1 MiB per request before it answers (CPU
 //!   work standing in for a service's own; the run measures and prints what it costs), to
@@ -28,8 +29,8 @@
 //! cores. Rounds run round-robin across cases; the median is reported with the ratio to
 //! the no-auth baseline of the same path. The mTLS cases also pay TLS record encryption.
 //!
-//! Then, on one thread: one raw ES256 verification (aws-lc, key parsed, the same messages
-//! in turn), one
+//! Then, on one thread: one raw ES256 verification (aws-lc, key parsed, of the same WPTs'
+//! signing inputs and signatures that `authenticate` then checks, one each), one
 //! `Authenticator::authenticate` of a WIT+WPT request (cached WIT), one
 //! `Policy::authorize`, each the median of interleaved rounds.
 //!
@@ -54,8 +55,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
-use wimse_core::jose::{Algorithm, SigningKey};
+use wimse_core::jose::{Algorithm, b64};
 use wimse_core::token::unix_now;
+use wimse_workload::authn::WPT_HEADER;
 use wimse_workload::client::attach;
 use wimse_workload::proxy::{forwarder, inbound_router};
 use wimse_workload::{
@@ -68,8 +70,6 @@ const PER_ROUND: usize = 4_000;
 const BUSY_PER_ROUND: usize = 1_000;
 const WORKERS: usize = 8;
 const OPS: usize = 2_000;
-/// How many distinct signed messages the one-verification case cycles through.
-const SIGNED_MESSAGES: usize = 1_024;
 const PATH: &str = "/api/orders";
 const PUBLIC: &str = "http://svc.test";
 
@@ -142,6 +142,13 @@ fn proofs(
     (0..n)
         .map(|_| proof_parts(creds, method, signed_response).headers)
         .collect()
+}
+
+/// A request's WPT split into its signing input and its decoded signature.
+fn wpt_signature(headers: &http::HeaderMap) -> (&str, Vec<u8>) {
+    let wpt = headers[WPT_HEADER].to_str().unwrap();
+    let (input, signature) = wpt.rsplit_once('.').unwrap();
+    (input, b64::decode(signature).unwrap())
 }
 
 #[derive(Clone)]
@@ -304,31 +311,17 @@ async fn main() {
         r.extensions_mut().insert(fixed_peer.clone());
         r
     });
-    // One raw ES256 verification per request and nothing else: the floor. The messages
-    // and signatures differ from request to request, as WPTs do (aws-lc's modular inverse
-    // is variable-time, so one signature verified over and over would run faster).
-    let raw_key = SigningKey::generate(Algorithm::Es256).unwrap();
-    let signed: Arc<[(Vec<u8>, Vec<u8>)]> = (0..SIGNED_MESSAGES)
-        .map(|i| {
-            let message = format!("{i:0>600}").into_bytes();
-            let signature = raw_key.sign(&message).unwrap();
-            (message, signature)
-        })
-        .collect();
-    let public = raw_key.public_key().clone();
-    let one_verification = {
-        let (public, signed) = (public.clone(), Arc::clone(&signed));
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tower::util::MapRequestLayer::new(move |mut r: Request<Body>| {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (message, signature) = &signed[i % signed.len()];
-            public
-                .verify(Algorithm::Es256, black_box(message), black_box(signature))
-                .unwrap();
-            r.extensions_mut().insert(floor_peer.clone());
-            r
-        })
-    };
+    // The floor: the WPT's signature verified with the holder's key, known in advance, and
+    // nothing else (no parsing, claims, replay cache or policy).
+    let holder = client.wit.as_ref().unwrap().key.public_key().clone();
+    let one_verification = tower::util::MapRequestLayer::new(move |mut r: Request<Body>| {
+        let (input, signature) = wpt_signature(r.headers());
+        holder
+            .verify(Algorithm::Es256, black_box(input.as_bytes()), &signature)
+            .unwrap();
+        r.extensions_mut().insert(floor_peer.clone());
+        r
+    });
     let proxy_bare = serve_plain(forwarder(&upstream).layer(unauthenticated.clone())).await;
     let proxy_floor = serve_plain(forwarder(&upstream).layer(one_verification)).await;
     let proxy = serve_plain(inbound_router(&upstream, layer(PUBLIC))).await;
@@ -346,11 +339,11 @@ async fn main() {
     let total = (ROUNDS + 1) * PER_ROUND;
     eprintln!(
         "making {} WPTs and {} message signatures...",
-        2 * total,
+        3 * total,
         4 * total
     );
-    // The four cases of one path: no auth on `bare`, WIT+WPT and WIT+HTTP signature on
-    // `authed`, mTLS on `authed_tls`.
+    // The five cases of one path: no auth on `bare`; WIT+WPT, WIT+HTTP signature and the
+    // same asking for a signed response on `authed`; mTLS on `authed_tls`.
     let cases = |bare: u16, authed: u16, authed_tls: u16| {
         let none = || vec![http::HeaderMap::new(); total];
         [
@@ -387,7 +380,7 @@ async fn main() {
     proxy_cases.push(Case {
         name: "1 verify only",
         conn: Conn::Plain(proxy_floor),
-        headers: vec![http::HeaderMap::new(); total],
+        headers: proofs(&client, ProofMethod::WitWpt, false, total),
     });
     // Fewer requests per round where each costs more, so that all proofs are used within
     // their lifetime.
@@ -477,10 +470,22 @@ async fn main() {
     let service = domain.id("/w3");
     let caller = domain.id("/w1");
     let now = unix_now();
+    let holder = client.wit.as_ref().unwrap().key.public_key().clone();
+    let signed: Vec<(String, Vec<u8>)> = requests
+        .iter()
+        .map(|r| {
+            let (input, signature) = wpt_signature(&r.headers);
+            (input.to_owned(), signature)
+        })
+        .collect();
     let mut raw = |i: usize| {
-        let (message, signature) = &signed[i % signed.len()];
-        public
-            .verify(Algorithm::Es256, black_box(message), black_box(signature))
+        let (input, signature) = &signed[i];
+        holder
+            .verify(
+                Algorithm::Es256,
+                black_box(input.as_bytes()),
+                black_box(signature),
+            )
             .unwrap();
     };
     let mut authenticate = |i: usize| {
