@@ -117,6 +117,10 @@ pub struct LimitArgs {
     /// open-file limit) [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold; more are closed at
+    /// once [default: half of --max-connections]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<u32>,
     /// Seconds a connection may go with no request in flight before it is closed
     /// [default: 300]
     #[arg(long, value_name = "SECS")]
@@ -145,6 +149,7 @@ impl LimitArgs {
             idle_timeout: self.idle_timeout,
             stall_timeout: self.stall_timeout,
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             drain_timeout: self.drain_timeout,
         }
         .apply(ConnectionLimits::DEFAULT)
@@ -156,7 +161,9 @@ impl LimitArgs {
                     name.replace('_', "-"),
                     wimse_workload::listen::LONGEST_SECS
                 ),
-                LimitsError::NoConnections => "`--max-connections` must be at least 1".into(),
+                LimitsError::NoConnections { name } => {
+                    format!("`--{}` must be at least 1", name.replace('_', "-"))
+                }
             })
         })
     }

@@ -1970,6 +1970,11 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
         ),
         ("--idle-timeout", "0", "`--idle-timeout` is 0"),
         ("--drain-timeout", "86401", "`--drain-timeout` is 86401"),
+        (
+            "--max-connections-per-client",
+            "0",
+            "`--max-connections-per-client` must be at least 1",
+        ),
     ] {
         let refused = Command::new(WIMSE)
             .args(["proxy", "inbound", "--listen", "127.0.0.1:1"])
@@ -1986,7 +1991,13 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
     let d = domain("3600");
     let up = upstream().await;
     let p3 = free_port();
-    let w3 = inbound_with(&d, p3, up, free_port(), &["--header-timeout", "1"]);
+    let w3 = inbound_with(
+        &d,
+        p3,
+        up,
+        free_port(),
+        &["--header-timeout", "1", "--max-connections-per-client", "1"],
+    );
     let silent_connection_closed = |port: u16| {
         tokio::task::spawn_blocking(move || {
             let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -2003,6 +2014,26 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
         "the proxy did not close a silent connection\n{}",
         w3.log()
     );
+    // While one connection is open, a second from the same address (the only client
+    // here) is closed unanswered: `--max-connections-per-client 1`.
+    let second_connection_refused = |port: u16| {
+        tokio::task::spawn_blocking(move || {
+            let _held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            second
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let _ = second.write_all(b"GET /api/orders HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut answer = Vec::new();
+            let _ = second.read_to_end(&mut answer);
+            answer.is_empty()
+        })
+    };
+    assert!(
+        second_connection_refused(p3).await.unwrap(),
+        "the proxy served a client past its share\n{}",
+        w3.log()
+    );
     // The gateway's `[listener]` section, likewise.
     let pg = free_port();
     let gateway = gateway_with(
@@ -2010,11 +2041,16 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
         pg,
         p3,
         free_port(),
-        "\n[listener]\nheader_timeout = 1\n",
+        "\n[listener]\nheader_timeout = 1\nmax_connections_per_client = 1\n",
     );
     assert!(
         silent_connection_closed(pg).await.unwrap(),
         "the gateway did not close a silent connection\n{}",
+        gateway.log()
+    );
+    assert!(
+        second_connection_refused(pg).await.unwrap(),
+        "the gateway served a client past its share\n{}",
         gateway.log()
     );
     // A caller that does send requests is served as before.

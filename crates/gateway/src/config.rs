@@ -33,6 +33,7 @@
 //!
 //! [listener]                           # optional: what a client may hold of `listen`
 //! max_connections = 10000              # (defaults shown; durations in seconds)
+//! max_connections_per_client = 5000    # one IPv4 address or IPv6 /64; default half
 //! idle_timeout = 300                   # a connection with no request in flight
 //! header_timeout = 30                  # a request's headers; a new connection's first request
 //! handshake_timeout = 10               # TLS
@@ -686,6 +687,13 @@ mod tests {
         let refused = GatewayConfig::parse(&with("max_connections = 0")).unwrap_err();
         assert_eq!(refused.setting, "listener.max_connections", "{refused}");
         assert!(GatewayConfig::parse(&with("idle = 30")).is_err());
+        let each = GatewayConfig::parse(&with("max_connections_per_client = 20")).unwrap();
+        assert_eq!(each.limits.max_per_client, Some(20));
+        let refused = GatewayConfig::parse(&with("max_connections_per_client = 0")).unwrap_err();
+        assert_eq!(
+            refused.setting, "listener.max_connections_per_client",
+            "{refused}"
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! - at most [`ConnectionLimits::max_connections`] connections are open at once: at the
 //!   limit, the listener stops accepting until one closes, and the kernel's backlog holds
 //!   the rest;
+//! - one client (an IPv4 address, or an IPv6 /64, which one host is commonly given) may
+//!   hold at most [`ConnectionLimits::max_per_client`] of them, half by default: a further
+//!   connection from it is closed as soon as it is accepted, so that one client leaking
+//!   or hoarding connections cannot shut all others out;
 //! - a request body that makes no progress while the service waits for it, and a response
 //!   the client stops reading (a socket write that cannot proceed, or over HTTP/2 a
 //!   flow-control window kept shut), fail after [`ConnectionLimits::stall`] (`stall`);
@@ -84,6 +88,10 @@ pub struct ConnectionLimits {
     /// How many connections may be open at once; never more than seven eighths of the
     /// process's open-file limit, so that its other files can still be opened.
     pub max_connections: u32,
+    /// How many of them one client (an IPv4 address, or an IPv6 /64) may hold at once;
+    /// `None`: half of `max_connections` (at least one). Behind a load balancer that does
+    /// not keep the callers' addresses, every caller is the balancer: raise it there.
+    pub max_per_client: Option<u32>,
     /// After the listener stops, how long requests in flight have to finish; then their
     /// connections are closed.
     pub drain: Duration,
@@ -98,6 +106,7 @@ impl ConnectionLimits {
         idle: Duration::from_secs(300),
         stall: Duration::from_secs(60),
         max_connections: 10_000,
+        max_per_client: None,
         drain: Duration::from_secs(10),
     };
 }
@@ -112,16 +121,19 @@ const LONGEST: Duration = Duration::from_secs(LONGEST_SECS);
 
 impl ConnectionLimits {
     /// These limits made usable: every duration between [`SHORTEST`] and [`LONGEST`]
-    /// (the drain may be zero), and at least one connection but no more than the
-    /// open-file limit allows.
+    /// (the drain may be zero), at least one connection but no more than the open-file
+    /// limit allows, and a client's share settled, from one connection to all of them.
     fn usable(self) -> Self {
         let files = open_file_share().unwrap_or(u32::MAX);
+        let max_connections = self.max_connections.min(files).max(1);
+        let per_client = self.max_per_client.unwrap_or(max_connections / 2);
         ConnectionLimits {
             handshake: self.handshake.clamp(SHORTEST, LONGEST),
             header_read: self.header_read.clamp(SHORTEST, LONGEST),
             idle: self.idle.clamp(SHORTEST, LONGEST),
             stall: self.stall.clamp(SHORTEST, LONGEST),
-            max_connections: self.max_connections.min(files).max(1),
+            max_connections,
+            max_per_client: Some(per_client.clamp(1, max_connections)),
             drain: self.drain.min(LONGEST),
         }
     }
@@ -155,6 +167,8 @@ pub struct LimitSettings {
     pub stall_timeout: Option<u64>,
     /// [`ConnectionLimits::max_connections`].
     pub max_connections: Option<u32>,
+    /// [`ConnectionLimits::max_per_client`].
+    pub max_connections_per_client: Option<u32>,
     /// [`ConnectionLimits::drain`], seconds (0: cut connections off at once on stop).
     pub drain_timeout: Option<u64>,
 }
@@ -173,8 +187,11 @@ pub enum LimitsError {
         least: u64,
     },
     /// No connections at all.
-    #[error("`max_connections` must be at least 1")]
-    NoConnections,
+    #[error("`{name}` must be at least 1")]
+    NoConnections {
+        /// The setting's name.
+        name: &'static str,
+    },
 }
 
 /// The most any [`LimitSettings`] duration may be, in seconds: a day.
@@ -184,15 +201,15 @@ impl LimitsError {
     /// The setting at fault, as written in a configuration file (`idle_timeout`).
     pub fn setting(&self) -> &'static str {
         match self {
-            LimitsError::Duration { name, .. } => name,
-            LimitsError::NoConnections => "max_connections",
+            LimitsError::Duration { name, .. } | LimitsError::NoConnections { name } => name,
         }
     }
 }
 
 impl LimitSettings {
     /// `base` with these settings applied, or which setting is out of range: every
-    /// duration from 1 s (the drain from 0 s) to a day, at least one connection.
+    /// duration from 1 s (the drain from 0 s) to a day, at least one connection, in all
+    /// and per client.
     pub fn apply(&self, base: ConnectionLimits) -> Result<ConnectionLimits, LimitsError> {
         let seconds =
             |name: &'static str, value: Option<u64>, least: u64, default: Duration| match value {
@@ -214,8 +231,21 @@ impl LimitSettings {
             stall: seconds("stall_timeout", self.stall_timeout, 1, base.stall)?,
             max_connections: match self.max_connections {
                 None => base.max_connections,
-                Some(0) => return Err(LimitsError::NoConnections),
+                Some(0) => {
+                    return Err(LimitsError::NoConnections {
+                        name: "max_connections",
+                    });
+                }
                 Some(n) => n,
+            },
+            max_per_client: match self.max_connections_per_client {
+                None => base.max_per_client,
+                Some(0) => {
+                    return Err(LimitsError::NoConnections {
+                        name: "max_connections_per_client",
+                    });
+                }
+                Some(n) => Some(n),
             },
             drain: seconds("drain_timeout", self.drain_timeout, 0, base.drain)?,
         })
@@ -274,6 +304,7 @@ pub async fn serve_until<S>(
     }
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let facts = Arc::new(facts);
+    let clients = Arc::new(Clients::new(limits.max_per_client.unwrap_or(1)));
     // One permit per open connection; all of them back means every connection is done.
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (stopping, stopped) = watch::channel(false);
@@ -302,12 +333,18 @@ pub async fn serve_until<S>(
                 continue;
             }
         };
+        let Some(held) = Clients::admit(&clients, address.ip()) else {
+            // Closed at once, its slot free again with `permit`.
+            tracing::debug!(%address, "connection refused: this client holds its share");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let service = service.clone();
         let facts = Arc::clone(&facts);
         let stopped = stopped.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _held = held;
             let activity = Arc::new(Activity::new());
             let Some(acceptor) = acceptor else {
                 let svc = request_service(
@@ -345,6 +382,73 @@ pub async fn serve_until<S>(
     drop(listener);
     let _ = stopping.send(true);
     let _ = tokio::time::timeout(limits.drain, slots.acquire_many(limits.max_connections)).await;
+}
+
+/// How many connections each client holds, against the most one may.
+#[derive(Debug)]
+struct Clients {
+    most: u32,
+    held: Mutex<HashMap<std::net::IpAddr, u32>>,
+}
+
+/// One connection counted against its client until it is dropped.
+struct Held {
+    clients: Arc<Clients>,
+    client: std::net::IpAddr,
+}
+
+impl Clients {
+    fn new(most: u32) -> Self {
+        Clients {
+            most,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, u32>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One more connection for the client at `address`, or `None` if it holds its share.
+    fn admit(clients: &Arc<Clients>, address: std::net::IpAddr) -> Option<Held> {
+        let client = client_of(address);
+        let mut held = clients.held();
+        let count = held.entry(client).or_insert(0);
+        if *count >= clients.most {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            clients: Arc::clone(clients),
+            client,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.clients.held();
+        if let Some(count) = held.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The client an address belongs to: an IPv4 address (also written as IPv6), or the /64
+/// of an IPv6 address, the block one host or subscriber is commonly given.
+fn client_of(address: std::net::IpAddr) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.into(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX)).into(),
+        },
+    }
 }
 
 /// Whether the listener should pause after a failed `accept`: a connection that went
@@ -610,7 +714,11 @@ async fn serve_connection<I, T>(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::{ConnectionLimits, LimitSettings, LimitsError, SHORTEST, open_file_share};
+    use super::{
+        Clients, ConnectionLimits, LimitSettings, LimitsError, SHORTEST, client_of, open_file_share,
+    };
+    use std::net::IpAddr;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn settings(toml_text: &str) -> Result<LimitSettings, toml::de::Error> {
@@ -684,7 +792,15 @@ mod tests {
         ));
         assert_eq!(
             refused("[listener]\nmax_connections = 0"),
-            LimitsError::NoConnections
+            LimitsError::NoConnections {
+                name: "max_connections"
+            }
+        );
+        let none_each = refused("[listener]\nmax_connections_per_client = 0");
+        assert_eq!(none_each.setting(), "max_connections_per_client");
+        assert_eq!(
+            none_each.to_string(),
+            "`max_connections_per_client` must be at least 1"
         );
         assert!(
             refused("[listener]\nstall_timeout = 0")
@@ -704,6 +820,7 @@ mod tests {
             idle: Duration::ZERO,
             stall: Duration::ZERO,
             max_connections: 0,
+            max_per_client: Some(0),
             drain: Duration::ZERO,
         }
         .usable();
@@ -712,7 +829,82 @@ mod tests {
         assert_eq!(zero.idle, SHORTEST);
         assert_eq!(zero.stall, SHORTEST);
         assert_eq!(zero.max_connections, 1);
+        assert_eq!(zero.max_per_client, Some(1));
         assert_eq!(zero.drain, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_client_holds_half_the_connections_unless_told_otherwise() {
+        let with = |max_connections, max_per_client| {
+            ConnectionLimits {
+                max_connections,
+                max_per_client,
+                ..ConnectionLimits::DEFAULT
+            }
+            .usable()
+            .max_per_client
+        };
+        assert_eq!(with(100, None), Some(50));
+        assert_eq!(with(1, None), Some(1));
+        assert_eq!(with(100, Some(7)), Some(7));
+        // Never more than there are connections, never none.
+        assert_eq!(with(100, Some(1_000)), Some(100));
+        assert_eq!(with(100, Some(0)), Some(1));
+        let set = settings("[listener]\nmax_connections_per_client = 9")
+            .unwrap()
+            .apply(ConnectionLimits::DEFAULT)
+            .unwrap();
+        assert_eq!(set.max_per_client, Some(9));
+        assert_eq!(
+            LimitSettings::default()
+                .apply(ConnectionLimits::DEFAULT)
+                .unwrap()
+                .max_per_client,
+            None
+        );
+    }
+
+    #[test]
+    fn clients_are_told_apart_by_ipv4_address_and_ipv6_slash_64() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(client_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(client_of(ip("192.0.2.7")), client_of(ip("192.0.2.8")));
+        // The same IPv4 client written as IPv6 (a dual-stack listener's accept).
+        assert_eq!(client_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        // One /64 is one client, whatever its interface identifier.
+        assert_eq!(
+            client_of(ip("2001:db8:1:2:aaaa::1")),
+            client_of(ip("2001:db8:1:2:bbbb:cccc:dddd:eeee"))
+        );
+        assert_eq!(client_of(ip("2001:db8:1:2::1")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            client_of(ip("2001:db8:1:2::1")),
+            client_of(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    #[test]
+    fn a_client_at_its_share_is_refused_until_one_of_its_connections_goes() {
+        let clients = Arc::new(Clients::new(2));
+        let a = "192.0.2.1".parse::<IpAddr>().unwrap();
+        let b = "192.0.2.2".parse::<IpAddr>().unwrap();
+        let first = Clients::admit(&clients, a).unwrap();
+        let second = Clients::admit(&clients, a).unwrap();
+        assert!(Clients::admit(&clients, a).is_none());
+        // Another client is not held to the first one's count.
+        let _other = Clients::admit(&clients, b).unwrap();
+        drop(first);
+        let third = Clients::admit(&clients, a).unwrap();
+        assert!(Clients::admit(&clients, a).is_none());
+        // Counts of clients with nothing open are forgotten.
+        drop((second, third));
+        assert!(!clients.held().contains_key(&a));
+        // Addresses of one IPv6 /64 count as one client.
+        let host = |text: &str| text.parse::<IpAddr>().unwrap();
+        let _one = Clients::admit(&clients, host("2001:db8::1")).unwrap();
+        let _two = Clients::admit(&clients, host("2001:db8::2")).unwrap();
+        assert!(Clients::admit(&clients, host("2001:db8::3")).is_none());
+        assert!(Clients::admit(&clients, host("2001:db8:0:1::3")).is_some());
     }
 
     #[test]

@@ -143,6 +143,86 @@ async fn at_the_connection_limit_the_next_client_waits_for_a_free_slot() {
     assert!(answer.starts_with("HTTP/1.1 200"));
 }
 
+/// A TCP connection to `addr` from the loopback address `from` (any of 127.0.0.0/8).
+async fn connect_from(from: [u8; 4], addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((std::net::Ipv4Addr::from(from), 0)))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether a keep-alive `GET /` on `tcp` is answered; `false` if the server closes it.
+async fn answered(tcp: &mut tokio::net::TcpStream) -> bool {
+    if tcp
+        .write_all(b"GET / HTTP/1.1\r\nhost: svc.test\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0_u8; 1024];
+    let reading = async {
+        while !answer.ends_with(b"ok") {
+            match tcp.read(&mut buffer).await {
+                Ok(n) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+                _ => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .expect("neither answered nor closed")
+}
+
+#[tokio::test]
+async fn one_client_may_hold_only_its_share_of_the_connections() {
+    // Four connections in all; by default a client may hold half of them.
+    let (addr, _stop, _server) = listener(limits(300, 4)).await;
+    let mut first = connect_from([127, 0, 0, 1], addr).await;
+    let mut second = connect_from([127, 0, 0, 1], addr).await;
+    assert!(answered(&mut first).await && answered(&mut second).await);
+
+    // A third from the same address is closed at once, not left waiting ...
+    let mut third = connect_from([127, 0, 0, 1], addr).await;
+    assert!(
+        !answered(&mut third).await,
+        "served past the client's share"
+    );
+    // ... while another client is served: the first could not shut it out.
+    let mut other = connect_from([127, 0, 0, 2], addr).await;
+    assert!(answered(&mut other).await, "another client was shut out");
+
+    // Once one of the first client's connections goes, it may open another.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = connect_from([127, 0, 0, 1], addr).await;
+        if answered(&mut again).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client's share was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered(&mut second).await);
+
+    // A share set explicitly is kept to.
+    let (addr, _stop, _server) = listener(ConnectionLimits {
+        max_per_client: Some(1),
+        ..limits(300, 4)
+    })
+    .await;
+    let mut only = connect_from([127, 0, 0, 1], addr).await;
+    assert!(answered(&mut only).await);
+    let mut more = connect_from([127, 0, 0, 1], addr).await;
+    assert!(!answered(&mut more).await, "served past an explicit share");
+}
+
 /// An HTTP/2 (h2c) connection to `addr`: its sender and the task driving it, which ends
 /// when the connection closes.
 async fn h2(

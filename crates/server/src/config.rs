@@ -70,6 +70,7 @@
 //! # What a client may hold of the public listener (each optional; durations in seconds)
 //! [listener]
 //! max_connections = 50000                   # default 50,000 (within the open-file limit)
+//! max_connections_per_client = 25000        # one IPv4 address or IPv6 /64; default half
 //! idle_timeout = 300                        # a connection with no request in flight
 //! header_timeout = 30                       # a request's headers; a new connection's first
 //! handshake_timeout = 10                    # TLS
@@ -103,6 +104,7 @@ fn listener_error(e: &wimse_listen::LimitsError) -> ConfigError {
         "idle_timeout" => "listener.idle_timeout",
         "stall_timeout" => "listener.stall_timeout",
         "max_connections" => "listener.max_connections",
+        "max_connections_per_client" => "listener.max_connections_per_client",
         "drain_timeout" => "listener.drain_timeout",
         _ => "listener",
     };
@@ -864,6 +866,19 @@ mod tests {
             "{refused}"
         );
         assert!(toml::from_str::<FileConfig>("[listener]\nidle = 3\n").is_err());
+        let each = parse("[listener]\nmax_connections_per_client = 40\n").unwrap();
+        assert_eq!(each.listener.max_per_client, Some(40));
+        let refused = parse("[listener]\nmax_connections_per_client = 0\n").unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                ConfigError::Invalid {
+                    name: "listener.max_connections_per_client",
+                    ..
+                }
+            ),
+            "{refused}"
+        );
     }
 
     #[test]
