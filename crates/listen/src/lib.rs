@@ -305,6 +305,7 @@ pub async fn serve_until<S>(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let facts = Arc::new(facts);
     let clients = Arc::new(Clients::new(limits.max_per_client.unwrap_or(1)));
+    let mut refusals = Refusals::default();
     // One permit per open connection; all of them back means every connection is done.
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (stopping, stopped) = watch::channel(false);
@@ -335,7 +336,7 @@ pub async fn serve_until<S>(
         };
         let Some(held) = Clients::admit(&clients, address.ip()) else {
             // Closed at once, its slot free again with `permit`.
-            tracing::debug!(%address, "connection refused: this client holds its share");
+            refusals.note(address, clients.most);
             continue;
         };
         let acceptor = acceptor.clone();
@@ -389,6 +390,34 @@ pub async fn serve_until<S>(
 struct Clients {
     most: u32,
     held: Mutex<HashMap<std::net::IpAddr, u32>>,
+}
+
+/// Connections refused for their client's share since the last warning, and when that
+/// was: said at most every 10 s, so that a client hammering the listener cannot flood the
+/// log.
+#[derive(Debug, Default)]
+struct Refusals {
+    count: u64,
+    said: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, address: std::net::SocketAddr, per_client: u32) {
+        self.count += 1;
+        if self
+            .said
+            .is_none_or(|said| said.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                %address,
+                refused = self.count,
+                per_client,
+                "connections closed at once: their client held its share of the listener"
+            );
+            self.count = 0;
+            self.said = Some(tokio::time::Instant::now());
+        }
+    }
 }
 
 /// One connection counted against its client until it is dropped.
