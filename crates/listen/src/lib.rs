@@ -19,6 +19,9 @@
 //! - a request body that makes no progress while the service waits for it, and a response
 //!   the client stops reading (a socket write that cannot proceed, or over HTTP/2 a
 //!   flow-control window kept shut), fail after [`ConnectionLimits::stall`] (`stall`);
+//! - over HTTP/2, a request body the service leaves unread holds at most a quarter of the
+//!   connection's flow-control window ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`]), so the
+//!   connection's other requests still get their bodies through;
 //! - an `accept` that fails for want of resources is retried after a second, not at once;
 //! - on stop, connections are told to finish (`GOAWAY`, or `Connection: close` after the
 //!   request in flight) and get [`ConnectionLimits::drain`] to do so.
@@ -110,6 +113,18 @@ impl ConnectionLimits {
         drain: Duration::from_secs(10),
     };
 }
+
+/// How many bytes of one HTTP/2 request's body a client may send before the service reads
+/// them: hyper's default, 1 MiB.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
+/// How many bytes of all of an HTTP/2 connection's request bodies a client may send
+/// before the services read them: four streams' worth. hyper's default equals one
+/// stream's, so that one body left unread (a service busy before it reads, an upstream
+/// slow to take it) stopped every other body on the connection until it stalled out, which
+/// for a gRPC client, that sends all its calls over one connection, is every call. Larger
+/// still would let each connection make the process hold more unread data.
+pub const CONNECTION_WINDOW: u32 = 4 * STREAM_WINDOW;
 
 /// The least of each duration in [`ConnectionLimits`]: zero would mean no time at all for a
 /// handshake, or HTTP/2 pings without pause.
@@ -695,6 +710,8 @@ async fn serve_connection<I, T>(
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_interval(limits.header_read)
         .keep_alive_timeout(limits.handshake);
     let io = stall::WriteProgress::new(io, limits.stall);

@@ -22,7 +22,8 @@ use wimse_listen::{ConnectionLimits, no_facts, serve_until};
 
 /// A plain-HTTP listener on loopback held to `limits`: `/` answers `ok`, `/slow` streams
 /// four chunks, half a second and then a second apart, `/upload` counts a body,
-/// `/download` answers [`DOWNLOAD`] bytes in one piece and `/stream` in chunks. Stops when the sender is used or
+/// `/hold` keeps a body unread for 30 s, `/download` answers [`DOWNLOAD`] bytes in one piece
+/// and `/stream` in chunks. Stops when the sender is used or
 /// dropped; the handle ends when it has drained.
 async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let app = axum::Router::new()
@@ -30,6 +31,15 @@ async fn listener(limits: ConnectionLimits) -> (SocketAddr, oneshot::Sender<()>,
         .route(
             "/upload",
             axum::routing::post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+        )
+        .route(
+            "/hold",
+            // Keeps the request's body unread for a while, as a busy service might.
+            axum::routing::post(|body: axum::body::Body| async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(body);
+                "held"
+            }),
         )
         .route(
             "/download",
@@ -417,4 +427,42 @@ async fn an_http2_client_that_keeps_its_window_shut_is_dropped() {
         .unwrap();
     let body = response.into_body().collect().await;
     assert!(body.map_or(true, |b| b.to_bytes().len() < DOWNLOAD));
+}
+
+#[tokio::test]
+async fn an_http2_body_left_unread_does_not_hold_up_the_connections_other_requests() {
+    // One connection, two uploads: the first to a service that leaves its body unread,
+    // the second to one that reads it. The first's unread bytes count against the
+    // connection's flow-control window until read; were that window no larger than one
+    // stream's, the second's body could not be sent at all until the first's stalled out.
+    let (addr, _stop, _server) = listener(limits(300, 100)).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let upload = |path: &str, size: usize| {
+        http::Request::post(format!("http://svc.test{path}"))
+            .body(http_body_util::Full::new(Bytes::from(vec![b'x'; size])))
+            .unwrap()
+    };
+    let held = sender.send_request(upload("/hold", 4 << 20));
+    let held = tokio::spawn(held);
+    // Time for the held upload to fill what the server lets it send.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(upload("/upload", 512 << 10)),
+    )
+    .await
+    .expect("the second upload was held up by the first's unread body")
+    .unwrap();
+    let body = read.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("{} bytes", 512 << 10));
+    held.abort();
 }
