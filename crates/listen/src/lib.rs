@@ -407,34 +407,6 @@ struct Clients {
     held: Mutex<HashMap<std::net::IpAddr, u32>>,
 }
 
-/// Connections refused for their client's share since the last warning, and when that
-/// was: said at most every 10 s, so that a client hammering the listener cannot flood the
-/// log.
-#[derive(Debug, Default)]
-struct Refusals {
-    count: u64,
-    said: Option<tokio::time::Instant>,
-}
-
-impl Refusals {
-    fn note(&mut self, address: std::net::SocketAddr, per_client: u32) {
-        self.count += 1;
-        if self
-            .said
-            .is_none_or(|said| said.elapsed() >= Duration::from_secs(10))
-        {
-            tracing::warn!(
-                %address,
-                refused = self.count,
-                per_client,
-                "connections closed at once: their client held its share of the listener"
-            );
-            self.count = 0;
-            self.said = Some(tokio::time::Instant::now());
-        }
-    }
-}
-
 /// One connection counted against its client until it is dropped.
 struct Held {
     clients: Arc<Clients>,
@@ -492,6 +464,34 @@ fn client_of(address: std::net::IpAddr) -> std::net::IpAddr {
             Some(v4) => v4.into(),
             None => std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX)).into(),
         },
+    }
+}
+
+/// Connections refused for their client's share since the last warning, and when that
+/// was: said at most every 10 s, so that a client hammering the listener cannot flood the
+/// log.
+#[derive(Debug, Default)]
+struct Refusals {
+    count: u64,
+    said: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, address: std::net::SocketAddr, per_client: u32) {
+        self.count += 1;
+        if self
+            .said
+            .is_none_or(|said| said.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                %address,
+                refused = self.count,
+                per_client,
+                "connections closed at once: their client held its share of the listener"
+            );
+            self.count = 0;
+            self.said = Some(tokio::time::Instant::now());
+        }
     }
 }
 
