@@ -48,6 +48,10 @@ where
 /// The most open files a process may ask for on Linux unless `fs.nr_open` says more.
 const NR_OPEN_DEFAULT: u64 = 1 << 20;
 
+/// The most open files macOS lets a process set as its soft limit by default
+/// (`OPEN_MAX`): it refuses more even when the hard limit is unlimited.
+const OPEN_MAX: u64 = 10_240;
+
 /// Raises the soft limit on open files to the hard limit, as Go programs do at start:
 /// every connection is a file, and the usual soft limit (1,024) is far below what the
 /// listeners allow ([`wimse_workload::listen::ConnectionLimits`]), while the hard limit is
@@ -58,21 +62,31 @@ pub fn raise_open_file_limit() -> Option<u64> {
     let limit = getrlimit(Resource::Nofile);
     // `None` is unlimited.
     let current = limit.current?;
-    let target = limit.maximum.unwrap_or(NR_OPEN_DEFAULT);
-    if current >= target {
-        return Some(current);
-    }
-    let raised = Rlimit {
-        current: Some(target),
-        maximum: limit.maximum,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => Some(target),
-        Err(e) => {
-            tracing::debug!(error = %e, "the open-file limit could not be raised");
-            Some(current)
+    for target in raise_targets(current, limit.maximum) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return Some(target),
+            Err(e) => {
+                tracing::debug!(error = %e, target, "the open-file limit could not be raised");
+            }
         }
     }
+    Some(current)
+}
+
+/// The soft limits to try, most first, for a process at `current` under the hard limit
+/// `maximum` (`None`: unlimited): the hard limit (Linux's own ceiling when unlimited), then
+/// [`OPEN_MAX`], which is what macOS accepts where it refuses the first; none that would
+/// not raise the limit.
+fn raise_targets(current: u64, maximum: Option<u64>) -> Vec<u64> {
+    let most = maximum.unwrap_or(NR_OPEN_DEFAULT);
+    let mut targets = vec![most, OPEN_MAX.min(most)];
+    targets.dedup();
+    targets.retain(|&target| target > current);
+    targets
 }
 
 /// Structured logs to stderr; `RUST_LOG` chooses the level (default `info`).
@@ -131,7 +145,7 @@ pub async fn serve_network<S>(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::raise_open_file_limit;
+    use super::{NR_OPEN_DEFAULT, OPEN_MAX, raise_open_file_limit, raise_targets};
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
     #[test]
@@ -152,5 +166,15 @@ mod tests {
         .unwrap();
         assert_eq!(raise_open_file_limit(), Some(hard));
         assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
+
+    #[test]
+    fn an_unlimited_or_large_hard_limit_falls_back_to_what_macos_accepts() {
+        assert_eq!(raise_targets(1_024, None), [NR_OPEN_DEFAULT, OPEN_MAX]);
+        assert_eq!(raise_targets(256, Some(524_288)), [524_288, OPEN_MAX]);
+        // A hard limit below OPEN_MAX is tried once; nothing that would not raise the limit.
+        assert_eq!(raise_targets(1_024, Some(4_096)), [4_096]);
+        assert_eq!(raise_targets(20_000, None), [NR_OPEN_DEFAULT]);
+        assert!(raise_targets(4_096, Some(4_096)).is_empty());
     }
 }
