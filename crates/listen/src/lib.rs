@@ -84,9 +84,9 @@ pub struct ConnectionLimits {
     pub idle: Duration,
     /// How long a request body may make no progress while the service waits for it, and a
     /// response while the client should be reading it; then the body fails, or the
-    /// connection is closed. (Over HTTP/2, a response the service produced whole is
-    /// handed to the HTTP/2 layer at once and no longer watched: a client that does not
-    /// take it holds it until the idle limit and the drain close the connection.)
+    /// connection is closed. (Over HTTP/2, the last piece of a response, at most 64 KiB,
+    /// is handed to the HTTP/2 layer with its end and no longer watched: a client that
+    /// does not take it holds it until the idle limit and the drain close the connection.)
     pub stall: Duration,
     /// How many connections may be open at once; never more than seven eighths of the
     /// process's open-file limit, so that its other files can still be opened.
@@ -609,10 +609,38 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body counted by its [`InFlight`].
+/// The most of a response body handed to hyper at once. A service's whole answer (one
+/// frame of many megabytes) is handed out in pieces of this size, so that over HTTP/2,
+/// whose layer takes each piece as long as the client's window has a byte of room, hyper
+/// stops asking for the next once the window is shut: that wait is what the stall limit
+/// watches. (Handed out whole, the answer would sit in the HTTP/2 layer unwatched.)
+const PIECE: usize = 64 << 10;
+
+/// A response body counted by its [`InFlight`], handed out in [`PIECE`]s.
 struct Tracked {
     body: axum::body::Body,
     in_flight: InFlight,
+    /// What is left of the last frame after the piece handed out.
+    rest: bytes::Bytes,
+}
+
+impl Tracked {
+    fn new(body: axum::body::Body, in_flight: InFlight) -> Self {
+        Tracked {
+            body,
+            in_flight,
+            rest: bytes::Bytes::new(),
+        }
+    }
+
+    /// The next piece of `data`, the rest kept for later; counted as handed out.
+    fn hand_out(&mut self, mut data: bytes::Bytes) -> http_body::Frame<bytes::Bytes> {
+        if data.len() > PIECE {
+            self.rest = data.split_off(PIECE);
+        }
+        self.in_flight.handed();
+        http_body::Frame::data(data)
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -625,21 +653,32 @@ impl http_body::Body for Tracked {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         this.in_flight.taken();
-        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && frame.is_data()
-        {
-            this.in_flight.handed();
+        if !this.rest.is_empty() {
+            let rest = std::mem::take(&mut this.rest);
+            return std::task::Poll::Ready(Some(Ok(this.hand_out(rest))));
         }
-        polled
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => std::task::Poll::Ready(Some(Ok(this.hand_out(data)))),
+                Err(frame) => std::task::Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let body = self.body.size_hint();
+        let rest = u64::try_from(self.rest.len()).unwrap_or(u64::MAX);
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(body.lower().saturating_add(rest));
+        if let Some(upper) = body.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -673,7 +712,7 @@ where
         async move {
             let Ok(response) = response.await;
             // The count ends when hyper drops the body: sent in full, or the stream gone.
-            Ok(response.map(|body| axum::body::Body::new(Tracked { body, in_flight })))
+            Ok(response.map(|body| axum::body::Body::new(Tracked::new(body, in_flight))))
         }
     })
 }
@@ -761,8 +800,10 @@ async fn serve_connection<I, T>(
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::{
-        Clients, ConnectionLimits, LimitSettings, LimitsError, SHORTEST, client_of, open_file_share,
+        Activity, Clients, ConnectionLimits, InFlight, LimitSettings, LimitsError, PIECE, SHORTEST,
+        Tracked, client_of, open_file_share,
     };
+    use http_body_util::BodyExt;
     use std::net::IpAddr;
     use std::sync::Arc;
     use std::time::Duration;
@@ -970,6 +1011,38 @@ mod tests {
         assert_eq!(
             ConnectionLimits::DEFAULT.usable().handshake,
             Duration::from_secs(10)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_response_is_handed_out_in_pieces_and_told_apart_from_its_end() {
+        let whole = vec![7_u8; 3 * PIECE + 100];
+        let activity = Arc::new(Activity::new());
+        let mut body = Tracked::new(
+            axum::body::Body::from(whole.clone()),
+            InFlight::begin(&activity),
+        );
+        assert_eq!(
+            http_body::Body::size_hint(&body).exact(),
+            Some(whole.len() as u64)
+        );
+        let mut pieces = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            pieces.push(data.len());
+            // What is still to come is known, and the end is not claimed early.
+            let left = whole.len() - pieces.iter().sum::<usize>();
+            assert_eq!(http_body::Body::size_hint(&body).exact(), Some(left as u64));
+            assert_eq!(http_body::Body::is_end_stream(&body), left == 0);
+            // Each piece waits for the client until the next is asked for.
+            assert!(activity.waiting_since().is_some());
+        }
+        assert_eq!(pieces, [PIECE, PIECE, PIECE, 100]);
+        assert!(activity.waiting_since().is_none());
+        drop(body);
+        assert_eq!(
+            activity.in_flight.load(std::sync::atomic::Ordering::SeqCst),
+            0
         );
     }
 }

@@ -466,3 +466,27 @@ async fn an_http2_body_left_unread_does_not_hold_up_the_connections_other_reques
     assert_eq!(body, format!("{} bytes", 512 << 10));
     held.abort();
 }
+
+#[tokio::test]
+async fn an_http2_client_that_leaves_a_whole_response_untaken_is_dropped() {
+    // The service makes its answer in one piece (`/download`, 64 MiB); hyper hands it to
+    // the HTTP/2 layer at once, which sends what the client's window allows and holds the
+    // rest. A client that never opens its window again is dropped after the stall limit,
+    // not left holding the rest until the idle limit.
+    let (addr, _stop, _server) = listener(ConnectionLimits {
+        stall: Duration::from_secs(1),
+        ..limits(300, 100)
+    })
+    .await;
+    let (mut sender, driver) = h2(addr).await;
+    let request = http::Request::get("http://svc.test/download")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("a client that takes nothing of a whole response is dropped")
+        .unwrap();
+    drop(response);
+}
