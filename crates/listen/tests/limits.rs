@@ -235,12 +235,11 @@ async fn one_client_may_hold_only_its_share_of_the_connections() {
 
 /// An HTTP/2 (h2c) connection to `addr`: its sender and the task driving it, which ends
 /// when the connection closes.
-async fn h2(
-    addr: SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-    JoinHandle<()>,
-) {
+async fn h2<B>(addr: SocketAddr) -> (hyper::client::conn::http2::SendRequest<B>, JoinHandle<()>)
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -441,16 +440,7 @@ async fn an_http2_body_left_unread_does_not_hold_up_the_connections_other_reques
     // connection's flow-control window until read; were that window no larger than one
     // stream's, the second's body could not be sent at all until the first's stalled out.
     let (addr, _stop, _server) = listener(limits(300, 100)).await;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let (mut sender, _driver) = h2(addr).await;
     let upload = |path: &str, size: usize| {
         http::Request::post(format!("http://svc.test{path}"))
             .body(http_body_util::Full::new(Bytes::from(vec![b'x'; size])))
