@@ -1986,12 +1986,26 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
         assert!(stderr.contains(message), "{stderr}");
     }
 
-    // A connection that never sends a request is closed after `--header-timeout`, not
-    // after the default 30 s.
+    // A proxy with `flags` and a gateway in front of it with `listener` as its
+    // `[listener]` section: (proxy port, proxy, gateway port, gateway).
     let d = domain("3600");
     let up = upstream().await;
-    let p3 = free_port();
-    let w3 = inbound_with(&d, p3, up, free_port(), &["--header-timeout", "1"]);
+    let start = |flags: &[&str], listener: &str| {
+        let p3 = free_port();
+        let w3 = inbound_with(&d, p3, up, free_port(), flags);
+        let pg = free_port();
+        let gateway = gateway_with(
+            &d,
+            pg,
+            p3,
+            free_port(),
+            &format!("\n[listener]\n{listener}\n"),
+        );
+        (p3, w3, pg, gateway)
+    };
+
+    // A connection that never sends a request is closed after `--header-timeout` (the
+    // gateway: `header_timeout`), not after the default 30 s.
     let silent_connection_closed = |port: u16| {
         tokio::task::spawn_blocking(move || {
             let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -2003,25 +2017,14 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
                 || matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
         })
     };
-    assert!(
-        silent_connection_closed(p3).await.unwrap(),
-        "the proxy did not close a silent connection\n{}",
-        w3.log()
-    );
-    // The gateway's `[listener]` section, likewise.
-    let pg = free_port();
-    let gateway = gateway_with(
-        &d,
-        pg,
-        p3,
-        free_port(),
-        "\n[listener]\nheader_timeout = 1\n",
-    );
-    assert!(
-        silent_connection_closed(pg).await.unwrap(),
-        "the gateway did not close a silent connection\n{}",
-        gateway.log()
-    );
+    let (p3, w3, pg, gateway) = start(&["--header-timeout", "1"], "header_timeout = 1");
+    for (port, who, process) in [(p3, "proxy", &w3), (pg, "gateway", &gateway)] {
+        assert!(
+            silent_connection_closed(port).await.unwrap(),
+            "the {who} did not close a silent connection\n{}",
+            process.log()
+        );
+    }
     assert!(gateway.stop());
     assert!(w3.stop());
 
@@ -2057,32 +2060,17 @@ async fn the_proxy_and_the_gateway_hold_callers_to_the_connection_limits_they_ar
             !answered(&mut third)
         })
     };
-    let p3 = free_port();
-    let w3 = inbound_with(
-        &d,
-        p3,
-        up,
-        free_port(),
+    let (p3, w3, pg, gateway) = start(
         &["--max-connections-per-client", "2"],
+        "max_connections_per_client = 2",
     );
-    assert!(
-        share_kept(p3).await.unwrap(),
-        "the proxy served a client past its share\n{}",
-        w3.log()
-    );
-    let pg = free_port();
-    let gateway = gateway_with(
-        &d,
-        pg,
-        p3,
-        free_port(),
-        "\n[listener]\nmax_connections_per_client = 2\n",
-    );
-    assert!(
-        share_kept(pg).await.unwrap(),
-        "the gateway served a client past its share\n{}",
-        gateway.log()
-    );
+    for (port, who, process) in [(p3, "proxy", &w3), (pg, "gateway", &gateway)] {
+        assert!(
+            share_kept(port).await.unwrap(),
+            "the {who} served a client past its share\n{}",
+            process.log()
+        );
+    }
     // A caller that does send requests is served as before.
     let (status, body) =
         tokio::task::spawn_blocking(move || http(p3, "GET /api/orders/7", &[], ""))
