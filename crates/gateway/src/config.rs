@@ -360,7 +360,7 @@ impl GatewayConfig {
         let limits = file
             .listener
             .apply(ConnectionLimits::DEFAULT)
-            .map_err(|e| error(format!("listener.{}", e.setting()), e))?;
+            .map_err(|e| error(e.path(), e))?;
         Ok(GatewayConfig {
             listen: file.listen,
             server_address: file.server_address,

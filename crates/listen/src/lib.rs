@@ -219,6 +219,21 @@ impl LimitsError {
             LimitsError::Duration { name, .. } | LimitsError::NoConnections { name } => name,
         }
     }
+
+    /// The setting at fault with its section, as configuration files name it in their
+    /// errors (`listener.idle_timeout`).
+    pub fn path(&self) -> &'static str {
+        match self.setting() {
+            "handshake_timeout" => "listener.handshake_timeout",
+            "header_timeout" => "listener.header_timeout",
+            "idle_timeout" => "listener.idle_timeout",
+            "stall_timeout" => "listener.stall_timeout",
+            "max_connections" => "listener.max_connections",
+            "max_connections_per_client" => "listener.max_connections_per_client",
+            "drain_timeout" => "listener.drain_timeout",
+            _ => "listener",
+        }
+    }
 }
 
 impl LimitSettings {
@@ -883,6 +898,20 @@ mod tests {
                 name: "max_connections"
             }
         );
+        // Every setting that can be refused is named with its section.
+        for (key, value) in [
+            ("handshake_timeout", 0),
+            ("header_timeout", 0),
+            ("idle_timeout", 0),
+            ("stall_timeout", 0),
+            ("max_connections", 0),
+            ("max_connections_per_client", 0),
+            ("drain_timeout", 100_000),
+        ] {
+            let error = refused(&format!("[listener]\n{key} = {value}"));
+            assert_eq!(error.setting(), key);
+            assert_eq!(error.path(), format!("listener.{key}"));
+        }
         let none_each = refused("[listener]\nmax_connections_per_client = 0");
         assert_eq!(none_each.setting(), "max_connections_per_client");
         assert_eq!(

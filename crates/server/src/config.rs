@@ -98,18 +98,8 @@ pub const DEFAULT_TOMBSTONE_RETENTION: i64 = 24 * 3600;
 
 /// A `[listener]` setting out of range, named with its place in the file.
 fn listener_error(e: &wimse_listen::LimitsError) -> ConfigError {
-    let name = match e.setting() {
-        "handshake_timeout" => "listener.handshake_timeout",
-        "header_timeout" => "listener.header_timeout",
-        "idle_timeout" => "listener.idle_timeout",
-        "stall_timeout" => "listener.stall_timeout",
-        "max_connections" => "listener.max_connections",
-        "max_connections_per_client" => "listener.max_connections_per_client",
-        "drain_timeout" => "listener.drain_timeout",
-        _ => "listener",
-    };
     ConfigError::Invalid {
-        name,
+        name: e.path(),
         message: e.to_string(),
     }
 }
