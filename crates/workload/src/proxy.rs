@@ -10,15 +10,17 @@
 //!   It takes absolute-form requests (`GET http://orders:8080/api/orders HTTP/1.1`, what
 //!   an HTTP client configured with `http_proxy` sends), attaches this workload's WIT and a
 //!   fresh WPT (or message signature) bound to that URL, and forwards them. Anyone who can
-//!   reach it speaks as this workload: bind it to loopback. With [`OutboundProof::Mtls`]
-//!   it attaches nothing and carries the requests over mutual TLS with this workload's
-//!   X509-SVID instead, passing the verified server on in [`PEER_ID_HEADER`]. A response
-//!   that comes back
-//!   signed is checked (a bad one becomes a 502), and its verified signer is passed to
-//!   the local service in [`PEER_ID_HEADER`]; with
+//!   reach it speaks as this workload: bind it to loopback. With
+//!   [`OutboundProof::AttachOverTls`] the same proofs go over TLS to servers that prove
+//!   an X509-SVID (the service's `http://` URL is sent as `https://`). With
+//!   [`OutboundProof::Mtls`] it attaches nothing and carries the requests over mutual TLS
+//!   with this workload's X509-SVID instead. Over either, the verified server is passed
+//!   on in [`PEER_ID_HEADER`]. A response that comes back signed is checked (a bad one
+//!   becomes a 502), and its verified signer is passed to the local service in
+//!   [`PEER_ID_HEADER`]; with
 //!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
 //!   [`OutboundOptions::destinations`] limits where requests (and so credentials) may go,
-//!   and over mTLS pins the server identity expected at each.
+//!   and over TLS pins the server identity expected at each.
 
 use crate::authn::{AuthMethod, CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
 use crate::client::{ProofMethod, SentRequest, attach, check_response, read_for_check};
@@ -271,19 +273,48 @@ fn forward_router(
 pub enum OutboundProof {
     /// A WIT and a proof of `ProofMethod` on each request, over plain HTTP.
     Attach(ProofMethod),
+    /// The same over TLS, as SPECS §3.1 asks of a WIT and its proof: the service's
+    /// `http://` request goes out as `https://` to the same host and port (443 when its URL
+    /// names none), its proof bound to that URL. The server must present an X509-SVID the
+    /// allow-list accepts; this workload presents its own, so that servers requiring
+    /// mutual TLS take the connection too.
+    AttachOverTls(ProofMethod, PeerAllowList),
     /// Mutual TLS with this workload's X509-SVID to every upstream (the service still
     /// sends plain `http://` requests), accepting the servers the allow-list names.
     Mtls(PeerAllowList),
 }
 
-/// The key of a destination: its host, lowercased, and its port (80 when the URL names
-/// none: the outbound proxy takes `http://` URLs only).
-pub fn destination_key(authority: &http::uri::Authority) -> String {
+impl OutboundProof {
+    /// The proof attached to each request, if any (over mTLS the connection is the proof).
+    fn attached(&self) -> Option<ProofMethod> {
+        match self {
+            OutboundProof::Attach(method) | OutboundProof::AttachOverTls(method, _) => {
+                Some(*method)
+            }
+            OutboundProof::Mtls(_) => None,
+        }
+    }
+}
+
+/// The key of a destination: its host, lowercased, and its port (`default_port` when the
+/// URL names none).
+pub fn destination_key(authority: &http::uri::Authority, default_port: u16) -> String {
     format!(
         "{}:{}",
         authority.host().to_ascii_lowercase(),
-        authority.port_u16().unwrap_or(80)
+        authority.port_u16().unwrap_or(default_port)
     )
+}
+
+/// The [`destination_key`] of an absolute URI: its port, when it names none, is its
+/// scheme's (443 for `https`, else 80).
+pub fn uri_destination_key(uri: &Uri) -> Option<String> {
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    uri.authority().map(|a| destination_key(a, default_port))
 }
 
 /// How the outbound proxy signs requests and checks responses.
@@ -291,8 +322,9 @@ pub fn destination_key(authority: &http::uri::Authority) -> String {
 pub struct OutboundOptions {
     /// How each request is proven.
     pub proof: OutboundProof,
-    /// Where requests may go, by [`destination_key`], each with the one server identity
-    /// accepted there over mutual TLS (`None`: the [`OutboundProof::Mtls`] allow-list).
+    /// Where requests may go, by [`uri_destination_key`] of the outgoing URL, each with
+    /// the one server identity accepted there over TLS (`None`: the allow-list of
+    /// [`OutboundProof::Mtls`] or [`OutboundProof::AttachOverTls`]).
     /// Empty: anywhere. Otherwise a request for any other destination is refused (403)
     /// and this workload's credentials never leave for it.
     pub destinations: BTreeMap<String, Option<WorkloadId>>,
@@ -347,36 +379,59 @@ async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Respons
     response
 }
 
-/// Refuses a request that is not for an `http://` URL, or for a destination
-/// [`OutboundOptions::destinations`] does not list: the refusal with its outcome, if any.
-fn check_destination(
-    options: &OutboundOptions,
-    uri: &Uri,
-) -> Option<(&'static str, Response<Body>)> {
-    let Some(authority) = uri.authority().filter(|_| uri.scheme_str() == Some("http")) else {
-        return Some((
-            "refused",
-            problem(
-                StatusCode::BAD_REQUEST,
-                "not-a-proxy-request",
-                "absolute http uri required",
-                "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+/// Why the outbound proxy sent nothing for a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// It is not an absolute-form request for an `http://` URL.
+    NotAProxyRequest,
+    /// Its destination (the key) is not one of [`OutboundOptions::destinations`].
+    DestinationNotAllowed(String),
+}
+
+impl Refusal {
+    /// The metrics' outcome and the response.
+    fn outcome(self) -> (&'static str, Response<Body>) {
+        match self {
+            Refusal::NotAProxyRequest => (
+                "refused",
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "not-a-proxy-request",
+                    "absolute http uri required",
+                    "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+                ),
             ),
-        ));
-    };
-    let key = destination_key(authority);
-    if !options.destinations.is_empty() && !options.destinations.contains_key(&key) {
-        return Some((
-            "destination-not-allowed",
-            problem(
-                StatusCode::FORBIDDEN,
+            Refusal::DestinationNotAllowed(key) => (
                 "destination-not-allowed",
-                "destination not allowed",
-                &format!("`{key}` is not a destination of this proxy: nothing was sent"),
+                problem(
+                    StatusCode::FORBIDDEN,
+                    "destination-not-allowed",
+                    "destination not allowed",
+                    &format!("`{key}` is not a destination of this proxy: nothing was sent"),
+                ),
             ),
-        ));
+        }
     }
-    None
+}
+
+/// Where a request from the service for `uri` goes: that `http://` URL, or over TLS its
+/// `https://` form, when it is for a destination the options allow.
+fn outgoing_uri(options: &OutboundOptions, uri: &Uri) -> Result<Uri, Refusal> {
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(Refusal::NotAProxyRequest);
+    }
+    let outgoing = if matches!(options.proof, OutboundProof::AttachOverTls(..)) {
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        Uri::from_parts(parts).map_err(|_| Refusal::NotAProxyRequest)?
+    } else {
+        uri.clone()
+    };
+    let key = uri_destination_key(&outgoing).ok_or(Refusal::NotAProxyRequest)?;
+    if !options.destinations.is_empty() && !options.destinations.contains_key(&key) {
+        return Err(Refusal::DestinationNotAllowed(key));
+    }
+    Ok(outgoing)
 }
 
 /// Forwards one request; what became of it (the metrics' `outcome`) and the response.
@@ -385,14 +440,13 @@ async fn attach_and_forward(
     request: Request<Body>,
 ) -> (&'static str, Response<Body>) {
     let (mut parts, body) = request.into_parts();
-    if let Some(refusal) = check_destination(&outbound.options, &parts.uri) {
-        return refusal;
-    }
+    parts.uri = match outgoing_uri(&outbound.options, &parts.uri) {
+        Ok(uri) => uri,
+        Err(refusal) => return refusal.outcome(),
+    };
+    let proof = outbound.options.proof.attached();
     // Only a message signature covers the body (its digest); otherwise it streams through.
-    let signs_body = matches!(
-        outbound.options.proof,
-        OutboundProof::Attach(ProofMethod::HttpSig)
-    );
+    let signs_body = proof == Some(ProofMethod::HttpSig);
     let (body, bytes) = if signs_body {
         match http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
             .collect()
@@ -420,22 +474,21 @@ async fn attach_and_forward(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
     let creds = outbound.source.current();
-    let attached = match &outbound.options.proof {
-        OutboundProof::Attach(method) => attach(
+    let attached = if let Some(method) = proof {
+        attach(
             &mut parts,
             &bytes,
             &creds,
-            *method,
+            method,
             outbound.options.require_signed_responses,
             wimse_core::token::unix_now(),
-        ),
+        )
+    } else {
         // The connection proves who we are; no credential travels in the request.
-        OutboundProof::Mtls(_) => {
-            for name in CREDENTIAL_HEADERS {
-                parts.headers.remove(name);
-            }
-            Ok(SentRequest::new(&parts, false))
+        for name in CREDENTIAL_HEADERS {
+            parts.headers.remove(name);
         }
+        Ok(SentRequest::new(&parts, false))
     };
     let sent = match attached {
         Ok(sent) => sent,
@@ -548,7 +601,7 @@ pub fn outbound_router(
         OutboundProof::Attach(_) => {
             OutboundClient::Plain(outbound_client().build(upstream_connector()))
         }
-        OutboundProof::Mtls(allow) => {
+        OutboundProof::Mtls(allow) | OutboundProof::AttachOverTls(_, allow) => {
             let pinned = options
                 .destinations
                 .iter()
@@ -568,4 +621,80 @@ pub fn outbound_router(
     };
     Ok(axum::Router::new()
         .fallback(move |request: Request<Body>| forward_outbound(outbound.clone(), request)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn options(proof: OutboundProof, destinations: &[&str]) -> OutboundOptions {
+        let mut options = OutboundOptions::new(proof);
+        for key in destinations {
+            options.destinations.insert((*key).to_owned(), None);
+        }
+        options
+    }
+
+    fn outgoing(options: &OutboundOptions, uri: &str) -> Result<String, Refusal> {
+        outgoing_uri(options, &uri.parse().unwrap()).map(|uri| uri.to_string())
+    }
+
+    fn not_allowed(key: &str) -> Refusal {
+        Refusal::DestinationNotAllowed(key.to_owned())
+    }
+
+    #[test]
+    fn over_tls_a_request_goes_out_as_https_to_the_same_host_and_port() {
+        let tls = || OutboundProof::AttachOverTls(ProofMethod::WitWpt, PeerAllowList::default());
+        let any = options(tls(), &[]);
+        assert_eq!(
+            outgoing(&any, "http://Orders:8443/a?b=c").unwrap(),
+            "https://Orders:8443/a?b=c"
+        );
+        // No port: https's, and so the destination is `host:443`.
+        let listed = options(tls(), &["orders:443"]);
+        assert_eq!(
+            outgoing(&listed, "http://orders/a").unwrap(),
+            "https://orders/a"
+        );
+        assert_eq!(
+            outgoing(&listed, "http://orders:80/a").unwrap_err(),
+            not_allowed("orders:80")
+        );
+        // Without TLS nothing changes, and a URL without a port is `host:80`.
+        let plain = options(OutboundProof::Attach(ProofMethod::WitWpt), &["orders:80"]);
+        assert_eq!(
+            outgoing(&plain, "http://orders/a").unwrap(),
+            "http://orders/a"
+        );
+        assert_eq!(
+            outgoing(&plain, "http://orders:443/a").unwrap_err(),
+            not_allowed("orders:443")
+        );
+        // The service sends `http://` absolute-form requests only, whatever the transport.
+        for proof in [tls(), OutboundProof::Attach(ProofMethod::HttpSig)] {
+            let options = options(proof, &[]);
+            for uri in ["https://orders/a", "/a", "ftp://orders/a"] {
+                assert_eq!(
+                    outgoing(&options, uri).unwrap_err(),
+                    Refusal::NotAProxyRequest,
+                    "{uri}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_destination_key_is_the_lowercase_host_and_the_scheme_s_port() {
+        let key = |uri: &str| uri_destination_key(&uri.parse().unwrap());
+        assert_eq!(key("http://A.Example").as_deref(), Some("a.example:80"));
+        assert_eq!(key("https://a.example").as_deref(), Some("a.example:443"));
+        assert_eq!(
+            key("https://a.example:8443/x").as_deref(),
+            Some("a.example:8443")
+        );
+        assert_eq!(key("http://[::1]:9/").as_deref(), Some("[::1]:9"));
+        assert_eq!(key("/relative"), None);
+    }
 }

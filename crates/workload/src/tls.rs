@@ -62,6 +62,8 @@ pub struct SvidVerifier {
     source: CredentialSource,
     allow: PeerAllowList,
     provider: Arc<CryptoProvider>,
+    /// As a server's client verifier: whether a client must present a certificate.
+    clients: ClientCerts,
 }
 
 impl SvidVerifier {
@@ -71,7 +73,16 @@ impl SvidVerifier {
             source,
             allow,
             provider: provider(),
+            clients: ClientCerts::Required,
         }
+    }
+
+    /// The same verifier, letting clients that present no certificate connect as
+    /// `clients` says (one that presents one is still verified).
+    #[must_use]
+    pub fn with_clients(mut self, clients: ClientCerts) -> Self {
+        self.clients = clients;
+        self
     }
 
     /// Verifies a presented chain; the peer's ID.
@@ -131,6 +142,10 @@ impl SvidVerifier {
 impl ClientCertVerifier for SvidVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.clients == ClientCerts::Required
     }
 
     fn verify_client_cert(
@@ -278,14 +293,38 @@ impl rustls::client::ResolvesClientCert for SvidResolver {
     }
 }
 
+/// Whether a server asks its clients for an X509-SVID or requires one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCerts {
+    /// A client without a certificate cannot connect: mutual TLS only.
+    #[default]
+    Required,
+    /// A client may connect without one, over TLS that authenticates the server only;
+    /// it must then prove itself in each request (a WIT with a WPT or a message
+    /// signature, which SPECS §3.1 requires to travel over server-authenticated TLS).
+    /// A certificate a client does present is verified as with `Required`.
+    Optional,
+}
+
 /// A TLS 1.3 server configuration requiring an X509-SVID client certificate.
 pub fn server_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(source, allow, ClientCerts::Required)
+}
+
+/// A TLS 1.3 server configuration presenting this workload's X509-SVID and asking its
+/// clients for theirs as `clients` says; a presented one is accepted as `allow` says.
+pub fn server_config_with(
+    source: &CredentialSource,
+    allow: PeerAllowList,
+    clients: ClientCerts,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = SvidVerifier::new(source.clone(), allow).with_clients(clients);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(SvidVerifier::new(source.clone(), allow)))
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     no_server_resumption(&mut config);
@@ -700,9 +739,7 @@ impl tower::Service<http::Uri> for MtlsConnector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.tcp.call(uri.clone());
-        let pinned = uri
-            .authority()
-            .and_then(|a| self.pinned.get(&crate::proxy::destination_key(a)));
+        let pinned = crate::proxy::uri_destination_key(&uri).and_then(|key| self.pinned.get(&key));
         let tls = pinned.unwrap_or(&self.tls).clone();
         Box::pin(async move {
             let host = uri.host().ok_or("uri has no host")?;

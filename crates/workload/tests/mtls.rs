@@ -14,12 +14,19 @@ use fixture::Domain;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wimse_workload::listen::{ConnectionLimits, mtls_peer, serve, serve_until};
-use wimse_workload::tls::{client_config, server_config};
+use wimse_workload::tls::{
+    ClientCerts, client_config, server_auth_config, server_config, server_config_with,
+};
 use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList};
 
 /// A TLS server on loopback that answers every request with the peer ID it saw.
 async fn server(source: &CredentialSource) -> std::net::SocketAddr {
-    let config = Arc::new(server_config(source, PeerAllowList::default()).unwrap());
+    server_with(source, ClientCerts::Required).await
+}
+
+/// [`server`], asking clients for certificates as `clients` says.
+async fn server_with(source: &CredentialSource, clients: ClientCerts) -> std::net::SocketAddr {
+    let config = Arc::new(server_config_with(source, PeerAllowList::default(), clients).unwrap());
     let app = axum::Router::new().fallback(|peer: Option<axum::Extension<MtlsPeer>>| async move {
         peer.map_or_else(|| "none".to_owned(), |p| p.0.0.to_string())
     });
@@ -97,6 +104,52 @@ async fn a_client_does_not_resume_even_with_a_server_that_offers_it() {
         call(addr, &resuming).await.0,
         rustls::HandshakeKind::Resumed
     );
+}
+
+#[tokio::test]
+async fn with_optional_client_certificates_a_caller_may_connect_without_one() {
+    let good = Domain::new("good.test");
+    let w3 = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let w1 = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let with_svid = Arc::new(client_config(&w1, PeerAllowList::default()).unwrap());
+    let without = Arc::new(server_auth_config(&w1, PeerAllowList::default()).unwrap());
+    let optional = server_with(&w3, ClientCerts::Optional).await;
+    // No certificate: the connection is served, with no mTLS peer (the request itself
+    // must then prove who sent it).
+    let (_, answer) = call(optional, &without).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("none"), "{answer}");
+    // A certificate that is presented is still verified and names the peer.
+    let (_, answer) = call(optional, &with_svid).await;
+    assert!(answer.ends_with("spiffe://good.test/w1"), "{answer}");
+    // One from an untrusted domain is refused, as with required certificates.
+    let evil = Domain::new("evil.test");
+    let outsider = CredentialSource::fixed(evil.credentials("/w1", &[&evil, &good]));
+    let outsider = Arc::new(client_config(&outsider, PeerAllowList::default()).unwrap());
+    assert!(!served(optional, &outsider).await);
+    // Where they are required, a caller without one is not served at all.
+    let required = server_with(&w3, ClientCerts::Required).await;
+    assert!(!served(required, &without).await);
+    assert!(served(required, &with_svid).await);
+}
+
+/// Whether a request over a new TLS connection made with `config` gets an answer.
+async fn served(addr: std::net::SocketAddr, config: &Arc<rustls::ClientConfig>) -> bool {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let Ok(mut tls) = tokio_rustls::TlsConnector::from(config.clone())
+        .connect("w3.test".try_into().unwrap(), tcp)
+        .await
+    else {
+        return false;
+    };
+    // In TLS 1.3 the client's certificate is checked after the client has finished its
+    // handshake: a refusal arrives as an alert in place of the answer.
+    let _ = tls
+        .write_all(b"GET / HTTP/1.1\r\nhost: w3.test\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    answer.starts_with("HTTP/1.1 200")
 }
 
 /// Reads until the server closes the connection; how long that took, at most `within`.

@@ -1,5 +1,6 @@
 //! The outbound sidecar's destinations: where this workload's credentials may go, and
-//! which server identity is accepted at each over mutual TLS.
+//! which server identity is accepted at each over TLS; and its WIT-based proofs sent over
+//! TLS to a server that proves its X509-SVID.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,8 +20,11 @@ use std::sync::Arc;
 use tower::ServiceExt;
 use wimse_workload::listen::serve;
 use wimse_workload::proxy::{OutboundOptions, OutboundProof, outbound_router};
-use wimse_workload::tls::server_config;
-use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList, ProofMethod};
+use wimse_workload::tls::{ClientCerts, server_config, server_config_with};
+use wimse_workload::{
+    AuthConfig, Authenticator, CredentialSource, MtlsPeer, PeerAllowList, PeerIdentity, Policy,
+    ProofMethod, WimseLayer,
+};
 
 /// An upstream on loopback answering with the caller it saw: the mTLS peer when `tls`
 /// is its source, else whether a WIT arrived.
@@ -132,4 +136,93 @@ async fn a_body_streams_through_when_no_signature_covers_it() {
     let (status, body) = send(&proxy, request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, format!("bytes={size}"));
+}
+
+/// A Rust service behind the `WimseLayer` on a TLS listener at `https://127.0.0.1:<port>`
+/// (its public URL), asking callers for certificates as `clients` says; it answers with
+/// the authenticated caller and how it was proven.
+async fn service_over_tls(source: &CredentialSource, clients: ClientCerts) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let authn = Authenticator::new(AuthConfig::new(format!("https://{addr}")), source.clone());
+    let policy = Policy::from_text("permit(principal, action, resource);").unwrap();
+    let app = axum::Router::new()
+        .fallback(
+            |axum::Extension(peer): axum::Extension<PeerIdentity>| async move {
+                format!("{} {}", peer.id, peer.method.name())
+            },
+        )
+        .layer(WimseLayer::new(Arc::new(authn), Arc::new(policy)));
+    let config = server_config_with(source, PeerAllowList::default(), clients).unwrap();
+    tokio::spawn(serve(listener, Arc::new(config), app));
+    addr
+}
+
+#[tokio::test]
+async fn over_tls_the_wit_and_its_proof_reach_a_server_that_proves_its_svid() {
+    let good = Domain::new("good.test");
+    let w3 = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let mut only_w3 = PeerAllowList::default();
+    only_w3.ids.insert(good.id("/w3"));
+    // The proof is bound to the `https://` URL the request goes out as, which is the
+    // service's public URL; whether the server asks for the proxy's certificate or
+    // requires it, the WIT in the request is what authenticates the caller.
+    for clients in [ClientCerts::Optional, ClientCerts::Required] {
+        let addr = service_over_tls(&w3, clients).await;
+        for (method, name) in [
+            (ProofMethod::WitWpt, "wit-wpt"),
+            (ProofMethod::HttpSig, "http-sig"),
+        ] {
+            let proof = OutboundProof::AttachOverTls(method, only_w3.clone());
+            let proxy = outbound_router(source.clone(), OutboundOptions::new(proof)).unwrap();
+            let (status, body) = get(&proxy, &format!("http://{addr}/orders")).await;
+            assert_eq!(status, StatusCode::OK, "{clients:?} {name}: {body}");
+            assert_eq!(body, format!("spiffe://good.test/w1 {name}"), "{clients:?}");
+        }
+    }
+    // A server that is not the one the allow-list names: refused in the handshake.
+    let w2 = service_over_tls(
+        &CredentialSource::fixed(good.credentials("/w2", &[&good])),
+        ClientCerts::Optional,
+    )
+    .await;
+    let proof = OutboundProof::AttachOverTls(ProofMethod::WitWpt, only_w3);
+    let proxy = outbound_router(source, OutboundOptions::new(proof)).unwrap();
+    let (status, body) = get(&proxy, &format!("http://{w2}/orders")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+}
+
+#[tokio::test]
+async fn over_tls_nothing_is_sent_to_a_server_that_speaks_plain_http() {
+    // A plain listener that keeps every byte it is sent: the proxy's TLS handshake fails,
+    // and neither the WIT nor the request ever leaves in the clear.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut seen = vec![0u8; 4096];
+        let n = stream.read(&mut seen).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        seen.truncate(n);
+        seen
+    });
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let proof = OutboundProof::AttachOverTls(ProofMethod::WitWpt, PeerAllowList::default());
+    let proxy = outbound_router(source, OutboundOptions::new(proof)).unwrap();
+    let (status, body) = get(&proxy, &format!("http://{addr}/orders")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let seen = String::from_utf8_lossy(&received.await.unwrap()).to_ascii_lowercase();
+    assert!(!seen.is_empty(), "the proxy never connected");
+    for leak in ["workload-identity-token", "workload-proof-token", "/orders"] {
+        assert!(
+            !seen.contains(leak),
+            "`{leak}` went out in the clear: {seen}"
+        );
+    }
 }
