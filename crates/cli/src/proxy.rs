@@ -17,6 +17,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_workload::listen::{ConnectionLimits, LimitSettings, LimitsError};
 use wimse_workload::proxy::{OutboundOptions, OutboundProof};
+use wimse_workload::tls::{ClientCerts, server_config_with};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Metrics, PeerAllowList, Policy, ProofMethod,
     WimseLayer,
@@ -54,6 +55,15 @@ impl ProxyCommand {
             }
         }
     }
+}
+
+/// Whether the inbound proxy's TLS callers must present a certificate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClientCertArg {
+    /// Mutual TLS only: a caller without an X509-SVID cannot connect
+    Required,
+    /// Callers may connect over server-authenticated TLS and prove themselves per request
+    Optional,
 }
 
 /// `wimse proxy inbound`
@@ -95,10 +105,14 @@ pub struct InboundArgs {
     /// have signed (`wimse-sign-response`)
     #[arg(long)]
     pub sign_responses: bool,
-    /// Accept only mutual TLS (TLS 1.3) with this workload's X509-SVID; a caller presents
-    /// its own, which authenticates it (WIT-based proofs over the connection work too)
+    /// Accept only TLS 1.3 with this workload's X509-SVID; a caller presents its own,
+    /// which authenticates it (WIT-based proofs over the connection work too)
     #[arg(long)]
     pub tls: bool,
+    /// With `--tls`, whether a caller must present an X509-SVID; one that presents none
+    /// must prove itself with a WIT and a WPT or message signature in each request
+    #[arg(long, value_enum, requires = "tls", default_value = "required")]
+    pub tls_client_cert: ClientCertArg,
     /// Speak HTTP/2 (h2c, prior knowledge) to the upstream, as gRPC services need
     #[arg(long)]
     pub upstream_http2: bool,
@@ -208,17 +222,23 @@ pub struct OutboundArgs {
     /// signed by a trusted workload (needs `--proof http-sig`)
     #[arg(long)]
     pub require_signed_response: bool,
-    /// With `--proof mtls`: a server identity to accept (repeatable)
+    /// Send the WIT and its proof over TLS: each `http://` request goes out as `https://`
+    /// to the same host and port (443 when the URL names none), to a server that must
+    /// present an X509-SVID; this workload presents its own (`--proof mtls` is always
+    /// over TLS)
+    #[arg(long)]
+    pub tls: bool,
+    /// With `--proof mtls` or `--tls`: a server identity to accept (repeatable)
     /// [default: any server of this workload's own trust domain]
     #[arg(long = "server-id", value_name = "ID")]
     pub server_ids: Vec<String>,
-    /// With `--proof mtls`: a trust domain whose servers to accept (repeatable)
+    /// With `--proof mtls` or `--tls`: a trust domain whose servers to accept (repeatable)
     #[arg(long = "server-trust-domain", value_name = "TD")]
     pub server_trust_domains: Vec<String>,
-    /// A destination requests may go to, `HOST[:PORT]` (port 80 by default), with
-    /// `--proof mtls` optionally `=ID`: the one server identity accepted there
-    /// (repeatable) [default: any destination]. Once one is given, requests for any
-    /// other are refused (403) and no credential leaves for them
+    /// A destination requests may go to, `HOST[:PORT]` (port 80 by default, 443 with
+    /// `--tls`), with `--proof mtls` or `--tls` optionally `=ID`: the one server identity
+    /// accepted there (repeatable) [default: any destination]. Once one is given,
+    /// requests for any other are refused (403) and no credential leaves for them
     #[arg(long = "destination", value_name = "HOST[:PORT][=ID]")]
     pub destinations: Vec<String>,
     #[command(flatten)]
@@ -362,7 +382,11 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     tracing::info!(listen = %args.listen, public_url, upstream = %args.upstream, tls = args.tls,
         id = ?source.current().id().map(WorkloadId::as_str), "inbound proxy ready");
     let tls = if args.tls {
-        let config = wimse_workload::tls::server_config(&source, PeerAllowList::default())
+        let clients = match args.tls_client_cert {
+            ClientCertArg::Required => ClientCerts::Required,
+            ClientCertArg::Optional => ClientCerts::Optional,
+        };
+        let config = server_config_with(&source, PeerAllowList::default(), clients)
             .map_err(|e| CommandError::Proxy(e.to_string()))?;
         Some(Arc::new(config))
     } else {
@@ -376,15 +400,21 @@ async fn inbound(args: InboundArgs, socket: PathBuf) -> Result<(), CommandError>
     Ok(())
 }
 
-/// The servers `--server-id`/`--server-trust-domain` name (only with `--proof mtls`), or
-/// `None` when neither is given.
+/// Whether the outbound proxy's connections are TLS on which servers prove an
+/// X509-SVID: `--proof mtls` or `--tls`.
+fn proves_servers(args: &OutboundArgs) -> bool {
+    args.tls || matches!(args.proof, ProofArg::Mtls)
+}
+
+/// The servers `--server-id`/`--server-trust-domain` name (only over TLS), or `None` when
+/// neither is given.
 fn server_allow_list(args: &OutboundArgs) -> Result<Option<PeerAllowList>, CommandError> {
     if args.server_ids.is_empty() && args.server_trust_domains.is_empty() {
         return Ok(None);
     }
-    if !matches!(args.proof, ProofArg::Mtls) {
+    if !proves_servers(args) {
         return Err(CommandError::Proxy(
-            "`--server-id` and `--server-trust-domain` need `--proof mtls`".into(),
+            "`--server-id` and `--server-trust-domain` need `--proof mtls` or `--tls`".into(),
         ));
     }
     let mut allow = PeerAllowList::default();
@@ -403,11 +433,12 @@ fn server_allow_list(args: &OutboundArgs) -> Result<Option<PeerAllowList>, Comma
     Ok(Some(allow))
 }
 
-/// The `--destination` values, by [`wimse_workload::proxy::destination_key`]; a server
-/// identity only when `mtls` proves it.
+/// The `--destination` values, by [`wimse_workload::proxy::destination_key`] with a port
+/// left out as `default_port`; a server identity only when `pins` (TLS proves it).
 fn destinations(
     values: &[String],
-    mtls: bool,
+    pins: bool,
+    default_port: u16,
 ) -> Result<BTreeMap<String, Option<WorkloadId>>, CommandError> {
     let bad =
         |value: &str, why: &str| CommandError::Proxy(format!("`--destination {value}`: {why}"));
@@ -427,13 +458,13 @@ fn destinations(
         let id = id
             .map(|id| WorkloadId::parse(id).map_err(|e| bad(value, &e.to_string())))
             .transpose()?;
-        if id.is_some() && !mtls {
+        if id.is_some() && !pins {
             return Err(bad(
                 value,
-                "a server identity needs `--proof mtls` (only the handshake proves it)",
+                "a server identity needs `--proof mtls` or `--tls` (only the handshake proves it)",
             ));
         }
-        let key = wimse_workload::proxy::destination_key(&authority);
+        let key = wimse_workload::proxy::destination_key(&authority, default_port);
         if destinations.insert(key, id).is_some() {
             return Err(bad(value, "that destination is given twice"));
         }
@@ -452,20 +483,34 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
                 .into(),
         ));
     }
+    if args.tls && matches!(args.proof, ProofArg::Mtls) {
+        return Err(CommandError::Proxy(
+            "`--tls` is for `--proof wit-wpt` and `--proof http-sig`: `--proof mtls` is always \
+             over TLS"
+                .into(),
+        ));
+    }
     let servers = server_allow_list(&args)?;
-    let destinations = destinations(&args.destinations, matches!(args.proof, ProofArg::Mtls))?;
+    // Over `--tls` the service's `http://` URLs go out as `https://`: port 443 by default.
+    let default_port = if args.tls { 443 } else { 80 };
+    let destinations = destinations(&args.destinations, proves_servers(&args), default_port)?;
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
-    let proof = match args.proof {
-        ProofArg::WitWpt => OutboundProof::Attach(ProofMethod::WitWpt),
-        ProofArg::HttpSig => OutboundProof::Attach(ProofMethod::HttpSig),
-        ProofArg::Mtls => OutboundProof::Mtls(servers.unwrap_or_else(|| {
-            // By default, only servers of this workload's own trust domain.
+    // By default, only servers of this workload's own trust domain.
+    let servers = || {
+        servers.clone().unwrap_or_else(|| {
             let mut own = PeerAllowList::default();
             if let Some(id) = source.current().id() {
                 own.trust_domains.insert(id.trust_domain().clone());
             }
             own
-        })),
+        })
+    };
+    let proof = match (args.proof, args.tls) {
+        (ProofArg::WitWpt, false) => OutboundProof::Attach(ProofMethod::WitWpt),
+        (ProofArg::HttpSig, false) => OutboundProof::Attach(ProofMethod::HttpSig),
+        (ProofArg::WitWpt, true) => OutboundProof::AttachOverTls(ProofMethod::WitWpt, servers()),
+        (ProofArg::HttpSig, true) => OutboundProof::AttachOverTls(ProofMethod::HttpSig, servers()),
+        (ProofArg::Mtls, _) => OutboundProof::Mtls(servers()),
     };
     let metrics = Arc::new(Metrics::default());
     let mut options = OutboundOptions::new(proof);
@@ -491,7 +536,7 @@ mod tests {
 
     fn parse(values: &[&str], mtls: bool) -> Result<Vec<(String, Option<String>)>, String> {
         let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
-        destinations(&values, mtls)
+        destinations(&values, mtls, 80)
             .map(|d| {
                 d.into_iter()
                     .map(|(k, id)| (k, id.map(|i| i.to_string())))
@@ -501,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn destinations_are_keyed_by_lowercase_host_and_port_and_pin_ids_only_over_mtls() {
+    fn destinations_are_keyed_by_lowercase_host_and_port_and_pin_ids_only_over_tls() {
         assert_eq!(
             parse(&["Orders", "pay:8443=spiffe://td.test/pay"], true).unwrap(),
             vec![
@@ -516,7 +561,17 @@ mod tests {
             let e = parse(values, mtls).unwrap_err();
             assert!(e.contains(why), "{values:?}: {e}");
         };
-        refused(&["pay=spiffe://td.test/pay"], false, "needs `--proof mtls`");
+        refused(
+            &["pay=spiffe://td.test/pay"],
+            false,
+            "needs `--proof mtls` or `--tls`",
+        );
+        // Over `--tls` a port left out is https's.
+        let over_tls: Vec<String> = destinations(&["Orders".to_owned()], true, 443)
+            .unwrap()
+            .into_keys()
+            .collect();
+        assert_eq!(over_tls, ["orders:443"]);
         refused(&["orders", "ORDERS:80"], false, "given twice");
         refused(&["user@orders"], false, "not a HOST[:PORT]");
         refused(&["orders/x"], false, "not a HOST[:PORT]");

@@ -123,6 +123,54 @@ fn unknown_flag_is_a_usage_error() {
 }
 
 #[test]
+fn proxy_tls_flags_that_do_not_fit_together_are_refused_before_anything_starts() {
+    // A caller certificate policy without TLS: a usage error.
+    let output = wimse(&[
+        "proxy",
+        "inbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--tls-client-cert",
+        "optional",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--tls"), "{}", stderr(&output));
+    // `--tls` with `--proof mtls` (always over TLS), and server identities without TLS:
+    // refused by name, before the agent is asked for anything.
+    for (args, named) in [
+        (
+            &["--proof", "mtls", "--tls"][..],
+            "`--tls` is for `--proof wit-wpt`",
+        ),
+        (
+            &["--server-id", "spiffe://td.test/w3"][..],
+            "need `--proof mtls` or `--tls`",
+        ),
+        (
+            &["--destination", "w3:8443=spiffe://td.test/w3"][..],
+            "needs `--proof mtls` or `--tls`",
+        ),
+    ] {
+        let mut all = vec![
+            "proxy",
+            "outbound",
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+            "/nonexistent/agent.sock",
+        ];
+        all.extend_from_slice(args);
+        let output = wimse(&all);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = stderr(&output);
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!stderr.contains("nonexistent"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn fetch_jwt_without_audience_is_a_usage_error_naming_the_flag() {
     let output = wimse(&["agent", "api", "fetch", "jwt"]);
     assert_eq!(output.status.code(), Some(2));

@@ -1901,6 +1901,10 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
     let w3 = inbound_with(&d, p3, up, free_port(), &["--tls"]);
     let _w1 = outbound(&d, "/w1", p1, "mtls", free_port());
     let _w2 = outbound(&d, "/w2", p2, "mtls", free_port());
+    // Workload 1 sending a WIT and WPT over TLS: its sidecar presents its SVID too, so a
+    // listener that requires one takes it, and the WIT is what authenticates it.
+    let pt = free_port();
+    let _wt = outbound_with(&d, "/w1", pt, &["--proof", "wit-wpt", "--tls"], free_port());
     // Workload 1 again, but it accepts only workload 2 as a server.
     let _wx = outbound_with(
         &d,
@@ -1929,6 +1933,13 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
         "{head}"
     );
 
+    let (status, _, body) = get(pt, "/api/orders/7").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("GET /api/orders/7 by {} via wit-wpt", id("/w1"))
+    );
+
     // Workload 2 is authenticated the same way, and the policy keeps it out of orders.
     let (status, _, body) = get(p2, "/api/orders/7").await.unwrap();
     assert_eq!(status, 403, "{body}");
@@ -1955,6 +1966,118 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
     assert!(
         !String::from_utf8_lossy(&refused).contains("HTTP/1.1 200"),
         "plain HTTP was served on the TLS listener"
+    );
+    assert!(w3.stop(), "inbound TLS proxy did not stop cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sidecars_send_wits_and_their_proofs_over_tls_that_proves_the_server() {
+    let d = domain("3600");
+    let up = upstream().await;
+    let (p3, p1, p2, px) = (free_port(), free_port(), free_port(), free_port());
+    let w3 = inbound_with(
+        &d,
+        p3,
+        up,
+        free_port(),
+        &["--tls", "--tls-client-cert", "optional"],
+    );
+    let _w1 = outbound_with(&d, "/w1", p1, &["--proof", "wit-wpt", "--tls"], free_port());
+    let _w2 = outbound_with(
+        &d,
+        "/w2",
+        p2,
+        &["--proof", "http-sig", "--tls", "--server-id", &id("/w3")],
+        free_port(),
+    );
+    // Workload 1 again, but it expects workload 2 at workload 3's address.
+    let _wx = outbound_with(
+        &d,
+        "/w1",
+        px,
+        &[
+            "--proof",
+            "wit-wpt",
+            "--tls",
+            "--destination",
+            &format!("127.0.0.1:{p3}={}", id("/w2")),
+        ],
+        free_port(),
+    );
+    let call = |proxy: u16, line: String| {
+        tokio::task::spawn_blocking(move || http_full(proxy, &line, &[], ""))
+    };
+
+    // The services send plain `http://` requests; each sidecar sends them as `https://`,
+    // with the WIT and a proof bound to that URL, to a server that proved its X509-SVID.
+    let (status, head, body) = call(p1, format!("GET http://127.0.0.1:{p3}/api/orders/7"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}\n{}", w3.log());
+    assert_eq!(
+        body,
+        format!("GET /api/orders/7 by {} via wit-wpt", id("/w1"))
+    );
+    assert!(
+        head.contains(&format!("\r\nx-wimse-peer-id: {}\r\n", id("/w3"))),
+        "{head}"
+    );
+    let (status, _, body) = call(p2, format!("POST http://127.0.0.1:{p3}/api/payments"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("POST /api/payments by {} via http-sig", id("/w2"))
+    );
+
+    // Another server than the one expected there: nothing is sent.
+    let (status, _, body) = call(px, format!("GET http://127.0.0.1:{p3}/api/orders/7"))
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+
+    // A caller without a certificate gets a server-authenticated connection, but its
+    // request must still prove who sent it.
+    let source = CredentialSource::connect(
+        d.agent.socket.clone(),
+        Some(WorkloadId::parse(&id("/w1")).unwrap()),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let config =
+        wimse_workload::tls::server_auth_config(&source, PeerAllowList::default()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", p3))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("w3.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            http::Request::get("/api/orders/7")
+                .header("host", "127.0.0.1")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        problem["type"], "urn:wimse:problem:missing-credentials",
+        "{problem}"
     );
     assert!(w3.stop(), "inbound TLS proxy did not stop cleanly");
 }
