@@ -30,11 +30,15 @@ fuzz_target!(|data: &[u8]| {
     }
     headers.insert("workload-identity-token", HeaderValue::from_static("e30.e30.AA"));
     headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    // Fields for `sf`, `key` and `bs` to work on.
+    headers.insert("priority", HeaderValue::from_static("u=1,   i"));
+    headers.append("example-header", HeaderValue::from_static("a, b"));
+    headers.append("example-header", HeaderValue::from_static("c"));
     let body = parts.next().unwrap_or("").as_bytes();
 
     let request = RequestView {
         method: "GET",
-        request_target: "/gimme-ice-cream?flavor=vanilla",
+        request_target: "/gimme-ice-cream?flavor=vanilla&a+b=%C3%A7&flavor=x",
         headers: &headers,
         scheme: Some("https"),
         authority: Some("svcb.example.com"),

@@ -15,6 +15,14 @@
 //! `@request-target;req`, with `wimse-req-nonce` = the request signature's nonce. A
 //! client asks for one with `wimse-sign-response`; the layer then signs the response or,
 //! when it cannot, answers 501 rather than an unsigned success.
+//!
+//! A peer may cover more than the profile asks, and the verifier rebuilds whatever RFC
+//! 9421 defines: every derived component (`@query-param;name=` included, parsed and
+//! re-encoded as §2.2.8 says, refused when the parameter repeats), and fields with the
+//! `sf` parameter (registered structured fields, re-serialized), `key` (a dictionary
+//! member) or `bs` (each line as a byte sequence: how values that are not ASCII are
+//! covered), and in a response `req` with any of them. `tr` is refused: trailers arrive
+//! after the request is verified. A component that cannot be rebuilt fails the signature.
 
 use crate::sf::{self, BareItem, Item, Member, Params};
 use base64::Engine;
@@ -190,7 +198,7 @@ pub fn check_content_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SigE
 }
 
 /// A field's value for the signature base: each line trimmed, lines joined by `, `
-/// (RFC 9421 §2.1); `None` if absent or not visible ASCII.
+/// (RFC 9421 §2.1); `None` if absent or not visible ASCII (cover it with `bs` then).
 fn field_value(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut lines = Vec::new();
     for value in headers.get_all(name) {
@@ -199,33 +207,192 @@ fn field_value(headers: &HeaderMap, name: &str) -> Option<String> {
     (!lines.is_empty()).then(|| lines.join(", "))
 }
 
+/// The structured type of the registered fields a signature may cover with `sf` (RFC
+/// 9421 §2.1.1: a verifier must know a field's type to re-serialize it). Other fields
+/// are covered as they are, or a dictionary's member with `key`.
+fn structured_type(field: &str) -> Option<StructuredType> {
+    Some(match field {
+        "accept-signature"
+        | "cdn-cache-control"
+        | "content-digest"
+        | "priority"
+        | "repr-digest"
+        | "signature"
+        | "signature-input"
+        | "want-content-digest"
+        | "want-repr-digest" => StructuredType::Dictionary,
+        "accept-ch" | "cache-status" | "client-cert-chain" | "proxy-status" => StructuredType::List,
+        "client-cert" => StructuredType::Item,
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StructuredType {
+    Dictionary,
+    List,
+    Item,
+}
+
+/// A component identifier's parameters (RFC 9421 §2.1, §2.2.8, §2.4), each at most once
+/// (the structured-field reader refuses a repeated one).
+#[derive(Debug, Default)]
+struct ComponentParams {
+    /// `sf`: the field re-serialized as its structured type.
+    sf: bool,
+    /// `key`: one member of a dictionary field.
+    key: Option<String>,
+    /// `bs`: each field line as a byte sequence.
+    bs: bool,
+    /// `req`: the component of the request a response answers.
+    req: bool,
+    /// `name`: the query parameter of `@query-param`.
+    name: Option<String>,
+}
+
+impl ComponentParams {
+    /// Reads `name`'s parameters; refuses unknown ones, `tr` (trailers are not part of
+    /// what is verified), and combinations RFC 9421 forbids.
+    fn read(name: &str, params: &Params) -> Result<Self, SigError> {
+        let refused = || SigError::Component(name.to_owned());
+        let mut read = ComponentParams::default();
+        for (key, value) in &params.0 {
+            match (key.as_str(), value) {
+                ("sf", BareItem::Boolean(true)) => read.sf = true,
+                ("bs", BareItem::Boolean(true)) => read.bs = true,
+                ("req", BareItem::Boolean(true)) => read.req = true,
+                ("key", BareItem::String(member)) => read.key = Some(member.clone()),
+                ("name", BareItem::String(query)) => read.name = Some(query.clone()),
+                _ => return Err(refused()),
+            }
+        }
+        let field_params = read.sf || read.bs || read.key.is_some();
+        let misplaced = if is_field_name(name) {
+            read.name.is_some()
+        } else {
+            field_params || (read.name.is_some() != (name == "@query-param"))
+        };
+        // `bs` keeps the bytes as sent; `sf` and `key` re-serialize them (§2.1.3).
+        if misplaced || (read.bs && (read.sf || read.key.is_some())) {
+            return Err(refused());
+        }
+        Ok(read)
+    }
+}
+
+/// A covered field's value as `params` say (RFC 9421 §2.1).
+fn field_component(
+    headers: &HeaderMap,
+    name: &str,
+    params: &ComponentParams,
+) -> Result<String, SigError> {
+    let missing = || SigError::Component(name.to_owned());
+    if params.bs {
+        // §2.1.3: each line, trimmed, as a byte sequence: for values that are not ASCII.
+        let lines: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|line| {
+                let mut out = String::new();
+                let bytes = line.as_bytes().trim_ascii();
+                sf::write_bare_item(&mut out, &BareItem::Bytes(bytes.to_vec()));
+                out
+            })
+            .collect();
+        return if lines.is_empty() {
+            Err(missing())
+        } else {
+            Ok(lines.join(", "))
+        };
+    }
+    let value = field_value(headers, name).ok_or_else(missing)?;
+    let malformed = |_: sf::SfError| missing();
+    if let Some(key) = &params.key {
+        // §2.1.2: the member, re-serialized; a member that is not there fails.
+        let dictionary = sf::parse_dictionary(&value).map_err(malformed)?;
+        let (_, member) = dictionary
+            .iter()
+            .find(|(k, _)| k == key)
+            .ok_or_else(missing)?;
+        let mut out = String::new();
+        sf::write_member(&mut out, member);
+        return Ok(out);
+    }
+    if params.sf {
+        // §2.1.1: re-serialized as the field's type, which must be known.
+        return match structured_type(name).ok_or_else(missing)? {
+            StructuredType::Dictionary => Ok(sf::write_dictionary(
+                &sf::parse_dictionary(&value).map_err(malformed)?,
+            )),
+            StructuredType::List => Ok(sf::write_list(&sf::parse_list(&value).map_err(malformed)?)),
+            StructuredType::Item => {
+                let mut out = String::new();
+                sf::write_item(&mut out, &sf::parse_item(&value).map_err(malformed)?);
+                Ok(out)
+            }
+        };
+    }
+    Ok(value)
+}
+
+/// `@query-param;name=...` (RFC 9421 §2.2.8): the one query parameter whose name, parsed
+/// as `application/x-www-form-urlencoded` and percent-encoded again, is `name`; its value
+/// the same way. A parameter that appears more than once cannot be covered.
+fn query_param(request_target: &str, name: &str) -> Result<String, SigError> {
+    let query = request_target.split_once('?').map_or("", |(_, q)| q);
+    // WHATWG's percent-encode after encoding with the form set, spaces as `%20`: what
+    // `byte_serialize` writes but for spaces, which it alone writes as `+`.
+    let encode = |text: &str| {
+        form_urlencoded::byte_serialize(text.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    };
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if encode(&key) == name {
+            if found.is_some() {
+                return Err(SigError::Component(format!(
+                    "@query-param;name=\"{name}\" (repeated)"
+                )));
+            }
+            found = Some(encode(&value));
+        }
+    }
+    found.ok_or_else(|| SigError::Component(format!("@query-param;name=\"{name}\"")))
+}
+
 /// A derived component of a request (RFC 9421 §2.2) or one of its header fields.
-/// Component parameters are refused: the profile's request coverage uses none.
 fn request_component(req: &RequestView<'_>, item: &Item) -> Result<String, SigError> {
     let BareItem::String(name) = &item.bare else {
         return Err(SigError::Shape(
             "a component identifier is not a string".into(),
         ));
     };
-    // Component parameters (`sf`, `key`, `bs`, `req`, `tr`, `name`) are not part of the
-    // request profile; refuse rather than sign something we do not canonicalize.
-    if !item.params.0.is_empty() {
+    let params = ComponentParams::read(name, &item.params)?;
+    if params.req {
+        // Only a response's signature covers components of the request it answers.
         return Err(SigError::Component(name.clone()));
     }
-    match name.as_str() {
+    request_value(req, name, &params)
+}
+
+/// The value of the request component `name` with `params` (its `req` already handled).
+fn request_value(
+    req: &RequestView<'_>,
+    name: &str,
+    params: &ComponentParams,
+) -> Result<String, SigError> {
+    let missing = || SigError::Component(name.to_owned());
+    match name {
         "@method" => Ok(req.method.to_owned()),
         "@request-target" => Ok(req.request_target.to_owned()),
-        "@scheme" => req
-            .scheme()
-            .ok_or_else(|| SigError::Component(name.clone())),
-        "@authority" => req
-            .authority()
-            .ok_or_else(|| SigError::Component(name.clone())),
+        "@scheme" => req.scheme().ok_or_else(missing),
+        "@authority" => req.authority().ok_or_else(missing),
         "@target-uri" => match (req.scheme(), req.authority()) {
             (Some(scheme), Some(authority)) => {
                 Ok(format!("{scheme}://{authority}{}", req.request_target))
             }
-            _ => Err(SigError::Component(name.clone())),
+            _ => Err(missing()),
         },
         "@path" => Ok(req
             .request_target
@@ -240,37 +407,34 @@ fn request_component(req: &RequestView<'_>, item: &Item) -> Result<String, SigEr
             .and_then(|i| req.request_target.get(i..))
             .unwrap_or("?")
             .to_owned()),
-        field if is_field_name(field) => {
-            field_value(req.headers, field).ok_or_else(|| SigError::Component(name.clone()))
-        }
-        _ => Err(SigError::Component(name.clone())),
+        "@query-param" => query_param(
+            req.request_target,
+            params.name.as_deref().unwrap_or_default(),
+        ),
+        field if is_field_name(field) => field_component(req.headers, field, params),
+        _ => Err(missing()),
     }
 }
 
 fn is_field_name(name: &str) -> bool {
-    !name.starts_with('@') && name.bytes().all(|b| !b.is_ascii_uppercase())
+    !name.is_empty() && !name.starts_with('@') && name.bytes().all(|b| !b.is_ascii_uppercase())
 }
 
 /// A component of a response: `@status`, a response header field, or (with the `req`
-/// parameter and no other) a component of the request it answers.
+/// parameter) a component of the request it answers.
 fn response_component(resp: &ResponseView<'_>, item: &Item) -> Result<String, SigError> {
     let BareItem::String(name) = &item.bare else {
         return Err(SigError::Shape(
             "a component identifier is not a string".into(),
         ));
     };
-    match item.params.0.as_slice() {
-        [] if name == "@status" => Ok(format!("{:03}", resp.status)),
-        [] if is_field_name(name) => {
-            field_value(resp.headers, name).ok_or_else(|| SigError::Component(name.clone()))
-        }
-        [(key, BareItem::Boolean(true))] if key == "req" => request_component(
-            &resp.request,
-            &Item {
-                bare: item.bare.clone(),
-                params: Params::default(),
-            },
-        ),
+    let params = ComponentParams::read(name, &item.params)?;
+    if params.req {
+        return request_value(&resp.request, name, &params);
+    }
+    match name.as_str() {
+        "@status" if params.name.is_none() => Ok(format!("{:03}", resp.status)),
+        field if is_field_name(field) => field_component(resp.headers, field, &params),
         _ => Err(SigError::Component(name.clone())),
     }
 }

@@ -1,12 +1,15 @@
-//! A strict reader and writer for the subset of RFC 8941 Structured Field Values that
-//! HTTP Message Signatures (RFC 9421) need: dictionaries whose members are items or inner
-//! lists, with parameters; bare items that are integers, strings, tokens, byte sequences
-//! and booleans.
+//! A strict reader and writer of RFC 8941 Structured Field Values with RFC 9651's dates
+//! and display strings, for HTTP Message Signatures (RFC 9421): its own fields
+//! (dictionaries), and the fields a signature covers with the `sf` or `key` parameter,
+//! which are re-serialized in canonical form (dictionaries, lists and items).
 //!
 //! Strict where RFC 8941 is lenient, because these fields carry security decisions:
 //! a repeated dictionary key or parameter is refused (RFC 8941 lets the last one win,
-//! which would let an intermediary-appended member override a signed one), decimals are
-//! refused (no signature parameter uses them), and input is capped at [`MAX_FIELD_LEN`].
+//! which would let an intermediary-appended member override a signed one), and input is
+//! capped at [`MAX_FIELD_LEN`].
+//!
+//! Hand-written rather than the `sfv` crate for that strictness: `sfv` applies RFC
+//! 8941's last-one-wins rule to repeated keys, as the RFC asks of a general parser.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -44,9 +47,12 @@ pub enum SfError {
     /// A byte sequence is not valid base64.
     #[error("structured field byte sequence is not valid base64")]
     Base64,
-    /// Decimals are valid RFC 8941 but no signature field uses them.
-    #[error("structured field decimals are not supported")]
+    /// A decimal has more than 12 integer or 3 fractional digits.
+    #[error("structured field decimal out of range")]
     Decimal,
+    /// A display string is not UTF-8 once its percent-escapes are decoded.
+    #[error("structured field display string is not UTF-8")]
+    DisplayString,
 }
 
 /// A bare item.
@@ -54,6 +60,9 @@ pub enum SfError {
 pub enum BareItem {
     /// `sf-integer`.
     Integer(i64),
+    /// `sf-decimal`, in thousandths (`1.5` is 1500): RFC 8941 decimals have at most
+    /// three fractional digits, so this is exact.
+    Decimal(i64),
     /// `sf-string` (printable ASCII).
     String(String),
     /// `sf-token`.
@@ -62,6 +71,10 @@ pub enum BareItem {
     Bytes(Vec<u8>),
     /// `sf-boolean`.
     Boolean(bool),
+    /// `sf-date` (RFC 9651): Unix seconds.
+    Date(i64),
+    /// `sf-displaystring` (RFC 9651): Unicode text.
+    DisplayString(String),
 }
 
 /// Ordered parameters, keys unique.
@@ -95,6 +108,9 @@ pub enum Member {
 
 /// A parsed dictionary, in field order.
 pub type Dictionary = Vec<(String, Member)>;
+
+/// A parsed list, in field order.
+pub type List = Vec<Member>;
 
 struct Parser<'a> {
     input: &'a [u8],
@@ -153,39 +169,99 @@ impl Parser<'_> {
 
     fn bare_item(&mut self) -> Result<BareItem, SfError> {
         match self.peek() {
-            Some(b'-' | b'0'..=b'9') => self.integer(),
+            Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b'"') => self.string(),
             Some(b':') => self.bytes(),
             Some(b'?') => self.boolean(),
+            Some(b'@') => {
+                self.pos += 1;
+                match self.number()? {
+                    BareItem::Integer(seconds) => Ok(BareItem::Date(seconds)),
+                    _ => Err(SfError::Unexpected(self.pos)),
+                }
+            }
+            Some(b'%') => self.display_string(),
             Some(c) if c.is_ascii_alphabetic() || c == b'*' => Ok(self.token()),
             _ => Err(self.unexpected()),
         }
     }
 
-    fn integer(&mut self) -> Result<BareItem, SfError> {
-        let negative = self.peek() == Some(b'-');
-        if negative {
-            self.pos += 1;
-        }
+    /// The digits from here on, as a number, and how many there were.
+    fn digits(&mut self) -> (i64, usize) {
         let start = self.pos;
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
+        let mut value: i64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
             self.pos += 1;
+            // Saturates: callers refuse more digits than fit long before.
+            value = value.saturating_mul(10).saturating_add(i64::from(d - b'0'));
         }
-        let digits = self.input.get(start..self.pos).unwrap_or_default();
-        if digits.is_empty() {
+        (value, self.pos - start)
+    }
+
+    /// An integer or a decimal (RFC 8941 §4.2.4).
+    fn number(&mut self) -> Result<BareItem, SfError> {
+        let sign = if self.peek() == Some(b'-') {
+            self.pos += 1;
+            -1
+        } else {
+            1
+        };
+        let (whole, count) = self.digits();
+        if count == 0 {
             return Err(self.unexpected());
         }
-        if self.peek() == Some(b'.') {
+        if self.peek() != Some(b'.') {
+            if count > 15 {
+                return Err(SfError::Integer);
+            }
+            return Ok(BareItem::Integer(sign * whole));
+        }
+        if count > 12 {
             return Err(SfError::Decimal);
         }
-        if digits.len() > 15 {
-            return Err(SfError::Integer);
+        self.pos += 1;
+        let (fraction, places) = self.digits();
+        if places == 0 && self.pos >= self.input.len() {
+            return Err(SfError::Truncated);
         }
-        let mut value: i64 = 0;
-        for d in digits {
-            value = value * 10 + i64::from(d - b'0');
+        if !(1..=3).contains(&places) {
+            return Err(SfError::Decimal);
         }
-        Ok(BareItem::Integer(if negative { -value } else { value }))
+        let scale = [100, 10, 1].get(places - 1).copied().unwrap_or(1);
+        Ok(BareItem::Decimal(sign * (whole * 1000 + fraction * scale)))
+    }
+
+    /// A display string (RFC 9651 §4.2.10): `%"`, printable ASCII and lowercase `%xx`
+    /// escapes, `"`.
+    fn display_string(&mut self) -> Result<BareItem, SfError> {
+        self.pos += 1; // %
+        if self.bump() != Some(b'"') {
+            return Err(self.unexpected());
+        }
+        let mut bytes = Vec::new();
+        loop {
+            match self.bump() {
+                None => return Err(SfError::Truncated),
+                Some(b'"') => {
+                    return String::from_utf8(bytes)
+                        .map(BareItem::DisplayString)
+                        .map_err(|_| SfError::DisplayString);
+                }
+                Some(b'%') => {
+                    let hex = |c: Option<u8>| match c {
+                        Some(c @ b'0'..=b'9') => Some(c - b'0'),
+                        Some(c @ b'a'..=b'f') => Some(c - b'a' + 10),
+                        _ => None,
+                    };
+                    let (Some(high), Some(low)) = (hex(self.bump()), hex(self.bump())) else {
+                        return Err(SfError::Unexpected(self.pos.saturating_sub(1)));
+                    };
+                    bytes.push(high << 4 | low);
+                }
+                Some(c @ 0x20..=0x7e) => bytes.push(c),
+                Some(_) => return Err(SfError::Unexpected(self.pos - 1)),
+            }
+        }
     }
 
     fn string(&mut self) -> Result<BareItem, SfError> {
@@ -296,9 +372,46 @@ impl Parser<'_> {
         }
     }
 
+    /// A list member: an item or an inner list.
+    fn member(&mut self) -> Result<Member, SfError> {
+        if self.peek() == Some(b'(') {
+            self.inner_list()
+        } else {
+            Ok(Member::Item(self.item()?))
+        }
+    }
+
+    /// After a list or dictionary member: the end (true), or a comma and another member.
+    fn next_member(&mut self) -> Result<bool, SfError> {
+        self.skip_ows();
+        match self.bump() {
+            None => Ok(true),
+            Some(b',') => {
+                self.skip_ows();
+                if self.peek().is_none() {
+                    return Err(SfError::Truncated);
+                }
+                Ok(false)
+            }
+            Some(_) => Err(SfError::Unexpected(self.pos - 1)),
+        }
+    }
+
+    fn list(&mut self) -> Result<List, SfError> {
+        let mut list = Vec::new();
+        if self.peek().is_none() {
+            return Ok(list);
+        }
+        loop {
+            list.push(self.member()?);
+            if self.next_member()? {
+                return Ok(list);
+            }
+        }
+    }
+
     fn dictionary(&mut self) -> Result<Dictionary, SfError> {
         let mut dict: Dictionary = Vec::new();
-        self.skip_sp();
         if self.peek().is_none() {
             return Ok(dict);
         }
@@ -306,11 +419,7 @@ impl Parser<'_> {
             let key = self.key()?;
             let member = if self.peek() == Some(b'=') {
                 self.pos += 1;
-                if self.peek() == Some(b'(') {
-                    self.inner_list()?
-                } else {
-                    Member::Item(self.item()?)
-                }
+                self.member()?
             } else {
                 Member::Item(Item {
                     bare: BareItem::Boolean(true),
@@ -321,31 +430,47 @@ impl Parser<'_> {
                 return Err(SfError::DuplicateKey(key));
             }
             dict.push((key, member));
-            self.skip_ows();
-            match self.bump() {
-                None => return Ok(dict),
-                Some(b',') => {
-                    self.skip_ows();
-                    if self.peek().is_none() {
-                        return Err(SfError::Truncated);
-                    }
-                }
-                Some(_) => return Err(SfError::Unexpected(self.pos - 1)),
+            if self.next_member()? {
+                return Ok(dict);
             }
         }
     }
 }
 
-/// Parses a dictionary field value (RFC 8941 §4.2.2, strict subset).
-pub fn parse_dictionary(input: &str) -> Result<Dictionary, SfError> {
+/// Runs `parse` over a whole field value (RFC 8941 §4.2): leading spaces skipped, and
+/// nothing may follow what it reads but spaces.
+fn parse_field<'a, T>(
+    input: &'a str,
+    parse: impl FnOnce(&mut Parser<'a>) -> Result<T, SfError>,
+) -> Result<T, SfError> {
     if input.len() > MAX_FIELD_LEN {
         return Err(SfError::TooLong(input.len()));
     }
     let mut parser = Parser {
-        input: input.as_bytes(),
+        input: input.trim_end_matches(' ').as_bytes(),
         pos: 0,
     };
-    parser.dictionary()
+    parser.skip_sp();
+    let value = parse(&mut parser)?;
+    if parser.pos < parser.input.len() {
+        return Err(SfError::Unexpected(parser.pos));
+    }
+    Ok(value)
+}
+
+/// Parses a dictionary field value (RFC 8941 §4.2.2; repeated keys refused).
+pub fn parse_dictionary(input: &str) -> Result<Dictionary, SfError> {
+    parse_field(input, Parser::dictionary)
+}
+
+/// Parses a list field value (RFC 8941 §4.2.1).
+pub fn parse_list(input: &str) -> Result<List, SfError> {
+    parse_field(input, Parser::list)
+}
+
+/// Parses an item field value (RFC 8941 §4.2.3).
+pub fn parse_item(input: &str) -> Result<Item, SfError> {
+    parse_field(input, Parser::item)
 }
 
 /// Serializes a bare item (RFC 8941 §4.1.3).
@@ -371,7 +496,59 @@ pub fn write_bare_item(out: &mut String, item: &BareItem) {
             out.push(':');
         }
         BareItem::Boolean(b) => out.push_str(if *b { "?1" } else { "?0" }),
+        BareItem::Decimal(thousandths) => {
+            let sign = if *thousandths < 0 { "-" } else { "" };
+            let (whole, fraction) = (
+                thousandths.unsigned_abs() / 1000,
+                thousandths.unsigned_abs() % 1000,
+            );
+            // At least one fractional digit, no trailing zeros (RFC 8941 §4.1.5).
+            let fraction = format!("{fraction:03}");
+            let fraction = fraction.trim_end_matches('0');
+            let fraction = if fraction.is_empty() { "0" } else { fraction };
+            let _ = write!(out, "{sign}{whole}.{fraction}");
+        }
+        BareItem::Date(seconds) => {
+            let _ = write!(out, "@{seconds}");
+        }
+        BareItem::DisplayString(text) => {
+            out.push_str("%\"");
+            for byte in text.bytes() {
+                if byte == b'%' || byte == b'"' || !(0x20..=0x7e).contains(&byte) {
+                    let _ = write!(out, "%{byte:02x}");
+                } else {
+                    out.push(char::from(byte));
+                }
+            }
+            out.push('"');
+        }
     }
+}
+
+/// Serializes an item with its parameters.
+pub fn write_item(out: &mut String, item: &Item) {
+    write_bare_item(out, &item.bare);
+    write_params(out, &item.params);
+}
+
+/// Serializes a list or dictionary member: an item or an inner list.
+pub fn write_member(out: &mut String, member: &Member) {
+    match member {
+        Member::Item(item) => write_item(out, item),
+        Member::InnerList(items, params) => write_inner_list(out, items, params),
+    }
+}
+
+/// Serializes a list.
+pub fn write_list(list: &List) -> String {
+    let mut out = String::new();
+    for (i, member) in list.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_member(&mut out, member);
+    }
+    out
 }
 
 /// Serializes parameters; a `true` Boolean is written as a bare key (RFC 8941 §4.1.1.2).
@@ -393,8 +570,7 @@ pub fn write_inner_list(out: &mut String, items: &[Item], params: &Params) {
         if i > 0 {
             out.push(' ');
         }
-        write_bare_item(out, &item.bare);
-        write_params(out, &item.params);
+        write_item(out, item);
     }
     out.push(')');
     write_params(out, params);
@@ -412,14 +588,9 @@ pub fn write_dictionary(dict: &Dictionary) -> String {
             Member::Item(item) if item.bare == BareItem::Boolean(true) => {
                 write_params(&mut out, &item.params);
             }
-            Member::Item(item) => {
+            member => {
                 out.push('=');
-                write_bare_item(&mut out, &item.bare);
-                write_params(&mut out, &item.params);
-            }
-            Member::InnerList(items, params) => {
-                out.push('=');
-                write_inner_list(&mut out, items, params);
+                write_member(&mut out, member);
             }
         }
     }
@@ -491,13 +662,76 @@ mod tests {
             "a=(\"x\"",
             "a=\"unterminated",
             "a=:not base64:",
-            "a=1.5",
+            "a=1.5555",
+            "a=1.",
+            "a=1.a",
+            "a=.5",
+            "a=1234567890123.5",
+            "a=@1.5",
+            "a=@",
+            "a=%\"%AB\"",
+            "a=%\"%ff\"",
+            "a=%\"%f\"",
+            "a=%x",
+            "a=%\"\u{e9}\"",
             "a=1234567890123456",
             "a=\"\\n\"",
             "a=?2",
             "a=(\"x\"\"y\")",
         ] {
             assert!(parse_dictionary(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decimals_dates_and_display_strings_read_and_write_canonically() {
+        // RFC 8941 §4.1.5: no trailing zeros, at least one fractional digit.
+        for (text, value, canonical) in [
+            ("1.5", 1500, "1.5"),
+            ("-0.250", -250, "-0.25"),
+            ("3.0", 3000, "3.0"),
+            ("123456789012.999", 123_456_789_012_999, "123456789012.999"),
+        ] {
+            let item = parse_item(text).unwrap();
+            assert_eq!(item.bare, BareItem::Decimal(value), "{text}");
+            let mut out = String::new();
+            write_item(&mut out, &item);
+            assert_eq!(out, canonical);
+        }
+        // RFC 9651 §3.3.7 and §3.3.8.
+        let date = parse_item("@1659578233").unwrap();
+        assert_eq!(date.bare, BareItem::Date(1_659_578_233));
+        let text = parse_item("%\"f%c3%bc%c3%bc\"").unwrap();
+        assert_eq!(text.bare, BareItem::DisplayString("f\u{fc}\u{fc}".into()));
+        let mut out = String::new();
+        write_item(&mut out, &text);
+        assert_eq!(out, "%\"f%c3%bc%c3%bc\"");
+        let mut out = String::new();
+        write_bare_item(&mut out, &BareItem::DisplayString("50% \"off\"".into()));
+        assert_eq!(out, "%\"50%25 %22off%22\"");
+    }
+
+    #[test]
+    fn lists_and_items_are_whole_fields() {
+        // RFC 9421 §2.1.1's dictionary, and RFC 8941 §3.1 and §3.3's examples: spacing
+        // made canonical.
+        let dict = parse_dictionary("a=1,    b=2;x=1;y=2,   c=(a   b   c)").unwrap();
+        assert_eq!(write_dictionary(&dict), "a=1, b=2;x=1;y=2, c=(a b c)");
+        let list = parse_list("sugar,   tea,  rum").unwrap();
+        assert_eq!(write_list(&list), "sugar, tea, rum");
+        let list = parse_list("(\"foo\"   \"bar\");lvl=5, (\"baz\");lvl=1, ()").unwrap();
+        assert_eq!(
+            write_list(&list),
+            "(\"foo\" \"bar\");lvl=5, (\"baz\");lvl=1, ()"
+        );
+        assert_eq!(parse_list("").unwrap(), Vec::new());
+        let item = parse_item("  5;foo=bar  ").unwrap();
+        assert_eq!(item.bare, BareItem::Integer(5));
+        for bad in ["1, 2", "1 2", "1,", "(a b)", "a b"] {
+            assert!(parse_item(bad).is_err(), "{bad}");
+        }
+        for bad in ["a,", ",a", "a b", "(a b"] {
+            assert!(parse_list(bad).is_err(), "{bad}");
         }
     }
 
@@ -520,6 +754,9 @@ mod tests {
             "[a-zA-Z*][a-zA-Z0-9:/*.-]{0,10}".prop_map(BareItem::Token),
             proptest::collection::vec(any::<u8>(), 0..20).prop_map(BareItem::Bytes),
             any::<bool>().prop_map(BareItem::Boolean),
+            (-999_999_999_999_999i64..=999_999_999_999_999).prop_map(BareItem::Decimal),
+            (-999_999_999_999_999i64..=999_999_999_999_999).prop_map(BareItem::Date),
+            "\\PC{0,12}".prop_map(BareItem::DisplayString),
         ]
     }
 
@@ -551,8 +788,21 @@ mod tests {
         }
 
         #[test]
+        fn serialized_lists_and_items_parse_back_to_themselves(
+            list in proptest::collection::vec(member(), 0..4),
+            item in item(),
+        ) {
+            prop_assert_eq!(parse_list(&write_list(&list)).unwrap(), list);
+            let mut text = String::new();
+            write_item(&mut text, &item);
+            prop_assert_eq!(parse_item(&text).unwrap(), item);
+        }
+
+        #[test]
         fn arbitrary_input_never_panics(input in "\\PC{0,200}") {
             let _ = parse_dictionary(&input);
+            let _ = parse_list(&input);
+            let _ = parse_item(&input);
         }
     }
 }

@@ -279,3 +279,153 @@ fn rfc9421_b26_verifies_over_our_base_with_the_derived_components() {
         Err(SigError::Component(_))
     ));
 }
+
+/// The covered components of `input` (one `Signature-Input` member).
+fn covered(input: &str) -> (Vec<wimse_workload::sf::Item>, wimse_workload::sf::Params) {
+    let input = parse_dictionary(input).unwrap();
+    let Member::InnerList(components, params) = &input[0].1 else {
+        panic!("not an inner list")
+    };
+    (components.clone(), params.clone())
+}
+
+/// The lines of the signature base of `input` over `view`, without its last.
+fn base_lines(view: &RequestView<'_>, input: &str) -> Result<Vec<String>, SigError> {
+    let (components, params) = covered(input);
+    let base = signature_base(view, &components, &params)?;
+    let mut lines: Vec<String> = base.lines().map(str::to_owned).collect();
+    lines.pop();
+    Ok(lines)
+}
+
+/// RFC 9421 §2.1.1–§2.1.3 and §2.2.8: the component parameters `key`, `sf`, `bs` and
+/// `name`, with the RFC's own examples (the `sf` one on a field whose structured type is
+/// registered, which `sf` needs).
+#[test]
+fn rfc9421_component_parameters_give_the_rfc_s_values() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "example-dict",
+        "a=1, b=2;x=1;y=2, c=(a   b    c), d".parse().unwrap(),
+    );
+    headers.append("example-header", "value, with, lots".parse().unwrap());
+    headers.append("example-header", "of, commas".parse().unwrap());
+    headers.insert("priority", "u=1,   i".parse().unwrap());
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_bytes(b"text/plain; charset=\"caf\xc3\xa9\"").unwrap(),
+    );
+    let view = RequestView {
+        method: "GET",
+        request_target: "/parameters?var=this%20is%20a%20big%0Amultiline%20value&bar=with+plus+whitespace&fa%C3%A7ade%22%3A%20=something&qux=",
+        headers: &headers,
+        scheme: Some("https"),
+        authority: Some("example.com"),
+    };
+    let lines = base_lines(
+        &view,
+        r#"s=("example-dict";key="a" "example-dict";key="d" "example-dict";key="b" "example-dict";key="c" "example-header" "example-header";bs "priority";sf "@query-param";name="var" "@query-param";name="bar" "@query-param";name="fa%C3%A7ade%22%3A%20" "@query-param";name="qux" "content-type";bs)"#,
+    )
+    .unwrap();
+    assert_eq!(
+        lines,
+        [
+            r#""example-dict";key="a": 1"#,
+            r#""example-dict";key="d": ?1"#,
+            r#""example-dict";key="b": 2;x=1;y=2"#,
+            r#""example-dict";key="c": (a b c)"#,
+            r#""example-header": value, with, lots, of, commas"#,
+            r#""example-header";bs: :dmFsdWUsIHdpdGgsIGxvdHM=:, :b2YsIGNvbW1hcw==:"#,
+            r#""priority";sf: u=1, i"#,
+            r#""@query-param";name="var": this%20is%20a%20big%0Amultiline%20value"#,
+            r#""@query-param";name="bar": with%20plus%20whitespace"#,
+            r#""@query-param";name="fa%C3%A7ade%22%3A%20": something"#,
+            r#""@query-param";name="qux": "#,
+            // A value that is not ASCII is covered as its bytes.
+            r#""content-type";bs: :dGV4dC9wbGFpbjsgY2hhcnNldD0iY2Fmw6ki:"#,
+        ]
+    );
+
+    // What cannot be canonicalized, or is not there, fails the base: no guessing.
+    for refused in [
+        r#"s=("example-dict";key="z")"#,
+        r#"s=("example-header";sf)"#,
+        r#"s=("example-dict";bs;key="a")"#,
+        r#"s=("priority";sf;bs)"#,
+        r#"s=("example-dict";tr)"#,
+        r#"s=("example-dict";req)"#,
+        r#"s=("example-dict";name="a")"#,
+        r#"s=("example-dict";what)"#,
+        r#"s=("@method";sf)"#,
+        r#"s=("@query-param")"#,
+        r#"s=("@query-param";name="nope")"#,
+        r#"s=("@path";name="var")"#,
+        r#"s=("content-type")"#,
+        r#"s=("content-type";key="charset")"#,
+    ] {
+        assert!(
+            matches!(base_lines(&view, refused), Err(SigError::Component(_))),
+            "{refused}"
+        );
+    }
+    // A query parameter that appears twice cannot be covered (RFC 9421 §2.2.8).
+    let twice = RequestView {
+        request_target: "/p?a=1&b=2&a=3",
+        ..view
+    };
+    assert!(base_lines(&twice, r#"s=("@query-param";name="b")"#).is_ok());
+    assert!(matches!(
+        base_lines(&twice, r#"s=("@query-param";name="a")"#),
+        Err(SigError::Component(_))
+    ));
+}
+
+/// RFC 9421 §2.4: a response's signature covers the request's signature by `key`, and
+/// request components with `req`.
+#[test]
+fn rfc9421_a_response_covers_request_components_with_req() {
+    let mut request_headers = http::HeaderMap::new();
+    request_headers.insert(
+        "signature",
+        "sig1=:LAH8BjcfcOcLojiuOBFWn0P5keD3xAOuJRGziCLuD8r5MW9S0RoXXLzLSRfGY/3SF8kVIkHjE13SEFdTo4Af/fJ/Pu9wheqoLVdwXyY/UkBIS1M8Brc8IODsn5DFIrG0IrburbLi0uCc+E2ZIIb6HbUJ+o+jP58JelMTe0QE3IpWINTEzpxjqDf5/Df+InHCAkQCTuKsamjWXUpyOT1Wkxi7YPVNOjW4MfNuTZ9HdbD2Tr65+BXeTG9ZS/9SWuXAc+BZ8WyPz0QRz//ec3uWXd7bYYODSjRAxHqX+S1ag3LZElYyUKaAIjZ8MGOt4gXEwCSLDv/zqxZeWLj/PDkn6w==:"
+            .parse()
+            .unwrap(),
+    );
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-length", "62".parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let response = ResponseView {
+        status: 503,
+        headers: &headers,
+        request: RequestView {
+            method: "POST",
+            request_target: "/foo?param=Value&Pet=dog",
+            headers: &request_headers,
+            scheme: Some("https"),
+            authority: Some("example.com"),
+        },
+    };
+    let (components, params) = covered(
+        r#"reqres=("@status" "content-length" "content-type" "signature";req;key="sig1" "@authority";req "@method";req "@query-param";req;name="Pet");created=1618884479;keyid="test-key-ecc-p256""#,
+    );
+    let base = response_signature_base(&response, &components, &params).unwrap();
+    let lines: Vec<&str> = base.lines().collect();
+    assert_eq!(
+        lines[..7],
+        [
+            "\"@status\": 503",
+            "\"content-length\": 62",
+            "\"content-type\": application/json",
+            "\"signature\";req;key=\"sig1\": :LAH8BjcfcOcLojiuOBFWn0P5keD3xAOuJRGziCLuD8r5MW9S0RoXXLzLSRfGY/3SF8kVIkHjE13SEFdTo4Af/fJ/Pu9wheqoLVdwXyY/UkBIS1M8Brc8IODsn5DFIrG0IrburbLi0uCc+E2ZIIb6HbUJ+o+jP58JelMTe0QE3IpWINTEzpxjqDf5/Df+InHCAkQCTuKsamjWXUpyOT1Wkxi7YPVNOjW4MfNuTZ9HdbD2Tr65+BXeTG9ZS/9SWuXAc+BZ8WyPz0QRz//ec3uWXd7bYYODSjRAxHqX+S1ag3LZElYyUKaAIjZ8MGOt4gXEwCSLDv/zqxZeWLj/PDkn6w==:",
+            "\"@authority\";req: example.com",
+            "\"@method\";req: POST",
+            "\"@query-param\";req;name=\"Pet\": dog",
+        ]
+    );
+    // `@status` belongs to the response alone.
+    let (components, params) = covered(r#"r=("@status";req)"#);
+    assert!(matches!(
+        response_signature_base(&response, &components, &params),
+        Err(SigError::Component(_))
+    ));
+}
