@@ -35,7 +35,8 @@ pub(crate) const FIRST_CREDENTIALS: Duration = Duration::from_secs(60);
 pub enum ProxyCommand {
     /// Verify incoming requests' credentials, authorize them, and forward them to the service
     Inbound(InboundArgs),
-    /// Sign the service's outgoing requests with this workload's credentials
+    /// Sign the service's outgoing requests with this workload's credentials (and tunnel
+    /// its CONNECTs, with nothing attached)
     Outbound(OutboundArgs),
 }
 
@@ -238,7 +239,8 @@ pub struct OutboundArgs {
     /// A destination requests may go to, `HOST[:PORT]` (port 80 by default, 443 with
     /// `--tls`), with `--proof mtls` or `--tls` optionally `=ID`: the one server identity
     /// accepted there (repeatable) [default: any destination]. Once one is given,
-    /// requests for any other are refused (403) and no credential leaves for them
+    /// requests and CONNECT tunnels for any other are refused (403) and no credential
+    /// leaves for them
     #[arg(long = "destination", value_name = "HOST[:PORT][=ID]")]
     pub destinations: Vec<String>,
     #[command(flatten)]

@@ -7,7 +7,7 @@
 //! | `wimse_proxy_refusals_total` | `reason` (the problem code) | credential refusals (400) by reason |
 //! | `wimse_proxy_admission_seconds` | — | time to authenticate and authorize one request |
 //! | `wimse_proxy_upstream_errors_total` | — | inbound requests the upstream service did not answer |
-//! | `wimse_proxy_outbound_requests_total` | `outcome` (`forwarded`, `refused`, `no-credentials`, `upstream-error`, `response-refused`) | outbound proxy requests |
+//! | `wimse_proxy_outbound_requests_total` | `outcome` (`forwarded`, `tunneled`, `refused`, `destination-not-allowed`, `no-credentials`, `upstream-error`, `response-refused`) | outbound proxy requests |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -20,7 +20,10 @@
 //!   [`PEER_ID_HEADER`]; with
 //!   [`OutboundOptions::require_signed_responses`] an unsigned response is refused too.
 //!   [`OutboundOptions::destinations`] limits where requests (and so credentials) may go,
-//!   and over TLS pins the server identity expected at each.
+//!   and over TLS pins the server identity expected at each. A `CONNECT host:port` (what
+//!   a client configured with `https_proxy` sends) opens a plain tunnel to a listed
+//!   destination, for `https://` calls outside WIMSE: nothing is attached to what the
+//!   service's own TLS carries through it.
 
 use crate::authn::{AuthMethod, CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
 use crate::client::{ProofMethod, SentRequest, attach, check_response, read_for_check};
@@ -372,11 +375,56 @@ impl OutboundClient {
 }
 
 async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Response<Body> {
-    let (outcome, response) = attach_and_forward(&outbound, request).await;
+    let (outcome, response) = if request.method() == http::Method::CONNECT {
+        tunnel(&outbound.options, request).await
+    } else {
+        attach_and_forward(&outbound, request).await
+    };
     if let Some(metrics) = &outbound.options.metrics {
         metrics.outbound(outcome);
     }
     response
+}
+
+/// A `CONNECT host:port` request (RFC 9110 §9.3.6): a TCP tunnel to a listed destination
+/// (port 443 unless given), for the service's `https://` calls to servers outside WIMSE.
+/// Nothing is attached: the service's own TLS runs end to end inside it, so no credential
+/// of this workload travels in it.
+async fn tunnel(
+    options: &OutboundOptions,
+    mut request: Request<Body>,
+) -> (&'static str, Response<Body>) {
+    let uri = request.uri();
+    let Some(authority) = uri
+        .authority()
+        .filter(|a| {
+            a.port_u16().is_some() && uri.scheme().is_none() && uri.path_and_query().is_none()
+        })
+        .cloned()
+    else {
+        return Refusal::NotAProxyRequest.outcome();
+    };
+    let key = destination_key(&authority, 443);
+    if !options.destinations.is_empty() && !options.destinations.contains_key(&key) {
+        return Refusal::DestinationNotAllowed(key).outcome();
+    }
+    let connecting = tokio::net::TcpStream::connect(authority.as_str());
+    let mut upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return ("upstream-error", bad_gateway(&e)),
+        Err(_) => return ("upstream-error", bad_gateway(&"connecting timed out")),
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "a CONNECT tunnel was not taken up"),
+        }
+    });
+    ("tunneled", Response::new(Body::empty()))
 }
 
 /// Why the outbound proxy sent nothing for a request.
@@ -398,7 +446,7 @@ impl Refusal {
                     StatusCode::BAD_REQUEST,
                     "not-a-proxy-request",
                     "absolute http uri required",
-                    "send absolute-form requests for http:// urls (CONNECT and https are not supported)",
+                    "send absolute-form requests for http:// urls, or CONNECT host:port for a tunnel",
                 ),
             ),
             Refusal::DestinationNotAllowed(key) => (

@@ -226,3 +226,78 @@ async fn over_tls_nothing_is_sent_to_a_server_that_speaks_plain_http() {
         );
     }
 }
+
+/// Sends `CONNECT target` to the outbound proxy at `proxy`, and the status line it gets.
+async fn connect(proxy: SocketAddr, target: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The head of the answer, up to its blank line, and nothing of the tunnel after it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (stream, status)
+}
+
+#[tokio::test]
+async fn connect_opens_a_tunnel_to_a_listed_destination_with_nothing_attached() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A TCP server that answers what it is sent in upper case: the service's own
+    // protocol (its TLS, in real use) runs through the tunnel untouched.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = echo.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap();
+        stream
+            .write_all(&buf[..n].to_ascii_uppercase())
+            .await
+            .unwrap();
+    });
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    // A listed destination where nothing listens.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = OutboundOptions::new(OutboundProof::Attach(ProofMethod::WitWpt));
+    for listed in [target, closed] {
+        options
+            .destinations
+            .insert(format!("127.0.0.1:{}", listed.port()), None);
+    }
+    let proxy = outbound_router(source, options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+
+    let (mut tunnel, status) = connect(addr, &target.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    tunnel.write_all(b"hello through").await.unwrap();
+    let mut answer = String::new();
+    tunnel.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "HELLO THROUGH");
+
+    // Not a listed destination, no port, or nothing listening: no tunnel.
+    for (other, expected) in [
+        ("169.254.169.254:80".to_owned(), "HTTP/1.1 403 Forbidden"),
+        ("127.0.0.1".to_owned(), "HTTP/1.1 400 Bad Request"),
+        (closed.to_string(), "HTTP/1.1 502 Bad Gateway"),
+    ] {
+        let (_, status) = connect(addr, &other).await;
+        assert_eq!(status, expected, "{other}");
+    }
+}
