@@ -106,8 +106,8 @@ pub struct InboundArgs {
     /// have signed (`wimse-sign-response`)
     #[arg(long)]
     pub sign_responses: bool,
-    /// Accept only TLS 1.3 with this workload's X509-SVID; a caller presents its own,
-    /// which authenticates it (WIT-based proofs over the connection work too)
+    /// Accept only TLS 1.3, presenting this workload's X509-SVID; a caller's own
+    /// X509-SVID authenticates it (WIT-based proofs over the connection work too)
     #[arg(long)]
     pub tls: bool,
     /// With `--tls`, whether a caller must present an X509-SVID; one that presents none

@@ -430,7 +430,8 @@ async fn tunnel(
 /// Why the outbound proxy sent nothing for a request.
 #[derive(Debug, PartialEq, Eq)]
 enum Refusal {
-    /// It is not an absolute-form request for an `http://` URL.
+    /// It is neither an absolute-form request for an `http://` URL nor a `CONNECT` to a
+    /// `host:port`.
     NotAProxyRequest,
     /// Its destination (the key) is not one of [`OutboundOptions::destinations`].
     DestinationNotAllowed(String),
