@@ -257,6 +257,38 @@ fn outbound_with(d: &Domain, who: &str, port: u16, extra: &[&str], health: u16) 
     )
 }
 
+/// GET `path` from `127.0.0.1:port` over one TLS connection made with `config`: the
+/// status and the body.
+async fn get_over_tls(port: u16, config: rustls::ClientConfig, path: &str) -> (u16, bytes::Bytes) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("w3.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            http::Request::get(path)
+                .header("host", "127.0.0.1")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, body)
+}
+
 /// GET/POST through an outbound proxy to workload 3's inbound proxy.
 fn via(proxy: u16, method: &str, target: u16, path: &str, body: &str) -> (u16, String) {
     let line = format!("{method} http://127.0.0.1:{target}{path}");
@@ -398,31 +430,9 @@ async fn three_workloads_each_get_only_their_own_api_with_every_auth_method() {
         let mut allow = PeerAllowList::default();
         allow.ids.insert(WorkloadId::parse(&id("/w3")).unwrap());
         let config = wimse_workload::tls::client_config(&client_source, allow).unwrap();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("w3.test".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let response = sender
-            .send_request(
-                http::Request::get(path)
-                    .header("host", "127.0.0.1")
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), expected, "{who}");
+        let (status, body) = get_over_tls(tls_port, config, path).await;
+        assert_eq!(status, expected, "{who}");
         if expected == 200 {
-            use http_body_util::BodyExt;
-            let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, format!("{} mtls", id(who)).as_bytes());
         }
     }
@@ -2048,32 +2058,8 @@ async fn the_sidecars_send_wits_and_their_proofs_over_tls_that_proves_the_server
     .unwrap();
     let config =
         wimse_workload::tls::server_auth_config(&source, PeerAllowList::default()).unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", p3))
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("w3.test".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let response = sender
-        .send_request(
-            http::Request::get("/api/orders/7")
-                .header("host", "127.0.0.1")
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
+    let (status, body) = get_over_tls(p3, config, "/api/orders/7").await;
+    assert_eq!(status, 400);
     let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         problem["type"], "urn:wimse:problem:missing-credentials",
