@@ -911,3 +911,44 @@ fn check_lifetime(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 9421 §2.2.8's encoding of a name or value: what a signer writes.
+    fn encoded(text: &str) -> String {
+        form_urlencoded::byte_serialize(text.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    }
+
+    proptest! {
+        /// However a client encodes a query (`+` or `%20` for spaces, any characters), a
+        /// parameter is found by its name in the RFC's encoding and valued the same way,
+        /// and one that appears twice is refused.
+        #[test]
+        fn a_query_parameter_is_found_by_its_encoded_name_whatever_the_client_wrote(
+            name in "\\PC{1,8}",
+            value in "\\PC{0,8}",
+            other in "\\PC{1,8}",
+        ) {
+            prop_assume!(other != name);
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&other, "x")
+                .append_pair(&name, &value)
+                .finish();
+            let target = format!("/p?{query}");
+            prop_assert_eq!(query_param(&target, &encoded(&name)).unwrap(), encoded(&value));
+            let spaces_as_percent = format!("/p?{}", query.replace('+', "%20"));
+            prop_assert_eq!(
+                query_param(&spaces_as_percent, &encoded(&name)).unwrap(),
+                encoded(&value)
+            );
+            let twice = format!("{target}&{query}");
+            prop_assert!(query_param(&twice, &encoded(&name)).is_err());
+        }
+    }
+}
