@@ -243,6 +243,10 @@ pub struct OutboundArgs {
     /// leaves for them
     #[arg(long = "destination", value_name = "HOST[:PORT][=ID]")]
     pub destinations: Vec<String>,
+    /// Seconds a CONNECT tunnel may carry nothing either way before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub tunnel_idle_timeout: u64,
     #[command(flatten)]
     pub health: HealthArg,
 }
@@ -519,6 +523,7 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     options.require_signed_responses = args.require_signed_response;
     options.destinations = destinations;
     options.metrics = Some(Arc::clone(&metrics));
+    options.tunnel_idle = Duration::from_secs(args.tunnel_idle_timeout);
     let router = wimse_workload::proxy::outbound_router(source.clone(), options)
         .map_err(|e| CommandError::Proxy(e.to_string()))?;
     let listener = listen(args.listen).await?;

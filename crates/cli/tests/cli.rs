@@ -123,7 +123,7 @@ fn unknown_flag_is_a_usage_error() {
 }
 
 #[test]
-fn proxy_tls_flags_that_do_not_fit_together_are_refused_before_anything_starts() {
+fn proxy_flags_that_do_not_fit_together_are_refused_before_anything_starts() {
     // A caller certificate policy without TLS: a usage error.
     let output = wimse(&[
         "proxy",
@@ -137,6 +137,21 @@ fn proxy_tls_flags_that_do_not_fit_together_are_refused_before_anything_starts()
     ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--tls"), "{}", stderr(&output));
+    // A tunnel idle limit of nothing: a usage error too.
+    let output = wimse(&[
+        "proxy",
+        "outbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--tunnel-idle-timeout",
+        "0",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--tunnel-idle-timeout"),
+        "{}",
+        stderr(&output)
+    );
     // `--tls` with `--proof mtls` (always over TLS), and server identities without TLS:
     // refused by name, before the agent is asked for anything.
     for (args, named) in [

@@ -126,6 +126,11 @@ pub fn strip_inbound(headers: &mut HeaderMap) {
     headers.remove(http::header::HOST);
 }
 
+/// How long a CONNECT tunnel may carry nothing either way before the outbound proxy
+/// closes it, by default (Envoy's TCP proxy has such a limit too): a tunnel the service
+/// leaked does not hold its two sockets for ever.
+pub const TUNNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How long connecting to the upstream may take before the request fails with 502.
 pub const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -336,6 +341,8 @@ pub struct OutboundOptions {
     pub require_signed_responses: bool,
     /// Where to count what becomes of requests.
     pub metrics: Option<Arc<Metrics>>,
+    /// How long a CONNECT tunnel may carry nothing either way before it is closed.
+    pub tunnel_idle: std::time::Duration,
 }
 
 impl OutboundOptions {
@@ -346,6 +353,7 @@ impl OutboundOptions {
             destinations: BTreeMap::new(),
             require_signed_responses: false,
             metrics: None,
+            tunnel_idle: TUNNEL_IDLE,
         }
     }
 }
@@ -409,22 +417,62 @@ async fn tunnel(
         return Refusal::DestinationNotAllowed(key).outcome();
     }
     let connecting = tokio::net::TcpStream::connect(authority.as_str());
-    let mut upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connecting).await {
+    let upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return ("upstream-error", bad_gateway(&e)),
         Err(_) => return ("upstream-error", bad_gateway(&"connecting timed out")),
     };
     let upgrade = hyper::upgrade::on(&mut request);
+    let idle = options.tunnel_idle;
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => {
-                let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            }
+            Ok(upgraded) => relay(hyper_util::rt::TokioIo::new(upgraded), upstream, idle).await,
             Err(e) => tracing::debug!(error = %e, "a CONNECT tunnel was not taken up"),
         }
     });
     ("tunneled", Response::new(Body::empty()))
+}
+
+/// Carries bytes both ways between a tunnel's two ends until both have finished sending,
+/// one side fails, or nothing moves either way for `idle` (a write that long blocked
+/// counts as nothing moving). Each end is told when the other has finished.
+async fn relay<C>(client: C, upstream: tokio::net::TcpStream, idle: std::time::Duration)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let (mut up, mut down) = (vec![0u8; 16 << 10], vec![0u8; 16 << 10]);
+    let (mut up_open, mut down_open) = (true, true);
+    while up_open || down_open {
+        let moved = tokio::select! {
+            read = client_read.read(&mut up), if up_open => match read {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    upstream_write.shutdown().await.is_ok()
+                }
+                Ok(n) => {
+                    let data = up.get(..n).unwrap_or_default();
+                    matches!(tokio::time::timeout(idle, upstream_write.write_all(data)).await, Ok(Ok(())))
+                }
+            },
+            read = upstream_read.read(&mut down), if down_open => match read {
+                Ok(0) | Err(_) => {
+                    down_open = false;
+                    client_write.shutdown().await.is_ok()
+                }
+                Ok(n) => {
+                    let data = down.get(..n).unwrap_or_default();
+                    matches!(tokio::time::timeout(idle, client_write.write_all(data)).await, Ok(Ok(())))
+                }
+            },
+            () = tokio::time::sleep(idle) => false,
+        };
+        if !moved {
+            return;
+        }
+    }
 }
 
 /// Why the outbound proxy sent nothing for a request.

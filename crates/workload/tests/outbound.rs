@@ -301,3 +301,41 @@ async fn connect_opens_a_tunnel_to_a_listed_destination_with_nothing_attached() 
         assert_eq!(status, expected, "{other}");
     }
 }
+
+#[tokio::test]
+async fn a_tunnel_that_carries_nothing_for_its_idle_limit_is_closed_at_both_ends() {
+    use tokio::io::AsyncReadExt;
+    // A server that accepts and then neither sends nor closes; it reports when the
+    // proxy's side of the connection ends.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = silent.local_addr().unwrap();
+    let upstream_closed = tokio::spawn(async move {
+        let (mut stream, _) = silent.accept().await.unwrap();
+        let mut buf = [0u8; 16];
+        stream.read(&mut buf).await.map_or(true, |n| n == 0)
+    });
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let mut options = OutboundOptions::new(OutboundProof::Attach(ProofMethod::WitWpt));
+    options.tunnel_idle = std::time::Duration::from_secs(1);
+    let proxy = outbound_router(source, options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+
+    let (mut tunnel, status) = connect(addr, &target.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tunnel.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "an idle tunnel stayed open");
+    assert!(rest.is_empty());
+    let upstream_closed = tokio::time::timeout(std::time::Duration::from_secs(10), upstream_closed)
+        .await
+        .expect("the upstream end stayed open")
+        .unwrap();
+    assert!(upstream_closed);
+}
