@@ -500,6 +500,17 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     // Over `--tls` the service's `http://` URLs go out as `https://`: port 443 by default.
     let default_port = if args.tls { 443 } else { 80 };
     let destinations = destinations(&args.destinations, proves_servers(&args), default_port)?;
+    if proves_servers(&args)
+        && args.server_ids.is_empty()
+        && destinations.values().all(Option::is_none)
+    {
+        // SPECS §6: a client that does not check a DNS name MUST be configured with the
+        // server identifier it expects.
+        tracing::warn!(
+            "servers are accepted by trust domain alone: name the one expected with \
+             --server-id, or per destination with --destination HOST:PORT=ID"
+        );
+    }
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     // By default, only servers of this workload's own trust domain.
     let servers = || {

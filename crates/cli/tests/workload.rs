@@ -237,7 +237,7 @@ fn outbound(d: &Domain, who: &str, port: u16, proof: &str, health: u16) -> Proxy
 fn outbound_with(d: &Domain, who: &str, port: u16, extra: &[&str], health: u16) -> Proxy {
     Proxy::start(
         d.dir.path(),
-        &format!("{who}-outbound"),
+        &format!("{}-outbound-{port}", who.trim_start_matches('/')),
         &[
             "proxy",
             "outbound",
@@ -1992,8 +1992,8 @@ async fn the_sidecars_send_wits_and_their_proofs_over_tls_that_proves_the_server
         free_port(),
         &["--tls", "--tls-client-cert", "optional"],
     );
-    let _w1 = outbound_with(&d, "/w1", p1, &["--proof", "wit-wpt", "--tls"], free_port());
-    let _w2 = outbound_with(
+    let w1 = outbound_with(&d, "/w1", p1, &["--proof", "wit-wpt", "--tls"], free_port());
+    let w2 = outbound_with(
         &d,
         "/w2",
         p2,
@@ -2040,6 +2040,10 @@ async fn the_sidecars_send_wits_and_their_proofs_over_tls_that_proves_the_server
         body,
         format!("POST /api/payments by {} via http-sig", id("/w2"))
     );
+    // Accepting any server of the trust domain is said at start, where no identity is named.
+    let warning = "servers are accepted by trust domain alone";
+    assert!(w1.log().contains(warning), "{}", w1.log());
+    assert!(!w2.log().contains(warning), "{}", w2.log());
 
     // Another server than the one expected there: nothing is sent.
     let (status, _, body) = call(px, format!("GET http://127.0.0.1:{p3}/api/orders/7"))
