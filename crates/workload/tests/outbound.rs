@@ -227,6 +227,18 @@ async fn over_tls_nothing_is_sent_to_a_server_that_speaks_plain_http() {
     }
 }
 
+/// Workload 1's outbound proxy as `options` say, served on loopback as `wimse proxy
+/// outbound` serves it (so that CONNECT upgrades work): its address.
+async fn serve_proxy(options: OutboundOptions) -> SocketAddr {
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let proxy = outbound_router(source, options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    addr
+}
+
 /// Sends `CONNECT target` to the outbound proxy at `proxy`, and the status line it gets.
 async fn connect(proxy: SocketAddr, target: &str) -> (tokio::net::TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,8 +277,6 @@ async fn connect_opens_a_tunnel_to_a_listed_destination_with_nothing_attached() 
             .await
             .unwrap();
     });
-    let good = Domain::new("good.test");
-    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
     // A listed destination where nothing listens.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -279,10 +289,7 @@ async fn connect_opens_a_tunnel_to_a_listed_destination_with_nothing_attached() 
             .destinations
             .insert(format!("127.0.0.1:{}", listed.port()), None);
     }
-    let proxy = outbound_router(source, options).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    let addr = serve_proxy(options).await;
 
     let (mut tunnel, status) = connect(addr, &target.to_string()).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -314,14 +321,9 @@ async fn a_tunnel_that_carries_nothing_for_its_idle_limit_is_closed_at_both_ends
         let mut buf = [0u8; 16];
         stream.read(&mut buf).await.map_or(true, |n| n == 0)
     });
-    let good = Domain::new("good.test");
-    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
     let mut options = OutboundOptions::new(OutboundProof::Attach(ProofMethod::WitWpt));
     options.tunnel_idle = std::time::Duration::from_secs(1);
-    let proxy = outbound_router(source, options).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    let addr = serve_proxy(options).await;
 
     let (mut tunnel, status) = connect(addr, &target.to_string()).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
