@@ -358,6 +358,17 @@ impl OutboundOptions {
     }
 }
 
+impl OutboundOptions {
+    /// Refuses the destination `key` when destinations are listed and it is not one.
+    fn allows(&self, key: String) -> Result<(), Refusal> {
+        if self.destinations.is_empty() || self.destinations.contains_key(&key) {
+            Ok(())
+        } else {
+            Err(Refusal::DestinationNotAllowed(key))
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Outbound {
     source: CredentialSource,
@@ -412,9 +423,8 @@ async fn tunnel(
     else {
         return Refusal::NotAProxyRequest.outcome();
     };
-    let key = destination_key(&authority, 443);
-    if !options.destinations.is_empty() && !options.destinations.contains_key(&key) {
-        return Refusal::DestinationNotAllowed(key).outcome();
+    if let Err(refusal) = options.allows(destination_key(&authority, 443)) {
+        return refusal.outcome();
     }
     let connecting = tokio::net::TcpStream::connect(authority.as_str());
     let upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connecting).await {
@@ -440,37 +450,52 @@ async fn relay<C>(client: C, upstream: tokio::net::TcpStream, idle: std::time::D
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
     let (mut up, mut down) = (vec![0u8; 16 << 10], vec![0u8; 16 << 10]);
     let (mut up_open, mut down_open) = (true, true);
     while up_open || down_open {
         let moved = tokio::select! {
-            read = client_read.read(&mut up), if up_open => match read {
-                Ok(0) | Err(_) => {
-                    up_open = false;
-                    upstream_write.shutdown().await.is_ok()
-                }
-                Ok(n) => {
-                    let data = up.get(..n).unwrap_or_default();
-                    matches!(tokio::time::timeout(idle, upstream_write.write_all(data)).await, Ok(Ok(())))
-                }
-            },
-            read = upstream_read.read(&mut down), if down_open => match read {
-                Ok(0) | Err(_) => {
-                    down_open = false;
-                    client_write.shutdown().await.is_ok()
-                }
-                Ok(n) => {
-                    let data = down.get(..n).unwrap_or_default();
-                    matches!(tokio::time::timeout(idle, client_write.write_all(data)).await, Ok(Ok(())))
-                }
-            },
+            read = client_read.read(&mut up), if up_open => {
+                pass_on(read, &up, &mut up_open, &mut upstream_write, idle).await
+            }
+            read = upstream_read.read(&mut down), if down_open => {
+                pass_on(read, &down, &mut down_open, &mut client_write, idle).await
+            }
             () = tokio::time::sleep(idle) => false,
         };
         if !moved {
             return;
+        }
+    }
+}
+
+/// One direction of [`relay`]: what a read into `buf` gave goes on to `to`, within
+/// `idle`; at the end of the input (or a failed read) `to` is told, and `open` cleared.
+/// Whether the tunnel may go on.
+async fn pass_on<W>(
+    read: std::io::Result<usize>,
+    buf: &[u8],
+    open: &mut bool,
+    to: &mut W,
+    idle: std::time::Duration,
+) -> bool
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    match read {
+        Ok(0) | Err(_) => {
+            *open = false;
+            to.shutdown().await.is_ok()
+        }
+        Ok(n) => {
+            let data = buf.get(..n).unwrap_or_default();
+            matches!(
+                tokio::time::timeout(idle, to.write_all(data)).await,
+                Ok(Ok(()))
+            )
         }
     }
 }
@@ -524,10 +549,7 @@ fn outgoing_uri(options: &OutboundOptions, uri: &Uri) -> Result<Uri, Refusal> {
     } else {
         uri.clone()
     };
-    let key = uri_destination_key(&outgoing).ok_or(Refusal::NotAProxyRequest)?;
-    if !options.destinations.is_empty() && !options.destinations.contains_key(&key) {
-        return Err(Refusal::DestinationNotAllowed(key));
-    }
+    options.allows(uri_destination_key(&outgoing).ok_or(Refusal::NotAProxyRequest)?)?;
     Ok(outgoing)
 }
 
