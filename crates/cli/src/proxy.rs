@@ -17,7 +17,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use wimse_core::{TrustDomain, WorkloadId};
 use wimse_workload::listen::{ConnectionLimits, LimitSettings, LimitsError};
 use wimse_workload::proxy::{OutboundOptions, OutboundProof};
-use wimse_workload::tls::{ClientCerts, server_config_with};
+use wimse_workload::tls::{ClientCerts, ServerNames, server_config_with};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, Metrics, PeerAllowList, Policy, ProofMethod,
     WimseLayer,
@@ -204,6 +204,17 @@ pub enum ProofArg {
     Mtls,
 }
 
+/// How the outbound proxy checks the name it reached a server by.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ServerNameArg {
+    /// A server reached by DNS name must hold that name in its X509-SVID (RFC 9525
+    /// §6.3); one reached by IP address is accepted by its identity
+    Dns,
+    /// Servers are accepted by identity alone (SPIFFE's rule); name each one expected
+    /// with --server-id or --destination HOST:PORT=ID
+    Off,
+}
+
 /// `wimse proxy outbound`
 #[derive(Debug, Args)]
 pub struct OutboundArgs {
@@ -236,6 +247,11 @@ pub struct OutboundArgs {
     /// With `--proof mtls` or `--tls`: a trust domain whose servers to accept (repeatable)
     #[arg(long = "server-trust-domain", value_name = "TD")]
     pub server_trust_domains: Vec<String>,
+    /// With `--proof mtls` or `--tls`: whether a server reached by DNS name must hold
+    /// that name in its X509-SVID (a registration entry's `--dns`), as the WIMSE drafts
+    /// require [default: dns]
+    #[arg(long, value_enum, value_name = "CHECK")]
+    pub server_name_check: Option<ServerNameArg>,
     /// A destination requests may go to, `HOST[:PORT]` (port 80 by default, 443 with
     /// `--tls`), with `--proof mtls` or `--tls` optionally `=ID`: the one server identity
     /// accepted there (repeatable) [default: any destination]. Once one is given,
@@ -478,6 +494,38 @@ fn destinations(
     Ok(destinations)
 }
 
+/// SPECS §6: a client that does not check a DNS name MUST be configured with the server
+/// identifier it expects. Warns at start where servers are accepted by trust domain alone:
+/// with no `--server-id`, at a destination with no `=ID` that is reached by IP address, or
+/// by any name when names are not checked (or at any destination, when none is listed).
+fn warn_of_unnamed_servers(
+    destinations: &BTreeMap<String, Option<WorkloadId>>,
+    names: ServerNames,
+) {
+    let by_ip = |key: &str| {
+        key.parse::<http::uri::Authority>().is_ok_and(|a| {
+            a.host()
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
+    };
+    let unnamed = destinations
+        .iter()
+        .filter(|(key, id)| id.is_none() && (names == ServerNames::Unchecked || by_ip(key)))
+        .count();
+    if destinations.is_empty() || unnamed > 0 {
+        let which = match names {
+            ServerNames::Checked => "servers reached by IP address",
+            ServerNames::Unchecked => "servers",
+        };
+        tracing::warn!(
+            "{which} are accepted by trust domain alone: name the one expected with \
+             --server-id, or per destination with --destination HOST:PORT=ID"
+        );
+    }
+}
+
 async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "outbound proxy listens beyond loopback: anyone who reaches it speaks as this workload");
@@ -500,16 +548,17 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     // Over `--tls` the service's `http://` URLs go out as `https://`: port 443 by default.
     let default_port = if args.tls { 443 } else { 80 };
     let destinations = destinations(&args.destinations, proves_servers(&args), default_port)?;
-    if proves_servers(&args)
-        && args.server_ids.is_empty()
-        && destinations.values().all(Option::is_none)
-    {
-        // SPECS §6: a client that does not check a DNS name MUST be configured with the
-        // server identifier it expects.
-        tracing::warn!(
-            "servers are accepted by trust domain alone: name the one expected with \
-             --server-id, or per destination with --destination HOST:PORT=ID"
-        );
+    let names = match (args.server_name_check, proves_servers(&args)) {
+        (Some(_), false) => {
+            return Err(CommandError::Proxy(
+                "`--server-name-check` needs `--proof mtls` or `--tls`".into(),
+            ));
+        }
+        (Some(ServerNameArg::Off), true) => ServerNames::Unchecked,
+        (Some(ServerNameArg::Dns) | None, _) => ServerNames::Checked,
+    };
+    if proves_servers(&args) && args.server_ids.is_empty() {
+        warn_of_unnamed_servers(&destinations, names);
     }
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     // By default, only servers of this workload's own trust domain.
@@ -535,6 +584,7 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     options.destinations = destinations;
     options.metrics = Some(Arc::clone(&metrics));
     options.tunnel_idle = Duration::from_secs(args.tunnel_idle_timeout);
+    options.server_names = names;
     let router = wimse_workload::proxy::outbound_router(source.clone(), options)
         .map_err(|e| CommandError::Proxy(e.to_string()))?;
     let listener = listen(args.listen).await?;

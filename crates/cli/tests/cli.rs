@@ -152,8 +152,8 @@ fn proxy_flags_that_do_not_fit_together_are_refused_before_anything_starts() {
         "{}",
         stderr(&output)
     );
-    // `--tls` with `--proof mtls` (always over TLS), and server identities without TLS:
-    // refused by name, before the agent is asked for anything.
+    // `--tls` with `--proof mtls` (always over TLS), and server identities or a server
+    // name check without TLS: refused by name, before the agent is asked for anything.
     for (args, named) in [
         (
             &["--proof", "mtls", "--tls"][..],
@@ -166,6 +166,10 @@ fn proxy_flags_that_do_not_fit_together_are_refused_before_anything_starts() {
         (
             &["--destination", "w3:8443=spiffe://td.test/w3"][..],
             "needs `--proof mtls` or `--tls`",
+        ),
+        (
+            &["--server-name-check", "off"][..],
+            "`--server-name-check` needs `--proof mtls` or `--tls`",
         ),
     ] {
         let mut all = vec![

@@ -91,6 +91,8 @@ struct Domain {
     dir: tempfile::TempDir,
     server: Server,
     agent: Agent,
+    /// The agent's SPIFFE ID, the parent of the domain's entries.
+    agent_id: String,
     /// The outside authorization server whose access tokens may start transactions.
     login: wimse_core::jose::SigningKey,
     /// The TOML naming where its keys are (`jwks_file` or `jwks_uri`).
@@ -168,6 +170,7 @@ fn domain_configured(
         dir,
         server,
         agent,
+        agent_id,
         login,
         login_keys: keys,
     }
@@ -195,12 +198,24 @@ fn inbound(d: &Domain, port: u16, upstream: u16, health: u16) -> Proxy {
 }
 
 fn inbound_with(d: &Domain, port: u16, upstream: u16, health: u16, extra: &[&str]) -> Proxy {
+    inbound_as(d, "/w3", port, upstream, health, extra)
+}
+
+/// [`inbound_with`] for workload `who` (the policy is still workload 3's).
+fn inbound_as(
+    d: &Domain,
+    who: &str,
+    port: u16,
+    upstream: u16,
+    health: u16,
+    extra: &[&str],
+) -> Proxy {
     let policy = d.dir.path().join("policy.cedar");
     std::fs::write(&policy, policy_text()).unwrap();
     let audit = d.dir.path().join("audit.jsonl");
     Proxy::start(
         d.dir.path(),
-        "w3-inbound",
+        &format!("{}-inbound", who.trim_start_matches('/')),
         &[
             "proxy",
             "inbound",
@@ -215,7 +230,7 @@ fn inbound_with(d: &Domain, port: u16, upstream: u16, health: u16, extra: &[&str
             "--audit-log",
             audit.to_str().unwrap(),
             "--spiffe-id",
-            &id("/w3"),
+            &id(who),
             "--health-bind",
             &format!("127.0.0.1:{health}"),
         ]
@@ -1958,6 +1973,47 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
     let (status, _, body) = get(px, "/api/orders/7").await.unwrap();
     assert_eq!(status, 502, "{body}");
 
+    // Reached by DNS name, a server must hold that name in its SVID (RFC 9525 §6.3):
+    // workload 4's entry gives its SVID `localhost`, workload 3's gives it none.
+    d.server.create_entry(
+        &id("/w4"),
+        &d.agent_id,
+        &[&my_uid_selector()],
+        &["--dns", "localhost"],
+    );
+    let p4 = free_port();
+    let _w4 = inbound_as(&d, "/w4", p4, up, free_port(), &["--tls"]);
+    let by_name = |proxy: u16, port: u16| {
+        tokio::task::spawn_blocking(move || {
+            let line = format!("GET http://localhost:{port}/api/orders/7");
+            http_full(proxy, &line, &[], "")
+        })
+    };
+    // Workload 4 is taken (and its policy, which is workload 3's, refuses workload 1).
+    let (status, head, body) = by_name(p1, p4).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        head.contains(&format!("\r\nx-wimse-peer-id: {}\r\n", id("/w4"))),
+        "{head}"
+    );
+    let (status, _, body) = by_name(p1, p3).await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("certificate does not name `localhost` (its DNS names: none)"),
+        "{body}"
+    );
+    // Unless names are not checked, as SPIFFE-TLS does.
+    let pn = free_port();
+    let _wn = outbound_with(
+        &d,
+        "/w1",
+        pn,
+        &["--proof", "mtls", "--server-name-check", "off"],
+        free_port(),
+    );
+    let (status, _, body) = by_name(pn, p3).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
     // A caller without a certificate does not get through the TLS listener at all.
     let refused = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", p3)).unwrap();
@@ -2040,8 +2096,9 @@ async fn the_sidecars_send_wits_and_their_proofs_over_tls_that_proves_the_server
         body,
         format!("POST /api/payments by {} via http-sig", id("/w2"))
     );
-    // Accepting any server of the trust domain is said at start, where no identity is named.
-    let warning = "servers are accepted by trust domain alone";
+    // Accepting any server of the trust domain is said at start, where no identity is
+    // named: for servers reached by IP address, since names are checked.
+    let warning = "servers reached by IP address are accepted by trust domain alone";
     assert!(w1.log().contains(warning), "{}", w1.log());
     assert!(!w2.log().contains(warning), "{}", w2.log());
 

@@ -229,6 +229,15 @@ pub enum X509Error {
     /// A key usage rule of X509-SVID §4.3 is broken.
     #[error("key usage: {0}")]
     KeyUsage(&'static str),
+    /// The certificate has no DNS-ID for the name the server was reached by (RFC 9525
+    /// §6.3).
+    #[error("certificate does not name `{name}` (its DNS names: {presented})")]
+    NameMismatch {
+        /// The name the server was reached by.
+        name: String,
+        /// The certificate's DNS SANs, comma-separated, or `none`.
+        presented: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1400,6 +1409,35 @@ fn check_leaf(leaf: &Certificate) -> Result<WorkloadId, X509Error> {
     Ok(id)
 }
 
+/// RFC 9525 §6.3 hostname validation, which the mutual-TLS binding requires of a client
+/// that reached its server by DNS name (SPECS §6): the leaf `cert` must hold `dns_name`
+/// as a DNS-ID (a DNS SAN; the subject's CN is never used), compared without regard to
+/// ASCII case, with a wildcard only as the whole leftmost label and standing for exactly
+/// one label. rustls-webpki implements these rules; this names the failure.
+///
+/// The chain and the SPIFFE ID are checked apart ([`verify_svid_for_trust_domain`]).
+pub fn verify_dns_name(cert: &Certificate, dns_name: &str) -> Result<(), X509Error> {
+    let mismatch = || {
+        let sans = cert.dns_sans();
+        X509Error::NameMismatch {
+            name: dns_name.to_owned(),
+            presented: if sans.is_empty() {
+                "none".to_owned()
+            } else {
+                sans.join(", ")
+            },
+        }
+    };
+    let reference = rustls_pki_types::DnsName::try_from(dns_name)
+        .map_err(|_| X509Error::InvalidDnsName(dns_name.to_owned()))?;
+    let der = CertificateDer::from(cert.der());
+    let end_entity = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| X509Error::MalformedCertificate(e.to_string()))?;
+    end_entity
+        .verify_is_valid_for_subject_name(&rustls_pki_types::ServerName::DnsName(reference))
+        .map_err(|_| mismatch())
+}
+
 fn webpki_secs(t: UnixTime) -> i64 {
     i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
 }
@@ -1520,6 +1558,57 @@ mod tests {
         ];
         set_validity(&mut params, NOW - HOUR, NOW + HOUR).unwrap();
         params
+    }
+
+    #[test]
+    fn a_server_reached_by_dns_name_must_hold_it_as_a_dns_id() {
+        let (key, ca) = root(Algorithm::Es256, "root");
+        let mut params = leaf_params(ID);
+        params.dns_names = vec!["orders.prod.example".into(), "*.api.example".into()];
+        let leaf = issue_leaf(Algorithm::Es256, &params, &ca, &key).unwrap();
+        // RFC 9525 §6.3: exact, ASCII case folded; a wildcard is the whole leftmost label
+        // and stands for exactly one label.
+        for name in [
+            "orders.prod.example",
+            "ORDERS.Prod.example",
+            "x.api.example",
+        ] {
+            verify_dns_name(&leaf, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for name in [
+            "prod.example",
+            "a.orders.prod.example",
+            "api.example",
+            "a.b.api.example",
+            "orders.prod.example.evil",
+        ] {
+            let err = verify_dns_name(&leaf, name).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "certificate does not name `{name}` (its DNS names: orders.prod.example, \
+                     *.api.example)"
+                )
+            );
+        }
+        // The subject's CN is never a DNS-ID, and an SVID without DNS SANs names nothing.
+        let mut raw = raw_leaf_params(&[ID]);
+        raw.distinguished_name = subject_name("orders.prod.example");
+        let cn_only = sign_raw(&raw, &ca, &key);
+        assert!(matches!(
+            verify_dns_name(&cn_only, "orders.prod.example"),
+            Err(X509Error::NameMismatch { presented, .. }) if presented == "none"
+        ));
+        // A reference that is not a DNS name (an IP address, a wildcard) is refused as such.
+        for name in ["127.0.0.1", "*.api.example", ""] {
+            assert!(
+                matches!(
+                    verify_dns_name(&leaf, name),
+                    Err(X509Error::InvalidDnsName(_))
+                ),
+                "{name}"
+            );
+        }
     }
 
     #[test]

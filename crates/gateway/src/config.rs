@@ -43,6 +43,7 @@
 //! [[routes]]                           # which requests go where, with which scope
 //! prefix = "/orders"                   # matches /orders and /orders/..., not /ordersx
 //! upstream = "http://orders.internal:8080"   # or https://: mutual TLS with the gateway's X509-SVID
+//!                                      # (then the upstream SVID must name orders.internal: entry --dns)
 //! scope = "orders.read"                # the Txn-Token's scope; the access token must grant it
 //! strip_prefix = false                 # forward /orders/7 as /7 when true
 //! timeout = 30                         # seconds the upstream may take to answer (else 504)

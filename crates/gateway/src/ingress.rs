@@ -56,7 +56,7 @@ use wimse_workload::layer::problem;
 use wimse_workload::proxy::{
     MAX_OUTBOUND_BODY, remove_identity_headers, strip_hop_by_hop, strip_inbound,
 };
-use wimse_workload::tls::{ClientCertificate, MtlsConnector};
+use wimse_workload::tls::{ClientCertificate, MtlsConnector, ServerNames};
 use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
 use wimse_workload::{CredentialSource, ProofMethod};
 
@@ -561,14 +561,15 @@ impl Gateway {
 }
 
 /// The mutual TLS client for `https://` upstreams: the gateway's X509-SVID, and servers
-/// of its own trust domain only.
+/// of its own trust domain only; one reached by DNS name must hold that name in its SVID
+/// (RFC 9525 §6.3, SPECS §6).
 fn mtls_client(source: &CredentialSource) -> Option<Client<MtlsConnector, Full<Bytes>>> {
     let own = source.current().id()?.trust_domain().clone();
     let allow = PeerAllowList {
         ids: std::collections::BTreeSet::new(),
         trust_domains: [own].into(),
     };
-    let connector = MtlsConnector::new(source, allow).ok()?;
+    let connector = MtlsConnector::new(source, allow, ServerNames::Checked).ok()?;
     Some(Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }
 

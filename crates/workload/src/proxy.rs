@@ -31,7 +31,7 @@ use crate::httpsig;
 use crate::layer::{WimseLayer, problem};
 use crate::metrics::Metrics;
 use crate::source::{CredentialSource, Credentials};
-use crate::tls::{MtlsConnector, MtlsServer, TlsError};
+use crate::tls::{MtlsConnector, MtlsServer, ServerNames, TlsError};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -160,6 +160,21 @@ pub enum UpstreamProtocol {
     /// HTTP/2 with prior knowledge (h2c), for gRPC services: `TE: trailers` is passed on
     /// and response trailers come back.
     Http2,
+}
+
+/// An error and its sources, as `error: source: source`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
 }
 
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
@@ -343,6 +358,9 @@ pub struct OutboundOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// How long a CONNECT tunnel may carry nothing either way before it is closed.
     pub tunnel_idle: std::time::Duration,
+    /// Over TLS, whether a server reached by DNS name must hold that name in its SVID
+    /// (by default it must: RFC 9525 §6.3, as SPECS §5 and §6 require).
+    pub server_names: ServerNames,
 }
 
 impl OutboundOptions {
@@ -354,6 +372,7 @@ impl OutboundOptions {
             require_signed_responses: false,
             metrics: None,
             tunnel_idle: TUNNEL_IDLE,
+            server_names: ServerNames::Checked,
         }
     }
 }
@@ -630,7 +649,9 @@ async fn attach_and_forward(
         .await
     {
         Ok(response) => response,
-        Err(e) => return ("upstream-error", bad_gateway(&e)),
+        // The whole chain: why the connection failed (a refused server SVID, say) is in
+        // the sources, which only this workload's own service sees.
+        Err(e) => return ("upstream-error", bad_gateway(&ErrorChain(&e))),
     };
     check_upstream_response(outbound, &sent, &creds, response).await
 }
@@ -727,8 +748,10 @@ pub fn outbound_router(
                 .filter_map(|(key, id)| Some((key.clone(), id.clone()?)))
                 .collect();
             OutboundClient::Mtls(
-                outbound_client()
-                    .build(MtlsConnector::new(&source, allow.clone())?.pinned(&source, pinned)?),
+                outbound_client().build(
+                    MtlsConnector::new(&source, allow.clone(), options.server_names)?
+                        .pinned(&source, pinned)?,
+                ),
             )
         }
     };

@@ -5,9 +5,12 @@
 //!   server-certificate verifier: it reads the peer's one URI SAN, takes the X.509
 //!   authorities of *that* identifier's trust domain from the current bundles, verifies the
 //!   chain with `wimse_core::x509::verify_svid_for_trust_domain` (the one place for that
-//!   decision), and applies a [`PeerAllowList`]. The server name is not used: the
-//!   identifier's host part is a trust domain, not a hostname, so a client is configured
-//!   with the peer IDs it expects instead.
+//!   decision), and applies a [`PeerAllowList`]. The identifier's host part is a trust
+//!   domain, not a hostname; as a client's verifier it can also check the name the server
+//!   was reached by against the SVID's DNS SANs ([`ServerNames::Checked`], RFC 9525 §6.3,
+//!   which the mutual-TLS and HTTP-signature drafts require of a client that reached its
+//!   server by DNS name). A server reached by IP address is accepted by its identifier,
+//!   so a client is configured with the peer IDs it expects.
 //! - [`SvidResolver`] serves the *current* SVID on each handshake, so a rotated
 //!   certificate is used from the next connection on without a restart.
 //! - [`server_config_from_pem`] is the other kind of listener: TLS with an ordinary
@@ -27,7 +30,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use std::sync::{Arc, Mutex};
 use wimse_core::WorkloadId;
-use wimse_core::x509::{Certificate, verify_svid_for_trust_domain};
+use wimse_core::x509::{Certificate, verify_dns_name, verify_svid_for_trust_domain};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,23 @@ pub struct SvidVerifier {
     provider: Arc<CryptoProvider>,
     /// As a server's client verifier: whether a client must present a certificate.
     clients: ClientCerts,
+    /// As a client's server verifier: whether the server must name the DNS name it was
+    /// reached by.
+    names: ServerNames,
+}
+
+/// Whether a client checks the name it reached a server by against the server's
+/// X509-SVID, on top of the chain and the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerNames {
+    /// RFC 9525 §6.3 hostname validation for a server reached by DNS name: the SVID must
+    /// hold that name as a DNS SAN (SPECS §5 and §6 make it a MUST for WIMSE clients). A
+    /// server reached by IP address is accepted by its identifier alone.
+    Checked,
+    /// The identifier alone, whatever the server was reached by (SPIFFE's rule for
+    /// SPIFFE-TLS): the allow-list should then name the server expected.
+    #[default]
+    Unchecked,
 }
 
 impl SvidVerifier {
@@ -74,7 +94,16 @@ impl SvidVerifier {
             allow,
             provider: provider(),
             clients: ClientCerts::Required,
+            names: ServerNames::Unchecked,
         }
+    }
+
+    /// The same verifier, checking as a client the name each server was reached by as
+    /// `names` says.
+    #[must_use]
+    pub fn with_server_names(mut self, names: ServerNames) -> Self {
+        self.names = names;
+        self
     }
 
     /// The same verifier, letting clients that present no certificate connect as
@@ -190,11 +219,18 @@ impl ServerCertVerifier for SvidVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.verify_peer(end_entity, intermediates, now)?;
+        let id = self.verify_peer(end_entity, intermediates, now)?;
+        if let (ServerNames::Checked, ServerName::DnsName(name)) = (self.names, server_name) {
+            let leaf = Certificate::from_der(end_entity.to_vec())
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            verify_dns_name(&leaf, name.as_ref()).map_err(|e| {
+                rustls::Error::General(format!("server svid of `{id}` refused: {e}"))
+            })?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -341,28 +377,40 @@ fn no_server_resumption(config: &mut rustls::ServerConfig) {
 }
 
 /// A TLS 1.3 client configuration presenting this workload's X509-SVID and accepting
-/// servers `allow` lists.
+/// servers `allow` lists, by their identifier alone ([`ServerNames::Unchecked`]).
 pub fn client_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut config = verifying_servers(source, allow)?
+    client_config_with(source, allow, ServerNames::Unchecked)
+}
+
+/// [`client_config`], checking the name each server was reached by as `names` says.
+pub fn client_config_with(
+    source: &CredentialSource,
+    allow: PeerAllowList,
+    names: ServerNames,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = verifying_servers(source, allow, names)?
         .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
     // The server's SVID is verified on every connection (see `no_server_resumption`).
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
-/// The TLS 1.3 client builder that accepts servers `allow` lists, by `source`'s bundles.
+/// The TLS 1.3 client builder that accepts servers `allow` lists, by `source`'s bundles,
+/// checking their names as `names` says.
 fn verifying_servers(
     source: &CredentialSource,
     allow: PeerAllowList,
+    names: ServerNames,
 ) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
 {
+    let verifier = SvidVerifier::new(source.clone(), allow).with_server_names(names);
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SvidVerifier::new(source.clone(), allow))))
+        .with_custom_certificate_verifier(Arc::new(verifier)))
 }
 
 /// A TLS 1.3 client configuration that presents no certificate and accepts servers
@@ -373,7 +421,8 @@ pub fn server_auth_config(
     source: &CredentialSource,
     allow: PeerAllowList,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut config = verifying_servers(source, allow)?.with_no_client_auth();
+    let mut config =
+        verifying_servers(source, allow, ServerNames::Unchecked)?.with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
@@ -619,6 +668,8 @@ pub struct MtlsConnector {
     /// Per destination (`host:port`, see [`crate::proxy::destination_key`]), a connector
     /// that accepts only the one server identity expected there.
     pinned: Arc<std::collections::HashMap<String, tokio_rustls::TlsConnector>>,
+    /// How the connections of [`MtlsConnector::pinned`] check server names.
+    names: ServerNames,
 }
 
 impl std::fmt::Debug for MtlsConnector {
@@ -628,21 +679,24 @@ impl std::fmt::Debug for MtlsConnector {
 }
 
 impl MtlsConnector {
-    /// A connector presenting `source`'s SVID and accepting the servers `allow` lists.
-    pub fn new(source: &CredentialSource, allow: PeerAllowList) -> Result<Self, TlsError> {
-        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
+    /// A connector presenting `source`'s SVID and accepting the servers `allow` lists,
+    /// checking the names they were reached by as `names` says.
+    pub fn new(
+        source: &CredentialSource,
+        allow: PeerAllowList,
+        names: ServerNames,
+    ) -> Result<Self, TlsError> {
+        let config = client_config_with(source, allow, names)?;
         Ok(MtlsConnector {
-            tcp,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(source, allow)?)),
-            pinned: Arc::default(),
+            names,
+            ..Self::with_config(Arc::new(config))
         })
     }
 
     /// The same connector, accepting at each destination of `pins` (`host:port`) only
     /// the server identity named for it, whatever the allow-list says (SPECS §6: without
-    /// DNS, the client is configured with the expected server's identifier).
+    /// DNS, the client is configured with the expected server's identifier); names are
+    /// checked there as [`MtlsConnector::new`] was told.
     pub fn pinned(
         mut self,
         source: &CredentialSource,
@@ -652,7 +706,7 @@ impl MtlsConnector {
         for (destination, id) in pins {
             let mut allow = PeerAllowList::default();
             allow.ids.insert(id);
-            let config = Arc::new(client_config(source, allow)?);
+            let config = Arc::new(client_config_with(source, allow, self.names)?);
             pinned.insert(destination, tokio_rustls::TlsConnector::from(config));
         }
         self.pinned = Arc::new(pinned);
@@ -668,6 +722,7 @@ impl MtlsConnector {
             tcp,
             tls: tokio_rustls::TlsConnector::from(config),
             pinned: Arc::default(),
+            names: ServerNames::Unchecked,
         }
     }
 }
@@ -743,7 +798,8 @@ impl tower::Service<http::Uri> for MtlsConnector {
         let tls = pinned.unwrap_or(&self.tls).clone();
         Box::pin(async move {
             let host = uri.host().ok_or("uri has no host")?;
-            // The verifier does not use the name; SNI carries it for the server's routing.
+            // SNI carries the name for the server's routing; the verifier checks it
+            // against the SVID when told to (`ServerNames::Checked`).
             let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())?;
             let tcp = connecting.await?.into_inner();
             let stream = tls.connect(name, tcp).await?;

@@ -16,7 +16,7 @@
 
 use crate::authn::PeerAllowList;
 use crate::source::CredentialSource;
-use crate::tls::{MtlsConnector, TlsError};
+use crate::tls::{MtlsConnector, ServerNames, TlsError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -94,7 +94,8 @@ impl TokenServiceClient {
         let endpoint = format!("https://{server_address}{TOKEN_PATH}")
             .parse()
             .map_err(|e| TokenServiceError::Setup(format!("server address: {e}")))?;
-        let connector = MtlsConnector::new(source, allow)?;
+        // The server is named exactly (SPECS §6, without DNS); its SVID names no host.
+        let connector = MtlsConnector::new(source, allow, ServerNames::Unchecked)?;
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector.clone());
         let fresh = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(0)

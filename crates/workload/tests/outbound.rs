@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tower::ServiceExt;
 use wimse_workload::listen::serve;
 use wimse_workload::proxy::{OutboundOptions, OutboundProof, outbound_router};
-use wimse_workload::tls::{ClientCerts, server_config, server_config_with};
+use wimse_workload::tls::{ClientCerts, ServerNames, server_config, server_config_with};
 use wimse_workload::{
     AuthConfig, Authenticator, CredentialSource, MtlsPeer, PeerAllowList, PeerIdentity, Policy,
     ProofMethod, WimseLayer,
@@ -142,9 +142,19 @@ async fn a_body_streams_through_when_no_signature_covers_it() {
 /// (its public URL), asking callers for certificates as `clients` says; it answers with
 /// the authenticated caller and how it was proven.
 async fn service_over_tls(source: &CredentialSource, clients: ClientCerts) -> SocketAddr {
+    service_over_tls_at("127.0.0.1", source, clients).await
+}
+
+/// [`service_over_tls`], its public URL naming `host` instead.
+async fn service_over_tls_at(
+    host: &str,
+    source: &CredentialSource,
+    clients: ClientCerts,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let authn = Authenticator::new(AuthConfig::new(format!("https://{addr}")), source.clone());
+    let public_url = format!("https://{host}:{}", addr.port());
+    let authn = Authenticator::new(AuthConfig::new(public_url), source.clone());
     let policy = Policy::from_text("permit(principal, action, resource);").unwrap();
     let app = axum::Router::new()
         .fallback(
@@ -191,6 +201,106 @@ async fn over_tls_the_wit_and_its_proof_reach_a_server_that_proves_its_svid() {
     let proxy = outbound_router(source, OutboundOptions::new(proof)).unwrap();
     let (status, body) = get(&proxy, &format!("http://{w2}/orders")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+}
+
+#[tokio::test]
+async fn over_tls_a_server_reached_by_dns_name_must_hold_that_name_in_its_svid() {
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let server = |dns: &[&str]| {
+        let mut creds = good.credentials("/w3", &[&good]);
+        creds.x509 = Some(good.x509_named("/w3", dns));
+        CredentialSource::fixed(creds)
+    };
+    let named = server(&["localhost"]);
+    let unnamed = server(&[]);
+    let wildcard_only = server(&["*.localhost"]);
+    let proxy = |proof: OutboundProof, names: ServerNames| {
+        let mut options = OutboundOptions::new(proof);
+        options.server_names = names;
+        outbound_router(source.clone(), options).unwrap()
+    };
+    let wit_wpt = || OutboundProof::AttachOverTls(ProofMethod::WitWpt, PeerAllowList::default());
+    let mtls = || OutboundProof::Mtls(PeerAllowList::default());
+    // The default checks names (RFC 9525 §6.3, SPECS §5 and §6).
+    assert_eq!(
+        OutboundOptions::new(mtls()).server_names,
+        ServerNames::Checked
+    );
+
+    // Reached as `localhost`: the SVID that names it is taken, with either proof.
+    let at = service_over_tls_at("localhost", &named, ClientCerts::Optional).await;
+    let (status, body) = get(
+        &proxy(wit_wpt(), ServerNames::Checked),
+        &format!("http://localhost:{}/orders", at.port()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "spiffe://good.test/w1 wit-wpt");
+    let (status, body) = get(
+        &proxy(mtls(), ServerNames::Checked),
+        &format!("http://localhost:{}/orders", at.port()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // An SVID of the right trust domain that does not name `localhost` (none, or only
+    // a wildcard one label below it): refused in the handshake, and the reason is told.
+    for (svid, presented) in [(&unnamed, "none"), (&wildcard_only, "*.localhost")] {
+        let at = service_over_tls_at("localhost", svid, ClientCerts::Optional).await;
+        for proof in [wit_wpt(), mtls()] {
+            let (status, body) = get(
+                &proxy(proof, ServerNames::Checked),
+                &format!("http://localhost:{}/orders", at.port()),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+            assert!(
+                body.contains(&format!(
+                    "certificate does not name `localhost` (its DNS names: {presented})"
+                )),
+                "{body}"
+            );
+        }
+        // Reached by IP address, the identity alone is what is checked.
+        let (status, body) = get(
+            &proxy(mtls(), ServerNames::Checked),
+            &format!("http://127.0.0.1:{}/orders", at.port()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // And with names unchecked, as SPIFFE-TLS does.
+        let (status, body) = get(
+            &proxy(mtls(), ServerNames::Unchecked),
+            &format!("http://localhost:{}/orders", at.port()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // A pin and a name check are both kept: the pinned identity at a server that does
+    // not name `localhost`, and another identity pinned at one that does, are refused.
+    let unnamed_at = service_over_tls_at("localhost", &unnamed, ClientCerts::Optional).await;
+    for (port, pinned, why) in [
+        (unnamed_at.port(), "/w3", "does not name `localhost`"),
+        (
+            at.port(),
+            "/w2",
+            "`spiffe://good.test/w3` is not on the allow-list",
+        ),
+    ] {
+        let mut options = OutboundOptions::new(mtls());
+        options
+            .destinations
+            .insert(format!("localhost:{port}"), Some(good.id(pinned)));
+        let (status, body) = get(
+            &outbound_router(source.clone(), options).unwrap(),
+            &format!("http://localhost:{port}/orders"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains(why), "{why}: {body}");
+    }
 }
 
 #[tokio::test]
