@@ -259,6 +259,17 @@ pub struct OutboundArgs {
     /// leaves for them
     #[arg(long = "destination", value_name = "HOST[:PORT][=ID]")]
     pub destinations: Vec<String>,
+    /// Send every request to this one server, `http://HOST[:PORT]` (as `https://` with
+    /// `--tls`), whatever URL it names: for clients that dial their server instead of
+    /// using an HTTP proxy, such as a gRPC channel whose target is this listener. No
+    /// CONNECT tunnels then
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Speak HTTP/2 to servers (h2c, prior knowledge; `h2` by ALPN over TLS), passing
+    /// `TE: trailers` on and response trailers back, as gRPC needs (the service may speak
+    /// HTTP/1.1 or h2c to this listener)
+    #[arg(long)]
+    pub upstream_http2: bool,
     /// Seconds a CONNECT tunnel may carry nothing either way before it is closed
     #[arg(long, value_name = "SECS", default_value_t = 300,
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -494,6 +505,28 @@ fn destinations(
     Ok(destinations)
 }
 
+/// The outbound `--upstream`: an `http://HOST[:PORT]` URL with nothing after the
+/// authority (the requests' paths are appended), as its authority.
+fn outbound_upstream(url: &str) -> Result<http::uri::Authority, CommandError> {
+    let bad = |why: &str| CommandError::Proxy(format!("`--upstream {url}`: {why}"));
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad(
+            "must be http:// (with --tls or --proof mtls it goes out as https://)",
+        ));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("names no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("must not hold user information"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad(
+            "must name only a host and port: each request's path is sent as it is",
+        ));
+    }
+    Ok(authority.clone())
+}
+
 /// SPECS §6: a client that does not check a DNS name MUST be configured with the server
 /// identifier it expects. Warns at start where servers are accepted by trust domain alone:
 /// with no `--server-id`, at a destination with no `=ID` that is reached by IP address, or
@@ -557,6 +590,20 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
         (Some(ServerNameArg::Off), true) => ServerNames::Unchecked,
         (Some(ServerNameArg::Dns) | None, _) => ServerNames::Checked,
     };
+    let upstream = args
+        .upstream
+        .as_deref()
+        .map(outbound_upstream)
+        .transpose()?;
+    if let Some(upstream) = &upstream {
+        let key = wimse_workload::proxy::destination_key(upstream, default_port);
+        if !destinations.is_empty() && !destinations.contains_key(&key) {
+            return Err(CommandError::Proxy(format!(
+                "`--upstream` goes to `{key}`, which no `--destination` names: every request \
+                 would be refused"
+            )));
+        }
+    }
     if proves_servers(&args) && args.server_ids.is_empty() {
         warn_of_unnamed_servers(&destinations, names);
     }
@@ -585,6 +632,10 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
     options.metrics = Some(Arc::clone(&metrics));
     options.tunnel_idle = Duration::from_secs(args.tunnel_idle_timeout);
     options.server_names = names;
+    options.upstream = upstream;
+    if args.upstream_http2 {
+        options.upstream_protocol = wimse_workload::proxy::UpstreamProtocol::Http2;
+    }
     let router = wimse_workload::proxy::outbound_router(source.clone(), options)
         .map_err(|e| CommandError::Proxy(e.to_string()))?;
     let listener = listen(args.listen).await?;

@@ -171,6 +171,22 @@ fn proxy_flags_that_do_not_fit_together_are_refused_before_anything_starts() {
             &["--server-name-check", "off"][..],
             "`--server-name-check` needs `--proof mtls` or `--tls`",
         ),
+        (
+            &["--upstream", "https://orders:8443"][..],
+            "`--upstream https://orders:8443`: must be http://",
+        ),
+        (
+            &["--upstream", "http://orders:8443/v1"][..],
+            "must name only a host and port",
+        ),
+        (
+            &["--upstream", "orders:8443"][..],
+            "`--upstream orders:8443`: must be http://",
+        ),
+        (
+            &["--upstream", "http://orders", "--destination", "pay:80"][..],
+            "`--upstream` goes to `orders:80`, which no `--destination` names",
+        ),
     ] {
         let mut all = vec![
             "proxy",

@@ -53,6 +53,8 @@ when {{ context.path like "/api/orders*" && context has txn && context.txn.scope
 permit(principal == Workload::"{w2}", action == Action::"GET", resource == Service::"{w3}")
 when {{ context.path like "/api/orders*" && context has txn && context.txn has act
         && context.txn.act == "{w2}" && context.txn.scopes.contains("orders") }};
+permit(principal == Workload::"{w1}", action == Action::"POST", resource == Service::"{w3}")
+when {{ context.path == "/SpiffeWorkloadAPI/ValidateJWTSVID" }};
 "#,
         w1 = id("/w1"),
         w2 = id("/w2"),
@@ -2034,6 +2036,193 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
         "plain HTTP was served on the TLS listener"
     );
     assert!(w3.stop(), "inbound TLS proxy did not stop cleanly");
+}
+
+/// A gRPC service (tonic) whose one working method, `ValidateJWTSVID`, answers with the
+/// caller its inbound sidecar named and the audience it was sent; the others are
+/// unimplemented.
+struct GrpcService;
+
+type NoStream<T> = tonic::codegen::tokio_stream::Empty<Result<T, tonic::Status>>;
+
+#[tonic::async_trait]
+impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
+    type FetchX509SVIDStream = NoStream<wimse_proto::X509svidResponse>;
+    type FetchX509BundlesStream = NoStream<wimse_proto::X509BundlesResponse>;
+    type FetchJWTBundlesStream = NoStream<wimse_proto::JwtBundlesResponse>;
+    type FetchWITSVIDStream = NoStream<wimse_proto::WitsvidResponse>;
+    type FetchWITBundlesStream = NoStream<wimse_proto::WitBundlesResponse>;
+
+    async fn validate_jwtsvid(
+        &self,
+        request: tonic::Request<wimse_proto::ValidateJwtsvidRequest>,
+    ) -> Result<tonic::Response<wimse_proto::ValidateJwtsvidResponse>, tonic::Status> {
+        let said = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let spiffe_id = format!(
+            "{} via {} for {}",
+            said("x-wimse-peer-id"),
+            said("x-wimse-peer-auth-method"),
+            request.get_ref().audience
+        );
+        Ok(tonic::Response::new(wimse_proto::ValidateJwtsvidResponse {
+            spiffe_id,
+            claims: None,
+        }))
+    }
+
+    async fn fetch_x509svid(
+        &self,
+        _: tonic::Request<wimse_proto::X509svidRequest>,
+    ) -> Result<tonic::Response<Self::FetchX509SVIDStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        _: tonic::Request<wimse_proto::X509BundlesRequest>,
+    ) -> Result<tonic::Response<Self::FetchX509BundlesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _: tonic::Request<wimse_proto::JwtsvidRequest>,
+    ) -> Result<tonic::Response<wimse_proto::JwtsvidResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _: tonic::Request<wimse_proto::JwtBundlesRequest>,
+    ) -> Result<tonic::Response<Self::FetchJWTBundlesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        _: tonic::Request<wimse_proto::WitsvidRequest>,
+    ) -> Result<tonic::Response<Self::FetchWITSVIDStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        _: tonic::Request<wimse_proto::WitBundlesRequest>,
+    ) -> Result<tonic::Response<Self::FetchWITBundlesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
+    let d = domain("3600");
+    let service = free_port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(wimse_proto::server::SpiffeWorkloadApiServer::new(
+                GrpcService,
+            ))
+            .serve(([127, 0, 0, 1], service).into()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", service)).is_err() {
+        assert!(Instant::now() < deadline, "the gRPC service did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Workload 3's sidecar in front of the service over TLS (HTTP/2 by ALPN), speaking h2c
+    // to it; workload 1's dialled by the gRPC client as if it were the server, sending
+    // everything to workload 3 with a WIT and its proof.
+    let (p3, p1) = (free_port(), free_port());
+    let _w3 = inbound_with(&d, p3, service, free_port(), &["--tls", "--upstream-http2"]);
+    let upstream = format!("http://127.0.0.1:{p3}");
+    let _w1 = outbound_with(
+        &d,
+        "/w1",
+        p1,
+        &[
+            "--tls",
+            "--server-id",
+            &id("/w3"),
+            "--upstream",
+            &upstream,
+            "--upstream-http2",
+        ],
+        free_port(),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{p1}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = wimse_proto::client::SpiffeWorkloadApiClient::new(channel);
+    let answer = client
+        .validate_jwtsvid(wimse_proto::ValidateJwtsvidRequest {
+            audience: "orders".into(),
+            svid: "-".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.spiffe_id,
+        format!("{} via wit-wpt for orders", id("/w1"))
+    );
+    // A method the policy does not grant: 403 at the sidecar, which gRPC reads as
+    // PERMISSION_DENIED.
+    let refused = client
+        .fetch_jwtsvid(wimse_proto::JwtsvidRequest {
+            audience: vec!["orders".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(
+        refused
+            .message()
+            .starts_with("urn:wimse:problem:forbidden: "),
+        "{refused}"
+    );
+
+    // The outbound sidecar's own refusals too: a server that is not there is UNAVAILABLE.
+    let (gone, pg) = (free_port(), free_port());
+    let upstream = format!("http://127.0.0.1:{gone}");
+    let _wg = outbound_with(
+        &d,
+        "/w1",
+        pg,
+        &[
+            "--proof",
+            "mtls",
+            "--upstream",
+            &upstream,
+            "--upstream-http2",
+        ],
+        free_port(),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{pg}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = wimse_proto::client::SpiffeWorkloadApiClient::new(channel)
+        .validate_jwtsvid(wimse_proto::ValidateJwtsvidRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(
+        refused
+            .message()
+            .starts_with("urn:wimse:problem:upstream-unavailable: "),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

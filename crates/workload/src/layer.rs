@@ -19,6 +19,9 @@
 //! Refusals: 400 with an RFC 9457 `application/problem+json` body for a credential
 //! failure (the WIMSE drafts advise against 401), 403 for an authorization denial. The
 //! problem `type` is `urn:wimse:problem:<code>` with the code of [`AuthError::code`].
+//! A gRPC caller, which reads neither, gets the same refusal as a gRPC status
+//! ([`for_grpc`]): `UNAUTHENTICATED` for a credential failure, `PERMISSION_DENIED` for a
+//! denial.
 
 use crate::authn::{
     AuthError, Authenticated, Authenticator, CREDENTIAL_HEADERS, PeerIdentity, Transaction,
@@ -42,10 +45,12 @@ use wimse_audit::{AuditLog, AuditRecord, CredentialRef, Decision, EventKind};
 /// The largest body read to check a message signature's `Content-Digest`.
 pub const MAX_SIGNED_BODY: usize = 16 * 1024 * 1024;
 
-/// An RFC 9457 problem response.
+/// An RFC 9457 problem response. What it says is also in its extensions
+/// ([`ProblemDetails`]), for [`for_grpc`].
 pub fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response<Body> {
+    let kind = format!("urn:wimse:problem:{code}");
     let body = serde_json::json!({
-        "type": format!("urn:wimse:problem:{code}"),
+        "type": kind,
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
@@ -56,7 +61,90 @@ pub fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Res
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    response.extensions_mut().insert(ProblemDetails {
+        kind,
+        detail: detail.to_owned(),
+    });
     response
+}
+
+/// What a [`problem`] response says: its `type` and `detail`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProblemDetails {
+    /// The problem's `type` URI.
+    pub kind: String,
+    /// Its `detail`.
+    pub detail: String,
+}
+
+/// Whether `headers` are those of a gRPC request: `application/grpc`, alone or with a
+/// `+codec`; not gRPC-Web, whose trailers travel in the body.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    value
+        .as_bytes()
+        .split_at_checked(GRPC.len())
+        .is_some_and(|(head, rest)| {
+            head.eq_ignore_ascii_case(GRPC) && matches!(rest.first(), None | Some(b'+' | b';'))
+        })
+}
+
+/// A [`problem`] response told as gRPC tells an error: a trailers-only response (200,
+/// `content-type: application/grpc`, `grpc-status`, and the problem's type and detail in
+/// `grpc-message`), since gRPC clients read neither an HTTP status nor a JSON body
+/// (gRPC's PROTOCOL-HTTP2). Any other response is returned as it is.
+pub fn for_grpc(response: Response<Body>) -> Response<Body> {
+    let Some(details) = response.extensions().get::<ProblemDetails>().cloned() else {
+        return response;
+    };
+    let code = grpc_code(response.status());
+    let message = grpc_percent_encode(&format!("{}: {}", details.kind, details.detail));
+    let mut grpc = Response::new(Body::empty());
+    let headers = grpc.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", message);
+    }
+    grpc.extensions_mut().insert(details);
+    grpc
+}
+
+/// The gRPC status code for a refusal's HTTP status: a credential failure (400) is
+/// `UNAUTHENTICATED`, a denial `PERMISSION_DENIED`; the rest as gRPC's own HTTP mapping
+/// has them.
+fn grpc_code(status: StatusCode) -> u16 {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED => 16,
+        StatusCode::FORBIDDEN => 7,
+        StatusCode::PAYLOAD_TOO_LARGE => 8,
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => 12,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => 14,
+        _ => 13,
+    }
+}
+
+/// `grpc-message`'s percent-encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// The response to a refused credential.
@@ -176,10 +264,13 @@ where
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             let mut signer = None;
+            let grpc = is_grpc(request.headers());
             let response = match shared.admit(request, &mut signer).await {
                 Ok(request) => inner.call(request).await?,
                 Err(response) => response,
             };
+            // Refusals of this layer and of the forwarder behind it, told as gRPC does.
+            let response = if grpc { for_grpc(response) } else { response };
             Ok(match signer {
                 Some(signer) => shared.sign(&signer, response).await,
                 None => response,
@@ -463,5 +554,65 @@ impl Shared {
         if let Err(e) = log.append(record) {
             tracing::error!(error = %e, "audit append failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_known_by_their_content_type() {
+        let headers = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            h
+        };
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC+json",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(is_grpc(&headers(grpc)), "{grpc}");
+        }
+        for other in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpcx",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(&headers(other)), "{other}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_refusal_is_told_to_grpc_as_a_trailers_only_status() {
+        for (status, code) in [
+            (StatusCode::BAD_REQUEST, "16"),
+            (StatusCode::FORBIDDEN, "7"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "8"),
+            (StatusCode::NOT_IMPLEMENTED, "12"),
+            (StatusCode::BAD_GATEWAY, "14"),
+            (StatusCode::SERVICE_UNAVAILABLE, "14"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "13"),
+        ] {
+            let told = for_grpc(problem(status, "forbidden", "t", "100% no: ü\n"));
+            assert_eq!(told.status(), StatusCode::OK);
+            assert_eq!(told.headers()["content-type"], "application/grpc");
+            assert_eq!(told.headers()["grpc-status"], code, "{status}");
+            // Percent-encoded as gRPC says: `%`, non-ASCII and control bytes.
+            assert_eq!(
+                told.headers()["grpc-message"],
+                "urn:wimse:problem:forbidden: 100%25 no: %C3%BC%0A"
+            );
+        }
+        // A response that is not a refusal of ours (the service's own) passes as it is.
+        let mut theirs = Response::new(Body::from("x"));
+        *theirs.status_mut() = StatusCode::FORBIDDEN;
+        assert_eq!(for_grpc(theirs).status(), StatusCode::FORBIDDEN);
     }
 }

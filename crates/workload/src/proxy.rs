@@ -151,15 +151,44 @@ struct Upstream {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// How the inbound proxy speaks to its upstream service (plain text, on the same host).
+/// How a proxy speaks to the server it forwards to: the inbound proxy to its service
+/// (plain text, on the same host), the outbound one to its servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UpstreamProtocol {
     /// HTTP/1.1.
     #[default]
     Http1,
-    /// HTTP/2 with prior knowledge (h2c), for gRPC services: `TE: trailers` is passed on
-    /// and response trailers come back.
+    /// HTTP/2, for gRPC: with prior knowledge (h2c) in plain text, by ALPN (`h2`) over
+    /// TLS. `TE: trailers` is passed on and response trailers come back.
     Http2,
+}
+
+impl UpstreamProtocol {
+    /// The version requests go out in.
+    fn version(self) -> http::Version {
+        match self {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::Http2 => http::Version::HTTP_2,
+        }
+    }
+
+    /// Strips `headers` of hop-by-hop fields (and what [`strip_inbound`] also removes,
+    /// when `inbound`), keeping `TE: trailers` over HTTP/2: gRPC needs it to reach the
+    /// server, and it is the one value HTTP/2 allows.
+    fn strip_for_forwarding(self, headers: &mut HeaderMap, inbound: bool) {
+        let trailers = self == UpstreamProtocol::Http2
+            && headers
+                .get(http::header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if inbound {
+            strip_inbound(headers);
+        } else {
+            strip_hop_by_hop(headers);
+        }
+        if trailers {
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
 }
 
 /// An error and its sources, as `error: source: source`.
@@ -197,18 +226,9 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
             "request was not authenticated",
         );
     };
-    // gRPC needs `TE: trailers` (the one value HTTP/2 allows) to reach the service.
-    let trailers = upstream.protocol == UpstreamProtocol::Http2
-        && parts
-            .headers
-            .get(http::header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_inbound(&mut parts.headers);
-    if trailers {
-        parts
-            .headers
-            .insert(http::header::TE, HeaderValue::from_static("trailers"));
-    }
+    upstream
+        .protocol
+        .strip_for_forwarding(&mut parts.headers, true);
     if peer.method == AuthMethod::JwtSvid || crate::authn::authorization_is_wpt(&parts.headers) {
         // A bearer JWT-SVID or a WPT there was the credential: like the WIT, not passed
         // on (Envoy's `jwt_authn` drops a verified token too unless told to forward it).
@@ -228,10 +248,7 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
         Err(e) => return bad_gateway(&e),
     };
     parts.uri = uri;
-    parts.version = match upstream.protocol {
-        UpstreamProtocol::Http1 => http::Version::HTTP_11,
-        UpstreamProtocol::Http2 => http::Version::HTTP_2,
-    };
+    parts.version = upstream.protocol.version();
     match upstream
         .client
         .request(Request::from_parts(parts, body))
@@ -361,6 +378,13 @@ pub struct OutboundOptions {
     /// Over TLS, whether a server reached by DNS name must hold that name in its SVID
     /// (by default it must: RFC 9525 §6.3, as SPECS §5 and §6 require).
     pub server_names: ServerNames,
+    /// The one server (`host[:port]`) every request goes to, whatever URL it names, as
+    /// `http://` (or over TLS `https://`) with the request's path: for clients that dial
+    /// their server instead of using an HTTP proxy (a gRPC channel whose target is this
+    /// sidecar). `None`: a forward proxy (absolute-form requests and CONNECT).
+    pub upstream: Option<http::uri::Authority>,
+    /// The HTTP version spoken to servers.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl OutboundOptions {
@@ -373,6 +397,8 @@ impl OutboundOptions {
             metrics: None,
             tunnel_idle: TUNNEL_IDLE,
             server_names: ServerNames::Checked,
+            upstream: None,
+            upstream_protocol: UpstreamProtocol::Http1,
         }
     }
 }
@@ -413,15 +439,25 @@ impl OutboundClient {
 }
 
 async fn forward_outbound(outbound: Outbound, request: Request<Body>) -> Response<Body> {
+    let grpc = crate::layer::is_grpc(request.headers());
     let (outcome, response) = if request.method() == http::Method::CONNECT {
-        tunnel(&outbound.options, request).await
+        if outbound.options.upstream.is_some() {
+            Refusal::NoTunnels.outcome()
+        } else {
+            tunnel(&outbound.options, request).await
+        }
     } else {
         attach_and_forward(&outbound, request).await
     };
     if let Some(metrics) = &outbound.options.metrics {
         metrics.outbound(outcome);
     }
-    response
+    // This proxy's own refusals, told as gRPC does to a gRPC client.
+    if grpc {
+        crate::layer::for_grpc(response)
+    } else {
+        response
+    }
 }
 
 /// A `CONNECT host:port` request (RFC 9110 §9.3.6): a TCP tunnel to a listed destination
@@ -527,6 +563,8 @@ enum Refusal {
     NotAProxyRequest,
     /// Its destination (the key) is not one of [`OutboundOptions::destinations`].
     DestinationNotAllowed(String),
+    /// A CONNECT to a proxy that sends everything to one upstream.
+    NoTunnels,
 }
 
 impl Refusal {
@@ -542,6 +580,15 @@ impl Refusal {
                     "send absolute-form requests for http:// urls, or CONNECT host:port for a tunnel",
                 ),
             ),
+            Refusal::NoTunnels => (
+                "refused",
+                problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "no-tunnels",
+                    "no tunnels here",
+                    "this proxy forwards every request to its one upstream and opens no tunnels",
+                ),
+            ),
             Refusal::DestinationNotAllowed(key) => (
                 "destination-not-allowed",
                 problem(
@@ -555,18 +602,34 @@ impl Refusal {
     }
 }
 
-/// Where a request from the service for `uri` goes: that `http://` URL, or over TLS its
-/// `https://` form, when it is for a destination the options allow.
+/// Where a request from the service for `uri` goes: that `http://` URL (or, with
+/// [`OutboundOptions::upstream`], its path on the upstream), or over TLS its `https://`
+/// form, when it is for a destination the options allow.
 fn outgoing_uri(options: &OutboundOptions, uri: &Uri) -> Result<Uri, Refusal> {
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(Refusal::NotAProxyRequest);
-    }
+    let asked = match &options.upstream {
+        // Sent to this proxy as if it were the server (origin-form, or HTTP/2's URL of
+        // this proxy): the path goes to the upstream (not `*`: no `OPTIONS *` there).
+        Some(upstream) => {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            if !path.starts_with('/') {
+                return Err(Refusal::NotAProxyRequest);
+            }
+            Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(upstream.clone())
+                .path_and_query(path)
+                .build()
+                .map_err(|_| Refusal::NotAProxyRequest)?
+        }
+        None if uri.scheme_str() == Some("http") && uri.authority().is_some() => uri.clone(),
+        None => return Err(Refusal::NotAProxyRequest),
+    };
     let outgoing = if matches!(options.proof, OutboundProof::AttachOverTls(..)) {
-        let mut parts = uri.clone().into_parts();
+        let mut parts = asked.into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTPS);
         Uri::from_parts(parts).map_err(|_| Refusal::NotAProxyRequest)?
     } else {
-        uri.clone()
+        asked
     };
     options.allows(uri_destination_key(&outgoing).ok_or(Refusal::NotAProxyRequest)?)?;
     Ok(outgoing)
@@ -609,7 +672,8 @@ async fn attach_and_forward(
     } else {
         (body, Bytes::new())
     };
-    strip_hop_by_hop(&mut parts.headers);
+    let protocol = outbound.options.upstream_protocol;
+    protocol.strip_for_forwarding(&mut parts.headers, false);
     parts.headers.remove(http::header::HOST);
     let creds = outbound.source.current();
     let attached = if let Some(method) = proof {
@@ -642,7 +706,7 @@ async fn attach_and_forward(
             );
         }
     };
-    parts.version = http::Version::HTTP_11;
+    parts.version = protocol.version();
     let response = match outbound
         .client
         .request(Request::from_parts(parts, body))
@@ -724,10 +788,12 @@ async fn check_upstream_response(
 
 /// The outbound proxy's client settings: idle pooled connections are let go after 20 s,
 /// before a peer sidecar's listener drops them at 30 s ([`crate::listen::ConnectionLimits`]),
-/// so that a request is not sent on a connection the server is closing.
-fn outbound_client() -> hyper_util::client::legacy::Builder {
+/// so that a request is not sent on a connection the server is closing; HTTP/2 only when
+/// `protocol` says so.
+fn outbound_client(protocol: UpstreamProtocol) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
     builder.pool_idle_timeout(std::time::Duration::from_secs(20));
+    builder.http2_only(protocol == UpstreamProtocol::Http2);
     builder
 }
 
@@ -737,9 +803,10 @@ pub fn outbound_router(
     source: CredentialSource,
     options: OutboundOptions,
 ) -> Result<axum::Router, TlsError> {
+    let protocol = options.upstream_protocol;
     let client = match &options.proof {
         OutboundProof::Attach(_) => {
-            OutboundClient::Plain(outbound_client().build(upstream_connector()))
+            OutboundClient::Plain(outbound_client(protocol).build(upstream_connector()))
         }
         OutboundProof::Mtls(allow) | OutboundProof::AttachOverTls(_, allow) => {
             let pinned = options
@@ -747,10 +814,15 @@ pub fn outbound_router(
                 .iter()
                 .filter_map(|(key, id)| Some((key.clone(), id.clone()?)))
                 .collect();
+            let alpn: &[&[u8]] = match protocol {
+                UpstreamProtocol::Http1 => &[],
+                UpstreamProtocol::Http2 => &[b"h2"],
+            };
             OutboundClient::Mtls(
-                outbound_client().build(
+                outbound_client(protocol).build(
                     MtlsConnector::new(&source, allow.clone(), options.server_names)?
-                        .pinned(&source, pinned)?,
+                        .pinned(&source, pinned)?
+                        .offering(alpn),
                 ),
             )
         }
@@ -825,6 +897,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn with_one_upstream_each_request_keeps_its_path_and_goes_there() {
+        let tls = || OutboundProof::AttachOverTls(ProofMethod::WitWpt, PeerAllowList::default());
+        let mut fixed = options(tls(), &[]);
+        fixed.upstream = Some("orders:8443".parse().unwrap());
+        for (asked, sent) in [
+            ("/pkg.Orders/Get", "https://orders:8443/pkg.Orders/Get"),
+            ("/a?b=c", "https://orders:8443/a?b=c"),
+            // HTTP/2 requests name the sidecar itself; absolute-form ones anything.
+            ("http://127.0.0.1:9001/x", "https://orders:8443/x"),
+            ("https://elsewhere/y", "https://orders:8443/y"),
+            ("http://elsewhere", "https://orders:8443/"),
+        ] {
+            assert_eq!(outgoing(&fixed, asked).unwrap(), sent, "{asked}");
+        }
+        assert_eq!(
+            outgoing(&fixed, "*").unwrap_err(),
+            Refusal::NotAProxyRequest
+        );
+        // The destination list still applies, to the upstream (no port: the scheme's).
+        let mut listed = options(tls(), &["orders:8443"]);
+        listed.upstream = Some("orders".parse().unwrap());
+        assert_eq!(
+            outgoing(&listed, "/a").unwrap_err(),
+            not_allowed("orders:443")
+        );
+        let mut plain = options(OutboundProof::Attach(ProofMethod::WitWpt), &["orders:80"]);
+        plain.upstream = Some("orders".parse().unwrap());
+        assert_eq!(outgoing(&plain, "/a").unwrap(), "http://orders/a");
     }
 
     #[test]

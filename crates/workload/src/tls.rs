@@ -670,6 +670,8 @@ pub struct MtlsConnector {
     pinned: Arc<std::collections::HashMap<String, tokio_rustls::TlsConnector>>,
     /// How the connections of [`MtlsConnector::pinned`] check server names.
     names: ServerNames,
+    /// The ALPN protocols offered ([`MtlsConnector::offering`]).
+    alpn: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for MtlsConnector {
@@ -706,11 +708,35 @@ impl MtlsConnector {
         for (destination, id) in pins {
             let mut allow = PeerAllowList::default();
             allow.ids.insert(id);
-            let config = Arc::new(client_config_with(source, allow, self.names)?);
-            pinned.insert(destination, tokio_rustls::TlsConnector::from(config));
+            let mut config = client_config_with(source, allow, self.names)?;
+            config.alpn_protocols.clone_from(&self.alpn);
+            pinned.insert(
+                destination,
+                tokio_rustls::TlsConnector::from(Arc::new(config)),
+            );
         }
         self.pinned = Arc::new(pinned);
         Ok(self)
+    }
+
+    /// The same connector, offering the ALPN protocols `alpn` on every connection (`h2`
+    /// for a client that speaks HTTP/2 only).
+    #[must_use]
+    pub fn offering(mut self, alpn: &[&[u8]]) -> Self {
+        self.alpn = alpn.iter().map(|p| p.to_vec()).collect();
+        let offer = |tls: &tokio_rustls::TlsConnector| {
+            let mut config = rustls::ClientConfig::clone(tls.config());
+            config.alpn_protocols.clone_from(&self.alpn);
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        };
+        self.tls = offer(&self.tls);
+        self.pinned = Arc::new(
+            self.pinned
+                .iter()
+                .map(|(destination, tls)| (destination.clone(), offer(tls)))
+                .collect(),
+        );
+        self
     }
 
     /// A connector opening TLS connections as `config` says.
@@ -718,11 +744,13 @@ impl MtlsConnector {
         let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
+        let config_alpn = config.alpn_protocols.clone();
         MtlsConnector {
             tcp,
             tls: tokio_rustls::TlsConnector::from(config),
             pinned: Arc::default(),
             names: ServerNames::Unchecked,
+            alpn: config_alpn,
         }
     }
 }

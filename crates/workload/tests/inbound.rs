@@ -1,5 +1,6 @@
-//! The inbound sidecar in front of a gRPC-style service: HTTP/2 to the upstream,
-//! `TE: trailers` passed on, response trailers passed back.
+//! gRPC through the sidecars: HTTP/2 to the upstream, `TE: trailers` passed on, response
+//! trailers passed back; the inbound sidecar in front of a gRPC-style service, and the
+//! outbound one dialled by a gRPC client as if it were the server.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,33 +15,41 @@ use axum::body::Body;
 use bytes::Bytes;
 use fixture::Domain;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use std::sync::Arc;
 use wimse_core::token::unix_now;
 use wimse_workload::listen::{ConnectionLimits, mtls_peer, serve_until};
-use wimse_workload::proxy::{UpstreamProtocol, inbound_router_with};
+use wimse_workload::proxy::{
+    OutboundOptions, OutboundProof, UpstreamProtocol, inbound_router_with, outbound_router,
+};
+use wimse_workload::tls::{ClientCerts, server_config_with};
 use wimse_workload::{
-    AuthConfig, Authenticator, CredentialSource, Policy, ProofMethod, WimseLayer, attach_proof,
+    AuthConfig, Authenticator, CredentialSource, PeerAllowList, Policy, ProofMethod, WimseLayer,
+    attach_proof,
 };
 
 const PUBLIC: &str = "http://svc.test";
 
-/// An h2c upstream answering with the protocol and `TE` it saw, then a `grpc-status`
-/// trailer.
+/// An h2c upstream answering with the protocol, `TE` and path it saw and the caller the
+/// sidecar in front of it named, then a `grpc-status` trailer.
 async fn grpc_like_upstream() -> std::net::SocketAddr {
     let app = axum::Router::new().fallback(|req: Request<Body>| async move {
-        let te = req
-            .headers()
-            .get("te")
-            .map_or("-", |v| v.to_str().unwrap())
-            .to_owned();
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map_or("-", |v| v.to_str().unwrap())
+                .to_owned()
+        };
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         let frames = [
             Ok::<_, std::io::Error>(Frame::data(Bytes::from(format!(
-                "{:?} te={te}",
-                req.version()
+                "{:?} te={} {} by {}",
+                req.version(),
+                header("te"),
+                req.uri().path(),
+                header("x-wimse-peer-id"),
             )))),
             Ok(Frame::trailers(trailers)),
         ];
@@ -102,5 +111,189 @@ async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_bac
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers passed back");
     assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(collected.to_bytes(), "HTTP/2.0 te=trailers");
+    assert_eq!(
+        collected.to_bytes(),
+        "HTTP/2.0 te=trailers /orders.v1.Orders/Get by spiffe://good.test/w1"
+    );
+}
+
+/// Opens an h2c connection to `addr`, as a gRPC client does.
+async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test]
+async fn a_grpc_client_dials_its_outbound_sidecar_and_the_call_crosses_tls_to_the_server() {
+    let good = Domain::new("good.test");
+    let upstream = grpc_like_upstream().await;
+    // Workload 3: the inbound sidecar over TLS (HTTP/2 by ALPN), callers proving
+    // themselves per request or by their certificate.
+    let w3 = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound = listener.local_addr().unwrap();
+    let authn = Authenticator::new(AuthConfig::new(format!("https://{inbound}")), w3.clone());
+    let policy = Policy::from_text(
+        "permit(principal, action == Action::\"POST\", resource) \
+         when { context.path == \"/orders.v1.Orders/Get\" };",
+    )
+    .unwrap();
+    let proxy = inbound_router_with(
+        &format!("http://{upstream}").parse().unwrap(),
+        UpstreamProtocol::Http2,
+        WimseLayer::new(Arc::new(authn), Arc::new(policy)),
+    );
+    let tls = server_config_with(&w3, PeerAllowList::default(), ClientCerts::Optional).unwrap();
+    tokio::spawn(serve_until(
+        listener,
+        Some(Arc::new(tls)),
+        proxy,
+        ConnectionLimits::default(),
+        std::future::pending(),
+        mtls_peer,
+    ));
+
+    let w1 = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    for (proof, method) in [
+        (
+            OutboundProof::AttachOverTls(ProofMethod::WitWpt, PeerAllowList::default()),
+            "wit-wpt",
+        ),
+        (OutboundProof::Mtls(PeerAllowList::default()), "mtls"),
+    ] {
+        // Workload 1's outbound sidecar, which sends everything to workload 3.
+        let mut options = OutboundOptions::new(proof);
+        options.upstream = Some(inbound.to_string().parse().unwrap());
+        options.upstream_protocol = UpstreamProtocol::Http2;
+        let router = outbound_router(w1.clone(), options).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outbound = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        // The gRPC client's channel targets the sidecar: its requests name the sidecar.
+        let mut sender = h2c(outbound).await;
+        let request = Request::post(format!("http://{outbound}/orders.v1.Orders/Get"))
+            .version(http::Version::HTTP_2)
+            .header("te", "trailers")
+            .header("content-type", "application/grpc")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+        assert_eq!(
+            response.headers()["x-wimse-peer-id"],
+            "spiffe://good.test/w3"
+        );
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers passed back");
+        assert_eq!(trailers["grpc-status"], "0", "{method}");
+        assert_eq!(
+            collected.to_bytes(),
+            "HTTP/2.0 te=trailers /orders.v1.Orders/Get by spiffe://good.test/w1",
+            "{method}"
+        );
+        // Another method is refused by workload 3's policy, and the refusal comes back.
+        let request = Request::post(format!("http://{outbound}/orders.v1.Orders/Delete"))
+            .version(http::Version::HTTP_2)
+            .header("te", "trailers")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_caller_is_refused_with_a_grpc_status_it_can_read() {
+    let good = Domain::new("good.test");
+    let upstream = grpc_like_upstream().await;
+    let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let authn = Arc::new(Authenticator::new(AuthConfig::new(PUBLIC), server));
+    let policy =
+        Policy::from_text("permit(principal, action, resource) when { context.path == \"/ok\" };")
+            .unwrap();
+    let proxy = inbound_router_with(
+        &format!("http://{upstream}").parse().unwrap(),
+        UpstreamProtocol::Http2,
+        WimseLayer::new(authn, Arc::new(policy)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sidecar = listener.local_addr().unwrap();
+    tokio::spawn(serve_until(
+        listener,
+        None,
+        proxy,
+        ConnectionLimits::default(),
+        std::future::pending(),
+        mtls_peer,
+    ));
+    let mut sender = h2c(sidecar).await;
+    let client = good.credentials("/w1", &[&good]);
+    let call = |path: &str, proven: bool, content_type: &str| {
+        let (mut parts, ()) = Request::post(format!("{PUBLIC}{path}"))
+            .header("te", "trailers")
+            .header("content-type", content_type)
+            .body(())
+            .unwrap()
+            .into_parts();
+        if proven {
+            attach_proof(&mut parts, b"", &client, ProofMethod::WitWpt, unix_now()).unwrap();
+        }
+        parts.uri = format!("http://{sidecar}{path}").parse().unwrap();
+        parts.version = http::Version::HTTP_2;
+        Request::from_parts(parts, Empty::<Bytes>::new())
+    };
+    // No credentials: UNAUTHENTICATED; a path the policy does not grant: PERMISSION_DENIED.
+    // Both as a trailers-only response naming the problem, as gRPC clients read it.
+    for (path, proven, status, problem) in [
+        (
+            "/ok",
+            false,
+            "16",
+            "urn:wimse:problem:missing-credentials: ",
+        ),
+        ("/other", true, "7", "urn:wimse:problem:forbidden: "),
+    ] {
+        let response = sender
+            .send_request(call(path, proven, "application/grpc"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(response.headers()["grpc-status"], status, "{path}");
+        let message = response.headers()["grpc-message"].to_str().unwrap();
+        assert!(message.starts_with(problem), "{path}: {message}");
+        assert!(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+    }
+    // The same refusal to a caller that is not gRPC: the RFC 9457 problem.
+    let response = sender
+        .send_request(call("/ok", false, "application/json"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    // And an allowed call still reaches the service.
+    let response = sender
+        .send_request(call("/ok", true, "application/grpc"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("grpc-status"));
 }

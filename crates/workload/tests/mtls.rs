@@ -15,7 +15,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wimse_workload::listen::{ConnectionLimits, mtls_peer, serve, serve_until};
 use wimse_workload::tls::{
-    ClientCerts, client_config, server_auth_config, server_config, server_config_with,
+    ClientCerts, MtlsConnector, ServerNames, client_config, server_auth_config, server_config,
+    server_config_with,
 };
 use wimse_workload::{CredentialSource, MtlsPeer, PeerAllowList};
 
@@ -245,4 +246,47 @@ async fn slow_clients_are_cut_off_and_a_stopped_listener_drains() {
         closed_within(quiet, 10).await,
         "a quiet TLS connection is cut off"
     );
+}
+
+#[tokio::test]
+async fn a_connector_offers_its_alpn_protocols_at_pinned_destinations_too() {
+    use tower::Service;
+    // A gRPC server over TLS wants `h2` negotiated by ALPN; the server here says what the
+    // client offered and it chose.
+    let good = Domain::new("good.test");
+    let w3 = CredentialSource::fixed(good.credentials("/w3", &[&good]));
+    let config = server_config_with(&w3, PeerAllowList::default(), ClientCerts::Required).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (chosen_tx, mut chosen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            chosen_tx.send(alpn).unwrap();
+        }
+    });
+    let w1 = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    for pins in [
+        std::collections::HashMap::new(),
+        [(addr.to_string(), good.id("/w3"))].into(),
+    ] {
+        let plain = MtlsConnector::new(&w1, PeerAllowList::default(), ServerNames::Checked)
+            .unwrap()
+            .pinned(&w1, pins.clone())
+            .unwrap();
+        let mut h2 = plain.clone().offering(&[b"h2"]);
+        h2.call(uri.clone()).await.unwrap();
+        assert_eq!(
+            chosen.recv().await.unwrap().as_deref(),
+            Some(&b"h2"[..]),
+            "{pins:?}"
+        );
+        // Without an offer, none is chosen (and the server takes HTTP/1.1).
+        plain.clone().call(uri.clone()).await.unwrap();
+        assert_eq!(chosen.recv().await.unwrap(), None, "{pins:?}");
+    }
 }

@@ -91,6 +91,32 @@ async fn credentials_go_only_to_the_listed_destinations() {
 }
 
 #[tokio::test]
+async fn with_one_upstream_every_request_goes_there_with_its_proof_and_no_tunnel_opens() {
+    let good = Domain::new("good.test");
+    let source = CredentialSource::fixed(good.credentials("/w1", &[&good]));
+    let up = upstream(None).await;
+    let mut options = OutboundOptions::new(OutboundProof::Attach(ProofMethod::WitWpt));
+    options.upstream = Some(format!("127.0.0.1:{}", up.port()).parse().unwrap());
+    let proxy = outbound_router(source, options).unwrap();
+    // The service dialled the sidecar as if it were the server (origin-form), or named
+    // another host: either way the request goes to the upstream, with a WIT.
+    for url in ["/orders?id=7", "http://elsewhere.example/orders"] {
+        let (status, body) = get(&proxy, url).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "wit=true"),
+            "{url}"
+        );
+    }
+    let connect = Request::connect("elsewhere.example:443")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = send(&proxy, connect).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert!(body.contains("no-tunnels"), "{body}");
+}
+
+#[tokio::test]
 async fn over_mutual_tls_each_destination_accepts_only_the_server_named_for_it() {
     let good = Domain::new("good.test");
     let w2 = upstream(Some(&CredentialSource::fixed(
