@@ -528,13 +528,13 @@ fn outbound_upstream(url: &str) -> Result<http::uri::Authority, CommandError> {
 }
 
 /// SPECS §6: a client that does not check a DNS name MUST be configured with the server
-/// identifier it expects. Warns at start where servers are accepted by trust domain alone:
-/// with no `--server-id`, at a destination with no `=ID` that is reached by IP address, or
-/// by any name when names are not checked (or at any destination, when none is listed).
-fn warn_of_unnamed_servers(
+/// identifier it expects. Which servers are accepted by trust domain alone (with no
+/// `--server-id`), to warn of at start: at a destination with no `=ID` that is reached by
+/// IP address, or by any name when names are not checked; at any, when none is listed.
+fn unnamed_servers(
     destinations: &BTreeMap<String, Option<WorkloadId>>,
     names: ServerNames,
-) {
+) -> Option<&'static str> {
     let by_ip = |key: &str| {
         key.parse::<http::uri::Authority>().is_ok_and(|a| {
             a.host()
@@ -545,18 +545,11 @@ fn warn_of_unnamed_servers(
     };
     let unnamed = destinations
         .iter()
-        .filter(|(key, id)| id.is_none() && (names == ServerNames::Unchecked || by_ip(key)))
-        .count();
-    if destinations.is_empty() || unnamed > 0 {
-        let which = match names {
-            ServerNames::Checked => "servers reached by IP address",
-            ServerNames::Unchecked => "servers",
-        };
-        tracing::warn!(
-            "{which} are accepted by trust domain alone: name the one expected with \
-             --server-id, or per destination with --destination HOST:PORT=ID"
-        );
-    }
+        .any(|(key, id)| id.is_none() && (names == ServerNames::Unchecked || by_ip(key)));
+    (destinations.is_empty() || unnamed).then_some(match names {
+        ServerNames::Checked => "servers reached by IP address",
+        ServerNames::Unchecked => "servers",
+    })
 }
 
 async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
@@ -605,7 +598,21 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
         }
     }
     if proves_servers(&args) && args.server_ids.is_empty() {
-        warn_of_unnamed_servers(&destinations, names);
+        // With one upstream and no list, the upstream is the one destination.
+        let reached = match &upstream {
+            Some(upstream) if destinations.is_empty() => [(
+                wimse_workload::proxy::destination_key(upstream, default_port),
+                None,
+            )]
+            .into(),
+            _ => destinations.clone(),
+        };
+        if let Some(which) = unnamed_servers(&reached, names) {
+            tracing::warn!(
+                "{which} are accepted by trust domain alone: name the one expected with \
+                 --server-id, or per destination with --destination HOST:PORT=ID"
+            );
+        }
     }
     let source = credentials(socket, args.spiffe_id.as_deref()).await?;
     // By default, only servers of this workload's own trust domain.
@@ -662,6 +669,37 @@ mod tests {
                     .collect()
             })
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn servers_accepted_by_trust_domain_alone_are_warned_of() {
+        let list = |values: &[&str]| {
+            let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+            destinations(&values, true, 443).unwrap()
+        };
+        let (checked, unchecked) = (ServerNames::Checked, ServerNames::Unchecked);
+        let by_ip = Some("servers reached by IP address");
+        // No list: any server, by IP address when names are checked.
+        assert_eq!(unnamed_servers(&list(&[]), checked), by_ip);
+        assert_eq!(unnamed_servers(&list(&[]), unchecked), Some("servers"));
+        // Names checked: a DNS name is enough, an IP address needs its identity.
+        assert_eq!(
+            unnamed_servers(&list(&["orders", "pay:8443"]), checked),
+            None
+        );
+        assert_eq!(
+            unnamed_servers(&list(&["orders", "10.0.0.7:8443"]), checked),
+            by_ip
+        );
+        assert_eq!(unnamed_servers(&list(&["[::1]:8443"]), checked), by_ip);
+        let pinned = list(&["10.0.0.7:8443=spiffe://td.test/pay"]);
+        assert_eq!(unnamed_servers(&pinned, checked), None);
+        // Names not checked: every destination needs its identity.
+        assert_eq!(
+            unnamed_servers(&list(&["orders"]), unchecked),
+            Some("servers")
+        );
+        assert_eq!(unnamed_servers(&pinned, unchecked), None);
     }
 
     #[test]
