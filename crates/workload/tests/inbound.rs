@@ -25,8 +25,8 @@ use wimse_workload::proxy::{
 };
 use wimse_workload::tls::{ClientCerts, server_config_with};
 use wimse_workload::{
-    AuthConfig, Authenticator, CredentialSource, PeerAllowList, Policy, ProofMethod, WimseLayer,
-    attach_proof,
+    AuthConfig, Authenticator, CredentialSource, Credentials, PeerAllowList, Policy, ProofMethod,
+    WimseLayer, attach_proof,
 };
 
 const PUBLIC: &str = "http://svc.test";
@@ -61,51 +61,57 @@ async fn grpc_like_upstream() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_back() {
-    let good = Domain::new("good.test");
+/// Workload 3's inbound sidecar on loopback in front of a gRPC-like service, with
+/// `policy`: over h2c at the public URL [`PUBLIC`], or with `tls` over TLS (HTTP/2 by
+/// ALPN; callers may also present a certificate) at `https://<its address>`. Its address.
+async fn inbound_sidecar(good: &Domain, policy: &str, tls: bool) -> std::net::SocketAddr {
     let upstream = grpc_like_upstream().await;
-    let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
-    let authn = Arc::new(Authenticator::new(AuthConfig::new(PUBLIC), server));
-    let policy = Policy::from_text("permit(principal, action, resource);").unwrap();
+    let w3 = CredentialSource::fixed(good.credentials("/w3", &[good]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sidecar = listener.local_addr().unwrap();
+    let public = if tls {
+        format!("https://{sidecar}")
+    } else {
+        PUBLIC.to_owned()
+    };
+    let authn = Authenticator::new(AuthConfig::new(public), w3.clone());
     let proxy = inbound_router_with(
         &format!("http://{upstream}").parse().unwrap(),
         UpstreamProtocol::Http2,
-        WimseLayer::new(authn, Arc::new(policy)),
+        WimseLayer::new(
+            Arc::new(authn),
+            Arc::new(Policy::from_text(policy).unwrap()),
+        ),
     );
-    // The sidecar on a real listener, called over h2c as a gRPC client would.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sidecar = listener.local_addr().unwrap();
+    let tls = tls.then(|| {
+        let config = server_config_with(&w3, PeerAllowList::default(), ClientCerts::Optional);
+        Arc::new(config.unwrap())
+    });
     tokio::spawn(serve_until(
         listener,
-        None,
+        tls,
         proxy,
         ConnectionLimits::default(),
         std::future::pending(),
         mtls_peer,
     ));
-    let tcp = tokio::net::TcpStream::connect(sidecar).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    sidecar
+}
+
+#[tokio::test]
+async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_back() {
+    let good = Domain::new("good.test");
+    // The sidecar on a real listener, called over h2c as a gRPC client would.
+    let sidecar = inbound_sidecar(&good, "permit(principal, action, resource);", false).await;
+    let mut sender = h2c(sidecar).await;
 
     let client = good.credentials("/w1", &[&good]);
-    let (mut parts, ()) = Request::post(format!("{PUBLIC}/orders.v1.Orders/Get"))
-        .header("te", "trailers")
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap()
-        .into_parts();
-    attach_proof(&mut parts, b"", &client, ProofMethod::WitWpt, unix_now()).unwrap();
-    parts.uri = format!("http://{sidecar}/orders.v1.Orders/Get")
-        .parse()
-        .unwrap();
-    parts.version = http::Version::HTTP_2;
-    let request = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
+    let request = grpc_call(
+        sidecar,
+        "/orders.v1.Orders/Get",
+        Some(&client),
+        "application/grpc",
+    );
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let collected = response.into_body().collect().await.unwrap();
@@ -115,6 +121,28 @@ async fn a_grpc_call_reaches_an_http2_upstream_with_te_and_its_trailers_come_bac
         collected.to_bytes(),
         "HTTP/2.0 te=trailers /orders.v1.Orders/Get by spiffe://good.test/w1"
     );
+}
+
+/// An HTTP/2 POST of `path` to the sidecar at `sidecar`, with `TE: trailers` and
+/// `content_type`, proven with a WIT and WPT for [`PUBLIC`] when `client` is given.
+fn grpc_call(
+    sidecar: std::net::SocketAddr,
+    path: &str,
+    client: Option<&Credentials>,
+    content_type: &str,
+) -> Request<Empty<Bytes>> {
+    let (mut parts, ()) = Request::post(format!("{PUBLIC}{path}"))
+        .header("te", "trailers")
+        .header("content-type", content_type)
+        .body(())
+        .unwrap()
+        .into_parts();
+    if let Some(client) = client {
+        attach_proof(&mut parts, b"", client, ProofMethod::WitWpt, unix_now()).unwrap();
+    }
+    parts.uri = format!("http://{sidecar}{path}").parse().unwrap();
+    parts.version = http::Version::HTTP_2;
+    Request::from_parts(parts, Empty::<Bytes>::new())
 }
 
 /// Opens an h2c connection to `addr`, as a gRPC client does.
@@ -133,32 +161,9 @@ async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequ
 #[tokio::test]
 async fn a_grpc_client_dials_its_outbound_sidecar_and_the_call_crosses_tls_to_the_server() {
     let good = Domain::new("good.test");
-    let upstream = grpc_like_upstream().await;
-    // Workload 3: the inbound sidecar over TLS (HTTP/2 by ALPN), callers proving
-    // themselves per request or by their certificate.
-    let w3 = CredentialSource::fixed(good.credentials("/w3", &[&good]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound = listener.local_addr().unwrap();
-    let authn = Authenticator::new(AuthConfig::new(format!("https://{inbound}")), w3.clone());
-    let policy = Policy::from_text(
-        "permit(principal, action == Action::\"POST\", resource) \
-         when { context.path == \"/orders.v1.Orders/Get\" };",
-    )
-    .unwrap();
-    let proxy = inbound_router_with(
-        &format!("http://{upstream}").parse().unwrap(),
-        UpstreamProtocol::Http2,
-        WimseLayer::new(Arc::new(authn), Arc::new(policy)),
-    );
-    let tls = server_config_with(&w3, PeerAllowList::default(), ClientCerts::Optional).unwrap();
-    tokio::spawn(serve_until(
-        listener,
-        Some(Arc::new(tls)),
-        proxy,
-        ConnectionLimits::default(),
-        std::future::pending(),
-        mtls_peer,
-    ));
+    let policy = "permit(principal, action == Action::\"POST\", resource) \
+                  when { context.path == \"/orders.v1.Orders/Get\" };";
+    let inbound = inbound_sidecar(&good, policy, true).await;
 
     let w1 = CredentialSource::fixed(good.credentials("/w1", &[&good]));
     for (proof, method) in [
@@ -213,42 +218,12 @@ async fn a_grpc_client_dials_its_outbound_sidecar_and_the_call_crosses_tls_to_th
 #[tokio::test]
 async fn a_grpc_caller_is_refused_with_a_grpc_status_it_can_read() {
     let good = Domain::new("good.test");
-    let upstream = grpc_like_upstream().await;
-    let server = CredentialSource::fixed(good.credentials("/w3", &[&good]));
-    let authn = Arc::new(Authenticator::new(AuthConfig::new(PUBLIC), server));
-    let policy =
-        Policy::from_text("permit(principal, action, resource) when { context.path == \"/ok\" };")
-            .unwrap();
-    let proxy = inbound_router_with(
-        &format!("http://{upstream}").parse().unwrap(),
-        UpstreamProtocol::Http2,
-        WimseLayer::new(authn, Arc::new(policy)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sidecar = listener.local_addr().unwrap();
-    tokio::spawn(serve_until(
-        listener,
-        None,
-        proxy,
-        ConnectionLimits::default(),
-        std::future::pending(),
-        mtls_peer,
-    ));
+    let policy = "permit(principal, action, resource) when { context.path == \"/ok\" };";
+    let sidecar = inbound_sidecar(&good, policy, false).await;
     let mut sender = h2c(sidecar).await;
     let client = good.credentials("/w1", &[&good]);
     let call = |path: &str, proven: bool, content_type: &str| {
-        let (mut parts, ()) = Request::post(format!("{PUBLIC}{path}"))
-            .header("te", "trailers")
-            .header("content-type", content_type)
-            .body(())
-            .unwrap()
-            .into_parts();
-        if proven {
-            attach_proof(&mut parts, b"", &client, ProofMethod::WitWpt, unix_now()).unwrap();
-        }
-        parts.uri = format!("http://{sidecar}{path}").parse().unwrap();
-        parts.version = http::Version::HTTP_2;
-        Request::from_parts(parts, Empty::<Bytes>::new())
+        grpc_call(sidecar, path, proven.then_some(&client), content_type)
     };
     // No credentials: UNAUTHENTICATED; a path the policy does not grant: PERMISSION_DENIED.
     // Both as a trailers-only response naming the problem, as gRPC clients read it.
