@@ -23,7 +23,14 @@
 //!   and over TLS pins the server identity expected at each. A `CONNECT host:port` (what
 //!   a client configured with `https_proxy` sends) opens a plain tunnel to a listed
 //!   destination, for `https://` calls outside WIMSE: nothing is attached to what the
-//!   service's own TLS carries through it.
+//!   service's own TLS carries through it. Over TLS a server reached by DNS name must
+//!   hold that name in its SVID ([`OutboundOptions::server_names`]).
+//! - **Outbound to one server** ([`OutboundOptions::upstream`]): for clients that dial
+//!   their server rather than use a proxy, such as gRPC channels, every request goes to
+//!   that server with its own path, proven as above; with
+//!   [`OutboundOptions::upstream_protocol`] over HTTP/2, trailers and all.
+//! - To gRPC callers, both directions tell their refusals as gRPC statuses
+//!   ([`crate::layer::for_grpc`]).
 
 use crate::authn::{AuthMethod, CREDENTIAL_HEADERS, PeerAllowList, PeerIdentity};
 use crate::client::{ProofMethod, SentRequest, attach, check_response, read_for_check};
