@@ -101,7 +101,8 @@ pub fn for_grpc(response: Response<Body>) -> Response<Body> {
         return response;
     };
     let code = grpc_code(response.status());
-    let message = grpc_percent_encode(&format!("{}: {}", details.kind, details.detail));
+    let message = format!("{}: {}", details.kind, details.detail);
+    let message = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE_ESCAPED).to_string();
     let mut grpc = Response::new(Body::empty());
     let headers = grpc.headers_mut();
     headers.insert(
@@ -133,19 +134,9 @@ fn grpc_code(status: StatusCode) -> u16 {
     }
 }
 
-/// `grpc-message`'s percent-encoding: bytes outside printable ASCII, and `%`, as `%XX`.
-fn grpc_percent_encode(text: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+/// `grpc-message`'s percent-encoding: bytes outside printable ASCII (the crate encodes
+/// every non-ASCII byte and these controls), and `%`, as `%XX`.
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 /// The response to a refused credential.
 pub fn authn_problem(e: &AuthError) -> Response<Body> {
