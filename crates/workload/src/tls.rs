@@ -121,6 +121,17 @@ impl SvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<WorkloadId, rustls::Error> {
+        self.verify_chain(end_entity, intermediates, now)
+            .map(|(id, _)| id)
+    }
+
+    /// [`SvidVerifier::verify_peer`], also handing back the leaf it parsed.
+    fn verify_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(WorkloadId, Certificate), rustls::Error> {
         let fail = |reason: String| rustls::Error::General(format!("peer svid refused: {reason}"));
         let claimed = spiffe_id_of(end_entity).map_err(fail)?;
         let creds = self.source.current();
@@ -150,7 +161,11 @@ impl SvidVerifier {
         if !self.allow.allows(&id) {
             return Err(fail(format!("`{id}` is not on the allow-list")));
         }
-        Ok(id)
+        let leaf = chain
+            .into_iter()
+            .next()
+            .ok_or_else(|| fail("empty chain".into()))?;
+        Ok((id, leaf))
     }
 
     fn tls13(
@@ -223,10 +238,8 @@ impl ServerCertVerifier for SvidVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = self.verify_peer(end_entity, intermediates, now)?;
+        let (id, leaf) = self.verify_chain(end_entity, intermediates, now)?;
         if let (ServerNames::Checked, ServerName::DnsName(name)) = (self.names, server_name) {
-            let leaf = Certificate::from_der(end_entity.to_vec())
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
             verify_dns_name(&leaf, name.as_ref()).map_err(|e| {
                 rustls::Error::General(format!("server svid of `{id}` refused: {e}"))
             })?;
