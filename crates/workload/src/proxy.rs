@@ -179,19 +179,15 @@ impl UpstreamProtocol {
         }
     }
 
-    /// Strips `headers` of hop-by-hop fields (and what [`strip_inbound`] also removes,
-    /// when `inbound`), keeping `TE: trailers` over HTTP/2: gRPC needs it to reach the
-    /// server, and it is the one value HTTP/2 allows.
-    fn strip_for_forwarding(self, headers: &mut HeaderMap, inbound: bool) {
+    /// Strips `headers` with `strip` ([`strip_inbound`] or [`strip_hop_by_hop`]), keeping
+    /// `TE: trailers` over HTTP/2: gRPC needs it to reach the server, and it is the one
+    /// value HTTP/2 allows.
+    fn strip_for_forwarding(self, headers: &mut HeaderMap, strip: fn(&mut HeaderMap)) {
         let trailers = self == UpstreamProtocol::Http2
             && headers
                 .get(http::header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        if inbound {
-            strip_inbound(headers);
-        } else {
-            strip_hop_by_hop(headers);
-        }
+        strip(headers);
         if trailers {
             headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
@@ -235,7 +231,7 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
     };
     upstream
         .protocol
-        .strip_for_forwarding(&mut parts.headers, true);
+        .strip_for_forwarding(&mut parts.headers, strip_inbound);
     if peer.method == AuthMethod::JwtSvid || crate::authn::authorization_is_wpt(&parts.headers) {
         // A bearer JWT-SVID or a WPT there was the credential: like the WIT, not passed
         // on (Envoy's `jwt_authn` drops a verified token too unless told to forward it).
@@ -680,7 +676,7 @@ async fn attach_and_forward(
         (body, Bytes::new())
     };
     let protocol = outbound.options.upstream_protocol;
-    protocol.strip_for_forwarding(&mut parts.headers, false);
+    protocol.strip_for_forwarding(&mut parts.headers, strip_hop_by_hop);
     parts.headers.remove(http::header::HOST);
     let creds = outbound.source.current();
     let attached = if let Some(method) = proof {
