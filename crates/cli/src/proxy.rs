@@ -588,23 +588,22 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
         .as_deref()
         .map(outbound_upstream)
         .transpose()?;
-    if let Some(upstream) = &upstream {
-        let key = wimse_workload::proxy::destination_key(upstream, default_port);
-        if !destinations.is_empty() && !destinations.contains_key(&key) {
-            return Err(CommandError::Proxy(format!(
-                "`--upstream` goes to `{key}`, which no `--destination` names: every request \
-                 would be refused"
-            )));
-        }
+    let upstream_key = upstream
+        .as_ref()
+        .map(|u| wimse_workload::proxy::destination_key(u, default_port));
+    if let Some(key) = &upstream_key
+        && !destinations.is_empty()
+        && !destinations.contains_key(key)
+    {
+        return Err(CommandError::Proxy(format!(
+            "`--upstream` goes to `{key}`, which no `--destination` names: every request \
+             would be refused"
+        )));
     }
     if proves_servers(&args) && args.server_ids.is_empty() {
         // With one upstream and no list, the upstream is the one destination.
-        let reached = match &upstream {
-            Some(upstream) if destinations.is_empty() => [(
-                wimse_workload::proxy::destination_key(upstream, default_port),
-                None,
-            )]
-            .into(),
+        let reached = match upstream_key {
+            Some(key) if destinations.is_empty() => [(key, None)].into(),
             _ => destinations.clone(),
         };
         if let Some(which) = unnamed_servers(&reached, names) {
