@@ -11,9 +11,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Why an admin call failed.
@@ -64,15 +64,21 @@ fn encode(query: &[(&str, &str)]) -> String {
         out.push(if i == 0 { '?' } else { '&' });
         out.push_str(name);
         out.push('=');
-        for b in value.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                out.push(char::from(b));
-            } else {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
+        out.push_str(&encode_segment(value));
     }
     out
+}
+
+/// RFC 3986's unreserved characters stay; every other byte is percent-encoded, so a value
+/// can never add a path segment, a query parameter or a fragment.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn encode_segment(value: &str) -> String {
+    utf8_percent_encode(value, NOT_UNRESERVED).to_string()
 }
 
 impl AdminClient {
@@ -495,13 +501,19 @@ fn trust_domain_segment(name: &str) -> Result<String, ClientError> {
     Ok(encode_segment(name))
 }
 
-fn encode_segment(value: &str) -> String {
-    encode(&[("", value)]).trim_start_matches("?=").to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_and_path_segments_keep_only_unreserved_characters() {
+        assert_eq!(
+            encode(&[("a", "spiffe://td/x y"), ("b", "~-._é&=#%")]),
+            "?a=spiffe%3A%2F%2Ftd%2Fx%20y&b=~-._%C3%A9%26%3D%23%25"
+        );
+        assert_eq!(encode(&[]), "");
+        assert_eq!(encode_segment("../e?f"), "..%2Fe%3Ff");
+    }
 
     #[test]
     fn trust_domain_names_that_would_change_the_path_are_refused() {
