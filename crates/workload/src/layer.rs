@@ -117,15 +117,15 @@ pub fn for_grpc(response: Response<Body>) -> Response<Body> {
     grpc
 }
 
-/// The gRPC status code for a refusal's HTTP status: a credential failure (400) is
-/// `UNAUTHENTICATED`, a denial `PERMISSION_DENIED`; the rest as gRPC's own HTTP mapping
-/// has them.
+/// The gRPC status code for a refusal's HTTP status: a credential failure (400, and the
+/// gateway's 401) is `UNAUTHENTICATED`, a denial `PERMISSION_DENIED`; the rest as gRPC's
+/// own HTTP mapping has them (404, no route: `UNIMPLEMENTED`).
 fn grpc_code(status: StatusCode) -> u16 {
     match status {
         StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED => 16,
         StatusCode::FORBIDDEN => 7,
         StatusCode::PAYLOAD_TOO_LARGE => 8,
-        StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => 12,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => 12,
         StatusCode::TOO_MANY_REQUESTS
         | StatusCode::BAD_GATEWAY
         | StatusCode::SERVICE_UNAVAILABLE
@@ -584,7 +584,9 @@ mod tests {
     fn a_refusal_is_told_to_grpc_as_a_trailers_only_status() {
         for (status, code) in [
             (StatusCode::BAD_REQUEST, "16"),
+            (StatusCode::UNAUTHORIZED, "16"),
             (StatusCode::FORBIDDEN, "7"),
+            (StatusCode::NOT_FOUND, "12"),
             (StatusCode::PAYLOAD_TOO_LARGE, "8"),
             (StatusCode::NOT_IMPLEMENTED, "12"),
             (StatusCode::BAD_GATEWAY, "14"),

@@ -143,7 +143,7 @@ pub const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::f
 
 /// A plain-HTTP connector to the upstream that gives up after
 /// [`UPSTREAM_CONNECT_TIMEOUT`] (a SYN to a host that is gone would wait minutes).
-fn upstream_connector() -> HttpConnector {
+pub fn upstream_connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
     connector
@@ -172,7 +172,7 @@ pub enum UpstreamProtocol {
 
 impl UpstreamProtocol {
     /// The version requests go out in.
-    fn version(self) -> http::Version {
+    pub fn version(self) -> http::Version {
         match self {
             UpstreamProtocol::Http1 => http::Version::HTTP_11,
             UpstreamProtocol::Http2 => http::Version::HTTP_2,
@@ -182,7 +182,7 @@ impl UpstreamProtocol {
     /// Strips `headers` with `strip` ([`strip_inbound`] or [`strip_hop_by_hop`]), keeping
     /// `TE: trailers` over HTTP/2: gRPC needs it to reach the server, and it is the one
     /// value HTTP/2 allows.
-    fn strip_for_forwarding(self, headers: &mut HeaderMap, strip: fn(&mut HeaderMap)) {
+    pub fn strip_for_forwarding(self, headers: &mut HeaderMap, strip: fn(&mut HeaderMap)) {
         let trailers = self == UpstreamProtocol::Http2
             && headers
                 .get(http::header::TE)
@@ -190,6 +190,15 @@ impl UpstreamProtocol {
         strip(headers);
         if trailers {
             headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+
+    /// The ALPN protocols a TLS client offers for it: `h2` for HTTP/2; none for HTTP/1.1,
+    /// which every server takes without ALPN.
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            UpstreamProtocol::Http1 => &[],
+            UpstreamProtocol::Http2 => &[b"h2"],
         }
     }
 }
@@ -789,11 +798,11 @@ async fn check_upstream_response(
     }
 }
 
-/// The outbound proxy's client settings: idle pooled connections are let go after 20 s,
-/// before a peer sidecar's listener drops them at 30 s ([`crate::listen::ConnectionLimits`]),
-/// so that a request is not sent on a connection the server is closing; HTTP/2 only when
-/// `protocol` says so.
-fn outbound_client(protocol: UpstreamProtocol) -> hyper_util::client::legacy::Builder {
+/// The client settings for a proxy's upstreams (the outbound proxy's, the gateway's):
+/// idle pooled connections are let go after 20 s, before a peer sidecar's listener drops
+/// them at 30 s ([`crate::listen::ConnectionLimits`]), so that a request is not sent on a
+/// connection the server is closing; HTTP/2 only when `protocol` says so.
+pub fn upstream_client(protocol: UpstreamProtocol) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
     builder.pool_idle_timeout(std::time::Duration::from_secs(20));
     builder.http2_only(protocol == UpstreamProtocol::Http2);
@@ -809,7 +818,7 @@ pub fn outbound_router(
     let protocol = options.upstream_protocol;
     let client = match &options.proof {
         OutboundProof::Attach(_) => {
-            OutboundClient::Plain(outbound_client(protocol).build(upstream_connector()))
+            OutboundClient::Plain(upstream_client(protocol).build(upstream_connector()))
         }
         OutboundProof::Mtls(allow) | OutboundProof::AttachOverTls(_, allow) => {
             let pinned = options
@@ -817,15 +826,11 @@ pub fn outbound_router(
                 .iter()
                 .filter_map(|(key, id)| Some((key.clone(), id.clone()?)))
                 .collect();
-            let alpn: &[&[u8]] = match protocol {
-                UpstreamProtocol::Http1 => &[],
-                UpstreamProtocol::Http2 => &[b"h2"],
-            };
             OutboundClient::Mtls(
-                outbound_client(protocol).build(
+                upstream_client(protocol).build(
                     MtlsConnector::new(&source, allow.clone(), options.server_names)?
                         .pinned(&source, pinned)?
-                        .offering(alpn),
+                        .offering(protocol.alpn()),
                 ),
             )
         }
