@@ -55,6 +55,9 @@ when {{ context.path like "/api/orders*" && context has txn && context.txn has a
         && context.txn.act == "{w2}" && context.txn.scopes.contains("orders") }};
 permit(principal == Workload::"{w1}", action == Action::"POST", resource == Service::"{w3}")
 when {{ context.path == "/SpiffeWorkloadAPI/ValidateJWTSVID" }};
+permit(principal == Workload::"{gw}", action == Action::"POST", resource == Service::"{w3}")
+when {{ (context.path like "/SpiffeWorkloadAPI/*" || context.path like "/api/uploads*")
+        && context has txn && context.txn.scopes.contains("orders") }};
 "#,
         w1 = id("/w1"),
         w2 = id("/w2"),
@@ -1254,6 +1257,14 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
     let (status, _, body) = call("GET /api/slow".into(), bearer(&alice)).await.unwrap();
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("upstream-timeout"), "{body}");
+    // With a body, the timeout counts from its end; it still comes.
+    let token = format!("Bearer {alice}");
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        http_full(pg, "POST /api/slow", &[("Authorization", &token)], "a body")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 504, "{body}");
 
     // Refused at the gateway, with RFC 6750 challenges for the access token.
     let mut forged: Vec<&str> = alice.split('.').collect();
@@ -1369,8 +1380,12 @@ async fn the_gateway_admits_outside_clients_by_access_token_and_forwards_a_txn_t
         1,
         "{audit}"
     );
-    // (The timed-out request is one of the refusals, with its reason.)
-    assert_eq!(audit.matches("\"decision\":\"deny\"").count(), 9, "{audit}");
+    // (The two timed-out requests are among the refusals, with their reason.)
+    assert_eq!(
+        audit.matches("\"decision\":\"deny\"").count(),
+        10,
+        "{audit}"
+    );
     assert!(audit.contains("did not answer within 1s"), "{audit}");
     assert!(audit.contains("user:alice"), "{audit}");
     for secret in [
@@ -2038,17 +2053,22 @@ async fn the_sidecars_carry_plain_http_over_mutual_tls() {
     assert!(w3.stop(), "inbound TLS proxy did not stop cleanly");
 }
 
-/// A gRPC service (tonic) whose one working method, `ValidateJWTSVID`, answers with the
-/// caller its inbound sidecar named and the audience it was sent; the others are
+/// A gRPC service (tonic): `ValidateJWTSVID` answers with the caller its inbound sidecar
+/// named, the audience it was sent and the Txn-Token that came with it, if any;
+/// `FetchX509Bundles` sends one answer and then keeps the stream open; the others are
 /// unimplemented.
 struct GrpcService;
 
 type NoStream<T> = tonic::codegen::tokio_stream::Empty<Result<T, tonic::Status>>;
 
+type OpenStream<T> = std::pin::Pin<
+    Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
     type FetchX509SVIDStream = NoStream<wimse_proto::X509svidResponse>;
-    type FetchX509BundlesStream = NoStream<wimse_proto::X509BundlesResponse>;
+    type FetchX509BundlesStream = OpenStream<wimse_proto::X509BundlesResponse>;
     type FetchJWTBundlesStream = NoStream<wimse_proto::JwtBundlesResponse>;
     type FetchWITSVIDStream = NoStream<wimse_proto::WitsvidResponse>;
     type FetchWITBundlesStream = NoStream<wimse_proto::WitBundlesResponse>;
@@ -2065,12 +2085,15 @@ impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
                 .unwrap_or("-")
                 .to_owned()
         };
-        let spiffe_id = format!(
+        let mut spiffe_id = format!(
             "{} via {} for {}",
             said("x-wimse-peer-id"),
             said("x-wimse-peer-auth-method"),
             request.get_ref().audience
         );
+        if request.metadata().contains_key("txn-token") {
+            spiffe_id += &format!(" with txn-token {}", said("txn-token"));
+        }
         Ok(tonic::Response::new(wimse_proto::ValidateJwtsvidResponse {
             spiffe_id,
             claims: None,
@@ -2088,7 +2111,14 @@ impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
         &self,
         _: tonic::Request<wimse_proto::X509BundlesRequest>,
     ) -> Result<tonic::Response<Self::FetchX509BundlesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not here"))
+        use tonic::codegen::tokio_stream::{self as stream, StreamExt};
+        let first = wimse_proto::X509BundlesResponse {
+            crl: vec![b"first".to_vec()],
+            ..Default::default()
+        };
+        Ok(tonic::Response::new(Box::pin(
+            stream::iter([Ok(first)]).chain(stream::pending()),
+        )))
     }
 
     async fn fetch_jwtsvid(
@@ -2123,19 +2153,7 @@ impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
     let d = domain("3600");
-    let service = free_port();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(wimse_proto::server::SpiffeWorkloadApiServer::new(
-                GrpcService,
-            ))
-            .serve(([127, 0, 0, 1], service).into()),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", service)).is_err() {
-        assert!(Instant::now() < deadline, "the gRPC service did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let service = grpc_service().await;
     // Workload 3's sidecar in front of the service over TLS (HTTP/2 by ALPN), speaking h2c
     // to it; workload 1's dialled by the gRPC client as if it were the server, sending
     // everything to workload 3 with a WIT and its proof.
@@ -2223,6 +2241,194 @@ async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
             .starts_with("urn:wimse:problem:upstream-unavailable: "),
         "{refused}"
     );
+}
+
+/// A gRPC request with `message`, and with `token` as its bearer access token.
+fn authorized<T>(token: Option<&str>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+/// Starts the test's gRPC service on a free port.
+async fn grpc_service() -> u16 {
+    let service = free_port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(wimse_proto::server::SpiffeWorkloadApiServer::new(
+                GrpcService,
+            ))
+            .serve(([127, 0, 0, 1], service).into()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", service)).is_err() {
+        assert!(Instant::now() < deadline, "the gRPC service did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service
+}
+
+/// A service that answers with the first piece of the request body as soon as it has it,
+/// without waiting for the rest.
+async fn first_piece_service() -> u16 {
+    use http_body_util::BodyExt;
+    let app = axum::Router::new().fallback(|body: axum::body::Body| async move {
+        let mut body = body;
+        match body.frame().await {
+            Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+            _ => bytes::Bytes::new(),
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
+    let d = domain("3600");
+    let service = grpc_service().await;
+    let uploads = first_piece_service().await;
+    // Workload 3's sidecar speaks h2c to the gRPC service; a second one is in front of the
+    // upload service. The gateway reaches the first by HTTP/2 (`http2 = true`), with its
+    // WIT, a WPT and the Txn-Token it exchanged the caller's access token for.
+    let (p3, p3u, pg) = (free_port(), free_port(), free_port());
+    let _w3 = inbound_with(&d, p3, service, free_port(), &["--upstream-http2"]);
+    let _w3u = inbound(&d, p3u, uploads, free_port());
+    let gw = gateway_with(
+        &d,
+        pg,
+        p3,
+        free_port(),
+        &format!(
+            "\n[[routes]]\nprefix = \"/SpiffeWorkloadAPI\"\nupstream = \"http://127.0.0.1:{p3}\"\n\
+             scope = \"orders\"\nhttp2 = true\n\n\
+             [[routes]]\nprefix = \"/SpiffeWorkloadAPI/FetchJWTSVID\"\n\
+             upstream = \"http://127.0.0.1:{p3}\"\nscope = \"orders\"\n\n\
+             [[routes]]\nprefix = \"/api/uploads\"\nupstream = \"http://127.0.0.1:{p3u}\"\n\
+             scope = \"orders\"\n"
+        ),
+    );
+    let alice = login_token(&d, "orders");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{pg}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = wimse_proto::client::SpiffeWorkloadApiClient::new(channel);
+    let validate = wimse_proto::ValidateJwtsvidRequest {
+        audience: "orders".into(),
+        svid: "-".into(),
+    };
+
+    // Alice's call reaches the service as the gateway's, in her transaction.
+    let answer = client
+        .validate_jwtsvid(authorized(Some(&alice), validate.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log()))
+        .into_inner();
+    let said = format!("{} via wit-wpt for orders with txn-token ", id("/gw"));
+    let txn = answer
+        .spiffe_id
+        .strip_prefix(&said)
+        .unwrap_or_else(|| panic!("{}", answer.spiffe_id));
+    let claims = issued_txn(&d, txn);
+    assert_eq!(claims.sub, "user:alice");
+    assert_eq!(claims.scope, "orders");
+    assert_eq!(
+        claims.tctx.as_ref().unwrap()["path"],
+        "/SpiffeWorkloadAPI/ValidateJWTSVID"
+    );
+
+    // A server stream's first answer arrives while the stream stays open: nothing waits
+    // for the end of the response.
+    let mut stream = client
+        .fetch_x509_bundles(authorized(Some(&alice), wimse_proto::X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the first answer of the stream did not come through")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.crl, vec![b"first".to_vec()]);
+
+    // The gateway's refusals, told as gRPC statuses with the problem in the message.
+    let payroll = login_token(&d, "payroll");
+    for (token, code, problem) in [
+        (None, tonic::Code::Unauthenticated, "missing-access-token"),
+        (
+            Some("e30.e30.e30"),
+            tonic::Code::Unauthenticated,
+            "invalid-token",
+        ),
+        (
+            Some(payroll.as_str()),
+            tonic::Code::PermissionDenied,
+            "insufficient-scope",
+        ),
+    ] {
+        let refused = client
+            .validate_jwtsvid(authorized(token, validate.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{refused}");
+        assert!(
+            refused
+                .message()
+                .starts_with(&format!("urn:wimse:problem:{problem}: ")),
+            "{refused}"
+        );
+    }
+    // A route that speaks HTTP/1.1 to its upstream cannot carry gRPC, and says so.
+    let refused = client
+        .fetch_jwtsvid(authorized(
+            Some(&alice),
+            wimse_proto::JwtsvidRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused}");
+    assert!(
+        refused.message().contains("grpc-needs-http2")
+            && refused.message().contains("http2 = true"),
+        "{refused}"
+    );
+
+    // A request body streams through the gateway and the sidecar: the service answers
+    // with the first piece of an upload before the client has sent the rest.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", pg)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {alice}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"first") && !answer.ends_with(b"first\r\n0\r\n\r\n") {
+            let n = stream
+                .read(&mut buf)
+                .expect("no answer before the upload ended: the body was held back");
+            assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(b"0\r\n\r\n").unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -47,6 +47,9 @@
 //! scope = "orders.read"                # the Txn-Token's scope; the access token must grant it
 //! strip_prefix = false                 # forward /orders/7 as /7 when true
 //! timeout = 30                         # seconds the upstream may take to answer (else 504)
+//! http2 = false                        # true for a gRPC service: HTTP/2 to the upstream (h2c
+//!                                      # to http://, ALPN h2 to https://); gRPC callers on a
+//!                                      # route without it are refused (UNIMPLEMENTED)
 //!
 //! [egress]                             # optional: internal workloads' calls to outside services
 //! listen = "127.0.0.1:8090"            # internal callers authenticate here with WIT+WPT etc.
@@ -87,6 +90,7 @@ use wimse_core::{TrustDomain, WorkloadId};
 use wimse_remote::issuers::{IssuerKeys, IssuerSource, KeySettings};
 use wimse_workload::ProofMethod;
 use wimse_workload::listen::{ConnectionLimits, LimitSettings};
+use wimse_workload::proxy::UpstreamProtocol;
 use wimse_workload::tls::FileCertificate;
 
 use crate::client_ip::TrustedProxies;
@@ -252,6 +256,8 @@ struct RouteFile {
     #[serde(default)]
     strip_prefix: bool,
     timeout: Option<u64>,
+    #[serde(default)]
+    http2: bool,
 }
 
 /// A checked gateway configuration.
@@ -350,7 +356,12 @@ impl GatewayConfig {
                     RouteError::Upstream(m) => error(place("upstream"), m),
                 })?;
             let timeout = route_timeout(route.timeout).map_err(|m| error(place("timeout"), m))?;
-            routes.push(built.with_timeout(timeout));
+            let protocol = if route.http2 {
+                UpstreamProtocol::Http2
+            } else {
+                UpstreamProtocol::Http1
+            };
+            routes.push(built.with_timeout(timeout).with_protocol(protocol));
         }
         let routes = Routes::new(routes).map_err(|e| error("routes", e))?;
         let tls = file.tls.as_ref().map(load_tls).transpose()?;
@@ -668,10 +679,19 @@ mod tests {
         assert!(route.scope().contains("orders.read"));
         assert_eq!(config.routes.find("/other").unwrap().prefix(), "/");
         assert_eq!(route.timeout(), crate::route::DEFAULT_TIMEOUT);
-        let slow = ROUTES.replace("scope = \"web\"", "scope = \"web\"\ntimeout = 2");
+        assert_eq!(route.protocol(), UpstreamProtocol::Http1);
+        let slow = ROUTES.replace(
+            "scope = \"web\"",
+            "scope = \"web\"\ntimeout = 2\nhttp2 = true",
+        );
         let config = GatewayConfig::parse(&text(&jwks_file(dir.path()), &slow)).unwrap();
         let route = config.routes.find("/other").unwrap();
         assert_eq!(route.timeout(), std::time::Duration::from_secs(2));
+        assert_eq!(route.protocol(), UpstreamProtocol::Http2);
+        assert_eq!(
+            config.routes.find("/orders").unwrap().protocol(),
+            UpstreamProtocol::Http1
+        );
         assert_eq!(config.limits, ConnectionLimits::DEFAULT);
     }
 

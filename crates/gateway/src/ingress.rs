@@ -24,6 +24,11 @@
 //! 6. The response comes back without the inward identity and credential headers, so
 //!    outside clients never learn the internal workloads' identities.
 //!
+//! Bodies stream both ways, but for a message signature, which covers the request body's
+//! digest. A route with [`UpstreamProtocol::Http2`] carries gRPC (`TE: trailers` goes on,
+//! trailers come back); a gRPC call on another route is refused, and every refusal of a
+//! gRPC call is told as a gRPC status ([`for_grpc`]).
+//!
 //! Refusals are RFC 9457 problem bodies. Every request is counted in the metrics and,
 //! with an audit log, recorded with hashes of the tokens, never the tokens.
 
@@ -34,13 +39,15 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 use wimse_audit::{
     AuditLog, AuditRecord, AuthMethod, CredentialKind, CredentialRef, Decision, EventKind,
 };
@@ -52,9 +59,10 @@ use wimse_remote::issuers::IssuerKeys;
 use wimse_workload::PeerAllowList;
 use wimse_workload::authn::CREDENTIAL_HEADERS;
 use wimse_workload::client::attach;
-use wimse_workload::layer::problem;
+use wimse_workload::layer::{for_grpc, is_grpc, problem};
 use wimse_workload::proxy::{
-    MAX_OUTBOUND_BODY, remove_identity_headers, strip_hop_by_hop, strip_inbound,
+    MAX_OUTBOUND_BODY, UpstreamProtocol, remove_identity_headers, strip_hop_by_hop, strip_inbound,
+    upstream_client, upstream_connector,
 };
 use wimse_workload::tls::{ClientCertificate, MtlsConnector, ServerNames};
 use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
@@ -95,6 +103,10 @@ pub enum Refusal {
     /// The token service could not be reached, or the gateway has no identity yet.
     #[error("the token service is unavailable: {0}")]
     TokenServiceUnavailable(String),
+    /// A gRPC call on a route whose upstream is spoken to in HTTP/1.1, which cannot carry
+    /// gRPC (its trailers).
+    #[error("route `{0}` speaks HTTP/1.1 to its upstream; gRPC needs `http2 = true`")]
+    GrpcNeedsHttp2(String),
     /// The request body is too large or unreadable.
     #[error("request body unreadable: {0}")]
     Body(String),
@@ -121,6 +133,7 @@ impl Refusal {
             Self::InsufficientScope(_) => "insufficient-scope",
             Self::ExchangeRefused(_) => "token-exchange-refused",
             Self::TokenServiceUnavailable(_) => "token-service-unavailable",
+            Self::GrpcNeedsHttp2(_) => "grpc-needs-http2",
             Self::Body(_) => "body-unreadable",
             Self::NoCredentials(_) => "no-credentials",
             Self::Upstream(_) => "upstream-unavailable",
@@ -140,6 +153,7 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::GrpcNeedsHttp2(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -168,6 +182,7 @@ impl Refusal {
             StatusCode::FORBIDDEN => "not authorized",
             StatusCode::NOT_FOUND => "not found",
             StatusCode::PAYLOAD_TOO_LARGE => "request body refused",
+            StatusCode::NOT_IMPLEMENTED => "not supported on this route",
             _ => "gateway unavailable",
         };
         let mut response = problem(self.status(), self.code(), title, &self.to_string());
@@ -231,10 +246,8 @@ pub struct Gateway {
     token_service: TokenServiceClient,
     source: CredentialSource,
     proof: ProofMethod,
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// For `https://` upstreams: mutual TLS with the gateway's X509-SVID, accepting only
-    /// servers of the gateway's own trust domain (`None` while it has no identity).
-    mtls_client: Option<Client<MtlsConnector, Full<Bytes>>>,
+    http1: Clients,
+    http2: Clients,
     audit: Option<Arc<AuditLog>>,
     metrics: Arc<GatewayMetrics>,
     exchange_timeout: std::time::Duration,
@@ -268,7 +281,8 @@ impl Gateway {
     ) -> Self {
         let metrics = Arc::new(GatewayMetrics::default().with_issuers(&issuers));
         Gateway {
-            mtls_client: mtls_client(&source),
+            http1: Clients::new(&source, UpstreamProtocol::Http1),
+            http2: Clients::new(&source, UpstreamProtocol::Http2),
             routes,
             issuers,
             accept_chained: false,
@@ -276,7 +290,6 @@ impl Gateway {
             token_service,
             source,
             proof,
-            client: wimse_workload::http_client(),
             audit: None,
             metrics,
             exchange_timeout: EXCHANGE_TIMEOUT,
@@ -334,11 +347,12 @@ impl Gateway {
     async fn handle(&self, request: Request<Body>) -> Response<Body> {
         // Bodies are not `Sync`: only the head is borrowed across the exchange.
         let (parts, body) = request.into_parts();
+        let grpc = is_grpc(&parts.headers);
         let access_hash = bearer(&parts.headers)
             .ok()
             .map(|t| CredentialRef::from_token(CredentialKind::AccessToken, t));
         let path = parts.uri.path().to_owned();
-        let (outcome, admitted) = match self.admit(&parts).await {
+        let (outcome, admitted) = match self.admit(&parts, grpc).await {
             Ok((route, admitted)) => {
                 let forwarded = self
                     .forward(route, &admitted.txn.access_token, parts, body)
@@ -357,7 +371,11 @@ impl Gateway {
         );
         outcome.unwrap_or_else(|refusal| {
             tracing::info!(path, reason = %refusal, "outside request refused");
-            refusal.response()
+            if grpc {
+                for_grpc(refusal.response())
+            } else {
+                refusal.response()
+            }
         })
     }
 
@@ -375,8 +393,13 @@ impl Gateway {
             .map(TrustedIssuer::token_service_of)
     }
 
-    /// Steps 1 to 4: the route, the access token, its scope, and the Txn-Token.
-    async fn admit(&self, request: &http::request::Parts) -> Result<(&Route, Admitted), Refusal> {
+    /// Steps 1 to 4: the route, the access token, its scope, and the Txn-Token; a `grpc`
+    /// call only on a route that can carry it.
+    async fn admit(
+        &self,
+        request: &http::request::Parts,
+        grpc: bool,
+    ) -> Result<(&Route, Admitted), Refusal> {
         let path = request.uri.path();
         check_path(path).map_err(Refusal::BadPath)?;
         let route = self.routes.find(path).ok_or(Refusal::NoRoute)?;
@@ -400,6 +423,9 @@ impl Gateway {
         check_binding(&access, request.extensions.get::<ClientCertificate>())?;
         if !route.scope().is_subset_of(&access.scope) {
             return Err(Refusal::InsufficientScope(route.scope().to_string()));
+        }
+        if grpc && route.protocol() != UpstreamProtocol::Http2 {
+            return Err(Refusal::GrpcNeedsHttp2(route.prefix().to_owned()));
         }
         let mut context = Map::new();
         if let Some(ConnectInfo(peer)) = request.extensions.get::<ConnectInfo<SocketAddr>>() {
@@ -456,7 +482,8 @@ impl Gateway {
         ))
     }
 
-    /// Steps 5 and 6.
+    /// Steps 5 and 6. The body streams through, but for a message signature, which
+    /// covers its digest: then it is read first, up to [`MAX_OUTBOUND_BODY`].
     async fn forward(
         &self,
         route: &Route,
@@ -464,46 +491,68 @@ impl Gateway {
         mut parts: http::request::Parts,
         body: Body,
     ) -> Result<Response<Body>, Refusal> {
-        let body = http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
-            .collect()
-            .await
-            .map_err(|e| Refusal::Body(e.to_string()))?
-            .to_bytes();
         let target = route.target(parts.uri.path(), parts.uri.query());
         parts.uri = target
             .parse()
             .map_err(|e| Refusal::Upstream(format!("`{target}`: {e}")))?;
-        strip_inward(&mut parts.headers);
+        let protocol = route.protocol();
+        protocol.strip_for_forwarding(&mut parts.headers, strip_inward);
         parts.headers.insert(
             TXN_HEADER,
             HeaderValue::from_str(txn_token)
                 .map_err(|e| Refusal::ExchangeRefused(format!("the issued Txn-Token: {e}")))?,
         );
-        parts.version = http::Version::HTTP_11;
+        parts.version = protocol.version();
+        let sent = Arc::new(Notify::new());
+        let clients = match protocol {
+            UpstreamProtocol::Http1 => &self.http1,
+            UpstreamProtocol::Http2 => &self.http2,
+        };
         let request = if route.is_https() {
             // Mutual TLS is the proof: the upstream authenticates the gateway's X509-SVID.
-            let client = self.mtls_client.as_ref().ok_or_else(|| {
+            let client = clients.mtls.as_ref().ok_or_else(|| {
                 Refusal::NoCredentials("the gateway has no X509-SVID for mutual TLS".into())
             })?;
-            client.request(Request::from_parts(parts, Full::new(body)))
+            client.request(Request::from_parts(
+                parts,
+                Body::new(Watched::new(body, &sent)),
+            ))
         } else {
+            let (body, bytes) = if self.proof == ProofMethod::HttpSig {
+                let bytes = http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| Refusal::Body(e.to_string()))?
+                    .to_bytes();
+                (Body::from(bytes.clone()), bytes)
+            } else {
+                (body, Bytes::new())
+            };
             let creds = self.source.current();
             attach(
                 &mut parts,
-                &body,
+                &bytes,
                 &creds,
                 self.proof,
                 false,
                 wimse_core::token::unix_now(),
             )
             .map_err(|e| Refusal::NoCredentials(e.to_string()))?;
-            self.client
-                .request(Request::from_parts(parts, Full::new(body)))
+            clients.plain.request(Request::from_parts(
+                parts,
+                Body::new(Watched::new(body, &sent)),
+            ))
         };
-        let response = tokio::time::timeout(route.timeout(), request)
-            .await
-            .map_err(|_| Refusal::UpstreamTimeout(route.timeout()))?
-            .map_err(|e| Refusal::Upstream(e.to_string()))?;
+        // The route's timeout counts from the end of the request body: a client's slow
+        // upload is the listener's stall watch's to judge, not the upstream's fault.
+        let mut request = std::pin::pin!(request);
+        let answered = tokio::select! {
+            answered = &mut request => answered,
+            () = sent.notified() => tokio::time::timeout(route.timeout(), request)
+                .await
+                .map_err(|_| Refusal::UpstreamTimeout(route.timeout()))?,
+        };
+        let response = answered.map_err(|e| Refusal::Upstream(e.to_string()))?;
         let (mut parts, body) = response.into_parts();
         strip_outward(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
@@ -560,17 +609,80 @@ impl Gateway {
     }
 }
 
-/// The mutual TLS client for `https://` upstreams: the gateway's X509-SVID, and servers
-/// of its own trust domain only; one reached by DNS name must hold that name in its SVID
-/// (RFC 9525 §6.3, SPECS §6).
-fn mtls_client(source: &CredentialSource) -> Option<Client<MtlsConnector, Full<Bytes>>> {
-    let own = source.current().id()?.trust_domain().clone();
-    let allow = PeerAllowList {
-        ids: std::collections::BTreeSet::new(),
-        trust_domains: [own].into(),
-    };
-    let connector = MtlsConnector::new(source, allow, ServerNames::Checked).ok()?;
-    Some(Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
+/// A request body that says when it has been sent whole (`sent` is notified).
+struct Watched {
+    body: Body,
+    sent: Arc<Notify>,
+}
+
+impl Watched {
+    fn new(body: Body, sent: &Arc<Notify>) -> Self {
+        let watched = Watched {
+            body,
+            sent: Arc::clone(sent),
+        };
+        // A body known to be empty may never be polled.
+        watched.is_end_stream();
+        watched
+    }
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.sent.notify_one();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.body.is_end_stream();
+        if end {
+            // A stored permit: the waiter may come later; a second one changes nothing.
+            self.sent.notify_one();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The clients to upstreams of one protocol.
+struct Clients {
+    /// For `http://` upstreams, where a WIT and its proof (or a message signature) go
+    /// with each request.
+    plain: Client<HttpConnector, Body>,
+    /// For `https://` upstreams: mutual TLS with the gateway's X509-SVID, accepting only
+    /// servers of the gateway's own trust domain, which must hold the name they are
+    /// reached by in their SVID (RFC 9525 §6.3, SPECS §6); `None` while the gateway has no
+    /// identity.
+    mtls: Option<Client<MtlsConnector, Body>>,
+}
+
+impl Clients {
+    fn new(source: &CredentialSource, protocol: UpstreamProtocol) -> Self {
+        let mtls = source.current().id().and_then(|own| {
+            let allow = PeerAllowList {
+                ids: std::collections::BTreeSet::new(),
+                trust_domains: [own.trust_domain().clone()].into(),
+            };
+            let connector = MtlsConnector::new(source, allow, ServerNames::Checked).ok()?;
+            Some(upstream_client(protocol).build(connector.offering(protocol.alpn())))
+        });
+        Clients {
+            plain: upstream_client(protocol).build(upstream_connector()),
+            mtls,
+        }
+    }
 }
 
 /// Refuses a bound access token (RFC 7800 `cnf`) unless the connection proves it: a token

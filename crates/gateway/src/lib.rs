@@ -17,10 +17,10 @@
 //!   identity generalized to the gateway's.
 //! - [`metrics`]: Prometheus counters.
 //!
-//! The listener serves plain HTTP, or HTTPS with an ordinary certificate (`[tls]`).
-//!
-//! Not here yet: mTLS client authentication of outside clients, mTLS to inward
-//! upstreams, and identity chaining to other trust domains on egress.
+//! The listener serves plain HTTP, or HTTPS with an ordinary certificate (`[tls]`,
+//! optionally asking outside clients for theirs), HTTP/1.1 and HTTP/2 alike. Inward
+//! routes may speak HTTP/2 to their upstreams, for gRPC. Egress routes speak HTTP/1.1 and
+//! read request bodies whole (up to 16 MiB).
 #![forbid(unsafe_code)]
 
 pub mod client_ip;

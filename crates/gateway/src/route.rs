@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 use wimse_core::token::exchange::Scope;
+use wimse_workload::proxy::UpstreamProtocol;
 
 /// How long a route's upstream may take to start answering, unless the route says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +36,8 @@ pub struct Route {
     strip_prefix: bool,
     /// How long the upstream may take to send its response head.
     timeout: Duration,
+    /// HTTP/1.1, or HTTP/2 for gRPC services.
+    protocol: UpstreamProtocol,
 }
 
 impl Route {
@@ -119,6 +122,7 @@ impl Route {
             scope,
             strip_prefix,
             timeout: DEFAULT_TIMEOUT,
+            protocol: UpstreamProtocol::Http1,
         })
     }
 
@@ -133,6 +137,19 @@ impl Route {
     /// How long the upstream may take to send its response head.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The route speaking `protocol` to its upstream: [`UpstreamProtocol::Http2`] for a
+    /// gRPC service (h2c to `http://`, ALPN `h2` to `https://`).
+    #[must_use]
+    pub fn with_protocol(mut self, protocol: UpstreamProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// What the route speaks to its upstream.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
     }
 
     /// The path prefix (without a trailing `/`, unless it is `/`).
