@@ -2294,11 +2294,19 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
     let d = domain("3600");
     let service = grpc_service().await;
     let uploads = first_piece_service().await;
-    // Workload 3's sidecar speaks h2c to the gRPC service; a second one is in front of the
-    // upload service. The gateway reaches the first by HTTP/2 (`http2 = true`), with its
-    // WIT, a WPT and the Txn-Token it exchanged the caller's access token for.
-    let (p3, p3u, pg) = (free_port(), free_port(), free_port());
+    // Workload 3's sidecars speak h2c to the gRPC service, one on plain HTTP, one over
+    // TLS; a third is in front of the upload service. The gateway reaches the first two by
+    // HTTP/2 (`http2 = true`): with its WIT, a WPT and the Txn-Token it exchanged the
+    // caller's access token for, or by mutual TLS (ALPN h2) with the same Txn-Token.
+    let (p3, p3t, p3u, pg) = (free_port(), free_port(), free_port(), free_port());
     let _w3 = inbound_with(&d, p3, service, free_port(), &["--upstream-http2"]);
+    let _w3t = inbound_with(
+        &d,
+        p3t,
+        service,
+        free_port(),
+        &["--tls", "--upstream-http2"],
+    );
     let _w3u = inbound(&d, p3u, uploads, free_port());
     let gw = gateway_with(
         &d,
@@ -2308,6 +2316,8 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
         &format!(
             "\n[[routes]]\nprefix = \"/SpiffeWorkloadAPI\"\nupstream = \"http://127.0.0.1:{p3}\"\n\
              scope = \"orders\"\nhttp2 = true\n\n\
+             [[routes]]\nprefix = \"/SpiffeWorkloadAPI/ValidateJWTSVID\"\n\
+             upstream = \"https://127.0.0.1:{p3t}\"\nscope = \"orders\"\nhttp2 = true\n\n\
              [[routes]]\nprefix = \"/SpiffeWorkloadAPI/FetchJWTSVID\"\n\
              upstream = \"http://127.0.0.1:{p3}\"\nscope = \"orders\"\n\n\
              [[routes]]\nprefix = \"/api/uploads\"\nupstream = \"http://127.0.0.1:{p3u}\"\n\
@@ -2332,7 +2342,7 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.log()))
         .into_inner();
-    let said = format!("{} via wit-wpt for orders with txn-token ", id("/gw"));
+    let said = format!("{} via mtls for orders with txn-token ", id("/gw"));
     let txn = answer
         .spiffe_id
         .strip_prefix(&said)
@@ -2345,8 +2355,8 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
         "/SpiffeWorkloadAPI/ValidateJWTSVID"
     );
 
-    // A server stream's first answer arrives while the stream stays open: nothing waits
-    // for the end of the response.
+    // A server stream (over h2c, with a WPT) gets its first answer while the stream stays
+    // open: nothing waits for the end of the response.
     let mut stream = client
         .fetch_x509_bundles(authorized(Some(&alice), wimse_proto::X509BundlesRequest {}))
         .await
