@@ -62,6 +62,7 @@
 //! ca_file = "/etc/wimse/partner-roots.pem"      # needed for https upstreams and token endpoints
 //! strip_prefix = true
 //! timeout = 30                                  # seconds, as for [[routes]]
+//! http2 = false                                 # as for [[routes]] (ALPN h2 to https://)
 //! token_endpoint = "https://login.partner.example/oauth2/token"  # optional: an outside token
 //! client_id = "wimse-gateway"                   #   for the gateway (client credentials)
 //! client_secret_file = "/etc/wimse/partner-secret"
@@ -193,6 +194,8 @@ struct EgressRouteFile {
     token_scope: Option<String>,
     chain_to: Option<String>,
     chain_server: Option<String>,
+    #[serde(default)]
+    http2: bool,
 }
 
 /// The checked `[egress]` table.
@@ -356,12 +359,11 @@ impl GatewayConfig {
                     RouteError::Upstream(m) => error(place("upstream"), m),
                 })?;
             let timeout = route_timeout(route.timeout).map_err(|m| error(place("timeout"), m))?;
-            let protocol = if route.http2 {
-                UpstreamProtocol::Http2
-            } else {
-                UpstreamProtocol::Http1
-            };
-            routes.push(built.with_timeout(timeout).with_protocol(protocol));
+            routes.push(
+                built
+                    .with_timeout(timeout)
+                    .with_protocol(protocol(route.http2)),
+            );
         }
         let routes = Routes::new(routes).map_err(|e| error("routes", e))?;
         let tls = file.tls.as_ref().map(load_tls).transpose()?;
@@ -390,6 +392,15 @@ impl GatewayConfig {
             egress,
             limits,
         })
+    }
+}
+
+/// A route's `http2` setting.
+fn protocol(http2: bool) -> UpstreamProtocol {
+    if http2 {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
     }
 }
 
@@ -441,7 +452,9 @@ fn load_egress_route(file: EgressRouteFile) -> Result<EgressRoute, (&'static str
             RouteError::Prefix(m) => (".prefix", m),
             RouteError::Upstream(m) => (".upstream", m),
         })?;
-    let route = route.with_timeout(route_timeout(file.timeout).map_err(|m| (".timeout", m))?);
+    let route = route
+        .with_timeout(route_timeout(file.timeout).map_err(|m| (".timeout", m))?)
+        .with_protocol(protocol(file.http2));
     let chain = load_chain(
         file.chain_to,
         file.chain_server,

@@ -27,13 +27,13 @@
 //! The outside service thus sees one client (the gateway, or its OAuth client) whatever
 //! internal workload called, and the internal deployment stays out of its view.
 
+use crate::forward::{answer_within, watch};
 use crate::ingress::strip_inward;
 use crate::route::{Route, Routes, check_path};
 use axum::body::Body;
 use base64::Engine as _;
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::HashMap;
@@ -43,8 +43,10 @@ use wimse_core::TrustDomain;
 use wimse_core::token::exchange::Scope;
 use wimse_core::token::txn::TXN_HEADER;
 use wimse_workload::CredentialSource;
-use wimse_workload::layer::problem;
-use wimse_workload::proxy::{MAX_OUTBOUND_BODY, strip_hop_by_hop};
+use wimse_workload::layer::{for_grpc, is_grpc, problem};
+use wimse_workload::proxy::{
+    UpstreamProtocol, strip_hop_by_hop, upstream_client, upstream_connector,
+};
 use wimse_workload::tls::MtlsConnector;
 use wimse_workload::token_service::{ChainClient, TokenServiceError};
 use zeroize::Zeroizing;
@@ -67,9 +69,9 @@ pub enum EgressError {
     /// No destination takes the path.
     #[error("no egress route for this path")]
     NoRoute,
-    /// The request body is too large or unreadable.
-    #[error("request body unreadable: {0}")]
-    Body(String),
+    /// A gRPC call on a route whose destination is spoken to in HTTP/1.1.
+    #[error("route `{0}` speaks HTTP/1.1 to its destination; gRPC needs `http2 = true`")]
+    GrpcNeedsHttp2(String),
     /// The outside authorization server gave no token.
     #[error("no outside access token: {0}")]
     OutsideToken(String),
@@ -93,7 +95,7 @@ impl EgressError {
         match self {
             Self::BadPath(_) => "ambiguous-path",
             Self::NoRoute => "no-route",
-            Self::Body(_) => "body-unreadable",
+            Self::GrpcNeedsHttp2(_) => "grpc-needs-http2",
             Self::OutsideToken(_) => "outside-token-unavailable",
             Self::Upstream(_) => "upstream-unavailable",
             Self::Timeout(_) => "upstream-timeout",
@@ -106,7 +108,7 @@ impl EgressError {
         let (status, title) = match self {
             Self::BadPath(_) | Self::NoTransaction => (StatusCode::BAD_REQUEST, "request refused"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "not found"),
-            Self::Body(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request body refused"),
+            Self::GrpcNeedsHttp2(_) => (StatusCode::NOT_IMPLEMENTED, "not supported on this route"),
             Self::OutsideToken(_) | Self::Upstream(_) => {
                 (StatusCode::BAD_GATEWAY, "destination unavailable")
             }
@@ -120,25 +122,28 @@ impl EgressError {
 /// An HTTP client for plain or TLS destinations.
 #[derive(Clone, Debug)]
 enum HttpClient {
-    Plain(Client<HttpConnector, Full<Bytes>>),
-    Tls(Client<MtlsConnector, Full<Bytes>>),
+    Plain(Client<HttpConnector, Body>),
+    Tls(Client<MtlsConnector, Body>),
 }
 
 impl HttpClient {
-    /// A client for `https://` URLs with `tls` (roots), or for `http://` ones without.
-    fn new(tls: Option<&Arc<rustls::ClientConfig>>) -> Self {
+    /// A client for `https://` URLs with `tls` (roots), or for `http://` ones without,
+    /// speaking `protocol`.
+    fn new(tls: Option<&Arc<rustls::ClientConfig>>, protocol: UpstreamProtocol) -> Self {
+        let builder = upstream_client(protocol);
         match tls {
-            Some(config) => HttpClient::Tls(
-                Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build(MtlsConnector::with_config(Arc::clone(config))),
-            ),
-            None => HttpClient::Plain(wimse_workload::http_client()),
+            Some(config) => {
+                HttpClient::Tls(builder.build(
+                    MtlsConnector::with_config(Arc::clone(config)).offering(protocol.alpn()),
+                ))
+            }
+            None => HttpClient::Plain(builder.build(upstream_connector())),
         }
     }
 
     async fn send(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, String> {
         let https = request.uri().scheme_str() == Some("https");
         match (self, https) {
@@ -258,7 +263,7 @@ impl OutsideTokens {
             )
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::AUTHORIZATION, authorization)
-            .body(Full::new(Bytes::from(form)))
+            .body(Body::from(form))
             .map_err(|e| refused(e.to_string()))?;
         let response = self.http.send(request).await.map_err(refused)?;
         let status = response.status();
@@ -418,12 +423,16 @@ impl Egress {
                     ));
                 }
             };
-            let http = HttpClient::new(r.tls.as_ref().filter(|_| r.route.is_https()));
+            let http = HttpClient::new(
+                r.tls.as_ref().filter(|_| r.route.is_https()),
+                r.route.protocol(),
+            );
             let tokens = r.outside_client.map(|client| OutsideTokens {
                 http: HttpClient::new(
                     r.tls
                         .as_ref()
                         .filter(|_| client.token_endpoint.scheme_str() == Some("https")),
+                    UpstreamProtocol::Http1,
                 ),
                 client,
                 cached: tokio::sync::Mutex::new(None),
@@ -457,7 +466,8 @@ impl Egress {
         axum::Router::new().fallback(move |request: Request<Body>| {
             let egress = Arc::clone(&egress);
             async move {
-                let outcome = egress.forward(request).await;
+                let grpc = is_grpc(request.headers());
+                let outcome = egress.forward(request, grpc).await;
                 if let Some(metrics) = &egress.metrics {
                     metrics.outbound(
                         outcome
@@ -467,17 +477,30 @@ impl Egress {
                 }
                 outcome.unwrap_or_else(|e| {
                     tracing::info!(reason = %e, "outgoing request refused");
-                    e.response()
+                    if grpc {
+                        for_grpc(e.response())
+                    } else {
+                        e.response()
+                    }
                 })
             }
         })
     }
 
-    async fn forward(&self, request: Request<Body>) -> Result<Response<Body>, EgressError> {
+    /// Sends `request` on; a `grpc` call only on a route that can carry it.
+    async fn forward(
+        &self,
+        request: Request<Body>,
+        grpc: bool,
+    ) -> Result<Response<Body>, EgressError> {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path();
         check_path(path).map_err(EgressError::BadPath)?;
         let (route, destination) = self.routes.find_with(path).ok_or(EgressError::NoRoute)?;
+        let protocol = route.protocol();
+        if grpc && protocol != UpstreamProtocol::Http2 {
+            return Err(EgressError::GrpcNeedsHttp2(route.prefix().to_owned()));
+        }
         let target = route.target(path, parts.uri.query());
         parts.uri = target
             .parse()
@@ -490,7 +513,7 @@ impl Egress {
             .and_then(|_| parts.headers.get(TXN_HEADER))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        strip_inward(&mut parts.headers);
+        protocol.strip_for_forwarding(&mut parts.headers, strip_inward);
         let token = match (&destination.tokens, &destination.chained) {
             (Some(tokens), _) => Some(tokens.get().await?),
             (None, Some(chained)) => Some(
@@ -506,18 +529,12 @@ impl Egress {
             value.set_sensitive(true);
             parts.headers.insert(http::header::AUTHORIZATION, value);
         }
-        parts.version = http::Version::HTTP_11;
-        let body = Limited::new(body, MAX_OUTBOUND_BODY)
-            .collect()
+        parts.version = protocol.version();
+        let (body, sent) = watch(body);
+        let answer = destination.http.send(Request::from_parts(parts, body));
+        let response = answer_within(route.timeout(), &sent, answer)
             .await
-            .map_err(|e| EgressError::Body(e.to_string()))?
-            .to_bytes();
-        let sent = destination
-            .http
-            .send(Request::from_parts(parts, Full::new(body)));
-        let response = tokio::time::timeout(route.timeout(), sent)
-            .await
-            .map_err(|_| EgressError::Timeout(route.timeout()))?
+            .ok_or(EgressError::Timeout(route.timeout()))?
             .map_err(EgressError::Upstream)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -549,6 +566,106 @@ mod tests {
             }
         });
         port
+    }
+
+    /// A destination that answers as soon as it has the first piece of the body, with the
+    /// HTTP version, the `te` header and that piece.
+    async fn first_piece() -> u16 {
+        let app = axum::Router::new().fallback(
+            |version: http::Version, headers: http::HeaderMap, mut body: Body| async move {
+                let piece = match body.frame().await {
+                    Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+                    _ => bytes::Bytes::new(),
+                };
+                let te = headers.get("te").map(|v| v.to_str().unwrap().to_owned());
+                format!(
+                    "{version:?} te={} {}",
+                    te.unwrap_or_default(),
+                    String::from_utf8_lossy(&piece)
+                )
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    #[tokio::test]
+    async fn bodies_stream_and_grpc_goes_only_to_http2_routes() {
+        use tower::ServiceExt;
+        let port = first_piece().await;
+        let route = |prefix: &str, protocol| EgressRoute {
+            route: Route::outward(prefix, &format!("http://127.0.0.1:{port}"), false)
+                .unwrap()
+                .with_protocol(protocol),
+            tls: None,
+            outside_client: None,
+            chain: None,
+        };
+        let router = Egress::new(
+            vec![
+                route("/h1", UpstreamProtocol::Http1),
+                route("/h2", UpstreamProtocol::Http2),
+            ],
+            None,
+        )
+        .unwrap()
+        .router();
+        let text = |response: Response<Body>| async move {
+            String::from_utf8(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap()
+        };
+
+        // The destination answers while the body is still open: it was not held back.
+        for (path, version) in [("/h1/up", "HTTP/1.1"), ("/h2/up", "HTTP/2.0")] {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(bytes::Bytes::from_static(b"first")).await.unwrap();
+            let request = Request::post(path)
+                .header("te", "trailers")
+                .body(Body::new(crate::forward::Channel(rx)))
+                .unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), router.clone().oneshot(request))
+                    .await
+                    .expect("no answer while the body was open")
+                    .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            // `TE: trailers` is for HTTP/2 (gRPC) only; hop-by-hop otherwise.
+            let te = if version == "HTTP/2.0" {
+                "trailers"
+            } else {
+                ""
+            };
+            assert_eq!(text(response).await, format!("{version} te={te} first"));
+            drop(tx);
+        }
+
+        // A gRPC call on the HTTP/1.1 route is refused as gRPC reads it.
+        let response = router
+            .oneshot(
+                Request::post("/h1/pkg.Service/Method")
+                    .header("content-type", "application/grpc")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "12");
+        let message = response.headers()["grpc-message"].to_str().unwrap();
+        assert!(
+            message.starts_with("urn:wimse:problem:grpc-needs-http2: "),
+            "{message}"
+        );
     }
 
     #[tokio::test]
@@ -604,7 +721,11 @@ mod tests {
                 502,
                 "upstream-unavailable",
             ),
-            (EgressError::Body("x".into()), 413, "body-unreadable"),
+            (
+                EgressError::GrpcNeedsHttp2("/x".into()),
+                501,
+                "grpc-needs-http2",
+            ),
             (EgressError::NoTransaction, 400, "txn-token-required"),
             (
                 EgressError::ChainRefused("x".into()),

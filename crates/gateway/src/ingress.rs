@@ -33,6 +33,7 @@
 //! with an audit log, recorded with hashes of the tokens, never the tokens.
 
 use crate::client_ip::TrustedProxies;
+use crate::forward::{answer_within, watch};
 use crate::metrics::GatewayMetrics;
 use crate::route::{Route, Routes, check_path};
 use axum::body::Body;
@@ -40,14 +41,12 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Notify;
 use wimse_audit::{
     AuditLog, AuditRecord, AuthMethod, CredentialKind, CredentialRef, Decision, EventKind,
 };
@@ -503,20 +502,17 @@ impl Gateway {
                 .map_err(|e| Refusal::ExchangeRefused(format!("the issued Txn-Token: {e}")))?,
         );
         parts.version = protocol.version();
-        let sent = Arc::new(Notify::new());
         let clients = match protocol {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::Http2 => &self.http2,
         };
-        let request = if route.is_https() {
+        let (request, sent) = if route.is_https() {
             // Mutual TLS is the proof: the upstream authenticates the gateway's X509-SVID.
             let client = clients.mtls.as_ref().ok_or_else(|| {
                 Refusal::NoCredentials("the gateway has no X509-SVID for mutual TLS".into())
             })?;
-            client.request(Request::from_parts(
-                parts,
-                Body::new(Watched::new(body, &sent)),
-            ))
+            let (body, sent) = watch(body);
+            (client.request(Request::from_parts(parts, body)), sent)
         } else {
             let (body, bytes) = if self.proof == ProofMethod::HttpSig {
                 let bytes = http_body_util::Limited::new(body, MAX_OUTBOUND_BODY)
@@ -538,21 +534,16 @@ impl Gateway {
                 wimse_core::token::unix_now(),
             )
             .map_err(|e| Refusal::NoCredentials(e.to_string()))?;
-            clients.plain.request(Request::from_parts(
-                parts,
-                Body::new(Watched::new(body, &sent)),
-            ))
+            let (body, sent) = watch(body);
+            (
+                clients.plain.request(Request::from_parts(parts, body)),
+                sent,
+            )
         };
-        // The route's timeout counts from the end of the request body: a client's slow
-        // upload is the listener's stall watch's to judge, not the upstream's fault.
-        let mut request = std::pin::pin!(request);
-        let answered = tokio::select! {
-            answered = &mut request => answered,
-            () = sent.notified() => tokio::time::timeout(route.timeout(), request)
-                .await
-                .map_err(|_| Refusal::UpstreamTimeout(route.timeout()))?,
-        };
-        let response = answered.map_err(|e| Refusal::Upstream(e.to_string()))?;
+        let response = answer_within(route.timeout(), &sent, request)
+            .await
+            .ok_or(Refusal::UpstreamTimeout(route.timeout()))?
+            .map_err(|e| Refusal::Upstream(e.to_string()))?;
         let (mut parts, body) = response.into_parts();
         strip_outward(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
@@ -606,53 +597,6 @@ impl Gateway {
         if let Err(e) = log.append(record) {
             tracing::error!(error = %e, "audit append failed");
         }
-    }
-}
-
-/// A request body that says when it has been sent whole (`sent` is notified).
-struct Watched {
-    body: Body,
-    sent: Arc<Notify>,
-}
-
-impl Watched {
-    fn new(body: Body, sent: &Arc<Notify>) -> Self {
-        let watched = Watched {
-            body,
-            sent: Arc::clone(sent),
-        };
-        // A body known to be empty may never be polled.
-        watched.is_end_stream();
-        watched
-    }
-}
-
-impl HttpBody for Watched {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            self.sent.notify_one();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let end = self.body.is_end_stream();
-        if end {
-            // A stored permit: the waiter may come later; a second one changes nothing.
-            self.sent.notify_one();
-        }
-        end
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

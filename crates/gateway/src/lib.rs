@@ -16,6 +16,7 @@
 //! - [`egress`]: [`egress::Egress`], internal workloads' calls to outside services, their
 //!   identity generalized to the gateway's.
 //! - [`metrics`]: Prometheus counters.
+//! - `forward`: streamed request bodies, and route timeouts counted from their end.
 //!
 //! The listener serves plain HTTP, or HTTPS with an ordinary certificate (`[tls]`,
 //! optionally asking outside clients for theirs), HTTP/1.1 and HTTP/2 alike. Inward
@@ -26,6 +27,7 @@
 pub mod client_ip;
 pub mod config;
 pub mod egress;
+mod forward;
 pub mod ingress;
 pub mod metrics;
 pub mod route;
