@@ -2174,12 +2174,7 @@ async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
         ],
         free_port(),
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{p1}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = wimse_proto::client::SpiffeWorkloadApiClient::new(channel);
+    let mut client = grpc_client(p1).await;
     let answer = client
         .validate_jwtsvid(wimse_proto::ValidateJwtsvidRequest {
             audience: "orders".into(),
@@ -2225,12 +2220,8 @@ async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
         ],
         free_port(),
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{pg}"))
-        .unwrap()
-        .connect()
+    let refused = grpc_client(pg)
         .await
-        .unwrap();
-    let refused = wimse_proto::client::SpiffeWorkloadApiClient::new(channel)
         .validate_jwtsvid(wimse_proto::ValidateJwtsvidRequest::default())
         .await
         .unwrap_err();
@@ -2241,6 +2232,18 @@ async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
             .starts_with("urn:wimse:problem:upstream-unavailable: "),
         "{refused}"
     );
+}
+
+/// A gRPC client of the test's service, connected to `port` on loopback.
+async fn grpc_client(
+    port: u16,
+) -> wimse_proto::client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    wimse_proto::client::SpiffeWorkloadApiClient::new(channel)
 }
 
 /// A gRPC request with `message`, and with `token` as its bearer access token.
@@ -2325,12 +2328,7 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
         ),
     );
     let alice = login_token(&d, "orders");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{pg}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = wimse_proto::client::SpiffeWorkloadApiClient::new(channel);
+    let mut client = grpc_client(pg).await;
     let validate = wimse_proto::ValidateJwtsvidRequest {
         audience: "orders".into(),
         svid: "-".into(),
