@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use wimse_gateway::config::EgressConfig;
+use wimse_gateway::config::{EgressConfig, ProofSetting};
 use wimse_gateway::egress::Egress;
 use wimse_gateway::{Gateway, GatewayConfig};
+use wimse_workload::proxy::UpstreamProtocol;
 use wimse_workload::token_service::TokenServiceClient;
 use wimse_workload::{AuthConfig, Authenticator, CredentialSource, Metrics, Policy, WimseLayer};
 
@@ -64,6 +65,19 @@ async fn run(config: GatewayConfig, socket: PathBuf) -> Result<(), CommandError>
         .iter()
         .map(|r| format!("{} ({})", r.prefix(), r.scope()))
         .collect();
+    if config.proof == ProofSetting::HttpSig
+        && config
+            .routes
+            .iter()
+            .any(|r| r.protocol() == UpstreamProtocol::Http2 && !r.is_https())
+    {
+        tracing::warn!(
+            "proof = \"http-sig\" covers the whole request body: on `http2` routes each gRPC \
+             call's request stream is read to its end before it goes in, so client-streaming \
+             and bidirectional calls wait (or stall); \"wit-wpt\" or an https:// route \
+             streams them"
+        );
+    }
     // Issuers' JWK Sets named by URL: fetched now, then kept fresh.
     config.issuers.watch();
     let mut gateway = Gateway::new(

@@ -552,7 +552,8 @@ fn unnamed_servers(
     })
 }
 
-async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
+/// Refuses outbound flags that do not go together, and warns of those that work poorly.
+fn check_outbound_flags(args: &OutboundArgs) -> Result<(), CommandError> {
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "outbound proxy listens beyond loopback: anyone who reaches it speaks as this workload");
     }
@@ -570,6 +571,18 @@ async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandErro
                 .into(),
         ));
     }
+    if args.upstream_http2 && matches!(args.proof, ProofArg::HttpSig) {
+        tracing::warn!(
+            "a message signature covers the whole request body: each gRPC call's request \
+             stream is read to its end before it goes out, so client-streaming and \
+             bidirectional calls wait (or stall); --proof wit-wpt or mtls streams them"
+        );
+    }
+    Ok(())
+}
+
+async fn outbound(args: OutboundArgs, socket: PathBuf) -> Result<(), CommandError> {
+    check_outbound_flags(&args)?;
     let servers = server_allow_list(&args)?;
     // Over `--tls` the service's `http://` URLs go out as `https://`: port 443 by default.
     let default_port = if args.tls { 443 } else { 80 };
