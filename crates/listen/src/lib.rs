@@ -19,6 +19,9 @@
 //! - a request body that makes no progress while the service waits for it, and a response
 //!   the client stops reading (a socket write that cannot proceed, or over HTTP/2 a
 //!   flow-control window kept shut), fail after [`ConnectionLimits::stall`] (`stall`);
+//!   an HTTP/2 gRPC call's request stream may pause as long as a connection may idle
+//!   ([`ConnectionLimits::idle`], if longer), since the client of a bidirectional call
+//!   may send nothing while it waits for answers;
 //! - over HTTP/2, a request body the service leaves unread holds at most a quarter of the
 //!   connection's flow-control window ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`]), so the
 //!   connection's other requests still get their bodies through;
@@ -84,7 +87,8 @@ pub struct ConnectionLimits {
     pub idle: Duration,
     /// How long a request body may make no progress while the service waits for it, and a
     /// response while the client should be reading it; then the body fails, or the
-    /// connection is closed. (Over HTTP/2, the last piece of a response, at most 64 KiB,
+    /// connection is closed. (The request stream of a gRPC call over HTTP/2 gets `idle`
+    /// instead, when that is longer.) (Over HTTP/2, the last piece of a response, at most 64 KiB,
     /// is handed to the HTTP/2 layer with its end and no longer watched: a client that
     /// does not take it holds it until the idle limit and the drain close the connection.)
     pub stall: Duration,
@@ -378,13 +382,8 @@ pub async fn serve_until<S>(
             let _held = held;
             let activity = Arc::new(Activity::new());
             let Some(acceptor) = acceptor else {
-                let svc = request_service(
-                    service,
-                    address,
-                    facts(None),
-                    limits.stall,
-                    Arc::clone(&activity),
-                );
+                let svc =
+                    request_service(service, address, facts(None), limits, Arc::clone(&activity));
                 serve_connection(tcp, svc, limits, stopped, &activity).await;
                 return;
             };
@@ -400,13 +399,7 @@ pub async fn serve_until<S>(
                 }
             };
             let extensions = facts(tls.get_ref().1.peer_certificates());
-            let svc = request_service(
-                service,
-                address,
-                extensions,
-                limits.stall,
-                Arc::clone(&activity),
-            );
+            let svc = request_service(service, address, extensions, limits, Arc::clone(&activity));
             serve_connection(tls, svc, limits, stopped, &activity).await;
         });
     }
@@ -697,14 +690,43 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// Whether `headers` are those of a gRPC request: `application/grpc`, alone or with a
+/// `+codec`; not gRPC-Web, whose trailers travel in the body.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    value
+        .as_bytes()
+        .split_at_checked(GRPC.len())
+        .is_some_and(|(head, rest)| {
+            head.eq_ignore_ascii_case(GRPC) && matches!(rest.first(), None | Some(b'+' | b';'))
+        })
+}
+
+/// How long `request`'s body may make no progress: [`ConnectionLimits::stall`], or for
+/// an HTTP/2 gRPC call's request stream the longer of that and
+/// [`ConnectionLimits::idle`].
+fn body_stall(
+    request: &http::Request<hyper::body::Incoming>,
+    limits: ConnectionLimits,
+) -> Duration {
+    if request.version() == http::Version::HTTP_2 && is_grpc(request.headers()) {
+        limits.stall.max(limits.idle)
+    } else {
+        limits.stall
+    }
+}
+
 /// The hyper service of one connection: `service` with the connection's facts in each
-/// request's extensions and its body held to the `stall` deadline, each request counted in
-/// `activity` until its response body is done.
+/// request's extensions and its body held to its progress deadline ([`body_stall`]), each
+/// request counted in `activity` until its response body is done.
 fn request_service<S>(
     service: S,
     address: std::net::SocketAddr,
     extensions: http::Extensions,
-    stall: Duration,
+    limits: ConnectionLimits,
     activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
@@ -719,6 +741,7 @@ where
 {
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let in_flight = InFlight::begin(&activity);
+        let stall = body_stall(&req, limits);
         let mut req = req.map(|body| axum::body::Body::new(stall::BodyProgress::new(body, stall)));
         let own = req.extensions_mut();
         own.extend(extensions.clone());
@@ -816,10 +839,37 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::{
         Activity, Clients, ConnectionLimits, InFlight, LimitSettings, LimitsError, PIECE, SHORTEST,
-        Tracked, client_of, open_file_share,
+        Tracked, client_of, is_grpc, open_file_share,
     };
     use http_body_util::BodyExt;
     use std::net::IpAddr;
+
+    #[test]
+    fn grpc_requests_are_known_by_their_content_type() {
+        let headers = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            h
+        };
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC+json",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(is_grpc(&headers(grpc)), "{grpc}");
+        }
+        for other in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpcx",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(&headers(other)), "{other}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
     use std::sync::Arc;
     use std::time::Duration;
 

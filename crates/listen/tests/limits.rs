@@ -404,6 +404,54 @@ async fn a_body_that_stops_coming_fails_and_a_response_not_read_is_dropped() {
 }
 
 #[tokio::test]
+async fn a_grpc_request_stream_may_pause_as_long_as_a_connection_may_idle() {
+    // The client of a bidirectional gRPC call may send nothing for a while, waiting for
+    // answers: its request stream is held to the idle limit (here 5 s), not the stall
+    // limit (1 s) that holds an ordinary upload.
+    let (addr, _stop, _server) = listener(ConnectionLimits {
+        stall: Duration::from_secs(1),
+        ..limits(5, 100)
+    })
+    .await;
+    for (content_type, paused_for, status) in [
+        ("application/grpc", 2_500, http::StatusCode::OK),
+        (
+            "application/octet-stream",
+            2_500,
+            http::StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (send, receive) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(2);
+        let body =
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receive));
+        let (mut sender, _driver) = h2(addr).await;
+        let request = http::Request::post("http://svc.test/upload")
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        let response = tokio::spawn(async move { sender.send_request(request).await });
+        let piece =
+            |text: &'static str| Ok(http_body::Frame::data(Bytes::from_static(text.as_bytes())));
+        send.send(piece("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(paused_for)).await;
+        // Sent into the void if the server has given up on the body.
+        let _ = send.send(piece("b")).await;
+        drop(send);
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), status, "{content_type}");
+        if status == http::StatusCode::OK {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "2 bytes");
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_http2_client_that_keeps_its_window_shut_is_dropped() {
     // Over HTTP/2 a client can stop taking a response without blocking any socket write:
     // it leaves the stream's flow-control window shut (here: it never reads the body, so

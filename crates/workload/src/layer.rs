@@ -77,20 +77,8 @@ pub struct ProblemDetails {
     pub detail: String,
 }
 
-/// Whether `headers` are those of a gRPC request: `application/grpc`, alone or with a
-/// `+codec`; not gRPC-Web, whose trailers travel in the body.
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
-        return false;
-    };
-    value
-        .as_bytes()
-        .split_at_checked(GRPC.len())
-        .is_some_and(|(head, rest)| {
-            head.eq_ignore_ascii_case(GRPC) && matches!(rest.first(), None | Some(b'+' | b';'))
-        })
-}
+/// Whether a request is gRPC (by its `content-type`; the listener's rule, shared).
+pub use wimse_listen::is_grpc;
 
 /// A [`problem`] response told as gRPC tells an error: a trailers-only response (200,
 /// `content-type: application/grpc`, `grpc-status`, and the problem's type and detail in
@@ -552,33 +540,6 @@ impl Shared {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-
-    #[test]
-    fn grpc_requests_are_known_by_their_content_type() {
-        let headers = |value: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
-            h
-        };
-        for grpc in [
-            "application/grpc",
-            "application/grpc+proto",
-            "Application/GRPC+json",
-            "application/grpc;charset=utf-8",
-        ] {
-            assert!(is_grpc(&headers(grpc)), "{grpc}");
-        }
-        for other in [
-            "application/grpc-web",
-            "application/grpc-web+proto",
-            "application/grpcx",
-            "application/json",
-            "application/grp",
-        ] {
-            assert!(!is_grpc(&headers(other)), "{other}");
-        }
-        assert!(!is_grpc(&http::HeaderMap::new()));
-    }
 
     #[test]
     fn a_refusal_is_told_to_grpc_as_a_trailers_only_status() {
