@@ -916,7 +916,13 @@ mod tests {
         let client = e.routes[0].outside_client.as_ref().unwrap();
         assert_eq!(client.client_secret.as_str(), "s3cret");
         assert!(!format!("{client:?}").contains("s3cret"));
-        assert!(GatewayConfig::parse(&egress("upstream = \"http://127.0.0.1:1\"\n")).is_ok());
+        assert_eq!(e.routes[0].route.protocol(), UpstreamProtocol::Http1);
+        let plain =
+            GatewayConfig::parse(&egress("upstream = \"http://127.0.0.1:1\"\nhttp2 = true\n"));
+        assert_eq!(
+            plain.unwrap().egress.unwrap().routes[0].route.protocol(),
+            UpstreamProtocol::Http2
+        );
         let chained = GatewayConfig::parse(&egress(
             "upstream = \"http://x:1\"\nchain_to = \"partner.example\"\n\
              chain_server = \"partner:8443\"\ntoken_scope = \"orders\"\n",
