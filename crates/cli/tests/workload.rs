@@ -2324,7 +2324,7 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
              [[routes]]\nprefix = \"/SpiffeWorkloadAPI/FetchJWTSVID\"\n\
              upstream = \"http://127.0.0.1:{p3}\"\nscope = \"orders\"\n\n\
              [[routes]]\nprefix = \"/api/uploads\"\nupstream = \"http://127.0.0.1:{p3u}\"\n\
-             scope = \"orders\"\n"
+             scope = \"orders\"\nmax_body = 8\n"
         ),
     );
     let alice = login_token(&d, "orders");
@@ -2411,6 +2411,7 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
 
     // A request body streams through the gateway and the sidecar: the service answers
     // with the first piece of an upload before the client has sent the rest.
+    let bearer = alice.clone();
     let answer = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", pg)).unwrap();
         stream
@@ -2418,7 +2419,7 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
             .unwrap();
         write!(
             stream,
-            "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {alice}\r\n\
+            "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\n\
              Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
         )
         .unwrap();
@@ -2437,6 +2438,41 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
     .await
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The route takes bodies of 8 bytes at most: one announced larger is refused before
+    // any exchange, and one that grows larger as it streams is cut off on its way in.
+    let token = format!("Bearer {alice}");
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        http_full(
+            pg,
+            "POST /api/uploads",
+            &[("Authorization", &token)],
+            "nine bytes",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body-too-large"), "{body}");
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", pg)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {alice}\r\n\
+             Connection: close\r\nTransfer-Encoding: chunked\r\n\r\nc\r\ntwelve bytes\r\n0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(!answer.contains("twelve"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -50,6 +50,8 @@
 //! http2 = false                        # true for a gRPC service: HTTP/2 to the upstream (h2c
 //!                                      # to http://, ALPN h2 to https://); gRPC callers on a
 //!                                      # route without it are refused (UNIMPLEMENTED)
+//! max_body = 1048576                   # bytes a request body may hold (default: no limit;
+//!                                      # bodies stream through); larger ones get 413
 //!
 //! [egress]                             # optional: internal workloads' calls to outside services
 //! listen = "127.0.0.1:8090"            # internal callers authenticate here with WIT+WPT etc.
@@ -261,6 +263,7 @@ struct RouteFile {
     timeout: Option<u64>,
     #[serde(default)]
     http2: bool,
+    max_body: Option<u64>,
 }
 
 /// A checked gateway configuration.
@@ -359,10 +362,17 @@ impl GatewayConfig {
                     RouteError::Upstream(m) => error(place("upstream"), m),
                 })?;
             let timeout = route_timeout(route.timeout).map_err(|m| error(place("timeout"), m))?;
+            if route.max_body == Some(0) {
+                return Err(error(
+                    place("max_body"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
             routes.push(
                 built
                     .with_timeout(timeout)
-                    .with_protocol(protocol(route.http2)),
+                    .with_protocol(protocol(route.http2))
+                    .with_max_body(route.max_body),
             );
         }
         let routes = Routes::new(routes).map_err(|e| error("routes", e))?;
@@ -693,14 +703,16 @@ mod tests {
         assert_eq!(config.routes.find("/other").unwrap().prefix(), "/");
         assert_eq!(route.timeout(), crate::route::DEFAULT_TIMEOUT);
         assert_eq!(route.protocol(), UpstreamProtocol::Http1);
+        assert_eq!(route.max_body(), None);
         let slow = ROUTES.replace(
             "scope = \"web\"",
-            "scope = \"web\"\ntimeout = 2\nhttp2 = true",
+            "scope = \"web\"\ntimeout = 2\nhttp2 = true\nmax_body = 1024",
         );
         let config = GatewayConfig::parse(&text(&jwks_file(dir.path()), &slow)).unwrap();
         let route = config.routes.find("/other").unwrap();
         assert_eq!(route.timeout(), std::time::Duration::from_secs(2));
         assert_eq!(route.protocol(), UpstreamProtocol::Http2);
+        assert_eq!(route.max_body(), Some(1024));
         assert_eq!(
             config.routes.find("/orders").unwrap().protocol(),
             UpstreamProtocol::Http1
@@ -814,6 +826,10 @@ mod tests {
                     &(route("/o", "http://a:1", "s") + "timeout = 3601\n"),
                 ),
                 "routes[0].timeout",
+            ),
+            (
+                text(&jwks, &(route("/o", "http://a:1", "s") + "max_body = 0\n")),
+                "routes[0].max_body",
             ),
         ];
         for (text, setting) in cases {

@@ -106,9 +106,17 @@ pub enum Refusal {
     /// gRPC (its trailers).
     #[error("route `{0}` speaks HTTP/1.1 to its upstream; gRPC needs `http2 = true`")]
     GrpcNeedsHttp2(String),
-    /// The request body is too large or unreadable.
+    /// The request body is unreadable, or larger than the gateway takes.
     #[error("request body unreadable: {0}")]
     Body(String),
+    /// The request says its body is larger than the route takes.
+    #[error("the request body ({size} bytes) is larger than this route takes ({max} bytes)")]
+    BodyTooLarge {
+        /// What `Content-Length` said.
+        size: u64,
+        /// The route's `max_body`.
+        max: u64,
+    },
     /// The gateway's own credentials could not be attached.
     #[error("cannot attach the gateway's credentials: {0}")]
     NoCredentials(String),
@@ -134,6 +142,7 @@ impl Refusal {
             Self::TokenServiceUnavailable(_) => "token-service-unavailable",
             Self::GrpcNeedsHttp2(_) => "grpc-needs-http2",
             Self::Body(_) => "body-unreadable",
+            Self::BodyTooLarge { .. } => "body-too-large",
             Self::NoCredentials(_) => "no-credentials",
             Self::Upstream(_) => "upstream-unavailable",
             Self::UpstreamTimeout(_) => "upstream-timeout",
@@ -151,7 +160,7 @@ impl Refusal {
             Self::TokenServiceUnavailable(_) | Self::NoCredentials(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(_) | Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::GrpcNeedsHttp2(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -208,6 +217,16 @@ fn quotable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// What `Content-Length` says, when it says one number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The one bearer token of `headers`.
@@ -426,6 +445,12 @@ impl Gateway {
         if grpc && route.protocol() != UpstreamProtocol::Http2 {
             return Err(Refusal::GrpcNeedsHttp2(route.prefix().to_owned()));
         }
+        if let Some(max) = route.max_body()
+            && let Some(size) = content_length(&request.headers)
+            && size > max
+        {
+            return Err(Refusal::BodyTooLarge { size, max });
+        }
         let mut context = Map::new();
         if let Some(ConnectInfo(peer)) = request.extensions.get::<ConnectInfo<SocketAddr>>() {
             let client = self.trusted_proxies.client(peer.ip(), &request.headers);
@@ -505,6 +530,15 @@ impl Gateway {
         let clients = match protocol {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::Http2 => &self.http2,
+        };
+        // A body that grows past the route's limit as it streams fails there: the upstream
+        // sees its request cut off.
+        let body = match route.max_body() {
+            Some(max) => Body::new(http_body_util::Limited::new(
+                body,
+                usize::try_from(max).unwrap_or(usize::MAX),
+            )),
+            None => body,
         };
         let (request, sent) = if route.is_https() {
             // Mutual TLS is the proof: the upstream authenticates the gateway's X509-SVID.

@@ -38,6 +38,8 @@ pub struct Route {
     timeout: Duration,
     /// HTTP/1.1, or HTTP/2 for gRPC services.
     protocol: UpstreamProtocol,
+    /// The most bytes a request body may hold, if limited.
+    max_body: Option<u64>,
 }
 
 impl Route {
@@ -123,6 +125,7 @@ impl Route {
             strip_prefix,
             timeout: DEFAULT_TIMEOUT,
             protocol: UpstreamProtocol::Http1,
+            max_body: None,
         })
     }
 
@@ -150,6 +153,19 @@ impl Route {
     /// What the route speaks to its upstream.
     pub fn protocol(&self) -> UpstreamProtocol {
         self.protocol
+    }
+
+    /// The route taking request bodies of at most `max` bytes (`None`: any size; a gRPC
+    /// call's stream counts all its messages).
+    #[must_use]
+    pub fn with_max_body(mut self, max: Option<u64>) -> Self {
+        self.max_body = max;
+        self
+    }
+
+    /// The most bytes a request body may hold on this route, if limited.
+    pub fn max_body(&self) -> Option<u64> {
+        self.max_body
     }
 
     /// The path prefix (without a trailing `/`, unless it is `/`).
