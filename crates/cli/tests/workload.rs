@@ -2472,7 +2472,12 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
     .await
     .unwrap();
     assert!(!answer.contains("twelve"), "{answer}");
-    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("body-too-large")
+            && answer.contains("the request body is larger than this route takes (8 bytes)"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -109,11 +109,13 @@ pub enum Refusal {
     /// The request body is unreadable, or larger than the gateway takes.
     #[error("request body unreadable: {0}")]
     Body(String),
-    /// The request says its body is larger than the route takes.
-    #[error("the request body ({size} bytes) is larger than this route takes ({max} bytes)")]
+    /// The request body is larger than the route takes: announced so, or grown so as it
+    /// streamed (then the upstream saw its request cut off).
+    #[error("the request body{} is larger than this route takes ({max} bytes)",
+        announced.map(|n| format!(" ({n} bytes)")).unwrap_or_default())]
     BodyTooLarge {
-        /// What `Content-Length` said.
-        size: u64,
+        /// What `Content-Length` said, if it was that.
+        announced: Option<u64>,
         /// The route's `max_body`.
         max: u64,
     },
@@ -217,6 +219,19 @@ fn quotable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Whether `error` (a request that failed on its way) failed because its body grew past
+/// the route's limit.
+fn over_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// What `Content-Length` says, when it says one number.
@@ -449,7 +464,10 @@ impl Gateway {
             && let Some(size) = content_length(&request.headers)
             && size > max
         {
-            return Err(Refusal::BodyTooLarge { size, max });
+            return Err(Refusal::BodyTooLarge {
+                announced: Some(size),
+                max,
+            });
         }
         let mut context = Map::new();
         if let Some(ConnectInfo(peer)) = request.extensions.get::<ConnectInfo<SocketAddr>>() {
@@ -577,7 +595,13 @@ impl Gateway {
         let response = answer_within(route.timeout(), &sent, request)
             .await
             .ok_or(Refusal::UpstreamTimeout(route.timeout()))?
-            .map_err(|e| Refusal::Upstream(e.to_string()))?;
+            .map_err(|e| match route.max_body() {
+                Some(max) if over_limit(&e) => Refusal::BodyTooLarge {
+                    announced: None,
+                    max,
+                },
+                _ => Refusal::Upstream(e.to_string()),
+            })?;
         let (mut parts, body) = response.into_parts();
         strip_outward(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
