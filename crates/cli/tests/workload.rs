@@ -2069,7 +2069,7 @@ type OpenStream<T> = std::pin::Pin<
 impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
     type FetchX509SVIDStream = NoStream<wimse_proto::X509svidResponse>;
     type FetchX509BundlesStream = OpenStream<wimse_proto::X509BundlesResponse>;
-    type FetchJWTBundlesStream = NoStream<wimse_proto::JwtBundlesResponse>;
+    type FetchJWTBundlesStream = OpenStream<wimse_proto::JwtBundlesResponse>;
     type FetchWITSVIDStream = NoStream<wimse_proto::WitsvidResponse>;
     type FetchWITBundlesStream = NoStream<wimse_proto::WitBundlesResponse>;
 
@@ -2132,7 +2132,18 @@ impl wimse_proto::server::SpiffeWorkloadApi for GrpcService {
         &self,
         _: tonic::Request<wimse_proto::JwtBundlesRequest>,
     ) -> Result<tonic::Response<Self::FetchJWTBundlesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not here"))
+        // One answer, then an error whose metadata travels in the response's trailers:
+        // one entry of it an identity header that must not leave the trust domain.
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("x-wimse-peer-id", id("/w3").parse().unwrap());
+        metadata.insert("x-retry-after", "1".parse().unwrap());
+        let end = tonic::Status::with_metadata(tonic::Code::Aborted, "done", metadata);
+        Ok(tonic::Response::new(Box::pin(
+            tonic::codegen::tokio_stream::iter([
+                Ok(wimse_proto::JwtBundlesResponse::default()),
+                Err(end),
+            ]),
+        )))
     }
 
     async fn fetch_witsvid(
@@ -2366,6 +2377,19 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(first.crl, vec![b"first".to_vec()]);
+
+    // Response trailers are cleaned as headers are: the error's own metadata comes out,
+    // the inward identity does not.
+    let mut stream = client
+        .fetch_jwt_bundles(authorized(Some(&alice), wimse_proto::JwtBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let end = stream.message().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::Aborted, "{end}");
+    assert_eq!(end.metadata().get("x-retry-after").unwrap(), "1");
+    assert!(end.metadata().get("x-wimse-peer-id").is_none(), "{end:?}");
 
     // The gateway's refusals, told as gRPC statuses with the problem in the message.
     let payroll = login_token(&d, "payroll");

@@ -45,7 +45,7 @@ use wimse_core::token::txn::TXN_HEADER;
 use wimse_workload::CredentialSource;
 use wimse_workload::layer::{for_grpc, is_grpc, problem};
 use wimse_workload::proxy::{
-    UpstreamProtocol, strip_hop_by_hop, upstream_client, upstream_connector,
+    UpstreamProtocol, strip_hop_by_hop, strip_trailers, upstream_client, upstream_connector,
 };
 use wimse_workload::tls::MtlsConnector;
 use wimse_workload::token_service::{ChainClient, TokenServiceError};
@@ -533,7 +533,7 @@ impl Egress {
             parts.headers.insert(http::header::AUTHORIZATION, value);
         }
         parts.version = protocol.version();
-        let (body, sent) = watch(body);
+        let (body, sent) = watch(strip_trailers(body, strip_inward));
         let answer = destination.http.send(Request::from_parts(parts, body));
         let response = answer_within(route.timeout(), &sent, answer)
             .await

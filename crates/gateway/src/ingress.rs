@@ -24,6 +24,9 @@
 //! 6. The response comes back without the inward identity and credential headers, so
 //!    outside clients never learn the internal workloads' identities.
 //!
+//! Both steps apply to trailers too: what may not travel in a header section may not
+//! travel in a trailer section either.
+//!
 //! Bodies stream both ways, but for a message signature, which covers the request body's
 //! digest. A route with [`UpstreamProtocol::Http2`] carries gRPC (`TE: trailers` goes on,
 //! trailers come back); a gRPC call on another route is refused, and every refusal of a
@@ -61,7 +64,7 @@ use wimse_workload::client::attach;
 use wimse_workload::layer::{for_grpc, is_grpc, problem};
 use wimse_workload::proxy::{
     MAX_OUTBOUND_BODY, UpstreamProtocol, remove_identity_headers, strip_hop_by_hop, strip_inbound,
-    upstream_client, upstream_connector,
+    strip_trailers, upstream_client, upstream_connector,
 };
 use wimse_workload::tls::{ClientCertificate, MtlsConnector, ServerNames};
 use wimse_workload::token_service::{TokenServiceClient, TokenServiceError};
@@ -549,6 +552,7 @@ impl Gateway {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::Http2 => &self.http2,
         };
+        let body = strip_trailers(body, strip_inward);
         // A body that grows past the route's limit as it streams fails there: the upstream
         // sees its request cut off.
         let body = match route.max_body() {
@@ -604,7 +608,10 @@ impl Gateway {
             })?;
         let (mut parts, body) = response.into_parts();
         strip_outward(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(Response::from_parts(
+            parts,
+            strip_trailers(Body::new(body), strip_outward),
+        ))
     }
 
     fn record(

@@ -133,6 +133,18 @@ pub fn strip_inbound(headers: &mut HeaderMap) {
     headers.remove(http::header::HOST);
 }
 
+/// `body` with `strip` ([`strip_inbound`], say) applied to its trailers, if it has any:
+/// a header smuggled in a trailer section (HTTP/1.1 chunked, or HTTP/2) is dropped as it
+/// would be from the header section.
+pub fn strip_trailers(body: Body, strip: fn(&mut HeaderMap)) -> Body {
+    Body::new(body.map_frame(move |mut frame| {
+        if let Some(trailers) = frame.trailers_mut() {
+            strip(trailers);
+        }
+        frame
+    }))
+}
+
 /// How long a CONNECT tunnel may carry nothing either way before the outbound proxy
 /// closes it, by default (Envoy's TCP proxy has such a limit too): a tunnel the service
 /// leaked does not hold its two sockets for ever.
@@ -261,6 +273,7 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
     };
     parts.uri = uri;
     parts.version = upstream.protocol.version();
+    let body = strip_trailers(body, strip_inbound);
     match upstream
         .client
         .request(Request::from_parts(parts, body))

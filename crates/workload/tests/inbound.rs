@@ -65,7 +65,16 @@ async fn grpc_like_upstream() -> std::net::SocketAddr {
 /// `policy`: over h2c at the public URL [`PUBLIC`], or with `tls` over TLS (HTTP/2 by
 /// ALPN; callers may also present a certificate) at `https://<its address>`. Its address.
 async fn inbound_sidecar(good: &Domain, policy: &str, tls: bool) -> std::net::SocketAddr {
-    let upstream = grpc_like_upstream().await;
+    inbound_sidecar_to(good, policy, tls, grpc_like_upstream().await).await
+}
+
+/// [`inbound_sidecar`] in front of the h2c service at `upstream`.
+async fn inbound_sidecar_to(
+    good: &Domain,
+    policy: &str,
+    tls: bool,
+    upstream: std::net::SocketAddr,
+) -> std::net::SocketAddr {
     let w3 = CredentialSource::fixed(good.credentials("/w3", &[good]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sidecar = listener.local_addr().unwrap();
@@ -146,7 +155,11 @@ fn grpc_call(
 }
 
 /// Opens an h2c connection to `addr`, as a gRPC client does.
-async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+async fn h2c<B>(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -271,4 +284,59 @@ async fn a_grpc_caller_is_refused_with_a_grpc_status_it_can_read() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(!response.headers().contains_key("grpc-status"));
+}
+
+#[tokio::test]
+async fn identity_headers_smuggled_in_request_trailers_do_not_reach_the_service() {
+    // A service that answers with the names of the request trailers it received.
+    let app = axum::Router::new().fallback(|body: Body| async move {
+        let collected = body.collect().await.unwrap();
+        let mut names: Vec<String> = collected
+            .trailers()
+            .map(|t| t.keys().map(|k| k.as_str().to_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.join(" ")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let good = Domain::new("good.test");
+    let policy = "permit(principal, action, resource);";
+    let sidecar = inbound_sidecar_to(&good, policy, false, upstream).await;
+
+    let client = good.credentials("/w1", &[&good]);
+    let (mut parts, ()) = Request::post(format!("{PUBLIC}/upload"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    attach_proof(&mut parts, b"", &client, ProofMethod::WitWpt, unix_now()).unwrap();
+    parts.uri = format!("http://{sidecar}/upload").parse().unwrap();
+    parts.version = http::Version::HTTP_2;
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in [
+        ("x-wimse-peer-id", "spiffe://good.test/admin"),
+        ("X-Wimse-Peer-Auth-Method", "mtls"),
+        ("x-forwarded-client-cert", "By=spiffe://good.test/admin"),
+        ("workload-identity-token", "e30.e30.e30"),
+        ("x-checksum", "kept"),
+    ] {
+        trailers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let frames = [
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"data"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(tokio_stream::iter(frames));
+    let mut sender = h2c(sidecar).await;
+    let response = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(seen, "x-checksum");
 }
