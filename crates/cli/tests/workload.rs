@@ -2245,6 +2245,17 @@ async fn a_grpc_client_calls_a_grpc_service_through_both_sidecars_over_tls() {
     );
 }
 
+/// A connection to `port` on loopback that has sent `text` and waits at most 10 s for
+/// each read.
+fn raw_request(port: u16, text: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(text.as_bytes()).unwrap();
+    stream
+}
+
 /// A gRPC client of the test's service, connected to `port` on loopback.
 async fn grpc_client(
     port: u16,
@@ -2437,16 +2448,13 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
     // with the first piece of an upload before the client has sent the rest.
     let bearer = alice.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", pg)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\n\
-             Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
-        )
-        .unwrap();
+        let mut stream = raw_request(
+            pg,
+            &format!(
+                "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+            ),
+        );
         let mut answer = Vec::new();
         let mut buf = [0u8; 4096];
         while !answer.ends_with(b"first") && !answer.ends_with(b"first\r\n0\r\n\r\n") {
@@ -2479,16 +2487,14 @@ async fn the_gateway_carries_grpc_calls_and_streams_bodies_both_ways() {
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("body-too-large"), "{body}");
     let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", pg)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {alice}\r\n\
-             Connection: close\r\nTransfer-Encoding: chunked\r\n\r\nc\r\ntwelve bytes\r\n0\r\n\r\n"
-        )
-        .unwrap();
+        let mut stream = raw_request(
+            pg,
+            &format!(
+                "POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {alice}\r\n\
+                 Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 c\r\ntwelve bytes\r\n0\r\n\r\n"
+            ),
+        );
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
         answer
