@@ -137,6 +137,10 @@ pub fn strip_inbound(headers: &mut HeaderMap) {
 /// a header smuggled in a trailer section (HTTP/1.1 chunked, or HTTP/2) is dropped as it
 /// would be from the header section.
 pub fn strip_trailers(body: Body, strip: fn(&mut HeaderMap)) -> Body {
+    if hyper::body::Body::is_end_stream(&body) {
+        // Nothing more will come, trailers neither (a GET, say): left as it is.
+        return body;
+    }
     Body::new(body.map_frame(move |mut frame| {
         if let Some(trailers) = frame.trailers_mut() {
             strip(trailers);
