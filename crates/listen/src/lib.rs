@@ -87,10 +87,11 @@ pub struct ConnectionLimits {
     pub idle: Duration,
     /// How long a request body may make no progress while the service waits for it, and a
     /// response while the client should be reading it; then the body fails, or the
-    /// connection is closed. (The request stream of a gRPC call over HTTP/2 gets `idle`
-    /// instead, when that is longer.) (Over HTTP/2, the last piece of a response, at most 64 KiB,
-    /// is handed to the HTTP/2 layer with its end and no longer watched: a client that
-    /// does not take it holds it until the idle limit and the drain close the connection.)
+    /// connection is closed. The request stream of a gRPC call over HTTP/2 gets `idle`
+    /// instead, when that is longer. (Over HTTP/2, the last piece of a response, at most
+    /// 64 KiB, is handed to the HTTP/2 layer with its end and no longer watched: a client
+    /// that does not take it holds it until the idle limit and the drain close the
+    /// connection.)
     pub stall: Duration,
     /// How many connections may be open at once; never more than seven eighths of the
     /// process's open-file limit, so that its other files can still be opened.
