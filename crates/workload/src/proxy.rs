@@ -234,6 +234,18 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// The refusal of a gRPC call by a proxy that speaks HTTP/1.1 to its server, which could
+/// not carry the call's trailers: better said at once than left to fail there.
+fn grpc_needs_http2() -> Response<Body> {
+    problem(
+        StatusCode::NOT_IMPLEMENTED,
+        "grpc-needs-http2",
+        "gRPC not carried",
+        "this proxy speaks HTTP/1.1 to its server, which cannot carry gRPC: \
+         start it with --upstream-http2",
+    )
+}
+
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
     problem(
         StatusCode::BAD_GATEWAY,
@@ -254,6 +266,9 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
             "request was not authenticated",
         );
     };
+    if upstream.protocol == UpstreamProtocol::Http1 && crate::layer::is_grpc(&parts.headers) {
+        return grpc_needs_http2();
+    }
     upstream
         .protocol
         .strip_for_forwarding(&mut parts.headers, strip_inbound);
@@ -594,6 +609,8 @@ enum Refusal {
     DestinationNotAllowed(String),
     /// A CONNECT to a proxy that sends everything to one upstream.
     NoTunnels,
+    /// A gRPC call to a proxy that speaks HTTP/1.1 to its servers.
+    GrpcNeedsHttp2,
 }
 
 impl Refusal {
@@ -618,6 +635,7 @@ impl Refusal {
                     "this proxy forwards every request to its one upstream and opens no tunnels",
                 ),
             ),
+            Refusal::GrpcNeedsHttp2 => ("refused", grpc_needs_http2()),
             Refusal::DestinationNotAllowed(key) => (
                 "destination-not-allowed",
                 problem(
@@ -670,6 +688,11 @@ async fn attach_and_forward(
     request: Request<Body>,
 ) -> (&'static str, Response<Body>) {
     let (mut parts, body) = request.into_parts();
+    if outbound.options.upstream_protocol == UpstreamProtocol::Http1
+        && crate::layer::is_grpc(&parts.headers)
+    {
+        return Refusal::GrpcNeedsHttp2.outcome();
+    }
     parts.uri = match outgoing_uri(&outbound.options, &parts.uri) {
         Ok(uri) => uri,
         Err(refusal) => return refusal.outcome(),

@@ -65,15 +65,17 @@ async fn grpc_like_upstream() -> std::net::SocketAddr {
 /// `policy`: over h2c at the public URL [`PUBLIC`], or with `tls` over TLS (HTTP/2 by
 /// ALPN; callers may also present a certificate) at `https://<its address>`. Its address.
 async fn inbound_sidecar(good: &Domain, policy: &str, tls: bool) -> std::net::SocketAddr {
-    inbound_sidecar_to(good, policy, tls, grpc_like_upstream().await).await
+    let upstream = grpc_like_upstream().await;
+    inbound_sidecar_to(good, policy, tls, upstream, UpstreamProtocol::Http2).await
 }
 
-/// [`inbound_sidecar`] in front of the h2c service at `upstream`.
+/// [`inbound_sidecar`] in front of the service at `upstream`, speaking `protocol` to it.
 async fn inbound_sidecar_to(
     good: &Domain,
     policy: &str,
     tls: bool,
     upstream: std::net::SocketAddr,
+    protocol: UpstreamProtocol,
 ) -> std::net::SocketAddr {
     let w3 = CredentialSource::fixed(good.credentials("/w3", &[good]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,7 +88,7 @@ async fn inbound_sidecar_to(
     let authn = Authenticator::new(AuthConfig::new(public), w3.clone());
     let proxy = inbound_router_with(
         &format!("http://{upstream}").parse().unwrap(),
-        UpstreamProtocol::Http2,
+        protocol,
         WimseLayer::new(
             Arc::new(authn),
             Arc::new(Policy::from_text(policy).unwrap()),
@@ -303,7 +305,7 @@ async fn identity_headers_smuggled_in_request_trailers_do_not_reach_the_service(
     tokio::spawn(async move { axum::serve(listener, app).await });
     let good = Domain::new("good.test");
     let policy = "permit(principal, action, resource);";
-    let sidecar = inbound_sidecar_to(&good, policy, false, upstream).await;
+    let sidecar = inbound_sidecar_to(&good, policy, false, upstream, UpstreamProtocol::Http2).await;
 
     let client = good.credentials("/w1", &[&good]);
     let (mut parts, ()) = Request::post(format!("{PUBLIC}/upload"))
@@ -339,4 +341,64 @@ async fn identity_headers_smuggled_in_request_trailers_do_not_reach_the_service(
     assert_eq!(response.status(), StatusCode::OK);
     let seen = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(seen, "x-checksum");
+}
+
+#[tokio::test]
+async fn a_sidecar_that_speaks_http1_to_its_server_refuses_grpc_calls_saying_why() {
+    // Left as it is, the call would go out as HTTP/1.1 and fail with no `grpc-status`.
+    let good = Domain::new("good.test");
+    let upstream = grpc_like_upstream().await;
+    let policy = "permit(principal, action, resource);";
+    let inbound = inbound_sidecar_to(&good, policy, false, upstream, UpstreamProtocol::Http1).await;
+    let mut options = OutboundOptions::new(OutboundProof::Attach(ProofMethod::WitWpt));
+    options.upstream = Some(upstream.to_string().parse().unwrap());
+    let router = outbound_router(
+        CredentialSource::fixed(good.credentials("/w1", &[&good])),
+        options,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let client = good.credentials("/w1", &[&good]);
+    for (sidecar, request) in [
+        (
+            inbound,
+            grpc_call(
+                inbound,
+                "/orders.v1.Orders/Get",
+                Some(&client),
+                "application/grpc",
+            ),
+        ),
+        (
+            outbound,
+            grpc_call(outbound, "/orders.v1.Orders/Get", None, "application/grpc"),
+        ),
+    ] {
+        let response = h2c(sidecar).await.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{sidecar}");
+        assert_eq!(response.headers()["grpc-status"], "12", "{sidecar}");
+        let message = response.headers()["grpc-message"].to_str().unwrap();
+        assert!(
+            message.starts_with("urn:wimse:problem:grpc-needs-http2: ")
+                && message.contains("--upstream-http2"),
+            "{sidecar}: {message}"
+        );
+    }
+    // Calls that are not gRPC still go through as HTTP/1.1.
+    let response = h2c(inbound)
+        .await
+        .send_request(grpc_call(
+            inbound,
+            "/orders.v1.Orders/Get",
+            Some(&client),
+            "application/json",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"HTTP/1.1 "), "{body:?}");
 }
