@@ -133,12 +133,9 @@ impl HttpClient {
         let builder = upstream_client(protocol);
         match tls {
             Some(config) => {
-                let connector = MtlsConnector::with_config(Arc::clone(config));
-                // The roots' configuration offers `http/1.1` already.
-                HttpClient::Tls(builder.build(match protocol {
-                    UpstreamProtocol::Http1 => connector,
-                    UpstreamProtocol::Http2 => connector.offering(protocol.alpn()),
-                }))
+                HttpClient::Tls(builder.build(
+                    MtlsConnector::with_config(Arc::clone(config)).offering(protocol.alpn()),
+                ))
             }
             None => HttpClient::Plain(builder.build(upstream_connector())),
         }

@@ -209,11 +209,10 @@ impl UpstreamProtocol {
         }
     }
 
-    /// The ALPN protocols a TLS client offers for it: `h2` for HTTP/2; none for HTTP/1.1,
-    /// which every server takes without ALPN.
+    /// The ALPN protocol a TLS client offers for it: `h2`, or `http/1.1`.
     pub fn alpn(self) -> &'static [&'static [u8]] {
         match self {
-            UpstreamProtocol::Http1 => &[],
+            UpstreamProtocol::Http1 => &[b"http/1.1"],
             UpstreamProtocol::Http2 => &[b"h2"],
         }
     }
