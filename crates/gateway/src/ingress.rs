@@ -610,7 +610,7 @@ impl Gateway {
         strip_outward(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            strip_trailers(Body::new(body), strip_outward),
+            strip_trailers(body, strip_outward),
         ))
     }
 

@@ -136,10 +136,14 @@ pub fn strip_inbound(headers: &mut HeaderMap) {
 /// `body` with `strip` ([`strip_inbound`], say) applied to its trailers, if it has any:
 /// a header smuggled in a trailer section (HTTP/1.1 chunked, or HTTP/2) is dropped as it
 /// would be from the header section.
-pub fn strip_trailers(body: Body, strip: fn(&mut HeaderMap)) -> Body {
-    if hyper::body::Body::is_end_stream(&body) {
+pub fn strip_trailers<B>(body: B, strip: fn(&mut HeaderMap)) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    if body.is_end_stream() {
         // Nothing more will come, trailers neither (a GET, say): left as it is.
-        return body;
+        return Body::new(body);
     }
     Body::new(body.map_frame(move |mut frame| {
         if let Some(trailers) = frame.trailers_mut() {
