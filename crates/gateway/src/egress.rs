@@ -498,7 +498,7 @@ impl Egress {
         check_path(path).map_err(EgressError::BadPath)?;
         let (route, destination) = self.routes.find_with(path).ok_or(EgressError::NoRoute)?;
         let protocol = route.protocol();
-        if grpc && protocol != UpstreamProtocol::Http2 {
+        if grpc && !protocol.carries_grpc() {
             return Err(EgressError::GrpcNeedsHttp2(route.prefix().to_owned()));
         }
         let target = route.target(path, parts.uri.query());

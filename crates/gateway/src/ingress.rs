@@ -460,7 +460,7 @@ impl Gateway {
         if !route.scope().is_subset_of(&access.scope) {
             return Err(Refusal::InsufficientScope(route.scope().to_string()));
         }
-        if grpc && route.protocol() != UpstreamProtocol::Http2 {
+        if grpc && !route.protocol().carries_grpc() {
             return Err(Refusal::GrpcNeedsHttp2(route.prefix().to_owned()));
         }
         if let Some(max) = route.max_body()

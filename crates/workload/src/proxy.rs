@@ -213,6 +213,12 @@ impl UpstreamProtocol {
         }
     }
 
+    /// Whether it can carry a gRPC call: HTTP/1.1 cannot (no trailers in practice), so a
+    /// proxy speaking it refuses gRPC rather than send a call that could only fail.
+    pub fn carries_grpc(self) -> bool {
+        self == UpstreamProtocol::Http2
+    }
+
     /// The ALPN protocol a TLS client offers for it: `h2`, or `http/1.1`.
     pub fn alpn(self) -> &'static [&'static [u8]] {
         match self {
@@ -269,7 +275,7 @@ async fn forward_inbound(upstream: Upstream, request: Request<Body>) -> Response
             "request was not authenticated",
         );
     };
-    if upstream.protocol == UpstreamProtocol::Http1 && crate::layer::is_grpc(&parts.headers) {
+    if !upstream.protocol.carries_grpc() && crate::layer::is_grpc(&parts.headers) {
         return grpc_needs_http2();
     }
     upstream
@@ -691,9 +697,7 @@ async fn attach_and_forward(
     request: Request<Body>,
 ) -> (&'static str, Response<Body>) {
     let (mut parts, body) = request.into_parts();
-    if outbound.options.upstream_protocol == UpstreamProtocol::Http1
-        && crate::layer::is_grpc(&parts.headers)
-    {
+    if !outbound.options.upstream_protocol.carries_grpc() && crate::layer::is_grpc(&parts.headers) {
         return Refusal::GrpcNeedsHttp2.outcome();
     }
     parts.uri = match outgoing_uri(&outbound.options, &parts.uri) {
